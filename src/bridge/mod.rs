@@ -1,0 +1,1 @@
+//! The bridge: one engine owning every call, with both legs.

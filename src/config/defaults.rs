@@ -1,0 +1,104 @@
+//! Built-in defaults: what `riptide serve` runs with when no configuration file is given.
+
+use super::*;
+use std::net::{IpAddr, Ipv4Addr};
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            data_dir: default_data_dir(),
+            node_name: "riptide".into(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `$XDG_DATA_HOME/riptide`, else `$HOME/.local/share/riptide`, else `./riptide-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("riptide");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/riptide");
+    }
+    PathBuf::from("riptide-data")
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let addr: SocketAddr = (Ipv4Addr::LOCALHOST, 5060).into();
+        SipConfig {
+            udp: vec![addr],
+            tcp: vec![addr],
+            tls: vec![],
+            tls_cert: None,
+            tls_key: None,
+            public_host: None,
+            max_calls: 10_000,
+            no_answer_timeout_secs: 180,
+            t1_ms: 500,
+        }
+    }
+}
+
+impl Default for Http3Config {
+    fn default() -> Self {
+        Http3Config {
+            listen: (Ipv4Addr::LOCALHOST, 4443).into(),
+            server_name: "localhost".into(),
+            cert_file: None,
+            key_file: None,
+            max_calls: 10_000,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some((Ipv4Addr::LOCALHOST, 9060).into()),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_min: 30000,
+            port_max: 34999,
+            latching: true,
+        }
+    }
+}
+
+/// The embedded configuration: SIP on 127.0.0.1:5060, HTTP/3 on 127.0.0.1:4443, and an `echo`
+/// service reached by calling `sip:echo@127.0.0.1:5060`; the call crosses to our own HTTP/3
+/// server (TG `local`) and the audio comes back.
+pub fn embedded_default() -> Config {
+    Config {
+        general: General::default(),
+        sip: SipConfig::default(),
+        http3: Http3Config::default(),
+        admin: AdminConfig::default(),
+        media: MediaConfig::default(),
+        tgs: vec![TgConfig {
+            name: "local".into(),
+            description: "built-in services of this gateway".into(),
+            destinations: "*".into(),
+            routes: vec![TgRouteConfig {
+                prefix: "echo".into(),
+                sip_trunk: None,
+                echo: true,
+            }],
+        }],
+        sip_trunks: vec![],
+        ript_peers: vec![],
+        sip_routes: vec![SipRouteConfig {
+            prefix: "".into(),
+            ript_peer: "self".into(),
+        }],
+        base_dir: PathBuf::from("."),
+    }
+}

@@ -1,0 +1,212 @@
+//! Gateway configuration: TOML on disk, or the embedded defaults when no file is given.
+//!
+//! Every struct here is `deny_unknown_fields` so that a misspelt key is an error that names the
+//! file, line and key rather than a silently ignored setting. Loading and validation live in
+//! `load.rs`; the embedded default configuration lives in `defaults.rs`.
+
+mod defaults;
+mod load;
+
+pub use defaults::embedded_default;
+pub use load::{load_file, load_str, ConfigError};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole configuration of one gateway instance.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub general: General,
+    #[serde(default)]
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub http3: Http3Config,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    /// Trunk groups this gateway serves on its HTTP/3 side (RIPT server role).
+    #[serde(default, rename = "tg")]
+    pub tgs: Vec<TgConfig>,
+    /// Legacy SIP targets that RIPT calls can be routed to.
+    #[serde(default, rename = "sip_trunk")]
+    pub sip_trunks: Vec<SipTrunkConfig>,
+    /// RIPT servers this gateway calls (RIPT client role).
+    #[serde(default, rename = "ript_peer")]
+    pub ript_peers: Vec<RiptPeerConfig>,
+    /// SIP → RIPT routes, chosen by longest destination prefix.
+    #[serde(default, rename = "sip_route")]
+    pub sip_routes: Vec<SipRouteConfig>,
+    /// Directory of the file this configuration came from; relative paths resolve against it.
+    /// Not a TOML key: set by the loader.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Where generated keys, certificates and revocation state live.
+    pub data_dir: PathBuf,
+    /// Name of this node; appears in logs, metrics and generated identifiers.
+    pub node_name: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing `EnvFilter` directive, e.g. `info` or `riptide=debug`.
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    /// PEM files for the SIP-TLS listener; a generated certificate is used when absent.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Host (name or address) put in our Via and Contact headers. Defaults to the first listener's IP.
+    pub public_host: Option<String>,
+    /// Upper bound on simultaneous calls; new INVITEs beyond it get 503 + Retry-After.
+    pub max_calls: usize,
+    /// Seconds an outgoing INVITE may ring before it is cancelled (408 toward the caller).
+    pub no_answer_timeout_secs: u64,
+    /// RFC 3261 T1 in milliseconds (retransmission base).
+    pub t1_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http3Config {
+    /// UDP address of the HTTP/3 (QUIC) listener.
+    pub listen: SocketAddr,
+    /// DNS name in our certificate and in the call URIs we hand out.
+    pub server_name: String,
+    /// PEM certificate chain and key; a self-signed certificate is generated in data_dir when absent.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Maximum calls one RIPT client may have open at once on this server.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Plain HTTP/1.1 listener for `/metrics` and `/healthz`; `None` disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to and that we put in SDP `c=`.
+    pub ip: std::net::IpAddr,
+    /// Inclusive port range for legacy RTP endpoints (even ports are used for RTP).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Symmetric RTP: send to where the peer's RTP actually comes from (RFC 4961 / latching).
+    pub latching: bool,
+}
+
+/// A trunk group served on our HTTP/3 side.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TgConfig {
+    /// Path segment under `/.well-known/ript/v1/providertgs/`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Destination patterns accepted on this TG (`*` or `+1*` style prefixes).
+    #[serde(default = "star")]
+    pub destinations: String,
+    /// Where calls arriving on this TG go, by longest destination prefix.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<TgRouteConfig>,
+}
+
+fn star() -> String {
+    "*".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TgRouteConfig {
+    /// Destination prefix (user part / digits); empty matches everything.
+    #[serde(default)]
+    pub prefix: String,
+    /// Name of a `[[sip_trunk]]` to send the call to.
+    pub sip_trunk: Option<String>,
+    /// Answer with the built-in echo service instead of routing.
+    #[serde(default)]
+    pub echo: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SipTrunkConfig {
+    pub name: String,
+    /// SIP URI of the target, e.g. `sip:127.0.0.1:5080;transport=udp`.
+    pub target: String,
+    /// Optional outbound proxy URI; requests go there with a Route header for the target.
+    pub outbound_proxy: Option<String>,
+    /// Codecs offered/accepted on this trunk, in preference order.
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+    /// Follow 3xx redirects from this trunk (at most this many hops; 0 disables).
+    #[serde(default = "default_redirects")]
+    pub max_redirects: u8,
+}
+
+pub fn default_codecs() -> Vec<String> {
+    ["PCMU", "PCMA", "G722", "opus", "telephone-event", "CN"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn default_redirects() -> u8 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RiptPeerConfig {
+    pub name: String,
+    /// `https://host:port` of the peer's HTTP/3 server.
+    pub url: String,
+    /// TLS server name to verify; defaults to the URL's host.
+    pub server_name: Option<String>,
+    /// Trunk group to call on the peer.
+    pub tg: String,
+    /// PEM file of certificates trusted for this peer (a CA, or the peer's own certificate).
+    pub ca_file: Option<PathBuf>,
+    /// Hex SHA-256 of the peer's end-entity certificate (DER); when set, only that certificate passes.
+    pub pin_sha256: Option<String>,
+    /// Bearer token, inline or from a file (exactly one of the two).
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// Codecs we advertise toward this peer, in preference order.
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SipRouteConfig {
+    /// Destination prefix matched against the request-URI user part; empty matches everything.
+    #[serde(default)]
+    pub prefix: String,
+    /// Name of a `[[ript_peer]]`; or `self` for this gateway's own HTTP/3 server.
+    pub ript_peer: String,
+}

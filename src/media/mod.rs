@@ -1,0 +1,35 @@
+//! Media: per call, a legacy RTP endpoint (UDP) relayed to and from QUIC datagrams.
+//!
+//! Wire format on the QUIC side (docs/protocol.md, "Media"): each QUIC DATAGRAM frame carries an
+//! RFC 9297 HTTP datagram whose Quarter Stream ID is the call's `{call}/media` CONNECT stream id / 4,
+//! followed by a RoQ flow identifier (varint: 0 = RTP, 1 = RTCP) and the RTP/RTCP packet verbatim.
+
+use crate::CallKey;
+use std::net::SocketAddr;
+
+/// Commands from the call engine to the media hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaCmd {
+    /// Bind the legacy RTP endpoint for a call at `port` (RTCP on `port + 1` unless muxed).
+    OpenLegacy { call: CallKey, port: u16 },
+    /// Where to send RTP toward the legacy side, from the remote SDP. With latching on, the
+    /// address is replaced by the source of the first RTP packet received.
+    SetRemote {
+        call: CallKey,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+        rtcp_mux: bool,
+        latching: bool,
+    },
+    /// Reflect every datagram received for this call back to its sender (the built-in echo service).
+    Echo { call: CallKey },
+    /// Tear the call's media down and release its port.
+    Close { call: CallKey },
+}
+
+/// Events from the media hub to the call engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The port could not be bound; the engine fails the call.
+    BindFailed { call: CallKey, port: u16, reason: String },
+}

@@ -1,0 +1,105 @@
+//! The HTTP/3 side: the RIPT-style API model and the quinn/h3 drivers for both roles.
+
+pub mod model;
+
+use crate::CallKey;
+use model::{CallDescription, CallRequest, Event};
+
+/// Correlates an incoming `POST {TG}/calls` with the engine's answer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReqId(pub u64);
+
+/// An error answer for an HTTP request: rendered as an RFC 9457 problem body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: u16, title: impl Into<String>, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A call the engine accepted on our server role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallAccepted {
+    pub key: CallKey,
+    /// The call id (path segment) under `{TG}/calls/`.
+    pub id: String,
+    pub description: CallDescription,
+}
+
+/// Commands from the engine to the HTTP/3 drivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RiptCmd {
+    // --- server role (calls arriving over HTTP/3) ---
+    /// Answer a pending `POST {TG}/calls`.
+    RespondCall {
+        req: ReqId,
+        result: Result<CallAccepted, Problem>,
+    },
+    /// Send an event to the client on every open `GET {call}/events` stream. The driver remembers
+    /// the last one so that a new GET starts with the current state.
+    ServerSend { call: CallKey, event: Event },
+    /// The call has ended: close its streams; further requests on it get 404.
+    ServerEnd { call: CallKey },
+
+    // --- client role (calls leaving over HTTP/3) ---
+    /// `POST {TG}/calls` on the peer at `config.ript_peers[peer]`; on success open the events
+    /// GET and PUT and the `{call}/media` CONNECT stream, all on the peer's shared connection.
+    CreateCall {
+        call: CallKey,
+        peer: usize,
+        request: CallRequest,
+    },
+    /// Write an event on the call's `PUT {call}/events` stream.
+    ClientSend { call: CallKey, event: Event },
+    /// Re-open the events GET (and PUT if it is gone) after `ClientEventsLost`.
+    ClientReopenEvents { call: CallKey },
+    /// Close the call's streams (after `end` has been sent or received).
+    ClientClose { call: CallKey },
+}
+
+/// Events from the HTTP/3 drivers to the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RiptEvent {
+    // --- server role ---
+    /// An authenticated `POST {TG}/calls`; answer with `RiptCmd::RespondCall`.
+    IncomingCall {
+        req: ReqId,
+        tg: String,
+        request: CallRequest,
+        /// Subject of the bearer token that made the request.
+        principal: String,
+    },
+    /// An event read from one of the call's `PUT {call}/events` streams.
+    ServerEvent { call: CallKey, event: Event },
+    /// The last events stream of the call closed (the engine ends the call if none re-opens in 30 s).
+    ServerEventsClosed { call: CallKey },
+    /// An events stream of the call (re)opened.
+    ServerEventsOpened { call: CallKey },
+
+    // --- client role ---
+    /// The peer answered `201` to our `POST {TG}/calls`.
+    CallCreated {
+        call: CallKey,
+        description: CallDescription,
+    },
+    /// The peer refused the call or could not be reached (status 0 = transport failure).
+    CreateFailed {
+        call: CallKey,
+        status: u16,
+        reason: String,
+    },
+    /// An event read from the call's `GET {call}/events` stream.
+    ClientEvent { call: CallKey, event: Event },
+    /// The events GET stream broke before the call ended.
+    ClientEventsLost { call: CallKey },
+}
