@@ -1,1 +1,359 @@
-//! gateway
+//! `riptide serve`: builds every room from the configuration and runs until a signal.
+
+use crate::auth::LocalIssuer;
+use crate::bridge::driver::{self, Sinks};
+use crate::bridge::engine::{Engine, EngineConfig, PeerInfo, TgInfo, TgRoute, TgTarget, TrunkInfo};
+use crate::config::{Config, RiptPeerConfig};
+use crate::media::MediaHub;
+use crate::metrics::Metrics;
+use crate::ript::client::{spawn_client, ClientCtx, PeerRuntime};
+use crate::ript::server::{spawn_server, ServerCtx};
+use crate::sip::msg::{self, Transport};
+use crate::sip::transport::{self, Listeners};
+use crate::sip::txn::Dest;
+use crate::{admin, tls};
+use anyhow::{anyhow, bail, Context};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::info;
+
+/// Name of the implicit peer that is this gateway's own HTTP/3 server.
+pub const SELF_PEER: &str = "self";
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = start(cfg).await?;
+    info!(
+        sip = ?rt.sip_addrs,
+        http3 = %rt.http3_addr,
+        "riptide ready"
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    Ok(())
+}
+
+/// A started gateway; dropping it does not stop the tasks (they end with the runtime).
+pub struct Running {
+    pub sip_addrs: Vec<SocketAddr>,
+    pub http3_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts every listener and task; fails fast (naming the address or file) if one cannot start.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let data_dir = cfg.resolve_path(&cfg.general.data_dir);
+    let identity = tls::http3_identity(&cfg)?;
+    let issuer = Arc::new(
+        LocalIssuer::load_or_create(&data_dir)
+            .with_context(|| format!("token issuer in {}", data_dir.display()))?,
+    );
+    let metrics = Arc::new(Metrics::default());
+
+    let (media_tx, media_rx) = mpsc::unbounded_channel();
+    let media = MediaHub::new(&cfg.media, metrics.clone(), media_tx);
+    let (ript_tx, ript_rx) = mpsc::channel(8192);
+    let (sip_tx, sip_rx) = mpsc::channel(16384);
+
+    // HTTP/3 server role.
+    let server_cfg = tls::quic_server_config(&identity)?;
+    let endpoint = quinn::Endpoint::server(server_cfg, cfg.http3.listen)
+        .map_err(|e| anyhow!("HTTP/3 listener {}: {e}", cfg.http3.listen))?;
+    let http3_addr = endpoint.local_addr()?;
+    let authority = format!("{}:{}", cfg.http3.server_name, http3_addr.port());
+    let server = spawn_server(
+        endpoint,
+        ServerCtx {
+            tgs: cfg.tgs.clone(),
+            authority: authority.clone(),
+            verifier: issuer.clone(),
+            media: media.clone(),
+            metrics: metrics.clone(),
+            events: ript_tx.clone(),
+        },
+    );
+
+    // HTTP/3 client role: configured peers, plus this gateway itself when a route names it.
+    let mut peer_cfgs = cfg.ript_peers.clone();
+    if cfg.sip_routes.iter().any(|r| r.ript_peer == SELF_PEER) {
+        let tg = cfg
+            .tgs
+            .first()
+            .map(|t| t.name.clone())
+            .ok_or_else(|| anyhow!("a sip_route names \"self\" but no [[tg]] is served"))?;
+        let now = unix_now();
+        let token = issuer.mint(
+            "riptide-self",
+            &["calls:write".to_string()],
+            10 * 365 * 86400,
+            now,
+        )?;
+        peer_cfgs.push(RiptPeerConfig {
+            name: SELF_PEER.into(),
+            url: format!("https://{http3_addr}"),
+            server_name: Some(cfg.http3.server_name.clone()),
+            tg,
+            ca_file: None,
+            pin_sha256: Some(identity.fingerprint_sha256.clone()),
+            token: Some(token),
+            token_file: None,
+            codecs: crate::config::default_codecs(),
+        });
+    }
+    let mut peers = Vec::new();
+    for p in &peer_cfgs {
+        peers.push(peer_runtime(&cfg, p).await?);
+    }
+    let client_bind = SocketAddr::new(cfg.http3.listen.ip(), 0);
+    let mut client_ep = quinn::Endpoint::client(client_bind)
+        .map_err(|e| anyhow!("HTTP/3 client socket {client_bind}: {e}"))?;
+    // Per-peer configs are passed on connect; this default is never used without one.
+    if let Some(p) = peers.first() {
+        client_ep.set_default_client_config(p.client_config.clone());
+    }
+    let client = spawn_client(
+        client_ep,
+        ClientCtx {
+            peers,
+            media: media.clone(),
+            metrics: metrics.clone(),
+            events: ript_tx,
+        },
+    );
+
+    // SIP transports.
+    let tls_acceptor = if cfg.sip.tls.is_empty() {
+        None
+    } else {
+        let id = match (&cfg.sip.tls_cert, &cfg.sip.tls_key) {
+            (Some(c), Some(k)) => tls::load_or_generate(
+                &data_dir,
+                &cfg.http3.server_name,
+                Some(&cfg.resolve_path(c)),
+                Some(&cfg.resolve_path(k)),
+            )?,
+            _ => tls::http3_identity(&cfg)?,
+        };
+        Some(tls::sip_tls_acceptor(&id)?)
+    };
+    let sip = transport::start(
+        Listeners {
+            udp: cfg.sip.udp.clone(),
+            tcp: cfg.sip.tcp.clone(),
+            tls: cfg.sip.tls.clone(),
+            tls_acceptor,
+        },
+        sip_tx,
+        metrics.clone(),
+    )
+    .await?;
+
+    if let Some(a) = cfg.admin.listen {
+        let l = admin::bind(a).await?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_on(l, m).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
+
+    let ecfg = engine_config(&cfg, &peer_cfgs, &authority)?;
+    let engine = Engine::new(ecfg, metrics.clone());
+    tokio::spawn(driver::run(
+        engine,
+        sip_rx,
+        ript_rx,
+        media_rx,
+        Sinks {
+            sip,
+            ript_server: server.cmd_sender(),
+            ript_client: client.cmd_sender(),
+            media,
+        },
+    ));
+    let mut sip_addrs = cfg.sip.udp.clone();
+    sip_addrs.extend(cfg.sip.tcp.iter().copied());
+    Ok(Running {
+        sip_addrs,
+        http3_addr,
+        metrics,
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn peer_runtime(cfg: &Config, p: &RiptPeerConfig) -> anyhow::Result<PeerRuntime> {
+    let authority = p
+        .url
+        .strip_prefix("https://")
+        .ok_or_else(|| anyhow!("ript_peer {}: url must start with https://", p.name))?
+        .trim_end_matches('/');
+    let addr = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("ript_peer {}: cannot resolve {authority}", p.name))?
+        .next()
+        .ok_or_else(|| anyhow!("ript_peer {}: {authority} has no address", p.name))?;
+    let token = match (&p.token, &p.token_file) {
+        (Some(t), _) => t.trim().to_string(),
+        (None, Some(f)) => {
+            let f = cfg.resolve_path(f);
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("ript_peer {}: token_file {}", p.name, f.display()))?
+                .trim()
+                .to_string()
+        }
+        (None, None) => bail!("ript_peer {}: set token or token_file", p.name),
+    };
+    Ok(PeerRuntime {
+        name: p.name.clone(),
+        addr,
+        server_name: tls::peer_server_name(p)?,
+        tg: p.tg.clone(),
+        token,
+        client_config: tls::quic_client_config(p, cfg)?,
+    })
+}
+
+/// Resolves names and URIs of the configuration into what the engine works with.
+pub fn engine_config(
+    cfg: &Config,
+    peers: &[RiptPeerConfig],
+    authority: &str,
+) -> anyhow::Result<EngineConfig> {
+    let mut sip_hosts = HashMap::new();
+    let host_of = |a: &SocketAddr| {
+        let h = cfg
+            .sip
+            .public_host
+            .clone()
+            .unwrap_or_else(|| a.ip().to_string());
+        format!("{h}:{}", a.port())
+    };
+    if let Some(a) = cfg.sip.udp.first() {
+        sip_hosts.insert(Transport::Udp, host_of(a));
+    }
+    if let Some(a) = cfg.sip.tcp.first() {
+        sip_hosts.insert(Transport::Tcp, host_of(a));
+    }
+    if let Some(a) = cfg.sip.tls.first() {
+        sip_hosts.insert(Transport::Tls, host_of(a));
+    }
+    let mut trunks = Vec::new();
+    for t in &cfg.sip_trunks {
+        let (host, port, _) = msg::uri_target(&t.target)
+            .ok_or_else(|| anyhow!("sip_trunk {}: target {} is not a SIP URI", t.name, t.target))?;
+        let host = match port {
+            Some(p) if host.contains(':') => format!("[{host}]:{p}"),
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        };
+        let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
+        let (addr, transport) = msg::uri_socket(via).ok_or_else(|| {
+            anyhow!(
+                "sip_trunk {}: {via} must name an IP address (DNS resolution of SIP targets is not supported yet)",
+                t.name
+            )
+        })?;
+        trunks.push(TrunkInfo {
+            name: t.name.clone(),
+            host,
+            dest: Dest {
+                addr,
+                transport,
+                conn: None,
+            },
+            proxy_route: t
+                .outbound_proxy
+                .as_ref()
+                .map(|p| format!("<{};lr>", p.trim_end_matches(";lr"))),
+            codecs: t.codecs.clone(),
+            max_redirects: t.max_redirects,
+        });
+    }
+    let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);
+    let mut tgs = Vec::new();
+    for tg in &cfg.tgs {
+        let mut routes = Vec::new();
+        for r in &tg.routes {
+            let target = if r.echo {
+                TgTarget::Echo
+            } else {
+                let name = r.sip_trunk.as_deref().unwrap_or("");
+                TgTarget::Trunk(
+                    trunk_index(name)
+                        .ok_or_else(|| anyhow!("tg {}: unknown sip_trunk {name}", tg.name))?,
+                )
+            };
+            routes.push(TgRoute {
+                prefix: r.prefix.clone(),
+                target,
+            });
+        }
+        tgs.push(TgInfo {
+            name: tg.name.clone(),
+            routes,
+        });
+    }
+    let mut sip_routes = Vec::new();
+    for r in &cfg.sip_routes {
+        let i = peers
+            .iter()
+            .position(|p| p.name == r.ript_peer)
+            .ok_or_else(|| anyhow!("sip_route: unknown ript_peer {}", r.ript_peer))?;
+        sip_routes.push((r.prefix.clone(), i));
+    }
+    Ok(EngineConfig {
+        node: cfg.general.node_name.clone(),
+        sip_hosts,
+        media_ip: cfg.media.ip,
+        port_min: cfg.media.port_min,
+        port_max: cfg.media.port_max,
+        latching: cfg.media.latching,
+        t1: Duration::from_millis(cfg.sip.t1_ms.max(1)),
+        max_calls: cfg.sip.max_calls.max(1),
+        no_answer_timeout: Duration::from_secs(cfg.sip.no_answer_timeout_secs.max(1)),
+        sip_routes,
+        peers: peers
+            .iter()
+            .map(|p| PeerInfo {
+                name: p.name.clone(),
+                codecs: p.codecs.clone(),
+            })
+            .collect(),
+        tgs,
+        trunks,
+        http_authority: authority.to_string(),
+        events_grace: Duration::from_secs(30),
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

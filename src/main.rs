@@ -1,1 +1,192 @@
-fn main() {}
+//! The `riptide` command: run the gateway, check a configuration, mint local access tokens.
+//!
+//! Exit codes: 0 success, 1 runtime error, 2 configuration or usage error.
+
+use clap::{Args, Parser, Subcommand};
+use riptide::auth::LocalIssuer;
+use riptide::config::{self, Config, LogFormat};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "riptide",
+    version,
+    about = "SIP <-> HTTP/3 (RIPT) interworking gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (with the built-in configuration when no file is given).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate a configuration file, then exit.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Access tokens of the gateway's local issuer.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new access token signed by the local issuer of a data directory.
+    Mint(MintArgs),
+}
+
+#[derive(Args)]
+struct MintArgs {
+    /// Take the data directory from this configuration file.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Data directory holding (or to hold) the issuer key.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// `sub` claim of the token.
+    #[arg(long, default_value = "local")]
+    subject: String,
+    /// Scope to grant; repeat for several. Default: calls:write tgs:read handlers:write.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// Lifetime in seconds (default 30 days).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    ttl_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match config::load_file(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::Token {
+            command: TokenCommand::Mint(args),
+        } => mint(args),
+    }
+}
+
+fn load(config: Option<&Path>) -> Result<Config, ExitCode> {
+    match config {
+        None => Ok(config::embedded_default()),
+        Some(path) => config::load_file(path).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        }),
+    }
+}
+
+fn serve(config: Option<&Path>) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = init_tracing(&cfg) {
+        eprintln!("general.log_level: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    // Installing fails only if a provider is already installed, which is then the same one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(riptide::gateway::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// `RUST_LOG`, when set, overrides `general.log_level` so a running setup can be debugged
+/// without editing its file.
+fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("RUST_LOG {v:?}: {e}"))?
+        }
+        _ => EnvFilter::try_new(&cfg.general.log_level)
+            .map_err(|e| anyhow::anyhow!("{:?}: {e}", cfg.general.log_level))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let res = match cfg.general.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    res.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn mint(args: MintArgs) -> ExitCode {
+    let data_dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, cfg_file) => match load(cfg_file.as_deref()) {
+            Ok(cfg) => cfg.resolve_path(&cfg.general.data_dir),
+            Err(code) => return code,
+        },
+    };
+    let scopes: Vec<String> = if args.scopes.is_empty() {
+        ["calls:write", "tgs:read", "handlers:write"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        // `--scope "a b"` is accepted as two scopes, as in the OAuth `scope` parameter.
+        args.scopes
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .map(str::to_string)
+            .collect()
+    };
+    let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs(),
+        Err(_) => {
+            eprintln!("error: the system clock is before 1970");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let token = LocalIssuer::load_or_create(&data_dir)
+        .and_then(|issuer| issuer.mint(&args.subject, &scopes, args.ttl_secs, now));
+    match token {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}

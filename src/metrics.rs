@@ -1,1 +1,469 @@
-//! metrics
+//! Prometheus metrics: plain atomic counters, rendered as text by the admin listener.
+//!
+//! Hot-path counters (RTP relayed/dropped) are fixed fields, so counting a packet is one relaxed
+//! atomic add with no lookup.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Reasons a media packet was not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a parseable RTP/RTCP packet.
+    Malformed,
+    /// No call (or no QUIC binding) for the packet.
+    NoRoute,
+    /// The QUIC connection refused the datagram (too large, blocked, closed).
+    QuicSend,
+    /// The UDP send toward the legacy side failed.
+    UdpSend,
+    /// From an address that is not the latched/remote one.
+    WrongSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    In,
+    Out,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Malformed,
+        DropReason::NoRoute,
+        DropReason::QuicSend,
+        DropReason::UdpSend,
+        DropReason::WrongSource,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoRoute => "no_route",
+            DropReason::QuicSend => "quic_send",
+            DropReason::UdpSend => "udp_send",
+            DropReason::WrongSource => "wrong_source",
+        }
+    }
+}
+
+/// How a call ended; a fixed set so the `outcome` label cannot grow without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Answered and later hung up normally.
+    Answered,
+    /// The callee refused (4xx/6xx other than the cases below).
+    Declined,
+    /// An error on our side or the network (5xx, transport failure, timeout during setup).
+    Failed,
+    /// Rang until the no-answer timer fired.
+    NoAnswer,
+    /// The caller gave up before an answer.
+    Cancelled,
+    /// Refused by us before routing (no route, over capacity, auth).
+    Rejected,
+}
+
+impl CallOutcome {
+    pub const ALL: [CallOutcome; 6] = [
+        CallOutcome::Answered,
+        CallOutcome::Declined,
+        CallOutcome::Failed,
+        CallOutcome::NoAnswer,
+        CallOutcome::Cancelled,
+        CallOutcome::Rejected,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CallOutcome::Answered => "answered",
+            CallOutcome::Declined => "declined",
+            CallOutcome::Failed => "failed",
+            CallOutcome::NoAnswer => "noanswer",
+            CallOutcome::Cancelled => "cancelled",
+            CallOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl Dir {
+    fn label(self) -> &'static str {
+        match self {
+            Dir::In => "in",
+            Dir::Out => "out",
+        }
+    }
+}
+
+/// Bounds the SIP message table: a peer sending random method names must not grow it forever.
+const MAX_SIP_KINDS: usize = 256;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub rtp_sip_to_quic: AtomicU64,
+    pub rtp_quic_to_sip: AtomicU64,
+    pub rtcp_received: AtomicU64,
+    pub media_dropped: [AtomicU64; 5],
+    pub calls_active: AtomicI64,
+    pub calls_total: [AtomicU64; 6],
+    /// (direction, method or status code) → count.
+    sip_messages: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Malformed SIP dropped without an answer, by transport.
+    sip_malformed: Mutex<BTreeMap<&'static str, u64>>,
+    pub sip_bad_request: AtomicU64,
+    /// HTTP responses by status code.
+    http_responses: Mutex<BTreeMap<u16, u64>>,
+    pub auth_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn media_drop(&self, reason: DropReason) {
+        self.media_dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One RTP packet relayed; the media hot path, so a single relaxed add.
+    pub fn rtp_relayed(&self, sip_to_quic: bool) {
+        let c = if sip_to_quic {
+            &self.rtp_sip_to_quic
+        } else {
+            &self.rtp_quic_to_sip
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn call_started(&self) {
+        self.calls_active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn call_ended(&self, outcome: CallOutcome) {
+        self.calls_active.fetch_sub(1, Ordering::Relaxed);
+        self.calls_total[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A SIP message sent or received; `kind` is the method (`INVITE`) or status code (`200`).
+    pub fn sip_message(&self, dir: Dir, kind: &str) {
+        let mut m = lock(&self.sip_messages);
+        let key = (dir.label(), kind.to_string());
+        if let Some(n) = m.get_mut(&key) {
+            *n += 1;
+        } else if m.len() < MAX_SIP_KINDS {
+            m.insert(key, 1);
+        } else {
+            *m.entry((dir.label(), "other".to_string())).or_insert(0) += 1;
+        }
+    }
+
+    /// A datagram or stream chunk that did not parse as SIP and was dropped unanswered.
+    pub fn sip_malformed(&self, transport: &'static str) {
+        *lock(&self.sip_malformed).entry(transport).or_insert(0) += 1;
+    }
+
+    /// A request that parsed far enough to be answered with 400.
+    pub fn sip_bad_request(&self) {
+        self.sip_bad_request.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One HTTP response (HTTP/3 API or admin) with this status.
+    pub fn http_requests(&self, status: u16) {
+        *lock(&self.http_responses).entry(status).or_insert(0) += 1;
+    }
+
+    pub fn auth_failures(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        header(
+            &mut out,
+            "calls_active",
+            "gauge",
+            "Calls currently in progress.",
+        );
+        line(
+            &mut out,
+            "calls_active",
+            "",
+            self.calls_active.load(Ordering::Relaxed),
+        );
+
+        header(
+            &mut out,
+            "calls_total",
+            "counter",
+            "Calls ended, by outcome.",
+        );
+        for o in CallOutcome::ALL {
+            let labels = format!("outcome=\"{}\"", o.label());
+            line(
+                &mut out,
+                "calls_total",
+                &labels,
+                load(&self.calls_total[o as usize]),
+            );
+        }
+
+        header(
+            &mut out,
+            "sip_messages_total",
+            "counter",
+            "SIP messages by direction and method or status code.",
+        );
+        for ((dir, kind), n) in lock(&self.sip_messages).iter() {
+            let labels = format!("dir=\"{dir}\",kind=\"{}\"", escape_label(kind));
+            line(&mut out, "sip_messages_total", &labels, *n);
+        }
+
+        header(
+            &mut out,
+            "sip_malformed_total",
+            "counter",
+            "Malformed SIP input dropped without an answer, by transport.",
+        );
+        for (t, n) in lock(&self.sip_malformed).iter() {
+            line(
+                &mut out,
+                "sip_malformed_total",
+                &format!("transport=\"{t}\""),
+                *n,
+            );
+        }
+
+        header(
+            &mut out,
+            "sip_bad_requests_total",
+            "counter",
+            "SIP requests answered with 400 Bad Request.",
+        );
+        line(
+            &mut out,
+            "sip_bad_requests_total",
+            "",
+            load(&self.sip_bad_request),
+        );
+
+        header(
+            &mut out,
+            "http_responses_total",
+            "counter",
+            "HTTP responses by status code.",
+        );
+        for (s, n) in lock(&self.http_responses).iter() {
+            line(
+                &mut out,
+                "http_responses_total",
+                &format!("status=\"{s}\""),
+                *n,
+            );
+        }
+
+        header(
+            &mut out,
+            "auth_failures_total",
+            "counter",
+            "Requests refused for a missing or bad bearer token.",
+        );
+        line(
+            &mut out,
+            "auth_failures_total",
+            "",
+            load(&self.auth_failures),
+        );
+
+        header(
+            &mut out,
+            "media_packets_relayed_total",
+            "counter",
+            "RTP packets relayed, by direction.",
+        );
+        line(
+            &mut out,
+            "media_packets_relayed_total",
+            "dir=\"sip_to_quic\"",
+            load(&self.rtp_sip_to_quic),
+        );
+        line(
+            &mut out,
+            "media_packets_relayed_total",
+            "dir=\"quic_to_sip\"",
+            load(&self.rtp_quic_to_sip),
+        );
+
+        header(
+            &mut out,
+            "rtcp_packets_received_total",
+            "counter",
+            "RTCP packets received and terminated.",
+        );
+        line(
+            &mut out,
+            "rtcp_packets_received_total",
+            "",
+            load(&self.rtcp_received),
+        );
+
+        header(
+            &mut out,
+            "media_packets_dropped_total",
+            "counter",
+            "Media packets not relayed, by reason.",
+        );
+        for r in DropReason::ALL {
+            let labels = format!("reason=\"{}\"", r.label());
+            line(
+                &mut out,
+                "media_packets_dropped_total",
+                &labels,
+                load(&self.media_dropped[r as usize]),
+            );
+        }
+        out
+    }
+}
+
+/// A panic elsewhere while holding a metrics lock must not take metrics down with it: the maps
+/// only hold counters, which stay meaningful.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP riptide_{name} {help}\n# TYPE riptide_{name} {kind}"
+    );
+}
+
+fn line(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = if labels.is_empty() {
+        writeln!(out, "riptide_{name} {value}")
+    } else {
+        writeln!(out, "riptide_{name}{{{labels}}} {value}")
+    };
+}
+
+/// SIP method names come from the network; escape them per the exposition format.
+fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Parses exposition text into `name{labels}` → value, checking every sample has a TYPE.
+    fn parse(text: &str) -> HashMap<String, f64> {
+        let mut typed = std::collections::HashSet::new();
+        let mut samples = HashMap::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let mut it = rest.split(' ');
+                let name = it.next().unwrap().to_string();
+                let kind = it.next().unwrap();
+                assert!(kind == "counter" || kind == "gauge", "{l}");
+                typed.insert(name);
+                continue;
+            }
+            if l.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(name.starts_with("riptide_"), "{l}");
+            assert!(typed.contains(name), "sample before its TYPE: {l}");
+            samples.insert(series.to_string(), value.parse::<f64>().unwrap());
+        }
+        samples
+    }
+
+    #[test]
+    fn render_reports_what_was_counted() {
+        let m = Metrics::default();
+        m.call_started();
+        m.call_started();
+        m.call_ended(CallOutcome::Answered);
+        m.sip_message(Dir::In, "INVITE");
+        m.sip_message(Dir::In, "INVITE");
+        m.sip_message(Dir::Out, "200");
+        m.sip_message(Dir::In, "WE\"IRD");
+        m.sip_malformed("udp");
+        m.sip_bad_request();
+        m.http_requests(401);
+        m.auth_failures();
+        m.rtp_relayed(true);
+        m.rtp_relayed(true);
+        m.rtp_relayed(false);
+        m.media_drop(DropReason::WrongSource);
+
+        let s = parse(&m.render());
+        assert_eq!(s["riptide_calls_active"], 1.0);
+        assert_eq!(s["riptide_calls_total{outcome=\"answered\"}"], 1.0);
+        assert_eq!(s["riptide_calls_total{outcome=\"noanswer\"}"], 0.0);
+        assert_eq!(
+            s["riptide_sip_messages_total{dir=\"in\",kind=\"INVITE\"}"],
+            2.0
+        );
+        assert_eq!(
+            s["riptide_sip_messages_total{dir=\"out\",kind=\"200\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["riptide_sip_messages_total{dir=\"in\",kind=\"WE\\\"IRD\"}"],
+            1.0
+        );
+        assert_eq!(s["riptide_sip_malformed_total{transport=\"udp\"}"], 1.0);
+        assert_eq!(s["riptide_sip_bad_requests_total"], 1.0);
+        assert_eq!(s["riptide_http_responses_total{status=\"401\"}"], 1.0);
+        assert_eq!(s["riptide_auth_failures_total"], 1.0);
+        assert_eq!(
+            s["riptide_media_packets_relayed_total{dir=\"sip_to_quic\"}"],
+            2.0
+        );
+        assert_eq!(
+            s["riptide_media_packets_relayed_total{dir=\"quic_to_sip\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["riptide_media_packets_dropped_total{reason=\"wrong_source\"}"],
+            1.0
+        );
+        assert_eq!(
+            s["riptide_media_packets_dropped_total{reason=\"malformed\"}"],
+            0.0
+        );
+    }
+
+    #[test]
+    fn sip_kinds_are_bounded() {
+        let m = Metrics::default();
+        for i in 0..(MAX_SIP_KINDS + 50) {
+            m.sip_message(Dir::In, &format!("X{i}"));
+        }
+        let s = parse(&m.render());
+        let kinds = s
+            .keys()
+            .filter(|k| k.starts_with("riptide_sip_messages_total"))
+            .count();
+        assert_eq!(kinds, MAX_SIP_KINDS + 1);
+        assert_eq!(
+            s["riptide_sip_messages_total{dir=\"in\",kind=\"other\"}"],
+            50.0
+        );
+    }
+}

@@ -1,1 +1,6 @@
-//! The bridge: one engine owning every call, with both legs.
+//! The bridge: one sans-IO engine owning every call with both legs, its tokio driver, and
+//! SDP ⇄ advertisement/proposal negotiation.
+
+pub mod driver;
+pub mod engine;
+pub mod negotiate;

@@ -1,7 +1,15 @@
 //! Loading and validating configuration files.
+//!
+//! Every error names the file, the 1-based line and column, and the dotted key path
+//! (`sip_trunk[0].target`). serde only gives a byte span, so the path is recovered by finding
+//! that span in toml's spanned document tree; semantic checks go the other way, from a path to
+//! the span of the offending key.
 
 use super::Config;
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// A configuration problem, always naming where it is.
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +19,14 @@ pub enum ConfigError {
         file: String,
         #[source]
         source: std::io::Error,
+    },
+    /// The file is not valid TOML (before any key has a meaning).
+    #[error("{file}:{line}:{column}: TOML syntax error: {message}")]
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("{file}:{line}:{column}: key `{key}`: {message}")]
     Invalid {
@@ -22,25 +38,710 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The dotted key path for key errors; `None` for I/O and syntax errors.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// 1-based line of the error, when it has one.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. } => Some(*line),
+            ConfigError::Io { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    /// Resolves a path from the configuration: relative paths are relative to the directory of
+    /// the configuration file, not to the process's working directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Reads, parses and validates a configuration file; `base_dir` becomes the file's directory.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        file: path.display().to_string(),
+        file: file.clone(),
         source,
     })?;
-    let mut cfg = load_str(&text, &path.display().to_string())?;
-    cfg.base_dir = path
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| ".".into());
+    let mut cfg = load_str(&text, &file)?;
+    cfg.base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     Ok(cfg)
 }
 
-pub fn load_str(text: &str, file: &str) -> Result<Config, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Invalid {
-        file: file.into(),
-        line: 0,
-        column: 0,
-        key: String::new(),
-        message: e.to_string(),
-    })
+/// Parses and validates configuration text; `file_name` is only used in error messages.
+/// `base_dir` of the result is empty (paths stay relative to the working directory).
+pub fn load_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+    let doc = match DeTable::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            return Err(ConfigError::Syntax {
+                file: file_name.into(),
+                line,
+                column,
+                message: one_line(e.message()),
+            });
+        }
+    };
+    let locator = Locator {
+        text,
+        file: file_name,
+        doc: doc.get_ref(),
+    };
+    let cfg: Config = toml::from_str(text).map_err(|e| locator.serde_error(&e))?;
+    validate(&cfg, &locator)?;
+    Ok(cfg)
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+struct KeyPath(Vec<Seg>);
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            match s {
+                Seg::Key(k) if i == 0 => write!(f, "{k}")?,
+                Seg::Key(k) => write!(f, ".{k}")?,
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// Maps between byte spans and key paths of one parsed document.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a str,
+    doc: &'a DeTable<'a>,
+}
+
+impl Locator<'_> {
+    fn serde_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let mut path = find_in_table(self.doc, span.start).unwrap_or_default();
+        let mut message = one_line(e.message());
+        // serde reports a missing field on the table that lacks it; name the key itself.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
+            path.push(key(field));
+            message = format!("required key `{field}` is missing");
+        } else if message.contains("socket address") {
+            message.push_str(" (expected \"ip:port\", e.g. \"127.0.0.1:5060\")");
+        } else if message.contains("IP address") {
+            message.push_str(" (expected an IPv4 or IPv6 address, e.g. \"127.0.0.1\")");
+        }
+        let (line, column) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            file: self.file.into(),
+            line,
+            column,
+            key: KeyPath(path).to_string(),
+            message,
+        }
+    }
+
+    /// An error at `path`, positioned at the deepest part of it that is written in the file
+    /// (a value that came from a default has no position of its own).
+    fn error(&self, path: &[Seg], message: impl Into<String>) -> ConfigError {
+        let pos = span_of_nearest(self.doc, path).unwrap_or(0);
+        let (line, column) = line_col(self.text, pos);
+        ConfigError::Invalid {
+            file: self.file.into(),
+            line,
+            column,
+            key: KeyPath(path.to_vec()).to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deepest key path whose key or value span contains `pos`.
+fn find_in_table(t: &DeTable<'_>, pos: usize) -> Option<Vec<Seg>> {
+    for (k, v) in t.iter() {
+        if let Some(mut sub) = find_in_value(v, pos) {
+            sub.insert(0, key(k.get_ref()));
+            return Some(sub);
+        }
+    }
+    // A second pass so a deeper match anywhere wins over a shallow one that merely encloses it.
+    for (k, v) in t.iter() {
+        if k.span().contains(&pos) || v.span().contains(&pos) {
+            return Some(vec![key(k.get_ref())]);
+        }
+    }
+    None
+}
+
+fn find_in_value(v: &Spanned<DeValue<'_>>, pos: usize) -> Option<Vec<Seg>> {
+    match v.get_ref() {
+        DeValue::Table(t) => find_in_table(t, pos),
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                if let Some(mut sub) = find_in_value(item, pos) {
+                    sub.insert(0, Seg::Index(i));
+                    return Some(sub);
+                }
+            }
+            a.iter()
+                .position(|item| item.span().contains(&pos))
+                .map(|i| vec![Seg::Index(i)])
+        }
+        _ => None,
+    }
+}
+
+/// Byte offset of the key (or array item) at `path`, if all of it is written in the file.
+fn span_of(doc: &DeTable<'_>, path: &[Seg]) -> Option<usize> {
+    let mut best = None;
+    let mut table = Some(doc);
+    let mut value: Option<&Spanned<DeValue<'_>>> = None;
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                let (ks, v) = table?.iter().find(|(name, _)| name.get_ref() == k)?;
+                best = Some(ks.span().start);
+                value = Some(v);
+            }
+            Seg::Index(i) => {
+                let item = value?.get_ref().as_array()?.get(*i)?;
+                best = Some(item.span().start);
+                value = Some(item);
+            }
+        }
+        table = value.and_then(|v| v.get_ref().as_table());
+    }
+    best
+}
+
+/// Like [`span_of`] but falls back to the deepest ancestor that is present.
+fn span_of_nearest(doc: &DeTable<'_>, path: &[Seg]) -> Option<usize> {
+    (1..=path.len())
+        .rev()
+        .find_map(|n| span_of(doc, &path[..n]))
+}
+
+/// 1-based line and column (in characters) of byte offset `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let pos = pos.min(text.len());
+    let before = text.get(..pos).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn one_line(msg: &str) -> String {
+    msg.trim().lines().collect::<Vec<_>>().join("; ")
+}
+
+const KNOWN_CODECS: [&str; 6] = ["PCMU", "PCMA", "G722", "opus", "telephone-event", "CN"];
+
+fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
+    let err = |path: Vec<Seg>, msg: String| loc.error(&path, msg);
+
+    // general
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.general.log_level) {
+        return Err(err(
+            vec![key("general"), key("log_level")],
+            format!(
+                "not a tracing filter directive ({e}); expected e.g. \"info\" or \"riptide=debug\""
+            ),
+        ));
+    }
+    if cfg.general.node_name.trim().is_empty() {
+        return Err(err(
+            vec![key("general"), key("node_name")],
+            "must not be empty".into(),
+        ));
+    }
+
+    // sip
+    let sip = &cfg.sip;
+    if sip.udp.is_empty() && sip.tcp.is_empty() && sip.tls.is_empty() {
+        return Err(err(
+            vec![key("sip"), key("udp")],
+            "no SIP listener: set at least one address in sip.udp, sip.tcp or sip.tls".into(),
+        ));
+    }
+    if sip.tls_cert.is_some() != sip.tls_key.is_some() {
+        let missing = if sip.tls_cert.is_some() {
+            "tls_key"
+        } else {
+            "tls_cert"
+        };
+        let present = if sip.tls_cert.is_some() {
+            "tls_cert"
+        } else {
+            "tls_key"
+        };
+        return Err(err(
+            vec![key("sip"), key(present)],
+            format!("set {missing} too (the certificate and its key go together)"),
+        ));
+    }
+    if sip.max_calls == 0 {
+        return Err(err(
+            vec![key("sip"), key("max_calls")],
+            "must be at least 1".into(),
+        ));
+    }
+    if sip.t1_ms == 0 {
+        return Err(err(
+            vec![key("sip"), key("t1_ms")],
+            "must be at least 1".into(),
+        ));
+    }
+
+    // http3
+    if cfg.http3.server_name.trim().is_empty() {
+        return Err(err(
+            vec![key("http3"), key("server_name")],
+            "must not be empty".into(),
+        ));
+    }
+    if cfg.http3.cert_file.is_some() != cfg.http3.key_file.is_some() {
+        let present = if cfg.http3.cert_file.is_some() {
+            "cert_file"
+        } else {
+            "key_file"
+        };
+        return Err(err(
+            vec![key("http3"), key(present)],
+            "set both cert_file and key_file, or neither (to use a generated certificate)".into(),
+        ));
+    }
+    if cfg.http3.max_calls == 0 {
+        return Err(err(
+            vec![key("http3"), key("max_calls")],
+            "must be at least 1".into(),
+        ));
+    }
+
+    // media
+    let m = &cfg.media;
+    if m.port_min == 0 {
+        return Err(err(
+            vec![key("media"), key("port_min")],
+            "must be at least 1".into(),
+        ));
+    }
+    if m.port_min > m.port_max {
+        return Err(err(
+            vec![key("media"), key("port_min")],
+            format!("port_min {} is above port_max {}", m.port_min, m.port_max),
+        ));
+    }
+    if m.port_max - m.port_min < 1 {
+        return Err(err(
+            vec![key("media"), key("port_max")],
+            "the port range must hold at least 2 ports (RTP and RTCP)".into(),
+        ));
+    }
+
+    // sip_trunk
+    unique_names(
+        cfg.sip_trunks.iter().map(|t| t.name.as_str()),
+        "sip_trunk",
+        &err,
+    )?;
+    for (i, t) in cfg.sip_trunks.iter().enumerate() {
+        let at = |k: &str| vec![key("sip_trunk"), Seg::Index(i), key(k)];
+        check_sip_uri(&t.target).map_err(|m| err(at("target"), m))?;
+        if let Some(p) = &t.outbound_proxy {
+            check_sip_uri(p).map_err(|m| err(at("outbound_proxy"), m))?;
+        }
+        check_codecs(&t.codecs, at("codecs"), &err)?;
+    }
+
+    // tg
+    unique_names(cfg.tgs.iter().map(|t| t.name.as_str()), "tg", &err)?;
+    for (i, tg) in cfg.tgs.iter().enumerate() {
+        if !tg
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        {
+            return Err(err(
+                vec![key("tg"), Seg::Index(i), key("name")],
+                format!(
+                    "{:?} cannot be a URL path segment; use letters, digits, '-', '.', '_' or '~'",
+                    tg.name
+                ),
+            ));
+        }
+        for (j, r) in tg.routes.iter().enumerate() {
+            let base = vec![key("tg"), Seg::Index(i), key("route"), Seg::Index(j)];
+            match (&r.sip_trunk, r.echo) {
+                (Some(_), true) => {
+                    return Err(err(
+                        [base.clone(), vec![key("echo")]].concat(),
+                        "set either sip_trunk or echo = true, not both".into(),
+                    ))
+                }
+                (None, false) => {
+                    return Err(err(
+                        base,
+                        "route goes nowhere: set sip_trunk = \"NAME\" or echo = true".into(),
+                    ))
+                }
+                (Some(name), false) if !cfg.sip_trunks.iter().any(|t| &t.name == name) => {
+                    return Err(err(
+                        [base, vec![key("sip_trunk")]].concat(),
+                        format!(
+                            "no [[sip_trunk]] named {name:?} (defined: {})",
+                            list(cfg.sip_trunks.iter().map(|t| t.name.as_str()))
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ript_peer
+    unique_names(
+        cfg.ript_peers.iter().map(|p| p.name.as_str()),
+        "ript_peer",
+        &err,
+    )?;
+    for (i, p) in cfg.ript_peers.iter().enumerate() {
+        let at = |k: &str| vec![key("ript_peer"), Seg::Index(i), key(k)];
+        if p.name == "self" {
+            return Err(err(
+                at("name"),
+                "\"self\" is reserved for this gateway".into(),
+            ));
+        }
+        check_https_url(&p.url).map_err(|m| err(at("url"), m))?;
+        if p.tg.is_empty() {
+            return Err(err(at("tg"), "must name the peer's trunk group".into()));
+        }
+        match (&p.token, &p.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    at("token_file"),
+                    "set token or token_file, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    vec![key("ript_peer"), Seg::Index(i)],
+                    "set token or token_file (the bearer token for this peer)".into(),
+                ))
+            }
+            _ => {}
+        }
+        if p.ca_file.is_none() && p.pin_sha256.is_none() {
+            return Err(err(
+                vec![key("ript_peer"), Seg::Index(i)],
+                "set ca_file or pin_sha256 (how the peer's certificate is trusted)".into(),
+            ));
+        }
+        if let Some(pin) = &p.pin_sha256 {
+            let hex: String = pin.chars().filter(|c| *c != ':').collect();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(err(
+                    at("pin_sha256"),
+                    "expected the SHA-256 of the peer's certificate as 64 hex digits".into(),
+                ));
+            }
+        }
+        check_codecs(&p.codecs, at("codecs"), &err)?;
+    }
+
+    // sip_route
+    for (i, r) in cfg.sip_routes.iter().enumerate() {
+        let at = vec![key("sip_route"), Seg::Index(i), key("ript_peer")];
+        if r.ript_peer == "self" {
+            if cfg.tgs.is_empty() {
+                return Err(err(
+                    at,
+                    "\"self\" routes to this gateway's own trunk groups, but no [[tg]] is defined"
+                        .into(),
+                ));
+            }
+        } else if !cfg.ript_peers.iter().any(|p| p.name == r.ript_peer) {
+            return Err(err(
+                at,
+                format!(
+                    "no [[ript_peer]] named {:?} (expected \"self\" or one of: {})",
+                    r.ript_peer,
+                    list(cfg.ript_peers.iter().map(|p| p.name.as_str()))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn unique_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    table: &str,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, n) in names.enumerate() {
+        let at = vec![key(table), Seg::Index(i), key("name")];
+        if n.is_empty() {
+            return Err(err(at, "must not be empty".into()));
+        }
+        if let Some(j) = seen.iter().position(|s| *s == n) {
+            return Err(err(
+                at,
+                format!("duplicate name {n:?} (already used by {table}[{j}])"),
+            ));
+        }
+        seen.push(n);
+    }
+    Ok(())
+}
+
+fn check_codecs(
+    codecs: &[String],
+    at: Vec<Seg>,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if codecs.is_empty() {
+        return Err(err(at, "list at least one codec".into()));
+    }
+    for (j, c) in codecs.iter().enumerate() {
+        if !KNOWN_CODECS.iter().any(|k| k.eq_ignore_ascii_case(c)) {
+            return Err(err(
+                [at.clone(), vec![Seg::Index(j)]].concat(),
+                format!(
+                    "unknown codec {c:?}; expected one of {}",
+                    KNOWN_CODECS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_sip_uri(s: &str) -> Result<(), String> {
+    use rsipstack::sip::uri::Scheme;
+    let uri = rsipstack::sip::parse_uri(s).map_err(|e| {
+        format!("{s:?} is not a SIP URI ({e}); expected e.g. \"sip:127.0.0.1:5080\"")
+    })?;
+    match uri.scheme {
+        Some(Scheme::Sip) | Some(Scheme::Sips) => {}
+        _ => {
+            return Err(format!(
+                "{s:?} is not a sip: or sips: URI; expected e.g. \"sip:127.0.0.1:5080\""
+            ))
+        }
+    }
+    if uri.host_with_port.to_string().trim().is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(())
+}
+
+fn check_https_url(s: &str) -> Result<(), String> {
+    let expected = "expected \"https://host:port\", e.g. \"https://127.0.0.1:4434\"";
+    let rest = s
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{s:?} is not an https URL; {expected}"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('?') || authority.contains('@') {
+        return Err(format!("{s:?} has a path, query or user part; {expected}"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, p) = v6
+            .split_once("]:")
+            .ok_or_else(|| format!("{s:?} has no port; {expected}"))?;
+        (h, p)
+    } else {
+        authority
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} has no port; {expected}"))?
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host; {expected}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{s:?} has an invalid port; {expected}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> (String, usize, usize, String) {
+        match load_str(text, "t.toml") {
+            Err(ConfigError::Invalid {
+                key,
+                line,
+                column,
+                message,
+                ..
+            }) => (key, line, column, message),
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_text_is_the_default_config() {
+        let mut cfg = load_str("", "t.toml").unwrap();
+        cfg.base_dir = PathBuf::from(".");
+        // Empty text has no [[tg]] and no routes; the scalar sections are the defaults.
+        let def = super::super::embedded_default();
+        assert_eq!(cfg.sip, def.sip);
+        assert_eq!(cfg.media, def.media);
+        assert!(cfg.tgs.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_in_section() {
+        let (key, line, col, msg) = invalid("[sip]\nudp = []\nudpp = [\"127.0.0.1:5060\"]\n");
+        assert_eq!((key.as_str(), line, col), ("sip.udpp", 3, 1));
+        assert!(msg.contains("unknown field `udpp`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_in_array_item() {
+        let (key, line, _, msg) = invalid("[sip]\nudp = [\"127.0.0.1:5060\", \"nope\"]\n");
+        assert_eq!((key.as_str(), line), ("sip.udp[1]", 2));
+        assert!(msg.contains("ip:port"), "{msg}");
+        let (key, line, _, msg) = invalid("[media]\nport_min = \"x\"\n");
+        assert_eq!((key.as_str(), line), ("media.port_min", 2));
+        assert!(msg.contains("expected"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_key_in_array_of_tables() {
+        let (key, line, _, msg) = invalid(
+            "[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:a\"\n\n[[sip_trunk]]\nname = \"b\"\n",
+        );
+        assert_eq!(key, "sip_trunk[1].target");
+        assert_eq!(line, 5, "{msg}");
+        assert!(msg.contains("`target` is missing"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        match load_str("[sip]\nudp = [\n", "t.toml") {
+            Err(ConfigError::Syntax { line, .. }) => assert!(line >= 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let (key, line, _, msg) = invalid("[[sip_route]]\nprefix = \"\"\nript_peer = \"nobody\"\n");
+        assert_eq!((key.as_str(), line), ("sip_route[0].ript_peer", 3));
+        assert!(msg.contains("no [[ript_peer]] named \"nobody\""), "{msg}");
+
+        let (key, line, _, _) = invalid("[media]\nport_min = 100\nport_max = 100\n");
+        assert_eq!((key.as_str(), line), ("media.port_max", 3));
+        let (key, _, _, _) = invalid("[media]\nport_min = 200\nport_max = 100\n");
+        assert_eq!(key, "media.port_min");
+
+        let (key, line, _, msg) = invalid("[sip]\nudp = []\ntcp = []\n");
+        assert_eq!((key.as_str(), line), ("sip.udp", 2));
+        assert!(msg.contains("no SIP listener"), "{msg}");
+    }
+
+    #[test]
+    fn tg_routes_need_exactly_one_target() {
+        let base = "[[tg]]\nname = \"t\"\n[[tg.route]]\nprefix = \"\"\n";
+        let (key, line, _, msg) = invalid(base);
+        assert_eq!((key.as_str(), line), ("tg[0].route[0]", 3));
+        assert!(msg.contains("goes nowhere"), "{msg}");
+        let (key, _, _, _) = invalid(&format!("{base}echo = true\nsip_trunk = \"x\"\n"));
+        assert_eq!(key, "tg[0].route[0].echo");
+        let (key, line, _, msg) = invalid(&format!("{base}sip_trunk = \"x\"\n"));
+        assert_eq!((key.as_str(), line), ("tg[0].route[0].sip_trunk", 5));
+        assert!(msg.contains("no [[sip_trunk]] named \"x\""), "{msg}");
+    }
+
+    #[test]
+    fn ript_peer_checks() {
+        let peer = |extra: &str| {
+            format!("[[ript_peer]]\nname = \"b\"\nurl = \"https://h:1\"\ntg = \"t\"\nca_file = \"c\"\n{extra}")
+        };
+        let (key, _, _, msg) = invalid(&peer(""));
+        assert_eq!(key, "ript_peer[0]");
+        assert!(msg.contains("token"), "{msg}");
+        let (key, line, _, _) = invalid(&peer("token = \"x\"\ntoken_file = \"f\"\n"));
+        assert_eq!((key.as_str(), line), ("ript_peer[0].token_file", 7));
+        let bad_url = peer("token = \"x\"\n").replace("https://h:1", "http://h:1");
+        let (key, line, _, msg) = invalid(&bad_url);
+        assert_eq!((key.as_str(), line), ("ript_peer[0].url", 3));
+        assert!(msg.contains("https://host:port"), "{msg}");
+        let (key, _, _, msg) = invalid(&peer("token = \"x\"\ncodecs = [\"PCMU\", \"gsm\"]\n"));
+        assert_eq!(key, "ript_peer[0].codecs[1]");
+        assert!(msg.contains("unknown codec \"gsm\""), "{msg}");
+        assert!(load_str(&peer("token = \"x\"\ncodecs = [\"pcmu\", \"OPUS\"]\n"), "t").is_ok());
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_uris() {
+        let t = "[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:x\"\n[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:y\"\n";
+        let (key, line, _, msg) = invalid(t);
+        assert_eq!((key.as_str(), line), ("sip_trunk[1].name", 5));
+        assert!(msg.contains("duplicate"), "{msg}");
+        let (key, line, _, _) = invalid("[[sip_trunk]]\nname = \"a\"\ntarget = \"http://x\"\n");
+        assert_eq!((key.as_str(), line), ("sip_trunk[0].target", 3));
+    }
+
+    #[test]
+    fn https_url_forms() {
+        assert!(check_https_url("https://127.0.0.1:4434").is_ok());
+        assert!(check_https_url("https://[::1]:4434/").is_ok());
+        assert!(check_https_url("https://h").is_err());
+        assert!(check_https_url("https://h:0").is_err());
+        assert!(check_https_url("https://h:1/path").is_err());
+        assert!(check_https_url("https://:1").is_err());
+    }
+
+    #[test]
+    fn resolve_path_uses_base_dir() {
+        let mut cfg = super::super::embedded_default();
+        cfg.base_dir = PathBuf::from("/etc/riptide");
+        assert_eq!(
+            cfg.resolve_path(Path::new("k.pem")),
+            PathBuf::from("/etc/riptide/k.pem")
+        );
+        assert_eq!(cfg.resolve_path(Path::new("/abs")), PathBuf::from("/abs"));
+    }
 }

@@ -4,6 +4,11 @@
 //! RFC 9297 HTTP datagram whose Quarter Stream ID is the call's `{call}/media` CONNECT stream id / 4,
 //! followed by a RoQ flow identifier (varint: 0 = RTP, 1 = RTCP) and the RTP/RTCP packet verbatim.
 
+pub mod hub;
+pub mod rtp;
+
+pub use hub::MediaHub;
+
 use crate::CallKey;
 use std::net::SocketAddr;
 
@@ -31,5 +36,9 @@ pub enum MediaCmd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
     /// The port could not be bound; the engine fails the call.
-    BindFailed { call: CallKey, port: u16, reason: String },
+    BindFailed {
+        call: CallKey,
+        port: u16,
+        reason: String,
+    },
 }

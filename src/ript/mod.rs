@@ -1,6 +1,10 @@
 //! The HTTP/3 side: the RIPT-style API model and the quinn/h3 drivers for both roles.
 
+pub mod client;
+pub mod events;
+pub mod h3util;
 pub mod model;
+pub mod server;
 
 use crate::CallKey;
 use model::{CallDescription, CallRequest, Event};

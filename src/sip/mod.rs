@@ -1,1 +1,5 @@
-//! The legacy SIP side.
+//! The legacy SIP side: message helpers, the sans-IO transaction layer, the transport driver.
+
+pub mod msg;
+pub mod transport;
+pub mod txn;

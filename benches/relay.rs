@@ -1,0 +1,157 @@
+//! Media relay costs: the per-packet framing/parse path alone, and a full loopback
+//! UDP → hub → QUIC datagram → hub → UDP hop between two hubs sharing one QUIC connection.
+//!
+//! Compare runs side by side (`cargo bench --bench relay -- --save-baseline x` then
+//! `--baseline x`); absolute numbers depend on the machine.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use riptide::config::MediaConfig;
+use riptide::media::rtp::{classify, parse_datagram, DatagramArena, PacketKind, FLOW_RTP};
+use riptide::media::{MediaCmd, MediaHub};
+use riptide::metrics::Metrics;
+use riptide::CallKey;
+use std::hint::black_box;
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A 20 ms PCMU packet: 12-byte header + 160 bytes of payload.
+fn pcmu_packet() -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+    p.resize(172, 0xd5);
+    p
+}
+
+fn framing(c: &mut Criterion) {
+    let pkt = pcmu_packet();
+    let mut g = c.benchmark_group("framing");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("frame_parse_classify", |b| {
+        let mut arena = DatagramArena::default();
+        b.iter(|| {
+            let d = arena
+                .frame(black_box(1234), FLOW_RTP, black_box(&pkt))
+                .unwrap_or_default();
+            let h = parse_datagram(&d).map(|h| h.payload_offset).unwrap_or(0);
+            black_box(classify(&d[h..]) == PacketKind::Rtp)
+        })
+    });
+    g.bench_function("parse_classify", |b| {
+        let mut arena = DatagramArena::default();
+        let d = arena.frame(1234, FLOW_RTP, &pkt).unwrap_or_default();
+        b.iter(|| {
+            let h = parse_datagram(black_box(&d))
+                .map(|h| h.payload_offset)
+                .unwrap_or(0);
+            black_box(classify(&d[h..]))
+        })
+    });
+    g.finish();
+}
+
+fn configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let mut transport = quinn::TransportConfig::default();
+    transport.datagram_receive_buffer_size(Some(1 << 20));
+    transport.datagram_send_buffer_size(1 << 20);
+    let transport = Arc::new(transport);
+
+    let mut s = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .unwrap();
+    s.alpn_protocols = vec![b"h3".to_vec()];
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(s).unwrap(),
+    ));
+    sc.transport_config(transport.clone());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h3".to_vec()];
+    let mut cc = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(c).unwrap(),
+    ));
+    cc.transport_config(transport);
+    (sc, cc)
+}
+
+fn new_hub() -> MediaHub {
+    let cfg = MediaConfig {
+        ip: "127.0.0.1".parse().unwrap(),
+        port_min: 0,
+        port_max: 0,
+        latching: false,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::mem::forget(rx);
+    MediaHub::new(&cfg, Arc::new(Metrics::default()), tx)
+}
+
+/// One-way UDP → QUIC → UDP latency per packet through two hubs on loopback. The hubs are
+/// bound straight to a QUIC connection (QSID 0), without h3: this measures the relay, not
+/// call setup.
+fn loopback(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sip_a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sip_b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sip_b
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let call = CallKey(1);
+    let (a_side, _guard) = rt.block_on(async {
+        let (sc, cc) = configs();
+        let server = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(cc);
+        let addr = server.local_addr().unwrap();
+        let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+        let c_conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let s_conn = accept.await.unwrap();
+
+        let (a, b) = (new_hub(), new_hub());
+        a.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        b.apply(MediaCmd::SetRemote {
+            call,
+            rtp: sip_b.local_addr().unwrap(),
+            rtcp: None,
+            rtcp_mux: true,
+            latching: false,
+        });
+        a.bind_quic(call, c_conn.clone(), 0);
+        b.bind_quic(call, s_conn.clone(), 0);
+        tokio::spawn(a.clone().run_quic_reader(c_conn.clone()));
+        tokio::spawn(b.clone().run_quic_reader(s_conn.clone()));
+        (a.legacy_addr(call).unwrap(), (a, b, c_conn, s_conn, client))
+    });
+    let pkt = pcmu_packet();
+    let mut buf = [0u8; 2048];
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("udp_quic_udp_one_way", |b| {
+        b.iter(|| {
+            sip_a.send_to(&pkt, a_side).unwrap();
+            // A lost datagram shows up as a 500 ms outlier rather than a hang.
+            black_box(sip_b.recv_from(&mut buf).ok())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, framing, loopback);
+criterion_main!(benches);

@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# SIPp interop suite for riptide (see interop/README.md).
+#
+#   interop/sipp/run.sh [--direct] [--keep-pair] [SCENARIO ...]
+#
+# Default (pair mode): UAC -> gateway A 127.0.0.1:5070 -> HTTP/3 -> gateway B -> SIPp UAS 127.0.0.1:5080.
+#   Uses a running pair (interop/pair.sh status) or starts one and stops it again at the end
+#   (unless --keep-pair).
+# --direct: UAC -> SIPp UAS on 127.0.0.1:5080 with no gateway, to validate the scenario files
+#   themselves; the checks that need a gateway (i, and the "relayed by the gateway" source-port
+#   checks of a/f) are reported as SKIP, never silently dropped.
+# Prints one PASS/FAIL/SKIP line per scenario and ends with `sipp: N passed, M failed`
+# (`, K skipped` is appended only when something was skipped). Exit status 1 on any failure.
+# Logs and traces: interop/out/sipp/<scenario>/.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/..
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
+
+SCN_DIR="$INTEROP_DIR/sipp/scenarios"
+LOG_ROOT="$OUT_DIR/sipp"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed"
+
+UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
+UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
+A_MEDIA="20000-24999"; B_MEDIA="25000-29999"
+MIN_RTP="${MIN_RTP:-50}"        # packets each side must receive in (a): 3 s of 20 ms packets is 150
+MIN_EARLY_RTP="${MIN_EARLY_RTP:-25}"  # packets before the 200 in (f): 3 s of early media is 150
+SIPP_TIMEOUT="${SIPP_TIMEOUT:-40}"    # seconds, per SIPp process (-timeout, plus `timeout` as a backstop)
+
+MODE=pair; KEEP_PAIR=0; SELECTED=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --direct) MODE=direct ;;
+        --keep-pair) KEEP_PAIR=1 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -*) die "unknown option $1" ;;
+        *) SELECTED+=("$1") ;;
+    esac
+    shift
+done
+[ ${#SELECTED[@]} -gt 0 ] || read -r -a SELECTED <<<"$ALL_SCENARIOS"
+for s in "${SELECTED[@]}"; do
+    case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario '$s' (known: $ALL_SCENARIOS)" ;; esac
+done
+
+need_cmd sipp sip-tester
+need_cmd python3 python3
+need_cmd ss iproute2
+need_cmd curl curl
+need_cmd timeout coreutils
+need_cmd tcpdump tcpdump
+
+if [ "$MODE" = pair ]; then
+    TARGET="127.0.0.1:5070"
+else
+    TARGET="127.0.0.1:$UAS_PORT"
+fi
+
+PAIR_STARTED=0
+UAS_PID=""
+cleanup() {
+    [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 2
+    stop_capture
+    if [ "$PAIR_STARTED" = 1 ] && [ "$KEEP_PAIR" = 0 ]; then
+        "$INTEROP_DIR/pair.sh" stop || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$MODE" = pair ]; then
+    if "$INTEROP_DIR/pair.sh" status >/dev/null 2>&1; then
+        log "using the running gateway pair"
+    else
+        PAIR_STARTED=1
+        "$INTEROP_DIR/pair.sh" start || die "could not start the gateway pair (see interop/out/a.log, b.log)"
+    fi
+fi
+
+mkdir -p "$LOG_ROOT"
+TONE_DIR="$LOG_ROOT"
+TONE="$(cd "$TONE_DIR" && python3 "$INTEROP_DIR/lib/mktone.py" tone-440hz.ulaw 2 && echo "$TONE_DIR/tone-440hz.ulaw")"
+
+# Every SIPp process: quiet screen, traces into the cwd (the scenario's log dir), bounded run time.
+sipp_common() {
+    printf '%s\n' -i 127.0.0.1 -mi 127.0.0.1 -nostdin -trace_msg -trace_err -trace_screen \
+        -timeout "${SIPP_TIMEOUT}s" -timeout_error -max_recv_loops 1000
+}
+
+# start_uas SCENARIO_FILE DIR [extra sipp args]: SIPp UAS on 127.0.0.1:5080, one call; sets UAS_PID.
+start_uas() {
+    local scn="$1" dir="$2"; shift 2
+    port_bound udp "$UAS_PORT" && die "127.0.0.1:$UAS_PORT is already in use: $(port_users udp "$UAS_PORT")"
+    local args; mapfile -t args < <(sipp_common)
+    (cd "$dir" && exec timeout -k 5 $((SIPP_TIMEOUT + 10)) sipp -sf "$SCN_DIR/$scn" -p "$UAS_PORT" \
+        -mp "$UAS_MEDIA" -cp "$UAS_CP" -m 1 -aa "${args[@]}" "$@") >"$dir/uas.stdout" 2>&1 &
+    UAS_PID=$!
+    wait_port_bound udp "$UAS_PORT" 10 "$UAS_PID" || return 1
+}
+
+# run_uac SCENARIO_FILE DIR [extra sipp args]: SIPp UAC toward $TARGET, one call; returns sipp's status.
+run_uac() {
+    local scn="$1" dir="$2"; shift 2
+    local args; mapfile -t args < <(sipp_common)
+    (cd "$dir" && exec timeout -k 5 $((SIPP_TIMEOUT + 10)) sipp "$TARGET" -sf "$SCN_DIR/$scn" -s answer \
+        -p "$UAC_PORT" -mp "$UAC_MEDIA" -cp "$UAC_CP" -m 1 -l 1 -recv_timeout 15s "${args[@]}" "$@") \
+        >"$dir/uac.stdout" 2>&1
+}
+
+# finish_uas: wait (bounded) for the UAS to finish its call; returns its exit status.
+finish_uas() {
+    local rc=0 grace="${1:-15}"
+    [ -n "$UAS_PID" ] || return 0
+    if ! wait_pid_exit "$UAS_PID" "$grace"; then
+        log "UAS still running ${grace} s after the UAC finished: stopping it"
+        stop_pid "$UAS_PID" 2
+        UAS_PID=""
+        return 124
+    fi
+    wait "$UAS_PID" || rc=$?
+    UAS_PID=""
+    return "$rc"
+}
+
+# sipp_pair NAME UAC_XML UAS_XML [uac extra args]: run one UAC/UAS pair; sets DETAIL on failure.
+sipp_pair() {
+    local name="$1" uac="$2" uas="$3"; shift 3
+    local dir="$LOG_ROOT/$name" uac_rc=0 uas_rc=0
+    if [ -n "$uas" ]; then
+        start_uas "$uas" "$dir" || { DETAIL="UAS did not start: $(tail -n 3 "$dir/uas.stdout")"; return 1; }
+    fi
+    run_uac "$uac" "$dir" "$@" || uac_rc=$?
+    if [ -n "$uas" ]; then
+        # If the UAC already failed, the UAS is likely waiting for something that will not come.
+        if [ "$uac_rc" = 0 ]; then finish_uas 15 || uas_rc=$?; else finish_uas 3 || uas_rc=$?; fi
+    fi
+    if [ "$uac_rc" != 0 ] || [ "$uas_rc" != 0 ]; then
+        DETAIL="uac exit=$uac_rc uas exit=$uas_rc; logs: $dir"
+        local err
+        err="$(cat "$dir"/*_errors.log 2>/dev/null | grep -v '^$' | head -n 3 | tr '\n' ' ' || true)"
+        [ -z "$err" ] || DETAIL="$DETAIL; first errors: ${err:0:300}"
+        return 1
+    fi
+    if [ -n "$uas" ]; then DETAIL="uac exit=0 uas exit=0"; else DETAIL="uac exit=0 (no UAS)"; fi
+    return 0
+}
+
+rtp_filter="udp and (port $UAC_MEDIA or port $UAS_MEDIA or port $UAC_PORT)"
+
+scn_a() { # basic call with RTP both ways
+    local dir="$1" counts uac_rx uas_rx src_uac src_uas
+    ln -sf "$TONE" "$dir/tone-440hz.ulaw"
+    start_capture "$dir/rtp.pcap" "$rtp_filter"
+    sipp_pair a-basic-rtp rtp_uac.xml rtp_uas.xml -d 3000 || { stop_capture; return 1; }
+    stop_capture
+    if [ "$MODE" = pair ]; then src_uac="$A_MEDIA"; src_uas="$B_MEDIA"; else src_uac="$UAS_MEDIA"; src_uas="$UAC_MEDIA"; fi
+    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
+        "uac_rx,src=$src_uac,dst=$UAC_MEDIA" "uas_rx,src=$src_uas,dst=$UAS_MEDIA")"
+    uac_rx="$(sed -n 's/^uac_rx=//p' <<<"$counts")"; uas_rx="$(sed -n 's/^uas_rx=//p' <<<"$counts")"
+    DETAIL="RTP received (pcap on lo): UAC $uac_rx pkts from $src_uac, UAS $uas_rx pkts from $src_uas (need >= $MIN_RTP each)"
+    [ "$uac_rx" -ge "$MIN_RTP" ] && [ "$uas_rx" -ge "$MIN_RTP" ]
+}
+
+scn_b() { sipp_pair b-busy-486 busy_uac.xml busy_uas.xml; }
+scn_c() { sipp_pair c-no-answer noanswer_uac.xml noanswer_uas.xml; }
+scn_d() { sipp_pair d-cancel cancel_uac.xml cancel_uas.xml; }
+scn_e() { sipp_pair e-callee-bye calleebye_uac.xml calleebye_uas.xml; }
+
+scn_f() { # 183 early media: RTP must reach the UAC before the 200 OK
+    local dir="$1" counts early found src
+    ln -sf "$TONE" "$dir/tone-440hz.ulaw"
+    start_capture "$dir/rtp.pcap" "$rtp_filter"
+    sipp_pair f-early-media early_uac.xml early_uas.xml || { stop_capture; return 1; }
+    stop_capture
+    if [ "$MODE" = pair ]; then src="$A_MEDIA"; else src="$UAS_MEDIA"; fi
+    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" "early,src=$src,dst=$UAC_MEDIA" \
+        --until '\ASIP/2\.0 200 .*CSeq:[ \t]*1 INVITE' --until-dst "$UAC_PORT")"
+    early="$(sed -n 's/^early=//p' <<<"$counts")"; found="$(sed -n 's/^until_found=//p' <<<"$counts")"
+    DETAIL="RTP at the UAC before the 200 OK (pcap on lo): $early pkts from $src (need >= $MIN_EARLY_RTP); 200 seen in capture: $found"
+    [ "$found" = 1 ] && [ "$early" -ge "$MIN_EARLY_RTP" ]
+}
+
+scn_g() { sipp_pair g-hold-resume hold_uac.xml hold_uas.xml; }
+
+scn_h() {
+    if [ "$MODE" = pair ]; then
+        sipp_pair h-options options_uac.xml ""
+    else
+        sipp_pair h-options options_uac.xml options_uas.xml
+    fi
+}
+
+scn_i() { # malformed probe, then a normal call must still work
+    local dir="$1" rc=0
+    python3 "$INTEROP_DIR/sipp/malformed.py" --sip 127.0.0.1:5070 --metrics http://127.0.0.1:9070/metrics \
+        >"$dir/malformed.out" 2>&1 || rc=$?
+    if [ "$rc" != 0 ]; then
+        DETAIL="$(grep FAIL "$dir/malformed.out" | tr '\n' ' ')(full output: $dir/malformed.out)"
+        return 1
+    fi
+    sipp_pair i-malformed call_uac.xml call_uas.xml -d 500 || { DETAIL="call after the probe failed: $DETAIL"; return 1; }
+    DETAIL="$(grep -E 'reply to broken|after garbage' "$dir/malformed.out" | tr '\n' ';') normal call afterwards ok"
+}
+
+PASSED=0; FAILED=0; SKIPPED=0
+for s in "${SELECTED[@]}"; do
+    dir="$LOG_ROOT/$s"
+    rm -rf "$dir"; mkdir -p "$dir"
+    if [ "$MODE" = direct ] && [ "$s" = i-malformed ]; then
+        echo "SKIP $s (direct mode: needs the gateway's 400 and metrics)"
+        SKIPPED=$((SKIPPED + 1))
+        continue
+    fi
+    DETAIL=""
+    start=$(date +%s.%N)
+    if "scn_${s%%-*}" "$dir"; then
+        res=PASS; PASSED=$((PASSED + 1))
+    else
+        res=FAIL; FAILED=$((FAILED + 1))
+    fi
+    printf '%s %s (%ss, %s) %s\n' "$res" "$s" "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')" "$MODE" "$DETAIL"
+done
+
+if [ "$SKIPPED" -gt 0 ]; then
+    echo "sipp: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+else
+    echo "sipp: $PASSED passed, $FAILED failed"
+fi
+[ "$FAILED" = 0 ]

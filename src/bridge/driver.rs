@@ -1,0 +1,98 @@
+//! Runs the sans-IO [`Engine`] in one tokio task: feeds it inputs from the transport, the HTTP/3
+//! drivers and the media hub, fires its timers, and dispatches its outputs.
+
+use super::engine::{Engine, Input, Output};
+use crate::media::{MediaEvent, MediaHub};
+use crate::ript::{RiptCmd, RiptEvent};
+use crate::sip::transport::SipSender;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Where the engine's outputs go.
+pub struct Sinks {
+    pub sip: SipSender,
+    pub ript_server: mpsc::UnboundedSender<RiptCmd>,
+    pub ript_client: mpsc::UnboundedSender<RiptCmd>,
+    pub media: MediaHub,
+}
+
+/// Inputs at most handled per wake-up before outputs are flushed, so one busy source cannot
+/// delay the others' outputs for long.
+const BATCH: usize = 64;
+
+pub async fn run(
+    mut engine: Engine,
+    mut sip_rx: mpsc::Receiver<Input>,
+    mut ript_rx: mpsc::Receiver<RiptEvent>,
+    mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+    sinks: Sinks,
+) {
+    loop {
+        let deadline = engine.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            m = media_rx.recv() => match m {
+                Some(m) => engine.handle_input(Instant::now(), Input::Media(m)),
+                None => return,
+            },
+            r = ript_rx.recv() => match r {
+                Some(r) => {
+                    let now = Instant::now();
+                    engine.handle_input(now, Input::Ript(r));
+                    for _ in 0..BATCH {
+                        match ript_rx.try_recv() {
+                            Ok(r) => engine.handle_input(now, Input::Ript(r)),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => return,
+            },
+            s = sip_rx.recv() => match s {
+                Some(s) => {
+                    let now = Instant::now();
+                    engine.handle_input(now, s);
+                    for _ in 0..BATCH {
+                        match sip_rx.try_recv() {
+                            Ok(s) => engine.handle_input(now, s),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => return,
+            },
+            _ = sleep => engine.handle_timeout(Instant::now()),
+        }
+        while let Some(o) = engine.poll_output() {
+            dispatch(&sinks, o);
+        }
+    }
+}
+
+fn dispatch(s: &Sinks, o: Output) {
+    match o {
+        Output::Sip(out) => s.sip.send(out),
+        Output::Media(cmd) => s.media.apply(cmd),
+        Output::Ript(cmd) => {
+            let to = match &cmd {
+                RiptCmd::RespondCall { .. }
+                | RiptCmd::ServerSend { .. }
+                | RiptCmd::ServerEnd { .. } => &s.ript_server,
+                RiptCmd::CreateCall { .. }
+                | RiptCmd::ClientSend { .. }
+                | RiptCmd::ClientReopenEvents { .. }
+                | RiptCmd::ClientClose { .. } => &s.ript_client,
+            };
+            if to.send(cmd).is_err() {
+                warn!("HTTP/3 driver stopped; command dropped");
+            }
+        }
+    }
+}

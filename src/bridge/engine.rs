@@ -1,0 +1,2403 @@
+//! The call engine: every call this gateway carries, both legs, sans-IO.
+//!
+//! One [`Engine`] owns all calls. Inputs are parsed SIP messages, RIPT events from the HTTP/3
+//! drivers and media events; outputs are SIP messages to send, commands for the HTTP/3 drivers and
+//! for the media hub. Time only enters through the `now` arguments, so races (CANCEL crossing a
+//! 200, BYE during setup, re-INVITE glare, Timer B, event-stream loss) are unit-tested with
+//! simulated time in `tests.rs`.
+//!
+//! A call has a SIP leg (UAS when the call came in over SIP, UAC when we place it toward a SIP
+//! trunk) and a RIPT leg (client when we placed it over HTTP/3, server when it came in over
+//! HTTP/3), or, for the built-in echo service, only a RIPT server leg.
+
+use super::negotiate;
+use crate::media::{MediaCmd, MediaEvent};
+use crate::metrics::{CallOutcome, Metrics};
+use crate::ript::model::{
+    self, Advertisement, CallDescription, CallRequest, CallState, Direction, Event, EventName,
+    Proposal,
+};
+use crate::ript::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
+use crate::sdp::{self, LocalSdp, SdpDirection};
+use crate::sip::msg::{self, Extra, RequestSpec, Transport};
+use crate::sip::txn::{
+    ConnId, Dest, RequestDisposition, ResponseDisposition, ServerKey, SipOut, TxnLayer, TxnOutput,
+};
+use crate::CallKey;
+use bytes::Bytes;
+use rsipstack::sip::{Method, Request, Response, SipMessage};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// A parsed SIP message as the transport delivers it.
+#[derive(Debug, Clone)]
+pub struct SipInbound {
+    pub msg: SipMessage,
+    pub info: msg::Info,
+    pub src: SocketAddr,
+    pub transport: Transport,
+    pub conn: Option<ConnId>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Input {
+    Sip(Box<SipInbound>),
+    Ript(RiptEvent),
+    Media(MediaEvent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Sip(SipOut),
+    Ript(RiptCmd),
+    Media(MediaCmd),
+}
+
+/// Where calls arriving on a served TG go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TgTarget {
+    Echo,
+    Trunk(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct TgRoute {
+    pub prefix: String,
+    pub target: TgTarget,
+}
+
+#[derive(Debug, Clone)]
+pub struct TgInfo {
+    pub name: String,
+    pub routes: Vec<TgRoute>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrunkInfo {
+    pub name: String,
+    /// Request-URI host part (`host:port`) for calls to this trunk.
+    pub host: String,
+    pub dest: Dest,
+    /// Outbound proxy: requests go there with a Route header for it.
+    pub proxy_route: Option<String>,
+    pub codecs: Vec<String>,
+    pub max_redirects: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub name: String,
+    pub codecs: Vec<String>,
+}
+
+/// What the engine needs of the configuration, resolved (names → indices, URIs → addresses).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node: String,
+    /// Our `host:port` per transport, for Via and Contact.
+    pub sip_hosts: HashMap<Transport, String>,
+    pub media_ip: IpAddr,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub latching: bool,
+    pub t1: Duration,
+    pub max_calls: usize,
+    pub no_answer_timeout: Duration,
+    /// SIP → RIPT by longest prefix of the destination user part.
+    pub sip_routes: Vec<(String, usize)>,
+    pub peers: Vec<PeerInfo>,
+    pub tgs: Vec<TgInfo>,
+    pub trunks: Vec<TrunkInfo>,
+    /// `host:port` used in the call URIs we hand out.
+    pub http_authority: String,
+    /// How long a server-role call survives without any events stream (RIPT-00: 30 s).
+    pub events_grace: Duration,
+}
+
+impl EngineConfig {
+    fn via_host(&self, t: Transport) -> String {
+        self.sip_hosts
+            .get(&t)
+            .or_else(|| self.sip_hosts.get(&Transport::Udp))
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:5060".into())
+    }
+
+    fn contact(&self, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!("<sip:riptide@{}>", self.via_host(t)),
+            Transport::Tcp => format!("<sip:riptide@{};transport=tcp>", self.via_host(t)),
+            Transport::Tls => format!("<sips:riptide@{}>", self.via_host(t)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Waiting for the far side.
+    Setup,
+    /// Provisional with media seen.
+    Early,
+    Answered,
+    /// Ended: waiting for nothing, removed at once.
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum CallTimer {
+    Retransmit2xx = 0,
+    NoAnswer = 1,
+    GlareRetry = 2,
+    EventsGrace = 3,
+    EventsReopen = 4,
+}
+const N_TIMERS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SipRole {
+    Uas,
+    Uac,
+}
+
+/// What a client transaction we started was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Invite,
+    Cancel,
+    Bye,
+    ReInvite,
+    Update,
+    /// A response we do not act on (e.g. the answer to a CANCEL).
+    Ignore,
+}
+
+#[derive(Debug)]
+struct Pending2xx {
+    bytes: Bytes,
+    dest: Dest,
+    interval: Duration,
+    started: Instant,
+    cseq: u32,
+}
+
+#[derive(Debug)]
+struct SipLeg {
+    role: SipRole,
+    call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    /// Our From (UAC) / To (UAS) value without tag.
+    local_addr: String,
+    /// Their To (UAC) / From (UAS) value without tag.
+    remote_addr: String,
+    /// Request-URI for in-dialog requests.
+    remote_target: String,
+    route_set: Vec<String>,
+    dest: Dest,
+    transport: Transport,
+    local_cseq: u32,
+    remote_cseq: u32,
+    // --- UAS ---
+    invite: Option<Request>,
+    invite_src: Option<SocketAddr>,
+    invite_key: Option<ServerKey>,
+    // --- UAC ---
+    invite_branch: Option<String>,
+    invite_uri: String,
+    invite_routes: Vec<String>,
+    invite_sdp: Bytes,
+    got_provisional: bool,
+    cancel_wanted: Option<String>,
+    cancel_sent: bool,
+    redirects: u8,
+    /// The ACK for our 2xx-answered INVITE, re-sent on 2xx retransmissions.
+    ack: Option<SipOut>,
+    // --- both ---
+    final_done: bool,
+    pending_2xx: Option<Pending2xx>,
+    local_sdp: Option<LocalSdp>,
+    /// Current direction of the media we send, as last negotiated.
+    reinvite_out: Option<(String, SdpDirection)>,
+    reinvite_in_unacked: bool,
+    glare_retry: Option<SdpDirection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RiptRole {
+    Client { peer: usize },
+    Server,
+}
+
+#[derive(Debug)]
+struct RiptLeg {
+    role: RiptRole,
+    id: Option<String>,
+    uri: Option<String>,
+    created: bool,
+    out_seq: u64,
+    in_seq: Option<u64>,
+    proposal: Option<Proposal>,
+    advertisement: Option<Advertisement>,
+    reopen_attempts: u32,
+    echo: bool,
+}
+
+#[derive(Debug)]
+struct Call {
+    key: CallKey,
+    phase: Phase,
+    sip: Option<SipLeg>,
+    ript: RiptLeg,
+    port: Option<u16>,
+    destination: String,
+    from: Option<String>,
+    timers: [u64; N_TIMERS],
+    started: Instant,
+    answered_at: Option<Instant>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    metrics: Arc<Metrics>,
+    txn: TxnLayer,
+    calls: HashMap<CallKey, Call>,
+    /// In-dialog request matching: (Call-ID, our tag).
+    dialogs: HashMap<(String, String), CallKey>,
+    /// Initial INVITE server transactions, for CANCEL.
+    invites: HashMap<ServerKey, CallKey>,
+    /// Our client transactions.
+    branches: HashMap<String, (CallKey, Purpose)>,
+    timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
+    out: VecDeque<Output>,
+    next_key: u64,
+    timer_gen: u64,
+    ports: PortPool,
+}
+
+/// Even RTP ports from the configured range, handed out round-robin so that a port is not
+/// reused right after release (late packets of the old call would land in the new one).
+#[derive(Debug)]
+struct PortPool {
+    min: u16,
+    max: u16,
+    next: u16,
+    used: std::collections::HashSet<u16>,
+}
+
+impl PortPool {
+    fn new(min: u16, max: u16) -> Self {
+        let min = min + (min % 2);
+        PortPool {
+            min,
+            max,
+            next: min,
+            used: Default::default(),
+        }
+    }
+
+    fn take(&mut self) -> Option<u16> {
+        let span = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
+        for _ in 0..span {
+            let p = self.next;
+            self.next = if p.saturating_add(3) > self.max {
+                self.min
+            } else {
+                p + 2
+            };
+            if p < self.max && self.used.insert(p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, p: u16) {
+        self.used.remove(&p);
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(4).max(64));
+        let ports = PortPool::new(cfg.port_min, cfg.port_max);
+        Engine {
+            cfg,
+            metrics,
+            txn,
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            invites: HashMap::new(),
+            branches: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            next_key: 1,
+            timer_gen: 0,
+            ports,
+        }
+    }
+
+    /// A call refused before it was set up still counts in `calls_total{outcome="rejected"}`.
+    fn count_rejected(&self) {
+        self.metrics.call_started();
+        self.metrics.call_ended(CallOutcome::Rejected);
+    }
+
+    /// Calls currently held.
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let a = self.timers.peek().map(|Reverse((at, ..))| *at);
+        let b = self.txn.poll_timeout();
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.txn.handle_timeout(now);
+        self.pump(now);
+        while let Some(Reverse((at, ..))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, gen, key, t))) = self.timers.pop() else {
+                break;
+            };
+            let live = self
+                .calls
+                .get(&key)
+                .map(|c| c.timers[t as usize] == gen)
+                .unwrap_or(false);
+            if live {
+                self.on_timer(now, key, t);
+                self.pump(now);
+            }
+        }
+    }
+
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Sip(m) => self.on_sip(now, *m),
+            Input::Ript(e) => self.on_ript(now, e),
+            Input::Media(MediaEvent::BindFailed { call, port, reason }) => {
+                warn!(%call, port, %reason, "media port bind failed");
+                self.fail_call(now, call, 503, "Service Unavailable (media port)");
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Moves transaction-layer output to ours, handling timeouts.
+    fn pump(&mut self, now: Instant) {
+        while let Some(o) = self.txn.poll_output() {
+            match o {
+                TxnOutput::Send(s) => self.out.push_back(Output::Sip(s)),
+                TxnOutput::ClientTimeout { branch } => self.on_client_timeout(now, &branch),
+            }
+        }
+    }
+
+    fn arm(&mut self, now: Instant, key: CallKey, t: CallTimer, after: Duration) {
+        self.timer_gen += 1;
+        let gen = self.timer_gen;
+        if let Some(c) = self.calls.get_mut(&key) {
+            c.timers[t as usize] = gen;
+            self.timers.push(Reverse((now + after, gen, key, t)));
+        }
+    }
+
+    fn disarm(&mut self, key: CallKey, t: CallTimer) {
+        if let Some(c) = self.calls.get_mut(&key) {
+            c.timers[t as usize] = 0;
+        }
+    }
+
+    // ------------------------------------------------------------------ SIP in
+
+    fn on_sip(&mut self, now: Instant, m: SipInbound) {
+        match &m.msg {
+            SipMessage::Request(_) => self.on_request(now, m),
+            SipMessage::Response(_) => self.on_response(now, m),
+        }
+    }
+
+    fn reply_dest(m: &SipInbound) -> Dest {
+        Dest {
+            addr: m.src,
+            transport: m.transport,
+            conn: m.conn,
+        }
+    }
+
+    fn server_key(m: &SipInbound, method: &Method) -> ServerKey {
+        ServerKey {
+            branch: m.info.branch.clone(),
+            sent_by: m.info.via_sent_by.clone(),
+            invite: matches!(method, Method::Invite | Method::Ack),
+            cancel: *method == Method::Cancel,
+        }
+    }
+
+    /// Sends a response within the request's server transaction.
+    fn respond(
+        &mut self,
+        now: Instant,
+        m: &SipInbound,
+        code: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+        extra: &Extra<'_>,
+    ) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let key = Self::server_key(m, &req.method);
+        let bytes = msg::response(req, m.src, code, reason, to_tag, extra);
+        self.txn.send_response(
+            now,
+            &key,
+            code,
+            SipOut {
+                dest: Self::reply_dest(m),
+                bytes: bytes.into(),
+            },
+        );
+    }
+
+    fn on_request(&mut self, now: Instant, m: SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let method = req.method.clone();
+        let key = Self::server_key(&m, &method);
+        match self.txn.on_request(now, &key, method == Method::Ack) {
+            RequestDisposition::Retransmission | RequestDisposition::AckAbsorbed => return,
+            RequestDisposition::New => {}
+        }
+        if method == Method::Ack {
+            self.on_ack(now, &m);
+            return;
+        }
+        if m.info.max_forwards == Some(0) && method != Method::Ack {
+            self.respond(now, &m, 483, "Too Many Hops", None, &Extra::none());
+            return;
+        }
+        let in_dialog = m.info.to_tag.is_some();
+        match method {
+            Method::Invite if !in_dialog => self.on_initial_invite(now, m),
+            Method::Cancel => self.on_cancel(now, &m),
+            Method::Options if !in_dialog => {
+                let tag = msg::token(10);
+                self.respond(
+                    now,
+                    &m,
+                    200,
+                    "OK",
+                    Some(&tag),
+                    &Extra::none()
+                        .header("Allow", msg::ALLOW)
+                        .header("Accept", msg::ACCEPT)
+                        .header("Supported", msg::SUPPORTED),
+                );
+            }
+            _ if in_dialog => self.on_in_dialog(now, m),
+            Method::Bye | Method::Update | Method::Info => {
+                self.respond(
+                    now,
+                    &m,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    None,
+                    &Extra::none(),
+                );
+            }
+            _ => {
+                self.respond(
+                    now,
+                    &m,
+                    405,
+                    "Method Not Allowed",
+                    None,
+                    &Extra::none().header("Allow", msg::ALLOW),
+                );
+            }
+        }
+    }
+
+    fn new_key(&mut self) -> CallKey {
+        let k = CallKey(self.next_key);
+        self.next_key += 1;
+        k
+    }
+
+    fn route_sip(&self, user: &str) -> Option<usize> {
+        self.cfg
+            .sip_routes
+            .iter()
+            .filter(|(p, _)| user.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, i)| *i)
+    }
+
+    fn on_initial_invite(&mut self, now: Instant, m: SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        if self.calls.len() >= self.cfg.max_calls {
+            self.count_rejected();
+            self.respond(
+                now,
+                &m,
+                503,
+                "Service Unavailable",
+                None,
+                &Extra::none().header("Retry-After", "5"),
+            );
+            return;
+        }
+        let to_tag = msg::token(12);
+        self.respond(now, &m, 100, "Trying", None, &Extra::none());
+        let uri = req.uri.to_string();
+        let to_val = msg::first_header(&req.headers, "To").unwrap_or_default();
+        let destination = msg::uri_user(&uri)
+            .or_else(|| msg::uri_user(msg::addr_uri(&to_val)))
+            .unwrap_or("")
+            .to_string();
+        let from_val = msg::first_header(&req.headers, "From").unwrap_or_default();
+        let from_user = msg::uri_user(msg::addr_uri(&from_val)).map(|s| s.to_string());
+        let reject = |me: &mut Self, code: u16, reason: &str, warning: Option<&str>| {
+            let mut extra = Extra::none();
+            if let Some(w) = warning {
+                extra = extra.header("Warning", format!("399 riptide \"{w}\""));
+            }
+            me.respond(now, &m, code, reason, Some(&to_tag), &extra);
+            me.count_rejected();
+        };
+        let Some(peer) = self.route_sip(&destination) else {
+            reject(self, 404, "Not Found", Some("no route for destination"));
+            return;
+        };
+        if req.body.is_empty() {
+            reject(
+                self,
+                488,
+                "Not Acceptable Here",
+                Some("an SDP offer in the INVITE is required"),
+            );
+            return;
+        }
+        let offer = match sdp::parse(&req.body) {
+            Ok(o) => o,
+            Err(e) => {
+                let w = format!("bad SDP: {e}");
+                reject(self, 400, "Bad Request (SDP)", Some(&w));
+                return;
+            }
+        };
+        let Some((_, audio)) = offer.audio() else {
+            reject(self, 488, "Not Acceptable Here", Some("no audio stream"));
+            return;
+        };
+        let codecs = self.cfg.peers[peer].codecs.clone();
+        let adv = match negotiate::offer_to_advertisement(audio, &codecs) {
+            Ok(a) => a,
+            Err(e) => {
+                let w = e.to_string();
+                reject(self, 488, "Not Acceptable Here", Some(&w));
+                return;
+            }
+        };
+        let Some(remote_rtp) = offer.audio_addr() else {
+            reject(
+                self,
+                400,
+                "Bad Request (SDP)",
+                Some("no connection address"),
+            );
+            return;
+        };
+        let Some(port) = self.ports.take() else {
+            reject(self, 503, "Service Unavailable", Some("no media port free"));
+            return;
+        };
+        let key = self.new_key();
+        let rtcp_mux = audio.rtcp_mux;
+        let local_sdp = LocalSdp {
+            username: "riptide".into(),
+            session_id: key.0 + 1000,
+            session_version: 1,
+            ip: self.cfg.media_ip,
+            port,
+            formats: vec![],
+            ptime: None,
+            direction: audio.direction.reverse(),
+            rtcp_mux,
+            rejected: offer
+                .media
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != offer.audio().map(|(ai, _)| ai))
+                .map(|(_, md)| {
+                    (
+                        md.kind.clone(),
+                        md.proto.clone(),
+                        md.formats.iter().map(|f| f.pt.to_string()).collect(),
+                    )
+                })
+                .collect(),
+            audio_index: offer.audio().map(|(i, _)| i).unwrap_or(0),
+        };
+        let sip = SipLeg {
+            role: SipRole::Uas,
+            call_id: m.info.call_id.clone(),
+            local_tag: to_tag.clone(),
+            remote_tag: m.info.from_tag.clone(),
+            local_addr: strip_tag(&to_val),
+            remote_addr: strip_tag(&from_val),
+            remote_target: msg::first_header(&req.headers, "Contact")
+                .map(|c| msg::addr_uri(&c).to_string())
+                .unwrap_or_else(|| msg::addr_uri(&from_val).to_string()),
+            route_set: msg::header_values(&req.headers, "Record-Route")
+                .iter()
+                .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
+                .collect(),
+            dest: Self::reply_dest(&m),
+            transport: m.transport,
+            local_cseq: 0,
+            remote_cseq: m.info.cseq,
+            invite: Some(req.clone()),
+            invite_src: Some(m.src),
+            invite_key: Some(Self::server_key(&m, &Method::Invite)),
+            invite_branch: None,
+            invite_uri: String::new(),
+            invite_routes: vec![],
+            invite_sdp: Bytes::new(),
+            got_provisional: false,
+            cancel_wanted: None,
+            cancel_sent: false,
+            redirects: 0,
+            ack: None,
+            final_done: false,
+            pending_2xx: None,
+            local_sdp: Some(local_sdp),
+            reinvite_out: None,
+            reinvite_in_unacked: false,
+            glare_retry: None,
+        };
+        let call = Call {
+            key,
+            phase: Phase::Setup,
+            sip: Some(sip),
+            ript: RiptLeg {
+                role: RiptRole::Client { peer },
+                id: None,
+                uri: None,
+                created: false,
+                out_seq: 0,
+                in_seq: None,
+                proposal: None,
+                advertisement: Some(adv.clone()),
+                reopen_attempts: 0,
+                echo: false,
+            },
+            port: Some(port),
+            destination: destination.clone(),
+            from: from_user.clone(),
+            timers: [0; N_TIMERS],
+            started: now,
+            answered_at: None,
+        };
+        info!(call = %key, sip_call_id = %m.info.call_id, %destination, peer = %self.cfg.peers[peer].name, "SIP call in");
+        self.metrics.call_started();
+        self.dialogs.insert((m.info.call_id.clone(), to_tag), key);
+        self.invites
+            .insert(Self::server_key(&m, &Method::Invite), key);
+        self.calls.insert(key, call);
+        self.out
+            .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
+        self.out.push_back(Output::Media(MediaCmd::SetRemote {
+            call: key,
+            rtp: remote_rtp,
+            rtcp: (!rtcp_mux).then(|| SocketAddr::new(remote_rtp.ip(), remote_rtp.port() + 1)),
+            rtcp_mux,
+            latching: self.cfg.latching,
+        }));
+        self.out.push_back(Output::Ript(RiptCmd::CreateCall {
+            call: key,
+            peer,
+            request: CallRequest {
+                handler: None,
+                destination,
+                from: from_user,
+                passport: None,
+                advertisement: Some(adv),
+            },
+        }));
+    }
+
+    fn on_cancel(&mut self, now: Instant, m: &SipInbound) {
+        let invite_key = ServerKey {
+            branch: m.info.branch.clone(),
+            sent_by: m.info.via_sent_by.clone(),
+            invite: true,
+            cancel: false,
+        };
+        let Some(&key) = self.invites.get(&invite_key) else {
+            self.respond(
+                now,
+                m,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                &Extra::none(),
+            );
+            return;
+        };
+        self.respond(now, m, 200, "OK", None, &Extra::none());
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let reason = msg::first_header(&req.headers, "Reason")
+            .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
+        let still_open = self.txn.server_proceeding(&invite_key);
+        if !still_open {
+            // CANCEL crossed our final response: it has no effect (RFC 3261 §9.2); the caller
+            // will ACK and BYE.
+            debug!(call = %key, "CANCEL after final response ignored");
+            return;
+        }
+        self.final_to_caller(now, key, 487, "Request Terminated");
+        self.end_ript(now, key, &reason);
+        self.finish(key, CallOutcome::Cancelled);
+    }
+
+    fn on_ack(&mut self, now: Instant, m: &SipInbound) {
+        let Some(tag) = &m.info.to_tag else {
+            return;
+        };
+        let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag.clone())) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if let Some(sip) = call.sip.as_mut() {
+            if sip
+                .pending_2xx
+                .as_ref()
+                .map(|p| p.cseq == m.info.cseq)
+                .unwrap_or(false)
+            {
+                sip.pending_2xx = None;
+                sip.reinvite_in_unacked = false;
+                self.disarm(key, CallTimer::Retransmit2xx);
+            }
+        }
+        let _ = now;
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, m: SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let tag = m.info.to_tag.clone().unwrap_or_default();
+        let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) else {
+            self.respond(
+                now,
+                &m,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                &Extra::none(),
+            );
+            return;
+        };
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if m.info.cseq <= sip.remote_cseq && sip.remote_cseq != 0 && sip.role == SipRole::Uac
+            || (sip.role == SipRole::Uas && m.info.cseq <= sip.remote_cseq)
+        {
+            self.respond(
+                now,
+                &m,
+                500,
+                "Server Internal Error (CSeq out of order)",
+                None,
+                &Extra::none(),
+            );
+            return;
+        }
+        sip.remote_cseq = m.info.cseq;
+        match req.method {
+            Method::Bye => {
+                self.respond(now, &m, 200, "OK", None, &Extra::none());
+                let reason = msg::first_header(&req.headers, "Reason")
+                    .unwrap_or_else(|| NORMAL_CLEARING.to_string());
+                let phase = self.calls.get(&key).map(|c| c.phase);
+                if phase != Some(Phase::Answered) {
+                    // BYE on an early dialog: our INVITE transaction still needs its final.
+                    self.final_to_caller(now, key, 487, "Request Terminated");
+                    self.end_ript(now, key, &reason);
+                    self.finish(key, CallOutcome::Cancelled);
+                } else {
+                    self.end_ript(now, key, &reason);
+                    self.finish(key, CallOutcome::Answered);
+                }
+            }
+            Method::Invite | Method::Update => self.on_reoffer(now, key, &m),
+            Method::Info | Method::Options => {
+                self.respond(now, &m, 200, "OK", None, &Extra::none());
+            }
+            _ => {
+                self.respond(
+                    now,
+                    &m,
+                    405,
+                    "Method Not Allowed",
+                    None,
+                    &Extra::none().header("Allow", msg::ALLOW),
+                );
+            }
+        }
+    }
+
+    /// re-INVITE or UPDATE with an offer: hold/resume or a session refresh.
+    fn on_reoffer(&mut self, now: Instant, key: CallKey, m: &SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let is_invite = req.method == Method::Invite;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        if is_invite && sip.reinvite_out.is_some() {
+            // Glare (RFC 3261 §14.2): our own re-INVITE is in flight.
+            self.respond(now, m, 491, "Request Pending", None, &Extra::none());
+            return;
+        }
+        if is_invite && (sip.reinvite_in_unacked || sip.pending_2xx.is_some()) {
+            self.respond(
+                now,
+                m,
+                500,
+                "Server Internal Error",
+                None,
+                &Extra::none().header("Retry-After", "1"),
+            );
+            return;
+        }
+        // Learn the peer's new target (RFC 3261 §12.2.2).
+        if let Some(c) = msg::first_header(&req.headers, "Contact") {
+            sip.remote_target = msg::addr_uri(&c).to_string();
+        }
+        let mut changed = None;
+        if !req.body.is_empty() {
+            let offer = match sdp::parse(&req.body) {
+                Ok(o) => o,
+                Err(e) => {
+                    let w = format!("399 riptide \"bad SDP: {e}\"");
+                    self.respond(
+                        now,
+                        m,
+                        488,
+                        "Not Acceptable Here",
+                        None,
+                        &Extra::none().header("Warning", w),
+                    );
+                    return;
+                }
+            };
+            if let Some((_, audio)) = offer.audio() {
+                let ours = audio.direction.reverse();
+                if let Some(local) = sip.local_sdp.as_mut() {
+                    if local.direction != ours {
+                        changed = Some(audio.direction);
+                        local.direction = ours;
+                    }
+                    local.session_version += 1;
+                }
+                if let Some(addr) = offer.audio_addr() {
+                    let rtcp_mux = audio.rtcp_mux;
+                    self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                        call: key,
+                        rtp: addr,
+                        rtcp: (!rtcp_mux).then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                        rtcp_mux,
+                        latching: self.cfg.latching,
+                    }));
+                }
+            }
+        }
+        let body = sip
+            .local_sdp
+            .as_ref()
+            .map(|l| sdp::build(l).into_bytes())
+            .unwrap_or_default();
+        let contact = self.cfg.contact(sip.transport);
+        let extra = Extra::none().header("Contact", contact).sdp(&body);
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let bytes: Bytes = msg::response(req, m.src, 200, "OK", None, &extra).into();
+        if is_invite {
+            sip.reinvite_in_unacked = true;
+            sip.pending_2xx = Some(Pending2xx {
+                bytes: bytes.clone(),
+                dest: Self::reply_dest(m),
+                interval: self.cfg.t1,
+                started: now,
+                cseq: m.info.cseq,
+            });
+        }
+        let skey = Self::server_key(m, &req.method);
+        self.txn.send_response(
+            now,
+            &skey,
+            200,
+            SipOut {
+                dest: Self::reply_dest(m),
+                bytes,
+            },
+        );
+        if is_invite {
+            let t1 = self.cfg.t1;
+            self.arm(now, key, CallTimer::Retransmit2xx, t1);
+        }
+        if let Some(dir) = changed {
+            let mut ev = Event::new(EventName::Hold);
+            ev.media_direction = Some(dir.as_attr().to_string());
+            self.send_event(key, ev);
+        }
+    }
+
+    // ------------------------------------------------------------------ SIP responses
+
+    fn on_response(&mut self, now: Instant, m: SipInbound) {
+        let SipMessage::Response(resp) = &m.msg else {
+            return;
+        };
+        let (code, reason) = msg::status(resp);
+        let branch = m.info.branch.clone();
+        let Some(&(key, purpose)) = self.branches.get(&branch) else {
+            // A 2xx retransmission for an INVITE whose transaction is gone: re-ACK from the dialog.
+            if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
+                self.reack(&m);
+            }
+            return;
+        };
+        let disp = self
+            .txn
+            .on_response(now, &branch, code, |req| build_ack_for(req, resp));
+        if disp == ResponseDisposition::Absorb {
+            if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
+                self.reack(&m);
+            }
+            return;
+        }
+        if code >= 200 {
+            self.branches.remove(&branch);
+        }
+        match purpose {
+            Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
+            Purpose::ReInvite | Purpose::Update => {
+                self.on_reinvite_response(now, key, &m, resp, code, purpose == Purpose::ReInvite)
+            }
+            Purpose::Bye | Purpose::Cancel | Purpose::Ignore => {}
+        }
+    }
+
+    fn reack(&mut self, m: &SipInbound) {
+        let tag = m.info.from_tag.clone().unwrap_or_default();
+        if let Some(key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
+            if let Some(ack) = self
+                .calls
+                .get(key)
+                .and_then(|c| c.sip.as_ref())
+                .and_then(|s| s.ack.clone())
+            {
+                self.out.push_back(Output::Sip(ack));
+            }
+        }
+    }
+
+    fn on_invite_response(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        m: &SipInbound,
+        resp: &Response,
+        code: u16,
+        reason: &str,
+    ) {
+        let latching = self.cfg.latching;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        if code < 200 {
+            if code == 100 {
+                return;
+            }
+            sip.got_provisional = true;
+            if let Some(reason) = sip.cancel_wanted.take() {
+                self.send_cancel(now, key, &reason);
+                return;
+            }
+            let mut media = false;
+            if !resp.body.is_empty() {
+                if let Ok(ans) = sdp::parse(&resp.body) {
+                    if let Some(addr) = ans.audio_addr() {
+                        media = true;
+                        let mux = ans.audio().map(|(_, a)| a.rtcp_mux).unwrap_or(false);
+                        self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                            call: key,
+                            rtp: addr,
+                            rtcp: (!mux).then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                            rtcp_mux: mux,
+                            latching,
+                        }));
+                    }
+                }
+            }
+            if let Some(c) = self.calls.get_mut(&key) {
+                if media {
+                    c.phase = Phase::Early;
+                }
+            }
+            let mut ev = Event::new(if code == 183 && media {
+                EventName::Proceeding
+            } else {
+                EventName::Alerting
+            });
+            if code == 183 && !media {
+                ev.name = EventName::Proceeding;
+            }
+            ev.media = media.then_some(true);
+            self.send_event(key, ev);
+            return;
+        }
+        if (200..300).contains(&code) {
+            self.on_invite_2xx(now, key, m, resp);
+            return;
+        }
+        // 3xx: follow the first Contact when allowed.
+        if (300..400).contains(&code) {
+            let contact = msg::first_header(&resp.headers, "Contact")
+                .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string());
+            if let (Some(target), Some(sip)) = (
+                contact,
+                self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()),
+            ) {
+                let trunk_max = self
+                    .cfg
+                    .trunks
+                    .iter()
+                    .map(|t| t.max_redirects)
+                    .max()
+                    .unwrap_or(0);
+                if sip.redirects < trunk_max && sip.cancel_wanted.is_none() {
+                    if let Some((addr, transport)) = msg::uri_socket(&target) {
+                        sip.redirects += 1;
+                        sip.invite_uri = target.clone();
+                        sip.dest = Dest {
+                            addr,
+                            transport,
+                            conn: None,
+                        };
+                        sip.transport = transport;
+                        sip.invite_routes.clear();
+                        info!(call = %key, %target, "following redirect");
+                        self.send_invite(now, key);
+                        return;
+                    }
+                }
+            }
+        }
+        let name = match code {
+            486 | 600 | 603 => EventName::Declined,
+            408 | 480 => EventName::Noanswer,
+            _ => EventName::Failed,
+        };
+        let mut ev = Event::new(name.clone());
+        ev.code = Some(code);
+        ev.reason = Some(reason.to_string());
+        self.send_event(key, ev);
+        let outcome = match name {
+            EventName::Declined => CallOutcome::Declined,
+            EventName::Noanswer => CallOutcome::NoAnswer,
+            _ => CallOutcome::Failed,
+        };
+        let cancelled = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .map(|s| s.cancel_sent)
+            .unwrap_or(false);
+        self.end_server_call(key);
+        self.finish(
+            key,
+            if cancelled {
+                CallOutcome::Cancelled
+            } else {
+                outcome
+            },
+        );
+    }
+
+    fn on_invite_2xx(&mut self, now: Instant, key: CallKey, m: &SipInbound, resp: &Response) {
+        let latching = self.cfg.latching;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        sip.final_done = true;
+        sip.remote_tag = m.info.to_tag.clone();
+        if let Some(c) = msg::first_header(&resp.headers, "Contact") {
+            sip.remote_target = msg::addr_uri(&c).to_string();
+        }
+        // RFC 3261 §12.1.2: the UAC's route set is the Record-Route list reversed.
+        let mut rr: Vec<String> = msg::header_values(&resp.headers, "Record-Route")
+            .iter()
+            .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
+            .collect();
+        rr.reverse();
+        sip.route_set = rr;
+        if let Some(first) = sip.route_set.first() {
+            if let Some((addr, transport)) = msg::uri_socket(msg::addr_uri(first)) {
+                sip.dest = Dest {
+                    addr,
+                    transport,
+                    conn: None,
+                };
+            }
+        } else if let Some((addr, transport)) = msg::uri_socket(&sip.remote_target) {
+            sip.dest = Dest {
+                addr,
+                transport,
+                conn: sip.dest.conn,
+            };
+        }
+        let remote_tag = sip.remote_tag.clone().unwrap_or_default();
+        self.dialogs
+            .insert((sip.call_id.clone(), sip.local_tag.clone()), key);
+        let _ = remote_tag;
+        // ACK the 2xx (a new transaction per RFC 3261 §13.2.2.4).
+        let ack = self.build_in_dialog(key, "ACK", None, &Extra::none());
+        if let Some((bytes, dest, _)) = ack {
+            let out = SipOut {
+                dest,
+                bytes: bytes.into(),
+            };
+            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                sip.ack = Some(out.clone());
+            }
+            self.out.push_back(Output::Sip(out));
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let cancel_wanted = call
+            .sip
+            .as_ref()
+            .map(|s| s.cancel_wanted.is_some() || s.cancel_sent)
+            .unwrap_or(false);
+        if cancel_wanted || call.phase == Phase::Ended {
+            // The 200 crossed our CANCEL: the dialog exists now, so end it with BYE.
+            let reason = call
+                .sip
+                .as_mut()
+                .and_then(|s| s.cancel_wanted.take())
+                .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
+            self.send_bye(now, key, &reason);
+            self.finish(key, CallOutcome::Cancelled);
+            return;
+        }
+        // Check the answer picked one of our codecs and point media at it.
+        let offered = call
+            .sip
+            .as_ref()
+            .and_then(|s| s.local_sdp.as_ref())
+            .map(|l| l.formats.clone())
+            .unwrap_or_default();
+        match sdp::parse(&resp.body) {
+            Ok(ans) => {
+                let audio = ans.audio().map(|(_, a)| a.clone());
+                match audio.map(|a| negotiate::check_answer(&a, &offered).map(|_| a)) {
+                    Some(Ok(a)) => {
+                        if let Some(addr) = ans.audio_addr() {
+                            self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                                call: key,
+                                rtp: addr,
+                                rtcp: (!a.rtcp_mux)
+                                    .then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                                rtcp_mux: a.rtcp_mux,
+                                latching,
+                            }));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!(call = %key, error = %e, "answer picked no offered codec");
+                        self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+                        let mut ev = Event::failed(488, "Not Acceptable Here");
+                        ev.reason = Some(format!("Not Acceptable Here: {e}"));
+                        self.send_event(key, ev);
+                        self.end_server_call(key);
+                        self.finish(key, CallOutcome::Failed);
+                        return;
+                    }
+                    None => {}
+                }
+            }
+            Err(e) => {
+                // An answer without SDP in the 2xx is only valid if it came in a reliable
+                // provisional, which we do not request; keep the early media address.
+                debug!(call = %key, error = %e, "2xx without usable SDP");
+            }
+        }
+        if let Some(c) = self.calls.get_mut(&key) {
+            c.phase = Phase::Answered;
+            c.answered_at = Some(now);
+        }
+        self.disarm(key, CallTimer::NoAnswer);
+        self.send_event(key, Event::new(EventName::Answered));
+    }
+
+    fn on_reinvite_response(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        _m: &SipInbound,
+        _resp: &Response,
+        code: u16,
+        is_invite: bool,
+    ) {
+        if code < 200 {
+            return;
+        }
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        let Some((_, dir)) = sip.reinvite_out.take() else {
+            return;
+        };
+        if (200..300).contains(&code) {
+            if is_invite {
+                if let Some((bytes, dest, _)) = self.build_in_dialog_ack(key) {
+                    self.out.push_back(Output::Sip(SipOut {
+                        dest,
+                        bytes: bytes.into(),
+                    }));
+                }
+            }
+            return;
+        }
+        if code == 491 {
+            // RFC 3261 §14.1: retry after a random wait; the Call-ID owner waits 2.1–4 s.
+            let owner = sip.role == SipRole::Uac;
+            sip.glare_retry = Some(dir);
+            let ms = if owner {
+                2100 + rand_ms(1900)
+            } else {
+                rand_ms(2000)
+            };
+            self.arm(now, key, CallTimer::GlareRetry, Duration::from_millis(ms));
+        }
+    }
+
+    fn on_client_timeout(&mut self, now: Instant, branch: &str) {
+        let Some((key, purpose)) = self.branches.remove(branch) else {
+            return;
+        };
+        match purpose {
+            Purpose::Invite => {
+                // Timer B: nobody answered at all.
+                let mut ev = Event::failed(408, "Request Timeout");
+                ev.name = EventName::Failed;
+                self.send_event(key, ev);
+                self.end_server_call(key);
+                self.finish(key, CallOutcome::Failed);
+            }
+            Purpose::Bye | Purpose::Cancel | Purpose::Ignore => {}
+            Purpose::ReInvite | Purpose::Update => {
+                // RFC 3261 §14.1: a re-INVITE timeout ends the dialog.
+                let reason = "SIP;cause=408;text=\"Request Timeout\"";
+                self.send_bye(now, key, reason);
+                self.end_ript(
+                    now,
+                    key,
+                    "Q.850;cause=102;text=\"Recovery on timer expiry\"",
+                );
+                self.finish(key, CallOutcome::Answered);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ RIPT in
+
+    fn on_ript(&mut self, now: Instant, e: RiptEvent) {
+        match e {
+            RiptEvent::IncomingCall {
+                req,
+                tg,
+                request,
+                principal,
+            } => self.on_incoming_call(now, req, tg, request, principal),
+            RiptEvent::CallCreated { call, description } => {
+                self.on_call_created(now, call, description)
+            }
+            RiptEvent::CreateFailed {
+                call,
+                status,
+                reason,
+            } => {
+                let (code, phrase) = match status {
+                    0 => (503, "Service Unavailable"),
+                    403 => (403, "Forbidden"),
+                    404 => (404, "Not Found"),
+                    429 | 503 => (503, "Service Unavailable"),
+                    _ => (500, "Server Internal Error"),
+                };
+                warn!(%call, status, %reason, "RIPT call refused");
+                self.final_to_caller(now, call, code, phrase);
+                self.finish(call, CallOutcome::Failed);
+            }
+            RiptEvent::ClientEvent { call, event } | RiptEvent::ServerEvent { call, event } => {
+                self.on_event(now, call, event)
+            }
+            RiptEvent::ClientEventsLost { call } => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                c.ript.reopen_attempts += 1;
+                let n = c.ript.reopen_attempts;
+                if n > 8 {
+                    warn!(%call, "events stream could not be re-opened; ending the call");
+                    self.fail_call(now, call, 503, "Service Unavailable (events stream lost)");
+                    return;
+                }
+                let backoff = Duration::from_millis((100u64 << n.min(5)).min(2000));
+                self.arm(now, call, CallTimer::EventsReopen, backoff);
+            }
+            RiptEvent::ServerEventsClosed { call } => {
+                let grace = self.cfg.events_grace;
+                self.arm(now, call, CallTimer::EventsGrace, grace);
+            }
+            RiptEvent::ServerEventsOpened { call } => self.disarm(call, CallTimer::EventsGrace),
+        }
+    }
+
+    fn route_tg(&self, tg: &str, dest: &str) -> Option<TgTarget> {
+        let tg = self.cfg.tgs.iter().find(|t| t.name == tg)?;
+        tg.routes
+            .iter()
+            .filter(|r| dest.starts_with(r.prefix.as_str()))
+            .max_by_key(|r| r.prefix.len())
+            .map(|r| r.target.clone())
+    }
+
+    fn on_incoming_call(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        tg: String,
+        request: CallRequest,
+        principal: String,
+    ) {
+        let respond_err = |me: &mut Self, p: Problem| {
+            me.count_rejected();
+            me.out.push_back(Output::Ript(RiptCmd::RespondCall {
+                req,
+                result: Err(p),
+            }));
+        };
+        if self.calls.len() >= self.cfg.max_calls {
+            respond_err(
+                self,
+                Problem::new(503, "Service Unavailable", "call limit reached"),
+            );
+            return;
+        }
+        let Some(target) = self.route_tg(&tg, &request.destination) else {
+            respond_err(
+                self,
+                Problem::new(
+                    404,
+                    "Not Found",
+                    format!("no route for {} on {tg}", request.destination),
+                ),
+            );
+            return;
+        };
+        let Some(adv) = request.advertisement.clone() else {
+            respond_err(
+                self,
+                Problem::new(400, "Bad Request", "the call carries no advertisement"),
+            );
+            return;
+        };
+        let codecs = match &target {
+            TgTarget::Echo => crate::config::default_codecs(),
+            TgTarget::Trunk(t) => self.cfg.trunks[*t].codecs.clone(),
+        };
+        let key = self.new_key();
+        let id = format!("{}-{}", self.cfg.node, uuid::Uuid::new_v4());
+        let uri = format!(
+            "https://{}/.well-known/ript/v1/providertgs/{}/calls/{}",
+            self.cfg.http_authority, tg, id
+        );
+        let proposal = negotiate::choose(&adv, &codecs);
+        let mut call = Call {
+            key,
+            phase: Phase::Setup,
+            sip: None,
+            ript: RiptLeg {
+                role: RiptRole::Server,
+                id: Some(id.clone()),
+                uri: Some(uri.clone()),
+                created: true,
+                out_seq: 0,
+                in_seq: None,
+                proposal: proposal.as_ref().ok().cloned(),
+                advertisement: Some(adv),
+                reopen_attempts: 0,
+                echo: target == TgTarget::Echo,
+            },
+            port: None,
+            destination: request.destination.clone(),
+            from: request.from.clone(),
+            timers: [0; N_TIMERS],
+            started: now,
+            answered_at: None,
+        };
+        info!(call = %key, ript_call = %id, %principal, destination = %request.destination, "RIPT call in");
+        self.metrics.call_started();
+        let description = CallDescription {
+            uri,
+            handler: request.handler.clone(),
+            destination: request.destination.clone(),
+            from: request.from.clone(),
+            state: CallState::Proceeding,
+            proposal: proposal.clone().unwrap_or_default(),
+        };
+        self.out.push_back(Output::Ript(RiptCmd::RespondCall {
+            req,
+            result: Ok(CallAccepted {
+                key,
+                id,
+                description,
+            }),
+        }));
+        let proposal = match proposal {
+            Ok(p) => p,
+            Err(e) => {
+                self.calls.insert(key, call);
+                let mut ev = Event::failed(488, "Not Acceptable Here");
+                ev.reason = Some(format!("Not Acceptable Here: {e}"));
+                self.send_event(key, ev);
+                self.end_server_call(key);
+                self.finish(key, CallOutcome::Failed);
+                return;
+            }
+        };
+        // The server must hear from the client within the grace period.
+        match target {
+            TgTarget::Echo => {
+                call.phase = Phase::Answered;
+                call.answered_at = Some(now);
+                self.calls.insert(key, call);
+                self.out
+                    .push_back(Output::Media(MediaCmd::Echo { call: key }));
+                self.send_event(key, Event::new(EventName::Answered));
+            }
+            TgTarget::Trunk(t) => {
+                let Some(port) = self.ports.take() else {
+                    self.calls.insert(key, call);
+                    self.send_event(key, Event::failed(503, "Service Unavailable"));
+                    self.end_server_call(key);
+                    self.finish(key, CallOutcome::Failed);
+                    return;
+                };
+                call.port = Some(port);
+                let trunk = self.cfg.trunks[t].clone();
+                let (formats, ptime) = negotiate::proposal_to_formats(&proposal, Direction::S2c);
+                let local_sdp = LocalSdp {
+                    username: "riptide".into(),
+                    session_id: key.0 + 1000,
+                    session_version: 1,
+                    ip: self.cfg.media_ip,
+                    port,
+                    formats,
+                    ptime: Some(ptime),
+                    direction: SdpDirection::SendRecv,
+                    rtcp_mux: false,
+                    rejected: vec![],
+                    audio_index: 0,
+                };
+                let from_user = request
+                    .from
+                    .clone()
+                    .filter(|f| {
+                        !f.is_empty()
+                            && f.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()".contains(c))
+                    })
+                    .unwrap_or_else(|| "anonymous".into());
+                let via_host = self.cfg.via_host(trunk.dest.transport);
+                let dest_user = sanitize_user(&request.destination);
+                let invite_uri = format!("sip:{}@{}", dest_user, trunk.host);
+                let sip = SipLeg {
+                    role: SipRole::Uac,
+                    call_id: format!("{}@{}", msg::token(20), self.cfg.node),
+                    local_tag: msg::token(12),
+                    remote_tag: None,
+                    local_addr: format!("<sip:{}@{}>", from_user, via_host),
+                    remote_addr: format!("<{invite_uri}>"),
+                    remote_target: invite_uri.clone(),
+                    route_set: vec![],
+                    dest: trunk.dest,
+                    transport: trunk.dest.transport,
+                    local_cseq: 0,
+                    remote_cseq: 0,
+                    invite: None,
+                    invite_src: None,
+                    invite_key: None,
+                    invite_branch: None,
+                    invite_uri,
+                    invite_routes: trunk.proxy_route.iter().cloned().collect(),
+                    invite_sdp: Bytes::new(),
+                    got_provisional: false,
+                    cancel_wanted: None,
+                    cancel_sent: false,
+                    redirects: 0,
+                    ack: None,
+                    final_done: false,
+                    pending_2xx: None,
+                    local_sdp: Some(local_sdp),
+                    reinvite_out: None,
+                    reinvite_in_unacked: false,
+                    glare_retry: None,
+                };
+                call.sip = Some(sip);
+                self.calls.insert(key, call);
+                self.out
+                    .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
+                self.send_invite(now, key);
+                let na = self.cfg.no_answer_timeout;
+                self.arm(now, key, CallTimer::NoAnswer, na);
+            }
+        }
+    }
+
+    fn on_call_created(&mut self, now: Instant, key: CallKey, d: CallDescription) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.ript.created = true;
+        call.ript.id = d.uri.rsplit('/').next().map(str::to_string);
+        call.ript.uri = Some(d.uri.clone());
+        if call.phase == Phase::Ended {
+            // Cancelled while the POST was in flight.
+            self.send_event(key, end_event("SIP;cause=487;text=\"Request Terminated\""));
+            self.out
+                .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+            self.calls.remove(&key);
+            return;
+        }
+        let (formats, ptime) = negotiate::proposal_to_formats(&d.proposal, Direction::C2s);
+        call.ript.proposal = Some(d.proposal);
+        if formats.is_empty() {
+            return;
+        }
+        if let Some(l) = call.sip.as_mut().and_then(|s| s.local_sdp.as_mut()) {
+            l.formats = formats;
+            l.ptime = Some(ptime);
+        }
+        let _ = now;
+        match d.state {
+            CallState::Answered => self.on_event(now, key, Event::new(EventName::Answered)),
+            CallState::Alerting => self.on_event(now, key, Event::new(EventName::Alerting)),
+            _ => {}
+        }
+    }
+
+    fn on_event(&mut self, now: Instant, key: CallKey, ev: Event) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if let Some(seq) = ev.seq {
+            if call.ript.in_seq.map(|s| seq <= s).unwrap_or(false) {
+                debug!(call = %key, seq, "duplicate event dropped");
+                return;
+            }
+            call.ript.in_seq = Some(seq);
+        }
+        call.ript.reopen_attempts = 0;
+        let server = call.ript.role == RiptRole::Server;
+        let phase = call.phase;
+        match ev.name {
+            EventName::Ping => {
+                let mut pong = Event::new(EventName::Pong);
+                pong.nonce = ev.nonce;
+                self.send_event(key, pong);
+            }
+            EventName::Pong | EventName::Migrate | EventName::MediaPanic | EventName::Other(_) => {
+                debug!(call = %key, event = ev.name.as_str(), "event ignored");
+            }
+            EventName::Proceeding | EventName::Alerting if !server => {
+                if phase >= Phase::Answered {
+                    return;
+                }
+                if ev.media == Some(true) {
+                    if let Some(c) = self.calls.get_mut(&key) {
+                        c.phase = Phase::Early;
+                    }
+                    self.provisional_to_caller(now, key, 183, "Session Progress", true);
+                } else if ev.name == EventName::Alerting {
+                    self.provisional_to_caller(now, key, 180, "Ringing", false);
+                }
+            }
+            EventName::Answered if !server => {
+                if phase >= Phase::Answered {
+                    return;
+                }
+                self.answer_caller(now, key);
+            }
+            EventName::Declined | EventName::Failed | EventName::Noanswer if !server => {
+                let code = ev
+                    .code
+                    .filter(|c| (300..700).contains(c))
+                    .unwrap_or(match ev.name {
+                        EventName::Declined => 486,
+                        EventName::Noanswer => 480,
+                        _ => 500,
+                    });
+                let reason = ev
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| default_reason(code).to_string());
+                let reason = reason.split(':').next().unwrap_or("").trim().to_string();
+                let reason = if reason.is_empty() {
+                    default_reason(code).to_string()
+                } else {
+                    reason
+                };
+                self.final_to_caller(now, key, code, &reason);
+                self.out
+                    .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                let outcome = match ev.name {
+                    EventName::Declined => CallOutcome::Declined,
+                    EventName::Noanswer => CallOutcome::NoAnswer,
+                    _ => CallOutcome::Failed,
+                };
+                self.finish(key, outcome);
+            }
+            EventName::End => {
+                let reason = ev
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| NORMAL_CLEARING.to_string());
+                self.on_remote_end(now, key, &reason);
+            }
+            EventName::Hold => {
+                let Some(dir) = ev
+                    .media_direction
+                    .as_deref()
+                    .and_then(SdpDirection::from_attr)
+                else {
+                    return;
+                };
+                if phase == Phase::Answered {
+                    self.send_reinvite(now, key, dir);
+                }
+            }
+            _ => {
+                debug!(call = %key, event = ev.name.as_str(), server, "event not expected in this role");
+            }
+        }
+    }
+
+    /// The RIPT side ended the call.
+    fn on_remote_end(&mut self, now: Instant, key: CallKey, reason: &str) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let answered = call.phase == Phase::Answered;
+        let Some(sip) = call.sip.as_mut() else {
+            // Echo: nothing behind it.
+            self.end_server_call(key);
+            self.finish(key, CallOutcome::Answered);
+            return;
+        };
+        match sip.role {
+            SipRole::Uas => {
+                if answered {
+                    self.send_bye(now, key, reason);
+                    self.out
+                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                    self.finish(key, CallOutcome::Answered);
+                } else {
+                    let code = model::parse_reason(reason)
+                        .map(|r| {
+                            if r.protocol.eq_ignore_ascii_case("SIP") {
+                                r.cause as u16
+                            } else {
+                                model::q850_to_sip_status(r.cause.min(255) as u8)
+                            }
+                        })
+                        .filter(|c| (300..700).contains(c))
+                        .unwrap_or(487);
+                    self.final_to_caller(now, key, code, default_reason(code));
+                    self.out
+                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                    self.finish(key, CallOutcome::Cancelled);
+                }
+            }
+            SipRole::Uac => {
+                if answered {
+                    self.send_bye(now, key, reason);
+                    self.end_server_call(key);
+                    self.finish(key, CallOutcome::Answered);
+                } else if sip.got_provisional {
+                    self.send_cancel(now, key, reason);
+                    self.end_server_call(key);
+                    // Stays until the INVITE's final arrives (a crossing 200 gets ACK + BYE).
+                    self.mark_ending(key, CallOutcome::Cancelled);
+                } else {
+                    // RFC 3261 §9.1: no CANCEL before a provisional; send it when one arrives.
+                    sip.cancel_wanted = Some(reason.to_string());
+                    self.end_server_call(key);
+                    self.mark_ending(key, CallOutcome::Cancelled);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    fn on_timer(&mut self, now: Instant, key: CallKey, t: CallTimer) {
+        match t {
+            CallTimer::Retransmit2xx => {
+                let t2 = Duration::from_secs(4);
+                let t1 = self.cfg.t1;
+                let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+                    return;
+                };
+                let Some(p) = sip.pending_2xx.as_mut() else {
+                    return;
+                };
+                if now.duration_since(p.started) >= t1 * 64 {
+                    // RFC 3261 §13.3.1.4: no ACK; end the dialog.
+                    sip.pending_2xx = None;
+                    warn!(call = %key, "no ACK for our 2xx; ending the call");
+                    self.send_bye(now, key, "SIP;cause=408;text=\"ACK Timeout\"");
+                    self.end_ript(
+                        now,
+                        key,
+                        "Q.850;cause=102;text=\"Recovery on timer expiry\"",
+                    );
+                    self.finish(key, CallOutcome::Failed);
+                    return;
+                }
+                if p.dest.transport == Transport::Udp {
+                    self.out.push_back(Output::Sip(SipOut {
+                        dest: p.dest,
+                        bytes: p.bytes.clone(),
+                    }));
+                }
+                p.interval = (p.interval * 2).min(t2);
+                let i = p.interval;
+                self.arm(now, key, CallTimer::Retransmit2xx, i);
+            }
+            CallTimer::NoAnswer => {
+                let Some(call) = self.calls.get(&key) else {
+                    return;
+                };
+                if call.phase == Phase::Answered {
+                    return;
+                }
+                info!(call = %key, "no answer before the timeout");
+                let mut ev = Event::new(EventName::Noanswer);
+                ev.code = Some(480);
+                ev.reason = Some("Temporarily Unavailable".into());
+                self.send_event(key, ev);
+                self.on_remote_end_quiet(now, key);
+            }
+            CallTimer::GlareRetry => {
+                let dir = self
+                    .calls
+                    .get_mut(&key)
+                    .and_then(|c| c.sip.as_mut())
+                    .and_then(|s| s.glare_retry.take());
+                if let Some(dir) = dir {
+                    self.send_reinvite(now, key, dir);
+                }
+            }
+            CallTimer::EventsGrace => {
+                warn!(call = %key, "no events stream for the grace period; ending the call");
+                let reason = "Q.850;cause=41;text=\"Temporary failure\"";
+                let answered = self.calls.get(&key).map(|c| c.phase == Phase::Answered);
+                self.on_remote_end(now, key, reason);
+                let _ = answered;
+            }
+            CallTimer::EventsReopen => {
+                self.out
+                    .push_back(Output::Ript(RiptCmd::ClientReopenEvents { call: key }));
+            }
+        }
+    }
+
+    /// Cancel toward the SIP trunk after our own no-answer timer.
+    fn on_remote_end_quiet(&mut self, now: Instant, key: CallKey) {
+        let reason = "SIP;cause=480;text=\"Temporarily Unavailable\"";
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if sip.got_provisional {
+            self.send_cancel(now, key, reason);
+        } else {
+            sip.cancel_wanted = Some(reason.into());
+        }
+        self.end_server_call(key);
+        self.mark_ending(key, CallOutcome::NoAnswer);
+    }
+
+    // ------------------------------------------------------------------ SIP out
+
+    /// Sends (or re-sends after a redirect) the INVITE of a UAC leg.
+    fn send_invite(&mut self, now: Instant, key: CallKey) {
+        let via_host;
+        let contact;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        via_host = self.cfg.via_host(sip.transport);
+        contact = self.cfg.contact(sip.transport);
+        sip.local_cseq += 1;
+        let branch = msg::branch();
+        let body = sip
+            .local_sdp
+            .as_ref()
+            .map(|l| sdp::build(l).into_bytes())
+            .unwrap_or_default();
+        sip.invite_sdp = Bytes::from(body.clone());
+        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+        let spec = RequestSpec {
+            method: "INVITE",
+            uri: &sip.invite_uri,
+            via_host: &via_host,
+            transport: sip.transport,
+            branch: &branch,
+            from: &from,
+            to: &sip.remote_addr,
+            call_id: &sip.call_id,
+            cseq: sip.local_cseq,
+            contact: Some(&contact),
+            routes: &sip.invite_routes,
+            max_forwards: 70,
+        };
+        let extra = Extra::none()
+            .header("Allow", msg::ALLOW)
+            .header("Supported", msg::SUPPORTED)
+            .sdp(&body);
+        let bytes = msg::request(&spec, &extra);
+        sip.invite_branch = Some(branch.clone());
+        sip.got_provisional = false;
+        let dest = sip.dest;
+        self.branches.insert(branch.clone(), (key, Purpose::Invite));
+        self.dialogs
+            .insert((sip.call_id.clone(), sip.local_tag.clone()), key);
+        self.txn
+            .send_request(now, &branch, true, bytes.into(), dest);
+    }
+
+    fn send_cancel(&mut self, now: Instant, key: CallKey, reason: &str) {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        let Some(branch) = sip.invite_branch.clone() else {
+            return;
+        };
+        if sip.cancel_sent || sip.final_done {
+            return;
+        }
+        sip.cancel_sent = true;
+        let via_host = self.cfg.via_host(sip.transport);
+        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+        // CANCEL copies the INVITE's Request-URI, Via branch, From, To, Call-ID and CSeq number
+        // (RFC 3261 §9.1).
+        let spec = RequestSpec {
+            method: "CANCEL",
+            uri: &sip.invite_uri,
+            via_host: &via_host,
+            transport: sip.transport,
+            branch: &branch,
+            from: &from,
+            to: &sip.remote_addr,
+            call_id: &sip.call_id,
+            cseq: sip.local_cseq,
+            contact: None,
+            routes: &sip.invite_routes,
+            max_forwards: 70,
+        };
+        let bytes = msg::request(&spec, &Extra::none().header("Reason", reason.to_string()));
+        let dest = sip.dest;
+        // The CANCEL's own transaction is keyed apart from the INVITE's (same branch).
+        let cbranch = format!("{branch}-cancel");
+        self.branches
+            .insert(cbranch.clone(), (key, Purpose::Cancel));
+        self.txn
+            .send_request(now, &cbranch, false, bytes.into(), dest);
+    }
+
+    /// Writes an in-dialog request for the call's SIP leg; returns bytes, destination, branch.
+    fn build_in_dialog(
+        &mut self,
+        key: CallKey,
+        method: &str,
+        cseq: Option<u32>,
+        extra: &Extra<'_>,
+    ) -> Option<(Vec<u8>, Dest, String)> {
+        let sip = self.calls.get_mut(&key)?.sip.as_mut()?;
+        let via_host = self.cfg.via_host(sip.transport);
+        let contact = self.cfg.contact(sip.transport);
+        let cseq = match cseq {
+            Some(c) => c,
+            None => {
+                sip.local_cseq += 1;
+                sip.local_cseq
+            }
+        };
+        let branch = msg::branch();
+        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+        let to = match &sip.remote_tag {
+            Some(t) => format!("{};tag={}", sip.remote_addr, t),
+            None => sip.remote_addr.clone(),
+        };
+        let spec = RequestSpec {
+            method,
+            uri: &sip.remote_target,
+            via_host: &via_host,
+            transport: sip.transport,
+            branch: &branch,
+            from: &from,
+            to: &to,
+            call_id: &sip.call_id,
+            cseq,
+            contact: (method == "INVITE" || method == "UPDATE").then_some(contact.as_str()),
+            routes: &sip.route_set,
+            max_forwards: 70,
+        };
+        Some((msg::request(&spec, extra), sip.dest, branch))
+    }
+
+    fn build_in_dialog_ack(&mut self, key: CallKey) -> Option<(Vec<u8>, Dest, String)> {
+        let cseq = self.calls.get(&key)?.sip.as_ref()?.local_cseq;
+        self.build_in_dialog(key, "ACK", Some(cseq), &Extra::none())
+    }
+
+    fn send_bye(&mut self, now: Instant, key: CallKey, reason: &str) {
+        let extra = Extra::none().header("Reason", reason.to_string());
+        if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "BYE", None, &extra) {
+            self.branches.insert(branch.clone(), (key, Purpose::Bye));
+            self.txn
+                .send_request(now, &branch, false, bytes.into(), dest);
+        }
+    }
+
+    fn send_reinvite(&mut self, now: Instant, key: CallKey, dir: SdpDirection) {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if sip.reinvite_out.is_some() || sip.reinvite_in_unacked {
+            sip.glare_retry = Some(dir);
+            let ms = 500 + rand_ms(500);
+            self.arm(now, key, CallTimer::GlareRetry, Duration::from_millis(ms));
+            return;
+        }
+        let Some(local) = sip.local_sdp.as_mut() else {
+            return;
+        };
+        local.direction = dir;
+        local.session_version += 1;
+        let body = sdp::build(local).into_bytes();
+        let extra = Extra::none().sdp(&body);
+        if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INVITE", None, &extra) {
+            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                sip.reinvite_out = Some((branch.clone(), dir));
+            }
+            self.branches
+                .insert(branch.clone(), (key, Purpose::ReInvite));
+            self.txn
+                .send_request(now, &branch, true, bytes.into(), dest);
+        }
+    }
+
+    /// A provisional response on the caller's INVITE (UAS leg).
+    fn provisional_to_caller(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        code: u16,
+        reason: &str,
+        sdp: bool,
+    ) {
+        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+            return;
+        };
+        let (Some(req), Some(src), Some(skey)) = (&sip.invite, sip.invite_src, &sip.invite_key)
+        else {
+            return;
+        };
+        let body = if sdp {
+            sip.local_sdp.as_ref().map(|l| sdp::build(l).into_bytes())
+        } else {
+            None
+        };
+        let contact = self.cfg.contact(sip.transport);
+        let mut extra = Extra::none().header("Contact", contact);
+        for rr in msg::header_values(&req.headers, "Record-Route") {
+            extra = extra.header("Record-Route", rr);
+        }
+        if let Some(b) = &body {
+            extra = extra.sdp(b);
+        }
+        let bytes = msg::response(req, src, code, reason, Some(&sip.local_tag), &extra);
+        let out = SipOut {
+            dest: sip.dest,
+            bytes: bytes.into(),
+        };
+        let skey = skey.clone();
+        self.txn.send_response(now, &skey, code, out);
+    }
+
+    /// 200 OK with our answer on the caller's INVITE.
+    fn answer_caller(&mut self, now: Instant, key: CallKey) {
+        let t1 = self.cfg.t1;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.phase = Phase::Answered;
+        call.answered_at = Some(now);
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        let (Some(req), Some(src), Some(skey)) =
+            (&sip.invite, sip.invite_src, sip.invite_key.clone())
+        else {
+            return;
+        };
+        if !self.txn.server_proceeding(&skey) {
+            return;
+        }
+        let body = sip
+            .local_sdp
+            .as_ref()
+            .map(|l| sdp::build(l).into_bytes())
+            .unwrap_or_default();
+        let contact = self.cfg.contact(sip.transport);
+        let mut extra = Extra::none()
+            .header("Contact", contact)
+            .header("Allow", msg::ALLOW)
+            .header("Supported", msg::SUPPORTED);
+        for rr in msg::header_values(&req.headers, "Record-Route") {
+            extra = extra.header("Record-Route", rr);
+        }
+        let extra = extra.sdp(&body);
+        let bytes: Bytes = msg::response(req, src, 200, "OK", Some(&sip.local_tag), &extra).into();
+        sip.final_done = true;
+        sip.pending_2xx = Some(Pending2xx {
+            bytes: bytes.clone(),
+            dest: sip.dest,
+            interval: t1,
+            started: now,
+            cseq: sip.remote_cseq,
+        });
+        let out = SipOut {
+            dest: sip.dest,
+            bytes,
+        };
+        self.txn.send_response(now, &skey, 200, out);
+        self.arm(now, key, CallTimer::Retransmit2xx, t1);
+    }
+
+    /// A final non-2xx on the caller's INVITE, if it is still open.
+    fn final_to_caller(&mut self, now: Instant, key: CallKey, code: u16, reason: &str) {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if sip.role != SipRole::Uas || sip.final_done {
+            return;
+        }
+        let (Some(req), Some(src), Some(skey)) =
+            (&sip.invite, sip.invite_src, sip.invite_key.clone())
+        else {
+            return;
+        };
+        sip.final_done = true;
+        let bytes = msg::response(req, src, code, reason, Some(&sip.local_tag), &Extra::none());
+        let out = SipOut {
+            dest: sip.dest,
+            bytes: bytes.into(),
+        };
+        self.txn.send_response(now, &skey, code, out);
+    }
+
+    // ------------------------------------------------------------------ RIPT out
+
+    fn send_event(&mut self, key: CallKey, mut ev: Event) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        ev.seq = Some(call.ript.out_seq);
+        call.ript.out_seq += 1;
+        ev.call = call.ript.uri.clone();
+        ev.direction = Some(match call.ript.role {
+            RiptRole::Server => Direction::S2c,
+            RiptRole::Client { .. } => Direction::C2s,
+        });
+        let cmd = match call.ript.role {
+            RiptRole::Server => RiptCmd::ServerSend {
+                call: key,
+                event: ev,
+            },
+            RiptRole::Client { .. } => {
+                if !call.ript.created {
+                    return;
+                }
+                RiptCmd::ClientSend {
+                    call: key,
+                    event: ev,
+                }
+            }
+        };
+        self.out.push_back(Output::Ript(cmd));
+    }
+
+    /// Ends the RIPT leg of a call whose SIP side ended (sends `end`, closes the streams).
+    fn end_ript(&mut self, _now: Instant, key: CallKey, reason: &str) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let role = call.ript.role;
+        let created = call.ript.created;
+        self.send_event(key, end_event(reason));
+        match role {
+            RiptRole::Server => self
+                .out
+                .push_back(Output::Ript(RiptCmd::ServerEnd { call: key })),
+            RiptRole::Client { .. } if created => self
+                .out
+                .push_back(Output::Ript(RiptCmd::ClientClose { call: key })),
+            RiptRole::Client { .. } => {
+                // The POST is still in flight: `on_call_created` sends `end` when it lands.
+                if let Some(c) = self.calls.get_mut(&key) {
+                    c.phase = Phase::Ended;
+                }
+            }
+        }
+    }
+
+    fn end_server_call(&mut self, key: CallKey) {
+        if let Some(call) = self.calls.get(&key) {
+            if call.ript.role == RiptRole::Server {
+                self.out
+                    .push_back(Output::Ript(RiptCmd::ServerEnd { call: key }));
+            }
+        }
+    }
+
+    /// Fails a call from whichever side is still open.
+    fn fail_call(&mut self, now: Instant, key: CallKey, code: u16, reason: &str) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let answered = call.phase == Phase::Answered;
+        let role = call.sip.as_ref().map(|s| s.role);
+        match role {
+            Some(SipRole::Uas) if !answered => self.final_to_caller(now, key, code, reason),
+            Some(_) if answered => {
+                self.send_bye(now, key, "Q.850;cause=41;text=\"Temporary failure\"")
+            }
+            Some(SipRole::Uac) => self.send_cancel(now, key, "Q.850;cause=41"),
+            _ => {}
+        }
+        self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
+        self.finish(key, CallOutcome::Failed);
+    }
+
+    /// Marks a UAC call whose INVITE is being cancelled; it is freed when the final arrives.
+    fn mark_ending(&mut self, key: CallKey, outcome: CallOutcome) {
+        if let Some(c) = self.calls.get_mut(&key) {
+            c.phase = Phase::Ended;
+            let _ = outcome;
+        }
+        self.disarm(key, CallTimer::NoAnswer);
+        // Keep the call entry: the INVITE transaction still runs. A final response (or Timer
+        // B/C) frees it through `finish`. Media is released now.
+        if let Some(c) = self.calls.get_mut(&key) {
+            if let Some(p) = c.port.take() {
+                self.ports.put(p);
+                self.out
+                    .push_back(Output::Media(MediaCmd::Close { call: key }));
+            }
+        }
+    }
+
+    /// Removes a call and releases everything it holds.
+    fn finish(&mut self, key: CallKey, outcome: CallOutcome) {
+        let Some(call) = self.calls.remove(&key) else {
+            return;
+        };
+        if let Some(p) = call.port {
+            self.ports.put(p);
+            self.out
+                .push_back(Output::Media(MediaCmd::Close { call: key }));
+        } else if call.ript.echo {
+            self.out
+                .push_back(Output::Media(MediaCmd::Close { call: key }));
+        }
+        if let Some(sip) = &call.sip {
+            self.dialogs
+                .remove(&(sip.call_id.clone(), sip.local_tag.clone()));
+            if let Some(k) = &sip.invite_key {
+                self.invites.remove(k);
+            }
+        }
+        self.metrics.call_ended(outcome);
+        let duration_ms = call
+            .answered_at
+            .map(|a| a.elapsed_since_or_zero(call.started))
+            .unwrap_or(0);
+        info!(
+            call = %key,
+            sip_call_id = call.sip.as_ref().map(|s| s.call_id.as_str()).unwrap_or("-"),
+            ript_call = call.ript.id.as_deref().unwrap_or("-"),
+            outcome = ?outcome,
+            setup_ms = duration_ms,
+            destination = %call.destination,
+            from = call.from.as_deref().unwrap_or("-"),
+            "call ended"
+        );
+    }
+}
+
+/// Duration helper that never panics on clock order.
+trait SinceOrZero {
+    fn elapsed_since_or_zero(&self, earlier: Instant) -> u64;
+}
+impl SinceOrZero for Instant {
+    fn elapsed_since_or_zero(&self, earlier: Instant) -> u64 {
+        self.checked_duration_since(earlier)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+fn rand_ms(max: u64) -> u64 {
+    use rand::Rng;
+    rand::rng().random_range(0..=max)
+}
+
+fn strip_tag(v: &str) -> String {
+    // Remove only the tag parameter outside <...>.
+    let (head, params) = match v.rfind('>') {
+        Some(i) => (&v[..=i], &v[i + 1..]),
+        None => match v.find(';') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, ""),
+        },
+    };
+    let kept: Vec<&str> = params
+        .split(';')
+        .filter(|p| !p.trim().is_empty() && !p.trim().to_ascii_lowercase().starts_with("tag="))
+        .collect();
+    if kept.is_empty() {
+        head.trim().to_string()
+    } else {
+        format!("{};{}", head.trim(), kept.join(";"))
+    }
+}
+
+/// The destination as a SIP user part: keeps digits, `+` and unreserved characters.
+fn sanitize_user(d: &str) -> String {
+    let d = d.strip_prefix("tel:").unwrap_or(d);
+    let d = d.split('@').next().unwrap_or(d);
+    d.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(*c))
+        .collect()
+}
+
+fn default_reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        480 => "Temporarily Unavailable",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        500 => "Server Internal Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => "Error",
+    }
+}
+
+/// ACK for a non-2xx final response (RFC 3261 §17.1.1.3): the INVITE's Request-URI, top Via,
+/// From, Call-ID, Route and CSeq number, the response's To.
+fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
+    let SipMessage::Request(req) = rsipstack::sip::parser::parse_message(invite).ok()? else {
+        return None;
+    };
+    let via = msg::first_of_list(&msg::first_header(&req.headers, "Via")?).to_string();
+    let from = msg::first_header(&req.headers, "From")?;
+    let call_id = msg::first_header(&req.headers, "Call-ID")?;
+    let cseq = msg::first_header(&req.headers, "CSeq")?;
+    let num = cseq.split_whitespace().next()?;
+    let to = msg::first_header(&resp.headers, "To")?;
+    let mut s = format!(
+        "ACK {} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\n",
+        req.uri
+    );
+    for r in msg::header_values(&req.headers, "Route") {
+        s.push_str(&format!("Route: {r}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {num} ACK\r\nContent-Length: 0\r\n\r\n"
+    ));
+    Some(Bytes::from(s))
+}
+
+fn end_event(reason: &str) -> Event {
+    let mut ev = Event::new(EventName::End);
+    ev.reason = Some(reason.to_string());
+    ev
+}
+
+/// RFC 3326 reason for an ordinary hang-up.
+pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\"";

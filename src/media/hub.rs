@@ -1,0 +1,495 @@
+//! The media hub: every call's legacy UDP endpoint and its QUIC datagram binding.
+//!
+//! Two hot paths, both free of per-packet allocation in our code:
+//! - QUIC → legacy: one reader per QUIC connection ([`MediaHub::run_quic_reader`]) looks the
+//!   datagram's Quarter Stream ID up in a route table keyed by `(connection, qsid)` and hands the
+//!   RTP packet (a slice of quinn's own `Bytes`) to the call's UDP socket with a non-blocking send.
+//! - legacy → QUIC: one task per call socket reads into a reused buffer and frames the packet into
+//!   a [`DatagramArena`] before `send_datagram`.
+//!
+//! Locks: `routes` is taken before any per-call lock, never the other way round; the UDP tasks
+//! only take per-call locks. All locks are std mutexes held for a few instructions, never across
+//! an `.await`.
+
+use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
+use super::{MediaCmd, MediaEvent};
+use crate::config::MediaConfig;
+use crate::metrics::{DropReason, Metrics};
+use crate::CallKey;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+/// Largest UDP datagram we read from the legacy side; bigger RTP does not fit a QUIC datagram anyway.
+const UDP_RECV_BUF: usize = 2048;
+
+/// Route table key: quinn's `stable_id` of the connection and the Quarter Stream ID.
+type RouteKey = (usize, u64);
+
+/// A cheaply clonable handle to the media relay shared by both HTTP/3 drivers and the engine.
+#[derive(Clone)]
+pub struct MediaHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ip: std::net::IpAddr,
+    default_latching: bool,
+    metrics: Arc<Metrics>,
+    events: UnboundedSender<MediaEvent>,
+    calls: Mutex<HashMap<CallKey, Arc<CallMedia>>>,
+    routes: RwLock<HashMap<RouteKey, Arc<CallMedia>>>,
+}
+
+/// Media state of one call.
+struct CallMedia {
+    echo: AtomicBool,
+    /// RTP socket toward the legacy side, once `OpenLegacy` bound it.
+    rtp: Mutex<Option<Arc<UdpSocket>>>,
+    remote: Mutex<Remote>,
+    quic: Mutex<Option<QuicBinding>>,
+    /// Reader tasks of this call's sockets; aborted on close so the ports are released.
+    rtp_task: Mutex<Option<JoinHandle<()>>>,
+    rtcp_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Remote {
+    /// Where RTP goes: the SDP address, or the latched source.
+    rtp: Option<SocketAddr>,
+    /// The address the remote SDP gave.
+    sdp: Option<SocketAddr>,
+    latching: bool,
+    latched: bool,
+}
+
+struct QuicBinding {
+    conn: quinn::Connection,
+    qsid: u64,
+    route: RouteKey,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked mid-update of plain data; the data is
+    // still usable and the relay must keep running for the other calls.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CallMedia {
+    fn new(latching: bool) -> Self {
+        CallMedia {
+            echo: AtomicBool::new(false),
+            rtp: Mutex::new(None),
+            remote: Mutex::new(Remote {
+                rtp: None,
+                sdp: None,
+                latching,
+                latched: false,
+            }),
+            quic: Mutex::new(None),
+            rtp_task: Mutex::new(None),
+            rtcp_task: Mutex::new(None),
+        }
+    }
+
+    fn has_legacy(&self) -> bool {
+        lock(&self.rtp).is_some()
+    }
+
+    fn stop_tasks(&self) {
+        if let Some(t) = lock(&self.rtp_task).take() {
+            t.abort();
+        }
+        if let Some(t) = lock(&self.rtcp_task).take() {
+            t.abort();
+        }
+        lock(&self.rtp).take();
+    }
+}
+
+impl MediaHub {
+    pub fn new(
+        cfg: &MediaConfig,
+        metrics: Arc<Metrics>,
+        events: UnboundedSender<MediaEvent>,
+    ) -> MediaHub {
+        MediaHub {
+            inner: Arc::new(Inner {
+                ip: cfg.ip,
+                default_latching: cfg.latching,
+                metrics,
+                events,
+                calls: Mutex::new(HashMap::new()),
+                routes: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn call(&self, call: CallKey) -> Arc<CallMedia> {
+        lock(&self.inner.calls)
+            .entry(call)
+            .or_insert_with(|| Arc::new(CallMedia::new(self.inner.default_latching)))
+            .clone()
+    }
+
+    /// Applies one engine command. Must be called from within a tokio runtime (sockets are
+    /// registered with it); outside one, `OpenLegacy` reports `BindFailed`.
+    pub fn apply(&self, cmd: MediaCmd) {
+        match cmd {
+            MediaCmd::OpenLegacy { call, port } => self.open_legacy(call, port),
+            MediaCmd::SetRemote {
+                call,
+                rtp,
+                rtcp: _,
+                rtcp_mux,
+                latching,
+            } => {
+                // RTCP is terminated per leg, so its remote address is not needed for sending.
+                let m = self.call(call);
+                {
+                    let mut r = lock(&m.remote);
+                    // A latched source survives a repeated SetRemote (re-INVITE with the same
+                    // SDP), but a new SDP address starts latching over.
+                    let moved = r.sdp.is_some_and(|a| a != rtp);
+                    r.sdp = Some(rtp);
+                    if !(latching && r.latched && !moved) {
+                        r.rtp = Some(rtp);
+                        r.latched = false;
+                    }
+                    r.latching = latching;
+                }
+                if rtcp_mux {
+                    // RTCP now arrives on the RTP port (and is consumed there); release port+1.
+                    if let Some(t) = lock(&m.rtcp_task).take() {
+                        t.abort();
+                    }
+                }
+            }
+            MediaCmd::Echo { call } => {
+                self.call(call).echo.store(true, Ordering::Relaxed);
+            }
+            MediaCmd::Close { call } => {
+                let removed = lock(&self.inner.calls).remove(&call);
+                if let Some(m) = removed {
+                    self.drop_route(&m);
+                    m.stop_tasks();
+                }
+            }
+        }
+    }
+
+    fn open_legacy(&self, call: CallKey, port: u16) {
+        let fail = |reason: String| {
+            tracing::warn!(%call, port, %reason, "media bind failed");
+            let _ = self
+                .inner
+                .events
+                .send(MediaEvent::BindFailed { call, port, reason });
+        };
+        // Port 0 asks the OS for any port, for both sockets (tests use it).
+        let rtcp_port = if port == 0 { 0 } else { port.wrapping_add(1) };
+        if port != 0 && rtcp_port == 0 {
+            return fail("no room for RTCP on port+1".into());
+        }
+        let rtp = match self.bind(port) {
+            Ok(s) => Arc::new(s),
+            Err(e) => return fail(e.to_string()),
+        };
+        let rtcp = match self.bind(rtcp_port) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("RTCP port {rtcp_port}: {e}")),
+        };
+        let m = self.call(call);
+        m.stop_tasks();
+        *lock(&m.rtp) = Some(rtp.clone());
+        let rtp_task = tokio::spawn(legacy_rtp_task(
+            rtp,
+            Arc::downgrade(&m),
+            self.inner.metrics.clone(),
+        ));
+        let rtcp_task = tokio::spawn(legacy_rtcp_task(rtcp, self.inner.metrics.clone()));
+        *lock(&m.rtp_task) = Some(rtp_task);
+        *lock(&m.rtcp_task) = Some(rtcp_task);
+    }
+
+    fn bind(&self, port: u16) -> io::Result<UdpSocket> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other(
+                "no tokio runtime to register the socket with",
+            ));
+        }
+        let s = std::net::UdpSocket::bind(SocketAddr::new(self.inner.ip, port))?;
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s)
+    }
+
+    /// The local address of the call's legacy RTP socket, once bound.
+    pub fn legacy_addr(&self, call: CallKey) -> Option<SocketAddr> {
+        let m = lock(&self.inner.calls).get(&call).cloned()?;
+        let sock = lock(&m.rtp).clone()?;
+        sock.local_addr().ok()
+    }
+
+    /// Routes the call's datagrams over `conn`, Quarter Stream ID `stream_id / 4` (RFC 9297).
+    /// Replaces an earlier binding of the same call.
+    pub fn bind_quic(&self, call: CallKey, conn: quinn::Connection, stream_id: u64) {
+        let m = self.call(call);
+        let qsid = stream_id / 4;
+        let route = (conn.stable_id(), qsid);
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        let old = lock(&m.quic).replace(QuicBinding { conn, qsid, route });
+        if let Some(old) = old {
+            if old.route != route {
+                routes.remove(&old.route);
+            }
+        }
+        routes.insert(route, m.clone());
+    }
+
+    /// Stops sending the call's media over QUIC. The call's legacy side stays open.
+    pub fn unbind_quic(&self, call: CallKey) {
+        let Some(m) = lock(&self.inner.calls).get(&call).cloned() else {
+            return;
+        };
+        self.drop_route(&m);
+        // A call that only ever existed on the QUIC side (no socket, no echo) has nothing left.
+        if !m.has_legacy() && !m.echo.load(Ordering::Relaxed) {
+            let mut calls = lock(&self.inner.calls);
+            if calls.get(&call).is_some_and(|c| Arc::ptr_eq(c, &m)) {
+                calls.remove(&call);
+            }
+        }
+    }
+
+    /// Like [`MediaHub::unbind_quic`], but only if the call is still bound to this very stream:
+    /// a media stream that ends after the call was re-bound elsewhere must not cut the new one.
+    pub fn unbind_quic_stream(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
+        let route = (conn.stable_id(), stream_id / 4);
+        let current = lock(&self.inner.calls).get(&call).cloned();
+        if current.is_some_and(|m| lock(&m.quic).as_ref().is_some_and(|b| b.route == route)) {
+            self.unbind_quic(call);
+        }
+    }
+
+    fn drop_route(&self, m: &Arc<CallMedia>) {
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = lock(&m.quic).take() {
+            if routes.get(&b.route).is_some_and(|c| Arc::ptr_eq(c, m)) {
+                routes.remove(&b.route);
+            }
+        }
+    }
+
+    /// Number of `(connection, qsid)` routes; for tests and the admin page.
+    pub fn route_count(&self) -> usize {
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Reads every datagram of one QUIC connection until it closes. Spawn once per connection.
+    pub async fn run_quic_reader(self, conn: quinn::Connection) {
+        let id = conn.stable_id();
+        let metrics = &self.inner.metrics;
+        while let Ok(d) = conn.read_datagram().await {
+            let Some(h) = rtp::parse_datagram(&d) else {
+                metrics.media_drop(DropReason::Malformed);
+                continue;
+            };
+            let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+            let Some(m) = routes.get(&(id, h.qsid)) else {
+                metrics.media_drop(DropReason::NoRoute);
+                continue;
+            };
+            let pkt = &d[h.payload_offset..];
+            match (h.flow, rtp::classify(pkt)) {
+                (FLOW_RTP, PacketKind::Rtp) => {
+                    if m.echo.load(Ordering::Relaxed) {
+                        // The datagram already carries this stream's QSID: send it back whole.
+                        if conn.send_datagram(d.clone()).is_err() {
+                            metrics.media_drop(DropReason::QuicSend);
+                        }
+                        continue;
+                    }
+                    let dest = lock(&m.remote).rtp;
+                    let sock = lock(&m.rtp).clone();
+                    match (sock, dest) {
+                        (Some(s), Some(to)) => match s.try_send_to(pkt, to) {
+                            Ok(_) => metrics.rtp_relayed(false),
+                            Err(_) => metrics.media_drop(DropReason::UdpSend),
+                        },
+                        _ => metrics.media_drop(DropReason::NoRoute),
+                    }
+                }
+                // RTCP is terminated per leg: counted, not forwarded.
+                (FLOW_RTCP, PacketKind::Rtcp) => {
+                    metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => metrics.media_drop(DropReason::Malformed),
+            }
+        }
+        // The connection is gone: its routes can never match again.
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|k, m| {
+            if k.0 != id {
+                return true;
+            }
+            let mut q = lock(&m.quic);
+            if q.as_ref().is_some_and(|b| b.route == *k) {
+                q.take();
+            }
+            false
+        });
+    }
+}
+
+/// Reads the call's RTP socket: latches, consumes muxed RTCP, relays RTP to the QUIC binding.
+/// Holds the call weakly so that `Close` (which drops the strong references) ends it too.
+async fn legacy_rtp_task(
+    sock: Arc<UdpSocket>,
+    call: std::sync::Weak<CallMedia>,
+    metrics: Arc<Metrics>,
+) {
+    let mut buf = vec![0u8; UDP_RECV_BUF];
+    let mut arena = DatagramArena::default();
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // ICMP port unreachable from an earlier send surfaces here on some platforms; the
+            // socket itself is fine.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy RTP socket failed");
+                return;
+            }
+        };
+        let Some(m) = call.upgrade() else { return };
+        let pkt = &buf[..n];
+        match rtp::classify(pkt) {
+            PacketKind::Rtp => {}
+            PacketKind::Rtcp => {
+                metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            PacketKind::Invalid => {
+                metrics.media_drop(DropReason::Malformed);
+                continue;
+            }
+        }
+        {
+            let mut r = lock(&m.remote);
+            if r.latching && !r.latched {
+                r.rtp = Some(src);
+                r.latched = true;
+            } else if r.latched && r.rtp != Some(src) {
+                // After latching, a different source is an injection attempt or a stale leg.
+                metrics.media_drop(DropReason::WrongSource);
+                continue;
+            }
+        }
+        let q = lock(&m.quic);
+        let Some(b) = q.as_ref() else {
+            metrics.media_drop(DropReason::NoRoute);
+            continue;
+        };
+        let Some(d) = arena.frame(b.qsid, FLOW_RTP, pkt) else {
+            metrics.media_drop(DropReason::NoRoute);
+            continue;
+        };
+        match b.conn.send_datagram(d) {
+            Ok(()) => metrics.rtp_relayed(true),
+            Err(_) => metrics.media_drop(DropReason::QuicSend),
+        }
+    }
+}
+
+/// Reads the RTCP port (`port + 1`): RTCP is terminated per leg, so packets are only counted.
+async fn legacy_rtcp_task(sock: UdpSocket, metrics: Arc<Metrics>) {
+    let mut buf = vec![0u8; UDP_RECV_BUF];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, _)) => match rtp::classify(&buf[..n]) {
+                PacketKind::Rtcp => {
+                    metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => metrics.media_drop(DropReason::Malformed),
+            },
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "legacy RTCP socket failed");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn hub() -> (MediaHub, mpsc::UnboundedReceiver<MediaEvent>, Arc<Metrics>) {
+        let cfg = MediaConfig {
+            ip: "127.0.0.1".parse().unwrap(),
+            port_min: 0,
+            port_max: 0,
+            latching: true,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MediaHub::new(&cfg, metrics.clone(), tx), rx, metrics)
+    }
+
+    #[tokio::test]
+    async fn bind_failure_is_reported() {
+        let (hub, mut rx, _) = hub();
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        hub.apply(MediaCmd::OpenLegacy {
+            call: CallKey(1),
+            port,
+        });
+        match rx.recv().await {
+            Some(MediaEvent::BindFailed { call, port: p, .. }) => {
+                assert_eq!(call, CallKey(1));
+                assert_eq!(p, port);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn close_releases_the_call() {
+        let (hub, _rx, _) = hub();
+        hub.apply(MediaCmd::OpenLegacy {
+            call: CallKey(2),
+            port: 0,
+        });
+        assert!(hub.legacy_addr(CallKey(2)).is_some());
+        hub.apply(MediaCmd::Close { call: CallKey(2) });
+        assert!(hub.legacy_addr(CallKey(2)).is_none());
+    }
+
+    #[test]
+    fn open_outside_runtime_reports_instead_of_panicking() {
+        let (hub, mut rx, _) = hub();
+        hub.apply(MediaCmd::OpenLegacy {
+            call: CallKey(3),
+            port: 0,
+        });
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(MediaEvent::BindFailed {
+                call: CallKey(3),
+                ..
+            })
+        ));
+    }
+}

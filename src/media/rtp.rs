@@ -1,0 +1,265 @@
+//! Per-packet framing for the relay: QUIC varints, the RoQ datagram header and the minimal
+//! RTP/RTCP checks the hot path can afford.
+//!
+//! Nothing here parses an RTP packet beyond its first two octets: the relay forwards packets
+//! verbatim, so it only needs to know "is this RTP, RTCP or garbage".
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// RoQ flow identifier for RTP packets.
+pub const FLOW_RTP: u64 = 0;
+/// RoQ flow identifier for RTCP packets.
+pub const FLOW_RTCP: u64 = 1;
+
+/// Largest value a QUIC variable-length integer can hold (RFC 9000 §16).
+pub const VARINT_MAX: u64 = (1 << 62) - 1;
+
+/// Smallest RTP packet: the fixed header.
+pub const RTP_HEADER_LEN: usize = 12;
+/// Smallest RTCP packet: the common header plus the sender SSRC.
+pub const RTCP_MIN_LEN: usize = 8;
+
+/// Encoded length of `v` as a QUIC varint. Values above [`VARINT_MAX`] are not representable;
+/// callers only encode stream ids and flow ids, which QUIC already bounds.
+#[inline]
+pub fn varint_len(v: u64) -> usize {
+    if v < (1 << 6) {
+        1
+    } else if v < (1 << 14) {
+        2
+    } else if v < (1 << 30) {
+        4
+    } else {
+        8
+    }
+}
+
+/// Appends `v` as a QUIC varint. Returns `false` (and writes nothing) when `v > VARINT_MAX`.
+#[inline]
+pub fn put_varint(buf: &mut impl BufMut, v: u64) -> bool {
+    match varint_len(v) {
+        1 => buf.put_u8(v as u8),
+        2 => buf.put_u16(0x4000 | v as u16),
+        4 => buf.put_u32(0x8000_0000 | v as u32),
+        _ => {
+            if v > VARINT_MAX {
+                return false;
+            }
+            buf.put_u64(0xc000_0000_0000_0000 | v)
+        }
+    }
+    true
+}
+
+/// Reads a QUIC varint from the front of `b`: the value and how many bytes it took.
+#[inline]
+pub fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    let len = 1usize << (first >> 6);
+    let bytes = b.get(..len)?;
+    let mut v = u64::from(first & 0x3f);
+    for &x in &bytes[1..] {
+        v = (v << 8) | u64::from(x);
+    }
+    Some((v, len))
+}
+
+/// What a packet from the legacy side (or a RoQ payload) is, by RFC 5761 §4 demultiplexing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    Rtp,
+    Rtcp,
+    Invalid,
+}
+
+/// Classifies a packet from its first two octets: version must be 2; a second octet in
+/// 192..=223 is RTCP (RFC 5761 §4: covers SR/RR/SDES/BYE/APP 200-204 and the feedback types,
+/// and no RTP payload type in use collides with it once the marker bit is included).
+#[inline]
+pub fn classify(pkt: &[u8]) -> PacketKind {
+    let (Some(&b0), Some(&b1)) = (pkt.first(), pkt.get(1)) else {
+        return PacketKind::Invalid;
+    };
+    if b0 >> 6 != 2 {
+        return PacketKind::Invalid;
+    }
+    if (192..=223).contains(&b1) {
+        if pkt.len() >= RTCP_MIN_LEN {
+            PacketKind::Rtcp
+        } else {
+            PacketKind::Invalid
+        }
+    } else if pkt.len() >= RTP_HEADER_LEN {
+        PacketKind::Rtp
+    } else {
+        PacketKind::Invalid
+    }
+}
+
+/// The RFC 9297 + RoQ header of a datagram: Quarter Stream ID, flow id, and where the packet starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramHeader {
+    pub qsid: u64,
+    pub flow: u64,
+    pub payload_offset: usize,
+}
+
+/// Parses the header of a received QUIC datagram; `None` when it is truncated.
+#[inline]
+pub fn parse_datagram(d: &[u8]) -> Option<DatagramHeader> {
+    let (qsid, a) = get_varint(d)?;
+    let (flow, b) = get_varint(&d[a..])?;
+    Some(DatagramHeader {
+        qsid,
+        flow,
+        payload_offset: a + b,
+    })
+}
+
+/// Builds outgoing datagrams out of one large buffer, so that framing a packet costs a copy and
+/// no allocation: each datagram is split off the front and frozen; once the datagrams sent
+/// earlier are released by quinn, `reserve` reclaims the same allocation.
+pub struct DatagramArena {
+    buf: BytesMut,
+    chunk: usize,
+}
+
+/// Default arena size: a few hundred voice packets between refills.
+pub const ARENA_CHUNK: usize = 64 * 1024;
+
+impl Default for DatagramArena {
+    fn default() -> Self {
+        DatagramArena::new(ARENA_CHUNK)
+    }
+}
+
+impl DatagramArena {
+    pub fn new(chunk: usize) -> Self {
+        DatagramArena {
+            buf: BytesMut::with_capacity(chunk),
+            chunk,
+        }
+    }
+
+    /// `qsid` + `flow` + `payload` as one datagram. `None` if `qsid` is not a valid varint.
+    #[inline]
+    pub fn frame(&mut self, qsid: u64, flow: u64, payload: &[u8]) -> Option<Bytes> {
+        let need = varint_len(qsid) + varint_len(flow) + payload.len();
+        if self.buf.capacity() < need {
+            self.buf.reserve(self.chunk.max(need));
+        }
+        if !put_varint(&mut self.buf, qsid) || !put_varint(&mut self.buf, flow) {
+            self.buf.clear();
+            return None;
+        }
+        self.buf.extend_from_slice(payload);
+        Some(self.buf.split().freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(v: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        assert!(put_varint(&mut b, v));
+        b
+    }
+
+    #[test]
+    fn varint_forms_match_rfc9000_examples() {
+        // RFC 9000 Appendix A.1 sample encodings.
+        assert_eq!(enc(37), vec![0x25]);
+        assert_eq!(enc(15293), vec![0x7b, 0xbd]);
+        assert_eq!(enc(494_878_333), vec![0x9d, 0x7f, 0x3e, 0x7d]);
+        assert_eq!(
+            enc(151_288_809_941_952_652),
+            vec![0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c]
+        );
+        assert_eq!(get_varint(&[0x25]), Some((37, 1)));
+        assert_eq!(get_varint(&[0x40, 0x25]), Some((37, 2)));
+        assert_eq!(get_varint(&[0x7b, 0xbd]), Some((15293, 2)));
+        assert_eq!(
+            get_varint(&[0x9d, 0x7f, 0x3e, 0x7d]),
+            Some((494_878_333, 4))
+        );
+        assert_eq!(
+            get_varint(&[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c]),
+            Some((151_288_809_941_952_652, 8))
+        );
+    }
+
+    #[test]
+    fn varint_boundaries_round_trip() {
+        for v in [0, 63, 64, 16383, 16384, (1 << 30) - 1, 1 << 30, VARINT_MAX] {
+            let b = enc(v);
+            assert_eq!(b.len(), varint_len(v));
+            assert_eq!(get_varint(&b), Some((v, b.len())));
+        }
+        let mut b = Vec::new();
+        assert!(!put_varint(&mut b, VARINT_MAX + 1));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn truncated_varint_is_none() {
+        assert_eq!(get_varint(&[]), None);
+        assert_eq!(get_varint(&[0x40]), None);
+        assert_eq!(get_varint(&[0x80, 0, 0]), None);
+        assert_eq!(get_varint(&[0xc0, 0, 0, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn classify_follows_rfc5761() {
+        let mut rtp = [0u8; 12];
+        rtp[0] = 0x80;
+        rtp[1] = 0; // PCMU
+        assert_eq!(classify(&rtp), PacketKind::Rtp);
+        rtp[1] = 0x80 | 96; // marker + dynamic PT
+        assert_eq!(classify(&rtp), PacketKind::Rtp);
+        assert_eq!(classify(&rtp[..11]), PacketKind::Invalid);
+        for pt in [200u8, 201, 202, 203, 204, 205, 206] {
+            let rtcp = [0x81, pt, 0, 1, 0, 0, 0, 1];
+            assert_eq!(classify(&rtcp), PacketKind::Rtcp, "pt {pt}");
+        }
+        assert_eq!(classify(&[0x81, 200, 0, 1]), PacketKind::Invalid);
+        rtp[0] = 0x40; // version 1
+        assert_eq!(classify(&rtp), PacketKind::Invalid);
+        assert_eq!(classify(&[]), PacketKind::Invalid);
+    }
+
+    #[test]
+    fn arena_frames_and_parses_back() {
+        let mut arena = DatagramArena::new(64);
+        let payload = [0x80u8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        let mut held = Vec::new();
+        // More datagrams than one chunk holds forces refills; earlier ones must stay intact.
+        for qsid in [0u64, 1, 63, 64, 16384, 1 << 30] {
+            let d = arena.frame(qsid, FLOW_RTP, &payload).expect("valid qsid");
+            let h = parse_datagram(&d).expect("header");
+            assert_eq!(h.qsid, qsid);
+            assert_eq!(h.flow, FLOW_RTP);
+            assert_eq!(&d[h.payload_offset..], &payload);
+            held.push((qsid, d));
+        }
+        for (qsid, d) in &held {
+            assert_eq!(parse_datagram(d).map(|h| h.qsid), Some(*qsid));
+        }
+        assert_eq!(arena.frame(VARINT_MAX + 1, FLOW_RTP, &payload), None);
+    }
+
+    #[test]
+    fn parse_datagram_rejects_truncation() {
+        assert_eq!(parse_datagram(&[]), None);
+        assert_eq!(parse_datagram(&[0x04]), None);
+        assert_eq!(
+            parse_datagram(&[0x04, 0x01]),
+            Some(DatagramHeader {
+                qsid: 4,
+                flow: 1,
+                payload_offset: 2
+            })
+        );
+    }
+}

@@ -1,0 +1,668 @@
+//! The HTTP/3 drivers end to end on loopback: a real server and client (quinn + h3), a fake
+//! engine that answers calls and echoes events, and real UDP sockets standing in for the legacy
+//! RTP peers on both sides.
+
+use bytes::{Buf, Bytes, BytesMut};
+use riptide::auth::{AuthError, Principal, TokenVerifier};
+use riptide::config::{MediaConfig, TgConfig};
+use riptide::media::{MediaCmd, MediaHub};
+use riptide::metrics::Metrics;
+use riptide::ript::client::{spawn_client, ClientCtx, PeerRuntime};
+use riptide::ript::model::{CallDescription, CallRequest, CallState, Event, EventName, Proposal};
+use riptide::ript::server::{spawn_server, ServerCtx};
+use riptide::ript::{CallAccepted, Problem, RiptCmd, RiptEvent};
+use riptide::CallKey;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Guard against a hang; never what decides a pass.
+const HANG: Duration = Duration::from_secs(10);
+const TG: &str = "trunk";
+const PREFIX: &str = "/.well-known/ript/v1/providertgs";
+
+struct TestVerifier;
+
+impl TokenVerifier for TestVerifier {
+    fn verify(&self, bearer: &str, _now: u64) -> Result<Principal, AuthError> {
+        if bearer == "good" {
+            Ok(Principal {
+                subject: "tester".into(),
+                scopes: vec![],
+            })
+        } else {
+            Err(AuthError::Invalid("unknown token".into()))
+        }
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    t.datagram_send_buffer_size(1 << 20);
+    Arc::new(t)
+}
+
+fn tls_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key.into())
+        .unwrap();
+    server.alpn_protocols = vec![b"h3".to_vec()];
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server).unwrap(),
+    ));
+    sc.transport_config(transport());
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"h3".to_vec()];
+    let mut cc = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client).unwrap(),
+    ));
+    cc.transport_config(transport());
+    (sc, cc)
+}
+
+fn hub(metrics: Arc<Metrics>) -> MediaHub {
+    let cfg = MediaConfig {
+        ip: "127.0.0.1".parse().unwrap(),
+        port_min: 0,
+        port_max: 0,
+        latching: true,
+    };
+    // BindFailed is not expected in these tests; nothing reads the events.
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::mem::forget(rx);
+    MediaHub::new(&cfg, metrics, tx)
+}
+
+struct Harness {
+    server_ep: quinn::Endpoint,
+    server_addr: SocketAddr,
+    server_cmd: mpsc::UnboundedSender<RiptCmd>,
+    client_cmd: mpsc::UnboundedSender<RiptCmd>,
+    server_hub: MediaHub,
+    client_hub: MediaHub,
+    client_metrics: Arc<Metrics>,
+    /// Everything the server driver told its (fake) engine.
+    server_seen: mpsc::UnboundedReceiver<RiptEvent>,
+    /// Server-side keys of accepted calls, in order.
+    accepted: mpsc::UnboundedReceiver<CallKey>,
+    client_events: mpsc::Receiver<RiptEvent>,
+    client_cfg: quinn::ClientConfig,
+}
+
+/// The server's engine stand-in: accepts every call except destination `reject`, turns on echo
+/// media for destination `echo`, and sends every event it receives straight back.
+async fn fake_engine(
+    mut rx: mpsc::Receiver<RiptEvent>,
+    cmd: mpsc::UnboundedSender<RiptCmd>,
+    hub: MediaHub,
+    seen: mpsc::UnboundedSender<RiptEvent>,
+    accepted: mpsc::UnboundedSender<CallKey>,
+) {
+    let mut n = 0u64;
+    while let Some(ev) = rx.recv().await {
+        match &ev {
+            RiptEvent::IncomingCall { req, request, .. } => {
+                n += 1;
+                let key = CallKey(100 + n);
+                let result = if request.destination == "reject" {
+                    Err(Problem::new(403, "Forbidden", "destination refused"))
+                } else {
+                    if request.destination == "echo" {
+                        hub.apply(MediaCmd::Echo { call: key });
+                    }
+                    Ok(CallAccepted {
+                        key,
+                        id: format!("call{n}"),
+                        description: CallDescription {
+                            uri: String::new(),
+                            handler: None,
+                            destination: request.destination.clone(),
+                            from: request.from.clone(),
+                            state: CallState::Proceeding,
+                            proposal: Proposal::default(),
+                        },
+                    })
+                };
+                let ok = result.is_ok();
+                cmd.send(RiptCmd::RespondCall { req: *req, result })
+                    .unwrap();
+                if ok {
+                    accepted.send(key).unwrap();
+                }
+            }
+            RiptEvent::ServerEvent { call, event } => {
+                cmd.send(RiptCmd::ServerSend {
+                    call: *call,
+                    event: event.clone(),
+                })
+                .unwrap();
+            }
+            _ => {}
+        }
+        let _ = seen.send(ev);
+    }
+}
+
+async fn harness() -> Harness {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (sc, cc) = tls_configs();
+    let server_ep = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = server_ep.local_addr().unwrap();
+
+    let server_hub = hub(Arc::new(Metrics::default()));
+    let (engine_tx, engine_rx) = mpsc::channel(256);
+    let server = spawn_server(
+        server_ep.clone(),
+        ServerCtx {
+            tgs: vec![TgConfig {
+                name: TG.into(),
+                description: "test trunk".into(),
+                destinations: "*".into(),
+                routes: vec![],
+            }],
+            authority: format!("localhost:{}", server_addr.port()),
+            verifier: Arc::new(TestVerifier),
+            media: server_hub.clone(),
+            metrics: Arc::new(Metrics::default()),
+            events: engine_tx,
+        },
+    );
+    let server_cmd = server.cmd_sender();
+    let (seen_tx, server_seen) = mpsc::unbounded_channel();
+    let (acc_tx, accepted) = mpsc::unbounded_channel();
+    tokio::spawn(fake_engine(
+        engine_rx,
+        server_cmd.clone(),
+        server_hub.clone(),
+        seen_tx,
+        acc_tx,
+    ));
+
+    let client_metrics = Arc::new(Metrics::default());
+    let client_hub = hub(client_metrics.clone());
+    let client_ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (client_tx, client_events) = mpsc::channel(256);
+    let client = spawn_client(
+        client_ep,
+        ClientCtx {
+            peers: vec![PeerRuntime {
+                name: "b".into(),
+                addr: server_addr,
+                server_name: "localhost".into(),
+                tg: TG.into(),
+                token: "good".into(),
+                client_config: cc.clone(),
+            }],
+            media: client_hub.clone(),
+            metrics: client_metrics.clone(),
+            events: client_tx,
+        },
+    );
+    Harness {
+        server_ep,
+        server_addr,
+        server_cmd,
+        client_cmd: client.cmd_sender(),
+        server_hub,
+        client_hub,
+        client_metrics,
+        server_seen,
+        accepted,
+        client_events,
+        client_cfg: cc,
+    }
+}
+
+/// Waits for the first item `f` maps to `Some`, skipping the rest.
+async fn next<E, T>(rx: &mut mpsc::Receiver<E>, mut f: impl FnMut(E) -> Option<T>) -> T {
+    tokio::time::timeout(HANG, async {
+        loop {
+            let e = rx.recv().await.expect("channel closed");
+            if let Some(t) = f(e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for an event")
+}
+
+async fn next_u<E, T>(rx: &mut mpsc::UnboundedReceiver<E>, mut f: impl FnMut(E) -> Option<T>) -> T {
+    tokio::time::timeout(HANG, async {
+        loop {
+            let e = rx.recv().await.expect("channel closed");
+            if let Some(t) = f(e) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for an event")
+}
+
+impl Harness {
+    fn create(&self, call: u64, destination: &str) {
+        self.client_cmd
+            .send(RiptCmd::CreateCall {
+                call: CallKey(call),
+                peer: 0,
+                request: CallRequest {
+                    destination: destination.into(),
+                    ..CallRequest::default()
+                },
+            })
+            .unwrap();
+    }
+
+    /// Creates a call and returns (client description, server-side key).
+    async fn created(&mut self, call: u64, destination: &str) -> (CallDescription, CallKey) {
+        self.create(call, destination);
+        let d = next(&mut self.client_events, |e| match e {
+            RiptEvent::CallCreated {
+                call: c,
+                description,
+            } if c == CallKey(call) => Some(description),
+            RiptEvent::CreateFailed { reason, .. } => panic!("create failed: {reason}"),
+            _ => None,
+        })
+        .await;
+        let key = next_u(&mut self.accepted, Some).await;
+        (d, key)
+    }
+
+    /// One raw HTTP/3 request on a fresh connection: (status, headers, body).
+    async fn raw(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, mut send) = h3::client::builder()
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let mut req = http::Request::builder().method(method).uri(format!(
+            "https://localhost:{}{path}",
+            self.server_addr.port()
+        ));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut s = send.send_request(req.body(()).unwrap()).await.unwrap();
+        if let Some(b) = body {
+            s.send_data(Bytes::from(b.to_owned())).await.unwrap();
+        }
+        s.finish().await.unwrap();
+        let resp = s.recv_response().await.unwrap();
+        let mut out = BytesMut::new();
+        while let Some(mut chunk) = s.recv_data().await.unwrap() {
+            out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        (resp.status(), resp.headers().clone(), out.freeze())
+    }
+}
+
+fn path_of(uri: &str) -> String {
+    uri.parse::<http::Uri>().unwrap().path().to_owned()
+}
+
+fn event(name: EventName) -> Event {
+    Event::new(name)
+}
+
+#[tokio::test]
+async fn call_is_created_and_events_flow_both_ways() {
+    let mut h = harness().await;
+    let (desc, key) = h.created(1, "+12155551213").await;
+    assert_eq!(desc.destination, "+12155551213");
+    assert!(
+        desc.uri.ends_with(&format!("{PREFIX}/{TG}/calls/call1")),
+        "{}",
+        desc.uri
+    );
+
+    // Server → client: sent before or after the GET opens, it arrives either way (the last
+    // state event starts a new GET).
+    h.server_cmd
+        .send(RiptCmd::ServerSend {
+            call: key,
+            event: event(EventName::Alerting),
+        })
+        .unwrap();
+    next(&mut h.client_events, |e| match e {
+        RiptEvent::ClientEvent { call, event } if call == CallKey(1) => {
+            (event.name == EventName::Alerting).then_some(())
+        }
+        _ => None,
+    })
+    .await;
+
+    // Client → server (PUT), echoed back by the fake engine (GET).
+    let mut ping = event(EventName::Ping);
+    ping.nonce = Some("n1".into());
+    h.client_cmd
+        .send(RiptCmd::ClientSend {
+            call: CallKey(1),
+            event: ping.clone(),
+        })
+        .unwrap();
+    let got = next_u(&mut h.server_seen, |e| match e {
+        RiptEvent::ServerEvent { call, event } if call == key => Some(event),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, ping);
+    let back = next(&mut h.client_events, |e| match e {
+        RiptEvent::ClientEvent { call, event } if event.name == EventName::Ping => {
+            Some((call, event))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(back, (CallKey(1), ping));
+
+    // GET {call} reflects the state the engine announced.
+    let (status, _, body) = h
+        .raw(http::Method::GET, &path_of(&desc.uri), Some("good"), None)
+        .await;
+    assert_eq!(status, 200);
+    let d: CallDescription = serde_json::from_slice(&body).unwrap();
+    assert_eq!(d.state, CallState::Alerting);
+}
+
+#[tokio::test]
+async fn refused_call_reports_status_and_reason() {
+    let mut h = harness().await;
+    h.create(7, "reject");
+    let (status, reason) = next(&mut h.client_events, |e| match e {
+        RiptEvent::CreateFailed {
+            call,
+            status,
+            reason,
+        } if call == CallKey(7) => Some((status, reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(status, 403);
+    assert!(reason.contains("Forbidden"), "{reason}");
+}
+
+#[tokio::test]
+async fn auth_and_unknown_resources() {
+    let h = harness().await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+
+    let (status, headers, body) = h.raw(http::Method::POST, &calls, None, Some("{}")).await;
+    assert_eq!(status, 401);
+    assert!(headers
+        .get("www-authenticate")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(p["status"], 401);
+
+    let (status, headers, _) = h.raw(http::Method::GET, PREFIX, Some("wrong"), None).await;
+    assert_eq!(status, 401);
+    assert!(headers.contains_key("www-authenticate"));
+
+    let (status, _, body) = h.raw(http::Method::GET, PREFIX, Some("good"), None).await;
+    assert_eq!(status, 200);
+    let list: riptide::ript::model::TgList = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list.tgs.len(), 1);
+    assert_eq!(list.tgs[0].name, TG);
+
+    let (status, _, _) = h
+        .raw(
+            http::Method::GET,
+            &format!("{calls}/nope"),
+            Some("good"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = h
+        .raw(
+            http::Method::GET,
+            &format!("{calls}/nope/events"),
+            Some("good"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = h
+        .raw(
+            http::Method::POST,
+            &format!("{PREFIX}/other/calls"),
+            Some("good"),
+            Some(r#"{"destination":"1"}"#),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, headers, _) = h
+        .raw(http::Method::POST, &calls, Some("good"), Some("{not json"))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+
+    let handler = r#"{"handler-id":"h1","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000}]}}"#;
+    let (status, headers, body) = h
+        .raw(
+            http::Method::POST,
+            &format!("{PREFIX}/{TG}/handlers"),
+            Some("good"),
+            Some(handler),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let loc = headers
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        loc.ends_with(&format!("{PREFIX}/{TG}/handlers/h1")),
+        "{loc}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["uri"], loc);
+}
+
+#[tokio::test]
+async fn ended_call_is_gone() {
+    let mut h = harness().await;
+    let (desc, key) = h.created(2, "100").await;
+    let call_path = path_of(&desc.uri);
+    // The client's events GET is open once the server reports it.
+    next_u(&mut h.server_seen, |e| match e {
+        RiptEvent::ServerEventsOpened { call } if call == key => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let (status, headers, _) = h
+        .raw(http::Method::DELETE, &call_path, Some("good"), None)
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(headers.get("allow").unwrap(), "GET, POST");
+
+    h.server_cmd.send(RiptCmd::ServerEnd { call: key }).unwrap();
+    // The GET closed with `]` before the engine closed the call on the client: a loss.
+    next(&mut h.client_events, |e| match e {
+        RiptEvent::ClientEventsLost { call } if call == CallKey(2) => Some(()),
+        _ => None,
+    })
+    .await;
+    let (status, _, _) = h
+        .raw(http::Method::GET, &call_path, Some("good"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = h
+        .raw(
+            http::Method::GET,
+            &format!("{call_path}/events"),
+            Some("good"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn calls_share_one_connection() {
+    let mut h = harness().await;
+    h.create(11, "a");
+    h.create(12, "b");
+    let mut created = Vec::new();
+    while created.len() < 2 {
+        let c = next(&mut h.client_events, |e| match e {
+            RiptEvent::CallCreated { call, .. } => Some(call),
+            RiptEvent::CreateFailed { reason, .. } => panic!("create failed: {reason}"),
+            _ => None,
+        })
+        .await;
+        created.push(c);
+    }
+    created.sort();
+    assert_eq!(created, vec![CallKey(11), CallKey(12)]);
+    assert_eq!(h.server_ep.open_connections(), 1);
+}
+
+fn rtp_packet(seq: u16, marker: u8) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[marker; 160]);
+    p
+}
+
+/// Sends `pkt` from `from` to `to` until `sink` receives it. The media bindings are set up by
+/// stream tasks with no completion signal, and UDP/datagrams may be dropped meanwhile, so
+/// the packet is retried; each attempt waits for the packet itself.
+async fn relay_until_received(from: &UdpSocket, to: SocketAddr, sink: &UdpSocket, pkt: &[u8]) {
+    let mut buf = [0u8; 2048];
+    for _ in 0..100 {
+        from.send_to(pkt, to).await.unwrap();
+        if let Ok(r) =
+            tokio::time::timeout(Duration::from_millis(100), sink.recv_from(&mut buf)).await
+        {
+            let (n, _) = r.unwrap();
+            if &buf[..n] == pkt {
+                return;
+            }
+        }
+    }
+    panic!("packet never relayed");
+}
+
+#[tokio::test]
+async fn media_relays_both_ways_per_call() {
+    let mut h = harness().await;
+    let sip_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sip_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+    // Client gateway's legacy leg for call 21.
+    h.client_hub.apply(MediaCmd::OpenLegacy {
+        call: CallKey(21),
+        port: 0,
+    });
+    h.client_hub.apply(MediaCmd::SetRemote {
+        call: CallKey(21),
+        rtp: sip_a.local_addr().unwrap(),
+        rtcp: None,
+        rtcp_mux: true,
+        latching: false,
+    });
+    let a_side = h.client_hub.legacy_addr(CallKey(21)).unwrap();
+
+    // A second call on the same connection must not receive call 21's media.
+    let (_, other) = h.created(22, "other").await;
+    let sip_c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    h.server_hub.apply(MediaCmd::OpenLegacy {
+        call: other,
+        port: 0,
+    });
+    h.server_hub.apply(MediaCmd::SetRemote {
+        call: other,
+        rtp: sip_c.local_addr().unwrap(),
+        rtcp: None,
+        rtcp_mux: true,
+        latching: false,
+    });
+
+    let (_, key) = h.created(21, "media").await;
+    h.server_hub
+        .apply(MediaCmd::OpenLegacy { call: key, port: 0 });
+    h.server_hub.apply(MediaCmd::SetRemote {
+        call: key,
+        rtp: sip_b.local_addr().unwrap(),
+        rtcp: None,
+        rtcp_mux: false,
+        latching: true,
+    });
+    let b_side = h.server_hub.legacy_addr(key).unwrap();
+
+    relay_until_received(&sip_a, a_side, &sip_b, &rtp_packet(1, 0xa1)).await;
+    relay_until_received(&sip_b, b_side, &sip_a, &rtp_packet(2, 0xb2)).await;
+    assert!(h.client_metrics.rtp_sip_to_quic.load(Ordering::Relaxed) >= 1);
+    assert!(h.client_metrics.rtp_quic_to_sip.load(Ordering::Relaxed) >= 1);
+
+    // Nothing of call 21 reached call 22's legacy peer.
+    let mut buf = [0u8; 2048];
+    assert!(sip_c.try_recv_from(&mut buf).is_err());
+}
+
+#[tokio::test]
+async fn echo_reflects_datagrams() {
+    let mut h = harness().await;
+    let sip_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    h.client_hub.apply(MediaCmd::OpenLegacy {
+        call: CallKey(31),
+        port: 0,
+    });
+    h.client_hub.apply(MediaCmd::SetRemote {
+        call: CallKey(31),
+        rtp: sip_a.local_addr().unwrap(),
+        rtcp: None,
+        rtcp_mux: true,
+        latching: true,
+    });
+    let a_side = h.client_hub.legacy_addr(CallKey(31)).unwrap();
+    h.created(31, "echo").await;
+    relay_until_received(&sip_a, a_side, &sip_a, &rtp_packet(9, 0xee)).await;
+}
