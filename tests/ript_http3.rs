@@ -357,9 +357,10 @@ async fn call_is_created_and_events_flow_both_ways() {
         })
         .unwrap();
     next(&mut h.client_events, |e| match e {
-        RiptEvent::ClientEvent { call, event } if call == CallKey(1) => {
-            (event.name == EventName::Alerting).then_some(())
-        }
+        RiptEvent::ClientEvent {
+            call: CallKey(1),
+            event,
+        } => (event.name == EventName::Alerting).then_some(()),
         _ => None,
     })
     .await;
@@ -403,10 +404,10 @@ async fn refused_call_reports_status_and_reason() {
     h.create(7, "reject");
     let (status, reason) = next(&mut h.client_events, |e| match e {
         RiptEvent::CreateFailed {
-            call,
+            call: CallKey(7),
             status,
             reason,
-        } if call == CallKey(7) => Some((status, reason)),
+        } => Some((status, reason)),
         _ => None,
     })
     .await;
@@ -525,7 +526,7 @@ async fn ended_call_is_gone() {
     h.server_cmd.send(RiptCmd::ServerEnd { call: key }).unwrap();
     // The GET closed with `]` before the engine closed the call on the client: a loss.
     next(&mut h.client_events, |e| match e {
-        RiptEvent::ClientEventsLost { call } if call == CallKey(2) => Some(()),
+        RiptEvent::ClientEventsLost { call: CallKey(2) } => Some(()),
         _ => None,
     })
     .await;
@@ -628,17 +629,18 @@ async fn media_relays_both_ways_per_call() {
     let (_, key) = h.created(21, "media").await;
     h.server_hub
         .apply(MediaCmd::OpenLegacy { call: key, port: 0 });
+    // The SDP address is wrong (as behind a NAT); latching must find sip_b from its packets.
     h.server_hub.apply(MediaCmd::SetRemote {
         call: key,
-        rtp: sip_b.local_addr().unwrap(),
+        rtp: "127.0.0.1:9".parse().unwrap(),
         rtcp: None,
         rtcp_mux: false,
         latching: true,
     });
     let b_side = h.server_hub.legacy_addr(key).unwrap();
 
-    relay_until_received(&sip_a, a_side, &sip_b, &rtp_packet(1, 0xa1)).await;
     relay_until_received(&sip_b, b_side, &sip_a, &rtp_packet(2, 0xb2)).await;
+    relay_until_received(&sip_a, a_side, &sip_b, &rtp_packet(1, 0xa1)).await;
     assert!(h.client_metrics.rtp_sip_to_quic.load(Ordering::Relaxed) >= 1);
     assert!(h.client_metrics.rtp_quic_to_sip.load(Ordering::Relaxed) >= 1);
 
@@ -665,4 +667,44 @@ async fn echo_reflects_datagrams() {
     let a_side = h.client_hub.legacy_addr(CallKey(31)).unwrap();
     h.created(31, "echo").await;
     relay_until_received(&sip_a, a_side, &sip_a, &rtp_packet(9, 0xee)).await;
+}
+
+#[tokio::test]
+async fn reopened_events_start_from_the_last_state() {
+    let mut h = harness().await;
+    let (_, key) = h.created(41, "200").await;
+    h.server_cmd
+        .send(RiptCmd::ServerSend {
+            call: key,
+            event: event(EventName::Answered),
+        })
+        .unwrap();
+    let answered = |e| match e {
+        RiptEvent::ClientEvent { call, event }
+            if call == CallKey(41) && event.name == EventName::Answered =>
+        {
+            Some(())
+        }
+        _ => None,
+    };
+    next(&mut h.client_events, answered).await;
+    h.client_cmd
+        .send(RiptCmd::ClientReopenEvents { call: CallKey(41) })
+        .unwrap();
+    // The new GET replays the current state first.
+    next(&mut h.client_events, answered).await;
+    // The PUT still works after the reopen.
+    h.client_cmd
+        .send(RiptCmd::ClientSend {
+            call: CallKey(41),
+            event: event(EventName::Hold),
+        })
+        .unwrap();
+    next_u(&mut h.server_seen, |e| match e {
+        RiptEvent::ServerEvent { call, event } if call == key && event.name == EventName::Hold => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await;
 }

@@ -41,18 +41,15 @@ LIMIT=$((RATE * 10 + 10))            # concurrent calls allowed (hold 1 s, so ~R
 RUN_TIMEOUT=$((SECS + 30))           # SIPp -timeout for the UAC, seconds
 if [ "$MODE" = pair ]; then TARGET=127.0.0.1:5070; else TARGET=127.0.0.1:5080; fi
 
-PAIR_STARTED=0; UAS_PID=""
+UAS_PID=""
 cleanup() {
     [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 3
-    if [ "$PAIR_STARTED" = 1 ] && [ "$KEEP_PAIR" = 0 ]; then "$INTEROP_DIR/pair.sh" stop || true; fi
+    [ "$KEEP_PAIR" = 1 ] || pair_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$MODE" = pair ] && ! "$INTEROP_DIR/pair.sh" status >/dev/null 2>&1; then
-    PAIR_STARTED=1
-    "$INTEROP_DIR/pair.sh" start
-fi
+[ "$MODE" != pair ] || pair_acquire
 
 rm -rf "$DIR"; mkdir -p "$DIR"
 port_bound udp 5080 && die "127.0.0.1:5080 is already in use: $(port_users udp 5080)"

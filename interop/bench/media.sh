@@ -45,19 +45,16 @@ UAC_MEDIA=16000; UAS_MEDIA=17000
 RUN_TIMEOUT=$((HOLD + 40))
 if [ "$MODE" = pair ]; then TARGET=127.0.0.1:5070; else TARGET=127.0.0.1:5080; fi
 
-PAIR_STARTED=0; UAS_PID=""; CAPTURE_PID=""
+UAS_PID=""; CAPTURE_PID=""
 cleanup() {
     [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 3
     stop_capture
-    if [ "$PAIR_STARTED" = 1 ] && [ "$KEEP_PAIR" = 0 ]; then "$INTEROP_DIR/pair.sh" stop || true; fi
+    [ "$KEEP_PAIR" = 1 ] || pair_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$MODE" = pair ] && ! "$INTEROP_DIR/pair.sh" status >/dev/null 2>&1; then
-    PAIR_STARTED=1
-    "$INTEROP_DIR/pair.sh" start
-fi
+[ "$MODE" != pair ] || pair_acquire
 
 rm -rf "$DIR"; mkdir -p "$DIR"
 (cd "$DIR" && python3 "$INTEROP_DIR/lib/mktone.py" tone-440hz.ulaw 2)
@@ -76,6 +73,7 @@ admin() { if [ "$1" = a ]; then echo http://127.0.0.1:9070/metrics; else echo ht
 relayed() { metric_sum "$(admin "$1")" riptide_media_packets_relayed_total "${2:-}"; }
 
 declare -A CPU0 REL0 S2Q0 Q2S0
+PIDS0="$(pair_pids)"
 if [ "$MODE" = pair ]; then
     for g in a b; do
         CPU0[$g]="$(cpu_us "$(gw_pid "$g")")"
@@ -113,7 +111,10 @@ read -r successful < <(awk -F';' '
     { last = $s } END { print last + 0 }' "$DIR/uac_stats.csv" 2>/dev/null || echo 0)
 echo "calls: $successful of $CALLS successful (SIPp -trace_stat SuccessfulCall(C)); uac exit=$uac_rc uas exit=$uas_rc"
 
-if [ "$MODE" = pair ]; then
+if [ "$MODE" = pair ] && [ "$(pair_pids)" != "$PIDS0" ]; then
+    echo "gateway a: cpu_us_per_packet=n/a (the pair was restarted during the run: pids $PIDS0-> $(pair_pids))"
+    echo "gateway b: cpu_us_per_packet=n/a (the pair was restarted during the run)"
+elif [ "$MODE" = pair ]; then
     for g in a b; do
         cpu1="$(cpu_us "$(gw_pid "$g")")"; rel1="$(relayed "$g")"
         s2q=$(( $(relayed "$g" 'dir="sip_to_quic"') - S2Q0[$g] )); q2s=$(( $(relayed "$g" 'dir="quic_to_sip"') - Q2S0[$g] ))

@@ -118,3 +118,28 @@ ensure_tone() {
     fi
     printf '%s\n' "$f"
 }
+
+# pair_pids: the pids recorded in interop/out/{a,b}.pid (empty when absent), on one line.
+pair_pids() { cat "$OUT_DIR/a.pid" "$OUT_DIR/b.pid" 2>/dev/null | tr '\n' ' ' || true; }
+
+# Start the pair unless it runs (sets PAIR_STARTED/PAIR_OWNED_PIDS); pair_release stops it again
+# only if we started it and the pid files still name the processes we started (several engineers
+# share the machine: a pair someone else restarted meanwhile is left alone).
+PAIR_STARTED=0; PAIR_OWNED_PIDS=""
+pair_acquire() {
+    if "$INTEROP_DIR/pair.sh" status >/dev/null 2>&1; then
+        log "using the running gateway pair (pids $(pair_pids))"
+        return 0
+    fi
+    PAIR_STARTED=1
+    "$INTEROP_DIR/pair.sh" start || die "could not start the gateway pair (see $OUT_DIR/a.log, b.log)"
+    PAIR_OWNED_PIDS="$(pair_pids)"
+}
+pair_release() {
+    [ "$PAIR_STARTED" = 1 ] || return 0
+    if [ "$(pair_pids)" = "$PAIR_OWNED_PIDS" ]; then
+        "$INTEROP_DIR/pair.sh" stop || true
+    else
+        log "the pair was restarted by someone else during the run (pids now $(pair_pids)); leaving it running"
+    fi
+}

@@ -45,8 +45,9 @@ def main():
     before = malformed_total(a.metrics)
     print(f"metrics: riptide_sip_malformed_total before = {before}")
     if before is None:
-        print("FAIL: riptide_sip_malformed_total is not exported by", a.metrics)
-        ok = False
+        # A labelled counter may only appear once it has a sample: absent counts as 0; the check
+        # below still requires it to be exported (and > 0) after the garbage.
+        print("metrics: riptide_sip_malformed_total not exported yet: taken as 0")
         before = 0.0
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

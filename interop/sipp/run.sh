@@ -56,26 +56,16 @@ else
     TARGET="127.0.0.1:$UAS_PORT"
 fi
 
-PAIR_STARTED=0
 UAS_PID=""
 cleanup() {
     [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 2
     stop_capture
-    if [ "$PAIR_STARTED" = 1 ] && [ "$KEEP_PAIR" = 0 ]; then
-        "$INTEROP_DIR/pair.sh" stop || true
-    fi
+    [ "$KEEP_PAIR" = 1 ] || pair_release
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ "$MODE" = pair ]; then
-    if "$INTEROP_DIR/pair.sh" status >/dev/null 2>&1; then
-        log "using the running gateway pair"
-    else
-        PAIR_STARTED=1
-        "$INTEROP_DIR/pair.sh" start || die "could not start the gateway pair (see interop/out/a.log, b.log)"
-    fi
-fi
+[ "$MODE" != pair ] || pair_acquire
 
 mkdir -p "$LOG_ROOT"
 TONE_DIR="$LOG_ROOT"
@@ -199,7 +189,7 @@ scn_i() { # malformed probe, then a normal call must still work
         return 1
     fi
     sipp_pair i-malformed call_uac.xml call_uas.xml -d 500 || { DETAIL="call after the probe failed: $DETAIL"; return 1; }
-    DETAIL="$(grep -E 'reply to broken|after garbage' "$dir/malformed.out" | tr '\n' ';') normal call afterwards ok"
+    DETAIL="$(grep -E 'reply to broken|after garbage' "$dir/malformed.out" | tr '\n' ';' | sed 's/;/; /g') normal call afterwards ok"
 }
 
 PASSED=0; FAILED=0; SKIPPED=0

@@ -14,8 +14,7 @@ use super::negotiate;
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Metrics};
 use crate::ript::model::{
-    self, Advertisement, CallDescription, CallRequest, CallState, Direction, Event, EventName,
-    Proposal,
+    self, CallDescription, CallRequest, CallState, Direction, Event, EventName, Proposal,
 };
 use crate::ript::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::sdp::{self, LocalSdp, SdpDirection};
@@ -170,9 +169,6 @@ enum Purpose {
     Cancel,
     Bye,
     ReInvite,
-    Update,
-    /// A response we do not act on (e.g. the answer to a CANCEL).
-    Ignore,
 }
 
 #[derive(Debug)]
@@ -241,14 +237,12 @@ struct RiptLeg {
     out_seq: u64,
     in_seq: Option<u64>,
     proposal: Option<Proposal>,
-    advertisement: Option<Advertisement>,
     reopen_attempts: u32,
     echo: bool,
 }
 
 #[derive(Debug)]
 struct Call {
-    key: CallKey,
     phase: Phase,
     sip: Option<SipLeg>,
     ript: RiptLeg,
@@ -479,7 +473,7 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
-        let method = req.method.clone();
+        let method = req.method;
         let key = Self::server_key(&m, &method);
         match self.txn.on_request(now, &key, method == Method::Ack) {
             RequestDisposition::Retransmission | RequestDisposition::AckAbsorbed => return,
@@ -696,7 +690,6 @@ impl Engine {
             glare_retry: None,
         };
         let call = Call {
-            key,
             phase: Phase::Setup,
             sip: Some(sip),
             ript: RiptLeg {
@@ -707,7 +700,6 @@ impl Engine {
                 out_seq: 0,
                 in_seq: None,
                 proposal: None,
-                advertisement: Some(adv.clone()),
                 reopen_attempts: 0,
                 echo: false,
             },
@@ -1014,10 +1006,8 @@ impl Engine {
         }
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
-            Purpose::ReInvite | Purpose::Update => {
-                self.on_reinvite_response(now, key, &m, resp, code, purpose == Purpose::ReInvite)
-            }
-            Purpose::Bye | Purpose::Cancel | Purpose::Ignore => {}
+            Purpose::ReInvite => self.on_reinvite_response(now, key, code),
+            Purpose::Bye | Purpose::Cancel => {}
         }
     }
 
@@ -1281,15 +1271,8 @@ impl Engine {
         self.send_event(key, Event::new(EventName::Answered));
     }
 
-    fn on_reinvite_response(
-        &mut self,
-        now: Instant,
-        key: CallKey,
-        _m: &SipInbound,
-        _resp: &Response,
-        code: u16,
-        is_invite: bool,
-    ) {
+    fn on_reinvite_response(&mut self, now: Instant, key: CallKey, code: u16) {
+        let is_invite = true;
         if code < 200 {
             return;
         }
@@ -1336,8 +1319,8 @@ impl Engine {
                 self.end_server_call(key);
                 self.finish(key, CallOutcome::Failed);
             }
-            Purpose::Bye | Purpose::Cancel | Purpose::Ignore => {}
-            Purpose::ReInvite | Purpose::Update => {
+            Purpose::Bye | Purpose::Cancel => {}
+            Purpose::ReInvite => {
                 // RFC 3261 §14.1: a re-INVITE timeout ends the dialog.
                 let reason = "SIP;cause=408;text=\"Request Timeout\"";
                 self.send_bye(now, key, reason);
@@ -1466,7 +1449,6 @@ impl Engine {
         );
         let proposal = negotiate::choose(&adv, &codecs);
         let mut call = Call {
-            key,
             phase: Phase::Setup,
             sip: None,
             ript: RiptLeg {
@@ -1477,7 +1459,6 @@ impl Engine {
                 out_seq: 0,
                 in_seq: None,
                 proposal: proposal.as_ref().ok().cloned(),
-                advertisement: Some(adv),
                 reopen_attempts: 0,
                 echo: target == TgTarget::Echo,
             },
@@ -1758,7 +1739,7 @@ impl Engine {
                     let code = model::parse_reason(reason)
                         .map(|r| {
                             if r.protocol.eq_ignore_ascii_case("SIP") {
-                                r.cause as u16
+                                r.cause
                             } else {
                                 model::q850_to_sip_status(r.cause.min(255) as u8)
                             }
@@ -1884,16 +1865,14 @@ impl Engine {
 
     /// Sends (or re-sends after a redirect) the INVITE of a UAC leg.
     fn send_invite(&mut self, now: Instant, key: CallKey) {
-        let via_host;
-        let contact;
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
-        via_host = self.cfg.via_host(sip.transport);
-        contact = self.cfg.contact(sip.transport);
+        let via_host = self.cfg.via_host(sip.transport);
+        let contact = self.cfg.contact(sip.transport);
         sip.local_cseq += 1;
         let branch = msg::branch();
         let body = sip
@@ -2401,3 +2380,7 @@ fn end_event(reason: &str) -> Event {
 
 /// RFC 3326 reason for an ordinary hang-up.
 pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\"";
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

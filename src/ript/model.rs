@@ -1042,6 +1042,9 @@ pub enum AdvertisementError {
     NoSymmetricCodec,
 }
 
+/// A codec name and its `(name, value)` parameters, borrowed from the advertisement text.
+type CodecDesc<'a> = (&'a str, Vec<(&'a str, &'a str)>);
+
 struct TextParser<'a> {
     s: &'a str,
     pos: usize,
@@ -1078,7 +1081,7 @@ impl<'a> TextParser<'a> {
     }
 
     /// `codec-name *("," pname ["=" ["-"] digits]) [";"]`; returns the name and parameters.
-    fn codec_desc(&mut self) -> Result<(&'a str, Vec<(&'a str, &'a str)>), AdvertisementError> {
+    fn codec_desc(&mut self) -> Result<CodecDesc<'a>, AdvertisementError> {
         let name = self.word();
         let mut params = Vec::new();
         loop {

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# riptide's whole test suite: what CI runs (.ci/run calls exactly this).
+#   1. formatting and lints (cargo fmt --check, clippy -D warnings)
+#   2. unit and integration tests (cargo test, release profile: one build serves the tests,
+#      the gateway pair and the benchmarks)
+#   3. the SIPp suite against the gateway pair (interop/sipp/run.sh)
+# Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/common.sh"
+cd "$REPO_ROOT"
+
+need_cmd sipp sip-tester
+need_cmd python3 python3
+need_cmd curl curl
+need_cmd ss iproute2
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --release --locked --all-targets -- -D warnings
+log "cargo build --release"
+cargo build --release --locked
+log "cargo test --release"
+cargo test --release --locked
+log "SIPp suite against the gateway pair"
+"$INTEROP_DIR/sipp/run.sh"

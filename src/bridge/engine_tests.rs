@@ -1,0 +1,784 @@
+//! Races and timers of the call engine, with simulated time.
+
+use super::*;
+use crate::ript::model::{Advertisement, CodecAd};
+
+const CALLER: &str = "127.0.0.1:5061";
+const TRUNK: &str = "127.0.0.1:5080";
+
+fn cfg() -> EngineConfig {
+    let mut sip_hosts = HashMap::new();
+    sip_hosts.insert(Transport::Udp, "127.0.0.1:5070".to_string());
+    EngineConfig {
+        node: "t".into(),
+        sip_hosts,
+        media_ip: "127.0.0.1".parse().unwrap(),
+        port_min: 20000,
+        port_max: 20100,
+        latching: true,
+        t1: Duration::from_millis(500),
+        max_calls: 100,
+        no_answer_timeout: Duration::from_secs(60),
+        sip_routes: vec![("".into(), 0)],
+        peers: vec![PeerInfo {
+            name: "b".into(),
+            codecs: crate::config::default_codecs(),
+        }],
+        tgs: vec![TgInfo {
+            name: "trunk".into(),
+            routes: vec![TgRoute {
+                prefix: "".into(),
+                target: TgTarget::Trunk(0),
+            }],
+        }],
+        trunks: vec![TrunkInfo {
+            name: "pbx".into(),
+            host: TRUNK.into(),
+            dest: Dest {
+                addr: TRUNK.parse().unwrap(),
+                transport: Transport::Udp,
+                conn: None,
+            },
+            proxy_route: None,
+            codecs: crate::config::default_codecs(),
+            max_redirects: 3,
+        }],
+        http_authority: "localhost:4434".into(),
+        events_grace: Duration::from_secs(30),
+    }
+}
+
+struct Sim {
+    e: Engine,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim {
+            e: Engine::new(cfg(), Arc::new(Metrics::default())),
+            now: Instant::now(),
+            out: vec![],
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Some(o) = self.e.poll_output() {
+            self.out.push(o);
+        }
+    }
+
+    fn input(&mut self, i: Input) {
+        self.e.handle_input(self.now, i);
+        self.collect();
+    }
+
+    fn sip(&mut self, text: &str, src: &str) {
+        let (msg, info) = msg::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        self.input(Input::Sip(Box::new(SipInbound {
+            msg,
+            info,
+            src: src.parse().unwrap(),
+            transport: Transport::Udp,
+            conn: None,
+        })));
+    }
+
+    fn ript(&mut self, e: RiptEvent) {
+        self.input(Input::Ript(e));
+    }
+
+    /// Advances simulated time, firing every timer due on the way.
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        while let Some(at) = self.e.poll_timeout() {
+            if at > until {
+                break;
+            }
+            self.now = at.max(self.now);
+            self.e.handle_timeout(self.now);
+            self.collect();
+        }
+        self.now = until;
+    }
+
+    fn take(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// SIP messages sent since the last take, as text.
+    fn sip_out(&mut self) -> Vec<String> {
+        self.take()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn start_lines(msgs: &[String]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m.lines().next().unwrap_or("").to_string())
+        .collect()
+}
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n";
+
+fn invite(branch: &str, call_id: &str, sdp: &str) -> String {
+    format!(
+        "INVITE sip:answer@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@127.0.0.1>;tag=caller1\r\nTo: <sip:answer@127.0.0.1:5070>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+fn in_dialog(method: &str, branch: &str, cseq: u32, to_tag: &str, sdp: Option<&str>) -> String {
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "{method} sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@127.0.0.1>;tag=caller1\r\nTo: <sip:answer@127.0.0.1:5070>;tag={to_tag}\r\nCall-ID: cid-a\r\nCSeq: {cseq} {method}\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn cancel(branch: &str) -> String {
+    format!(
+        "CANCEL sip:answer@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@127.0.0.1>;tag=caller1\r\nTo: <sip:answer@127.0.0.1:5070>\r\nCall-ID: cid-a\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A response to a request the engine sent (parsed from its text).
+fn reply(req: &str, code: u16, reason: &str, to_tag: &str, sdp: Option<&str>) -> String {
+    let hv = |name: &str| {
+        req.lines()
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+            })
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+            .unwrap_or_default()
+    };
+    let body = sdp.unwrap_or("");
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "SIP/2.0 {code} {reason}\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContact: <sip:callee@{TRUNK}>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        hv("Via"),
+        hv("From"),
+        {
+            let to = hv("To");
+            if to.contains(";tag=") {
+                to
+            } else {
+                format!("{to};tag={to_tag}")
+            }
+        },
+        hv("Call-ID"),
+        hv("CSeq"),
+        body.len()
+    )
+}
+
+fn to_tag_of(resp: &str) -> String {
+    let to = resp.lines().find(|l| l.starts_with("To:")).unwrap();
+    msg::param(to.split_once(':').unwrap().1, "tag").unwrap()
+}
+
+fn pcmu_adv() -> Advertisement {
+    let c = |t: &str, pt: u8| CodecAd {
+        media_type: format!("audio/{t}"),
+        clock_rate: 8000,
+        channels: None,
+        max_packet_time: None,
+        packet_time: Some(20),
+        payload_type: Some(pt),
+        parameters: None,
+    };
+    Advertisement {
+        codecs: vec![c("PCMU", 0), c("telephone-event", 101)],
+    }
+}
+
+fn description(p: Proposal) -> CallDescription {
+    CallDescription {
+        uri: "https://localhost:4434/.well-known/ript/v1/providertgs/trunk/calls/x1".into(),
+        handler: None,
+        destination: "answer".into(),
+        from: None,
+        state: CallState::Proceeding,
+        proposal: p,
+    }
+}
+
+fn ev(name: EventName, seq: u64) -> Event {
+    let mut e = Event::new(name);
+    e.seq = Some(seq);
+    e
+}
+
+/// Caller side (gateway A): INVITE in, the RIPT call created; returns the call key.
+fn a_call_created(s: &mut Sim) -> CallKey {
+    s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
+    let out = s.take();
+    let (key, adv) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                Some((*call, request.advertisement.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .expect("CreateCall");
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"SIP/2.0 100"))));
+    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    key
+}
+
+#[test]
+fn sip_call_in_becomes_ript_call_and_answer_becomes_200_with_chosen_codec() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 180 Ringing"]);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 1),
+    });
+    let msgs = s.sip_out();
+    assert_eq!(start_lines(&msgs), vec!["SIP/2.0 200 OK"]);
+    assert!(
+        msgs[0].contains("m=audio 20000 RTP/AVP 0 101"),
+        "{}",
+        msgs[0]
+    );
+    // Topology hiding: nothing of the far side's addressing, our own Contact.
+    assert!(msgs[0].contains("Contact: <sip:riptide@127.0.0.1:5070>"));
+}
+
+#[test]
+fn answer_2xx_is_retransmitted_until_ack() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let ok = s.sip_out().remove(0);
+    let tag = to_tag_of(&ok);
+    s.advance(Duration::from_millis(1600));
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 200 OK", "SIP/2.0 200 OK"],
+        "retransmitted at T1 and 2*T1"
+    );
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    s.advance(Duration::from_secs(40));
+    assert!(s.sip_out().is_empty(), "no retransmission after the ACK");
+}
+
+#[test]
+fn cancel_before_answer_gives_487_and_ends_ript_leg() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.sip(&cancel("z9hG4bKinv1"), CALLER);
+    let out = s.take();
+    let sips: Vec<String> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        start_lines(&sips),
+        vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+    );
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::ClientSend { call, event }) if *call == key && event.name == EventName::End
+            && event.reason.as_deref().unwrap_or("").contains("487"))));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ClientClose { call }) if *call == key)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaCmd::Close { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn cancel_crossing_our_200_has_no_effect_and_the_call_continues() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let ok = s.sip_out().remove(0);
+    let tag = to_tag_of(&ok);
+    // The caller's CANCEL was sent before our 200 reached it.
+    s.sip(&cancel("z9hG4bKinv1"), CALLER);
+    let out = s.take();
+    let sips: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        start_lines(&sips),
+        vec!["SIP/2.0 200 OK"],
+        "200 for the CANCEL only"
+    );
+    assert!(sips[0].contains("CSeq: 1 CANCEL"));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Ript(_))),
+        "RIPT leg untouched"
+    );
+    assert_eq!(s.e.active_calls(), 1);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    s.sip(&in_dialog("BYE", "z9hG4bKbye1", 2, &tag, None), CALLER);
+    let out = s.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"SIP/2.0 200 OK"))));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::ClientSend { event, .. }) if event.name == EventName::End)));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+/// Callee side (gateway B): a RIPT call in, the INVITE sent to the trunk; returns key and INVITE.
+fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
+    s.ript(RiptEvent::IncomingCall {
+        req: ReqId(1),
+        tg: "trunk".into(),
+        request: CallRequest {
+            handler: None,
+            destination: "answer".into(),
+            from: Some("+12155551212".into()),
+            passport: None,
+            advertisement: Some(pcmu_adv()),
+        },
+        principal: "gateway-a".into(),
+    });
+    let out = s.take();
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::RespondCall {
+                result: Ok(acc), ..
+            }) => Some(acc.key),
+            _ => None,
+        })
+        .expect("201 for the call");
+    let invite = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+            _ => None,
+        })
+        .expect("INVITE to the trunk");
+    assert!(
+        invite.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
+        "{invite}"
+    );
+    assert!(invite.contains("m=audio 20000 RTP/AVP 0 101"), "{invite}");
+    (key, invite)
+}
+
+fn server_events(out: &[Output]) -> Vec<Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Ript(RiptCmd::ServerSend { event, .. }) => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+const ANSWER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+#[test]
+fn end_before_any_provisional_waits_then_cancels_and_a_crossing_200_gets_ack_and_bye() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    // BYE during setup: the RIPT caller hangs up before the trunk said anything.
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    let out = s.take();
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"CANCEL"))),
+        "RFC 3261 §9.1: no CANCEL before a provisional"
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    // The callee answered at the same moment: the 200 crosses the CANCEL.
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    let msgs = s.sip_out();
+    let lines = start_lines(&msgs);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ACK sip:callee@127.0.0.1:5080")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("BYE sip:callee@127.0.0.1:5080")),
+        "{lines:?}"
+    );
+    let bye = msgs.iter().find(|m| m.starts_with("BYE")).unwrap();
+    assert!(bye.contains("Reason: "), "{bye}");
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn end_after_ringing_cancels_and_487_is_acked() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    let evs = server_events(&s.take());
+    assert_eq!(evs[0].name, EventName::Alerting);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    s.sip(
+        &reply(&inv, 487, "Request Terminated", "callee1", None),
+        TRUNK,
+    );
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["ACK sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn unanswered_invite_times_out_with_timer_b_as_failed_408() {
+    let mut s = Sim::new();
+    let (key, _inv) = b_invite_sent(&mut s);
+    s.advance(Duration::from_millis(31_600));
+    let msgs = s.sip_out();
+    assert_eq!(
+        msgs.len(),
+        6,
+        "Timer A retransmissions at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s"
+    );
+    assert!(server_events(&s.take()).is_empty());
+    s.advance(Duration::from_millis(500));
+    let out = s.take();
+    let evs = server_events(&out);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].name, EventName::Failed);
+    assert_eq!(evs[0].code, Some(408));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn ringing_past_the_no_answer_timeout_cancels_with_noanswer() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    s.take();
+    s.advance(Duration::from_secs(61));
+    let out = s.take();
+    let evs = server_events(&out);
+    assert_eq!(
+        evs.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![EventName::Noanswer]
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"CANCEL"))));
+}
+
+#[test]
+fn events_stream_loss_is_reopened_with_backoff_and_replayed_events_are_deduplicated() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 180 Ringing"]);
+    s.ript(RiptEvent::ClientEventsLost { call: key });
+    assert!(s.take().is_empty(), "no reopen before the backoff");
+    s.advance(Duration::from_secs(1));
+    assert!(s
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ClientReopenEvents { call }) if *call == key)));
+    // The server replays the current state on the new stream, then the call goes on.
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    assert!(
+        s.sip_out().is_empty(),
+        "replayed alerting is not a second 180"
+    );
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 1),
+    });
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 200 OK"]);
+}
+
+#[test]
+fn events_stream_that_never_comes_back_ends_the_call() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    for _ in 0..9 {
+        s.ript(RiptEvent::ClientEventsLost { call: key });
+        s.advance(Duration::from_secs(3));
+    }
+    let msgs = s.sip_out();
+    assert!(
+        start_lines(&msgs)
+            .iter()
+            .any(|l| l.starts_with("SIP/2.0 503")),
+        "{:?}",
+        start_lines(&msgs)
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn server_call_without_events_stream_ends_after_grace() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    s.take();
+    s.ript(RiptEvent::ServerEventsClosed { call: key });
+    s.advance(Duration::from_secs(10));
+    s.ript(RiptEvent::ServerEventsOpened { call: key });
+    s.advance(Duration::from_secs(40));
+    assert!(
+        !s.sip_out().iter().any(|m| m.starts_with("BYE")),
+        "re-opened in time"
+    );
+    s.ript(RiptEvent::ServerEventsClosed { call: key });
+    s.advance(Duration::from_secs(31));
+    assert!(s.sip_out().iter().any(|m| m.starts_with("BYE")));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn reinvite_glare_gets_491_and_our_reinvite_is_retried() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let ok = s.sip_out().remove(0);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    // The far RIPT side puts the call on hold: we re-INVITE the caller.
+    let mut hold = ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: hold,
+    });
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["INVITE sip:caller@127.0.0.1:5061 SIP/2.0"]
+    );
+    let our_reinvite = msgs[0].clone();
+    assert!(our_reinvite.contains("a=sendonly"));
+    // At the same time the caller re-INVITEs us: glare.
+    let offer = OFFER.replace("a=sendrecv", "a=sendonly");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&offer)),
+        CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 491 Request Pending"]
+    );
+    s.sip(&in_dialog("ACK", "z9hG4bKre2", 2, &tag, None), CALLER);
+    // The caller answers ours with 491 too; we retry after a random wait (≤ 2 s for the
+    // non-owner of the Call-ID).
+    let resp = reply(&our_reinvite, 491, "Request Pending", "caller1", None);
+    s.sip(&resp, CALLER);
+    let msgs = s.sip_out();
+    assert!(
+        start_lines(&msgs).iter().any(|l| l.starts_with("ACK")),
+        "491 is ACKed: {:?}",
+        start_lines(&msgs)
+    );
+    s.advance(Duration::from_millis(2001));
+    let msgs = s.sip_out();
+    let lines = start_lines(&msgs);
+    assert!(!lines.is_empty(), "retried within 2 s");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l == "INVITE sip:caller@127.0.0.1:5061 SIP/2.0"),
+        "{lines:?}"
+    );
+    assert!(msgs[0].contains("a=sendonly"));
+}
+
+#[test]
+fn hold_reinvite_is_answered_and_relayed_as_hold_event_and_refresh_is_not() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let hold = OFFER.replace("a=sendrecv", "a=sendonly");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&hold)),
+        CALLER,
+    );
+    let out = s.take();
+    let ok = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        ok.starts_with("SIP/2.0 200 OK") && ok.contains("a=recvonly"),
+        "{ok}"
+    );
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Ript(RiptCmd::ClientSend { event, .. })
+        if event.name == EventName::Hold && event.media_direction.as_deref() == Some("sendonly"))
+    ));
+    s.sip(&in_dialog("ACK", "z9hG4bKack2", 2, &tag, None), CALLER);
+    // Session refresh with the same offer: 200, no event.
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre3", 3, &tag, Some(&hold)),
+        CALLER,
+    );
+    let out = s.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"SIP/2.0 200"))));
+    assert!(!out.iter().any(|o| matches!(o, Output::Ript(_))));
+    // UPDATE resuming.
+    s.sip(&in_dialog("ACK", "z9hG4bKack3", 3, &tag, None), CALLER);
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup4", 4, &tag, Some(OFFER)),
+        CALLER,
+    );
+    let out = s.take();
+    assert!(out.iter().any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"SIP/2.0 200") && String::from_utf8_lossy(&s.bytes).contains("a=sendrecv"))));
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Ript(RiptCmd::ClientSend { event, .. })
+        if event.name == EventName::Hold && event.media_direction.as_deref() == Some("sendrecv"))
+    ));
+}
+
+#[test]
+fn busy_maps_both_ways() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 486, "Busy Here", "callee1", None), TRUNK);
+    let out = s.take();
+    let evs = server_events(&out);
+    assert_eq!(evs[0].name, EventName::Declined);
+    assert_eq!(evs[0].code, Some(486));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"ACK"))));
+    let _ = key;
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    let mut d = ev(EventName::Declined, 0);
+    d.code = Some(486);
+    d.reason = Some("Busy Here".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: d,
+    });
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 486 Busy Here"]);
+}
+
+#[test]
+fn no_common_codec_is_488_with_warning() {
+    let mut s = Sim::new();
+    let g729 = OFFER.replace("0 8 101", "18").replace("a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n", "");
+    s.sip(&invite("z9hG4bKinv9", "cid-9", &g729), CALLER);
+    let msgs = s.sip_out();
+    let lines = start_lines(&msgs);
+    assert_eq!(
+        lines,
+        vec!["SIP/2.0 100 Trying", "SIP/2.0 488 Not Acceptable Here"]
+    );
+    assert!(msgs[1].contains("Warning: 399 riptide"), "{}", msgs[1]);
+}
+
+#[test]
+fn options_and_unknown_dialogs() {
+    let mut s = Sim::new();
+    let opt = "OPTIONS sip:127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKo1\r\nMax-Forwards: 70\r\nFrom: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1:5070>\r\nCall-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    s.sip(opt, CALLER);
+    let m = s.sip_out().remove(0);
+    assert!(m.starts_with("SIP/2.0 200 OK"));
+    assert!(m.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"));
+    assert!(m.contains("Supported: "));
+    assert!(m.contains("Accept: application/sdp"));
+    s.sip(&in_dialog("BYE", "z9hG4bKx", 2, "nosuch", None), CALLER);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    );
+}
+
+#[test]
+fn invite_retransmission_is_absorbed() {
+    let mut s = Sim::new();
+    s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
+    s.take();
+    s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
+    let out = s.take();
+    assert_eq!(out.len(), 1, "only the 100 is re-sent: {out:?}");
+    assert_eq!(s.e.active_calls(), 1);
+}
