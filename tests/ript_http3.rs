@@ -523,6 +523,14 @@ async fn ended_call_is_gone() {
     assert_eq!(status, 405);
     assert_eq!(headers.get("allow").unwrap(), "GET, POST");
 
+    let mut declined = Event::new(EventName::Declined);
+    declined.code = Some(486);
+    h.server_cmd
+        .send(RiptCmd::ServerSend {
+            call: key,
+            event: declined,
+        })
+        .unwrap();
     h.server_cmd.send(RiptCmd::ServerEnd { call: key }).unwrap();
     // The GET closed with `]` before the engine closed the call on the client: a loss.
     next(&mut h.client_events, |e| match e {
@@ -534,12 +542,31 @@ async fn ended_call_is_gone() {
         .raw(http::Method::GET, &call_path, Some("good"), None)
         .await;
     assert_eq!(status, 404);
-    let (status, _, _) = h
+    // A client whose events GET comes after the end (a callee that refused at once) still
+    // learns how the call ended: the final event, then the array closes.
+    let (status, _, body) = h
         .raw(
             http::Method::GET,
             &format!("{call_path}/events"),
             Some("good"),
             None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut dec = riptide::ript::events::EventDecoder::new();
+    dec.push(&body);
+    let ev = dec.next_event().expect("the final event").expect("parses");
+    assert_eq!(ev.name, EventName::Declined);
+    assert_eq!(ev.code, Some(486));
+    assert!(dec.next_event().is_none());
+    assert!(dec.finished(), "the array is closed");
+    // Anything else on the ended call is 404.
+    let (status, _, _) = h
+        .raw(
+            http::Method::PUT,
+            &format!("{call_path}/events"),
+            Some("good"),
+            Some("["),
         )
         .await;
     assert_eq!(status, 404);

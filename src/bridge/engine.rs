@@ -984,7 +984,12 @@ impl Engine {
             return;
         };
         let (code, reason) = msg::status(resp);
-        let branch = m.info.branch.clone();
+        // A CANCEL shares its INVITE's branch (RFC 3261 §9.1); its transaction is keyed apart.
+        let branch = if m.info.cseq_method == Method::Cancel {
+            cancel_key(&m.info.branch)
+        } else {
+            m.info.branch.clone()
+        };
         let Some(&(key, purpose)) = self.branches.get(&branch) else {
             // A 2xx retransmission for an INVITE whose transaction is gone: re-ACK from the dialog.
             if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
@@ -1943,7 +1948,7 @@ impl Engine {
         let bytes = msg::request(&spec, &Extra::none().header("Reason", reason.to_string()));
         let dest = sip.dest;
         // The CANCEL's own transaction is keyed apart from the INVITE's (same branch).
-        let cbranch = format!("{branch}-cancel");
+        let cbranch = cancel_key(&branch);
         self.branches
             .insert(cbranch.clone(), (key, Purpose::Cancel));
         self.txn
@@ -2370,6 +2375,11 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
         "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {num} ACK\r\nContent-Length: 0\r\n\r\n"
     ));
     Some(Bytes::from(s))
+}
+
+/// Our key for the client transaction of a CANCEL (it shares the INVITE's branch on the wire).
+fn cancel_key(invite_branch: &str) -> String {
+    format!("{invite_branch}\u{0}cancel")
 }
 
 fn end_event(reason: &str) -> Event {

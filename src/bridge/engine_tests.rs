@@ -472,9 +472,19 @@ fn end_after_ringing_cancels_and_487_is_acked() {
         call: key,
         event: ev(EventName::End, 0),
     });
+    let msgs = s.sip_out();
     assert_eq!(
-        start_lines(&s.sip_out()),
+        start_lines(&msgs),
         vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    // The 200 to the CANCEL carries the INVITE's branch: it must not be taken for the
+    // INVITE's 200 (no ACK, no BYE), and it stops the CANCEL's retransmissions.
+    s.sip(&reply(&msgs[0], 200, "OK", "callee1", None), TRUNK);
+    assert!(s.sip_out().is_empty(), "nothing answers a 200 to CANCEL");
+    s.advance(Duration::from_secs(5));
+    assert!(
+        s.sip_out().is_empty(),
+        "CANCEL not retransmitted after its 200"
     );
     s.sip(
         &reply(&inv, 487, "Request Terminated", "callee1", None),

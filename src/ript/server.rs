@@ -106,7 +106,17 @@ struct State {
     calls: HashMap<String, CallEntry>,
     ids: HashMap<CallKey, String>,
     handlers: HashMap<String, Vec<Handler>>,
+    /// Recently ended calls: (tg, final state event), kept for `ENDED_LINGER` so that a client
+    /// whose events GET arrives after the end (a callee that refused at once) still learns how
+    /// the call ended. Oldest first in `ended_order`.
+    ended: HashMap<String, (String, Option<Event>)>,
+    ended_order: std::collections::VecDeque<(std::time::Instant, String)>,
 }
+
+/// How long an ended call's final event stays readable on `GET {call}/events`.
+const ENDED_LINGER: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bound on the ended-call records kept for `ENDED_LINGER`.
+const MAX_ENDED: usize = 65_536;
 
 struct Pending {
     tg: String,
@@ -213,11 +223,37 @@ impl Shared {
 
     fn end_call(&self, call: CallKey) {
         let mut st = self.state();
+        let now = std::time::Instant::now();
+        while let Some((at, id)) = st.ended_order.front() {
+            if now.duration_since(*at) < ENDED_LINGER && st.ended_order.len() < MAX_ENDED {
+                break;
+            }
+            let id = id.clone();
+            st.ended_order.pop_front();
+            st.ended.remove(&id);
+        }
         if let Some(id) = st.ids.remove(&call) {
             // Dropping the entry drops its subscribers' senders and its `ended` watch, which
             // closes every stream of the call.
-            st.calls.remove(&id);
+            if let Some(e) = st.calls.remove(&id) {
+                st.ended.insert(id.clone(), (e.tg, e.last_state));
+                st.ended_order.push_back((now, id));
+            }
         }
+    }
+
+    /// The final event of a call of `tg` that ended less than `ENDED_LINGER` ago.
+    fn final_event(&self, tg: &str, id: &str) -> Option<Option<Event>> {
+        let st = self.state();
+        let (t, ev) = st.ended.get(id)?;
+        let fresh = st
+            .ended_order
+            .iter()
+            .rev()
+            .find(|(_, i)| i == id)
+            .map(|(at, _)| at.elapsed() < ENDED_LINGER)
+            .unwrap_or(false);
+        (t == tg && fresh).then(|| ev.clone())
     }
 
     /// Looks up a live call of `tg` for a new stream on it.
@@ -682,7 +718,30 @@ async fn events_get(
     };
     let (key, last) = match sub {
         Ok(x) => x,
-        Err(reply) => return send_reply(shared, &mut stream, reply).await,
+        Err(reply) => {
+            // Ended moments ago: give the final event and close, instead of a bare 404 that
+            // would leave the client not knowing how the call ended.
+            if let Some(last) = shared.final_event(tg, id) {
+                let ok = Reply {
+                    status: StatusCode::OK,
+                    headers: vec![(header::CACHE_CONTROL, "no-store".into())],
+                    body: Some(("application/json", Bytes::new())),
+                };
+                if send_head(shared, &mut stream, ok).await {
+                    let mut enc = EventEncoder::new();
+                    let mut body = BytesMut::from(&EventEncoder::open()[..]);
+                    if let Some(ev) = &last {
+                        body.extend_from_slice(&enc.encode(ev));
+                    }
+                    body.extend_from_slice(&EventEncoder::close());
+                    if stream.send_data(body.freeze()).await.is_ok() {
+                        let _ = stream.finish().await;
+                    }
+                }
+                return;
+            }
+            return send_reply(shared, &mut stream, reply).await;
+        }
     };
     let _ = shared
         .ctx

@@ -159,7 +159,23 @@ struct HeaderView<'a>(&'a rsipstack::sip::Headers);
 
 impl HeaderView<'_> {
     fn find(&self, pred: impl Fn(&Header) -> bool) -> Option<String> {
-        self.0.iter().find(|h| pred(h)).map(header_value)
+        let h = self.0.iter().find(|h| pred(h))?;
+        // The headers looked up here are all untyped variants: read their value without
+        // rendering the whole header.
+        Some(
+            match h {
+                Header::CallId(v) => v.value(),
+                Header::CSeq(v) => v.value(),
+                Header::From(v) => v.value(),
+                Header::To(v) => v.value(),
+                Header::Via(v) => v.value(),
+                Header::MaxForwards(v) => v.value(),
+                Header::ContentLength(v) => v.value(),
+                other => return Some(header_value(other)),
+            }
+            .trim()
+            .to_string(),
+        )
     }
 }
 
@@ -454,25 +470,34 @@ pub fn response(
 ) -> Vec<u8> {
     let mut out = String::with_capacity(768);
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
-    let mut first = true;
-    for v in header_values(&req.headers, "Via") {
-        for one in split_list(&v) {
-            if first {
-                let _ = write!(out, "Via: {}\r\n", fill_rport(one, src));
-                first = false;
-            } else {
-                let _ = write!(out, "Via: {one}\r\n");
+    // One pass over the request's headers, in their order; Via first-in-list gets rport.
+    let mut first_via = true;
+    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    for h in req.headers.iter() {
+        match h {
+            Header::Via(v) => {
+                for one in split_list(v.value()) {
+                    if first_via {
+                        let _ = write!(out, "Via: {}\r\n", fill_rport(one, src));
+                        first_via = false;
+                    } else {
+                        let _ = write!(out, "Via: {one}\r\n");
+                    }
+                }
             }
+            Header::From(v) if from.is_none() => from = Some(v.value()),
+            Header::To(v) if to.is_none() => to = Some(v.value()),
+            Header::CallId(v) if call_id.is_none() => call_id = Some(v.value()),
+            Header::CSeq(v) if cseq.is_none() => cseq = Some(v.value()),
+            _ => {}
         }
     }
-    for name in ["From"] {
-        if let Some(v) = first_header(&req.headers, name) {
-            let _ = write!(out, "{name}: {v}\r\n");
-        }
+    if let Some(v) = from {
+        let _ = write!(out, "From: {v}\r\n");
     }
-    if let Some(to) = first_header(&req.headers, "To") {
+    if let Some(to) = to {
         match to_tag {
-            Some(tag) if param(&to, "tag").is_none() => {
+            Some(tag) if param(to, "tag").is_none() => {
                 let _ = write!(out, "To: {to};tag={tag}\r\n");
             }
             _ => {
@@ -480,10 +505,11 @@ pub fn response(
             }
         }
     }
-    for name in ["Call-ID", "CSeq"] {
-        if let Some(v) = first_header(&req.headers, name) {
-            let _ = write!(out, "{name}: {v}\r\n");
-        }
+    if let Some(v) = call_id {
+        let _ = write!(out, "Call-ID: {v}\r\n");
+    }
+    if let Some(v) = cseq {
+        let _ = write!(out, "CSeq: {v}\r\n");
     }
     finish(out, extra)
 }
