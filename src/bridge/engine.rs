@@ -252,6 +252,17 @@ struct Call {
     timers: [u64; N_TIMERS],
     started: Instant,
     answered_at: Option<Instant>,
+    /// One span per call with both legs' identifiers; every log line about the call is in it.
+    span: tracing::Span,
+}
+
+fn call_span(key: CallKey) -> tracing::Span {
+    tracing::info_span!(
+        "call",
+        call = %key,
+        sip_call_id = tracing::field::Empty,
+        ript_call = tracing::field::Empty,
+    )
 }
 
 pub struct Engine {
@@ -340,6 +351,14 @@ impl Engine {
         self.metrics.call_ended(CallOutcome::Rejected);
     }
 
+    /// The call's span (cheap clone), entered while the engine works on that call.
+    fn span(&self, key: CallKey) -> tracing::Span {
+        self.calls
+            .get(&key)
+            .map(|c| c.span.clone())
+            .unwrap_or_else(tracing::Span::none)
+    }
+
     /// Calls currently held.
     pub fn active_calls(&self) -> usize {
         self.calls.len()
@@ -374,6 +393,7 @@ impl Engine {
                 .map(|c| c.timers[t as usize] == gen)
                 .unwrap_or(false);
             if live {
+                let _g = self.span(key).entered();
                 self.on_timer(now, key, t);
                 self.pump(now);
             }
@@ -709,8 +729,11 @@ impl Engine {
             timers: [0; N_TIMERS],
             started: now,
             answered_at: None,
+            span: call_span(key),
         };
-        info!(call = %key, sip_call_id = %m.info.call_id, %destination, peer = %self.cfg.peers[peer].name, "SIP call in");
+        call.span.record("sip_call_id", m.info.call_id.as_str());
+        let _g = call.span.clone().entered();
+        info!(%destination, peer = %self.cfg.peers[peer].name, "SIP call in");
         self.metrics.call_started();
         self.dialogs.insert((m.info.call_id.clone(), to_tag), key);
         self.invites
@@ -756,6 +779,7 @@ impl Engine {
             );
             return;
         };
+        let _g = self.span(key).entered();
         self.respond(now, m, 200, "OK", None, &Extra::none());
         let SipMessage::Request(req) = &m.msg else {
             return;
@@ -815,6 +839,7 @@ impl Engine {
             );
             return;
         };
+        let _g = self.span(key).entered();
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
@@ -1009,6 +1034,7 @@ impl Engine {
         if code >= 200 {
             self.branches.remove(&branch);
         }
+        let _g = self.span(key).entered();
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
             Purpose::ReInvite => self.on_reinvite_response(now, key, code),
@@ -1342,6 +1368,17 @@ impl Engine {
     // ------------------------------------------------------------------ RIPT in
 
     fn on_ript(&mut self, now: Instant, e: RiptEvent) {
+        let key = match &e {
+            RiptEvent::IncomingCall { .. } => None,
+            RiptEvent::ServerEvent { call, .. }
+            | RiptEvent::ServerEventsClosed { call }
+            | RiptEvent::ServerEventsOpened { call }
+            | RiptEvent::CallCreated { call, .. }
+            | RiptEvent::CreateFailed { call, .. }
+            | RiptEvent::ClientEvent { call, .. }
+            | RiptEvent::ClientEventsLost { call } => Some(*call),
+        };
+        let _g = key.map(|k| self.span(k).entered());
         match e {
             RiptEvent::IncomingCall {
                 req,
@@ -1473,8 +1510,11 @@ impl Engine {
             timers: [0; N_TIMERS],
             started: now,
             answered_at: None,
+            span: call_span(key),
         };
-        info!(call = %key, ript_call = %id, %principal, destination = %request.destination, "RIPT call in");
+        call.span.record("ript_call", id.as_str());
+        let _g = call.span.clone().entered();
+        info!(%principal, destination = %request.destination, "RIPT call in");
         self.metrics.call_started();
         let description = CallDescription {
             uri,
@@ -1582,6 +1622,7 @@ impl Engine {
                     reinvite_in_unacked: false,
                     glare_retry: None,
                 };
+                call.span.record("sip_call_id", sip.call_id.as_str());
                 call.sip = Some(sip);
                 self.calls.insert(key, call);
                 self.out
@@ -1599,6 +1640,9 @@ impl Engine {
         };
         call.ript.created = true;
         call.ript.id = d.uri.rsplit('/').next().map(str::to_string);
+        if let Some(id) = &call.ript.id {
+            call.span.record("ript_call", id.as_str());
+        }
         call.ript.uri = Some(d.uri.clone());
         if call.phase == Phase::Ended {
             // Cancelled while the POST was in flight.
@@ -2270,6 +2314,7 @@ impl Engine {
             }
         }
         self.metrics.call_ended(outcome);
+        let _g = call.span.clone().entered();
         let duration_ms = call
             .answered_at
             .map(|a| a.elapsed_since_or_zero(call.started))

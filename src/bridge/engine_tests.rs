@@ -792,3 +792,88 @@ fn invite_retransmission_is_absorbed() {
     assert_eq!(out.len(), 1, "only the 100 is re-sent: {out:?}");
     assert_eq!(s.e.active_calls(), 1);
 }
+
+#[test]
+fn redirect_from_the_trunk_is_followed_to_its_contact() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    let moved = reply(&inv, 302, "Moved Temporarily", "callee1", None).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        "Contact: <sip:other@127.0.0.1:5090>",
+    );
+    s.sip(&moved, TRUNK);
+    let msgs = s.sip_out();
+    let lines = start_lines(&msgs);
+    assert_eq!(
+        lines,
+        vec![
+            "ACK sip:answer@127.0.0.1:5080 SIP/2.0",
+            "INVITE sip:other@127.0.0.1:5090 SIP/2.0"
+        ],
+        "the 302 is ACKed and the call follows the Contact"
+    );
+    let out = s.take();
+    assert!(
+        server_events(&out).is_empty(),
+        "no failure reported to the RIPT side"
+    );
+}
+
+#[test]
+fn max_forwards_zero_is_refused_with_483() {
+    let mut s = Sim::new();
+    let inv = invite("z9hG4bKmf", "cid-mf", OFFER).replace("Max-Forwards: 70", "Max-Forwards: 0");
+    s.sip(&inv, CALLER);
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 483 Too Many Hops"]);
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn record_route_is_echoed_and_in_dialog_requests_follow_the_route_set() {
+    let mut s = Sim::new();
+    let inv = invite("z9hG4bKrr", "cid-a", OFFER).replace(
+        "Contact: <sip:caller@127.0.0.1:5061>",
+        "Record-Route: <sip:127.0.0.1:5099;lr>\r\nContact: <sip:caller@127.0.0.1:5061>",
+    );
+    s.sip(&inv, CALLER);
+    let out = s.take();
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                Some((*call, request.advertisement.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let p = negotiate::choose(&key.1, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key.0,
+        description: description(p),
+    });
+    s.ript(RiptEvent::ClientEvent {
+        call: key.0,
+        event: ev(EventName::Answered, 0),
+    });
+    let ok = s.sip_out().remove(0);
+    assert!(ok.contains("Record-Route: <sip:127.0.0.1:5099;lr>"), "{ok}");
+    let tag = to_tag_of(&ok);
+    let ack = in_dialog("ACK", "z9hG4bKack", 1, &tag, None);
+    s.sip(&ack, CALLER);
+    // The far side hangs up: our BYE carries the route set.
+    s.ript(RiptEvent::ClientEvent {
+        call: key.0,
+        event: ev(EventName::End, 1),
+    });
+    let bye = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("BYE"))
+        .expect("BYE");
+    assert!(
+        bye.starts_with("BYE sip:caller@127.0.0.1:5061 SIP/2.0"),
+        "{bye}"
+    );
+    assert!(bye.contains("Route: <sip:127.0.0.1:5099;lr>"), "{bye}");
+    assert!(bye.contains("Reason: Q.850;cause=16"), "{bye}");
+}
