@@ -153,8 +153,13 @@ enum CallTimer {
     GlareRetry = 2,
     EventsGrace = 3,
     EventsReopen = 4,
+    /// RFC 3261 §9.1: if the INVITE gets no final response within 64·T1 of our CANCEL, the
+    /// call is given up.
+    CancelGuard = 5,
+    /// Our re-INVITE got no final response within 64·T1: the dialog is given up (§14.1).
+    ReinviteGuard = 6,
 }
-const N_TIMERS: usize = 5;
+const N_TIMERS: usize = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SipRole {
@@ -210,8 +215,11 @@ struct SipLeg {
     cancel_wanted: Option<String>,
     cancel_sent: bool,
     redirects: u8,
-    /// The ACK for our 2xx-answered INVITE, re-sent on 2xx retransmissions.
-    ack: Option<SipOut>,
+    /// The trunk a UAC leg was placed on.
+    trunk: Option<usize>,
+    /// The ACK for the last 2xx-answered (re-)INVITE and its CSeq, re-sent when that 2xx is
+    /// retransmitted.
+    ack: Option<(u32, SipOut)>,
     // --- both ---
     final_done: bool,
     pending_2xx: Option<Pending2xx>,
@@ -276,6 +284,9 @@ pub struct Engine {
     invites: HashMap<ServerKey, CallKey>,
     /// Our client transactions.
     branches: HashMap<String, (CallKey, Purpose)>,
+    /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
+    /// send once the peer answers: the far side must not keep ringing a call nobody holds.
+    orphans: HashMap<CallKey, String>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -337,6 +348,7 @@ impl Engine {
             dialogs: HashMap::new(),
             invites: HashMap::new(),
             branches: HashMap::new(),
+            orphans: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -357,6 +369,11 @@ impl Engine {
             .get(&key)
             .map(|c| c.span.clone())
             .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// Live client and server transactions (for tests and metrics).
+    pub fn pending_transactions(&self) -> (usize, usize) {
+        self.txn.len()
     }
 
     /// Calls currently held.
@@ -446,9 +463,19 @@ impl Engine {
         }
     }
 
+    /// Where responses go: the source address when the Via asks for `rport` (RFC 3581) or over
+    /// a stream, else the received IP and the Via sent-by port (RFC 3261 §18.2.2).
     fn reply_dest(m: &SipInbound) -> Dest {
+        let addr = if m.transport == Transport::Udp && !m.info.rport {
+            SocketAddr::new(
+                m.src.ip(),
+                msg::sent_by_port(&m.info.via_sent_by).unwrap_or(5060),
+            )
+        } else {
+            m.src
+        };
         Dest {
-            addr: m.src,
+            addr,
             transport: m.transport,
             conn: m.conn,
         }
@@ -505,6 +532,41 @@ impl Engine {
         }
         if m.info.max_forwards == Some(0) && method != Method::Ack {
             self.respond(now, &m, 483, "Too Many Hops", None, &Extra::none());
+            return;
+        }
+        if method != Method::Cancel {
+            let SipMessage::Request(req) = &m.msg else {
+                return;
+            };
+            // No extension is required of us that we implement (RFC 3261 §8.2.2.3).
+            let required: Vec<String> = msg::header_values(&req.headers, "Require")
+                .iter()
+                .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
+                .filter(|t| !t.is_empty())
+                .collect();
+            if !required.is_empty() {
+                let unsupported = required.join(", ");
+                self.respond(
+                    now,
+                    &m,
+                    420,
+                    "Bad Extension",
+                    None,
+                    &Extra::none().header("Unsupported", unsupported),
+                );
+                return;
+            }
+        }
+        if method == Method::Invite && m.info.to_tag.is_none() && self.txn.is_full() {
+            self.count_rejected();
+            self.respond(
+                now,
+                &m,
+                503,
+                "Service Unavailable",
+                None,
+                &Extra::none().header("Retry-After", "5"),
+            );
             return;
         }
         let in_dialog = m.info.to_tag.is_some();
@@ -701,6 +763,7 @@ impl Engine {
             cancel_wanted: None,
             cancel_sent: false,
             redirects: 0,
+            trunk: None,
             ack: None,
             final_done: false,
             pending_2xx: None,
@@ -709,6 +772,20 @@ impl Engine {
             reinvite_in_unacked: false,
             glare_retry: None,
         };
+        let mut sip = sip;
+        // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
+        // set; without one, back to where the INVITE came from (which also crosses NATs).
+        if let Some(first) = sip.route_set.first() {
+            if let Some((addr, transport)) = msg::uri_socket(msg::addr_uri(first)) {
+                if addr != sip.dest.addr || transport != sip.dest.transport {
+                    sip.dest = Dest {
+                        addr,
+                        transport,
+                        conn: None,
+                    };
+                }
+            }
+        }
         let call = Call {
             phase: Phase::Setup,
             sip: Some(sip),
@@ -744,7 +821,7 @@ impl Engine {
         self.out.push_back(Output::Media(MediaCmd::SetRemote {
             call: key,
             rtp: remote_rtp,
-            rtcp: (!rtcp_mux).then(|| SocketAddr::new(remote_rtp.ip(), remote_rtp.port() + 1)),
+            rtcp: rtcp_of(remote_rtp, rtcp_mux),
             rtcp_mux,
             latching: self.cfg.latching,
         }));
@@ -780,7 +857,13 @@ impl Engine {
             return;
         };
         let _g = self.span(key).entered();
-        self.respond(now, m, 200, "OK", None, &Extra::none());
+        // RFC 3261 §9.2: the 200 to CANCEL carries the To tag of our INVITE responses.
+        let tag = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .map(|s| s.local_tag.clone());
+        self.respond(now, m, 200, "OK", tag.as_deref(), &Extra::none());
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
@@ -953,7 +1036,7 @@ impl Engine {
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
                         call: key,
                         rtp: addr,
-                        rtcp: (!rtcp_mux).then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                        rtcp: rtcp_of(addr, rtcp_mux),
                         rtcp_mux,
                         latching: self.cfg.latching,
                     }));
@@ -1016,9 +1099,12 @@ impl Engine {
             m.info.branch.clone()
         };
         let Some(&(key, purpose)) = self.branches.get(&branch) else {
-            // A 2xx retransmission for an INVITE whose transaction is gone: re-ACK from the dialog.
             if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
+                // A 2xx retransmission: the dialog re-sends its ACK.
                 self.reack(&m);
+            } else {
+                // A retransmitted non-2xx final: the transaction re-sends its ACK.
+                self.txn.on_response(now, &branch, code, |_| None);
             }
             return;
         };
@@ -1045,12 +1131,13 @@ impl Engine {
     fn reack(&mut self, m: &SipInbound) {
         let tag = m.info.from_tag.clone().unwrap_or_default();
         if let Some(key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
-            if let Some(ack) = self
+            let ack = self
                 .calls
                 .get(key)
                 .and_then(|c| c.sip.as_ref())
                 .and_then(|s| s.ack.clone())
-            {
+                .filter(|(cseq, _)| *cseq == m.info.cseq);
+            if let Some((_, ack)) = ack {
                 self.out.push_back(Output::Sip(ack));
             }
         }
@@ -1073,12 +1160,13 @@ impl Engine {
             return;
         };
         if code < 200 {
-            if code == 100 {
-                return;
-            }
+            // Any provisional, 100 included, allows a CANCEL (RFC 3261 §9.1).
             sip.got_provisional = true;
             if let Some(reason) = sip.cancel_wanted.take() {
                 self.send_cancel(now, key, &reason);
+                return;
+            }
+            if code == 100 {
                 return;
             }
             let mut media = false;
@@ -1090,7 +1178,7 @@ impl Engine {
                         self.out.push_back(Output::Media(MediaCmd::SetRemote {
                             call: key,
                             rtp: addr,
-                            rtcp: (!mux).then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                            rtcp: rtcp_of(addr, mux),
                             rtcp_mux: mux,
                             latching,
                         }));
@@ -1126,12 +1214,10 @@ impl Engine {
                 contact,
                 self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()),
             ) {
-                let trunk_max = self
-                    .cfg
-                    .trunks
-                    .iter()
+                let trunk_max = sip
+                    .trunk
+                    .and_then(|t| self.cfg.trunks.get(t))
                     .map(|t| t.max_redirects)
-                    .max()
                     .unwrap_or(0);
                 if sip.redirects < trunk_max && sip.cancel_wanted.is_none() {
                     if let Some((addr, transport)) = msg::uri_socket(&target) {
@@ -1222,17 +1308,7 @@ impl Engine {
             .insert((sip.call_id.clone(), sip.local_tag.clone()), key);
         let _ = remote_tag;
         // ACK the 2xx (a new transaction per RFC 3261 §13.2.2.4).
-        let ack = self.build_in_dialog(key, "ACK", None, &Extra::none());
-        if let Some((bytes, dest, _)) = ack {
-            let out = SipOut {
-                dest,
-                bytes: bytes.into(),
-            };
-            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                sip.ack = Some(out.clone());
-            }
-            self.out.push_back(Output::Sip(out));
-        }
+        self.send_2xx_ack(key);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -1268,8 +1344,7 @@ impl Engine {
                             self.out.push_back(Output::Media(MediaCmd::SetRemote {
                                 call: key,
                                 rtp: addr,
-                                rtcp: (!a.rtcp_mux)
-                                    .then(|| SocketAddr::new(addr.ip(), addr.port() + 1)),
+                                rtcp: rtcp_of(addr, a.rtcp_mux),
                                 rtcp_mux: a.rtcp_mux,
                                 latching,
                             }));
@@ -1313,14 +1388,13 @@ impl Engine {
         let Some((_, dir)) = sip.reinvite_out.take() else {
             return;
         };
+        self.disarm(key, CallTimer::ReinviteGuard);
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
         if (200..300).contains(&code) {
             if is_invite {
-                if let Some((bytes, dest, _)) = self.build_in_dialog_ack(key) {
-                    self.out.push_back(Output::Sip(SipOut {
-                        dest,
-                        bytes: bytes.into(),
-                    }));
-                }
+                self.send_2xx_ack(key);
             }
             return;
         }
@@ -1394,6 +1468,9 @@ impl Engine {
                 status,
                 reason,
             } => {
+                if self.orphans.remove(&call).is_some() {
+                    return;
+                }
                 let (code, phrase) = match status {
                     0 => (503, "Service Unavailable"),
                     403 => (403, "Forbidden"),
@@ -1614,6 +1691,7 @@ impl Engine {
                     cancel_wanted: None,
                     cancel_sent: false,
                     redirects: 0,
+                    trunk: Some(t),
                     ack: None,
                     final_done: false,
                     pending_2xx: None,
@@ -1635,6 +1713,20 @@ impl Engine {
     }
 
     fn on_call_created(&mut self, now: Instant, key: CallKey, d: CallDescription) {
+        if let Some(reason) = self.orphans.remove(&key) {
+            // Ended while the POST was in flight: end the peer's call now.
+            let mut ev = end_event(&reason);
+            ev.seq = Some(0);
+            ev.call = Some(d.uri.clone());
+            ev.direction = Some(Direction::C2s);
+            self.out.push_back(Output::Ript(RiptCmd::ClientSend {
+                call: key,
+                event: ev,
+            }));
+            self.out
+                .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+            return;
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -1644,14 +1736,6 @@ impl Engine {
             call.span.record("ript_call", id.as_str());
         }
         call.ript.uri = Some(d.uri.clone());
-        if call.phase == Phase::Ended {
-            // Cancelled while the POST was in flight.
-            self.send_event(key, end_event("SIP;cause=487;text=\"Request Terminated\""));
-            self.out
-                .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
-            self.calls.remove(&key);
-            return;
-        }
         let (formats, ptime) = negotiate::proposal_to_formats(&d.proposal, Direction::C2s);
         call.ript.proposal = Some(d.proposal);
         if formats.is_empty() {
@@ -1724,7 +1808,7 @@ impl Engine {
                     .reason
                     .clone()
                     .unwrap_or_else(|| default_reason(code).to_string());
-                let reason = reason.split(':').next().unwrap_or("").trim().to_string();
+                let reason = safe_phrase(reason.split(':').next().unwrap_or("").trim());
                 let reason = if reason.is_empty() {
                     default_reason(code).to_string()
                 } else {
@@ -1741,10 +1825,8 @@ impl Engine {
                 self.finish(key, outcome);
             }
             EventName::End => {
-                let reason = ev
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| NORMAL_CLEARING.to_string());
+                // The reason goes into SIP Reason headers: only a well-formed RFC 3326 value.
+                let reason = safe_reason(ev.reason.as_deref().unwrap_or(""), NORMAL_CLEARING);
                 self.on_remote_end(now, key, &reason);
             }
             EventName::Hold => {
@@ -1888,6 +1970,29 @@ impl Engine {
                 self.on_remote_end(now, key, reason);
                 let _ = answered;
             }
+            CallTimer::ReinviteGuard => {
+                let stuck = self
+                    .calls
+                    .get_mut(&key)
+                    .and_then(|c| c.sip.as_mut())
+                    .and_then(|s| s.reinvite_out.take());
+                if let Some((branch, _)) = stuck {
+                    warn!(call = %key, "re-INVITE got no final response; ending the call");
+                    self.txn.forget_client(&branch);
+                    self.branches.remove(&branch);
+                    self.send_bye(now, key, "SIP;cause=408;text=\"Request Timeout\"");
+                    self.end_ript(
+                        now,
+                        key,
+                        "Q.850;cause=102;text=\"Recovery on timer expiry\"",
+                    );
+                    self.finish(key, CallOutcome::Answered);
+                }
+            }
+            CallTimer::CancelGuard => {
+                warn!(call = %key, "no final response 64*T1 after CANCEL; giving the call up");
+                self.finish(key, CallOutcome::Cancelled);
+            }
             CallTimer::EventsReopen => {
                 self.out
                     .push_back(Output::Ript(RiptCmd::ClientReopenEvents { call: key }));
@@ -1945,10 +2050,7 @@ impl Engine {
             routes: &sip.invite_routes,
             max_forwards: 70,
         };
-        let extra = Extra::none()
-            .header("Allow", msg::ALLOW)
-            .header("Supported", msg::SUPPORTED)
-            .sdp(&body);
+        let extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
         let bytes = msg::request(&spec, &extra);
         sip.invite_branch = Some(branch.clone());
         sip.got_provisional = false;
@@ -1993,6 +2095,8 @@ impl Engine {
         let dest = sip.dest;
         // The CANCEL's own transaction is keyed apart from the INVITE's (same branch).
         let cbranch = cancel_key(&branch);
+        let guard = self.cfg.t1 * 64;
+        self.arm(now, key, CallTimer::CancelGuard, guard);
         self.branches
             .insert(cbranch.clone(), (key, Purpose::Cancel));
         self.txn
@@ -2040,9 +2144,28 @@ impl Engine {
         Some((msg::request(&spec, extra), sip.dest, branch))
     }
 
-    fn build_in_dialog_ack(&mut self, key: CallKey) -> Option<(Vec<u8>, Dest, String)> {
-        let cseq = self.calls.get(&key)?.sip.as_ref()?.local_cseq;
-        self.build_in_dialog(key, "ACK", Some(cseq), &Extra::none())
+    /// ACKs the 2xx to our latest (re-)INVITE: a new transaction with the INVITE's CSeq
+    /// number (RFC 3261 §13.2.2.4), kept for re-sending when the 2xx is retransmitted.
+    fn send_2xx_ack(&mut self, key: CallKey) {
+        let Some(cseq) = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .map(|s| s.local_cseq)
+        else {
+            return;
+        };
+        if let Some((bytes, dest, _)) = self.build_in_dialog(key, "ACK", Some(cseq), &Extra::none())
+        {
+            let out = SipOut {
+                dest,
+                bytes: bytes.into(),
+            };
+            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                sip.ack = Some((cseq, out.clone()));
+            }
+            self.out.push_back(Output::Sip(out));
+        }
     }
 
     fn send_bye(&mut self, now: Instant, key: CallKey, reason: &str) {
@@ -2079,6 +2202,8 @@ impl Engine {
                 .insert(branch.clone(), (key, Purpose::ReInvite));
             self.txn
                 .send_request(now, &branch, true, bytes.into(), dest);
+            let guard = self.cfg.t1 * 64;
+            self.arm(now, key, CallTimer::ReinviteGuard, guard);
         }
     }
 
@@ -2147,8 +2272,7 @@ impl Engine {
         let contact = self.cfg.contact(sip.transport);
         let mut extra = Extra::none()
             .header("Contact", contact)
-            .header("Allow", msg::ALLOW)
-            .header("Supported", msg::SUPPORTED);
+            .header("Allow", msg::ALLOW);
         for rr in msg::header_values(&req.headers, "Record-Route") {
             extra = extra.header("Record-Route", rr);
         }
@@ -2160,7 +2284,11 @@ impl Engine {
             dest: sip.dest,
             interval: t1,
             started: now,
-            cseq: sip.remote_cseq,
+            cseq: sip
+                .invite
+                .as_ref()
+                .map(invite_cseq)
+                .unwrap_or(sip.remote_cseq),
         });
         let out = SipOut {
             dest: sip.dest,
@@ -2240,9 +2368,7 @@ impl Engine {
                 .push_back(Output::Ript(RiptCmd::ClientClose { call: key })),
             RiptRole::Client { .. } => {
                 // The POST is still in flight: `on_call_created` sends `end` when it lands.
-                if let Some(c) = self.calls.get_mut(&key) {
-                    c.phase = Phase::Ended;
-                }
+                self.orphans.insert(key, reason.to_string());
             }
         }
     }
@@ -2268,7 +2394,25 @@ impl Engine {
             Some(_) if answered => {
                 self.send_bye(now, key, "Q.850;cause=41;text=\"Temporary failure\"")
             }
-            Some(SipRole::Uac) => self.send_cancel(now, key, "Q.850;cause=41"),
+            Some(SipRole::Uac) => {
+                // Unanswered toward a trunk: CANCEL once a provisional allows it, and keep the
+                // call until the INVITE's final (a crossing 200 gets ACK + BYE).
+                self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
+                let reason = "Q.850;cause=41;text=\"Temporary failure\"";
+                let provisional = self
+                    .calls
+                    .get(&key)
+                    .and_then(|c| c.sip.as_ref())
+                    .map(|s| s.got_provisional)
+                    .unwrap_or(false);
+                if provisional {
+                    self.send_cancel(now, key, reason);
+                } else if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                    sip.cancel_wanted = Some(reason.into());
+                }
+                self.mark_ending(key, CallOutcome::Failed);
+                return;
+            }
             _ => {}
         }
         self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
@@ -2307,6 +2451,19 @@ impl Engine {
                 .push_back(Output::Media(MediaCmd::Close { call: key }));
         }
         if let Some(sip) = &call.sip {
+            // An INVITE (or re-INVITE) still waiting for its final response would wait
+            // forever once a provisional stopped Timer B: drop it with the call. BYE and
+            // CANCEL transactions keep running so that they are retransmitted.
+            let pending = sip
+                .invite_branch
+                .iter()
+                .chain(sip.reinvite_out.as_ref().map(|(b, _)| b));
+            for b in pending {
+                if self.txn.client_pending(b) {
+                    self.txn.forget_client(b);
+                    self.branches.remove(b);
+                }
+            }
             self.dialogs
                 .remove(&(sip.call_id.clone(), sip.local_tag.clone()));
             if let Some(k) = &sip.invite_key {
@@ -2420,6 +2577,40 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
         "From: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {num} ACK\r\nContent-Length: 0\r\n\r\n"
     ));
     Some(Bytes::from(s))
+}
+
+/// The CSeq number of a request we hold.
+fn invite_cseq(req: &Request) -> u32 {
+    msg::first_header(&req.headers, "CSeq")
+        .and_then(|c| c.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// RTCP goes to the RTP port + 1 unless muxed (RFC 3550 §11); `None` at the top of the range.
+fn rtcp_of(rtp: SocketAddr, mux: bool) -> Option<SocketAddr> {
+    if mux {
+        return None;
+    }
+    rtp.port()
+        .checked_add(1)
+        .map(|p| SocketAddr::new(rtp.ip(), p))
+}
+
+/// A reason from the network, made safe to put in a SIP header: parsed and re-rendered, or
+/// `default` when it does not parse (RFC 3326 grammar; no CR/LF can survive).
+fn safe_reason(r: &str, default: &str) -> String {
+    model::parse_reason(r)
+        .map(|r| r.to_header_value())
+        .filter(|v| !v.contains(['\r', '\n']))
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// A reason phrase from the network, safe for a status line: printable ASCII, at most 80 bytes.
+fn safe_phrase(p: &str) -> String {
+    p.chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .take(80)
+        .collect()
 }
 
 /// Our key for the client transaction of a CANCEL (it shares the INVITE's branch on the wire).

@@ -877,3 +877,191 @@ fn record_route_is_echoed_and_in_dialog_requests_follow_the_route_set() {
     assert!(bye.contains("Route: <sip:127.0.0.1:5099;lr>"), "{bye}");
     assert!(bye.contains("Reason: Q.850;cause=16"), "{bye}");
 }
+
+#[test]
+fn cancelled_invite_that_never_gets_a_final_is_freed_after_64_t1() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    let cancel = s.sip_out().remove(0);
+    s.sip(&reply(&cancel, 200, "OK", "callee1", None), TRUNK);
+    assert_eq!(
+        s.e.active_calls(),
+        1,
+        "waits for the INVITE's final response"
+    );
+    // The UAS never answers the INVITE (RFC 3261 §9.1: give up 64*T1 after the CANCEL).
+    s.advance(Duration::from_secs(33));
+    assert_eq!(s.e.active_calls(), 0, "call freed");
+    assert_eq!(
+        s.e.pending_transactions(),
+        (0, 0),
+        "no transaction left behind"
+    );
+}
+
+#[test]
+fn ack_for_2xx_carries_the_invite_cseq_and_is_resent_on_2xx_retransmission() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    assert!(inv.contains("CSeq: 1 INVITE"));
+    let ok = reply(&inv, 200, "OK", "callee1", Some(ANSWER));
+    s.sip(&ok, TRUNK);
+    let ack = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("ACK"))
+        .expect("ACK");
+    assert!(ack.contains("CSeq: 1 ACK"), "RFC 3261 §13.2.2.4: {ack}");
+    s.sip(&ok, TRUNK);
+    let again = s.sip_out();
+    assert_eq!(again, vec![ack], "the same ACK for the retransmitted 2xx");
+}
+
+#[test]
+fn cancel_is_sent_after_a_100_trying() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    s.take();
+    s.sip(
+        &reply(&inv, 100, "Trying", "x", None).replace(";tag=x", ""),
+        TRUNK,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn cancel_while_the_ript_post_is_in_flight_ends_the_far_call_once_created() {
+    let mut s = Sim::new();
+    s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
+    let key = s
+        .take()
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    s.sip(&cancel("z9hG4bKinv1"), CALLER);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(Proposal::default()),
+    });
+    let out = s.take();
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::ClientSend { call, event }) if *call == key && event.name == EventName::End)));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ClientClose { call }) if *call == key)));
+}
+
+#[test]
+fn reasons_from_the_ript_side_cannot_inject_sip_headers() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    s.take();
+    let mut end = ev(EventName::End, 0);
+    end.reason = Some("Q.850;cause=16\r\nContent-Length: 900\r\n\r\nX".into());
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: end,
+    });
+    let bye = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("BYE"))
+        .expect("BYE");
+    let (head, body) = bye.split_once("\r\n\r\n").unwrap();
+    assert!(body.is_empty(), "nothing after the headers: {bye:?}");
+    assert!(!head.contains("Content-Length: 900"), "{bye:?}");
+    assert!(head.contains("Reason: Q.850;cause=16"), "{bye:?}");
+    // A failure phrase with CR/LF becomes a clean status line on the other gateway.
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    let mut f = ev(EventName::Failed, 0);
+    f.code = Some(503);
+    f.reason = Some("Down\r\nX-Evil: 1".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: f,
+    });
+    let m = s.sip_out().remove(0);
+    assert!(m.starts_with("SIP/2.0 503 DownX-Evil\r\n"), "{m:?}");
+    assert!(!m.contains("\r\nX-Evil"), "{m:?}");
+}
+
+#[test]
+fn rtp_port_65535_does_not_overflow() {
+    let mut s = Sim::new();
+    s.sip(
+        &invite(
+            "z9hG4bKhi",
+            "cid-hi",
+            &OFFER.replace("m=audio 6000", "m=audio 65535"),
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Media(MediaCmd::SetRemote { rtcp: None, .. }))));
+}
+
+#[test]
+fn retransmitted_busy_is_acked_again() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    let busy = reply(&inv, 486, "Busy Here", "callee1", None);
+    s.sip(&busy, TRUNK);
+    assert!(s.sip_out().iter().any(|m| m.starts_with("ACK")));
+    s.sip(&busy, TRUNK);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["ACK sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn reinvite_stuck_after_a_provisional_ends_the_dialog_after_64_t1() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let mut hold = ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: hold,
+    });
+    let reinvite = s.sip_out().remove(0);
+    s.sip(&reply(&reinvite, 100, "Trying", "caller1", None), CALLER);
+    s.advance(Duration::from_secs(31));
+    assert!(!s.sip_out().iter().any(|m| m.starts_with("BYE")));
+    s.advance(Duration::from_secs(2));
+    assert!(
+        s.sip_out().iter().any(|m| m.starts_with("BYE")),
+        "RFC 3261 §14.1"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 
 /// What the gateway supports; sent in Allow on OPTIONS and 405 answers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
-pub const SUPPORTED: &str = "replaces, timer";
+/// Option tags we implement (RFC 3261 §20.37): none yet; session timers and Replaces are not
+/// advertised until they are implemented.
+pub const SUPPORTED: &str = "";
 pub const ACCEPT: &str = "application/sdp";
 pub const USER_AGENT: &str = concat!("riptide/", env!("CARGO_PKG_VERSION"));
 /// Largest SIP message accepted on any transport.
@@ -31,6 +33,8 @@ pub struct Info {
     /// Top Via sent-by (`host[:port]`).
     pub via_sent_by: String,
     pub max_forwards: Option<u32>,
+    /// The top Via asks for `rport` (RFC 3581).
+    pub rport: bool,
 }
 
 /// A message that could not be accepted.
@@ -117,6 +121,13 @@ fn info(msg: &SipMessage, raw: &[u8]) -> Result<Info, String> {
         .ok_or("missing Via")?;
     let top_via = first_of_list(&via);
     let (sent_by, branch) = parse_via(top_via).ok_or("malformed Via")?;
+    let rport = top_via.split(';').skip(1).any(|p| {
+        p.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("rport")
+    });
     let branch = branch.ok_or("Via without branch")?;
     let max_forwards = match h.find(|h| matches!(h, Header::MaxForwards(_))) {
         Some(v) => Some(
@@ -152,7 +163,20 @@ fn info(msg: &SipMessage, raw: &[u8]) -> Result<Info, String> {
         branch,
         via_sent_by: sent_by,
         max_forwards,
+        rport,
     })
+}
+
+/// The port of a Via sent-by (`host:port`, `[v6]:port`), if it has one.
+pub fn sent_by_port(sent_by: &str) -> Option<u16> {
+    let s = sent_by.trim();
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split_once("]:").and_then(|(_, p)| p.parse().ok());
+    }
+    match s.split_once(':') {
+        Some((_, p)) if !p.contains(':') => p.parse().ok(),
+        _ => None,
+    }
 }
 
 struct HeaderView<'a>(&'a rsipstack::sip::Headers);
@@ -448,8 +472,14 @@ impl<'a> Extra<'a> {
     pub fn none() -> Self {
         Extra::default()
     }
+    /// A header line; CR and LF in the value are replaced so that no value, whatever its
+    /// origin, can end the header early.
     pub fn header(mut self, name: &'a str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+        let mut v: String = value.into();
+        if v.contains(['\r', '\n']) {
+            v = v.replace(['\r', '\n'], " ");
+        }
+        self.headers.push((name, v));
         self
     }
     pub fn sdp(mut self, sdp: &'a [u8]) -> Self {
@@ -469,6 +499,7 @@ pub fn response(
     extra: &Extra<'_>,
 ) -> Vec<u8> {
     let mut out = String::with_capacity(768);
+    let reason = reason.replace(['\r', '\n'], " ");
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
     // One pass over the request's headers, in their order; Via first-in-list gets rport.
     let mut first_via = true;

@@ -250,6 +250,9 @@ impl SipSender {
     {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::with_capacity(8192);
+        // How far the buffer has been searched for the end of headers: a peer trickling a
+        // large header byte by byte must not make every read rescan it from the start.
+        let mut scanned = 0usize;
         loop {
             tokio::select! {
                 out = rx.recv() => {
@@ -261,7 +264,7 @@ impl SipSender {
                         return Ok(());
                     }
                     loop {
-                        match frame(&mut buf) {
+                        match frame(&mut buf, &mut scanned) {
                             Frame::Incomplete => break,
                             Frame::KeepAlive => {
                                 // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
@@ -379,19 +382,23 @@ enum Frame {
 }
 
 /// Frames one message from a stream by its Content-Length (RFC 3261 §18.3), or a keep-alive.
-fn frame(buf: &mut BytesMut) -> Frame {
+fn frame(buf: &mut BytesMut, scanned: &mut usize) -> Frame {
     // Leading CRLFs: a double CRLF is a keep-alive ping; a lone one is padding.
     if buf.starts_with(b"\r\n\r\n") {
         buf.advance(4);
+        *scanned = 0;
         return Frame::KeepAlive;
     }
     while buf.starts_with(b"\r\n") && buf.len() >= 4 {
         buf.advance(2);
+        *scanned = 0;
     }
     if buf.starts_with(b"\r\n") {
         return Frame::Incomplete;
     }
-    let Some(end) = find(buf, b"\r\n\r\n") else {
+    let from = scanned.saturating_sub(3).min(buf.len());
+    let Some(end) = find(&buf[from..], b"\r\n\r\n").map(|i| i + from) else {
+        *scanned = buf.len();
         return if buf.len() > msg::MAX_MESSAGE {
             Frame::TooLarge
         } else {
@@ -420,6 +427,7 @@ fn frame(buf: &mut BytesMut) -> Frame {
     if buf.len() < total {
         return Frame::Incomplete;
     }
+    *scanned = 0;
     Frame::Message(buf.split_to(total).freeze())
 }
 
@@ -441,11 +449,12 @@ mod tests {
         all.extend_from_slice(m2);
         for split in 0..all.len() {
             let mut buf = BytesMut::new();
+            let mut scanned = 0;
             let mut got = Vec::new();
             for chunk in [&all[..split], &all[split..]] {
                 buf.extend_from_slice(chunk);
                 loop {
-                    match frame(&mut buf) {
+                    match frame(&mut buf, &mut scanned) {
                         Frame::Incomplete => break,
                         f => got.push(f),
                     }
@@ -467,7 +476,26 @@ mod tests {
     fn oversized_content_length_is_refused() {
         let mut buf =
             BytesMut::from(&b"INVITE sip:a SIP/2.0\r\nContent-Length: 99999999\r\n\r\n"[..]);
-        assert_eq!(frame(&mut buf), Frame::TooLarge);
+        assert_eq!(frame(&mut buf, &mut 0), Frame::TooLarge);
+    }
+
+    #[test]
+    fn byte_by_byte_arrival_frames_the_same() {
+        let m = b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: 2\r\n\r\nok";
+        let mut buf = BytesMut::new();
+        let mut scanned = 0;
+        let mut got = Vec::new();
+        for b in m.iter().chain(m.iter()) {
+            buf.extend_from_slice(&[*b]);
+            loop {
+                match frame(&mut buf, &mut scanned) {
+                    Frame::Incomplete => break,
+                    f => got.push(f),
+                }
+            }
+        }
+        let one = || Frame::Message(Bytes::from_static(m));
+        assert_eq!(got, vec![one(), one()]);
     }
 
     #[test]

@@ -249,6 +249,12 @@ impl TxnLayer {
         );
     }
 
+    /// Drops a client transaction the TU no longer wants (its call is gone); its timers
+    /// become stale and fire into nothing.
+    pub fn forget_client(&mut self, branch: &str) {
+        self.clients.remove(branch);
+    }
+
     /// Whether a client transaction with this branch is still waiting for a final response.
     pub fn client_pending(&self, branch: &str) -> bool {
         self.clients
