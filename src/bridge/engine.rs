@@ -724,13 +724,7 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| Some(*i) != offer.audio().map(|(ai, _)| ai))
-                .map(|(_, md)| {
-                    (
-                        md.kind.clone(),
-                        md.proto.clone(),
-                        md.formats.iter().map(|f| f.pt.to_string()).collect(),
-                    )
-                })
+                .map(|(_, md)| (md.kind.clone(), md.proto.clone(), md.raw_formats.clone()))
                 .collect(),
             audio_index: offer.audio().map(|(i, _)| i).unwrap_or(0),
         };
@@ -1022,15 +1016,60 @@ impl Engine {
                     return;
                 }
             };
-            if let Some((_, audio)) = offer.audio() {
-                let ours = audio.direction.reverse();
-                if let Some(local) = sip.local_sdp.as_mut() {
-                    if local.direction != ours {
-                        changed = Some(audio.direction);
-                        local.direction = ours;
+            let Some((audio_index, audio)) = offer.audio() else {
+                let w = "399 riptide \"the offer has no audio stream\"";
+                self.respond(
+                    now,
+                    m,
+                    488,
+                    "Not Acceptable Here",
+                    None,
+                    &Extra::none().header("Warning", w),
+                );
+                return;
+            };
+            {
+                // RFC 3264 §6/§8: the answer follows the new offer's m-lines and payload types
+                // and keeps the negotiated codec, which the offer must still contain (riptide does
+                // not transcode, so a codec change cannot be accepted).
+                let Some(local) = sip.local_sdp.as_mut() else {
+                    return;
+                };
+                let mut formats = Vec::new();
+                for f in &local.formats {
+                    if let Some(o) = audio.formats.iter().find(|o| o.same_codec(f)) {
+                        formats.push(o.clone());
+                    } else if !model::is_auxiliary_codec(&f.name) {
+                        let w = format!("399 riptide \"{} is no longer offered\"", f.name);
+                        self.respond(
+                            now,
+                            m,
+                            488,
+                            "Not Acceptable Here",
+                            None,
+                            &Extra::none().header("Warning", w),
+                        );
+                        return;
                     }
-                    local.session_version += 1;
                 }
+                if !formats.is_empty() {
+                    local.formats = formats;
+                }
+                local.audio_index = audio_index;
+                local.rejected = offer
+                    .media
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != audio_index)
+                    .map(|(_, md)| (md.kind.clone(), md.proto.clone(), md.raw_formats.clone()))
+                    .collect();
+                local.rtcp_mux = audio.rtcp_mux;
+                let ours = audio.direction.reverse();
+                if local.direction != ours {
+                    changed = Some(audio.direction);
+                    local.direction = ours;
+                }
+                local.session_version += 1;
                 if let Some(addr) = offer.audio_addr() {
                     let rtcp_mux = audio.rtcp_mux;
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {

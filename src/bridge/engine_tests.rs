@@ -1065,3 +1065,38 @@ fn reinvite_stuck_after_a_provisional_ends_the_dialog_after_64_t1() {
     );
     assert_eq!(s.e.active_calls(), 0);
 }
+
+#[test]
+fn reoffer_must_keep_the_negotiated_codec_and_the_answer_follows_its_m_lines() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    // PCMA only: riptide does not transcode, so the change is refused.
+    let pcma = OFFER
+        .replace("0 8 101", "8")
+        .replace("a=rtpmap:0 PCMU/8000\r\n", "");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&pcma)),
+        CALLER,
+    );
+    let m = s.sip_out().remove(0);
+    assert!(m.starts_with("SIP/2.0 488"), "{m}");
+    assert!(m.contains("Warning: 399 riptide"), "{m}");
+    s.sip(&in_dialog("ACK", "z9hG4bKre2", 2, &tag, None), CALLER);
+    // A re-offer that adds video: the answer has both m-lines, video rejected, audio kept.
+    let with_video = format!("{OFFER}m=video 6002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre3", 3, &tag, Some(&with_video)),
+        CALLER,
+    );
+    let ok = s.sip_out().remove(0);
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+    let audio = ok.find("m=audio 20000 RTP/AVP 0 101").expect("audio kept");
+    let video = ok.find("m=video 0 RTP/AVP 96").expect("video rejected");
+    assert!(audio < video, "the offer's m-line order: {ok}");
+}
