@@ -338,7 +338,9 @@ impl PortPool {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
-        let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(4).max(64));
+        // Transactions linger 64*T1 after their final response (RFC 6026 Timer L, Timer J), about
+        // three per call: at 1000 calls/s that is ~100k live entries for 10k calls.
+        let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(32).max(1024));
         let ports = PortPool::new(cfg.port_min, cfg.port_max);
         Engine {
             cfg,
@@ -1660,7 +1662,6 @@ impl Engine {
                 return;
             }
         };
-        // The server must hear from the client within the grace period.
         match target {
             TgTarget::Echo => {
                 call.phase = Phase::Answered;
@@ -1669,6 +1670,10 @@ impl Engine {
                 self.out
                     .push_back(Output::Media(MediaCmd::Echo { call: key }));
                 self.send_event(key, Event::new(EventName::Answered));
+                // RIPT-00: a call with no events stream for 30 s is ended, including one whose
+                // client never opened a stream at all (it gave up on the POST, or crashed).
+                let grace = self.cfg.events_grace;
+                self.arm(now, key, CallTimer::EventsGrace, grace);
             }
             TgTarget::Trunk(t) => {
                 let Some(port) = self.ports.take() else {
@@ -1747,6 +1752,8 @@ impl Engine {
                 self.send_invite(now, key);
                 let na = self.cfg.no_answer_timeout;
                 self.arm(now, key, CallTimer::NoAnswer, na);
+                let grace = self.cfg.events_grace;
+                self.arm(now, key, CallTimer::EventsGrace, grace);
             }
         }
     }

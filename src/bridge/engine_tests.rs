@@ -366,8 +366,17 @@ fn cancel_crossing_our_200_has_no_effect_and_the_call_continues() {
     assert_eq!(s.e.active_calls(), 0);
 }
 
-/// Callee side (gateway B): a RIPT call in, the INVITE sent to the trunk; returns key and INVITE.
+/// Callee side (gateway B): a RIPT call in, its client's events stream open, the INVITE sent
+/// to the trunk; returns key and INVITE.
 fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
+    let (key, invite) = b_invite_sent_no_stream(s);
+    s.ript(RiptEvent::ServerEventsOpened { call: key });
+    s.take();
+    (key, invite)
+}
+
+/// As `b_invite_sent`, but the client never opens its events stream.
+fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
     s.ript(RiptEvent::IncomingCall {
         req: ReqId(1),
         tg: "trunk".into(),
@@ -1099,4 +1108,15 @@ fn reoffer_must_keep_the_negotiated_codec_and_the_answer_follows_its_m_lines() {
     let audio = ok.find("m=audio 20000 RTP/AVP 0 101").expect("audio kept");
     let video = ok.find("m=video 0 RTP/AVP 96").expect("video rejected");
     assert!(audio < video, "the offer's m-line order: {ok}");
+}
+
+#[test]
+fn server_call_whose_client_never_opens_an_events_stream_is_ended() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent_no_stream(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    s.take();
+    s.advance(Duration::from_secs(31));
+    assert!(s.sip_out().iter().any(|m| m.starts_with("BYE")));
+    assert_eq!(s.e.active_calls(), 0);
 }
