@@ -433,3 +433,92 @@ mod tests {
         );
     }
 }
+
+/// Remembers tokens that verified, for `ttl_secs`, so that a peer that sends the same bearer
+/// token on every request (four requests per call) costs one signature check, not four per
+/// call. Failures are never cached, so junk tokens cannot fill it; it is cleared when full.
+/// A token stays accepted for at most `ttl_secs` after it was last checked, which is inside
+/// the issuer's clock leeway.
+pub struct CachingVerifier<V> {
+    inner: V,
+    ttl_secs: u64,
+    max: usize,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (Principal, u64)>>,
+}
+
+impl<V: TokenVerifier> CachingVerifier<V> {
+    pub fn new(inner: V, ttl_secs: u64, max: usize) -> Self {
+        CachingVerifier {
+            inner,
+            ttl_secs,
+            max: max.max(1),
+            cache: Default::default(),
+        }
+    }
+}
+
+impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
+    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((p, at)) = cache.get(bearer) {
+                if now_unix >= *at && now_unix < at.saturating_add(self.ttl_secs) {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let p = self.inner.verify(bearer, now_unix)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.max {
+            cache.clear();
+        }
+        cache.insert(bearer.to_string(), (p.clone(), now_unix));
+        Ok(p)
+    }
+}
+
+impl<V: TokenVerifier> TokenVerifier for std::sync::Arc<V> {
+    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        (**self).verify(bearer, now_unix)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+    impl TokenVerifier for Counting {
+        fn verify(&self, bearer: &str, _now: u64) -> Result<Principal, AuthError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if bearer == "good" {
+                Ok(Principal {
+                    subject: "peer".into(),
+                    scopes: vec![],
+                })
+            } else {
+                Err(AuthError::Invalid("bad".into()))
+            }
+        }
+    }
+
+    #[test]
+    fn good_tokens_are_checked_once_per_ttl_and_failures_every_time() {
+        let v = CachingVerifier::new(Counting(AtomicUsize::new(0)), 30, 16);
+        for _ in 0..4 {
+            assert!(v.verify("good", 1000).is_ok());
+        }
+        assert_eq!(v.inner.0.load(Ordering::Relaxed), 1);
+        assert!(v.verify("good", 1030).is_ok(), "re-checked after the TTL");
+        assert_eq!(v.inner.0.load(Ordering::Relaxed), 2);
+        for _ in 0..3 {
+            assert!(v.verify("bad", 1030).is_err());
+        }
+        assert_eq!(
+            v.inner.0.load(Ordering::Relaxed),
+            5,
+            "failures are not cached"
+        );
+    }
+}

@@ -115,6 +115,9 @@ pub struct EngineConfig {
     pub http_authority: String,
     /// How long a server-role call survives without any events stream (RIPT-00: 30 s).
     pub events_grace: Duration,
+    /// Server role: ping the client this often; two pings without any event back end the call.
+    /// A client that dropped its events GET on a live connection is otherwise invisible.
+    pub keepalive: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -158,8 +161,10 @@ enum CallTimer {
     CancelGuard = 5,
     /// Our re-INVITE got no final response within 64·T1: the dialog is given up (§14.1).
     ReinviteGuard = 6,
+    /// Server role: time to ping the client (see `EngineConfig::keepalive`).
+    Keepalive = 7,
 }
-const N_TIMERS: usize = 7;
+const N_TIMERS: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SipRole {
@@ -247,6 +252,8 @@ struct RiptLeg {
     proposal: Option<Proposal>,
     reopen_attempts: u32,
     echo: bool,
+    /// Server role: pings sent since the client was last heard from.
+    unanswered_pings: u8,
 }
 
 #[derive(Debug)]
@@ -795,6 +802,7 @@ impl Engine {
                 proposal: None,
                 reopen_attempts: 0,
                 echo: false,
+                unanswered_pings: 0,
             },
             port: Some(port),
             destination: destination.clone(),
@@ -1621,6 +1629,7 @@ impl Engine {
                 proposal: proposal.as_ref().ok().cloned(),
                 reopen_attempts: 0,
                 echo: target == TgTarget::Echo,
+                unanswered_pings: 0,
             },
             port: None,
             destination: request.destination.clone(),
@@ -1674,6 +1683,9 @@ impl Engine {
                 // client never opened a stream at all (it gave up on the POST, or crashed).
                 let grace = self.cfg.events_grace;
                 self.arm(now, key, CallTimer::EventsGrace, grace);
+                if let Some(k) = self.cfg.keepalive {
+                    self.arm(now, key, CallTimer::Keepalive, k);
+                }
             }
             TgTarget::Trunk(t) => {
                 let Some(port) = self.ports.take() else {
@@ -1754,6 +1766,9 @@ impl Engine {
                 self.arm(now, key, CallTimer::NoAnswer, na);
                 let grace = self.cfg.events_grace;
                 self.arm(now, key, CallTimer::EventsGrace, grace);
+                if let Some(k) = self.cfg.keepalive {
+                    self.arm(now, key, CallTimer::Keepalive, k);
+                }
             }
         }
     }
@@ -1811,6 +1826,7 @@ impl Engine {
             call.ript.in_seq = Some(seq);
         }
         call.ript.reopen_attempts = 0;
+        call.ript.unanswered_pings = 0;
         let server = call.ript.role == RiptRole::Server;
         let phase = call.phase;
         match ev.name {
@@ -2034,6 +2050,24 @@ impl Engine {
                     );
                     self.finish(key, CallOutcome::Answered);
                 }
+            }
+            CallTimer::Keepalive => {
+                let Some(every) = self.cfg.keepalive else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                if call.ript.unanswered_pings >= 2 {
+                    warn!(call = %key, "RIPT client silent for two keepalives; ending the call");
+                    self.on_remote_end(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
+                    return;
+                }
+                call.ript.unanswered_pings += 1;
+                let mut ping = Event::new(EventName::Ping);
+                ping.nonce = Some(msg::token(8));
+                self.send_event(key, ping);
+                self.arm(now, key, CallTimer::Keepalive, every);
             }
             CallTimer::CancelGuard => {
                 warn!(call = %key, "no final response 64*T1 after CANCEL; giving the call up");

@@ -45,6 +45,7 @@ fn cfg() -> EngineConfig {
         }],
         http_authority: "localhost:4434".into(),
         events_grace: Duration::from_secs(30),
+        keepalive: None,
     }
 }
 
@@ -1119,4 +1120,51 @@ fn server_call_whose_client_never_opens_an_events_stream_is_ended() {
     s.advance(Duration::from_secs(31));
     assert!(s.sip_out().iter().any(|m| m.starts_with("BYE")));
     assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn server_pings_its_client_and_ends_a_call_whose_client_went_silent() {
+    let mut s = Sim::new();
+    s.e.cfg.keepalive = Some(Duration::from_secs(10));
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    s.take();
+    s.advance(Duration::from_secs(10));
+    let pings: Vec<Event> = server_events(&s.take())
+        .into_iter()
+        .filter(|e| e.name == EventName::Ping)
+        .collect();
+    assert_eq!(pings.len(), 1);
+    // The client answers: the call lives on.
+    let mut pong = ev(EventName::Pong, 0);
+    pong.nonce = pings[0].nonce.clone();
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: pong,
+    });
+    s.advance(Duration::from_secs(20));
+    assert!(!s.sip_out().iter().any(|m| m.starts_with("BYE")));
+    // Now it goes silent (its events GET vanished without the server noticing).
+    s.advance(Duration::from_secs(21));
+    assert!(
+        s.sip_out().iter().any(|m| m.starts_with("BYE")),
+        "ended after two unanswered pings"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn client_answers_ping_with_pong_echoing_the_nonce() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    let mut ping = ev(EventName::Ping, 0);
+    ping.nonce = Some("n0nce".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ping,
+    });
+    assert!(s.take().iter().any(
+        |o| matches!(o, Output::Ript(RiptCmd::ClientSend { event, .. })
+        if event.name == EventName::Pong && event.nonce.as_deref() == Some("n0nce"))
+    ));
 }
