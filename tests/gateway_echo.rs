@@ -76,6 +76,61 @@ fn header<'a>(m: &'a str, name: &str) -> Option<&'a str> {
         .map(|l| l.split_once(':').map(|x| x.1.trim()).unwrap_or(""))
 }
 
+/// `GET /.well-known/ript/v1/providertgs` over HTTP/3, trusting the gateway's own certificate
+/// by its pin; returns the status and WWW-Authenticate.
+async fn h3_get(
+    addr: SocketAddr,
+    data_dir: &std::path::Path,
+    token: Option<&str>,
+) -> (u16, String) {
+    use bytes::Bytes;
+    let id = riptide::tls::load_or_generate(data_dir, "localhost", None, None).expect("identity");
+    let mut cfg = riptide::config::embedded_default();
+    cfg.base_dir = ".".into();
+    let peer = riptide::config::RiptPeerConfig {
+        name: "probe".into(),
+        url: format!("https://{addr}"),
+        server_name: Some("localhost".into()),
+        tg: "local".into(),
+        ca_file: None,
+        pin_sha256: Some(id.fingerprint_sha256.clone()),
+        token: Some("x".into()),
+        token_file: None,
+        codecs: riptide::config::default_codecs(),
+    };
+    let client_cfg = riptide::tls::quic_client_config(&peer, &cfg).expect("client config");
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(client_cfg, addr, "localhost")
+        .unwrap()
+        .await
+        .expect("QUIC connects");
+    let (mut driver, mut send) = h3::client::builder()
+        .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+        .unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    let mut req = http::Request::builder()
+        .method(http::Method::GET)
+        .uri(format!(
+            "https://localhost:{}/.well-known/ript/v1/providertgs",
+            addr.port()
+        ));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut s = send.send_request(req.body(()).unwrap()).await.unwrap();
+    s.finish().await.unwrap();
+    let resp = s.recv_response().await.unwrap();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (resp.status().as_u16(), www)
+}
+
 fn rtp(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0x00];
     p.extend_from_slice(&seq.to_be_bytes());
@@ -89,6 +144,7 @@ fn rtp(seq: u16) -> Vec<u8> {
 async fn sip_call_to_echo_gets_its_rtp_back_through_http3() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = test_config(15260, 15443, 31000, "echo");
+    let data_dir = cfg.general.data_dir.clone();
     let running = riptide::gateway::start(cfg).await.expect("gateway starts");
     let sip: SocketAddr = "127.0.0.1:15260".parse().unwrap();
     let ua = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -156,6 +212,13 @@ async fn sip_call_to_echo_gets_its_rtp_back_through_http3() {
             .any(|l| l.starts_with("riptide_sip_malformed_total") && !l.ends_with(" 0")),
         "{rendered}"
     );
+    // HTTP/3 requests without a valid bearer token get 401 and change nothing.
+    let h3: SocketAddr = "127.0.0.1:15443".parse().unwrap();
+    let (status, www) = h3_get(h3, &data_dir, None).await;
+    assert_eq!(status, 401);
+    assert!(www.starts_with("Bearer"), "WWW-Authenticate: {www}");
+    let (status, _) = h3_get(h3, &data_dir, Some("not.a.token")).await;
+    assert_eq!(status, 401);
     media.send_to(&rtp(100), gw_media).await.unwrap();
     let (n, _) = timeout(Duration::from_secs(2), media.recv_from(&mut buf))
         .await
