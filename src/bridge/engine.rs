@@ -215,7 +215,6 @@ struct SipLeg {
     invite_branch: Option<String>,
     invite_uri: String,
     invite_routes: Vec<String>,
-    invite_sdp: Bytes,
     got_provisional: bool,
     cancel_wanted: Option<String>,
     cancel_sent: bool,
@@ -233,6 +232,33 @@ struct SipLeg {
     reinvite_out: Option<(String, SdpDirection)>,
     reinvite_in_unacked: bool,
     glare_retry: Option<SdpDirection>,
+}
+
+impl SipLeg {
+    /// A request outside the dialog's route set: the INVITE of a UAC leg, and its CANCEL.
+    fn initial_request<'a>(
+        &'a self,
+        method: &'a str,
+        via_host: &'a str,
+        branch: &'a str,
+        from: &'a str,
+        contact: Option<&'a str>,
+    ) -> RequestSpec<'a> {
+        RequestSpec {
+            method,
+            uri: &self.invite_uri,
+            via_host,
+            transport: self.transport,
+            branch,
+            from,
+            to: &self.remote_addr,
+            call_id: &self.call_id,
+            cseq: self.local_cseq,
+            contact,
+            routes: &self.invite_routes,
+            max_forwards: 70,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -761,7 +787,6 @@ impl Engine {
             invite_branch: None,
             invite_uri: String::new(),
             invite_routes: vec![],
-            invite_sdp: Bytes::new(),
             got_provisional: false,
             cancel_wanted: None,
             cancel_sent: false,
@@ -1742,7 +1767,6 @@ impl Engine {
                     invite_branch: None,
                     invite_uri,
                     invite_routes: trunk.proxy_route.iter().cloned().collect(),
-                    invite_sdp: Bytes::new(),
                     got_provisional: false,
                     cancel_wanted: None,
                     cancel_sent: false,
@@ -2114,22 +2138,8 @@ impl Engine {
             .as_ref()
             .map(|l| sdp::build(l).into_bytes())
             .unwrap_or_default();
-        sip.invite_sdp = Bytes::from(body.clone());
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
-        let spec = RequestSpec {
-            method: "INVITE",
-            uri: &sip.invite_uri,
-            via_host: &via_host,
-            transport: sip.transport,
-            branch: &branch,
-            from: &from,
-            to: &sip.remote_addr,
-            call_id: &sip.call_id,
-            cseq: sip.local_cseq,
-            contact: Some(&contact),
-            routes: &sip.invite_routes,
-            max_forwards: 70,
-        };
+        let spec = sip.initial_request("INVITE", &via_host, &branch, &from, Some(&contact));
         let extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
         let bytes = msg::request(&spec, &extra);
         sip.invite_branch = Some(branch.clone());
@@ -2157,20 +2167,7 @@ impl Engine {
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         // CANCEL copies the INVITE's Request-URI, Via branch, From, To, Call-ID and CSeq number
         // (RFC 3261 §9.1).
-        let spec = RequestSpec {
-            method: "CANCEL",
-            uri: &sip.invite_uri,
-            via_host: &via_host,
-            transport: sip.transport,
-            branch: &branch,
-            from: &from,
-            to: &sip.remote_addr,
-            call_id: &sip.call_id,
-            cseq: sip.local_cseq,
-            contact: None,
-            routes: &sip.invite_routes,
-            max_forwards: 70,
-        };
+        let spec = sip.initial_request("CANCEL", &via_host, &branch, &from, None);
         let bytes = msg::request(&spec, &Extra::none().header("Reason", reason.to_string()));
         let dest = sip.dest;
         // The CANCEL's own transaction is keyed apart from the INVITE's (same branch).

@@ -406,6 +406,15 @@ impl Reply {
         }
     }
 
+    /// The head of a `GET {call}/events` answer; the body is the streamed JSON array.
+    fn event_stream() -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![(header::CACHE_CONTROL, "no-store".into())],
+            body: Some(("application/json", Bytes::new())),
+        }
+    }
+
     fn not_found(what: &str) -> Reply {
         Reply::problem(&Problem::new(404, "Not Found", what))
     }
@@ -722,12 +731,7 @@ async fn events_get(
             // Ended moments ago: give the final event and close, instead of a bare 404 that
             // would leave the client not knowing how the call ended.
             if let Some(last) = shared.final_event(tg, id) {
-                let ok = Reply {
-                    status: StatusCode::OK,
-                    headers: vec![(header::CACHE_CONTROL, "no-store".into())],
-                    body: Some(("application/json", Bytes::new())),
-                };
-                if send_head(shared, &mut stream, ok).await {
+                if send_head(shared, &mut stream, Reply::event_stream()).await {
                     let mut enc = EventEncoder::new();
                     let mut body = BytesMut::from(&EventEncoder::open()[..]);
                     if let Some(ev) = &last {
@@ -748,12 +752,7 @@ async fn events_get(
         .events
         .send(RiptEvent::ServerEventsOpened { call: key })
         .await;
-    let ok = Reply {
-        status: StatusCode::OK,
-        headers: vec![(header::CACHE_CONTROL, "no-store".into())],
-        body: Some(("application/json", Bytes::new())),
-    };
-    if send_head(shared, &mut stream, ok).await {
+    if send_head(shared, &mut stream, Reply::event_stream()).await {
         let mut enc = EventEncoder::new();
         let mut res = stream.send_data(EventEncoder::open()).await;
         if let (Ok(()), Some(ev)) = (&res, &last) {
