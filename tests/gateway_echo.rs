@@ -195,6 +195,28 @@ async fn sip_call_to_echo_gets_its_rtp_back_through_http3() {
     }
     assert!(got >= 40, "echoed {got} of 50 packets");
 
+    // RFC 4733 telephone-events pass in-band, untouched (digit 5, end bit, PT 101).
+    let mut dtmf = rtp(60);
+    dtmf[1] = 0x80 | 101;
+    dtmf.truncate(12);
+    dtmf.extend_from_slice(&[5, 0x80, 0x03, 0x20]);
+    let mut echoed = None;
+    for _ in 0..10 {
+        media.send_to(&dtmf, gw_media).await.unwrap();
+        if let Ok(Ok((n, _))) = timeout(Duration::from_millis(200), media.recv_from(&mut buf)).await
+        {
+            if n == dtmf.len() {
+                echoed = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        echoed.as_deref(),
+        Some(&dtmf[..]),
+        "telephone-event relayed verbatim"
+    );
+
     // Malformed input while the call is up: garbage is dropped and counted, a broken request
     // gets 400, and the call is undisturbed.
     ua.send_to(b"\x16\x03\x01 this is not SIP", sip)
@@ -272,4 +294,48 @@ async fn tcp_options_and_crlf_keepalive() {
     }
     assert!(got.starts_with("SIP/2.0 200 OK"), "{got}");
     assert!(got.contains("Allow: INVITE"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_is_answered() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cfg = test_config(15266, 15445, 31400, "tls");
+    let tls_addr: SocketAddr = "127.0.0.1:15267".parse().unwrap();
+    cfg.sip.tls = vec![tls_addr];
+    let data_dir = cfg.general.data_dir.clone();
+    let _running = riptide::gateway::start(cfg).await.expect("gateway starts");
+    let id = riptide::tls::load_or_generate(&data_dir, "localhost", None, None).expect("identity");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(id.cert_chain[0].clone())
+        .expect("trust the gateway's certificate");
+    let client = rustls::ClientConfig::builder_with_provider(riptide::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = TcpStream::connect(tls_addr).await.unwrap();
+    let me = tcp.local_addr().unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS 1.2 handshake with a verified certificate");
+    let opt = format!(
+        "OPTIONS sips:127.0.0.1:15267 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlso\r\nMax-Forwards: 70\r\nFrom: <sips:ping@{me}>;tag=p\r\nTo: <sips:127.0.0.1:15267>\r\nCall-ID: tls-opt\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(opt.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = String::new();
+    while !got.contains("\r\n\r\n") {
+        let n = timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.starts_with("SIP/2.0 200 OK"), "{got}");
+    assert!(got.contains("CSeq: 1 OPTIONS"), "{got}");
 }

@@ -1168,3 +1168,69 @@ fn client_answers_ping_with_pong_echoing_the_nonce() {
         if event.name == EventName::Pong && event.nonce.as_deref() == Some("n0nce"))
     ));
 }
+
+#[test]
+fn outbound_proxy_gets_the_invite_with_a_route_header() {
+    let mut s = Sim::new();
+    s.e.cfg.trunks[0].dest = Dest {
+        addr: "127.0.0.1:5099".parse().unwrap(),
+        transport: Transport::Udp,
+        conn: None,
+    };
+    s.e.cfg.trunks[0].proxy_route = Some("<sip:127.0.0.1:5099;lr>".into());
+    s.ript(RiptEvent::IncomingCall {
+        req: ReqId(1),
+        tg: "trunk".into(),
+        request: CallRequest {
+            handler: None,
+            destination: "answer".into(),
+            from: None,
+            passport: None,
+            advertisement: Some(pcmu_adv()),
+        },
+        principal: "a".into(),
+    });
+    let sent = s
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Sip(s) => Some(s),
+            _ => None,
+        })
+        .expect("INVITE");
+    assert_eq!(
+        sent.dest.addr,
+        "127.0.0.1:5099".parse().unwrap(),
+        "sent to the proxy"
+    );
+    let text = String::from_utf8_lossy(&sent.bytes);
+    assert!(
+        text.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
+        "{text}"
+    );
+    assert!(text.contains("Route: <sip:127.0.0.1:5099;lr>"), "{text}");
+}
+
+#[test]
+fn nothing_of_the_callers_sip_addressing_crosses_to_the_ript_side() {
+    let mut s = Sim::new();
+    s.sip(&invite("z9hG4bKinv1", "cid-secret", OFFER), CALLER);
+    let req = s
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { request, .. }) => Some(request),
+            _ => None,
+        })
+        .unwrap();
+    let json = serde_json::to_string(&req).unwrap();
+    for leak in ["cid-secret", "z9hG4bK", "caller1", "5061", "caller@"] {
+        assert!(!json.contains(leak), "{leak} leaked into {json}");
+    }
+    assert_eq!(req.destination, "answer");
+    assert_eq!(
+        req.from.as_deref(),
+        Some("+12155551212"),
+        "the number keeps its digits"
+    );
+}
