@@ -865,6 +865,10 @@ impl Engine {
                 advertisement: Some(adv),
             },
         }));
+        // The far side (or the HTTP/3 driver) may never answer: the caller is not kept waiting
+        // longer than the no-answer timeout.
+        let na = self.cfg.no_answer_timeout;
+        self.arm(now, key, CallTimer::NoAnswer, na);
     }
 
     fn on_cancel(&mut self, now: Instant, m: &SipInbound) {
@@ -2033,6 +2037,13 @@ impl Engine {
                     return;
                 }
                 info!(call = %key, "no answer before the timeout");
+                if call.sip.as_ref().map(|s| s.role) == Some(SipRole::Uas) {
+                    // Caller-facing leg: 408 to the caller, `end` to the RIPT side.
+                    self.final_to_caller(now, key, 408, "Request Timeout");
+                    self.end_ript(now, key, "SIP;cause=408;text=\"Request Timeout\"");
+                    self.finish(key, CallOutcome::NoAnswer);
+                    return;
+                }
                 let mut ev = Event::new(EventName::Noanswer);
                 ev.code = Some(480);
                 ev.reason = Some("Temporarily Unavailable".into());

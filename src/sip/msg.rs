@@ -56,7 +56,7 @@ pub fn parse(bytes: &[u8]) -> Result<(SipMessage, Info), BadMessage> {
         Err(e) => {
             let text = e.to_string();
             // An unknown method is well-formed SIP that we do not implement.
-            if text.contains("Method") && looks_like_request(bytes) {
+            if text.contains("invalid method") && looks_like_request(bytes) {
                 return Err(bad(bytes, 501, "Not Implemented"));
             }
             return Err(bad(bytes, 400, &format!("Bad Request ({})", short(&text))));
