@@ -335,6 +335,7 @@ pub fn engine_config(
         http_authority: authority.to_string(),
         events_grace: Duration::from_secs(30),
         keepalive: Some(Duration::from_secs(10)),
+        max_calls_per_client: cfg.http3.max_calls.max(1),
     })
 }
 

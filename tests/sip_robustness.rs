@@ -54,6 +54,7 @@ fn engine() -> Engine {
         http_authority: "localhost:4434".into(),
         events_grace: Duration::from_secs(30),
         keepalive: Some(Duration::from_secs(10)),
+        max_calls_per_client: 100,
     };
     Engine::new(cfg, Arc::new(Metrics::default()))
 }

@@ -118,6 +118,9 @@ pub struct EngineConfig {
     /// Server role: ping the client this often; two pings without any event back end the call.
     /// A client that dropped its events GET on a live connection is otherwise invisible.
     pub keepalive: Option<Duration>,
+    /// Most calls one RIPT client (token subject) may hold on our server role at once; more
+    /// get 429.
+    pub max_calls_per_client: usize,
 }
 
 impl EngineConfig {
@@ -295,6 +298,8 @@ struct Call {
     answered_at: Option<Instant>,
     /// One span per call with both legs' identifiers; every log line about the call is in it.
     span: tracing::Span,
+    /// Server role: the token subject the call counts against.
+    principal: Option<String>,
 }
 
 fn call_span(key: CallKey) -> tracing::Span {
@@ -320,6 +325,8 @@ pub struct Engine {
     /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
     /// send once the peer answers: the far side must not keep ringing a call nobody holds.
     orphans: HashMap<CallKey, String>,
+    /// Server-role calls held per RIPT client.
+    per_client: HashMap<String, usize>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -384,6 +391,7 @@ impl Engine {
             invites: HashMap::new(),
             branches: HashMap::new(),
             orphans: HashMap::new(),
+            per_client: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -836,6 +844,7 @@ impl Engine {
             started: now,
             answered_at: None,
             span: call_span(key),
+            principal: None,
         };
         call.span.record("sip_call_id", m.info.call_id.as_str());
         let _g = call.span.clone().entered();
@@ -1616,6 +1625,17 @@ impl Engine {
             );
             return;
         }
+        if self.per_client.get(&principal).copied().unwrap_or(0) >= self.cfg.max_calls_per_client {
+            respond_err(
+                self,
+                Problem::new(
+                    429,
+                    "Too Many Requests",
+                    "this client's call limit is reached",
+                ),
+            );
+            return;
+        }
         let Some(target) = self.route_tg(&tg, &request.destination) else {
             respond_err(
                 self,
@@ -1667,7 +1687,9 @@ impl Engine {
             started: now,
             answered_at: None,
             span: call_span(key),
+            principal: Some(principal.clone()),
         };
+        *self.per_client.entry(principal.clone()).or_insert(0) += 1;
         call.span.record("ript_call", id.as_str());
         let _g = call.span.clone().entered();
         info!(%principal, destination = %request.destination, "RIPT call in");
@@ -2559,6 +2581,14 @@ impl Engine {
             }
         }
         self.metrics.call_ended(outcome);
+        if let Some(p) = &call.principal {
+            if let Some(n) = self.per_client.get_mut(p) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_client.remove(p);
+                }
+            }
+        }
         let _g = call.span.clone().entered();
         let duration_ms = call
             .answered_at

@@ -46,6 +46,7 @@ fn cfg() -> EngineConfig {
         http_authority: "localhost:4434".into(),
         events_grace: Duration::from_secs(30),
         keepalive: None,
+        max_calls_per_client: 3,
     }
 }
 
@@ -411,7 +412,10 @@ fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
         invite.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
         "{invite}"
     );
-    assert!(invite.contains("m=audio 20000 RTP/AVP 0 101"), "{invite}");
+    assert!(
+        invite.contains("m=audio 200") && invite.contains(" RTP/AVP 0 101\r\n"),
+        "a port from the range, PCMU + telephone-event: {invite}"
+    );
     (key, invite)
 }
 
@@ -1233,4 +1237,37 @@ fn nothing_of_the_callers_sip_addressing_crosses_to_the_ript_side() {
         Some("+12155551212"),
         "the number keeps its digits"
     );
+}
+
+#[test]
+fn a_client_over_its_call_limit_gets_429_and_the_slot_frees_when_a_call_ends() {
+    let mut s = Sim::new();
+    let mut keys = vec![];
+    for _ in 0..3 {
+        keys.push(b_invite_sent(&mut s).0);
+    }
+    s.ript(RiptEvent::IncomingCall {
+        req: ReqId(9),
+        tg: "trunk".into(),
+        request: CallRequest {
+            handler: None,
+            destination: "answer".into(),
+            from: None,
+            passport: None,
+            advertisement: Some(pcmu_adv()),
+        },
+        principal: "gateway-a".into(),
+    });
+    assert!(s.take().iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::RespondCall { req: ReqId(9), result: Err(p) }) if p.status == 429)));
+    s.ript(RiptEvent::ServerEvent {
+        call: keys[0],
+        event: ev(EventName::End, 0),
+    });
+    s.take();
+    // The ended call is still waiting for its INVITE's final (CANCEL sent): give it the 487.
+    s.advance(Duration::from_secs(33));
+    s.take();
+    let (k, _) = b_invite_sent(&mut s);
+    assert!(!keys.contains(&k));
 }

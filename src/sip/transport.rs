@@ -21,6 +21,9 @@ use tracing::{debug, warn};
 
 /// Queue depth per stream connection; a peer that does not read is disconnected.
 const CONN_QUEUE: usize = 1024;
+/// Outgoing SIP/TCP connects give up after this (a black-holed address must not hold tasks
+/// for the kernel's SYN timeout).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends SIP messages; cheap to clone.
 #[derive(Clone)]
@@ -285,6 +288,41 @@ impl SipSender {
         }
     }
 
+    /// Opens a TCP connection to the destination and queues the message on it. The connection
+    /// is registered before the connect completes, so messages sent meanwhile queue behind this
+    /// one in order instead of each opening a connection of its own.
+    fn connect_and_send(&self, out: SipOut) {
+        let id = ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(CONN_QUEUE);
+        let key = (out.dest.addr, Transport::Tcp);
+        {
+            let mut c = lock(&self.inner.conns);
+            c.by_id.insert(id, tx.clone());
+            c.by_addr.insert(key, id);
+        }
+        let _ = tx.try_send(out.bytes);
+        let s = self.clone();
+        tokio::spawn(async move {
+            let addr = key.0;
+            let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+            match res {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = s.conn_loop(stream, rx, addr, Transport::Tcp, id).await {
+                        debug!(%addr, error = %e, "SIP connection closed");
+                    }
+                }
+                Ok(Err(e)) => warn!(dest = %addr, error = %e, "SIP TCP connect failed"),
+                Err(_) => warn!(dest = %addr, "SIP TCP connect timed out"),
+            }
+            let mut c = lock(&s.inner.conns);
+            c.by_id.remove(&id);
+            if c.by_addr.get(&key) == Some(&id) {
+                c.by_addr.remove(&key);
+            }
+        });
+    }
+
     /// Sends a message; never blocks. Failures are logged and counted: the transaction layer
     /// retransmits over UDP, and stream peers reconnect.
     pub fn send(&self, out: SipOut) {
@@ -335,24 +373,7 @@ impl SipSender {
                             warn!(dest = %out.dest.addr, "SIP connection queue full; message dropped");
                         }
                     }
-                    None if out.dest.transport == Transport::Tcp => {
-                        let s = self.clone();
-                        tokio::spawn(async move {
-                            match TcpStream::connect(out.dest.addr).await {
-                                Ok(stream) => {
-                                    let _ = stream.set_nodelay(true);
-                                    let id = s.spawn_conn(stream, out.dest.addr, Transport::Tcp);
-                                    let tx = lock(&s.inner.conns).by_id.get(&id).cloned();
-                                    if let Some(tx) = tx {
-                                        let _ = tx.send(out.bytes).await;
-                                    }
-                                }
-                                Err(e) => {
-                                    warn!(dest = %out.dest.addr, error = %e, "SIP TCP connect failed")
-                                }
-                            }
-                        });
-                    }
+                    None if out.dest.transport == Transport::Tcp => self.connect_and_send(out),
                     None => {
                         warn!(dest = %out.dest.addr, "no SIP TLS connection to this peer; outgoing TLS is not supported yet");
                     }
@@ -496,6 +517,56 @@ mod tests {
         }
         let one = || Frame::Message(Bytes::from_static(m));
         assert_eq!(got, vec![one(), one()]);
+    }
+
+    #[tokio::test]
+    async fn outgoing_tcp_messages_share_one_connection_in_order() {
+        let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = peer.local_addr().unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let sender = start(
+            Listeners {
+                udp: vec!["127.0.0.1:0".parse().unwrap()],
+                tcp: vec![],
+                tls: vec![],
+                tls_acceptor: None,
+            },
+            tx,
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .unwrap();
+        let dest = Dest {
+            addr,
+            transport: Transport::Tcp,
+            conn: None,
+        };
+        // Sent back to back, before the first connect can have completed.
+        for m in [
+            "ACK sip:a SIP/2.0\r\nl: 0\r\n\r\n",
+            "BYE sip:a SIP/2.0\r\nl: 0\r\n\r\n",
+        ] {
+            sender.send(SipOut {
+                dest,
+                bytes: Bytes::from_static(m.as_bytes()),
+            });
+        }
+        let (mut conn, _) = peer.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while got.len() < 2 * 25 {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("ACK") && text.contains("BYE"),
+            "in order on one connection: {text:?}"
+        );
+        let second =
+            tokio::time::timeout(std::time::Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "no second connection was opened");
     }
 
     #[test]
