@@ -232,7 +232,8 @@ struct SipLeg {
     pending_2xx: Option<Pending2xx>,
     local_sdp: Option<LocalSdp>,
     /// Current direction of the media we send, as last negotiated.
-    reinvite_out: Option<(String, SdpDirection)>,
+    /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
+    reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
     glare_retry: Option<SdpDirection>,
 }
@@ -1210,7 +1211,7 @@ impl Engine {
         let _g = self.span(key).entered();
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
-            Purpose::ReInvite => self.on_reinvite_response(now, key, code),
+            Purpose::ReInvite => self.on_reinvite_response(now, key, resp, code),
             Purpose::Bye | Purpose::Cancel => {}
         }
     }
@@ -1464,15 +1465,15 @@ impl Engine {
         self.send_event(key, Event::new(EventName::Answered));
     }
 
-    fn on_reinvite_response(&mut self, now: Instant, key: CallKey, code: u16) {
-        let is_invite = true;
+    fn on_reinvite_response(&mut self, now: Instant, key: CallKey, resp: &Response, code: u16) {
         if code < 200 {
             return;
         }
+        let latching = self.cfg.latching;
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
-        let Some((_, dir)) = sip.reinvite_out.take() else {
+        let Some((_, dir, prev)) = sip.reinvite_out.take() else {
             return;
         };
         self.disarm(key, CallTimer::ReinviteGuard);
@@ -1480,9 +1481,33 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
-            if is_invite {
-                self.send_2xx_ack(key);
+            // Target refresh (RFC 3261 §12.2.1.2) and the answer's media address.
+            if let Some(c) = msg::first_header(&resp.headers, "Contact") {
+                sip.remote_target = msg::addr_uri(&c).to_string();
             }
+            if let Ok(ans) = sdp::parse(&resp.body) {
+                if let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) {
+                    self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                        call: key,
+                        rtp: addr,
+                        rtcp: rtcp_of(addr, a.rtcp_mux),
+                        rtcp_mux: a.rtcp_mux,
+                        latching,
+                    }));
+                }
+            }
+            self.send_2xx_ack(key);
+            return;
+        }
+        // Refused: the session stays as it was before the offer (RFC 3264 §8).
+        if let Some(local) = sip.local_sdp.as_mut() {
+            local.direction = prev;
+        }
+        if code == 408 || code == 481 {
+            // RFC 3261 §14.1: the dialog is gone.
+            self.send_bye(now, key, "SIP;cause=408;text=\"Request Timeout\"");
+            self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
+            self.finish(key, CallOutcome::Answered);
             return;
         }
         if code == 491 {
@@ -2095,7 +2120,7 @@ impl Engine {
                     .get_mut(&key)
                     .and_then(|c| c.sip.as_mut())
                     .and_then(|s| s.reinvite_out.take());
-                if let Some((branch, _)) = stuck {
+                if let Some((branch, _, _)) = stuck {
                     warn!(call = %key, "re-INVITE got no final response; ending the call");
                     self.txn.forget_client(&branch);
                     self.branches.remove(&branch);
@@ -2300,13 +2325,14 @@ impl Engine {
         let Some(local) = sip.local_sdp.as_mut() else {
             return;
         };
+        let prev = local.direction;
         local.direction = dir;
         local.session_version += 1;
         let body = sdp::build(local).into_bytes();
         let extra = Extra::none().sdp(&body);
         if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INVITE", None, &extra) {
             if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                sip.reinvite_out = Some((branch.clone(), dir));
+                sip.reinvite_out = Some((branch.clone(), dir, prev));
             }
             self.branches
                 .insert(branch.clone(), (key, Purpose::ReInvite));
@@ -2567,7 +2593,7 @@ impl Engine {
             let pending = sip
                 .invite_branch
                 .iter()
-                .chain(sip.reinvite_out.as_ref().map(|(b, _)| b));
+                .chain(sip.reinvite_out.as_ref().map(|(b, _, _)| b));
             for b in pending {
                 if self.txn.client_pending(b) {
                     self.txn.forget_client(b);

@@ -1271,3 +1271,62 @@ fn a_client_over_its_call_limit_gets_429_and_the_slot_frees_when_a_call_ends() {
     let (k, _) = b_invite_sent(&mut s);
     assert!(!keys.contains(&k));
 }
+
+#[test]
+fn reinvite_answered_481_ends_the_call_and_2xx_refreshes_the_target() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let mut hold = ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: hold,
+    });
+    let reinvite = s.sip_out().remove(0);
+    // The caller moved: its 2xx names a new Contact, where the ACK and later requests go.
+    let ok = reply(&reinvite, 200, "OK", "caller1", Some(OFFER)).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        "Contact: <sip:moved@127.0.0.1:5061>",
+    );
+    s.sip(&ok, CALLER);
+    let ack = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("ACK"))
+        .expect("ACK");
+    assert!(ack.starts_with("ACK sip:moved@127.0.0.1:5061"), "{ack}");
+    let mut resume = ev(EventName::Hold, 2);
+    resume.media_direction = Some("sendrecv".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: resume,
+    });
+    let reinvite = s.sip_out().remove(0);
+    assert!(
+        reinvite.starts_with("INVITE sip:moved@127.0.0.1:5061"),
+        "{reinvite}"
+    );
+    s.sip(
+        &reply(
+            &reinvite,
+            481,
+            "Call/Transaction Does Not Exist",
+            "caller1",
+            None,
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Sip(m) if m.bytes.starts_with(b"BYE"))));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::ClientSend { event, .. }) if event.name == EventName::End)));
+    assert_eq!(s.e.active_calls(), 0);
+}
