@@ -236,6 +236,8 @@ struct SipLeg {
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
     glare_retry: Option<SdpDirection>,
+    /// The far side hung up before the caller ACKed our 2xx: the BYE waits for that ACK.
+    bye_after_ack: Option<String>,
 }
 
 impl SipLeg {
@@ -808,6 +810,7 @@ impl Engine {
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
+            bye_after_ack: None,
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
@@ -943,10 +946,14 @@ impl Engine {
             {
                 sip.pending_2xx = None;
                 sip.reinvite_in_unacked = false;
+                let bye = sip.bye_after_ack.take();
                 self.disarm(key, CallTimer::Retransmit2xx);
+                if let Some(reason) = bye {
+                    self.send_bye(now, key, &reason);
+                    self.finish(key, CallOutcome::Answered);
+                }
             }
         }
-        let _ = now;
     }
 
     fn on_in_dialog(&mut self, now: Instant, m: SipInbound) {
@@ -1830,6 +1837,7 @@ impl Engine {
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
+                    bye_after_ack: None,
                 };
                 call.span.record("sip_call_id", sip.call_id.as_str());
                 call.sip = Some(sip);
@@ -1998,7 +2006,13 @@ impl Engine {
         };
         match sip.role {
             SipRole::Uas => {
-                if answered {
+                if answered && sip.pending_2xx.is_some() {
+                    // RFC 3261 §15: no BYE before the caller's ACK for our 2xx; it goes out when
+                    // the ACK arrives (or when the 2xx retransmissions give up).
+                    sip.bye_after_ack = Some(reason.to_string());
+                    self.out
+                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                } else if answered {
                     self.send_bye(now, key, reason);
                     self.out
                         .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));

@@ -1330,3 +1330,26 @@ fn reinvite_answered_481_ends_the_call_and_2xx_refreshes_the_target() {
         Output::Ript(RiptCmd::ClientSend { event, .. }) if event.name == EventName::End)));
     assert_eq!(s.e.active_calls(), 0);
 }
+
+#[test]
+fn bye_waits_for_the_callers_ack() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    // The far side hangs up before the caller's ACK arrived.
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::End, 1),
+    });
+    assert!(
+        !s.sip_out().iter().any(|m| m.starts_with("BYE")),
+        "RFC 3261 §15"
+    );
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    assert!(s.sip_out().iter().any(|m| m.starts_with("BYE")));
+    assert_eq!(s.e.active_calls(), 0);
+}
