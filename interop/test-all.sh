@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # riptide's whole test suite: what CI runs (.ci/run calls exactly this).
 #   1. formatting and lints (cargo fmt --check, clippy -D warnings)
-#   2. unit and integration tests (cargo test, release profile: one build serves the tests,
-#      the gateway pair and the benchmarks)
+#   2. unit and integration tests (cargo test --release: one build serves the tests and the
+#      gateway pair)
 #   3. the SIPp suite against the gateway pair (interop/sipp/run.sh)
 # Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing.
 set -euo pipefail
@@ -19,9 +19,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --release --locked --all-targets -- -D warnings
-log "cargo build --release"
-cargo build --release --locked
-log "cargo test --release"
+# `cargo test --release` also builds target/release/riptide (the integration tests run it), and
+# the pair uses that binary: a separate `cargo build --release` would compile the dependency
+# tree a second time, because dev-dependencies change feature unification.
+log "cargo test --release (also builds the release binary)"
 cargo test --release --locked
 log "SIPp suite against the gateway pair"
 "$INTEROP_DIR/sipp/run.sh"
