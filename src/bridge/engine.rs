@@ -603,18 +603,6 @@ impl Engine {
                 return;
             }
         }
-        if method == Method::Invite && m.info.to_tag.is_none() && self.txn.is_full() {
-            self.count_rejected();
-            self.respond(
-                now,
-                &m,
-                503,
-                "Service Unavailable",
-                None,
-                &Extra::none().header("Retry-After", "5"),
-            );
-            return;
-        }
         let in_dialog = m.info.to_tag.is_some();
         match method {
             Method::Invite if !in_dialog => self.on_initial_invite(now, m),
@@ -676,7 +664,8 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
-        if self.calls.len() >= self.cfg.max_calls {
+        // Over the call limit, or the transaction table is full: 503 with Retry-After.
+        if self.calls.len() >= self.cfg.max_calls || self.txn.is_full() {
             self.count_rejected();
             self.respond(
                 now,

@@ -252,6 +252,18 @@ fn a_call_created(s: &mut Sim) -> CallKey {
     key
 }
 
+/// Caller side, answered and ACKed; returns the key and our To tag.
+fn a_call_answered(s: &mut Sim) -> (CallKey, String) {
+    let key = a_call_created(s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    (key, tag)
+}
+
 #[test]
 fn sip_call_in_becomes_ript_call_and_answer_becomes_200_with_chosen_codec() {
     let mut s = Sim::new();
@@ -687,13 +699,7 @@ fn reinvite_glare_gets_491_and_our_reinvite_is_retried() {
 #[test]
 fn hold_reinvite_is_answered_and_relayed_as_hold_event_and_refresh_is_not() {
     let mut s = Sim::new();
-    let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let tag = to_tag_of(&s.sip_out().remove(0));
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (_, tag) = a_call_answered(&mut s);
     let hold = OFFER.replace("a=sendrecv", "a=sendonly");
     s.sip(
         &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&hold)),
@@ -1055,13 +1061,7 @@ fn retransmitted_busy_is_acked_again() {
 #[test]
 fn reinvite_stuck_after_a_provisional_ends_the_dialog_after_64_t1() {
     let mut s = Sim::new();
-    let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let tag = to_tag_of(&s.sip_out().remove(0));
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (key, _) = a_call_answered(&mut s);
     let mut hold = ev(EventName::Hold, 1);
     hold.media_direction = Some("sendonly".into());
     s.ript(RiptEvent::ClientEvent {
@@ -1083,13 +1083,7 @@ fn reinvite_stuck_after_a_provisional_ends_the_dialog_after_64_t1() {
 #[test]
 fn reoffer_must_keep_the_negotiated_codec_and_the_answer_follows_its_m_lines() {
     let mut s = Sim::new();
-    let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let tag = to_tag_of(&s.sip_out().remove(0));
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (_, tag) = a_call_answered(&mut s);
     // PCMA only: riptide does not transcode, so the change is refused.
     let pcma = OFFER
         .replace("0 8 101", "8")
@@ -1275,13 +1269,7 @@ fn a_client_over_its_call_limit_gets_429_and_the_slot_frees_when_a_call_ends() {
 #[test]
 fn reinvite_answered_481_ends_the_call_and_2xx_refreshes_the_target() {
     let mut s = Sim::new();
-    let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let tag = to_tag_of(&s.sip_out().remove(0));
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (key, _) = a_call_answered(&mut s);
     let mut hold = ev(EventName::Hold, 1);
     hold.media_direction = Some("sendonly".into());
     s.ript(RiptEvent::ClientEvent {
