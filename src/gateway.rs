@@ -162,7 +162,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         });
     }
 
-    let ecfg = engine_config(&cfg, &peer_cfgs, &authority)?;
+    let ecfg = engine_config(&cfg, &peer_cfgs, &authority).await?;
     let engine = Engine::new(ecfg, metrics.clone());
     tokio::spawn(driver::run(
         engine,
@@ -225,7 +225,7 @@ async fn peer_runtime(cfg: &Config, p: &RiptPeerConfig) -> anyhow::Result<PeerRu
 }
 
 /// Resolves names and URIs of the configuration into what the engine works with.
-pub fn engine_config(
+pub async fn engine_config(
     cfg: &Config,
     peers: &[RiptPeerConfig],
     authority: &str,
@@ -258,12 +258,9 @@ pub fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
-        let (addr, transport) = msg::uri_socket(via).ok_or_else(|| {
-            anyhow!(
-                "sip_trunk {}: {via} must name an IP address (DNS resolution of SIP targets is not supported yet)",
-                t.name
-            )
-        })?;
+        let (addr, transport) = resolve_sip_uri(via)
+            .await
+            .with_context(|| format!("sip_trunk {}", t.name))?;
         trunks.push(TrunkInfo {
             name: t.name.clone(),
             host,
@@ -339,6 +336,28 @@ pub fn engine_config(
     })
 }
 
+/// Where to send requests for a SIP URI: an IP literal as is, a host name by its A/AAAA
+/// records (resolved once, at start). RFC 3263 NAPTR/SRV selection is not done: the URI's port
+/// (or 5060/5061) is used.
+async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(SocketAddr, Transport)> {
+    if let Some(r) = msg::uri_socket(uri) {
+        return Ok(r);
+    }
+    let (host, port, transport) =
+        msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
+    let port = port.unwrap_or(if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    });
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address"))?;
+    Ok((addr, transport))
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -359,5 +378,25 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sip_targets_resolve_literals_and_names() {
+        let (a, t) = resolve_sip_uri("sip:127.0.0.1:5080;transport=tcp")
+            .await
+            .unwrap();
+        assert_eq!((a, t), ("127.0.0.1:5080".parse().unwrap(), Transport::Tcp));
+        let (a, t) = resolve_sip_uri("sip:localhost:5090").await.unwrap();
+        assert!(a.ip().is_loopback(), "{a}");
+        assert_eq!((a.port(), t), (5090, Transport::Udp));
+        let (a, _) = resolve_sip_uri("sip:pbx@localhost").await.unwrap();
+        assert_eq!(a.port(), 5060, "default port");
+        assert!(resolve_sip_uri("sip:no-such-host.invalid").await.is_err());
+        assert!(resolve_sip_uri("http://x").await.is_err());
     }
 }

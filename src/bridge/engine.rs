@@ -1907,6 +1907,13 @@ impl Engine {
                 pong.nonce = ev.nonce;
                 self.send_event(key, pong);
             }
+            EventName::Migrate if !server => {
+                // RIPT-00 §F1: tear down and re-establish the streams. Moving to a replacement
+                // call URI (another authority) is not supported yet; the same URI is re-opened.
+                info!(call = %key, uri = ev.uri.as_deref().unwrap_or("-"), "migrate: re-opening the call's streams");
+                self.out
+                    .push_back(Output::Ript(RiptCmd::ClientReopenEvents { call: key }));
+            }
             EventName::Pong | EventName::Migrate | EventName::MediaPanic | EventName::Other(_) => {
                 debug!(call = %key, event = ev.name.as_str(), "event ignored");
             }

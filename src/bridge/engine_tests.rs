@@ -1341,3 +1341,18 @@ fn bye_waits_for_the_callers_ack() {
     assert!(s.sip_out().iter().any(|m| m.starts_with("BYE")));
     assert_eq!(s.e.active_calls(), 0);
 }
+
+#[test]
+fn migrate_makes_the_client_reopen_its_streams() {
+    let mut s = Sim::new();
+    let (key, _) = a_call_answered(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Migrate, 1),
+    });
+    assert!(s
+        .take()
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ClientReopenEvents { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 1, "the call goes on");
+}
