@@ -59,7 +59,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     // HTTP/3 server role.
     let server_cfg = tls::quic_server_config(&identity)?;
-    let endpoint = quinn::Endpoint::server(server_cfg, cfg.http3.listen)
+    let endpoint = quic_endpoint(cfg.http3.listen, Some(server_cfg))
         .map_err(|e| anyhow!("HTTP/3 listener {}: {e}", cfg.http3.listen))?;
     let http3_addr = endpoint.local_addr()?;
     let authority = format!("{}:{}", cfg.http3.server_name, http3_addr.port());
@@ -109,7 +109,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         peers.push(peer_runtime(&cfg, p).await?);
     }
     let client_bind = SocketAddr::new(cfg.http3.listen.ip(), 0);
-    let mut client_ep = quinn::Endpoint::client(client_bind)
+    let mut client_ep = quic_endpoint(client_bind, None)
         .map_err(|e| anyhow!("HTTP/3 client socket {client_bind}: {e}"))?;
     // Per-peer configs are passed on connect; this default is never used without one.
     if let Some(p) = peers.first() {
@@ -183,6 +183,35 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http3_addr,
         metrics,
     })
+}
+
+/// Socket buffer size asked for on QUIC sockets: every call's media shares one socket, so
+/// the kernel default (~208 KiB, ~1000 datagrams) overflows in bursts at a few hundred calls.
+/// The kernel caps it at net.core.rmem_max / wmem_max.
+const QUIC_SOCKET_BUFFER: usize = 4 << 20;
+
+/// A quinn endpoint on a socket with large kernel buffers.
+fn quic_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::warn!(%addr, error = %e, "could not enlarge the QUIC receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(QUIC_SOCKET_BUFFER) {
+        tracing::warn!(%addr, error = %e, "could not enlarge the QUIC send buffer");
+    }
+    socket.bind(&addr.into())?;
+    let rcv = socket.recv_buffer_size().unwrap_or(0);
+    tracing::debug!(%addr, receive_buffer = rcv, "QUIC socket");
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 fn unix_now() -> u64 {
