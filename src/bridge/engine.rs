@@ -1185,7 +1185,7 @@ impl Engine {
         let Some(&(key, purpose)) = self.branches.get(&branch) else {
             if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
                 // A 2xx retransmission: the dialog re-sends its ACK.
-                self.reack(&m);
+                self.reack(now, &m, resp);
             } else {
                 // A retransmitted non-2xx final: the transaction re-sends its ACK.
                 self.txn.on_response(now, &branch, code, |_| None);
@@ -1197,7 +1197,7 @@ impl Engine {
             .on_response(now, &branch, code, |req| build_ack_for(req, resp));
         if disp == ResponseDisposition::Absorb {
             if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
-                self.reack(&m);
+                self.reack(now, &m, resp);
             }
             return;
         }
@@ -1212,9 +1212,20 @@ impl Engine {
         }
     }
 
-    fn reack(&mut self, m: &SipInbound) {
+    fn reack(&mut self, now: Instant, m: &SipInbound, resp: &Response) {
         let tag = m.info.from_tag.clone().unwrap_or_default();
-        if let Some(key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
+        if let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
+            let other_fork = self
+                .calls
+                .get(&key)
+                .and_then(|c| c.sip.as_ref())
+                .map(|s| s.remote_tag.is_some() && s.remote_tag != m.info.to_tag)
+                .unwrap_or(false);
+            if other_fork {
+                self.end_other_fork(now, key, m, resp);
+                return;
+            }
+            let key = &key;
             let ack = self
                 .calls
                 .get(key)
@@ -1225,6 +1236,59 @@ impl Engine {
                 self.out.push_back(Output::Sip(ack));
             }
         }
+    }
+
+    /// A 2xx from a second fork of our INVITE (another To tag): RFC 3261 §13.2.2.4 — ACK it,
+    /// then BYE that dialog; the call stays with the first fork.
+    fn end_other_fork(&mut self, now: Instant, key: CallKey, m: &SipInbound, resp: &Response) {
+        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+            return;
+        };
+        let Some(to) = msg::first_header(&resp.headers, "To") else {
+            return;
+        };
+        let target = msg::first_header(&resp.headers, "Contact")
+            .map(|c| msg::addr_uri(&c).to_string())
+            .unwrap_or_else(|| sip.invite_uri.clone());
+        let dest = msg::uri_socket(&target)
+            .map(|(addr, transport)| Dest {
+                addr,
+                transport,
+                conn: None,
+            })
+            .unwrap_or(sip.dest);
+        let via_host = self.cfg.via_host(sip.transport);
+        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+        let send = |method: &str, cseq: u32, extra: &Extra<'_>| {
+            let branch = msg::branch();
+            let bytes = {
+                let spec = RequestSpec {
+                    method,
+                    uri: &target,
+                    via_host: &via_host,
+                    transport: dest.transport,
+                    branch: &branch,
+                    from: &from,
+                    to: &to,
+                    call_id: &sip.call_id,
+                    cseq,
+                    contact: None,
+                    routes: &[],
+                    max_forwards: 70,
+                };
+                Bytes::from(msg::request(&spec, extra))
+            };
+            (branch, bytes)
+        };
+        let (_, ack) = send("ACK", m.info.cseq, &Extra::none());
+        let (bye_branch, bye) = send(
+            "BYE",
+            m.info.cseq + 1,
+            &Extra::none().header("Reason", "SIP;cause=200;text=\"Call completed elsewhere\""),
+        );
+        debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
+        self.out.push_back(Output::Sip(SipOut { dest, bytes: ack }));
+        self.txn.send_request(now, &bye_branch, false, bye, dest);
     }
 
     fn on_invite_response(

@@ -1356,3 +1356,35 @@ fn migrate_makes_the_client_reopen_its_streams() {
         .any(|o| matches!(o, Output::Ript(RiptCmd::ClientReopenEvents { call }) if *call == key)));
     assert_eq!(s.e.active_calls(), 1, "the call goes on");
 }
+
+#[test]
+fn a_second_fork_answering_gets_ack_and_bye_and_the_call_stays_with_the_first() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "fork1", Some(ANSWER)), TRUNK);
+    s.take();
+    let second = reply(&inv, 200, "OK", "fork2", Some(ANSWER)).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        "Contact: <sip:fork2@127.0.0.1:5081>",
+    );
+    s.sip(&second, TRUNK);
+    let msgs = s.sip_out();
+    let lines = start_lines(&msgs);
+    assert_eq!(
+        lines,
+        vec![
+            "ACK sip:fork2@127.0.0.1:5081 SIP/2.0",
+            "BYE sip:fork2@127.0.0.1:5081 SIP/2.0"
+        ],
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().all(|m| m.contains(";tag=fork2")));
+    assert_eq!(s.e.active_calls(), 1, "the first fork's call goes on");
+    // A retransmission of the first fork's 200 is still ACKed as that dialog.
+    s.sip(&reply(&inv, 200, "OK", "fork1", Some(ANSWER)), TRUNK);
+    let again = s.sip_out();
+    assert_eq!(
+        start_lines(&again),
+        vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
+    );
+}
