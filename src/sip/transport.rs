@@ -95,8 +95,8 @@ pub async fn start(
             metrics,
         }),
     };
-    for s in udp {
-        tokio::spawn(udp_loop(s, sender.clone()));
+    for (i, s) in udp.into_iter().enumerate() {
+        tokio::spawn(udp_loop(s, ConnId(i as u64), sender.clone()));
     }
     for t in tcp {
         let s = sender.clone();
@@ -142,7 +142,8 @@ pub async fn start(
     Ok(sender)
 }
 
-async fn udp_loop(sock: Arc<UdpSocket>, s: SipSender) {
+/// `id` names the socket: replies to what arrives here leave from the same socket.
+async fn udp_loop(sock: Arc<UdpSocket>, id: ConnId, s: SipSender) {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
@@ -158,7 +159,7 @@ async fn udp_loop(sock: Arc<UdpSocket>, s: SipSender) {
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
         }
-        s.deliver(data, src, Transport::Udp, None).await;
+        s.deliver(data, src, Transport::Udp, Some(id)).await;
     }
 }
 
@@ -330,14 +331,19 @@ impl SipSender {
         self.inner.metrics.sip_message(Dir::Out, &kind);
         match out.dest.transport {
             Transport::Udp => {
-                let Some(sock) = self
-                    .inner
-                    .udp
-                    .iter()
-                    .find(|s| {
-                        s.local_addr()
-                            .map(|a| a.is_ipv4() == out.dest.addr.is_ipv4())
-                            .unwrap_or(false)
+                // The socket the request came in on when known, so that strict peers and NATs
+                // see the reply from the address they sent to; else one of the right family.
+                let by_id = out
+                    .dest
+                    .conn
+                    .and_then(|ConnId(i)| self.inner.udp.get(i as usize));
+                let Some(sock) = by_id
+                    .or_else(|| {
+                        self.inner.udp.iter().find(|s| {
+                            s.local_addr()
+                                .map(|a| a.is_ipv4() == out.dest.addr.is_ipv4())
+                                .unwrap_or(false)
+                        })
                     })
                     .or(self.inner.udp.first())
                 else {
@@ -567,6 +573,51 @@ mod tests {
         let second =
             tokio::time::timeout(std::time::Duration::from_millis(200), peer.accept()).await;
         assert!(second.is_err(), "no second connection was opened");
+    }
+
+    #[tokio::test]
+    async fn udp_replies_leave_from_the_socket_the_request_came_in_on() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let a = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let sender = start(
+            Listeners {
+                udp: vec![a, b],
+                tcp: vec![],
+                tls: vec![],
+                tls_acceptor: None,
+            },
+            tx,
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let opt = "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1;rport\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        peer.send_to(opt.as_bytes(), b).await.unwrap();
+        let Some(Input::Sip(m)) = rx.recv().await else {
+            panic!("the OPTIONS reaches the engine")
+        };
+        sender.send(SipOut {
+            dest: Dest {
+                addr: m.src,
+                transport: Transport::Udp,
+                conn: m.conn,
+            },
+            bytes: Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"),
+        });
+        let mut buf = [0u8; 64];
+        let (_, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            from, b,
+            "the reply comes from the second listener, where the request went"
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct ConnId(pub u64);
 pub struct Dest {
     pub addr: SocketAddr,
     pub transport: Transport,
-    /// For stream transports, the connection to reuse if it is still open.
+    /// For stream transports, the connection to reuse if it is still open; for UDP, the
+    /// listening socket a request arrived on (replies leave from it).
     pub conn: Option<ConnId>,
 }
 
