@@ -6,6 +6,7 @@
 
 pub mod hub;
 pub mod rtp;
+pub mod srtp;
 
 pub use hub::MediaHub;
 
