@@ -690,7 +690,7 @@ impl Engine {
         let reject = |me: &mut Self, code: u16, reason: &str, warning: Option<&str>| {
             let mut extra = Extra::none();
             if let Some(w) = warning {
-                extra = extra.header("Warning", format!("399 riptide \"{w}\""));
+                extra = extra.header("Warning", msg::warning(w));
             }
             me.respond(now, &m, code, reason, Some(&to_tag), &extra);
             me.count_rejected();
@@ -916,6 +916,12 @@ impl Engine {
         self.finish(key, CallOutcome::Cancelled);
     }
 
+    /// 488 with a Warning saying why, for an offer riptide cannot take (RFC 3261 §20.43).
+    fn refuse_offer(&mut self, now: Instant, m: &SipInbound, why: &str) {
+        let extra = Extra::none().header("Warning", msg::warning(why));
+        self.respond(now, m, 488, "Not Acceptable Here", None, &extra);
+    }
+
     fn on_ack(&mut self, now: Instant, m: &SipInbound) {
         let Some(tag) = &m.info.to_tag else {
             return;
@@ -1049,28 +1055,12 @@ impl Engine {
             let offer = match sdp::parse(&req.body) {
                 Ok(o) => o,
                 Err(e) => {
-                    let w = format!("399 riptide \"bad SDP: {e}\"");
-                    self.respond(
-                        now,
-                        m,
-                        488,
-                        "Not Acceptable Here",
-                        None,
-                        &Extra::none().header("Warning", w),
-                    );
+                    self.refuse_offer(now, m, &format!("bad SDP: {e}"));
                     return;
                 }
             };
             let Some((audio_index, audio)) = offer.audio() else {
-                let w = "399 riptide \"the offer has no audio stream\"";
-                self.respond(
-                    now,
-                    m,
-                    488,
-                    "Not Acceptable Here",
-                    None,
-                    &Extra::none().header("Warning", w),
-                );
+                self.refuse_offer(now, m, "the offer has no audio stream");
                 return;
             };
             {
@@ -1085,15 +1075,8 @@ impl Engine {
                     if let Some(o) = audio.formats.iter().find(|o| o.same_codec(f)) {
                         formats.push(o.clone());
                     } else if !model::is_auxiliary_codec(&f.name) {
-                        let w = format!("399 riptide \"{} is no longer offered\"", f.name);
-                        self.respond(
-                            now,
-                            m,
-                            488,
-                            "Not Acceptable Here",
-                            None,
-                            &Extra::none().header("Warning", w),
-                        );
+                        let why = format!("{} is no longer offered", f.name);
+                        self.refuse_offer(now, m, &why);
                         return;
                     }
                 }

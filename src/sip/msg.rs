@@ -460,6 +460,18 @@ fn raw_reply(bytes: &[u8], code: u16, reason: &str) -> Option<Vec<u8>> {
     Some(out.into_bytes())
 }
 
+/// A Warning header value (RFC 3261 §20.43, code 399) for `text`. The text often quotes what a
+/// peer sent (an SDP error, a codec name), so quotes, backslashes and control characters are
+/// dropped to keep the quoted-string well-formed.
+pub fn warning(text: &str) -> String {
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(160)
+        .collect();
+    format!("399 riptide \"{text}\"")
+}
+
 /// Extra headers and body for a built message.
 #[derive(Debug, Default, Clone)]
 pub struct Extra<'a> {
@@ -788,6 +800,18 @@ f: <sip:a@b>;tag=1\r\nt: <sip:x@127.0.0.1>\r\ni: cid\r\nCSeq: 7 OPTIONS\r\nl: 0\
         let (parsed, info) = parse(r.as_bytes()).expect("our response parses");
         assert!(parsed.is_response());
         assert_eq!(info.to_tag.as_deref(), Some("xyz"));
+    }
+
+    #[test]
+    fn warning_text_from_a_peer_stays_one_quoted_string() {
+        assert_eq!(
+            warning("no common codec"),
+            "399 riptide \"no common codec\""
+        );
+        assert_eq!(
+            warning("bad \"SDP\"\r\nX: 1 \\"),
+            "399 riptide \"bad SDPX: 1 \""
+        );
     }
 
     #[test]
