@@ -466,6 +466,17 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// A transport with only UDP listeners, delivering to `tx`.
+    async fn udp_only(udp: Vec<SocketAddr>, tx: mpsc::Sender<Input>) -> SipSender {
+        let l = Listeners {
+            udp,
+            tcp: vec![],
+            tls: vec![],
+            tls_acceptor: None,
+        };
+        start(l, tx, Arc::new(Metrics::default())).await.unwrap()
+    }
+
     #[test]
     fn frames_by_content_length_across_chunks() {
         let m1 = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 3\r\n\r\nabc";
@@ -530,18 +541,7 @@ mod tests {
         let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = peer.local_addr().unwrap();
         let (tx, _rx) = mpsc::channel(16);
-        let sender = start(
-            Listeners {
-                udp: vec!["127.0.0.1:0".parse().unwrap()],
-                tcp: vec![],
-                tls: vec![],
-                tls_acceptor: None,
-            },
-            tx,
-            Arc::new(Metrics::default()),
-        )
-        .await
-        .unwrap();
+        let sender = udp_only(vec!["127.0.0.1:0".parse().unwrap()], tx).await;
         let dest = Dest {
             addr,
             transport: Transport::Tcp,
@@ -586,18 +586,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let sender = start(
-            Listeners {
-                udp: vec![a, b],
-                tcp: vec![],
-                tls: vec![],
-                tls_acceptor: None,
-            },
-            tx,
-            Arc::new(Metrics::default()),
-        )
-        .await
-        .unwrap();
+        let sender = udp_only(vec![a, b], tx).await;
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let opt = "OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1;rport\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
         peer.send_to(opt.as_bytes(), b).await.unwrap();

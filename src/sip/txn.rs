@@ -595,6 +595,16 @@ mod tests {
         }
     }
 
+    /// A layer with one request sent at `t0` on branch `b1` (its first send already drained).
+    fn sent(invite: bool, t: Transport) -> (Instant, TxnLayer) {
+        let t0 = Instant::now();
+        let mut l = TxnLayer::new(Duration::from_millis(500), 100);
+        let body: &'static [u8] = if invite { b"INVITE" } else { b"BYE" };
+        l.send_request(t0, "b1", invite, Bytes::from_static(body), dest(t));
+        drain(&mut l);
+        (t0, l)
+    }
+
     fn drain(l: &mut TxnLayer) -> Vec<TxnOutput> {
         std::iter::from_fn(|| l.poll_output()).collect()
     }
@@ -643,16 +653,7 @@ mod tests {
 
     #[test]
     fn provisional_stops_invite_retransmission_and_timer_b() {
-        let t0 = Instant::now();
-        let mut l = TxnLayer::new(Duration::from_millis(500), 100);
-        l.send_request(
-            t0,
-            "b1",
-            true,
-            Bytes::from_static(b"INVITE"),
-            dest(Transport::Udp),
-        );
-        drain(&mut l);
+        let (t0, mut l) = sent(true, Transport::Udp);
         assert_eq!(
             l.on_response(t0 + Duration::from_millis(100), "b1", 180, |_| None),
             ResponseDisposition::Deliver
@@ -664,16 +665,7 @@ mod tests {
 
     #[test]
     fn non_2xx_final_is_acked_and_retransmitted_final_reacked() {
-        let t0 = Instant::now();
-        let mut l = TxnLayer::new(Duration::from_millis(500), 100);
-        l.send_request(
-            t0,
-            "b1",
-            true,
-            Bytes::from_static(b"INVITE"),
-            dest(Transport::Udp),
-        );
-        drain(&mut l);
+        let (t0, mut l) = sent(true, Transport::Udp);
         let d = l.on_response(t0, "b1", 486, |_| Some(Bytes::from_static(b"ACK")));
         assert_eq!(d, ResponseDisposition::Deliver);
         let out = drain(&mut l);
@@ -685,16 +677,7 @@ mod tests {
 
     #[test]
     fn reliable_transport_does_not_retransmit() {
-        let t0 = Instant::now();
-        let mut l = TxnLayer::new(Duration::from_millis(500), 100);
-        l.send_request(
-            t0,
-            "b1",
-            false,
-            Bytes::from_static(b"BYE"),
-            dest(Transport::Tcp),
-        );
-        drain(&mut l);
+        let (t0, mut l) = sent(false, Transport::Tcp);
         let got = run_until(&mut l, t0, t0 + Duration::from_secs(40));
         assert_eq!(got.len(), 1);
         assert!(matches!(got[0].1, TxnOutput::ClientTimeout { .. }));
