@@ -111,13 +111,7 @@ impl Sim {
 
     /// SIP messages sent since the last take, as text.
     fn sip_out(&mut self) -> Vec<String> {
-        self.take()
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-                _ => None,
-            })
-            .collect()
+        sip_texts(&self.take())
     }
 }
 
@@ -210,6 +204,32 @@ fn pcmu_adv() -> Advertisement {
     }
 }
 
+/// SIP messages among `out`, as text.
+fn sip_texts(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `POST {TG}/calls` on TG `trunk` for `answer`, advertising PCMU and telephone-event.
+fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
+    RiptEvent::IncomingCall {
+        req,
+        tg: "trunk".into(),
+        request: CallRequest {
+            handler: None,
+            destination: "answer".into(),
+            from: from.map(str::to_string),
+            passport: None,
+            advertisement: Some(pcmu_adv()),
+        },
+        principal: principal.into(),
+    }
+}
+
 fn description(p: Proposal) -> CallDescription {
     CallDescription {
         uri: "https://localhost:4434/.well-known/ript/v1/providertgs/trunk/calls/x1".into(),
@@ -252,14 +272,19 @@ fn a_call_created(s: &mut Sim) -> CallKey {
     key
 }
 
-/// Caller side, answered and ACKed; returns the key and our To tag.
-fn a_call_answered(s: &mut Sim) -> (CallKey, String) {
-    let key = a_call_created(s);
+/// The RIPT side answers a caller-side call; returns the 200 sent to the caller.
+fn answer(s: &mut Sim, key: CallKey) -> String {
     s.ript(RiptEvent::ClientEvent {
         call: key,
         event: ev(EventName::Answered, 0),
     });
-    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip_out().remove(0)
+}
+
+/// Caller side, answered and ACKed; returns the key and our To tag.
+fn a_call_answered(s: &mut Sim) -> (CallKey, String) {
+    let key = a_call_created(s);
+    let tag = to_tag_of(&answer(s, key));
     s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
     (key, tag)
 }
@@ -292,11 +317,7 @@ fn sip_call_in_becomes_ript_call_and_answer_becomes_200_with_chosen_codec() {
 fn answer_2xx_is_retransmitted_until_ack() {
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let ok = s.sip_out().remove(0);
+    let ok = answer(&mut s, key);
     let tag = to_tag_of(&ok);
     s.advance(Duration::from_millis(1600));
     assert_eq!(
@@ -315,13 +336,7 @@ fn cancel_before_answer_gives_487_and_ends_ript_leg() {
     let key = a_call_created(&mut s);
     s.sip(&cancel("z9hG4bKinv1"), CALLER);
     let out = s.take();
-    let sips: Vec<String> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let sips = sip_texts(&out);
     assert_eq!(
         start_lines(&sips),
         vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]
@@ -342,22 +357,12 @@ fn cancel_before_answer_gives_487_and_ends_ript_leg() {
 fn cancel_crossing_our_200_has_no_effect_and_the_call_continues() {
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let ok = s.sip_out().remove(0);
+    let ok = answer(&mut s, key);
     let tag = to_tag_of(&ok);
     // The caller's CANCEL was sent before our 200 reached it.
     s.sip(&cancel("z9hG4bKinv1"), CALLER);
     let out = s.take();
-    let sips: Vec<_> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-            _ => None,
-        })
-        .collect();
+    let sips = sip_texts(&out);
     assert_eq!(
         start_lines(&sips),
         vec!["SIP/2.0 200 OK"],
@@ -391,18 +396,7 @@ fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
 
 /// As `b_invite_sent`, but the client never opens its events stream.
 fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
-    s.ript(RiptEvent::IncomingCall {
-        req: ReqId(1),
-        tg: "trunk".into(),
-        request: CallRequest {
-            handler: None,
-            destination: "answer".into(),
-            from: Some("+12155551212".into()),
-            passport: None,
-            advertisement: Some(pcmu_adv()),
-        },
-        principal: "gateway-a".into(),
-    });
+    s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
     let out = s.take();
     let key = out
         .iter()
@@ -413,12 +407,9 @@ fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
             _ => None,
         })
         .expect("201 for the call");
-    let invite = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-            _ => None,
-        })
+    let invite = sip_texts(&out)
+        .into_iter()
+        .next()
         .expect("INVITE to the trunk");
     assert!(
         invite.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
@@ -641,11 +632,7 @@ fn server_call_without_events_stream_ends_after_grace() {
 fn reinvite_glare_gets_491_and_our_reinvite_is_retried() {
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let ok = s.sip_out().remove(0);
+    let ok = answer(&mut s, key);
     let tag = to_tag_of(&ok);
     s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
     // The far RIPT side puts the call on hold: we re-INVITE the caller.
@@ -706,13 +693,7 @@ fn hold_reinvite_is_answered_and_relayed_as_hold_event_and_refresh_is_not() {
         CALLER,
     );
     let out = s.take();
-    let ok = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-            _ => None,
-        })
-        .unwrap();
+    let ok = sip_texts(&out).into_iter().next().unwrap();
     assert!(
         ok.starts_with("SIP/2.0 200 OK") && ok.contains("a=recvonly"),
         "{ok}"
@@ -1176,18 +1157,7 @@ fn outbound_proxy_gets_the_invite_with_a_route_header() {
         conn: None,
     };
     s.e.cfg.trunks[0].proxy_route = Some("<sip:127.0.0.1:5099;lr>".into());
-    s.ript(RiptEvent::IncomingCall {
-        req: ReqId(1),
-        tg: "trunk".into(),
-        request: CallRequest {
-            handler: None,
-            destination: "answer".into(),
-            from: None,
-            passport: None,
-            advertisement: Some(pcmu_adv()),
-        },
-        principal: "a".into(),
-    });
+    s.ript(incoming_call(ReqId(1), None, "a"));
     let sent = s
         .take()
         .into_iter()
@@ -1240,18 +1210,7 @@ fn a_client_over_its_call_limit_gets_429_and_the_slot_frees_when_a_call_ends() {
     for _ in 0..3 {
         keys.push(b_invite_sent(&mut s).0);
     }
-    s.ript(RiptEvent::IncomingCall {
-        req: ReqId(9),
-        tg: "trunk".into(),
-        request: CallRequest {
-            handler: None,
-            destination: "answer".into(),
-            from: None,
-            passport: None,
-            advertisement: Some(pcmu_adv()),
-        },
-        principal: "gateway-a".into(),
-    });
+    s.ript(incoming_call(ReqId(9), None, "gateway-a"));
     assert!(s.take().iter().any(|o| matches!(o,
         Output::Ript(RiptCmd::RespondCall { req: ReqId(9), result: Err(p) }) if p.status == 429)));
     s.ript(RiptEvent::ServerEvent {
@@ -1323,11 +1282,7 @@ fn reinvite_answered_481_ends_the_call_and_2xx_refreshes_the_target() {
 fn bye_waits_for_the_callers_ack() {
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Answered, 0),
-    });
-    let tag = to_tag_of(&s.sip_out().remove(0));
+    let tag = to_tag_of(&answer(&mut s, key));
     // The far side hangs up before the caller's ACK arrived.
     s.ript(RiptEvent::ClientEvent {
         call: key,
