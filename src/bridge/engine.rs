@@ -633,14 +633,7 @@ impl Engine {
                 );
             }
             _ => {
-                self.respond(
-                    now,
-                    &m,
-                    405,
-                    "Method Not Allowed",
-                    None,
-                    &Extra::none().header("Allow", msg::ALLOW),
-                );
+                self.method_not_allowed(now, &m);
             }
         }
     }
@@ -916,6 +909,12 @@ impl Engine {
         self.finish(key, CallOutcome::Cancelled);
     }
 
+    /// 405 with the methods we do support (RFC 3261 §21.4.6).
+    fn method_not_allowed(&mut self, now: Instant, m: &SipInbound) {
+        let extra = Extra::none().header("Allow", msg::ALLOW);
+        self.respond(now, m, 405, "Method Not Allowed", None, &extra);
+    }
+
     /// 488 with a Warning saying why, for an offer riptide cannot take (RFC 3261 §20.43).
     fn refuse_offer(&mut self, now: Instant, m: &SipInbound, why: &str) {
         let extra = Extra::none().header("Warning", msg::warning(why));
@@ -1006,14 +1005,7 @@ impl Engine {
                 self.respond(now, &m, 200, "OK", None, &Extra::none());
             }
             _ => {
-                self.respond(
-                    now,
-                    &m,
-                    405,
-                    "Method Not Allowed",
-                    None,
-                    &Extra::none().header("Allow", msg::ALLOW),
-                );
+                self.method_not_allowed(now, &m);
             }
         }
     }
