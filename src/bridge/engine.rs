@@ -278,7 +278,6 @@ struct RiptLeg {
     role: RiptRole,
     id: Option<String>,
     uri: Option<String>,
-    created: bool,
     out_seq: u64,
     in_seq: Option<u64>,
     proposal: Option<Proposal>,
@@ -815,7 +814,6 @@ impl Engine {
                 role: RiptRole::Client { peer },
                 id: None,
                 uri: None,
-                created: false,
                 out_seq: 0,
                 in_seq: None,
                 proposal: None,
@@ -1732,7 +1730,6 @@ impl Engine {
                 role: RiptRole::Server,
                 id: Some(id.clone()),
                 uri: Some(uri.clone()),
-                created: true,
                 out_seq: 0,
                 in_seq: None,
                 proposal: proposal.as_ref().ok().cloned(),
@@ -1902,7 +1899,6 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        call.ript.created = true;
         call.ript.id = d.uri.rsplit('/').next().map(str::to_string);
         if let Some(id) = &call.ript.id {
             call.span.record("ript_call", id.as_str());
@@ -2524,7 +2520,8 @@ impl Engine {
                 event: ev,
             },
             RiptRole::Client { .. } => {
-                if !call.ript.created {
+                // Not created yet: `on_call_created` sends `end` for a call ended meanwhile.
+                if call.ript.uri.is_none() {
                     return;
                 }
                 RiptCmd::ClientSend {
@@ -2542,7 +2539,7 @@ impl Engine {
             return;
         };
         let role = call.ript.role;
-        let created = call.ript.created;
+        let created = call.ript.uri.is_some();
         self.send_event(key, end_event(reason));
         match role {
             RiptRole::Server => self

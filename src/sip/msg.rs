@@ -56,7 +56,7 @@ pub fn parse(bytes: &[u8]) -> Result<(SipMessage, Info), BadMessage> {
         Err(e) => {
             let text = e.to_string();
             // An unknown method is well-formed SIP that we do not implement.
-            if text.contains("invalid method") && looks_like_request(bytes) {
+            if unknown_method(bytes) {
                 return Err(bad(bytes, 501, "Not Implemented"));
             }
             return Err(bad(bytes, 400, &format!("Bad Request ({})", short(&text))));
@@ -79,6 +79,26 @@ fn short(s: &str) -> String {
 
 fn looks_like_request(bytes: &[u8]) -> bool {
     !bytes.starts_with(b"SIP/")
+}
+
+/// A request line `TOKEN SP URI SP SIP/2.0` whose method is a valid token that the parser
+/// does not know (RFC 3261 §21.5.2: 501).
+fn unknown_method(bytes: &[u8]) -> bool {
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    let Ok(line) = std::str::from_utf8(line) else {
+        return false;
+    };
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(_uri), Some("SIP/2.0"), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let is_token = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+    is_token && method.parse::<Method>().is_err()
 }
 
 fn info(msg: &SipMessage, raw: &[u8]) -> Result<Info, String> {
