@@ -92,6 +92,7 @@ fn new_hub() -> MediaHub {
         port_min: 0,
         port_max: 0,
         latching: false,
+        ..MediaConfig::default()
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     std::mem::forget(rx);

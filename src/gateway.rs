@@ -3,6 +3,7 @@
 use crate::auth::LocalIssuer;
 use crate::bridge::driver::{self, Sinks};
 use crate::bridge::engine::{Engine, EngineConfig, PeerInfo, TgInfo, TgRoute, TgTarget, TrunkInfo};
+use crate::bridge::secure::MediaPolicy;
 use crate::config::{Config, RiptPeerConfig};
 use crate::media::MediaHub;
 use crate::metrics::Metrics;
@@ -53,7 +54,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
 
     let (media_tx, media_rx) = mpsc::unbounded_channel();
-    let media = MediaHub::new(&cfg.media, metrics.clone(), media_tx);
+    // One DTLS-SRTP certificate per gateway process (ECDSA P-256), its fingerprint in our SDP.
+    let dtls = Arc::new(
+        crate::media::dtls::DtlsIdentity::generate()
+            .map_err(|e| anyhow!("DTLS certificate: {e}"))?,
+    );
+    let dtls_fingerprint = dtls.fingerprint();
+    let media = MediaHub::new(&cfg.media, metrics.clone(), media_tx).with_dtls_identity(dtls);
     let (ript_tx, ript_rx) = mpsc::channel(8192);
     let (sip_tx, sip_rx) = mpsc::channel(16384);
 
@@ -162,7 +169,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         });
     }
 
-    let ecfg = engine_config(&cfg, &peer_cfgs, &authority).await?;
+    let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
     let engine = Engine::new(ecfg, metrics.clone());
     tokio::spawn(driver::run(
         engine,
@@ -258,6 +265,7 @@ pub async fn engine_config(
     cfg: &Config,
     peers: &[RiptPeerConfig],
     authority: &str,
+    dtls_fingerprint: &str,
 ) -> anyhow::Result<EngineConfig> {
     let mut sip_hosts = HashMap::new();
     let host_of = |a: &SocketAddr| {
@@ -304,6 +312,16 @@ pub async fn engine_config(
                 .map(|p| format!("<{};lr>", p.trim_end_matches(";lr"))),
             codecs: t.codecs.clone(),
             max_redirects: t.max_redirects,
+            media: MediaPolicy {
+                security: t.security.unwrap_or(cfg.media.security),
+                ice: t.ice.unwrap_or(cfg.media.ice),
+                latching: t.latching.unwrap_or(cfg.media.latching),
+            },
+            match_sources: t
+                .match_sources
+                .iter()
+                .filter_map(|s| crate::config::parse_source(s))
+                .collect(),
         });
     }
     let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);
@@ -344,7 +362,12 @@ pub async fn engine_config(
         media_ip: cfg.media.ip,
         port_min: cfg.media.port_min,
         port_max: cfg.media.port_max,
-        latching: cfg.media.latching,
+        media: MediaPolicy {
+            security: cfg.media.security,
+            ice: cfg.media.ice,
+            latching: cfg.media.latching,
+        },
+        dtls_fingerprint: dtls_fingerprint.to_string(),
         t1: Duration::from_millis(cfg.sip.t1_ms.max(1)),
         max_calls: cfg.sip.max_calls.max(1),
         no_answer_timeout: Duration::from_secs(cfg.sip.no_answer_timeout_secs.max(1)),

@@ -19,8 +19,16 @@ pub enum DropReason {
     QuicSend,
     /// The UDP send toward the legacy side failed.
     UdpSend,
-    /// From an address that is not the latched/remote one.
+    /// From an address that is not the latched/remote one (or, with ICE, not a checked one).
     WrongSource,
+    /// SRTP/SRTCP authentication or replay check failed (tampered, replayed, wrong key).
+    Srtp,
+    /// The leg is secured but its keys are not ready (DTLS handshake running or failed).
+    NotSecured,
+    /// ICE: no checked address with fresh consent to send to.
+    IceUnchecked,
+    /// A STUN packet that failed validation, or STUN on a leg without ICE.
+    Stun,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,12 +38,16 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
         DropReason::UdpSend,
         DropReason::WrongSource,
+        DropReason::Srtp,
+        DropReason::NotSecured,
+        DropReason::IceUnchecked,
+        DropReason::Stun,
     ];
 
     pub fn label(self) -> &'static str {
@@ -45,6 +57,10 @@ impl DropReason {
             DropReason::QuicSend => "quic_send",
             DropReason::UdpSend => "udp_send",
             DropReason::WrongSource => "wrong_source",
+            DropReason::Srtp => "srtp_auth",
+            DropReason::NotSecured => "not_secured",
+            DropReason::IceUnchecked => "ice_unchecked",
+            DropReason::Stun => "stun",
         }
     }
 }
@@ -105,7 +121,7 @@ pub struct Metrics {
     pub rtp_sip_to_quic: AtomicU64,
     pub rtp_quic_to_sip: AtomicU64,
     pub rtcp_received: AtomicU64,
-    pub media_dropped: [AtomicU64; 5],
+    pub media_dropped: [AtomicU64; DropReason::ALL.len()],
     pub calls_active: AtomicI64,
     pub calls_total: [AtomicU64; 6],
     /// (direction, method or status code) → count.

@@ -216,7 +216,75 @@ pub struct SessionDesc {
     pub session_version: u64,
     /// Session-level `c=`.
     pub connection: Option<IpAddr>,
+    /// Session-level attributes other than direction, in order.
+    pub attributes: Vec<(String, Option<String>)>,
     pub media: Vec<MediaDesc>,
+}
+
+/// The media-security and ICE attributes of one m-line, media-level values taking precedence
+/// over session-level ones (RFC 8842 §5.1, RFC 8839 §5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityDesc {
+    /// `a=crypto` values (RFC 4568), in the order given.
+    pub crypto: Vec<String>,
+    /// `a=fingerprint` values (RFC 8122).
+    pub fingerprints: Vec<String>,
+    /// `a=setup` (RFC 4145).
+    pub setup: Option<String>,
+    pub ice_ufrag: Option<String>,
+    pub ice_pwd: Option<String>,
+    /// Session-level `a=ice-lite`.
+    pub ice_lite: bool,
+    /// UDP host/srflx/relay candidates of component 1 with an IP literal address.
+    pub candidates: Vec<SocketAddr>,
+}
+
+impl SessionDesc {
+    /// The security and ICE attributes that apply to `m`.
+    pub fn security(&self, m: &MediaDesc) -> SecurityDesc {
+        fn values<'a>(
+            attrs: &'a [(String, Option<String>)],
+            k: &'a str,
+        ) -> impl Iterator<Item = String> + 'a {
+            attrs
+                .iter()
+                .filter(move |(key, _)| key == k)
+                .map(|(_, v)| v.as_deref().unwrap_or("").trim().to_string())
+        }
+        let media = |k: &'static str| values(&m.other_attributes, k);
+        let session = |k: &'static str| values(&self.attributes, k);
+        let either = |k: &'static str| media(k).next().or_else(|| session(k).next());
+        let mut fingerprints: Vec<String> = media("fingerprint").collect();
+        if fingerprints.is_empty() {
+            fingerprints = session("fingerprint").collect();
+        }
+        SecurityDesc {
+            crypto: media("crypto").collect(),
+            fingerprints,
+            setup: either("setup"),
+            ice_ufrag: either("ice-ufrag"),
+            ice_pwd: either("ice-pwd"),
+            ice_lite: self.attributes.iter().any(|(k, _)| k == "ice-lite"),
+            candidates: media("candidate")
+                .filter_map(|c| parse_candidate(&c))
+                .collect(),
+        }
+    }
+}
+
+/// `foundation component transport priority address port typ type ...` (RFC 8839 §5.1): the
+/// address of a UDP candidate for component 1 (RTP); `None` for anything else, including
+/// mDNS `.local` names riptide cannot resolve.
+fn parse_candidate(v: &str) -> Option<SocketAddr> {
+    let mut it = v.split_ascii_whitespace();
+    let _foundation = it.next()?;
+    if it.next()? != "1" || !it.next()?.eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    let _priority = it.next()?;
+    let ip: IpAddr = it.next()?.parse().ok()?;
+    let port: u16 = it.next()?.parse().ok()?;
+    (port != 0).then_some(SocketAddr::new(ip, port))
 }
 
 impl SessionDesc {
@@ -427,6 +495,12 @@ pub fn parse(body: &[u8]) -> Result<SessionDesc, SdpError> {
         session_id: sd.origin.session_id,
         session_version: sd.origin.session_version,
         connection: conn_addr(&sd.connection_information)?,
+        attributes: sd
+            .attributes
+            .iter()
+            .filter(|a| SdpDirection::from_attr(&a.key).is_none())
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect(),
         media,
     })
 }
@@ -451,6 +525,13 @@ pub struct LocalSdp {
     /// Position of the audio m-line among all m-lines (RFC 3264 §6: an answer keeps the offer's
     /// m-line order).
     pub audio_index: usize,
+    /// The audio m-line's transport: `RTP/AVP`, `RTP/SAVP`, `UDP/TLS/RTP/SAVPF`, ...
+    pub proto: String,
+    /// Session-level attributes, as `name[:value]` (e.g. `ice-lite`).
+    pub session_attrs: Vec<String>,
+    /// Audio-level security and ICE attributes, as `name[:value]` (crypto, fingerprint, setup,
+    /// ice-ufrag, ice-pwd, candidate).
+    pub media_attrs: Vec<String>,
 }
 
 impl LocalSdp {
@@ -468,6 +549,9 @@ impl LocalSdp {
             rtcp_mux: false,
             rejected: Vec::new(),
             audio_index: 0,
+            proto: "RTP/AVP".into(),
+            session_attrs: Vec::new(),
+            media_attrs: Vec::new(),
         }
     }
 }
@@ -482,6 +566,9 @@ pub fn build(l: &LocalSdp) -> String {
         "v=0\r\no={} {} {} IN {ipv} {}\r\ns=riptide\r\nc=IN {ipv} {}\r\nt=0 0\r\n",
         l.username, l.session_id, l.session_version, l.ip, l.ip
     );
+    for a in &l.session_attrs {
+        let _ = write!(s, "a={a}\r\n");
+    }
     let audio_at = l.audio_index.min(l.rejected.len());
     let mut rejected = l.rejected.iter();
     for i in 0..=l.rejected.len() {
@@ -508,7 +595,7 @@ fn write_audio(s: &mut String, l: &LocalSdp) {
     } else {
         pts.join(" ")
     };
-    let _ = write!(s, "m=audio {} RTP/AVP {pts}\r\n", l.port);
+    let _ = write!(s, "m=audio {} {} {pts}\r\n", l.port, l.proto);
     for f in &l.formats {
         let _ = write!(s, "a=rtpmap:{}\r\n", f.rtpmap());
         if let Some(fmtp) = f.fmtp.as_deref().filter(|p| !p.is_empty()) {
@@ -521,6 +608,9 @@ fn write_audio(s: &mut String, l: &LocalSdp) {
     let _ = write!(s, "a={}\r\n", l.direction.as_attr());
     if l.rtcp_mux {
         s.push_str("a=rtcp-mux\r\n");
+    }
+    for a in &l.media_attrs {
+        let _ = write!(s, "a={a}\r\n");
     }
 }
 
@@ -799,5 +889,53 @@ mod tests {
         }
         assert_eq!(SdpDirection::SendOnly.reverse(), SdpDirection::RecvOnly);
         assert!(SdpDirection::SendOnly.sends() && !SdpDirection::SendOnly.receives());
+    }
+
+    /// baresip 1.0's ICE + DTLS offer (/work research notes): fingerprint, setup and ICE
+    /// credentials at session level, the candidate and `c=` at media level.
+    #[test]
+    fn security_attributes_fall_back_to_session_level() {
+        let offer = "v=0\r\no=- 3417709960 543357352 IN IP4 127.0.0.1\r\ns=-\r\n\
+            c=IN IP4 127.0.0.1\r\nt=0 0\r\na=ice-ufrag:bQ3jDIS\r\n\
+            a=ice-pwd:cYbPoUadee6NvVIISn2qEWqvQSLCbBf\r\na=setup:actpass\r\n\
+            a=fingerprint:SHA-256 1E:A0:7C:33\r\n\
+            m=audio 21016 UDP/TLS/RTP/SAVPF 0 101\r\nc=IN IP4 127.0.0.2\r\n\
+            a=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=rtcp-mux\r\n\
+            a=candidate:7f000002 1 UDP 2113929471 127.0.0.2 21016 typ host\r\n\
+            a=candidate:7f000003 2 UDP 2113929470 127.0.0.2 21017 typ host\r\n\
+            a=candidate:x 1 UDP 2113929470 abc.local 21018 typ host\r\n";
+        let sd = parse(offer.as_bytes()).unwrap();
+        let (_, m) = sd.audio().unwrap();
+        let sec = sd.security(m);
+        assert_eq!(sec.ice_ufrag.as_deref(), Some("bQ3jDIS"));
+        assert_eq!(
+            sec.ice_pwd.as_deref(),
+            Some("cYbPoUadee6NvVIISn2qEWqvQSLCbBf")
+        );
+        assert_eq!(sec.setup.as_deref(), Some("actpass"));
+        assert_eq!(sec.fingerprints, vec!["SHA-256 1E:A0:7C:33".to_string()]);
+        assert_eq!(
+            sec.candidates,
+            vec!["127.0.0.2:21016".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(!sec.ice_lite);
+        assert!(sec.crypto.is_empty());
+    }
+
+    #[test]
+    fn local_security_attributes_are_written() {
+        let mut l = sample_local();
+        l.proto = "RTP/SAVP".into();
+        l.session_attrs = vec!["ice-lite".into()];
+        l.media_attrs = vec!["crypto:1 AES_CM_128_HMAC_SHA1_80 inline:abc".into()];
+        let sd = parse(build(&l).as_bytes()).unwrap();
+        let (_, m) = sd.audio().unwrap();
+        assert_eq!(m.proto, "RTP/SAVP");
+        let sec = sd.security(m);
+        assert!(sec.ice_lite);
+        assert_eq!(
+            sec.crypto,
+            vec!["1 AES_CM_128_HMAC_SHA1_80 inline:abc".to_string()]
+        );
     }
 }

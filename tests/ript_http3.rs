@@ -85,6 +85,7 @@ fn hub(metrics: Arc<Metrics>) -> MediaHub {
         port_min: 0,
         port_max: 0,
         latching: true,
+        ..MediaConfig::default()
     };
     // BindFailed is not expected in these tests; nothing reads the events.
     let (tx, rx) = mpsc::unbounded_channel();

@@ -4,59 +4,14 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use riptide::bridge::engine::{
-    Engine, EngineConfig, Input, Output, PeerInfo, SipInbound, TgInfo, TgRoute, TgTarget, TrunkInfo,
-};
+use riptide::bridge::engine::{Engine, EngineConfig, Input, Output, SipInbound};
 use riptide::metrics::Metrics;
 use riptide::sip::msg::{self, Transport};
-use riptide::sip::txn::Dest;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn engine() -> Engine {
-    let mut sip_hosts = HashMap::new();
-    sip_hosts.insert(Transport::Udp, "127.0.0.1:5070".to_string());
-    let cfg = EngineConfig {
-        node: "t".into(),
-        sip_hosts,
-        media_ip: "127.0.0.1".parse().unwrap(),
-        port_min: 20000,
-        port_max: 20999,
-        latching: true,
-        t1: Duration::from_millis(500),
-        max_calls: 200,
-        no_answer_timeout: Duration::from_secs(60),
-        sip_routes: vec![("".into(), 0)],
-        peers: vec![PeerInfo {
-            name: "b".into(),
-            codecs: riptide::config::default_codecs(),
-        }],
-        tgs: vec![TgInfo {
-            name: "trunk".into(),
-            routes: vec![TgRoute {
-                prefix: "".into(),
-                target: TgTarget::Trunk(0),
-            }],
-        }],
-        trunks: vec![TrunkInfo {
-            name: "pbx".into(),
-            host: "127.0.0.1:5080".into(),
-            dest: Dest {
-                addr: "127.0.0.1:5080".parse().unwrap(),
-                transport: Transport::Udp,
-                conn: None,
-            },
-            proxy_route: None,
-            codecs: riptide::config::default_codecs(),
-            max_redirects: 3,
-        }],
-        http_authority: "localhost:4434".into(),
-        events_grace: Duration::from_secs(30),
-        keepalive: Some(Duration::from_secs(10)),
-        max_calls_per_client: 100,
-    };
-    Engine::new(cfg, Arc::new(Metrics::default()))
+    Engine::new(EngineConfig::example(), Arc::new(Metrics::default()))
 }
 
 /// What the gateway answers to one datagram: the status of its first SIP output, or `None`.

@@ -11,6 +11,7 @@
 //! HTTP/3), or, for the built-in echo service, only a RIPT server leg.
 
 use super::negotiate;
+use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Metrics};
 use crate::ript::model::{
@@ -85,6 +86,10 @@ pub struct TrunkInfo {
     pub proxy_route: Option<String>,
     pub codecs: Vec<String>,
     pub max_redirects: u8,
+    /// Media policy of this trunk's legs.
+    pub media: MediaPolicy,
+    /// INVITE sources that belong to this trunk (address, and port when given).
+    pub match_sources: Vec<(IpAddr, Option<u16>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,7 +107,10 @@ pub struct EngineConfig {
     pub media_ip: IpAddr,
     pub port_min: u16,
     pub port_max: u16,
-    pub latching: bool,
+    /// Media policy of legacy legs no trunk claims.
+    pub media: MediaPolicy,
+    /// Our DTLS certificate's `a=fingerprint` value.
+    pub dtls_fingerprint: String,
     pub t1: Duration,
     pub max_calls: usize,
     pub no_answer_timeout: Duration,
@@ -124,6 +132,78 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// A small complete configuration: SIP on 127.0.0.1:5070, one RIPT peer `b` for every
+    /// destination, TG `trunk` routing everything to SIP trunk `pbx` at 127.0.0.1:5080, plain
+    /// RTP without ICE. Tests and benches start from it.
+    pub fn example() -> EngineConfig {
+        let mut sip_hosts = HashMap::new();
+        sip_hosts.insert(Transport::Udp, "127.0.0.1:5070".to_string());
+        let media = MediaPolicy {
+            security: crate::config::MediaSecurity::Rtp,
+            ice: crate::config::IceMode::Off,
+            latching: true,
+        };
+        let trunk = "127.0.0.1:5080";
+        EngineConfig {
+            node: "t".into(),
+            sip_hosts,
+            media_ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port_min: 20000,
+            port_max: 20999,
+            media,
+            dtls_fingerprint: "sha-256 00:11:22:33".into(),
+            t1: Duration::from_millis(500),
+            max_calls: 200,
+            no_answer_timeout: Duration::from_secs(60),
+            sip_routes: vec![(String::new(), 0)],
+            peers: vec![PeerInfo {
+                name: "b".into(),
+                codecs: crate::config::default_codecs(),
+            }],
+            tgs: vec![TgInfo {
+                name: "trunk".into(),
+                routes: vec![TgRoute {
+                    prefix: String::new(),
+                    target: TgTarget::Trunk(0),
+                }],
+            }],
+            trunks: vec![TrunkInfo {
+                name: "pbx".into(),
+                host: trunk.into(),
+                dest: Dest {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 5080)),
+                    transport: Transport::Udp,
+                    conn: None,
+                },
+                proxy_route: None,
+                codecs: crate::config::default_codecs(),
+                max_redirects: 3,
+                media,
+                match_sources: vec![],
+            }],
+            http_authority: "localhost:4434".into(),
+            events_grace: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(10)),
+            max_calls_per_client: 100,
+        }
+    }
+
+    /// The trunk an INVITE from `src` belongs to: an entry with the port beats one without.
+    fn trunk_of_source(&self, src: SocketAddr) -> Option<usize> {
+        let exact = self.trunks.iter().position(|t| {
+            t.match_sources
+                .iter()
+                .any(|(ip, port)| *ip == src.ip() && *port == Some(src.port()))
+        });
+        exact.or_else(|| {
+            self.trunks.iter().position(|t| {
+                t.match_sources
+                    .iter()
+                    .any(|(ip, port)| *ip == src.ip() && port.is_none())
+            })
+        })
+    }
+
     fn via_host(&self, t: Transport) -> String {
         self.sip_hosts
             .get(&t)
@@ -231,7 +311,8 @@ struct SipLeg {
     final_done: bool,
     pending_2xx: Option<Pending2xx>,
     local_sdp: Option<LocalSdp>,
-    /// Current direction of the media we send, as last negotiated.
+    /// Media security and ICE of this leg across offer/answer rounds.
+    sec: Option<LegSecurity>,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -469,6 +550,11 @@ impl Engine {
             Input::Media(MediaEvent::BindFailed { call, port, reason }) => {
                 warn!(%call, port, %reason, "media port bind failed");
                 self.fail_call(now, call, 503, "Service Unavailable (media port)");
+            }
+            Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
+                let _g = self.span(call).entered();
+                warn!(%call, %reason, "ending the call: legacy media security failed");
+                self.fail_call(now, call, 488, "Not Acceptable Here");
             }
         }
         self.pump(now);
@@ -712,7 +798,12 @@ impl Engine {
             reject(self, 488, "Not Acceptable Here", Some("no audio stream"));
             return;
         };
-        let codecs = self.cfg.peers[peer].codecs.clone();
+        // A trunk that claims the source brings its media policy and codecs.
+        let claimed = self.cfg.trunk_of_source(m.src);
+        let (policy, codecs) = match claimed {
+            Some(t) => (self.cfg.trunks[t].media, self.cfg.trunks[t].codecs.clone()),
+            None => (self.cfg.media, self.cfg.peers[peer].codecs.clone()),
+        };
         let adv = match negotiate::offer_to_advertisement(audio, &codecs) {
             Ok(a) => a,
             Err(e) => {
@@ -734,6 +825,16 @@ impl Engine {
             reject(self, 503, "Service Unavailable", Some("no media port free"));
             return;
         };
+        let mut sec = LegSecurity::new(policy, &self.cfg.dtls_fingerprint, self.cfg.media_ip, port);
+        let negotiated = match sec.answer(&audio.proto, &offer.security(audio), offer.audio_addr())
+        {
+            Ok(n) => n,
+            Err(why) => {
+                self.ports.put(port);
+                reject(self, 488, "Not Acceptable Here", Some(&why));
+                return;
+            }
+        };
         let key = self.new_key();
         let rtcp_mux = audio.rtcp_mux;
         let local_sdp = LocalSdp {
@@ -754,6 +855,9 @@ impl Engine {
                 .map(|(_, md)| (md.kind.clone(), md.proto.clone(), md.raw_formats.clone()))
                 .collect(),
             audio_index: offer.audio().map(|(i, _)| i).unwrap_or(0),
+            proto: sec.proto.clone(),
+            session_attrs: sec.session_attrs.clone(),
+            media_attrs: sec.media_attrs.clone(),
         };
         let sip = SipLeg {
             role: SipRole::Uas,
@@ -788,6 +892,7 @@ impl Engine {
             final_done: false,
             pending_2xx: None,
             local_sdp: Some(local_sdp),
+            sec: Some(sec),
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -832,7 +937,14 @@ impl Engine {
         };
         call.span.record("sip_call_id", m.info.call_id.as_str());
         let _g = call.span.clone().entered();
-        info!(%destination, peer = %self.cfg.peers[peer].name, "SIP call in");
+        info!(
+            %destination,
+            peer = %self.cfg.peers[peer].name,
+            trunk = claimed.map_or("-", |t| self.cfg.trunks[t].name.as_str()),
+            media = negotiated.crypto.label(),
+            ice = negotiated.ice.is_some(),
+            "SIP call in"
+        );
         self.metrics.call_started();
         self.dialogs.insert((m.info.call_id.clone(), to_tag), key);
         self.invites
@@ -840,12 +952,14 @@ impl Engine {
         self.calls.insert(key, call);
         self.out
             .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
+        // Keys before the address: nothing is sent to the peer unprotected in between.
+        self.push_secure(key, negotiated);
         self.out.push_back(Output::Media(MediaCmd::SetRemote {
             call: key,
             rtp: remote_rtp,
             rtcp: rtcp_of(remote_rtp, rtcp_mux),
             rtcp_mux,
-            latching: self.cfg.latching,
+            latching: policy.latching,
         }));
         self.out.push_back(Output::Ript(RiptCmd::CreateCall {
             call: key,
@@ -862,6 +976,58 @@ impl Engine {
         // longer than the no-answer timeout.
         let na = self.cfg.no_answer_timeout;
         self.arm(now, key, CallTimer::NoAnswer, na);
+    }
+
+    fn push_secure(&mut self, call: CallKey, n: Negotiated) {
+        self.out.push_back(Output::Media(MediaCmd::Secure {
+            call,
+            negotiated: Box::new(n),
+        }));
+    }
+
+    /// Latching on a call's legacy leg.
+    fn leg_latching(&self, key: CallKey) -> bool {
+        self.calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .and_then(|s| s.sec.as_ref())
+            .map_or(self.cfg.media.latching, |s| s.policy.latching)
+    }
+
+    /// Applies the peer's SDP answer to the leg's security; `Err` is why the call must fail.
+    fn secure_answer(
+        &mut self,
+        key: CallKey,
+        ans: &sdp::SessionDesc,
+        audio: &sdp::MediaDesc,
+    ) -> Result<(), String> {
+        let Some(sec) = self
+            .calls
+            .get_mut(&key)
+            .and_then(|c| c.sip.as_mut())
+            .and_then(|s| s.sec.as_mut())
+        else {
+            return Ok(());
+        };
+        let n = sec.on_answer(&audio.proto, &ans.security(audio), ans.audio_addr())?;
+        let (proto, session_attrs, media_attrs) = (
+            sec.proto.clone(),
+            sec.session_attrs.clone(),
+            sec.media_attrs.clone(),
+        );
+        if let Some(local) = self
+            .calls
+            .get_mut(&key)
+            .and_then(|c| c.sip.as_mut())
+            .and_then(|s| s.local_sdp.as_mut())
+        {
+            local.proto = proto;
+            local.session_attrs = session_attrs;
+            local.media_attrs = media_attrs;
+            local.rtcp_mux &= audio.rtcp_mux;
+        }
+        self.push_secure(key, n);
+        Ok(())
     }
 
     fn on_cancel(&mut self, now: Instant, m: &SipInbound) {
@@ -1053,6 +1219,22 @@ impl Engine {
                 self.refuse_offer(now, m, "the offer has no audio stream");
                 return;
             };
+            // Security first: a refused re-offer leaves keys and ICE as they were.
+            let secured = match sip.sec.as_mut().map(|sec| {
+                sec.answer(&audio.proto, &offer.security(audio), offer.audio_addr())
+                    .map(|n| (n, sec.clone()))
+            }) {
+                Some(Err(why)) => {
+                    self.refuse_offer(now, m, &why);
+                    return;
+                }
+                Some(Ok(x)) => Some(x),
+                None => None,
+            };
+            let latching = sip
+                .sec
+                .as_ref()
+                .map_or(self.cfg.media.latching, |s| s.policy.latching);
             {
                 // RFC 3264 §6/§8: the answer follows the new offer's m-lines and payload types
                 // and keeps the negotiated codec, which the offer must still contain (riptide does
@@ -1082,6 +1264,11 @@ impl Engine {
                     .map(|(_, md)| (md.kind.clone(), md.proto.clone(), md.raw_formats.clone()))
                     .collect();
                 local.rtcp_mux = audio.rtcp_mux;
+                if let Some((_, sec)) = &secured {
+                    local.proto = sec.proto.clone();
+                    local.session_attrs = sec.session_attrs.clone();
+                    local.media_attrs = sec.media_attrs.clone();
+                }
                 let ours = audio.direction.reverse();
                 if local.direction != ours {
                     changed = Some(audio.direction);
@@ -1095,7 +1282,14 @@ impl Engine {
                         rtp: addr,
                         rtcp: rtcp_of(addr, rtcp_mux),
                         rtcp_mux,
-                        latching: self.cfg.latching,
+                        latching,
+                    }));
+                }
+                if let Some((n, _)) = secured {
+                    // Field access, not push_secure: `sip` still borrows the call.
+                    self.out.push_back(Output::Media(MediaCmd::Secure {
+                        call: key,
+                        negotiated: Box::new(n),
                     }));
                 }
             }
@@ -1273,7 +1467,7 @@ impl Engine {
         code: u16,
         reason: &str,
     ) {
-        let latching = self.cfg.latching;
+        let latching = self.leg_latching(key);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -1293,16 +1487,22 @@ impl Engine {
             let mut media = false;
             if !resp.body.is_empty() {
                 if let Ok(ans) = sdp::parse(&resp.body) {
-                    if let Some(addr) = ans.audio_addr() {
-                        media = true;
-                        let mux = ans.audio().map(|(_, a)| a.rtcp_mux).unwrap_or(false);
-                        self.out.push_back(Output::Media(MediaCmd::SetRemote {
-                            call: key,
-                            rtp: addr,
-                            rtcp: rtcp_of(addr, mux),
-                            rtcp_mux: mux,
-                            latching,
-                        }));
+                    if let (Some(addr), Some((_, audio))) = (ans.audio_addr(), ans.audio()) {
+                        match self.secure_answer(key, &ans, audio) {
+                            Ok(()) => {
+                                media = true;
+                                let mux = audio.rtcp_mux;
+                                self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                                    call: key,
+                                    rtp: addr,
+                                    rtcp: rtcp_of(addr, mux),
+                                    rtcp_mux: mux,
+                                    latching,
+                                }));
+                            }
+                            // No early media then; the 2xx's answer decides the call.
+                            Err(why) => warn!(call = %key, %why, "early media refused"),
+                        }
                     }
                 }
             }
@@ -1390,7 +1590,7 @@ impl Engine {
     }
 
     fn on_invite_2xx(&mut self, now: Instant, key: CallKey, m: &SipInbound, resp: &Response) {
-        let latching = self.cfg.latching;
+        let latching = self.leg_latching(key);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -1459,7 +1659,13 @@ impl Engine {
         match sdp::parse(&resp.body) {
             Ok(ans) => {
                 let audio = ans.audio().map(|(_, a)| a.clone());
-                match audio.map(|a| negotiate::check_answer(&a, &offered).map(|_| a)) {
+                let checked = audio.map(|a| {
+                    negotiate::check_answer(&a, &offered)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| self.secure_answer(key, &ans, &a))
+                        .map(|_| a)
+                });
+                match checked {
                     Some(Ok(a)) => {
                         if let Some(addr) = ans.audio_addr() {
                             self.out.push_back(Output::Media(MediaCmd::SetRemote {
@@ -1472,7 +1678,7 @@ impl Engine {
                         }
                     }
                     Some(Err(e)) => {
-                        warn!(call = %key, error = %e, "answer picked no offered codec");
+                        warn!(call = %key, error = %e, "answer refused");
                         self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
                         let mut ev = Event::failed(488, "Not Acceptable Here");
                         ev.reason = Some(format!("Not Acceptable Here: {e}"));
@@ -1502,7 +1708,7 @@ impl Engine {
         if code < 200 {
             return;
         }
-        let latching = self.cfg.latching;
+        let latching = self.leg_latching(key);
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
@@ -1518,8 +1724,16 @@ impl Engine {
             if let Some(c) = msg::first_header(&resp.headers, "Contact") {
                 sip.remote_target = msg::addr_uri(&c).to_string();
             }
+            self.send_2xx_ack(key);
             if let Ok(ans) = sdp::parse(&resp.body) {
                 if let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) {
+                    if let Err(why) = self.secure_answer(key, &ans, a) {
+                        warn!(call = %key, %why, "re-INVITE answer refused");
+                        self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+                        self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+                        self.finish(key, CallOutcome::Answered);
+                        return;
+                    }
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
                         call: key,
                         rtp: addr,
@@ -1529,7 +1743,6 @@ impl Engine {
                     }));
                 }
             }
-            self.send_2xx_ack(key);
             return;
         }
         // Refused: the session stays as it was before the offer (RFC 3264 §8).
@@ -1806,6 +2019,20 @@ impl Engine {
                 call.port = Some(port);
                 let trunk = self.cfg.trunks[t].clone();
                 let (formats, ptime) = negotiate::proposal_to_formats(&proposal, Direction::S2c);
+                let mut sec = LegSecurity::new(
+                    trunk.media,
+                    &self.cfg.dtls_fingerprint,
+                    self.cfg.media_ip,
+                    port,
+                );
+                if let Err(e) = sec.offer() {
+                    warn!(call = %key, error = %e, "no SRTP keys for the offer");
+                    self.calls.insert(key, call);
+                    self.send_event(key, Event::failed(500, "Server Internal Error"));
+                    self.end_server_call(key);
+                    self.finish(key, CallOutcome::Failed);
+                    return;
+                }
                 let local_sdp = LocalSdp {
                     username: "riptide".into(),
                     session_id: key.0 + 1000,
@@ -1815,9 +2042,14 @@ impl Engine {
                     formats,
                     ptime: Some(ptime),
                     direction: SdpDirection::SendRecv,
-                    rtcp_mux: false,
+                    // RFC 8843-era peers and ICE stacks expect it; a peer that does not mux
+                    // simply leaves it out of its answer.
+                    rtcp_mux: sec.policy.ice != crate::config::IceMode::Off,
                     rejected: vec![],
                     audio_index: 0,
+                    proto: sec.proto.clone(),
+                    session_attrs: sec.session_attrs.clone(),
+                    media_attrs: sec.media_attrs.clone(),
                 };
                 let from_user = request
                     .from
@@ -1859,6 +2091,7 @@ impl Engine {
                     final_done: false,
                     pending_2xx: None,
                     local_sdp: Some(local_sdp),
+                    sec: Some(sec),
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,

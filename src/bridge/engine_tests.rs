@@ -1,52 +1,19 @@
 //! Races and timers of the call engine, with simulated time.
 
 use super::*;
+use crate::media::LegCrypto;
 use crate::ript::model::{Advertisement, CodecAd};
 
 const CALLER: &str = "127.0.0.1:5061";
 const TRUNK: &str = "127.0.0.1:5080";
 
 fn cfg() -> EngineConfig {
-    let mut sip_hosts = HashMap::new();
-    sip_hosts.insert(Transport::Udp, "127.0.0.1:5070".to_string());
     EngineConfig {
-        node: "t".into(),
-        sip_hosts,
-        media_ip: "127.0.0.1".parse().unwrap(),
-        port_min: 20000,
         port_max: 20100,
-        latching: true,
-        t1: Duration::from_millis(500),
         max_calls: 100,
-        no_answer_timeout: Duration::from_secs(60),
-        sip_routes: vec![("".into(), 0)],
-        peers: vec![PeerInfo {
-            name: "b".into(),
-            codecs: crate::config::default_codecs(),
-        }],
-        tgs: vec![TgInfo {
-            name: "trunk".into(),
-            routes: vec![TgRoute {
-                prefix: "".into(),
-                target: TgTarget::Trunk(0),
-            }],
-        }],
-        trunks: vec![TrunkInfo {
-            name: "pbx".into(),
-            host: TRUNK.into(),
-            dest: Dest {
-                addr: TRUNK.parse().unwrap(),
-                transport: Transport::Udp,
-                conn: None,
-            },
-            proxy_route: None,
-            codecs: crate::config::default_codecs(),
-            max_redirects: 3,
-        }],
-        http_authority: "localhost:4434".into(),
-        events_grace: Duration::from_secs(30),
         keepalive: None,
         max_calls_per_client: 3,
+        ..EngineConfig::example()
     }
 }
 
@@ -1168,7 +1135,7 @@ fn outbound_proxy_gets_the_invite_with_a_route_header() {
         .expect("INVITE");
     assert_eq!(
         sent.dest.addr,
-        "127.0.0.1:5099".parse().unwrap(),
+        "127.0.0.1:5099".parse::<SocketAddr>().unwrap(),
         "sent to the proxy"
     );
     let text = String::from_utf8_lossy(&sent.bytes);
@@ -1342,4 +1309,267 @@ fn a_second_fork_answering_gets_ack_and_bye_and_the_call_stays_with_the_first() 
         start_lines(&again),
         vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
     );
+}
+
+// ------------------------------------------------------------------ media security policy
+
+fn secure_sim(security: crate::config::MediaSecurity, ice: crate::config::IceMode) -> Sim {
+    let mut c = cfg();
+    let policy = MediaPolicy {
+        security,
+        ice,
+        latching: true,
+    };
+    c.media = policy;
+    c.trunks[0].media = policy;
+    Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    }
+}
+
+fn sdes_line(tag: u32, suite: crate::media::srtp::Suite, fill: u8) -> String {
+    crate::media::srtp::CryptoAttr::generate(tag, suite, |b| {
+        b.fill(fill);
+        Ok(())
+    })
+    .unwrap()
+    .to_attr_value()
+}
+
+fn savp_offer(crypto: &[String]) -> String {
+    let mut o = OFFER.replace("RTP/AVP", "RTP/SAVP");
+    for c in crypto {
+        o.push_str(&format!("a=crypto:{c}\r\n"));
+    }
+    o
+}
+
+fn secure_cmds(out: &[Output]) -> Vec<(LegCrypto, Option<crate::media::LegIce>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Media(MediaCmd::Secure { negotiated, .. }) => {
+                Some((negotiated.crypto.clone(), negotiated.ice.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sdes_offer_is_answered_with_our_own_key_and_the_hub_is_keyed() {
+    use crate::config::{IceMode, MediaSecurity};
+    use crate::media::srtp::Suite;
+    let mut s = secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    let theirs = sdes_line(1, Suite::AesCm128HmacSha1_80, 3);
+    s.sip(
+        &invite(
+            "z9hG4bKs1",
+            "cid-a",
+            &savp_offer(std::slice::from_ref(&theirs)),
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    let cmds = secure_cmds(&out);
+    assert_eq!(cmds.len(), 1, "{out:?}");
+    let LegCrypto::Sdes { local, remote } = &cmds[0].0 else {
+        panic!("{:?}", cmds[0]);
+    };
+    assert_eq!(remote.to_attr_value(), theirs);
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    let proposal = negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    let ok = answer(&mut s, key);
+    assert!(ok.contains(" RTP/SAVP 0 101\r\n"), "{ok}");
+    assert!(
+        ok.contains(&format!("a=crypto:{}\r\n", local.to_attr_value())),
+        "{ok}"
+    );
+    assert!(
+        !ok.contains(&theirs),
+        "our answer carries our key, not theirs"
+    );
+}
+
+#[test]
+fn offers_the_policy_refuses_get_488_with_a_warning_that_says_why() {
+    use crate::config::{IceMode, MediaSecurity};
+    let cases = [
+        (
+            MediaSecurity::BestEffort,
+            savp_offer(&[
+                "1 F8_128_HMAC_SHA1_80 inline:MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkw".into(),
+            ]),
+            "no supported SRTP crypto suite offered (offered F8_128_HMAC_SHA1_80",
+        ),
+        (
+            MediaSecurity::Sdes,
+            OFFER.to_string(),
+            "media security policy sdes requires SRTP; plain RTP/AVP offered",
+        ),
+        (
+            MediaSecurity::Rtp,
+            savp_offer(&[sdes_line(
+                1,
+                crate::media::srtp::Suite::AesCm128HmacSha1_80,
+                1,
+            )]),
+            "media security policy rtp does not accept SRTP (RTP/SAVP)",
+        ),
+    ];
+    for (policy, offer, warning) in cases {
+        let mut s = secure_sim(policy, IceMode::Off);
+        s.sip(&invite("z9hG4bKr1", "cid-r", &offer), CALLER);
+        let out = s.take();
+        let msgs = sip_texts(&out);
+        assert_eq!(
+            start_lines(&msgs),
+            vec!["SIP/2.0 100 Trying", "SIP/2.0 488 Not Acceptable Here"]
+        );
+        let w = msgs[1]
+            .lines()
+            .find(|l| l.starts_with("Warning:"))
+            .unwrap_or_else(|| panic!("no Warning in {}", msgs[1]));
+        assert!(w.contains(warning), "{policy:?}: {w}");
+        assert!(secure_cmds(&out).is_empty());
+        assert_eq!(s.e.active_calls(), 0);
+    }
+}
+
+#[test]
+fn offer_toward_an_sdes_trunk_lists_every_suite_and_settles_on_the_answered_one() {
+    use crate::config::{IceMode, MediaSecurity};
+    let mut s = secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
+    let out = s.take();
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::RespondCall {
+                result: Ok(acc), ..
+            }) => Some(acc.key),
+            _ => None,
+        })
+        .unwrap();
+    s.ript(RiptEvent::ServerEventsOpened { call: key });
+    let inv = sip_texts(&out).remove(0);
+    assert!(inv.contains(" RTP/SAVP 0 101\r\n"), "{inv}");
+    let offered: Vec<&str> = inv
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=crypto:"))
+        .collect();
+    assert_eq!(offered.len(), 4, "{inv}");
+    let ours = crate::media::srtp::CryptoAttr::parse(offered[2]).unwrap();
+    let answer_sdp = format!(
+        "{}a=crypto:{}\r\n",
+        ANSWER.replace("RTP/AVP", "RTP/SAVP"),
+        sdes_line(ours.tag, ours.suite, 5)
+    );
+    s.take();
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(&answer_sdp)), TRUNK);
+    let out = s.take();
+    let cmds = secure_cmds(&out);
+    assert_eq!(cmds.len(), 1);
+    assert!(matches!(&cmds[0].0, LegCrypto::Sdes { local, .. } if *local == ours));
+    assert!(server_events(&out)
+        .iter()
+        .any(|e| e.name == EventName::Answered));
+}
+
+#[test]
+fn an_sdes_trunk_answering_without_keys_fails_the_call_with_bye() {
+    use crate::config::{IceMode, MediaSecurity};
+    let mut s = secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    s.ript(incoming_call(ReqId(1), None, "gateway-a"));
+    let out = s.take();
+    let inv = sip_texts(&out).remove(0);
+    let answer_sdp = ANSWER.replace("RTP/AVP", "RTP/SAVP");
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(&answer_sdp)), TRUNK);
+    let out = s.take();
+    assert_eq!(
+        start_lines(&sip_texts(&out)),
+        vec![
+            "ACK sip:callee@127.0.0.1:5080 SIP/2.0",
+            "BYE sip:callee@127.0.0.1:5080 SIP/2.0"
+        ]
+    );
+    assert!(server_events(&out)
+        .iter()
+        .any(|e| e.name == EventName::Failed));
+    assert!(secure_cmds(&out).is_empty());
+}
+
+#[test]
+fn a_trunk_claiming_the_source_brings_its_policy() {
+    use crate::config::{IceMode, MediaSecurity};
+    let mut c = cfg();
+    c.trunks[0].media.security = MediaSecurity::Sdes;
+    c.trunks[0].match_sources = vec![(CALLER.parse::<SocketAddr>().unwrap().ip(), None)];
+    let mut s = Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    };
+    // The global policy (rtp) would accept this plain offer; the trunk's (sdes) does not.
+    s.sip(&invite("z9hG4bKm1", "cid-m", OFFER), CALLER);
+    let msgs = s.sip_out();
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs[1].starts_with("SIP/2.0 488"), "{}", msgs[1]);
+    let _ = IceMode::Off;
+}
+
+#[test]
+fn ice_lite_answer_carries_credentials_and_a_host_candidate() {
+    use crate::config::{IceMode, MediaSecurity};
+    let mut s = secure_sim(MediaSecurity::Rtp, IceMode::Lite);
+    let offer = format!(
+        "{}a=ice-ufrag:peer\r\na=ice-pwd:peerpasswordpeerpassword\r\na=candidate:1 1 UDP 2113929471 127.0.0.2 6000 typ host\r\na=rtcp-mux\r\n",
+        OFFER
+    );
+    s.sip(&invite("z9hG4bKi1", "cid-i", &offer), CALLER);
+    let out = s.take();
+    let cmds = secure_cmds(&out);
+    let ice = cmds[0].1.clone().expect("ICE runs");
+    assert!(ice.lite && !ice.controlling);
+    assert_eq!(ice.remote_ufrag, "peer");
+    assert_eq!(
+        ice.remote_candidates,
+        vec!["127.0.0.2:6000".parse::<SocketAddr>().unwrap()]
+    );
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    let proposal = negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    let ok = answer(&mut s, key);
+    assert!(ok.contains("a=ice-lite\r\n"), "{ok}");
+    assert!(
+        ok.contains(&format!("a=ice-ufrag:{}\r\n", ice.local_ufrag)),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("a=candidate:1 1 UDP 2130706431 127.0.0.1 20000 typ host\r\n"),
+        "{ok}"
+    );
+    assert!(ok.contains("a=rtcp-mux\r\n"), "{ok}");
 }

@@ -4,3 +4,4 @@
 pub mod driver;
 pub mod engine;
 pub mod negotiate;
+pub mod secure;

@@ -29,7 +29,9 @@ pub enum NegotiationError {
     },
     #[error("offered media is {kind}, not audio")]
     NotAudio { kind: String },
-    #[error("unsupported media transport {proto} (only RTP/AVP and RTP/AVPF)")]
+    #[error(
+        "unsupported media transport {proto} (RTP/AVP(F), RTP/SAVP(F) and UDP/TLS/RTP/SAVP(F) are)"
+    )]
     UnsupportedTransport { proto: String },
     #[error("answer rejected the audio stream (port 0)")]
     AudioRejected,
@@ -102,8 +104,8 @@ fn check_transport(m: &MediaDesc) -> Result<(), NegotiationError> {
             kind: m.kind.clone(),
         });
     }
-    // SRTP (SAVP) and DTLS profiles would need keys riptide does not handle on this path.
-    if m.proto != "RTP/AVP" && m.proto != "RTP/AVPF" {
+    // Which of these a leg accepts is the media policy's decision (bridge::secure).
+    if !super::secure::known_transport(&m.proto) {
         return Err(NegotiationError::UnsupportedTransport {
             proto: m.proto.clone(),
         });
@@ -400,11 +402,11 @@ mod tests {
 
     #[test]
     fn transport_and_kind_are_checked() {
-        let o = offer("m=audio 4000 RTP/SAVP 0", "");
+        let o = offer("m=audio 4000 TCP/MRCPv2 0", "");
         assert_eq!(
             offer_to_advertisement(&o, &default_allowed()),
             Err(NegotiationError::UnsupportedTransport {
-                proto: "RTP/SAVP".into()
+                proto: "TCP/MRCPv2".into()
             })
         );
         let mut v = offer("m=audio 4000 RTP/AVP 0", "");

@@ -69,6 +69,8 @@ impl Default for MediaConfig {
             port_min: 30000,
             port_max: 34999,
             latching: true,
+            security: MediaSecurity::default(),
+            ice: IceMode::default(),
         }
     }
 }

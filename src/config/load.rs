@@ -379,6 +379,16 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             check_sip_uri(p).map_err(|m| err(at("outbound_proxy"), m))?;
         }
         check_codecs(&t.codecs, at("codecs"), &err)?;
+        for (j, src) in t.match_sources.iter().enumerate() {
+            if parse_source(src).is_none() {
+                let mut path = at("match_sources");
+                path.push(Seg::Index(j));
+                return Err(err(
+                    path,
+                    format!("{src:?} is neither an IP address nor IP:port"),
+                ));
+            }
+        }
     }
 
     // tg
@@ -531,6 +541,15 @@ fn unique_names<'a>(
         seen.push(n);
     }
     Ok(())
+}
+
+/// A `match_sources` entry: an address, with the port when one is given.
+pub fn parse_source(s: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+    let s = s.trim();
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Some((a.ip(), Some(a.port())));
+    }
+    s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, None))
 }
 
 fn check_codecs(

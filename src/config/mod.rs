@@ -8,7 +8,7 @@ mod defaults;
 mod load;
 
 pub use defaults::embedded_default;
-pub use load::{load_file, load_str, ConfigError};
+pub use load::{load_file, load_str, parse_source, ConfigError};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -117,6 +117,53 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// Symmetric RTP: send to where the peer's RTP actually comes from (RFC 4961 / latching).
     pub latching: bool,
+    /// Media security on legacy legs that no `[[sip_trunk]]` overrides.
+    pub security: MediaSecurity,
+    /// ICE on legacy legs that no `[[sip_trunk]]` overrides.
+    pub ice: IceMode,
+}
+
+/// What a legacy (SIP) leg's media must be protected with.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaSecurity {
+    /// Plain RTP/AVP(F) only; secure offers are refused.
+    Rtp,
+    /// SDES-SRTP only (RTP/SAVP(F) with `a=crypto`, RFC 4568).
+    Sdes,
+    /// DTLS-SRTP only (UDP/TLS/RTP/SAVP(F), RFC 5763/5764).
+    Dtls,
+    /// SDES or DTLS, never plain RTP. riptide offers DTLS-SRTP.
+    AnySecure,
+    /// Whatever the peer offers; riptide offers RTP/AVP with `a=crypto` and uses SRTP when the
+    /// answer keys it.
+    #[default]
+    BestEffort,
+}
+
+impl MediaSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaSecurity::Rtp => "rtp",
+            MediaSecurity::Sdes => "sdes",
+            MediaSecurity::Dtls => "dtls",
+            MediaSecurity::AnySecure => "any-secure",
+            MediaSecurity::BestEffort => "best-effort",
+        }
+    }
+}
+
+/// ICE on a legacy leg (RFC 8445).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum IceMode {
+    /// No ICE attributes; ICE in an offer is ignored (media goes to `c=`/`m=`).
+    Off,
+    /// ICE-lite (§2.5): answer checks, never send them; for a gateway on a public address.
+    #[default]
+    Lite,
+    /// Full ICE: riptide also sends checks and nominates when controlling.
+    Full,
 }
 
 /// A trunk group served on our HTTP/3 side.
@@ -166,6 +213,16 @@ pub struct SipTrunkConfig {
     /// Follow 3xx redirects from this trunk (at most this many hops; 0 disables).
     #[serde(default = "default_redirects")]
     pub max_redirects: u8,
+    /// Media security on this trunk's legs; `[media] security` when absent.
+    pub security: Option<MediaSecurity>,
+    /// ICE on this trunk's legs; `[media] ice` when absent.
+    pub ice: Option<IceMode>,
+    /// Latching on this trunk's legs; `[media] latching` when absent.
+    pub latching: Option<bool>,
+    /// Sources (`IP` or `IP:port`) whose INVITEs belong to this trunk, so its media policy and
+    /// codecs apply to calls it sends us. Default: none (such calls get the `[media]` policy).
+    #[serde(default)]
+    pub match_sources: Vec<String>,
 }
 
 pub fn default_codecs() -> Vec<String> {

@@ -11,8 +11,10 @@
 //! only take per-call locks. All locks are std mutexes held for a few instructions, never across
 //! an `.await`.
 
+use super::dtls::DtlsIdentity;
+use super::leg::{LegacyLeg, Recv};
 use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
-use super::{MediaCmd, MediaEvent};
+use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
 use crate::metrics::{DropReason, Metrics};
 use crate::CallKey;
@@ -21,8 +23,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// Largest UDP datagram we read from the legacy side; bigger RTP does not fit a QUIC datagram anyway.
@@ -42,30 +46,27 @@ struct Inner {
     default_latching: bool,
     metrics: Arc<Metrics>,
     events: UnboundedSender<MediaEvent>,
+    /// The gateway's DTLS certificate; DTLS-SRTP legs fail without one.
+    dtls: Option<Arc<DtlsIdentity>>,
     calls: Mutex<HashMap<CallKey, Arc<CallMedia>>>,
     routes: RwLock<HashMap<RouteKey, Arc<CallMedia>>>,
 }
 
 /// Media state of one call.
 struct CallMedia {
+    key: CallKey,
     echo: AtomicBool,
     /// RTP socket toward the legacy side, once `OpenLegacy` bound it.
     rtp: Mutex<Option<Arc<UdpSocket>>>,
-    remote: Mutex<Remote>,
+    /// Addressing, ICE, DTLS and SRTP of the legacy side.
+    leg: Mutex<LegacyLeg>,
+    /// Wakes the call's socket task after a command changed the leg (new timers, queued STUN
+    /// or DTLS to send).
+    wake: Arc<Notify>,
     quic: Mutex<Option<QuicBinding>>,
     /// Reader tasks of this call's sockets; aborted on close so the ports are released.
     rtp_task: Mutex<Option<JoinHandle<()>>>,
     rtcp_task: Mutex<Option<JoinHandle<()>>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Remote {
-    /// Where RTP goes: the SDP address, or the latched source.
-    rtp: Option<SocketAddr>,
-    /// The address the remote SDP gave.
-    sdp: Option<SocketAddr>,
-    latching: bool,
-    latched: bool,
 }
 
 struct QuicBinding {
@@ -81,16 +82,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CallMedia {
-    fn new(latching: bool) -> Self {
+    fn new(key: CallKey, latching: bool) -> Self {
         CallMedia {
+            key,
             echo: AtomicBool::new(false),
             rtp: Mutex::new(None),
-            remote: Mutex::new(Remote {
-                rtp: None,
-                sdp: None,
-                latching,
-                latched: false,
-            }),
+            leg: Mutex::new(LegacyLeg::new(latching)),
+            wake: Arc::new(Notify::new()),
             quic: Mutex::new(None),
             rtp_task: Mutex::new(None),
             rtcp_task: Mutex::new(None),
@@ -124,16 +122,27 @@ impl MediaHub {
                 default_latching: cfg.latching,
                 metrics,
                 events,
+                dtls: None,
                 calls: Mutex::new(HashMap::new()),
                 routes: RwLock::new(HashMap::new()),
             }),
         }
     }
 
+    /// The same hub with the gateway's DTLS certificate, for DTLS-SRTP legs. Call before the
+    /// hub is cloned.
+    pub fn with_dtls_identity(mut self, identity: Arc<DtlsIdentity>) -> MediaHub {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.dtls = Some(identity),
+            None => tracing::error!("DTLS identity set on a shared media hub: ignored"),
+        }
+        self
+    }
+
     fn call(&self, call: CallKey) -> Arc<CallMedia> {
         lock(&self.inner.calls)
             .entry(call)
-            .or_insert_with(|| Arc::new(CallMedia::new(self.inner.default_latching)))
+            .or_insert_with(|| Arc::new(CallMedia::new(call, self.inner.default_latching)))
             .clone()
     }
 
@@ -151,24 +160,27 @@ impl MediaHub {
             } => {
                 // RTCP is terminated per leg, so its remote address is not needed for sending.
                 let m = self.call(call);
-                {
-                    let mut r = lock(&m.remote);
-                    // A latched source survives a repeated SetRemote (re-INVITE with the same
-                    // SDP), but a new SDP address starts latching over.
-                    let moved = r.sdp.is_some_and(|a| a != rtp);
-                    r.sdp = Some(rtp);
-                    if !(latching && r.latched && !moved) {
-                        r.rtp = Some(rtp);
-                        r.latched = false;
-                    }
-                    r.latching = latching;
-                }
+                lock(&m.leg).set_remote(rtp, latching);
+                m.wake.notify_one();
                 if rtcp_mux {
                     // RTCP now arrives on the RTP port (and is consumed there); release port+1.
                     if let Some(t) = lock(&m.rtcp_task).take() {
                         t.abort();
                     }
                 }
+            }
+            MediaCmd::Secure { call, negotiated } => {
+                let Negotiated { crypto, ice } = *negotiated;
+                let m = self.call(call);
+                let failure = {
+                    let mut leg = lock(&m.leg);
+                    leg.secure(Instant::now(), crypto, ice, self.inner.dtls.as_deref());
+                    leg.take_failure()
+                };
+                if let Some(reason) = failure {
+                    report_failure(&self.inner.events, call, reason);
+                }
+                m.wake.notify_one();
             }
             MediaCmd::Echo { call } => {
                 self.call(call).echo.store(true, Ordering::Relaxed);
@@ -210,7 +222,9 @@ impl MediaHub {
         let rtp_task = tokio::spawn(legacy_rtp_task(
             rtp,
             Arc::downgrade(&m),
+            m.wake.clone(),
             self.inner.metrics.clone(),
+            self.inner.events.clone(),
         ));
         let rtcp_task = tokio::spawn(legacy_rtcp_task(rtcp, self.inner.metrics.clone()));
         *lock(&m.rtp_task) = Some(rtp_task);
@@ -318,14 +332,19 @@ impl MediaHub {
                         }
                         continue;
                     }
-                    let dest = lock(&m.remote).rtp;
-                    let sock = lock(&m.rtp).clone();
-                    match (sock, dest) {
-                        (Some(s), Some(to)) => match s.try_send_to(pkt, to) {
-                            Ok(_) => metrics.rtp_relayed(false),
-                            Err(_) => metrics.media_drop(DropReason::UdpSend),
-                        },
-                        _ => metrics.media_drop(DropReason::NoRoute),
+                    let Some(sock) = lock(&m.rtp).clone() else {
+                        metrics.media_drop(DropReason::NoRoute);
+                        continue;
+                    };
+                    let sent = lock(&m.leg)
+                        .on_send(Instant::now(), pkt)
+                        .map(|(to, bytes)| {
+                            sock.try_send_to(&bytes, to)
+                                .map_err(|_| DropReason::UdpSend)
+                        });
+                    match sent {
+                        Ok(Ok(_)) => metrics.rtp_relayed(false),
+                        Ok(Err(r)) | Err(r) => metrics.media_drop(r),
                     }
                 }
                 // RTCP is terminated per leg: counted, not forwarded.
@@ -350,56 +369,99 @@ impl MediaHub {
     }
 }
 
-/// Reads the call's RTP socket: latches, consumes muxed RTCP, relays RTP to the QUIC binding.
-/// Holds the call weakly so that `Close` (which drops the strong references) ends it too.
+fn report_failure(events: &UnboundedSender<MediaEvent>, call: CallKey, reason: String) {
+    tracing::error!(%call, %reason, "legacy media security failed: no media on this call");
+    let _ = events.send(MediaEvent::SecurityFailed { call, reason });
+}
+
+/// Sends what the leg queued (STUN answers and checks, DTLS flights) and reports a failure.
+fn flush(sock: &UdpSocket, m: &CallMedia, events: &UnboundedSender<MediaEvent>, now: Instant) {
+    let failure = {
+        let mut leg = lock(&m.leg);
+        while let Some((to, pkt)) = leg.poll_transmit(now) {
+            if let Err(e) = sock.try_send_to(&pkt, to) {
+                tracing::debug!(%to, error = %e, "STUN/DTLS send failed");
+            }
+        }
+        leg.take_failure()
+    };
+    if let Some(reason) = failure {
+        report_failure(events, m.key, reason);
+    }
+}
+
+/// Reads the call's RTP socket: STUN and DTLS go to the leg, RTCP is terminated, RTP is
+/// unprotected and relayed to the QUIC binding. Also drives the leg's timers (ICE checks and
+/// consent, DTLS retransmissions). Holds the call weakly so that `Close` (which drops the strong
+/// references) ends it too.
 async fn legacy_rtp_task(
     sock: Arc<UdpSocket>,
     call: std::sync::Weak<CallMedia>,
+    wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    events: UnboundedSender<MediaEvent>,
 ) {
     let mut buf = vec![0u8; UDP_RECV_BUF];
     let mut arena = DatagramArena::default();
+    // Far enough to mean "no timer" without overflowing Instant arithmetic.
+    let idle = std::time::Duration::from_secs(3600);
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let deadline = {
+            let Some(m) = call.upgrade() else { return };
+            let t = lock(&m.leg).poll_timeout();
+            t.unwrap_or_else(|| Instant::now() + idle)
+        };
+        let received = tokio::select! {
+            r = sock.recv_from(&mut buf) => Some(r),
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = wake.notified() => {
+                let Some(m) = call.upgrade() else { return };
+                flush(&sock, &m, &events, Instant::now());
+                continue;
+            }
+        };
+        let Some(m) = call.upgrade() else { return };
+        let now = Instant::now();
+        let (n, src) = match received {
+            None => {
+                lock(&m.leg).handle_timeout(now);
+                flush(&sock, &m, &events, now);
+                continue;
+            }
+            Some(Ok(x)) => x,
             // ICMP port unreachable from an earlier send surfaces here on some platforms; the
             // socket itself is fine.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
-            Err(e) => {
+            Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "legacy RTP socket failed");
                 return;
             }
         };
-        let Some(m) = call.upgrade() else { return };
         let pkt = &buf[..n];
-        match rtp::classify(pkt) {
-            PacketKind::Rtp => {}
-            PacketKind::Rtcp => {
+        let mut leg = lock(&m.leg);
+        let plain = match leg.on_recv(now, src, pkt) {
+            Recv::Rtp(p) => p,
+            Recv::Rtcp(_) => {
                 metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            PacketKind::Invalid => {
-                metrics.media_drop(DropReason::Malformed);
+            Recv::Consumed => {
+                drop(leg);
+                flush(&sock, &m, &events, now);
                 continue;
             }
-        }
-        {
-            let mut r = lock(&m.remote);
-            if r.latching && !r.latched {
-                r.rtp = Some(src);
-                r.latched = true;
-            } else if r.latched && r.rtp != Some(src) {
-                // After latching, a different source is an injection attempt or a stale leg.
-                metrics.media_drop(DropReason::WrongSource);
+            Recv::Drop(reason) => {
+                metrics.media_drop(reason);
                 continue;
             }
-        }
+        };
+        drop(leg);
         let q = lock(&m.quic);
         let Some(b) = q.as_ref() else {
             metrics.media_drop(DropReason::NoRoute);
             continue;
         };
-        let Some(d) = arena.frame(b.qsid, FLOW_RTP, pkt) else {
+        let Some(d) = arena.frame(b.qsid, FLOW_RTP, &plain) else {
             metrics.media_drop(DropReason::NoRoute);
             continue;
         };
@@ -441,6 +503,7 @@ mod tests {
             port_min: 0,
             port_max: 0,
             latching: true,
+            ..MediaConfig::default()
         };
         let metrics = Arc::new(Metrics::default());
         let (tx, rx) = mpsc::unbounded_channel();

@@ -4,12 +4,18 @@
 //! RFC 9297 HTTP datagram whose Quarter Stream ID is the call's `{call}/media` CONNECT stream id / 4,
 //! followed by a RoQ flow identifier (varint: 0 = RTP, 1 = RTCP) and the RTP/RTCP packet verbatim.
 
+pub mod dtls;
+pub mod dtmf;
 pub mod hub;
+pub mod ice;
+pub mod leg;
+pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 
 pub use hub::MediaHub;
 
+pub use crate::bridge::secure::{LegCrypto, LegIce, Negotiated};
 use crate::CallKey;
 use std::net::SocketAddr;
 
@@ -27,6 +33,12 @@ pub enum MediaCmd {
         rtcp_mux: bool,
         latching: bool,
     },
+    /// How the legacy leg's packets are protected and where ICE lets them go, after an SDP
+    /// offer/answer round. Repeating the same values changes nothing (no rekey).
+    Secure {
+        call: CallKey,
+        negotiated: Box<Negotiated>,
+    },
     /// Reflect every datagram received for this call back to its sender (the built-in echo service).
     Echo { call: CallKey },
     /// Tear the call's media down and release its port.
@@ -42,4 +54,7 @@ pub enum MediaEvent {
         port: u16,
         reason: String,
     },
+    /// The leg's media security failed (DTLS fingerprint mismatch or handshake failure,
+    /// unusable keys); the engine ends the call.
+    SecurityFailed { call: CallKey, reason: String },
 }

@@ -347,6 +347,50 @@ impl SrtpSession {
     }
 }
 
+/// Keying from raw master keys and salts, for DTLS-SRTP (RFC 5764 §4.2), where the keys come
+/// out of the handshake instead of `a=crypto` lines.
+impl SrtpSession {
+    /// `local_*` protect what we send, `remote_*` unprotect what the peer sends. No MKI is in use
+    /// (DTLS-SRTP negotiates none here); replay protection is on for the peer's SRTP and SRTCP,
+    /// as with [`SrtpSession::new`].
+    ///
+    /// Each key must be `suite.key_len()` bytes and each salt `suite.salt_len()` bytes.
+    pub fn from_keys(
+        suite: Suite,
+        local_key: &[u8],
+        local_salt: &[u8],
+        remote_key: &[u8],
+        remote_salt: &[u8],
+    ) -> Result<SrtpSession, SdesError> {
+        let attr = |which: &str, key: &[u8], salt: &[u8]| {
+            if key.len() != suite.key_len() || salt.len() != suite.salt_len() {
+                return Err(SdesError::BadKey(format!(
+                    "{which} key/salt of {}/{} bytes, {} expects {}/{}",
+                    key.len(),
+                    salt.len(),
+                    suite.name(),
+                    suite.key_len(),
+                    suite.salt_len()
+                )));
+            }
+            let mut key_salt = Vec::with_capacity(key.len() + salt.len());
+            key_salt.extend_from_slice(key);
+            key_salt.extend_from_slice(salt);
+            Ok(CryptoAttr {
+                tag: 0,
+                suite,
+                key_salt,
+                lifetime: None,
+                mki: None,
+                session_params: Vec::new(),
+            })
+        };
+        let local = attr("local", local_key, local_salt)?;
+        let remote = attr("remote", remote_key, remote_salt)?;
+        SrtpSession::new(&local, &remote)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,5 +553,58 @@ mod tests {
         assert_ne!(a.key_salt, b.key_salt);
         assert!(!format!("{a:?}")
             .contains(&base64::engine::general_purpose::STANDARD.encode(&a.key_salt)));
+    }
+
+    #[test]
+    fn sessions_from_raw_keys_interoperate_crosswise() {
+        for suite in Suite::ALL {
+            let (k1, s1) = (vec![0x31; suite.key_len()], vec![0x32; suite.salt_len()]);
+            let (k2, s2) = (vec![0x41; suite.key_len()], vec![0x42; suite.salt_len()]);
+            let mut a = SrtpSession::from_keys(suite, &k1, &s1, &k2, &s2).unwrap();
+            let mut b = SrtpSession::from_keys(suite, &k2, &s2, &k1, &s1).unwrap();
+            for seq in 0..5 {
+                let p = a.protect_rtp(&rtp(seq)).unwrap();
+                assert_eq!(
+                    &b.unprotect_rtp(&p).unwrap()[..],
+                    &rtp(seq)[..],
+                    "{suite:?}"
+                );
+                let p = b.protect_rtp(&rtp(seq)).unwrap();
+                assert_eq!(
+                    &a.unprotect_rtp(&p).unwrap()[..],
+                    &rtp(seq)[..],
+                    "{suite:?}"
+                );
+            }
+            assert!(a.unprotect_rtp(&b.protect_rtp(&rtp(9)).unwrap()).is_ok());
+            let replay = b.protect_rtp(&rtp(10)).unwrap();
+            a.unprotect_rtp(&replay).unwrap();
+            assert!(
+                a.unprotect_rtp(&replay).is_err(),
+                "{suite:?}: replay refused"
+            );
+            let rr = [0x80, 201, 0, 1, 0xca, 0xfe, 0xf0, 0x0d];
+            let s = a.protect_rtcp(&rr).unwrap();
+            assert_eq!(&b.unprotect_rtcp(&s).unwrap()[..], &rr[..], "{suite:?}");
+            // Keys the same way round on both sides do not interoperate.
+            let mut c = SrtpSession::from_keys(suite, &k1, &s1, &k2, &s2).unwrap();
+            assert!(c.unprotect_rtp(&a.protect_rtp(&rtp(11)).unwrap()).is_err());
+        }
+    }
+
+    #[test]
+    fn raw_keys_of_the_wrong_length_are_refused() {
+        let suite = Suite::AeadAes128Gcm;
+        let (k, s) = (vec![1; 16], vec![2; 12]);
+        for (lk, ls, rk, rs, which) in [
+            (&k[..15], &s[..], &k[..], &s[..], "local"),
+            (&k[..], &s[..], &k[..], &vec![2; 14][..], "remote"),
+        ] {
+            let e = SrtpSession::from_keys(suite, lk, ls, rk, rs)
+                .err()
+                .expect(which)
+                .to_string();
+            assert!(e.contains(which) && e.contains("AEAD_AES_128_GCM"), "{e}");
+        }
     }
 }
