@@ -132,9 +132,36 @@ pub struct Metrics {
     /// HTTP responses by status code.
     http_responses: Mutex<BTreeMap<u16, u64>>,
     pub auth_failures: AtomicU64,
+    /// Legacy-leg quality of ended calls (RTCP statistics, RFC 3550).
+    legacy: Mutex<LegacyQuality>,
+    pub rtcp_sent: AtomicU64,
+}
+
+/// Sums over ended calls' legacy legs: a Prometheus summary without quantiles per figure.
+#[derive(Default, Clone, Copy)]
+struct LegacyQuality {
+    calls: u64,
+    received: u64,
+    lost: i64,
+    jitter_ms_sum: f64,
+    rtt_ms_sum: f64,
+    rtt_count: u64,
 }
 
 impl Metrics {
+    /// Adds one ended call's legacy-leg statistics.
+    pub fn legacy_call_stats(&self, s: &crate::media::rtcp::LegStats) {
+        let mut q = self.legacy.lock().unwrap_or_else(|e| e.into_inner());
+        q.calls += 1;
+        q.received += s.packets_received;
+        q.lost += s.packets_lost;
+        q.jitter_ms_sum += s.jitter_ms;
+        if let Some(rtt) = s.rtt_ms {
+            q.rtt_ms_sum += rtt;
+            q.rtt_count += 1;
+        }
+    }
+
     pub fn media_drop(&self, reason: DropReason) {
         self.media_dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -310,6 +337,45 @@ impl Metrics {
             load(&self.rtp_quic_to_sip),
         );
 
+        let q = *self.legacy.lock().unwrap_or_else(|e| e.into_inner());
+        header(
+            &mut out,
+            "legacy_rtp_received_total",
+            "counter",
+            "RTP packets received on legacy legs of ended calls (RTCP receive statistics).",
+        );
+        line(&mut out, "legacy_rtp_received_total", "", q.received);
+        header(
+            &mut out,
+            "legacy_rtp_lost_total",
+            "counter",
+            "RTP packets lost on legacy legs of ended calls (RFC 3550 A.3).",
+        );
+        line(&mut out, "legacy_rtp_lost_total", "", q.lost);
+        header(
+            &mut out,
+            "legacy_jitter_ms",
+            "summary",
+            "Interarrival jitter of each ended call's legacy leg at its end (RFC 3550 A.8).",
+        );
+        line(&mut out, "legacy_jitter_ms_sum", "", q.jitter_ms_sum);
+        line(&mut out, "legacy_jitter_ms_count", "", q.calls);
+        header(
+            &mut out,
+            "legacy_rtt_ms",
+            "summary",
+            "Round-trip time to the legacy peer from its RTCP reports, per ended call that had one.",
+        );
+        line(&mut out, "legacy_rtt_ms_sum", "", q.rtt_ms_sum);
+        line(&mut out, "legacy_rtt_ms_count", "", q.rtt_count);
+        header(
+            &mut out,
+            "rtcp_packets_sent_total",
+            "counter",
+            "RTCP reports riptide generated toward legacy peers.",
+        );
+        line(&mut out, "rtcp_packets_sent_total", "", load(&self.rtcp_sent));
+
         header(
             &mut out,
             "rtcp_packets_received_total",
@@ -392,7 +458,10 @@ mod tests {
                 let mut it = rest.split(' ');
                 let name = it.next().unwrap().to_string();
                 let kind = it.next().unwrap();
-                assert!(kind == "counter" || kind == "gauge", "{l}");
+                assert!(
+                    kind == "counter" || kind == "gauge" || kind == "summary",
+                    "{l}"
+                );
                 typed.insert(name);
                 continue;
             }
@@ -402,7 +471,13 @@ mod tests {
             let (series, value) = l.rsplit_once(' ').unwrap();
             let name = series.split('{').next().unwrap();
             assert!(name.starts_with("riptide_"), "{l}");
-            assert!(typed.contains(name), "sample before its TYPE: {l}");
+            // A summary's samples are NAME_sum and NAME_count.
+            let base = name
+                .strip_suffix("_sum")
+                .or_else(|| name.strip_suffix("_count"))
+                .filter(|b| typed.contains(*b))
+                .unwrap_or(name);
+            assert!(typed.contains(base), "sample before its TYPE: {l}");
             samples.insert(series.to_string(), value.parse::<f64>().unwrap());
         }
         samples
@@ -426,8 +501,19 @@ mod tests {
         m.rtp_relayed(true);
         m.rtp_relayed(false);
         m.media_drop(DropReason::WrongSource);
+        m.legacy_call_stats(&crate::media::rtcp::LegStats {
+            packets_received: 100,
+            packets_lost: 3,
+            jitter_ms: 2.5,
+            rtt_ms: Some(40.0),
+            ..Default::default()
+        });
 
         let s = parse(&m.render());
+        assert_eq!(s["riptide_legacy_rtp_received_total"], 100.0);
+        assert_eq!(s["riptide_legacy_rtp_lost_total"], 3.0);
+        assert_eq!(s["riptide_legacy_jitter_ms_sum"], 2.5);
+        assert_eq!(s["riptide_legacy_rtt_ms_count"], 1.0);
         assert_eq!(s["riptide_calls_active"], 1.0);
         assert_eq!(s["riptide_calls_total{outcome=\"answered\"}"], 1.0);
         assert_eq!(s["riptide_calls_total{outcome=\"noanswer\"}"], 0.0);

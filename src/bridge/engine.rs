@@ -2051,6 +2051,8 @@ impl Engine {
                     session_attrs: sec.session_attrs.clone(),
                     media_attrs: sec.media_attrs.clone(),
                 };
+                self.out
+                    .push_back(Output::Media(codec_cmd(key, &local_sdp.formats)));
                 let from_user = request
                     .from
                     .clone()
@@ -2142,11 +2144,12 @@ impl Engine {
         if formats.is_empty() {
             return;
         }
+        let codec = codec_cmd(key, &formats);
         if let Some(l) = call.sip.as_mut().and_then(|s| s.local_sdp.as_mut()) {
             l.formats = formats;
             l.ptime = Some(ptime);
         }
-        let _ = now;
+        self.out.push_back(Output::Media(codec));
         match d.state {
             CallState::Answered => self.on_event(now, key, Event::new(EventName::Answered)),
             CallState::Alerting => self.on_event(now, key, Event::new(EventName::Alerting)),
@@ -3003,6 +3006,22 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
 }
 
 /// The CSeq number of a request we hold.
+/// The hub's view of a negotiated codec list: the voice codec's clock rate, and the
+/// telephone-event payload type at that rate.
+fn codec_cmd(call: CallKey, formats: &[sdp::Format]) -> MediaCmd {
+    let voice = formats.iter().find(|f| !model::is_auxiliary_codec(&f.name));
+    let clock_rate = voice.map_or(8000, |f| f.clock_rate);
+    let dtmf_pt = formats
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("telephone-event") && f.clock_rate == clock_rate)
+        .map(|f| f.pt);
+    MediaCmd::SetCodec {
+        call,
+        clock_rate,
+        dtmf_pt,
+    }
+}
+
 fn invite_cseq(req: &Request) -> u32 {
     msg::first_header(&req.headers, "CSeq")
         .and_then(|c| c.split_whitespace().next().and_then(|n| n.parse().ok()))

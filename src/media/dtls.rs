@@ -18,6 +18,10 @@
 //! caller owns the real 5-tuple), the fingerprint checked in its `verify_peer_certificate`
 //! callback, and the SRTP keys exported from the finished handshake's connection state.
 //!
+//! After the handshake, ChangeCipherSpec records are dropped before rtc-dtls sees them: it does
+//! not authenticate them, and a malformed one would make it end the association. Application
+//! data is ignored (the leg carries only SRTP); a close_notify ends the association.
+//!
 //! Clocks: every timer runs on the `now` the caller passes in. rtc-dtls itself reads the wall
 //! clock (`SystemTime::now()`) once per handshake, for the `gmt_unix_time` field of its Hello
 //! random; that value is sent, never used for timing. [`DtlsIdentity::generate`] reads the wall
@@ -55,9 +59,10 @@ const SRTP_PROFILES: [SrtpProtectionProfile; 3] = [
 const PLACEHOLDER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9));
 
 /// How long the gateway's certificate is valid before and after its generation. Peers
-/// authenticate it by fingerprint only, but some check the dates anyway.
+/// authenticate it by fingerprint only, but some check the dates anyway; a gateway process
+/// lives for months, and one identity serves all its calls.
 const CERT_BACKDATE: Duration = Duration::from_secs(24 * 3600);
-const CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+const CERT_LIFETIME: Duration = Duration::from_secs(398 * 24 * 3600);
 
 /// Sent as SNI by rtc-dtls clients; without it rtc-dtls falls back to "localhost" with a warning.
 const SERVER_NAME: &str = "riptide";
@@ -97,20 +102,20 @@ impl fmt::Display for DtlsError {
 
 impl std::error::Error for DtlsError {}
 
-/// The hash functions of RFC 8122 §5 (MD2 and MD5 are excluded there), weakest first.
+/// The hash functions of RFC 8122 §5 riptide verifies, weakest first (MD2 and MD5 are excluded
+/// there; sha-224 is not offered by ring, the project's one crypto provider, and is unseen in
+/// practice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HashFunction {
     Sha1,
-    Sha224,
     Sha256,
     Sha384,
     Sha512,
 }
 
 impl HashFunction {
-    const ALL: [HashFunction; 5] = [
+    const ALL: [HashFunction; 4] = [
         HashFunction::Sha1,
-        HashFunction::Sha224,
         HashFunction::Sha256,
         HashFunction::Sha384,
         HashFunction::Sha512,
@@ -120,7 +125,6 @@ impl HashFunction {
     pub fn name(self) -> &'static str {
         match self {
             HashFunction::Sha1 => "sha-1",
-            HashFunction::Sha224 => "sha-224",
             HashFunction::Sha256 => "sha-256",
             HashFunction::Sha384 => "sha-384",
             HashFunction::Sha512 => "sha-512",
@@ -138,7 +142,6 @@ impl HashFunction {
     pub fn digest_len(self) -> usize {
         match self {
             HashFunction::Sha1 => 20,
-            HashFunction::Sha224 => 28,
             HashFunction::Sha256 => 32,
             HashFunction::Sha384 => 48,
             HashFunction::Sha512 => 64,
@@ -148,8 +151,6 @@ impl HashFunction {
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         use ring::digest;
         let alg = match self {
-            // ring has no SHA-224; see `sha224`.
-            HashFunction::Sha224 => return sha224(data).to_vec(),
             HashFunction::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
             HashFunction::Sha256 => &digest::SHA256,
             HashFunction::Sha384 => &digest::SHA384,
@@ -186,7 +187,7 @@ impl Fingerprint {
         }
         let hash = HashFunction::from_name(name).ok_or_else(|| {
             DtlsError::Fingerprint(format!(
-                "unsupported hash function {name:?} (sha-1, sha-224, sha-256, sha-384 or sha-512)"
+                "unsupported hash function {name:?} (sha-1, sha-256, sha-384 or sha-512; ring, the one crypto provider, has no sha-224)"
             ))
         })?;
         let value = hex
@@ -518,7 +519,6 @@ impl DtlsEndpoint {
     /// or when the association has failed — because of this datagram (the state says why) or
     /// before it. Application data after the handshake is ignored: this leg carries only SRTP.
     pub fn handle_packet(&mut self, now: Instant, pkt: &[u8]) -> Result<(), DtlsError> {
-        let raw = pkt;
         if let DtlsState::Failed(reason) = &self.state {
             return Err(DtlsError::Failed(reason.clone()));
         }
@@ -526,7 +526,7 @@ impl DtlsEndpoint {
             return Err(DtlsError::NotDtls);
         }
         check_framing(pkt)?;
-        let pkt = if self.state == DtlsState::Connected {
+        let input = if self.state == DtlsState::Connected {
             // rtc-dtls skips decryption for ChangeCipherSpec records and answers a malformed
             // one in the current epoch with a fatal alert, so one spoofed datagram could end an
             // established association. None is legitimate after the handshake (a repeated last
@@ -540,7 +540,7 @@ impl DtlsEndpoint {
         } else {
             bytes::BytesMut::from(pkt)
         };
-        let result = self.endpoint.read(now, PLACEHOLDER, None, pkt);
+        let result = self.endpoint.read(now, PLACEHOLDER, None, input);
         // Whatever happened, send what rtc-dtls queued (a flight, or an alert explaining a
         // failure to the peer).
         self.drain();
@@ -568,11 +568,11 @@ impl DtlsEndpoint {
                 }
                 let reason = match (self.rejected.get(), &self.state) {
                     (Some(mismatch), _) => mismatch.clone(),
-                    (None, DtlsState::Handshaking) => match plaintext_fatal_alert(raw) {
+                    (None, DtlsState::Handshaking) => match plaintext_fatal_alert(pkt) {
                         Some(alert) => format!("handshake failed: {alert}"),
                         None => format!("handshake failed: {text}"),
                     },
-                    (None, _) => text,
+                    (None, _) => format!("after the handshake: {text}"),
                 };
                 self.fail(reason.clone());
                 Err(DtlsError::Failed(reason))
@@ -620,7 +620,10 @@ impl DtlsEndpoint {
         self.suite
     }
 
-    /// Once Connected: the SRTP session keyed from the handshake (RFC 5764 §4.2 key export, label "EXTRACTOR-dtls_srtp", client_key|server_key|client_salt|server_salt; our write key is the client key when we are the client). Returns None before Connected or after it was taken.
+    /// Once Connected: the SRTP session keyed from the handshake (RFC 5764 §4.2 key export,
+    /// label "EXTRACTOR-dtls_srtp", client_key|server_key|client_salt|server_salt; our write key
+    /// is the client key when we are the client). Returns None before Connected or after it was
+    /// taken.
     pub fn take_srtp(&mut self) -> Option<SrtpSession> {
         match self.state {
             DtlsState::Connected => self.srtp.take(),
@@ -880,90 +883,6 @@ fn split_keying_material(
     })
 }
 
-/// SHA-224 (FIPS 180-4 §6.3): SHA-256 with its own initial value, truncated to 28 bytes. ring,
-/// the project's only crypto provider, has no SHA-224, and RFC 8122 lists it. It only hashes
-/// public certificates for comparison with a fingerprint.
-fn sha224(data: &[u8]) -> [u8; 28] {
-    const IV: [u32; 8] = [
-        0xc105_9ed8,
-        0x367c_d507,
-        0x3070_dd17,
-        0xf70e_5939,
-        0xffc0_0b31,
-        0x6858_1511,
-        0x64f9_8fa7,
-        0xbefa_4fa4,
-    ];
-    let h = sha256_core(IV, data);
-    let mut out = [0u8; 28];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
-}
-
-/// The SHA-256 compression over padded `data`, from initial value `iv` (FIPS 180-4 §6.2).
-fn sha256_core(iv: [u32; 8], data: &[u8]) -> [u32; 8] {
-    const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
-        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
-        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
-        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
-        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
-        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
-        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-        0xc67178f2,
-    ];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    let mut h = iv;
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 64];
-        for (wi, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
-            *wi = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
-            let t1 = hh
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
-            let t2 = s0.wrapping_add(maj);
-            hh = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (hi, v) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
-            *hi = hi.wrapping_add(v);
-        }
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1134,6 +1053,23 @@ mod tests {
         );
         assert!(matches!(p.client.state(), DtlsState::Failed(_)));
         assert!(p.client.take_srtp().is_none() && p.server.take_srtp().is_none());
+    }
+
+    #[test]
+    fn a_peer_without_use_srtp_gets_no_keys() {
+        let now = Instant::now();
+        // A client that offers no use_srtp extension: the handshake completes, but without SRTP
+        // there is nothing to key, so riptide closes it.
+        let mut p = pair_with(&[], &SRTP_PROFILES, now);
+        pump(&mut p.client, &mut p.server, now);
+        for e in [&p.client, &p.server] {
+            assert!(
+                matches!(e.state(), DtlsState::Failed(r) if r.contains("no usable SRTP protection profile")),
+                "{:?}",
+                e.state()
+            );
+        }
+        assert!(p.server.take_srtp().is_none());
     }
 
     #[test]
@@ -1534,7 +1470,6 @@ mod tests {
         };
         for (name, hash) in [
             ("sha-1", HashFunction::Sha1),
-            ("SHA-224", HashFunction::Sha224),
             ("sha-256", HashFunction::Sha256),
             ("Sha-384", HashFunction::Sha384),
             ("sha-512", HashFunction::Sha512),
@@ -1621,39 +1556,6 @@ mod tests {
         for b in 0..=255u8 {
             assert_eq!(is_dtls(&[b, 0, 0]), (20..=63).contains(&b), "{b}");
         }
-    }
-
-    #[test]
-    fn sha224_matches_fips_180_vectors_and_the_core_matches_ring_sha256() {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        assert_eq!(
-            hex(&sha224(b"abc")),
-            "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7"
-        );
-        assert_eq!(
-            hex(&sha224(b"")),
-            "d14a028c2a3a2bc9476102bb288234c415a2b01f828ea62ac5b3e42f"
-        );
-        assert_eq!(
-            hex(&sha224(
-                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-            )),
-            "75388b16512776cc5dba5da1fd890150b0c6455cb4f58b1952522525"
-        );
-        const SHA256_IV: [u32; 8] = [
-            0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-            0x5be0cd19,
-        ];
-        let data: Vec<u8> = (0..300u32).map(|i| (i * 31 % 251) as u8).collect();
-        for n in 0..data.len() {
-            let ours: Vec<u8> = sha256_core(SHA256_IV, &data[..n])
-                .iter()
-                .flat_map(|w| w.to_be_bytes())
-                .collect();
-            let ring = ring::digest::digest(&ring::digest::SHA256, &data[..n]);
-            assert_eq!(ours, ring.as_ref(), "length {n}");
-        }
-        assert_eq!(HashFunction::Sha224.digest(b"abc").len(), 28);
     }
 
     #[test]

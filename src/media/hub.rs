@@ -12,7 +12,7 @@
 //! an `.await`.
 
 use super::dtls::DtlsIdentity;
-use super::leg::{LegacyLeg, Recv};
+use super::leg::{LegacyLeg, Recv, Transmit};
 use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
 use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
@@ -58,6 +58,8 @@ struct CallMedia {
     echo: AtomicBool,
     /// RTP socket toward the legacy side, once `OpenLegacy` bound it.
     rtp: Mutex<Option<Arc<UdpSocket>>>,
+    /// RTCP socket (port + 1), for reports on legs without rtcp-mux.
+    rtcp: Mutex<Option<Arc<UdpSocket>>>,
     /// Addressing, ICE, DTLS and SRTP of the legacy side.
     leg: Mutex<LegacyLeg>,
     /// Wakes the call's socket task after a command changed the leg (new timers, queued STUN
@@ -87,7 +89,8 @@ impl CallMedia {
             key,
             echo: AtomicBool::new(false),
             rtp: Mutex::new(None),
-            leg: Mutex::new(LegacyLeg::new(latching)),
+            rtcp: Mutex::new(None),
+            leg: Mutex::new(LegacyLeg::new(latching, Instant::now())),
             wake: Arc::new(Notify::new()),
             quic: Mutex::new(None),
             rtp_task: Mutex::new(None),
@@ -107,6 +110,7 @@ impl CallMedia {
             t.abort();
         }
         lock(&self.rtp).take();
+        lock(&self.rtcp).take();
     }
 }
 
@@ -160,7 +164,7 @@ impl MediaHub {
             } => {
                 // RTCP is terminated per leg, so its remote address is not needed for sending.
                 let m = self.call(call);
-                lock(&m.leg).set_remote(rtp, latching);
+                lock(&m.leg).set_remote(rtp, latching, rtcp_mux);
                 m.wake.notify_one();
                 if rtcp_mux {
                     // RTCP now arrives on the RTP port (and is consumed there); release port+1.
@@ -182,6 +186,14 @@ impl MediaHub {
                 }
                 m.wake.notify_one();
             }
+            MediaCmd::SetCodec {
+                call,
+                clock_rate,
+                dtmf_pt,
+            } => {
+                let m = self.call(call);
+                lock(&m.leg).set_codec(Instant::now(), clock_rate, dtmf_pt);
+            }
             MediaCmd::Echo { call } => {
                 self.call(call).echo.store(true, Ordering::Relaxed);
             }
@@ -189,10 +201,37 @@ impl MediaHub {
                 let removed = lock(&self.inner.calls).remove(&call);
                 if let Some(m) = removed {
                     self.drop_route(&m);
+                    self.close_leg(&m);
                     m.stop_tasks();
                 }
             }
         }
+    }
+
+    /// Says goodbye in RTCP and records the leg's statistics (metrics and the call's media log line).
+    fn close_leg(&self, m: &CallMedia) {
+        let Some(sock) = lock(&m.rtp).clone() else {
+            return;
+        };
+        let (bye, stats, security) = {
+            let mut leg = lock(&m.leg);
+            (leg.bye(Instant::now()), leg.stats(), leg.security_label())
+        };
+        if let Some(t) = bye {
+            send_transmit(&sock, lock(&m.rtcp).as_deref(), &t);
+        }
+        self.inner.metrics.legacy_call_stats(&stats);
+        tracing::info!(
+            call = %m.key,
+            security,
+            packets_received = stats.packets_received,
+            packets_lost = stats.packets_lost,
+            jitter_ms = format_args!("{:.1}", stats.jitter_ms),
+            rtt_ms = stats.rtt_ms.map(|r| format!("{r:.1}")).unwrap_or_else(|| "-".into()),
+            packets_sent = stats.packets_sent,
+            peer_lost = stats.remote_packets_lost.unwrap_or(0),
+            "legacy media ended"
+        );
     }
 
     fn open_legacy(&self, call: CallKey, port: u16) {
@@ -213,12 +252,13 @@ impl MediaHub {
             Err(e) => return fail(e.to_string()),
         };
         let rtcp = match self.bind(rtcp_port) {
-            Ok(s) => s,
+            Ok(s) => Arc::new(s),
             Err(e) => return fail(format!("RTCP port {rtcp_port}: {e}")),
         };
         let m = self.call(call);
         m.stop_tasks();
         *lock(&m.rtp) = Some(rtp.clone());
+        *lock(&m.rtcp) = Some(rtcp.clone());
         let rtp_task = tokio::spawn(legacy_rtp_task(
             rtp,
             Arc::downgrade(&m),
@@ -226,7 +266,11 @@ impl MediaHub {
             self.inner.metrics.clone(),
             self.inner.events.clone(),
         ));
-        let rtcp_task = tokio::spawn(legacy_rtcp_task(rtcp, self.inner.metrics.clone()));
+        let rtcp_task = tokio::spawn(legacy_rtcp_task(
+            rtcp,
+            Arc::downgrade(&m),
+            self.inner.metrics.clone(),
+        ));
         *lock(&m.rtp_task) = Some(rtp_task);
         *lock(&m.rtcp_task) = Some(rtcp_task);
     }
@@ -374,13 +418,32 @@ fn report_failure(events: &UnboundedSender<MediaEvent>, call: CallKey, reason: S
     let _ = events.send(MediaEvent::SecurityFailed { call, reason });
 }
 
-/// Sends what the leg queued (STUN answers and checks, DTLS flights) and reports a failure.
-fn flush(sock: &UdpSocket, m: &CallMedia, events: &UnboundedSender<MediaEvent>, now: Instant) {
+fn send_transmit(rtp: &UdpSocket, rtcp: Option<&UdpSocket>, t: &Transmit) -> bool {
+    let sock = if t.from_rtcp_port { rtcp.unwrap_or(rtp) } else { rtp };
+    match sock.try_send_to(&t.bytes, t.to) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(to = %t.to, error = %e, "STUN/DTLS/RTCP send failed");
+            false
+        }
+    }
+}
+
+/// Sends what the leg queued (STUN answers and checks, DTLS flights, RTCP reports) and reports
+/// a failure.
+fn flush(
+    sock: &UdpSocket,
+    m: &CallMedia,
+    metrics: &Metrics,
+    events: &UnboundedSender<MediaEvent>,
+    now: Instant,
+) {
+    let rtcp = lock(&m.rtcp).clone();
     let failure = {
         let mut leg = lock(&m.leg);
-        while let Some((to, pkt)) = leg.poll_transmit(now) {
-            if let Err(e) = sock.try_send_to(&pkt, to) {
-                tracing::debug!(%to, error = %e, "STUN/DTLS send failed");
+        while let Some(t) = leg.poll_transmit(now) {
+            if send_transmit(sock, rtcp.as_deref(), &t) && t.bytes.get(1).is_some_and(|b| (200..=204).contains(b)) {
+                metrics.rtcp_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
         leg.take_failure()
@@ -416,7 +479,7 @@ async fn legacy_rtp_task(
             _ = tokio::time::sleep_until(deadline.into()) => None,
             _ = wake.notified() => {
                 let Some(m) = call.upgrade() else { return };
-                flush(&sock, &m, &events, Instant::now());
+                flush(&sock, &m, &metrics, &events, Instant::now());
                 continue;
             }
         };
@@ -425,7 +488,7 @@ async fn legacy_rtp_task(
         let (n, src) = match received {
             None => {
                 lock(&m.leg).handle_timeout(now);
-                flush(&sock, &m, &events, now);
+                flush(&sock, &m, &metrics, &events, now);
                 continue;
             }
             Some(Ok(x)) => x,
@@ -447,7 +510,7 @@ async fn legacy_rtp_task(
             }
             Recv::Consumed => {
                 drop(leg);
-                flush(&sock, &m, &events, now);
+                flush(&sock, &m, &metrics, &events, now);
                 continue;
             }
             Recv::Drop(reason) => {
@@ -472,17 +535,35 @@ async fn legacy_rtp_task(
     }
 }
 
-/// Reads the RTCP port (`port + 1`): RTCP is terminated per leg, so packets are only counted.
-async fn legacy_rtcp_task(sock: UdpSocket, metrics: Arc<Metrics>) {
+/// Reads the RTCP port (`port + 1`) of a leg without rtcp-mux: RTCP is terminated per leg, so
+/// packets feed the leg's statistics and are not relayed.
+async fn legacy_rtcp_task(
+    sock: Arc<UdpSocket>,
+    call: std::sync::Weak<CallMedia>,
+    metrics: Arc<Metrics>,
+) {
     let mut buf = vec![0u8; UDP_RECV_BUF];
     loop {
         match sock.recv_from(&mut buf).await {
-            Ok((n, _)) => match rtp::classify(&buf[..n]) {
-                PacketKind::Rtcp => {
-                    metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+            Ok((n, src)) => {
+                let Some(m) = call.upgrade() else { return };
+                let pkt = &buf[..n];
+                if rtp::classify(pkt) != PacketKind::Rtcp {
+                    metrics.media_drop(DropReason::Malformed);
+                    continue;
                 }
-                _ => metrics.media_drop(DropReason::Malformed),
-            },
+                let outcome = match lock(&m.leg).on_recv(Instant::now(), src, pkt) {
+                    Recv::Rtcp(_) => None,
+                    Recv::Drop(r) => Some(r),
+                    Recv::Rtp(_) | Recv::Consumed => Some(DropReason::Malformed),
+                };
+                match outcome {
+                    None => {
+                        metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(r) => metrics.media_drop(r),
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
             Err(e) => {
                 tracing::warn!(error = %e, "legacy RTCP socket failed");

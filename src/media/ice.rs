@@ -85,6 +85,19 @@
 //!
 //! Gathering (there is one host candidate, the socket), several components or data streams,
 //! trickle ICE, TCP candidates, and the aggressive-nomination sender side.
+//!
+//! # Crates
+//!
+//! STUN encoding and decoding, MESSAGE-INTEGRITY, FINGERPRINT, XOR-MAPPED-ADDRESS, USERNAME,
+//! ERROR-CODE and UNKNOWN-ATTRIBUTES come from rtc-stun; PRIORITY, ICE-CONTROLLING/CONTROLLED and
+//! USE-CANDIDATE from rtc-ice's attribute types. Framing checks rtc-stun leaves to the caller are
+//! done here before its decoder runs (length field a multiple of 4 and equal to the datagram,
+//! FINGERPRINT single, last and 4 bytes, MESSAGE-INTEGRITY 20 bytes), so no input reaches code
+//! that could index out of bounds. rtc-ice's `Agent` is not used: its liveness model is pion's
+//! (any packet from the remote resets a 5 s "disconnected" / 30 s "failed" clock, fixed 2 s
+//! keepalives) rather than RFC 7675 consent on the selected address with randomised 4–6 s
+//! requests, its lite mode sends no consent requests, its pacing and retransmissions are not
+//! RFC 8445/8489's, and it has no query for "may media go to this address now".
 
 use rand::Rng as _;
 use rtc_ice::attributes::control::{AttrControlled, AttrControlling};
@@ -898,6 +911,7 @@ impl IceAgent {
         msg: &mut Message,
         is_error: bool,
     ) -> Result<(), IceError> {
+        check_fingerprint(msg)?;
         let Some(ti) = self
             .transactions
             .iter()
@@ -905,7 +919,6 @@ impl IceAgent {
         else {
             return Err(IceError::UnknownTransaction);
         };
-        check_fingerprint(msg)?;
         let authenticated = msg.contains(ATTR_MESSAGE_INTEGRITY);
         if authenticated {
             let key = self.remote.pwd.clone();

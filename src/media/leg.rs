@@ -17,13 +17,14 @@
 
 use super::dtls::{DtlsEndpoint, DtlsIdentity, DtlsRole, DtlsState, Fingerprint};
 use super::ice::{IceAgent, IceCredentials, IceMode, IceState};
+use super::rtcp::{LegRtcp, LegStats};
 use super::rtp::{self, PacketKind};
 use super::srtp::SrtpSession;
 use super::{LegCrypto, LegIce};
 use crate::metrics::DropReason;
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// What became of a received datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,11 +68,37 @@ pub struct LegacyLeg {
     failed: bool,
     /// ICE state last seen, to log transitions once.
     ice_state: Option<IceState>,
+    /// RTCP is terminated here: our receive statistics and reports (RFC 3550, RFC 7667 §3.2.2).
+    rtcp: LegRtcp,
+    rtcp_ssrc: u32,
+    clock_rate: u32,
+    /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
+    dtmf_pt: Option<u8>,
+    /// RTCP shares the RTP port (RFC 5761).
+    mux: bool,
+    /// Reports (plaintext) waiting for [`LegacyLeg::poll_transmit`].
+    reports: Vec<Vec<u8>>,
+}
+
+/// A datagram the leg wants sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+    /// Send from the call's RTCP socket (port + 1): an RTCP report on a leg without rtcp-mux.
+    pub from_rtcp_port: bool,
 }
 
 impl LegacyLeg {
-    pub fn new(latching: bool) -> LegacyLeg {
+    pub fn new(latching: bool, now: Instant) -> LegacyLeg {
+        let rtcp_ssrc = rand::random::<u32>();
         LegacyLeg {
+            rtcp: LegRtcp::new(rtcp_ssrc, cname(rtcp_ssrc), 8000, now),
+            rtcp_ssrc,
+            clock_rate: 8000,
+            dtmf_pt: None,
+            mux: false,
+            reports: Vec::new(),
             remote: Remote {
                 latching,
                 ..Remote::default()
@@ -88,7 +115,8 @@ impl LegacyLeg {
 
     /// The remote SDP's address. A latched source survives a repeated one (re-INVITE with the
     /// same SDP); a new address starts latching over.
-    pub fn set_remote(&mut self, rtp: SocketAddr, latching: bool) {
+    pub fn set_remote(&mut self, rtp: SocketAddr, latching: bool, mux: bool) {
+        self.mux = mux;
         let r = &mut self.remote;
         let moved = r.sdp.is_some_and(|a| a != rtp);
         r.sdp = Some(rtp);
@@ -97,6 +125,42 @@ impl LegacyLeg {
             r.latched = false;
         }
         r.latching = latching;
+    }
+
+    /// The negotiated codec's RTP clock rate and the telephone-event payload type, for RTCP
+    /// statistics. A new clock rate restarts them.
+    pub fn set_codec(&mut self, now: Instant, clock_rate: u32, dtmf_pt: Option<u8>) {
+        self.dtmf_pt = dtmf_pt;
+        if clock_rate != self.clock_rate && clock_rate != 0 {
+            self.clock_rate = clock_rate;
+            self.rtcp = LegRtcp::new(self.rtcp_ssrc, cname(self.rtcp_ssrc), clock_rate, now);
+        }
+    }
+
+    /// This leg's RTCP statistics so far.
+    pub fn stats(&self) -> LegStats {
+        self.rtcp.stats()
+    }
+
+    /// A final RTCP BYE for teardown, protected as the leg's media is, and where it goes.
+    pub fn bye(&mut self, now: Instant) -> Option<Transmit> {
+        let bye = self.rtcp.bye(now, SystemTime::now());
+        self.report_transmit(now, &bye)
+    }
+
+    fn report_transmit(&mut self, now: Instant, report: &[u8]) -> Option<Transmit> {
+        let (to, bytes) = self.protect(now, report, true).ok()?;
+        let mux = self.mux;
+        let to = if mux {
+            to
+        } else {
+            SocketAddr::new(to.ip(), to.port().wrapping_add(1))
+        };
+        Some(Transmit {
+            to,
+            bytes: bytes.into_owned(),
+            from_rtcp_port: !mux,
+        })
     }
 
     /// Applies an offer/answer round's security. The same values again change nothing; new SDES
@@ -252,7 +316,8 @@ impl LegacyLeg {
         if kind == PacketKind::Invalid {
             return Recv::Drop(DropReason::Malformed);
         }
-        if !self.source_ok(src) {
+        // RTCP may come from the peer's RTCP port; SRTCP authenticates it where it matters.
+        if kind == PacketKind::Rtp && !self.source_ok(src) {
             return Recv::Drop(DropReason::WrongSource);
         }
         let plain: Cow<'a, [u8]> = match &mut self.keys {
@@ -270,13 +335,18 @@ impl LegacyLeg {
                 }
             }
         };
-        // Only an authenticated packet moves the latch.
-        self.latch(src);
         if kind == PacketKind::Rtcp {
-            Recv::Rtcp(plain)
-        } else {
-            Recv::Rtp(plain)
+            if let Err(e) = self.rtcp.on_rtcp_received(now, SystemTime::now(), &plain) {
+                tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused");
+            }
+            return Recv::Rtcp(plain);
         }
+        // Only an authenticated RTP packet moves the latch.
+        self.latch(src);
+        if self.dtmf_pt != Some(plain.get(1).map_or(0, |b| b & 0x7f)) {
+            self.rtcp.on_rtp_received(now, &plain);
+        }
+        Recv::Rtp(plain)
     }
 
     fn after_dtls(&mut self) {
@@ -333,6 +403,9 @@ impl LegacyLeg {
                 DropReason::NoRoute
             });
         };
+        if !rtcp {
+            self.rtcp.on_rtp_sent(now, pkt);
+        }
         let bytes = match &mut self.keys {
             Keys::Plain => Cow::Borrowed(pkt),
             Keys::Pending => return Err(DropReason::NotSecured),
@@ -351,16 +424,26 @@ impl LegacyLeg {
     /// STUN and DTLS datagrams to send, with their destination. DTLS only ever goes where
     /// media may go (so never to an unchecked address); when there is no such address yet its
     /// flight is dropped here and the handshake's own retransmission sends it later.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        let plain = |(to, bytes)| Transmit {
+            to,
+            bytes,
+            from_rtcp_port: false,
+        };
         if let Some(t) = self.ice.as_mut().and_then(|a| a.poll_transmit()) {
-            return Some(t);
+            return Some(plain(t));
+        }
+        while let Some(r) = self.reports.pop() {
+            if let Some(t) = self.report_transmit(now, &r) {
+                return Some(t);
+            }
         }
         let dest = self.dest(now);
         let d = self.dtls.as_mut()?;
         loop {
             let pkt = d.poll_transmit()?;
             if let Some(to) = dest {
-                return Some((to, pkt));
+                return Some(plain((to, pkt)));
             }
         }
     }
@@ -368,10 +451,9 @@ impl LegacyLeg {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let ice = self.ice.as_ref().and_then(|a| a.poll_timeout());
         let dtls = self.dtls.as_ref().and_then(|d| d.poll_timeout());
-        match (ice, dtls) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Reports only once there is somewhere to send them.
+        let rtcp = self.remote.sdp.map(|_| self.rtcp.poll_timeout());
+        [ice, dtls, rtcp].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -398,12 +480,22 @@ impl LegacyLeg {
             d.handle_timeout(now);
         }
         self.after_dtls();
+        if self.remote.sdp.is_some() && now >= self.rtcp.poll_timeout() {
+            if let Some(r) = self.rtcp.poll_report(now, SystemTime::now()) {
+                self.reports.push(r);
+            }
+        }
     }
 
     /// The label of the security in force, for logs.
     pub fn security_label(&self) -> &'static str {
         self.applied.as_ref().map_or("rtp", |(c, _)| c.label())
     }
+}
+
+/// RFC 7022 §4.2: a per-call random CNAME, nothing that identifies a user or host.
+fn cname(ssrc: u32) -> String {
+    format!("{ssrc:08x}{:08x}@riptide", rand::random::<u32>())
 }
 
 fn start_dtls(
@@ -424,4 +516,251 @@ fn start_dtls(
         DtlsRole::Server
     };
     DtlsEndpoint::with_fingerprints(identity, role, fps, now).map_err(|e| format!("DTLS: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::srtp::{CryptoAttr, Suite};
+    use std::time::Duration;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 2], p))
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0x00];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        p.extend_from_slice(&0xabcd_0001u32.to_be_bytes());
+        p.extend(std::iter::repeat_n(0x55u8, 160));
+        p
+    }
+
+    fn key(byte: u8) -> CryptoAttr {
+        CryptoAttr::generate(1, Suite::AesCm128HmacSha1_80, |b| {
+            b.fill(byte);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    /// A lite leg and a full controlling peer, wired back to back with simulated time.
+    struct IcePair {
+        leg: LegacyLeg,
+        peer: IceAgent,
+        now: Instant,
+        peer_silent: bool,
+    }
+
+    const LEG: u16 = 30000;
+    const PEER: u16 = 40000;
+
+    impl IcePair {
+        fn new() -> IcePair {
+            let now = Instant::now();
+            let leg_creds = IceCredentials::generate();
+            let peer_creds = IceCredentials::generate();
+            let mut leg = LegacyLeg::new(true, now);
+            leg.set_remote(addr(PEER), true, true);
+            leg.secure(
+                now,
+                LegCrypto::Plain,
+                Some(LegIce {
+                    lite: true,
+                    controlling: false,
+                    local_ufrag: leg_creds.ufrag.clone(),
+                    local_pwd: leg_creds.pwd.clone(),
+                    remote_ufrag: peer_creds.ufrag.clone(),
+                    remote_pwd: peer_creds.pwd.clone(),
+                    remote_candidates: vec![addr(PEER)],
+                }),
+                None,
+            );
+            let peer = IceAgent::new(
+                IceMode::Full { controlling: true },
+                peer_creds,
+                leg_creds,
+                vec![addr(LEG)],
+                now,
+            );
+            IcePair {
+                leg,
+                peer,
+                now,
+                peer_silent: false,
+            }
+        }
+
+        /// Runs both sides for `d` in 10 ms steps, delivering every datagram.
+        fn run(&mut self, d: Duration) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now += Duration::from_millis(10);
+                self.peer.handle_timeout(self.now);
+                self.leg.handle_timeout(self.now);
+                while let Some((to, p)) = self.peer.poll_transmit() {
+                    assert_eq!(to, addr(LEG));
+                    if !self.peer_silent {
+                        let _ = self.leg.on_recv(self.now, addr(PEER), &p);
+                    }
+                }
+                while let Some(t) = self.leg.poll_transmit(self.now) {
+                    assert_eq!(t.to, addr(PEER), "nothing goes anywhere else");
+                    if !self.peer_silent && is_stun_packet(&t.bytes) {
+                        let _ = self.peer.handle_stun(self.now, addr(LEG), &t.bytes);
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_stun_packet(p: &[u8]) -> bool {
+        super::super::ice::is_stun(p)
+    }
+
+    #[test]
+    fn ice_leg_sends_nothing_before_a_check_and_stops_within_30_s_of_lost_consent() {
+        let mut p = IcePair::new();
+        assert_eq!(
+            p.leg.on_send(p.now, &rtp(1)).unwrap_err(),
+            DropReason::IceUnchecked,
+            "no media before any check"
+        );
+        p.run(Duration::from_secs(3));
+        let (to, _) = p.leg.on_send(p.now, &rtp(2)).expect("checked and nominated");
+        assert_eq!(to, addr(PEER));
+        // A long call: consent keeps being refreshed.
+        p.run(Duration::from_secs(120));
+        assert!(p.leg.on_send(p.now, &rtp(3)).is_ok());
+        // The peer vanishes: nothing answers our consent requests any more.
+        p.peer_silent = true;
+        let lapsed = p.now;
+        let mut stopped = None;
+        while p.now < lapsed + Duration::from_secs(40) {
+            p.run(Duration::from_millis(100));
+            if p.leg.on_send(p.now, &rtp(4)).is_err() {
+                stopped = Some(p.now - lapsed);
+                break;
+            }
+        }
+        let stopped = stopped.expect("media stops");
+        assert!(stopped <= Duration::from_secs(30), "stopped after {stopped:?}");
+        assert_eq!(
+            p.leg.on_send(p.now, &rtp(5)).unwrap_err(),
+            DropReason::IceUnchecked
+        );
+    }
+
+    #[test]
+    fn srtp_leg_drops_tampered_replayed_and_plain_packets() {
+        let now = Instant::now();
+        let (ours, theirs) = (key(1), key(2));
+        let mut leg = LegacyLeg::new(true, now);
+        leg.set_remote(addr(PEER), true, true);
+        leg.secure(
+            now,
+            LegCrypto::Sdes {
+                local: ours.clone(),
+                remote: theirs.clone(),
+            },
+            None,
+            None,
+        );
+        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let good = peer.protect_rtp(&rtp(1)).unwrap();
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &good),
+            Recv::Rtp(Cow::Owned(rtp(1)))
+        );
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &good),
+            Recv::Drop(DropReason::Srtp),
+            "replay"
+        );
+        let mut bad = peer.protect_rtp(&rtp(2)).unwrap().to_vec();
+        bad[20] ^= 0x80;
+        assert_eq!(leg.on_recv(now, addr(PEER), &bad), Recv::Drop(DropReason::Srtp));
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &rtp(3)),
+            Recv::Drop(DropReason::Srtp),
+            "plain RTP on an SRTP leg"
+        );
+        // What we send is protected, and the peer decrypts it.
+        let seven = rtp(7);
+        let (to, out) = leg.on_send(now, &seven).unwrap();
+        assert_eq!(to, addr(PEER));
+        assert_eq!(out.len(), 182);
+        assert_eq!(peer.unprotect_rtp(&out).unwrap().as_ref(), &rtp(7)[..]);
+        // The same keys again change nothing (no new context, so no replay-window reset).
+        leg.secure(
+            now,
+            LegCrypto::Sdes {
+                local: ours,
+                remote: theirs,
+            },
+            None,
+            None,
+        );
+        assert_eq!(leg.on_recv(now, addr(PEER), &good), Recv::Drop(DropReason::Srtp));
+    }
+
+    #[test]
+    fn a_dtls_leg_without_a_certificate_fails_once_and_sends_nothing() {
+        let now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now);
+        leg.set_remote(addr(PEER), true, true);
+        leg.secure(
+            now,
+            LegCrypto::Dtls {
+                client: true,
+                fingerprints: vec!["sha-256 00".into()],
+            },
+            None,
+            None,
+        );
+        assert!(leg.take_failure().is_some());
+        assert!(leg.take_failure().is_none(), "reported once");
+        assert!(leg.on_send(now, &rtp(1)).is_err());
+    }
+
+    #[test]
+    fn rtcp_reports_go_to_the_peer_protected_and_count_what_was_received() {
+        let mut now = Instant::now();
+        let (ours, theirs) = (key(3), key(4));
+        let mut leg = LegacyLeg::new(true, now);
+        leg.set_remote(addr(PEER), true, true);
+        leg.set_codec(now, 8000, Some(101));
+        leg.secure(
+            now,
+            LegCrypto::Sdes {
+                local: ours.clone(),
+                remote: theirs.clone(),
+            },
+            None,
+            None,
+        );
+        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let mut reports = 0;
+        for seq in 0..500u16 {
+            now += Duration::from_millis(20);
+            if seq % 10 != 3 {
+                let p = peer.protect_rtp(&rtp(seq)).unwrap();
+                assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+            }
+            if leg.poll_timeout().is_some_and(|t| t <= now) {
+                leg.handle_timeout(now);
+            }
+            while let Some(t) = leg.poll_transmit(now) {
+                assert_eq!(t.to, addr(PEER), "rtcp-mux: same port");
+                let plain = peer.unprotect_rtcp(&t.bytes).expect("SRTCP the peer can read");
+                assert!(matches!(plain[1], 200 | 201));
+                reports += 1;
+            }
+        }
+        assert!((1..=5).contains(&reports), "{reports} reports in 10 s");
+        let st = leg.stats();
+        assert_eq!(st.packets_lost, 50);
+        assert!(st.packets_received >= 449);
+    }
 }

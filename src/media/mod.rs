@@ -39,6 +39,13 @@ pub enum MediaCmd {
         call: CallKey,
         negotiated: Box<Negotiated>,
     },
+    /// The negotiated codec's RTP clock rate and the telephone-event payload type (RTCP
+    /// statistics; DTMF).
+    SetCodec {
+        call: CallKey,
+        clock_rate: u32,
+        dtmf_pt: Option<u8>,
+    },
     /// Reflect every datagram received for this call back to its sender (the built-in echo service).
     Echo { call: CallKey },
     /// Tear the call's media down and release its port.
