@@ -316,6 +316,7 @@ pub async fn engine_config(
                 security: t.security.unwrap_or(cfg.media.security),
                 ice: t.ice.unwrap_or(cfg.media.ice),
                 latching: t.latching.unwrap_or(cfg.media.latching),
+                dtmf: t.dtmf.unwrap_or(cfg.media.dtmf),
             },
             match_sources: t
                 .match_sources
@@ -366,6 +367,7 @@ pub async fn engine_config(
             security: cfg.media.security,
             ice: cfg.media.ice,
             latching: cfg.media.latching,
+            dtmf: cfg.media.dtmf,
         },
         dtls_fingerprint: dtls_fingerprint.to_string(),
         t1: Duration::from_millis(cfg.sip.t1_ms.max(1)),

@@ -29,6 +29,8 @@ pub enum DropReason {
     IceUnchecked,
     /// A STUN packet that failed validation, or STUN on a leg without ICE.
     Stun,
+    /// A telephone-event toward a `dtmf = "info"` leg: it went as SIP INFO instead.
+    DtmfAsInfo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -48,6 +50,7 @@ impl DropReason {
         DropReason::NotSecured,
         DropReason::IceUnchecked,
         DropReason::Stun,
+        DropReason::DtmfAsInfo,
     ];
 
     pub fn label(self) -> &'static str {
@@ -61,6 +64,7 @@ impl DropReason {
             DropReason::NotSecured => "not_secured",
             DropReason::IceUnchecked => "ice_unchecked",
             DropReason::Stun => "stun",
+            DropReason::DtmfAsInfo => "dtmf_as_info",
         }
     }
 }
@@ -374,7 +378,12 @@ impl Metrics {
             "counter",
             "RTCP reports riptide generated toward legacy peers.",
         );
-        line(&mut out, "rtcp_packets_sent_total", "", load(&self.rtcp_sent));
+        line(
+            &mut out,
+            "rtcp_packets_sent_total",
+            "",
+            load(&self.rtcp_sent),
+        );
 
         header(
             &mut out,

@@ -55,8 +55,14 @@ fn shipped_default_file_equals_embedded_default() {
 fn pair_files_load_with_paths_relative_to_the_file() {
     let a = load_file(&shipped("pair-a.toml")).unwrap();
     assert_eq!(a.general.node_name, "a");
-    assert_eq!(a.sip.udp, vec!["127.0.0.1:5070".parse::<std::net::SocketAddr>().unwrap()]);
-    assert_eq!(a.http3.listen, "127.0.0.1:4433".parse::<std::net::SocketAddr>().unwrap());
+    assert_eq!(
+        a.sip.udp,
+        vec!["127.0.0.1:5070".parse::<std::net::SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        a.http3.listen,
+        "127.0.0.1:4433".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!(a.ript_peers[0].url, "https://127.0.0.1:4434");
     assert_eq!(a.sip_routes[0].ript_peer, "b");
     let ca = a.resolve_path(a.ript_peers[0].ca_file.as_deref().unwrap());
@@ -68,7 +74,10 @@ fn pair_files_load_with_paths_relative_to_the_file() {
 
     let b = load_file(&shipped("pair-b.toml")).unwrap();
     assert_eq!(b.general.node_name, "b");
-    assert_eq!(b.http3.listen, "127.0.0.1:4434".parse::<std::net::SocketAddr>().unwrap());
+    assert_eq!(
+        b.http3.listen,
+        "127.0.0.1:4434".parse::<std::net::SocketAddr>().unwrap()
+    );
     assert_eq!((b.media.port_min, b.media.port_max), (25000, 29999));
     assert_eq!(b.tgs[0].routes[0].sip_trunk.as_deref(), Some("pbx"));
     assert_eq!(b.sip_trunks[0].target, "sip:127.0.0.1:5080;transport=udp");

@@ -407,3 +407,53 @@ async fn ice_lite_sends_no_media_before_a_check_and_answers_checks() {
         "media flows once the address is checked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_info_dtmf_is_played_as_rfc4733_toward_http3() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut cfg = test_config(15363, 15546, 32600, "info");
+    cfg.media.security = MediaSecurity::Rtp;
+    cfg.media.ice = IceMode::Off;
+    let _running = riptide::gateway::start(cfg).await.expect("gateway starts");
+    let sip: SocketAddr = "127.0.0.1:15363".parse().unwrap();
+    let ua = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = ua.local_addr().unwrap();
+    let media = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let offer = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n",
+        media.local_addr().unwrap().port()
+    );
+    ua.send_to(invite(sip, me, "info1", &offer).as_bytes(), sip)
+        .await
+        .unwrap();
+    let ok = until(&ua, &["SIP/2.0 200"]).await;
+    let tag = to_tag(&ok);
+    ua.send_to(ack(sip, me, "info1", &tag).as_bytes(), sip)
+        .await
+        .unwrap();
+    // The echo reflects what reaches the HTTP/3 side: RTP from us latches the echo's return path.
+    let gw: SocketAddr = ([127, 0, 0, 1], media_port(&ok)).into();
+    assert!(round_trip(&media, gw, &rtp(1)).await.is_some());
+    let body = "Signal=3\r\nDuration=100\r\n";
+    let info = format!(
+        "INFO sip:riptide@{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKinfo1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@{me}>;tag=tinfo1\r\nTo: <sip:echo@{sip}>;tag={tag}\r\nCall-ID: info1\r\nCSeq: 2 INFO\r\nContent-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    ua.send_to(info.as_bytes(), sip).await.unwrap();
+    let answer = until(&ua, &["SIP/2.0"]).await;
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    // The key comes back through the echo as RFC 4733 events: event 3, ending with the E bit.
+    let mut buf = [0u8; 2048];
+    let mut events = 0;
+    let mut ended = false;
+    while let Ok(Ok((n, _))) = timeout(Duration::from_millis(500), media.recv_from(&mut buf)).await
+    {
+        if n == 16 && buf[1] & 0x7f == 101 {
+            assert_eq!(buf[12], 3, "event code of key 3");
+            events += 1;
+            ended |= buf[13] & 0x80 != 0;
+        }
+    }
+    assert!(events >= 4, "{events} telephone-event packets");
+    assert!(ended, "the end of the event was sent");
+}

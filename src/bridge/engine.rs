@@ -142,6 +142,7 @@ impl EngineConfig {
             security: crate::config::MediaSecurity::Rtp,
             ice: crate::config::IceMode::Off,
             latching: true,
+            dtmf: crate::config::DtmfMode::Rfc4733,
         };
         let trunk = "127.0.0.1:5080";
         EngineConfig {
@@ -262,6 +263,8 @@ enum Purpose {
     Cancel,
     Bye,
     ReInvite,
+    /// SIP INFO carrying a DTMF key; its answer changes nothing.
+    Info,
 }
 
 #[derive(Debug)]
@@ -551,6 +554,11 @@ impl Engine {
                 warn!(%call, port, %reason, "media port bind failed");
                 self.fail_call(now, call, 503, "Service Unavailable (media port)");
             }
+            Input::Media(MediaEvent::Dtmf {
+                call,
+                digit,
+                toward_legacy,
+            }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
                 warn!(%call, %reason, "ending the call: legacy media security failed");
@@ -1165,12 +1173,78 @@ impl Engine {
                 }
             }
             Method::Invite | Method::Update => self.on_reoffer(now, key, &m),
-            Method::Info | Method::Options => {
+            Method::Info => self.on_info(now, key, &m),
+            Method::Options => {
                 self.respond(now, &m, 200, "OK", None, &Extra::none());
             }
             _ => {
                 self.method_not_allowed(now, &m);
             }
+        }
+    }
+
+    /// INFO in a dialog: a DTMF key (`application/dtmf-relay` or `application/dtmf`) becomes a
+    /// `dtmf` event and RFC 4733 events toward the HTTP/3 side; an empty INFO is answered.
+    fn on_info(&mut self, now: Instant, key: CallKey, m: &SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        if req.body.is_empty() {
+            self.respond(now, m, 200, "OK", None, &Extra::none());
+            return;
+        }
+        let ct = msg::first_header(&req.headers, "Content-Type").unwrap_or_default();
+        match crate::media::dtmf::parse_info(&ct, &req.body) {
+            Ok(digit) => {
+                self.respond(now, m, 200, "OK", None, &Extra::none());
+                info!(call = %key, digit = %digit.digit, duration_ms = digit.duration_ms, "DTMF by SIP INFO");
+                self.send_event(key, Event::dtmf(digit.digit, digit.duration_ms));
+                self.out
+                    .push_back(Output::Media(MediaCmd::SendDtmf { call: key, digit }));
+            }
+            Err(crate::media::dtmf::DtmfError::UnsupportedContentType(_)) => {
+                let accept = "application/dtmf-relay, application/dtmf";
+                self.respond(
+                    now,
+                    m,
+                    415,
+                    "Unsupported Media Type",
+                    None,
+                    &Extra::none().header("Accept", accept),
+                );
+            }
+            Err(e) => {
+                let reason = format!("Bad Request ({e})");
+                self.respond(now, m, 400, &safe_phrase(&reason), None, &Extra::none());
+            }
+        }
+    }
+
+    /// A key seen in a telephone-event stream: from the legacy peer it is announced to the
+    /// HTTP/3 side; toward a `dtmf = "info"` peer it goes as SIP INFO.
+    fn on_media_dtmf(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        digit: crate::media::dtmf::Digit,
+        toward_legacy: bool,
+    ) {
+        if !self.calls.contains_key(&key) {
+            return;
+        }
+        let _g = self.span(key).entered();
+        info!(digit = %digit.digit, duration_ms = digit.duration_ms, toward_legacy, "DTMF");
+        if !toward_legacy {
+            self.send_event(key, Event::dtmf(digit.digit, digit.duration_ms));
+            return;
+        }
+        let (ct, body) = crate::media::dtmf::info_body(digit);
+        let mut extra = Extra::none();
+        extra.body = Some((ct, body.as_bytes()));
+        if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INFO", None, &extra) {
+            self.branches.insert(branch.clone(), (key, Purpose::Info));
+            self.txn
+                .send_request(now, &branch, false, bytes.into(), dest);
         }
     }
 
@@ -1375,7 +1449,7 @@ impl Engine {
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
             Purpose::ReInvite => self.on_reinvite_response(now, key, resp, code),
-            Purpose::Bye | Purpose::Cancel => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
         }
     }
 
@@ -1782,7 +1856,7 @@ impl Engine {
                 self.end_server_call(key);
                 self.finish(key, CallOutcome::Failed);
             }
-            Purpose::Bye | Purpose::Cancel => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
             Purpose::ReInvite => {
                 // RFC 3261 §14.1: a re-INVITE timeout ends the dialog.
                 let reason = "SIP;cause=408;text=\"Request Timeout\"";
@@ -2051,8 +2125,11 @@ impl Engine {
                     session_attrs: sec.session_attrs.clone(),
                     media_attrs: sec.media_attrs.clone(),
                 };
-                self.out
-                    .push_back(Output::Media(codec_cmd(key, &local_sdp.formats)));
+                self.out.push_back(Output::Media(codec_cmd(
+                    key,
+                    &local_sdp.formats,
+                    trunk.media.dtmf == crate::config::DtmfMode::Info,
+                )));
                 let from_user = request
                     .from
                     .clone()
@@ -2144,7 +2221,12 @@ impl Engine {
         if formats.is_empty() {
             return;
         }
-        let codec = codec_cmd(key, &formats);
+        let info = call
+            .sip
+            .as_ref()
+            .and_then(|s| s.sec.as_ref())
+            .is_some_and(|s| s.policy.dtmf == crate::config::DtmfMode::Info);
+        let codec = codec_cmd(key, &formats, info);
         if let Some(l) = call.sip.as_mut().and_then(|s| s.local_sdp.as_mut()) {
             l.formats = formats;
             l.ptime = Some(ptime);
@@ -3008,7 +3090,7 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
 /// The CSeq number of a request we hold.
 /// The hub's view of a negotiated codec list: the voice codec's clock rate, and the
 /// telephone-event payload type at that rate.
-fn codec_cmd(call: CallKey, formats: &[sdp::Format]) -> MediaCmd {
+fn codec_cmd(call: CallKey, formats: &[sdp::Format], dtmf_as_info: bool) -> MediaCmd {
     let voice = formats.iter().find(|f| !model::is_auxiliary_codec(&f.name));
     let clock_rate = voice.map_or(8000, |f| f.clock_rate);
     let dtmf_pt = formats
@@ -3019,6 +3101,7 @@ fn codec_cmd(call: CallKey, formats: &[sdp::Format]) -> MediaCmd {
         call,
         clock_rate,
         dtmf_pt,
+        dtmf_as_info,
     }
 }
 

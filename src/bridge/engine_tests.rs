@@ -1319,6 +1319,7 @@ fn secure_sim(security: crate::config::MediaSecurity, ice: crate::config::IceMod
         security,
         ice,
         latching: true,
+        dtmf: crate::config::DtmfMode::Rfc4733,
     };
     c.media = policy;
     c.trunks[0].media = policy;
@@ -1572,4 +1573,121 @@ fn ice_lite_answer_carries_credentials_and_a_host_candidate() {
         "{ok}"
     );
     assert!(ok.contains("a=rtcp-mux\r\n"), "{ok}");
+}
+
+// ------------------------------------------------------------------ DTMF
+
+fn info(branch: &str, cseq: u32, to_tag: &str, ct: &str, body: &str) -> String {
+    format!(
+        "INFO sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@127.0.0.1>;tag=caller1\r\nTo: <sip:answer@127.0.0.1:5070>;tag={to_tag}\r\nCall-ID: cid-a\r\nCSeq: {cseq} INFO\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn client_events(out: &[Output]) -> Vec<Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Ript(RiptCmd::ClientSend { event, .. }) => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sip_info_dtmf_becomes_a_dtmf_event_and_rfc4733_toward_http3() {
+    let mut s = Sim::new();
+    let (key, tag) = a_call_answered(&mut s);
+    s.take();
+    s.sip(
+        &info(
+            "z9hG4bKi1",
+            2,
+            &tag,
+            "application/dtmf-relay",
+            "Signal=5\r\nDuration=160\r\n",
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    assert_eq!(start_lines(&sip_texts(&out)), vec!["SIP/2.0 200 OK"]);
+    let evs = client_events(&out);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].name, EventName::Dtmf);
+    assert_eq!(evs[0].digit.as_deref(), Some("5"));
+    assert_eq!(evs[0].duration, Some(160));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Media(MediaCmd::SendDtmf { call, digit }) if *call == key && digit.digit == '5')));
+
+    // The other body format, then what is refused.
+    s.sip(&info("z9hG4bKi2", 3, &tag, "application/dtmf", "#"), CALLER);
+    let evs = client_events(&s.take());
+    assert_eq!(evs[0].digit.as_deref(), Some("#"));
+    s.sip(&info("z9hG4bKi3", 4, &tag, "text/plain", "5"), CALLER);
+    let msgs = s.sip_out();
+    assert!(msgs[0].starts_with("SIP/2.0 415"), "{}", msgs[0]);
+    assert!(
+        msgs[0].contains("Accept: application/dtmf-relay"),
+        "{}",
+        msgs[0]
+    );
+    s.sip(
+        &info(
+            "z9hG4bKi4",
+            5,
+            &tag,
+            "application/dtmf-relay",
+            "Signal=X\r\n",
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    let msgs = sip_texts(&out);
+    assert!(
+        msgs[0].starts_with("SIP/2.0 400 Bad Request"),
+        "{}",
+        msgs[0]
+    );
+    assert!(client_events(&out).is_empty());
+}
+
+#[test]
+fn keys_from_rtp_are_announced_and_go_as_info_toward_an_info_peer() {
+    let mut s = Sim::new();
+    let (key, _tag) = a_call_answered(&mut s);
+    s.take();
+    let digit = crate::media::dtmf::Digit::new('7', 120).unwrap();
+    s.input(Input::Media(MediaEvent::Dtmf {
+        call: key,
+        digit,
+        toward_legacy: false,
+    }));
+    let evs = client_events(&s.take());
+    assert_eq!(evs.len(), 1);
+    assert_eq!(
+        (evs[0].digit.as_deref(), evs[0].duration),
+        (Some("7"), Some(120))
+    );
+
+    s.input(Input::Media(MediaEvent::Dtmf {
+        call: key,
+        digit,
+        toward_legacy: true,
+    }));
+    let msgs = s.sip_out();
+    assert_eq!(msgs.len(), 1);
+    assert!(
+        msgs[0].starts_with("INFO sip:caller@127.0.0.1:5061 SIP/2.0"),
+        "{}",
+        msgs[0]
+    );
+    assert!(
+        msgs[0].contains("Content-Type: application/dtmf-relay"),
+        "{}",
+        msgs[0]
+    );
+    assert!(msgs[0].contains("Signal=7"), "{}", msgs[0]);
+    // Its 200 is absorbed.
+    let ok = reply(&msgs[0], 200, "OK", "x", None);
+    s.sip(&ok, CALLER);
+    assert!(s.sip_out().is_empty());
 }

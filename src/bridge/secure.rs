@@ -19,7 +19,7 @@
 //! when the peer's SDP carries credentials too. Roles: a lite agent is controlled; between two
 //! full agents the offerer controls; a full agent facing a lite one controls.
 
-use crate::config::{IceMode, MediaSecurity};
+use crate::config::{DtmfMode, IceMode, MediaSecurity};
 use crate::media::srtp::{CryptoAttr, Suite};
 use crate::sdp::SecurityDesc;
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +30,7 @@ pub struct MediaPolicy {
     pub security: MediaSecurity,
     pub ice: IceMode,
     pub latching: bool,
+    pub dtmf: DtmfMode,
 }
 
 /// How the hub must protect a leg's packets.
@@ -506,6 +507,7 @@ mod tests {
                 security,
                 ice,
                 latching: true,
+                dtmf: DtmfMode::Rfc4733,
             },
             FP,
             "192.0.2.1".parse().unwrap(),

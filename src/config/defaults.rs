@@ -71,6 +71,7 @@ impl Default for MediaConfig {
             latching: true,
             security: MediaSecurity::default(),
             ice: IceMode::default(),
+            dtmf: DtmfMode::default(),
         }
     }
 }

@@ -121,6 +121,20 @@ pub struct MediaConfig {
     pub security: MediaSecurity,
     /// ICE on legacy legs that no `[[sip_trunk]]` overrides.
     pub ice: IceMode,
+    /// How DTMF is carried on legacy legs that no `[[sip_trunk]]` overrides.
+    pub dtmf: DtmfMode,
+}
+
+/// How DTMF reaches a legacy peer. Received, both are always understood.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DtmfMode {
+    /// RFC 4733 telephone-events in the RTP stream, relayed as they are.
+    #[default]
+    Rfc4733,
+    /// SIP INFO (`application/dtmf-relay`): telephone-events from the HTTP/3 side become INFO
+    /// requests and are not relayed in-band.
+    Info,
 }
 
 /// What a legacy (SIP) leg's media must be protected with.
@@ -219,6 +233,8 @@ pub struct SipTrunkConfig {
     pub ice: Option<IceMode>,
     /// Latching on this trunk's legs; `[media] latching` when absent.
     pub latching: Option<bool>,
+    /// DTMF toward this trunk; `[media] dtmf` when absent.
+    pub dtmf: Option<DtmfMode>,
     /// Sources (`IP` or `IP:port`) whose INVITEs belong to this trunk, so its media policy and
     /// codecs apply to calls it sends us. Default: none (such calls get the `[media]` policy).
     #[serde(default)]

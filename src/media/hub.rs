@@ -190,10 +190,12 @@ impl MediaHub {
                 call,
                 clock_rate,
                 dtmf_pt,
+                dtmf_as_info,
             } => {
                 let m = self.call(call);
-                lock(&m.leg).set_codec(Instant::now(), clock_rate, dtmf_pt);
+                lock(&m.leg).set_codec(Instant::now(), clock_rate, dtmf_pt, dtmf_as_info);
             }
+            MediaCmd::SendDtmf { call, digit } => self.send_dtmf(call, digit),
             MediaCmd::Echo { call } => {
                 self.call(call).echo.store(true, Ordering::Relaxed);
             }
@@ -206,6 +208,35 @@ impl MediaHub {
                 }
             }
         }
+    }
+
+    /// Plays a key toward the HTTP/3 side as RFC 4733 events, paced as a real sender would.
+    fn send_dtmf(&self, call: CallKey, digit: super::dtmf::Digit) {
+        let Some(m) = lock(&self.inner.calls).get(&call).cloned() else {
+            return;
+        };
+        let Some(packets) = lock(&m.leg).dtmf_packets(digit) else {
+            tracing::warn!(%call, "DTMF from SIP INFO dropped: no telephone-event negotiated");
+            return;
+        };
+        let weak = Arc::downgrade(&m);
+        let metrics = self.inner.metrics.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut arena = DatagramArena::default();
+            for (offset, pkt) in packets {
+                tokio::time::sleep_until(start + offset).await;
+                let Some(m) = weak.upgrade() else { return };
+                let q = lock(&m.quic);
+                let sent = q.as_ref().and_then(|b| {
+                    let d = arena.frame(b.qsid, FLOW_RTP, &pkt)?;
+                    b.conn.send_datagram(d).ok()
+                });
+                if sent.is_none() {
+                    metrics.media_drop(DropReason::QuicSend);
+                }
+            }
+        });
     }
 
     /// Says goodbye in RTCP and records the leg's statistics (metrics and the call's media log line).
@@ -380,12 +411,21 @@ impl MediaHub {
                         metrics.media_drop(DropReason::NoRoute);
                         continue;
                     };
-                    let sent = lock(&m.leg)
-                        .on_send(Instant::now(), pkt)
-                        .map(|(to, bytes)| {
+                    let (sent, digits) = {
+                        let mut leg = lock(&m.leg);
+                        let sent = leg.on_send(Instant::now(), pkt).map(|(to, bytes)| {
                             sock.try_send_to(&bytes, to)
                                 .map_err(|_| DropReason::UdpSend)
                         });
+                        (sent, leg.take_digits())
+                    };
+                    for (digit, toward_legacy) in digits {
+                        let _ = self.inner.events.send(MediaEvent::Dtmf {
+                            call: m.key,
+                            digit,
+                            toward_legacy,
+                        });
+                    }
                     match sent {
                         Ok(Ok(_)) => metrics.rtp_relayed(false),
                         Ok(Err(r)) | Err(r) => metrics.media_drop(r),
@@ -419,7 +459,11 @@ fn report_failure(events: &UnboundedSender<MediaEvent>, call: CallKey, reason: S
 }
 
 fn send_transmit(rtp: &UdpSocket, rtcp: Option<&UdpSocket>, t: &Transmit) -> bool {
-    let sock = if t.from_rtcp_port { rtcp.unwrap_or(rtp) } else { rtp };
+    let sock = if t.from_rtcp_port {
+        rtcp.unwrap_or(rtp)
+    } else {
+        rtp
+    };
     match sock.try_send_to(&t.bytes, t.to) {
         Ok(_) => true,
         Err(e) => {
@@ -442,7 +486,9 @@ fn flush(
     let failure = {
         let mut leg = lock(&m.leg);
         while let Some(t) = leg.poll_transmit(now) {
-            if send_transmit(sock, rtcp.as_deref(), &t) && t.bytes.get(1).is_some_and(|b| (200..=204).contains(b)) {
+            if send_transmit(sock, rtcp.as_deref(), &t)
+                && t.bytes.get(1).is_some_and(|b| (200..=204).contains(b))
+            {
                 metrics.rtcp_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -503,7 +549,16 @@ async fn legacy_rtp_task(
         let pkt = &buf[..n];
         let mut leg = lock(&m.leg);
         let plain = match leg.on_recv(now, src, pkt) {
-            Recv::Rtp(p) => p,
+            Recv::Rtp(p) => {
+                for (digit, toward_legacy) in leg.take_digits() {
+                    let _ = events.send(MediaEvent::Dtmf {
+                        call: m.key,
+                        digit,
+                        toward_legacy,
+                    });
+                }
+                p
+            }
             Recv::Rtcp(_) => {
                 metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
                 continue;

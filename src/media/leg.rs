@@ -16,6 +16,7 @@
 //! engine's `SetRemote`/`Secure` commands arrive.
 
 use super::dtls::{DtlsEndpoint, DtlsIdentity, DtlsRole, DtlsState, Fingerprint};
+use super::dtmf::{Digit, DigitDetector};
 use super::ice::{IceAgent, IceCredentials, IceMode, IceState};
 use super::rtcp::{LegRtcp, LegStats};
 use super::rtp::{self, PacketKind};
@@ -78,6 +79,17 @@ pub struct LegacyLeg {
     mux: bool,
     /// Reports (plaintext) waiting for [`LegacyLeg::poll_transmit`].
     reports: Vec<Vec<u8>>,
+    /// Telephone-events toward the peer become SIP INFO (the engine sends them).
+    dtmf_as_info: bool,
+    /// Keys in the peer's telephone-events (for `dtmf` events) ...
+    detect_in: DigitDetector,
+    /// ... and in those toward it when they go as INFO.
+    detect_out: DigitDetector,
+    /// Keys seen, `true` when on their way to the peer.
+    digits: Vec<(Digit, bool)>,
+    /// Our own telephone-event stream toward the HTTP/3 side (keys that came as SIP INFO): its
+    /// own SSRC, so the relayed stream's numbering is untouched.
+    dtmf_out: (u32, u16, u32),
 }
 
 /// A datagram the leg wants sent.
@@ -99,6 +111,11 @@ impl LegacyLeg {
             dtmf_pt: None,
             mux: false,
             reports: Vec::new(),
+            dtmf_as_info: false,
+            detect_in: DigitDetector::new(8000),
+            detect_out: DigitDetector::new(8000),
+            digits: Vec::new(),
+            dtmf_out: (rand::random(), rand::random(), rand::random()),
             remote: Remote {
                 latching,
                 ..Remote::default()
@@ -129,12 +146,47 @@ impl LegacyLeg {
 
     /// The negotiated codec's RTP clock rate and the telephone-event payload type, for RTCP
     /// statistics. A new clock rate restarts them.
-    pub fn set_codec(&mut self, now: Instant, clock_rate: u32, dtmf_pt: Option<u8>) {
+    pub fn set_codec(
+        &mut self,
+        now: Instant,
+        clock_rate: u32,
+        dtmf_pt: Option<u8>,
+        dtmf_as_info: bool,
+    ) {
         self.dtmf_pt = dtmf_pt;
+        self.dtmf_as_info = dtmf_as_info;
         if clock_rate != self.clock_rate && clock_rate != 0 {
             self.clock_rate = clock_rate;
             self.rtcp = LegRtcp::new(self.rtcp_ssrc, cname(self.rtcp_ssrc), clock_rate, now);
+            self.detect_in = DigitDetector::new(clock_rate);
+            self.detect_out = DigitDetector::new(clock_rate);
         }
+    }
+
+    /// DTMF keys seen since the last call, `true` for those on their way to the peer.
+    pub fn take_digits(&mut self) -> Vec<(Digit, bool)> {
+        std::mem::take(&mut self.digits)
+    }
+
+    /// The RFC 4733 packets (with send offsets) that play `d` toward the HTTP/3 side; `None`
+    /// when no telephone-event payload type was negotiated.
+    pub fn dtmf_packets(&mut self, d: Digit) -> Option<Vec<(std::time::Duration, Vec<u8>)>> {
+        let pt = self.dtmf_pt?;
+        let (ssrc, seq, ts) = self.dtmf_out;
+        let mut sender =
+            super::dtmf::DigitSender::new(d, pt, ssrc, seq, ts, self.clock_rate, 20).ok()?;
+        let packets: Vec<_> = std::iter::from_fn(|| sender.next_packet()).collect();
+        let elapsed = u64::from(d.duration_ms + 100) * u64::from(self.clock_rate) / 1000;
+        self.dtmf_out = (
+            ssrc,
+            sender.next_seq(),
+            ts.wrapping_add(u32::try_from(elapsed).unwrap_or(u32::MAX)),
+        );
+        Some(packets)
+    }
+
+    fn is_dtmf(&self, pkt: &[u8]) -> bool {
+        self.dtmf_pt.is_some() && self.dtmf_pt == pkt.get(1).map(|b| b & 0x7f)
     }
 
     /// This leg's RTCP statistics so far.
@@ -343,7 +395,11 @@ impl LegacyLeg {
         }
         // Only an authenticated RTP packet moves the latch.
         self.latch(src);
-        if self.dtmf_pt != Some(plain.get(1).map_or(0, |b| b & 0x7f)) {
+        if self.is_dtmf(&plain) {
+            if let Some(d) = self.detect_in.on_packet(&plain) {
+                self.digits.push((d, false));
+            }
+        } else {
             self.rtcp.on_rtp_received(now, &plain);
         }
         Recv::Rtp(plain)
@@ -375,6 +431,12 @@ impl LegacyLeg {
         now: Instant,
         pkt: &'a [u8],
     ) -> Result<(SocketAddr, Cow<'a, [u8]>), DropReason> {
+        if self.dtmf_as_info && self.is_dtmf(pkt) {
+            if let Some(d) = self.detect_out.on_packet(pkt) {
+                self.digits.push((d, true));
+            }
+            return Err(DropReason::DtmfAsInfo);
+        }
         self.protect(now, pkt, false)
     }
 
@@ -628,7 +690,10 @@ mod tests {
             "no media before any check"
         );
         p.run(Duration::from_secs(3));
-        let (to, _) = p.leg.on_send(p.now, &rtp(2)).expect("checked and nominated");
+        let (to, _) = p
+            .leg
+            .on_send(p.now, &rtp(2))
+            .expect("checked and nominated");
         assert_eq!(to, addr(PEER));
         // A long call: consent keeps being refreshed.
         p.run(Duration::from_secs(120));
@@ -645,7 +710,10 @@ mod tests {
             }
         }
         let stopped = stopped.expect("media stops");
-        assert!(stopped <= Duration::from_secs(30), "stopped after {stopped:?}");
+        assert!(
+            stopped <= Duration::from_secs(30),
+            "stopped after {stopped:?}"
+        );
         assert_eq!(
             p.leg.on_send(p.now, &rtp(5)).unwrap_err(),
             DropReason::IceUnchecked
@@ -680,7 +748,10 @@ mod tests {
         );
         let mut bad = peer.protect_rtp(&rtp(2)).unwrap().to_vec();
         bad[20] ^= 0x80;
-        assert_eq!(leg.on_recv(now, addr(PEER), &bad), Recv::Drop(DropReason::Srtp));
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &bad),
+            Recv::Drop(DropReason::Srtp)
+        );
         assert_eq!(
             leg.on_recv(now, addr(PEER), &rtp(3)),
             Recv::Drop(DropReason::Srtp),
@@ -702,7 +773,10 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(leg.on_recv(now, addr(PEER), &good), Recv::Drop(DropReason::Srtp));
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &good),
+            Recv::Drop(DropReason::Srtp)
+        );
     }
 
     #[test]
@@ -730,7 +804,7 @@ mod tests {
         let (ours, theirs) = (key(3), key(4));
         let mut leg = LegacyLeg::new(true, now);
         leg.set_remote(addr(PEER), true, true);
-        leg.set_codec(now, 8000, Some(101));
+        leg.set_codec(now, 8000, Some(101), false);
         leg.secure(
             now,
             LegCrypto::Sdes {
@@ -753,7 +827,9 @@ mod tests {
             }
             while let Some(t) = leg.poll_transmit(now) {
                 assert_eq!(t.to, addr(PEER), "rtcp-mux: same port");
-                let plain = peer.unprotect_rtcp(&t.bytes).expect("SRTCP the peer can read");
+                let plain = peer
+                    .unprotect_rtcp(&t.bytes)
+                    .expect("SRTCP the peer can read");
                 assert!(matches!(plain[1], 200 | 201));
                 reports += 1;
             }
@@ -762,5 +838,42 @@ mod tests {
         let st = leg.stats();
         assert_eq!(st.packets_lost, 50);
         assert!(st.packets_received >= 449);
+    }
+
+    #[test]
+    fn telephone_events_are_detected_both_ways_and_diverted_to_info_when_asked() {
+        let now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now);
+        leg.set_remote(addr(PEER), true, true);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        leg.set_codec(now, 8000, Some(101), false);
+        let digit = Digit::new('9', 100).unwrap();
+        let packets = leg.dtmf_packets(digit).expect("telephone-event negotiated");
+        assert!(packets.len() >= 5);
+        // From the peer: relayed, and the key is seen once.
+        for (_, p) in &packets {
+            assert!(matches!(leg.on_recv(now, addr(PEER), p), Recv::Rtp(_)));
+        }
+        assert_eq!(leg.take_digits(), vec![(digit, false)]);
+        // Toward an rfc4733 peer: relayed in-band, nothing to announce.
+        for (_, p) in &packets {
+            assert!(leg.on_send(now, p).is_ok());
+        }
+        assert!(leg.take_digits().is_empty());
+        // Toward an info peer: not relayed, the key goes to the engine once.
+        leg.set_codec(now, 8000, Some(101), true);
+        let more = leg.dtmf_packets(Digit::new('*', 100).unwrap()).unwrap();
+        for (_, p) in &more {
+            assert_eq!(leg.on_send(now, p).unwrap_err(), DropReason::DtmfAsInfo);
+        }
+        assert_eq!(
+            leg.take_digits(),
+            vec![(Digit::new('*', 100).unwrap(), true)]
+        );
+        // Voice is untouched.
+        assert!(leg.on_send(now, &rtp(9)).is_ok());
+        // Without a negotiated telephone-event there is nothing to play.
+        leg.set_codec(now, 8000, None, false);
+        assert!(leg.dtmf_packets(digit).is_none());
     }
 }

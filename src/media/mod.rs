@@ -45,7 +45,11 @@ pub enum MediaCmd {
         call: CallKey,
         clock_rate: u32,
         dtmf_pt: Option<u8>,
+        /// Telephone-events from the HTTP/3 side go to the legacy peer as SIP INFO instead.
+        dtmf_as_info: bool,
     },
+    /// Play one DTMF key toward the HTTP/3 side as RFC 4733 events (it arrived as SIP INFO).
+    SendDtmf { call: CallKey, digit: dtmf::Digit },
     /// Reflect every datagram received for this call back to its sender (the built-in echo service).
     Echo { call: CallKey },
     /// Tear the call's media down and release its port.
@@ -64,4 +68,11 @@ pub enum MediaEvent {
     /// The leg's media security failed (DTLS fingerprint mismatch or handshake failure,
     /// unusable keys); the engine ends the call.
     SecurityFailed { call: CallKey, reason: String },
+    /// A DTMF key seen in a telephone-event stream: from the legacy peer, or (legs with
+    /// `dtmf = "info"`) on its way to it.
+    Dtmf {
+        call: CallKey,
+        digit: dtmf::Digit,
+        toward_legacy: bool,
+    },
 }

@@ -198,6 +198,12 @@ pub struct Event {
         skip_serializing_if = "Option::is_none"
     )]
     pub media_direction: Option<String>,
+    /// `dtmf`: the key (`0`-`9`, `*`, `#`, `A`-`D`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digit: Option<String>,
+    /// `dtmf`: how long the key was held, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u32>,
 }
 
 impl Event {
@@ -214,6 +220,17 @@ impl Event {
             nonce: None,
             media: None,
             media_direction: None,
+            digit: None,
+            duration: None,
+        }
+    }
+
+    /// `dtmf`: one key press seen on the legacy side (RFC 4733 or SIP INFO).
+    pub fn dtmf(digit: char, duration_ms: u32) -> Self {
+        Event {
+            digit: Some(digit.to_string()),
+            duration: Some(duration_ms),
+            ..Event::new(EventName::Dtmf)
         }
     }
 }
@@ -234,6 +251,8 @@ pub enum EventName {
     MediaPanic,
     /// Media direction change (SIP re-INVITE/UPDATE hold and resume).
     Hold,
+    /// A DTMF key press (`digit`, `duration`), so clients need not parse RFC 4733.
+    Dtmf,
     Other(String),
 }
 
@@ -252,6 +271,7 @@ impl EventName {
             EventName::Migrate => "migrate",
             EventName::MediaPanic => "media-panic",
             EventName::Hold => "hold",
+            EventName::Dtmf => "dtmf",
             EventName::Other(s) => s,
         }
     }
@@ -272,6 +292,7 @@ impl EventName {
             "migrate" => EventName::Migrate,
             "media-panic" => EventName::MediaPanic,
             "hold" => EventName::Hold,
+            "dtmf" => EventName::Dtmf,
             _ => EventName::Other(s.to_string()),
         }
     }
@@ -326,6 +347,10 @@ impl<'de> Deserialize<'de> for Event {
             media: Option<bool>,
             #[serde(default, rename = "mediaDirection")]
             media_direction: Option<String>,
+            #[serde(default)]
+            digit: Option<String>,
+            #[serde(default)]
+            duration: Option<u32>,
         }
         let raw = Raw::deserialize(d)?;
         let name = raw.name.or(raw.event).or(raw.kind).ok_or_else(|| {
@@ -343,6 +368,8 @@ impl<'de> Deserialize<'de> for Event {
             nonce: raw.nonce,
             media: raw.media,
             media_direction: raw.media_direction,
+            digit: raw.digit,
+            duration: raw.duration,
         })
     }
 }
