@@ -3,6 +3,7 @@
 #   interop/pair.sh start    build release if needed, start B then A, wait for /healthz
 #   interop/pair.sh stop     TERM both (KILL after a bounded wait), remove pid files
 #   interop/pair.sh status   print each gateway's state; exit 0 only if both are healthy
+#   interop/pair.sh build    only the "build release if needed" step of start
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/common.sh"
@@ -13,12 +14,16 @@ BIN="${RIPTIDE_BIN:-$REPO_ROOT/target/release/riptide}"
 CONFIG_DIR="${PAIR_CONFIG_DIR:-$REPO_ROOT/config}"
 HEALTH_TIMEOUT="${PAIR_HEALTH_TIMEOUT:-30}"
 STOP_GRACE="${PAIR_STOP_GRACE:-10}"
-TOKEN_FILE="$OUT_DIR/a-to-b.token"
+# PAIR_OUT_DIR moves the pid files, gateway logs and A's token (default interop/out), so that a
+# second pair (e.g. one per baresip mode, inside its own network namespace) never touches the
+# pid files of the default pair.
+PAIR_OUT="${PAIR_OUT_DIR:-$OUT_DIR}"
+TOKEN_FILE="$PAIR_OUT/a-to-b.token"
 
 admin_port() { if [ "$1" = a ]; then echo 9070; else echo 9072; fi; }
 config_of() { echo "$CONFIG_DIR/pair-$1.toml"; }
-pid_file() { echo "$OUT_DIR/$1.pid"; }
-log_file() { echo "$OUT_DIR/$1.log"; }
+pid_file() { echo "$PAIR_OUT/$1.pid"; }
+log_file() { echo "$PAIR_OUT/$1.log"; }
 
 # running_pid NAME: print the pid if the pid file names a live riptide process.
 running_pid() {
@@ -91,15 +96,15 @@ launch() {
 
 mint_token() {
     local tmp="$TOKEN_FILE.tmp"
-    (cd "$REPO_ROOT" && "$BIN" token mint --config "$(config_of b)" --subject gateway-a) >"$tmp" 2>"$OUT_DIR/token-mint.log" \
-        || { cat "$OUT_DIR/token-mint.log" >&2; rm -f "$tmp"; die "riptide token mint failed"; }
+    (cd "$REPO_ROOT" && "$BIN" token mint --config "$(config_of b)" --subject gateway-a) >"$tmp" 2>"$PAIR_OUT/token-mint.log" \
+        || { cat "$PAIR_OUT/token-mint.log" >&2; rm -f "$tmp"; die "riptide token mint failed"; }
     [ -s "$tmp" ] || { rm -f "$tmp"; die "riptide token mint printed no token"; }
     chmod 600 "$tmp"
     mv "$tmp" "$TOKEN_FILE"
 }
 
 cmd_start() {
-    mkdir -p "$OUT_DIR"
+    mkdir -p "$OUT_DIR" "$PAIR_OUT"
     need_cmd curl curl
     need_cmd ss iproute2
     local pa pb
@@ -159,5 +164,6 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    build) mkdir -p "$OUT_DIR"; build_if_needed ;;
+    *) echo "usage: $0 start|stop|status|build" >&2; exit 2 ;;
 esac

@@ -4,7 +4,10 @@
 #   2. unit and integration tests (cargo test --release: one build serves the tests and the
 #      gateway pair)
 #   3. the SIPp suite against the gateway pair (interop/sipp/run.sh)
-# Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing.
+#   4. the baresip run: one call per media mode (rtp sdes dtls ice-sdes ice-dtls) between two real
+#      baresip UAs through the pair, after a self-test of its checker (interop/baresip/run.sh)
+# Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing;
+# the baresip run installs its own (baresip-core, sox, tcpdump).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/common.sh"
@@ -26,3 +29,6 @@ log "cargo test --release (also builds the release binary)"
 cargo test --release --locked
 log "SIPp suite against the gateway pair"
 "$INTEROP_DIR/sipp/run.sh"
+log "baresip run: checker self-test, then one call per media mode through the gateway pair"
+"$INTEROP_DIR/baresip/run.sh" --selftest-checker
+"$INTEROP_DIR/baresip/run.sh"

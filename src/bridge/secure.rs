@@ -143,6 +143,16 @@ pub fn known_transport(proto: &str) -> bool {
     is_plain(proto) || is_sdes(proto) || is_dtls(proto)
 }
 
+/// The suites of our SDES offers, tag 1 first. AES_CM_128_HMAC_SHA1_80 leads because it is
+/// the one every SDES endpoint has, and some (baresip 1.0 with ICE) answer as if only the first
+/// line had been offered.
+const OFFER_ORDER: [Suite; 4] = [
+    Suite::AesCm128HmacSha1_80,
+    Suite::AeadAes128Gcm,
+    Suite::Aes256CmHmacSha1_80,
+    Suite::AesCm128HmacSha1_32,
+];
+
 fn supported_suites() -> String {
     Suite::ALL.map(Suite::name).join(", ")
 }
@@ -202,7 +212,7 @@ impl LegSecurity {
                 "UDP/TLS/RTP/SAVP"
             }
             MediaSecurity::Sdes | MediaSecurity::AnySecure | MediaSecurity::BestEffort => {
-                for (i, suite) in Suite::ALL.into_iter().enumerate() {
+                for (i, suite) in OFFER_ORDER.into_iter().enumerate() {
                     let tag = u32::try_from(i + 1).unwrap_or(1);
                     let key =
                         CryptoAttr::generate(tag, suite, fill_random).map_err(|e| e.to_string())?;
@@ -646,6 +656,11 @@ mod tests {
         l.offer().unwrap();
         assert_eq!(l.proto, "RTP/SAVP");
         assert_eq!(l.offered.len(), Suite::ALL.len());
+        assert_eq!(
+            (l.offered[0].tag, l.offered[0].suite),
+            (1, Suite::AesCm128HmacSha1_80),
+            "the suite everyone has is tag 1"
+        );
         let ours = l.offered[1].clone();
         let answer = sdes_offer(vec![key_line(ours.tag, ours.suite)]);
         let n = l.on_answer("RTP/SAVP", &answer, None).unwrap();
