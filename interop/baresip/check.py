@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks for the baresip interop run (Python 3 standard library only).
+"""Checks for the baresip interop run (Python 3 standard library, and sox for a second opinion).
 
   check.py wav FILE [--freq 440] [--tol 10] [--min-seconds 3] [--threshold 0.01]
       Reads a 16-bit PCM WAV (as written by baresip's sndfile module) and passes when
@@ -8,6 +8,7 @@
       - the dominant frequency (averaged Hann-windowed FFT magnitude spectra of ~1 s windows
         taken from the non-silent part, peak refined by parabolic interpolation, searched in
         50 Hz .. rate/2-50 Hz) is within --tol Hz of --freq.
+      - and sox agrees: `sox FILE -n stat` reports a "Rough frequency" within --tol Hz too.
       Prints one line of key=value figures ending in `result=PASS|FAIL`; exit 0 only on PASS.
 
   check.py pcap FILE --mode MODE --leg NAME:UA_PORTS:GW_PORTS[:UA_SIP:GW_SIP] [--leg ...]
@@ -157,6 +158,23 @@ def analyse_wav(path, threshold):
             "windows": len(starts), "header": note}
 
 
+def sox_rough_frequency(path):
+    """`sox FILE -n stat`'s "Rough frequency" in Hz, or None when sox fails or omits it."""
+    import subprocess
+    try:
+        out = subprocess.run(["sox", path, "-n", "stat"], capture_output=True, text=True,
+                             timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Rough") and "frequency" in line:
+            try:
+                return int(line.split(":")[1].strip())
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 def cmd_wav(a):
     try:
         r = analyse_wav(a.file, a.threshold)
@@ -165,14 +183,19 @@ def cmd_wav(a):
         return 1
     ok_f = r["dominant"] is not None and abs(r["dominant"] - a.freq) <= a.tol
     ok_s = r["nonsilent"] >= a.min_seconds
+    # Second opinion from sox: `stat`'s zero-crossing "Rough frequency" must agree too.
+    sox_hz = sox_rough_frequency(a.file)
+    ok_sox = sox_hz is not None and abs(sox_hz - a.freq) <= a.tol
+    if not ok_sox:
+        ok_f = False
     dom = "none" if r["dominant"] is None else f"{r['dominant']:.1f}"
     why = []
     if not ok_s:
         why.append(f"non-silent {r['nonsilent']:.2f}s < {a.min_seconds}s")
     if not ok_f:
-        why.append(f"dominant {dom} Hz not within {a.freq}±{a.tol} Hz")
+        why.append(f"dominant {dom} Hz (sox: {sox_hz}) not within {a.freq}±{a.tol} Hz")
     print(f"file={a.file} rate={r['rate']} seconds={r['seconds']:.2f} nonsilent={r['nonsilent']:.2f} "
-          f"dominant_hz={dom} windows={r['windows']} header={r['header']} "
+          f"dominant_hz={dom} sox_rough_hz={sox_hz} windows={r['windows']} header={r['header']} "
           f"result={'PASS' if ok_f and ok_s else 'FAIL'}"
           + (f" why={'; '.join(why).replace(' ', '_')}" if why else ""))
     return 0 if ok_f and ok_s else 1
