@@ -560,7 +560,7 @@ def main(argv):
     w.add_argument("--threshold", type=float, default=0.01)
     p = sub.add_parser("pcap")
     p.add_argument("file")
-    p.add_argument("--mode", required=True, choices=["rtp", "sdes", "dtls", "ice-sdes", "ice-dtls"])
+    p.add_argument("--mode", required=True, choices=["rtp", "sdes", "dtls", "ice-sdes", "ice-dtls", "ice-full"])
     p.add_argument("--leg", action="append", required=True)
     p.add_argument("--min-media", type=int, default=100)
     p.add_argument("--direct", action="store_true")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-UA interop run: one call per media mode, baresip -> gateway A -> HTTP/3 -> gateway B -> baresip.
 #
-#   interop/baresip/run.sh [--direct] [--host-net] [MODE ...]   modes: rtp sdes dtls ice-sdes ice-dtls
+#   interop/baresip/run.sh [--direct] [--host-net] [MODE ...]   modes: rtp sdes dtls ice-sdes ice-dtls ice-full
 #                                                               (default: all five)
 #   interop/baresip/run.sh --selftest-checker   prove the checks: 440 Hz passes, 1000 Hz, silence
 #                                               and near misses fail; the wire rules on synthetic pcaps
@@ -23,7 +23,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 BS_DIR="$INTEROP_DIR/baresip"
 LOG_ROOT="$OUT_DIR/baresip"
-ALL_MODES="rtp sdes dtls ice-sdes ice-dtls"
+ALL_MODES="rtp sdes dtls ice-sdes ice-dtls ice-full"
 MODULE_DIR=/usr/lib/baresip/modules
 
 CALLER_SIP=5090; CALLER_RTP="31000-31099"
@@ -51,6 +51,8 @@ mode_settings() {
         dtls) SECURITY=dtls; MEDIAENC=dtls_srtp ;;
         ice-sdes) SECURITY=sdes; MEDIAENC=srtp-mand; ICE=lite; MEDIANAT=ice; MEDIA_IP=127.0.0.2 ;;
         ice-dtls) SECURITY=dtls; MEDIAENC=dtls_srtp; ICE=lite; MEDIANAT=ice; MEDIA_IP=127.0.0.2 ;;
+        # The gateways as full ICE agents (ice = "full"): they send checks and consent too.
+        ice-full) SECURITY=sdes; MEDIAENC=srtp-mand; ICE=full; MEDIANAT=ice; MEDIA_IP=127.0.0.2 ;;
         *) die "unknown mode '$1' (known: $ALL_MODES)" ;;
     esac
     MODULES=""
