@@ -11,12 +11,7 @@ use std::hint::black_box;
 const N: usize = 1000;
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend(std::iter::repeat_n(0xd5u8, 160));
-    p
+    riptide::media::rtp::pcmu_packet(seq, 0x1234_5678)
 }
 
 fn key(suite: Suite, byte: u8) -> CryptoAttr {

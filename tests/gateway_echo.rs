@@ -147,12 +147,7 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(seq as u32 * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend(std::iter::repeat_n(0xffu8, 160));
-    p
+    riptide::media::rtp::pcmu_packet(seq, 0x1234_5678)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

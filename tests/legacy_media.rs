@@ -83,12 +83,7 @@ fn attr<'a>(m: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 0x00];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend((0..160).map(|i| (i as u8) ^ (seq as u8)));
-    p
+    riptide::media::rtp::pcmu_packet(seq, 0x1234_5678)
 }
 
 fn dropped(running: &riptide::gateway::Running, reason: &str) -> u64 {

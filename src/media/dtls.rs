@@ -888,12 +888,7 @@ mod tests {
     use super::*;
 
     fn rtp(seq: u16) -> Vec<u8> {
-        let mut p = vec![0x80, 0x00];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        p.extend((0..160u8).map(|i| i ^ 0x3c));
-        p
+        crate::media::rtp::pcmu_packet(seq, 0x1234_5678)
     }
 
     fn fp(identity: &DtlsIdentity) -> Fingerprint {

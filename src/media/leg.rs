@@ -591,12 +591,7 @@ mod tests {
     }
 
     fn rtp(seq: u16) -> Vec<u8> {
-        let mut p = vec![0x80, 0x00];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        p.extend_from_slice(&0xabcd_0001u32.to_be_bytes());
-        p.extend(std::iter::repeat_n(0x55u8, 160));
-        p
+        crate::media::rtp::pcmu_packet(seq, 0xabcd_0001)
     }
 
     fn key(byte: u8) -> CryptoAttr {

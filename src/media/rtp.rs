@@ -96,6 +96,18 @@ pub fn classify(pkt: &[u8]) -> PacketKind {
     }
 }
 
+/// A 20 ms G.711 µ-law RTP packet (12-byte header, 160-byte payload, PT 0, timestamp
+/// `seq * 160`) whose payload varies with `seq`; for tests, benches and load tools.
+pub fn pcmu_packet(seq: u16, ssrc: u32) -> Vec<u8> {
+    let mut p = Vec::with_capacity(RTP_HEADER_LEN + 160);
+    p.extend_from_slice(&[0x80, 0x00]);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq).wrapping_mul(160)).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend((0..160u8).map(|i| i ^ (seq as u8)));
+    p
+}
+
 /// The RFC 9297 + RoQ header of a datagram: Quarter Stream ID, flow id, and where the packet starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatagramHeader {

@@ -396,12 +396,7 @@ mod tests {
     use super::*;
 
     fn rtp(seq: u16) -> Vec<u8> {
-        let mut p = vec![0x80, 0x00];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        p.extend_from_slice(&0xcafe_f00du32.to_be_bytes());
-        p.extend((0..160u8).map(|i| i ^ 0x55));
-        p
+        crate::media::rtp::pcmu_packet(seq, 0xcafe_f00d)
     }
 
     fn fixed(tag: u32, suite: Suite, byte: u8) -> CryptoAttr {
