@@ -871,4 +871,32 @@ mod tests {
         leg.set_codec(now, 8000, None, false);
         assert!(leg.dtmf_packets(digit).is_none());
     }
+
+    #[test]
+    fn new_sdes_keys_rekey_both_directions() {
+        let now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now);
+        leg.set_remote(addr(PEER), true, true);
+        let sdes = |l: &CryptoAttr, r: &CryptoAttr| LegCrypto::Sdes {
+            local: l.clone(),
+            remote: r.clone(),
+        };
+        leg.secure(now, sdes(&key(1), &key(2)), None, None);
+        let mut old_peer = SrtpSession::new(&key(2), &key(1)).unwrap();
+        let p = old_peer.protect_rtp(&rtp(1)).unwrap();
+        assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+        // A re-INVITE brought new keys on both sides.
+        leg.secure(now, sdes(&key(3), &key(4)), None, None);
+        let p = old_peer.protect_rtp(&rtp(2)).unwrap();
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &p),
+            Recv::Drop(DropReason::Srtp)
+        );
+        let mut new_peer = SrtpSession::new(&key(4), &key(3)).unwrap();
+        let p = new_peer.protect_rtp(&rtp(3)).unwrap();
+        assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+        let three = rtp(3);
+        let (_, out) = leg.on_send(now, &three).unwrap();
+        assert_eq!(new_peer.unprotect_rtp(&out).unwrap().as_ref(), &three[..]);
+    }
 }
