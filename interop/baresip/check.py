@@ -35,9 +35,13 @@
 import argparse
 import cmath
 import math
+import os
 import re
 import struct
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from rtpcount import udp_packets  # noqa: E402  (the shared pcap reader)
 
 # --------------------------------------------------------------------------- WAV
 
@@ -201,57 +205,6 @@ def cmd_wav(a):
     return 0 if ok_f and ok_s else 1
 
 # --------------------------------------------------------------------------- pcap
-
-
-def udp_packets(path):
-    """Yield (src_ip, sport, dst_ip, dport, payload) for each IPv4/UDP packet, in capture order."""
-    with open(path, "rb") as f:
-        hdr = f.read(24)
-        if len(hdr) < 24:
-            return
-        magic = hdr[:4]
-        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-            endian = "<"
-        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-            endian = ">"
-        else:
-            raise SystemExit(f"{path}: not a pcap file (pcapng is not supported)")
-        linktype = struct.unpack(endian + "I", hdr[20:24])[0]
-        while True:
-            rec = f.read(16)
-            if len(rec) < 16:
-                return
-            _, _, incl, _ = struct.unpack(endian + "IIII", rec)
-            data = f.read(incl)
-            if len(data) < incl:
-                return
-            if linktype == 1:
-                if len(data) < 14 or data[12:14] != b"\x08\x00":
-                    continue
-                ip = data[14:]
-            elif linktype == 113:
-                if len(data) < 16 or data[14:16] != b"\x08\x00":
-                    continue
-                ip = data[16:]
-            elif linktype == 276:
-                if len(data) < 20 or data[0:2] != b"\x08\x00":
-                    continue
-                ip = data[20:]
-            elif linktype in (101, 12, 228):
-                ip = data
-            elif linktype == 0:
-                ip = data[4:]
-            else:
-                raise SystemExit(f"unsupported pcap link type {linktype}")
-            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
-                continue
-            ihl = (ip[0] & 0x0F) * 4
-            udp = ip[ihl:]
-            if len(udp) < 8:
-                continue
-            sport, dport, ulen = struct.unpack("!HHH", udp[:6])
-            payload = udp[8:ulen] if 8 <= ulen <= len(udp) else udp[8:]
-            yield ip[12:16], sport, ip[16:20], dport, payload
 
 
 STUN_COOKIE = b"\x21\x12\xa4\x42"

@@ -220,7 +220,7 @@ run_mode() {
     if [ "$DIRECT" = 0 ]; then
         # Gateway configs; rtp mode alone may run on a binary that does not know [media]
         # security/ice yet (plain RTP is all such a binary does); other modes fail here, saying why.
-        local conf=(python3 "$BS_DIR/pairconf.py" "$REPO_ROOT/config" "$DIR/config" --data-root "$DIR/data"
+        local conf=(python3 "$INTEROP_DIR/lib/pairconf.py" "$REPO_ROOT/config" "$DIR/config" --data-root "$DIR/data"
             --token-file "$DIR/pair/a-to-b.token" --media-ip "$MEDIA_IP" --set "security=\"$SECURITY\"" --set "ice=\"$ICE\"")
         local cc_err
         "${conf[@]}" || { result FAIL "could not write the pair configs"; return 1; }

@@ -66,58 +66,13 @@ drop_delta() {
 }
 
 # write_configs SECURITY D: copies of config/pair-{a,b}.toml in D/config with absolute paths and
-# `security = SECURITY` in [media] and in every [[sip_trunk]] of both gateways (every legacy leg:
-# A's inbound leg from the UAC uses A's [media], B's leg toward the UAS is B's [[sip_trunk]]).
+# `security = SECURITY` on every legacy leg (A's inbound leg from the UAC uses A's [media], B's leg
+# toward the UAS is B's [[sip_trunk]]), made by lib/pairconf.py as for the baresip run.
 write_configs() {
     local security="$1" d="$2"
     mkdir -p "$d/config" "$d/data" "$d/pair"
-    python3 - "$REPO_ROOT/config" "$d/config" "$d/data" "$d/pair/a-to-b.token" "$security" <<'PY'
-import os, re, sys, tomllib
-src, out, data_root, token_file, security = sys.argv[1:6]
-header = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.]+)\s*\]\]?\s*(#.*)?$")
-q = lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-for name in ("a", "b"):
-    with open(os.path.join(src, f"pair-{name}.toml"), encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    res, table = [], None
-    def close_table():
-        # Add the key at the end of the table we leave, above its trailing blank/comment lines.
-        if table in ("media", "sip_trunk"):
-            tail = []
-            while res and (not res[-1].strip() or res[-1].lstrip().startswith("#")):
-                tail.insert(0, res.pop())
-            res.append(f"security = {q(security)}")
-            res.extend(tail)
-    for line in lines:
-        m = header.match(line)
-        if m:
-            close_table()
-            table = m.group(1)
-            res.append(line)
-            continue
-        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
-        if table == "general" and key == "data_dir":
-            line = f"data_dir = {q(os.path.join(data_root, name))}"
-        elif table == "ript_peer" and key == "ca_file":
-            line = f"ca_file = {q(os.path.join(data_root, 'b', 'cert.pem'))}"
-        elif table == "ript_peer" and key == "token_file":
-            line = f"token_file = {q(token_file)}"
-        elif table in ("media", "sip_trunk") and key == "security":
-            continue
-        res.append(line)
-    close_table()
-    text = "\n".join(res) + "\n"
-    doc = tomllib.loads(text)
-    # The edit is line-based: prove it did what was meant.
-    assert doc["media"]["security"] == security, (name, "media")
-    assert all(t["security"] == security for t in doc.get("sip_trunk", [])), (name, "sip_trunk")
-    assert doc["general"]["data_dir"] == os.path.join(data_root, name)
-    for p in doc.get("ript_peer", []):
-        assert p.get("ca_file") == os.path.join(data_root, "b", "cert.pem")
-        assert p.get("token_file") == token_file
-    with open(os.path.join(out, f"pair-{name}.toml"), "w", encoding="utf-8") as f:
-        f.write(text)
-PY
+    python3 "$INTEROP_DIR/lib/pairconf.py" "$REPO_ROOT/config" "$d/config" --data-root "$d/data" \
+        --token-file "$d/pair/a-to-b.token" --set "security=\"$security\"" >/dev/null
     local g err
     for g in a b; do
         err="$("$RIPTIDE" check-config "$d/config/pair-$g.toml" 2>&1 >/dev/null)" \
@@ -128,26 +83,11 @@ PY
 # wire_sizes PCAP: the UDP payload sizes of the RTP/SRTP packets (not RTCP) in the capture, most
 # frequent first: plain PCMU is 172 B, SRTP AES_CM_128_HMAC_SHA1_80 adds a 10-byte tag (182 B).
 wire_sizes() {
-    python3 - "$1" <<'PY'
-import collections, struct, sys
-sizes = collections.Counter()
-with open(sys.argv[1], "rb") as f:
-    hdr = f.read(24)
-    end = "<" if hdr[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    link = struct.unpack(end + "I", hdr[20:24])[0] if len(hdr) == 24 else -1
-    skip = {1: 14, 113: 16, 276: 20, 101: 0, 12: 0, 228: 0}.get(link)
-    while skip is not None:
-        rec = f.read(16)
-        if len(rec) < 16:
-            break
-        incl = struct.unpack(end + "IIII", rec)[2]
-        ip = f.read(incl)[skip:]
-        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
-            continue
-        udp = ip[(ip[0] & 0x0F) * 4:]
-        if len(udp) < 10 or udp[8] >> 6 != 2 or 72 <= (udp[9] & 0x7F) <= 76:
-            continue
-        sizes[struct.unpack("!H", udp[4:6])[0] - 8] += 1
+    python3 - "$1" "$INTEROP_DIR/lib" <<'PY'
+import collections, sys
+sys.path.insert(0, sys.argv[2])
+from rtpcount import is_rtp, packets
+sizes = collections.Counter(len(p) for _, _, p in packets(sys.argv[1]) if is_rtp(p))
 top = sizes.most_common(3)
 rest = sum(sizes.values()) - sum(n for _, n in top)
 print(" ".join(f"{size}B x{n}" for size, n in top) + (f" other x{rest}" if rest else "") if top else "none")

@@ -40,7 +40,10 @@ def parse_spec(spec):
     return name, src, dst
 
 
-def packets(path):
+def udp_packets(path):
+    """Yield (src_ip, sport, dst_ip, dport, payload) for each IPv4/UDP packet, in capture order
+    (addresses as 4 raw bytes; the payload trimmed to the UDP length). Shared with
+    interop/baresip/check.py."""
     with open(path, "rb") as f:
         hdr = f.read(24)
         if len(hdr) < 24:
@@ -85,8 +88,15 @@ def packets(path):
             udp = ip[ihl:]
             if len(udp) < 8:
                 continue
-            sport, dport = struct.unpack("!HH", udp[:4])
-            yield sport, dport, udp[8:]
+            sport, dport, ulen = struct.unpack("!HHH", udp[:6])
+            payload = udp[8:ulen] if 8 <= ulen <= len(udp) else udp[8:]
+            yield ip[12:16], sport, ip[16:20], dport, payload
+
+
+def packets(path):
+    """Yield (sport, dport, payload) for each IPv4/UDP packet."""
+    for _, sport, _, dport, payload in udp_packets(path):
+        yield sport, dport, payload
 
 
 def is_rtp(payload):

@@ -1313,6 +1313,24 @@ fn a_second_fork_answering_gets_ack_and_bye_and_the_call_stays_with_the_first() 
 
 // ------------------------------------------------------------------ media security policy
 
+/// The RIPT side accepts the call whose `CreateCall` is among `out` (PCMU); returns its key.
+fn ript_call_created(s: &mut Sim, out: &[Output]) -> CallKey {
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .expect("CreateCall");
+    let proposal = negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    key
+}
+
 fn secure_sim(security: crate::config::MediaSecurity, ice: crate::config::IceMode) -> Sim {
     let mut c = cfg();
     let policy = MediaPolicy {
@@ -1379,19 +1397,7 @@ fn sdes_offer_is_answered_with_our_own_key_and_the_hub_is_keyed() {
         panic!("{:?}", cmds[0]);
     };
     assert_eq!(remote.to_attr_value(), theirs);
-    let key = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
-            _ => None,
-        })
-        .unwrap();
-    let proposal = negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(proposal),
-    });
-    s.take();
+    let key = ript_call_created(&mut s, &out);
     let ok = answer(&mut s, key);
     assert!(ok.contains(" RTP/SAVP 0 101\r\n"), "{ok}");
     assert!(
@@ -1549,19 +1555,7 @@ fn ice_lite_answer_carries_credentials_and_a_host_candidate() {
         ice.remote_candidates,
         vec!["127.0.0.2:6000".parse::<SocketAddr>().unwrap()]
     );
-    let key = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
-            _ => None,
-        })
-        .unwrap();
-    let proposal = negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(proposal),
-    });
-    s.take();
+    let key = ript_call_created(&mut s, &out);
     let ok = answer(&mut s, key);
     assert!(ok.contains("a=ice-lite\r\n"), "{ok}");
     assert!(
