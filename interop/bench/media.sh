@@ -86,8 +86,9 @@ wire_sizes() {
     python3 - "$1" "$INTEROP_DIR/lib" <<'PY'
 import collections, sys
 sys.path.insert(0, sys.argv[2])
-from rtpcount import is_rtp, packets
-sizes = collections.Counter(len(p) for _, _, p in packets(sys.argv[1]) if is_rtp(p))
+from rtpcount import is_rtp, udp_records
+# The capture may be cut at its snap length: the size is the one the UDP header states.
+sizes = collections.Counter(n for *_, p, n in udp_records(sys.argv[1]) if is_rtp(p))
 top = sizes.most_common(3)
 rest = sum(sizes.values()) - sum(n for _, n in top)
 print(" ".join(f"{size}B x{n}" for size, n in top) + (f" other x{rest}" if rest else "") if top else "none")

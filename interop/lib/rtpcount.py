@@ -40,10 +40,10 @@ def parse_spec(spec):
     return name, src, dst
 
 
-def udp_packets(path):
-    """Yield (src_ip, sport, dst_ip, dport, payload) for each IPv4/UDP packet, in capture order
-    (addresses as 4 raw bytes; the payload trimmed to the UDP length). Shared with
-    interop/baresip/check.py."""
+def udp_records(path):
+    """Yield (src_ip, sport, dst_ip, dport, payload, length) for each IPv4/UDP packet, in capture
+    order: addresses as 4 raw bytes, the payload as captured (trimmed to the UDP length; shorter
+    when tcpdump's snap length cut it), `length` the payload length the UDP header states."""
     with open(path, "rb") as f:
         hdr = f.read(24)
         if len(hdr) < 24:
@@ -90,7 +90,14 @@ def udp_packets(path):
                 continue
             sport, dport, ulen = struct.unpack("!HHH", udp[:6])
             payload = udp[8:ulen] if 8 <= ulen <= len(udp) else udp[8:]
-            yield ip[12:16], sport, ip[16:20], dport, payload
+            yield ip[12:16], sport, ip[16:20], dport, payload, max(ulen - 8, 0)
+
+
+def udp_packets(path):
+    """Yield (src_ip, sport, dst_ip, dport, payload) for each IPv4/UDP packet (see udp_records).
+    Shared with interop/baresip/check.py."""
+    for src, sport, dst, dport, payload, _ in udp_records(path):
+        yield src, sport, dst, dport, payload
 
 
 def packets(path):
