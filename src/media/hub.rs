@@ -90,7 +90,11 @@ impl CallMedia {
             echo: AtomicBool::new(false),
             rtp: Mutex::new(None),
             rtcp: Mutex::new(None),
-            leg: Mutex::new(LegacyLeg::new(latching, Instant::now())),
+            leg: Mutex::new(LegacyLeg::new(
+                latching,
+                Instant::now(),
+                std::time::SystemTime::now(),
+            )),
             wake: Arc::new(Notify::new()),
             quic: Mutex::new(None),
             rtp_task: Mutex::new(None),

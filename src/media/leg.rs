@@ -23,17 +23,35 @@ use super::rtp::{self, PacketKind};
 use super::srtp::SrtpSession;
 use super::{LegCrypto, LegIce};
 use crate::metrics::DropReason;
-use std::borrow::Cow;
+use bytes::BytesMut;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A packet on its way through the leg: the received or given bytes as they are (plain legs),
+/// or the buffer SRTP produced (secured legs), without a second copy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    Borrowed(&'a [u8]),
+    Owned(BytesMut),
+}
+
+impl std::ops::Deref for Packet<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Packet::Borrowed(b) => b,
+            Packet::Owned(b) => b,
+        }
+    }
+}
 
 /// What became of a received datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recv<'a> {
     /// An RTP packet (decrypted when the leg is secured) to relay.
-    Rtp(Cow<'a, [u8]>),
+    Rtp(Packet<'a>),
     /// An RTCP packet (decrypted), terminated on this leg.
-    Rtcp(Cow<'a, [u8]>),
+    Rtcp(Packet<'a>),
     /// STUN or DTLS, consumed here; answers may be waiting in [`LegacyLeg::poll_transmit`].
     Consumed,
     Drop(DropReason),
@@ -79,6 +97,9 @@ pub struct LegacyLeg {
     mux: bool,
     /// Reports (plaintext) waiting for [`LegacyLeg::poll_transmit`].
     reports: Vec<Vec<u8>>,
+    /// The wall clock at one monotonic instant, for RTCP's NTP timestamps: the leg reads no
+    /// clock of its own.
+    wall_anchor: (Instant, SystemTime),
     /// Telephone-events toward the peer become SIP INFO (the engine sends them).
     dtmf_as_info: bool,
     /// Keys in the peer's telephone-events (for `dtmf` events) ...
@@ -102,7 +123,8 @@ pub struct Transmit {
 }
 
 impl LegacyLeg {
-    pub fn new(latching: bool, now: Instant) -> LegacyLeg {
+    /// `now` and `wall` are the same moment on the monotonic and the wall clock.
+    pub fn new(latching: bool, now: Instant, wall: SystemTime) -> LegacyLeg {
         let rtcp_ssrc = rand::random::<u32>();
         LegacyLeg {
             rtcp: LegRtcp::new(rtcp_ssrc, cname(rtcp_ssrc), 8000, now),
@@ -111,6 +133,7 @@ impl LegacyLeg {
             dtmf_pt: None,
             mux: false,
             reports: Vec::new(),
+            wall_anchor: (now, wall),
             dtmf_as_info: false,
             detect_in: DigitDetector::new(8000),
             detect_out: DigitDetector::new(8000),
@@ -189,6 +212,14 @@ impl LegacyLeg {
         self.dtmf_pt.is_some() && self.dtmf_pt == pkt.get(1).map(|b| b & 0x7f)
     }
 
+    fn wall(&self, now: Instant) -> SystemTime {
+        let (at, wall) = self.wall_anchor;
+        match now.checked_duration_since(at) {
+            Some(d) => wall + d,
+            None => wall - at.duration_since(now).min(Duration::from_secs(1 << 30)),
+        }
+    }
+
     /// This leg's RTCP statistics so far.
     pub fn stats(&self) -> LegStats {
         self.rtcp.stats()
@@ -196,7 +227,7 @@ impl LegacyLeg {
 
     /// A final RTCP BYE for teardown, protected as the leg's media is, and where it goes.
     pub fn bye(&mut self, now: Instant) -> Option<Transmit> {
-        let bye = self.rtcp.bye(now, SystemTime::now());
+        let bye = self.rtcp.bye(now, self.wall(now));
         self.report_transmit(now, &bye)
     }
 
@@ -210,7 +241,7 @@ impl LegacyLeg {
         };
         Some(Transmit {
             to,
-            bytes: bytes.into_owned(),
+            bytes: bytes.to_vec(),
             from_rtcp_port: !mux,
         })
     }
@@ -372,8 +403,8 @@ impl LegacyLeg {
         if kind == PacketKind::Rtp && !self.source_ok(src) {
             return Recv::Drop(DropReason::WrongSource);
         }
-        let plain: Cow<'a, [u8]> = match &mut self.keys {
-            Keys::Plain => Cow::Borrowed(pkt),
+        let plain: Packet<'a> = match &mut self.keys {
+            Keys::Plain => Packet::Borrowed(pkt),
             Keys::Pending => return Recv::Drop(DropReason::NotSecured),
             Keys::Srtp(s) => {
                 let r = if kind == PacketKind::Rtcp {
@@ -382,13 +413,13 @@ impl LegacyLeg {
                     s.unprotect_rtp(pkt)
                 };
                 match r {
-                    Ok(b) => Cow::Owned(b.to_vec()),
+                    Ok(b) => Packet::Owned(b),
                     Err(_) => return Recv::Drop(DropReason::Srtp),
                 }
             }
         };
         if kind == PacketKind::Rtcp {
-            if let Err(e) = self.rtcp.on_rtcp_received(now, SystemTime::now(), &plain) {
+            if let Err(e) = self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
                 tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused");
             }
             return Recv::Rtcp(plain);
@@ -430,7 +461,7 @@ impl LegacyLeg {
         &mut self,
         now: Instant,
         pkt: &'a [u8],
-    ) -> Result<(SocketAddr, Cow<'a, [u8]>), DropReason> {
+    ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
         if self.dtmf_as_info && self.is_dtmf(pkt) {
             if let Some(d) = self.detect_out.on_packet(pkt) {
                 self.digits.push((d, true));
@@ -445,7 +476,7 @@ impl LegacyLeg {
         &mut self,
         now: Instant,
         pkt: &'a [u8],
-    ) -> Result<(SocketAddr, Cow<'a, [u8]>), DropReason> {
+    ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
         self.protect(now, pkt, true)
     }
 
@@ -454,7 +485,7 @@ impl LegacyLeg {
         now: Instant,
         pkt: &'a [u8],
         rtcp: bool,
-    ) -> Result<(SocketAddr, Cow<'a, [u8]>), DropReason> {
+    ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
         if self.failed {
             return Err(DropReason::NotSecured);
         }
@@ -469,7 +500,7 @@ impl LegacyLeg {
             self.rtcp.on_rtp_sent(now, pkt);
         }
         let bytes = match &mut self.keys {
-            Keys::Plain => Cow::Borrowed(pkt),
+            Keys::Plain => Packet::Borrowed(pkt),
             Keys::Pending => return Err(DropReason::NotSecured),
             Keys::Srtp(s) => {
                 let r = if rtcp {
@@ -477,7 +508,7 @@ impl LegacyLeg {
                 } else {
                     s.protect_rtp(pkt)
                 };
-                Cow::Owned(r.map_err(|_| DropReason::Malformed)?.to_vec())
+                Packet::Owned(r.map_err(|_| DropReason::Malformed)?)
             }
         };
         Ok((to, bytes))
@@ -543,7 +574,7 @@ impl LegacyLeg {
         }
         self.after_dtls();
         if self.remote.sdp.is_some() && now >= self.rtcp.poll_timeout() {
-            if let Some(r) = self.rtcp.poll_report(now, SystemTime::now()) {
+            if let Some(r) = self.rtcp.poll_report(now, self.wall(now)) {
                 self.reports.push(r);
             }
         }
@@ -618,7 +649,7 @@ mod tests {
             let now = Instant::now();
             let leg_creds = IceCredentials::generate();
             let peer_creds = IceCredentials::generate();
-            let mut leg = LegacyLeg::new(true, now);
+            let mut leg = LegacyLeg::new(true, now, SystemTime::now());
             leg.set_remote(addr(PEER), true, true);
             leg.secure(
                 now,
@@ -719,7 +750,7 @@ mod tests {
     fn srtp_leg_drops_tampered_replayed_and_plain_packets() {
         let now = Instant::now();
         let (ours, theirs) = (key(1), key(2));
-        let mut leg = LegacyLeg::new(true, now);
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         leg.set_remote(addr(PEER), true, true);
         leg.secure(
             now,
@@ -734,7 +765,7 @@ mod tests {
         let good = peer.protect_rtp(&rtp(1)).unwrap();
         assert_eq!(
             leg.on_recv(now, addr(PEER), &good),
-            Recv::Rtp(Cow::Owned(rtp(1)))
+            Recv::Rtp(Packet::Owned(BytesMut::from(&rtp(1)[..])))
         );
         assert_eq!(
             leg.on_recv(now, addr(PEER), &good),
@@ -777,7 +808,7 @@ mod tests {
     #[test]
     fn a_dtls_leg_without_a_certificate_fails_once_and_sends_nothing() {
         let now = Instant::now();
-        let mut leg = LegacyLeg::new(true, now);
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         leg.set_remote(addr(PEER), true, true);
         leg.secure(
             now,
@@ -797,7 +828,7 @@ mod tests {
     fn rtcp_reports_go_to_the_peer_protected_and_count_what_was_received() {
         let mut now = Instant::now();
         let (ours, theirs) = (key(3), key(4));
-        let mut leg = LegacyLeg::new(true, now);
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         leg.set_remote(addr(PEER), true, true);
         leg.set_codec(now, 8000, Some(101), false);
         leg.secure(
@@ -838,7 +869,7 @@ mod tests {
     #[test]
     fn telephone_events_are_detected_both_ways_and_diverted_to_info_when_asked() {
         let now = Instant::now();
-        let mut leg = LegacyLeg::new(true, now);
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         leg.set_remote(addr(PEER), true, true);
         leg.secure(now, LegCrypto::Plain, None, None);
         leg.set_codec(now, 8000, Some(101), false);
@@ -875,7 +906,7 @@ mod tests {
     #[test]
     fn new_sdes_keys_rekey_both_directions() {
         let now = Instant::now();
-        let mut leg = LegacyLeg::new(true, now);
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         leg.set_remote(addr(PEER), true, true);
         let sdes = |l: &CryptoAttr, r: &CryptoAttr| LegCrypto::Sdes {
             local: l.clone(),
