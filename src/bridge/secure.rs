@@ -112,20 +112,6 @@ fn fill_random(b: &mut [u8]) -> Result<(), String> {
         .map_err(|_| "the system random generator failed".to_string())
 }
 
-/// `len` characters from the ICE character set (RFC 8839 §5.4: ALPHA / DIGIT / "+" / "/").
-fn ice_chars(len: usize) -> String {
-    const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b = vec![0u8; len];
-    if fill_random(&mut b).is_err() {
-        // Credentials are not keys: a thread-local CSPRNG is an acceptable fallback.
-        use rand::RngCore;
-        rand::rng().fill_bytes(&mut b);
-    }
-    b.iter()
-        .map(|x| SET[usize::from(*x) % SET.len()] as char)
-        .collect()
-}
-
 fn is_plain(proto: &str) -> bool {
     proto == "RTP/AVP" || proto == "RTP/AVPF"
 }
@@ -160,7 +146,8 @@ fn supported_suites() -> String {
 impl LegSecurity {
     /// `ip`/`port`: our media socket (the ICE host candidate); `fingerprint`: our DTLS one.
     pub fn new(policy: MediaPolicy, fingerprint: &str, ip: IpAddr, port: u16) -> LegSecurity {
-        let ice = policy.ice != IceMode::Off;
+        let creds = (policy.ice != IceMode::Off).then(crate::media::ice::IceCredentials::generate);
+        let (ice_ufrag, ice_pwd) = creds.map(|c| (c.ufrag, c.pwd)).unwrap_or_default();
         LegSecurity {
             policy,
             fingerprint: fingerprint.to_string(),
@@ -170,8 +157,8 @@ impl LegSecurity {
             local_crypto: None,
             remote_crypto: None,
             dtls_client: None,
-            ice_ufrag: if ice { ice_chars(8) } else { String::new() },
-            ice_pwd: if ice { ice_chars(24) } else { String::new() },
+            ice_ufrag,
+            ice_pwd,
             proto: "RTP/AVP".into(),
             session_attrs: Vec::new(),
             media_attrs: Vec::new(),
