@@ -268,12 +268,8 @@ fn bind_udp(addr: SocketAddr, buffers: Option<usize>) -> std::io::Result<Udp> {
     })
 }
 
-fn new_key(rng: &SystemRandom, tag: u32) -> Result<CryptoAttr, String> {
-    CryptoAttr::generate(tag, SUITE, |buf| {
-        rng.fill(buf)
-            .map_err(|_| "the system random generator failed".to_string())
-    })
-    .map_err(|e| e.to_string())
+fn new_key(tag: u32) -> Result<CryptoAttr, String> {
+    CryptoAttr::random(tag, SUITE).map_err(|e| e.to_string())
 }
 
 /// What rtpload reads from an SDP body: the first `m=audio` line and its attributes.
@@ -1016,11 +1012,7 @@ async fn uac_dialog(
     let media = bind_udp(SocketAddr::new(args.media_ip, 0), None)
         .map_err(|e| format!("cannot bind a media socket on {}: {e}", args.media_ip))?;
     let port = media.local.port();
-    let local_key = if args.srtp {
-        Some(new_key(&uac.rng, 1)?)
-    } else {
-        None
-    };
+    let local_key = if args.srtp { Some(new_key(1)?) } else { None };
     let proto = if args.srtp { "RTP/SAVP" } else { "RTP/AVP" };
     let offer = build_sdp(
         args.media_ip,
@@ -1397,7 +1389,7 @@ impl Uas {
             .map_err(|e| internal(format!("cannot bind a media socket: {e}")))?;
         let port = media.local.port();
         let local_key = match &peer.key {
-            Some(remote) => Some(new_key(&self.rng, remote.tag).map_err(internal)?),
+            Some(remote) => Some(new_key(remote.tag).map_err(internal)?),
             None => None,
         };
         let (tx_srtp, rx_srtp) =
@@ -1511,7 +1503,7 @@ mod tests {
 
     #[test]
     fn sdp_offer_with_crypto_is_understood() {
-        let key = new_key(&SystemRandom::new(), 2).unwrap();
+        let key = new_key(2).unwrap();
         let sdp = build_sdp(
             IpAddr::from([127, 0, 0, 1]),
             4000,
@@ -1530,8 +1522,7 @@ mod tests {
 
     #[test]
     fn srtp_round_trip_keeps_the_timestamp() {
-        let rng = SystemRandom::new();
-        let (a, b) = (new_key(&rng, 1).unwrap(), new_key(&rng, 1).unwrap());
+        let (a, b) = (new_key(1).unwrap(), new_key(1).unwrap());
         // A sends with its key a; B decrypts with the key A declared.
         let (mut tx, _) = srtp_pair(Some(&a), Some(&b)).unwrap();
         let (_, mut rx) = srtp_pair(Some(&b), Some(&a)).unwrap();

@@ -129,13 +129,7 @@ async fn sdes_call_echoes_srtp_and_drops_tampered_and_replayed_packets() {
     assert!(refused.contains("Warning: 399"), "{refused}");
     assert!(refused.contains("requires SRTP"), "{refused}");
 
-    let ours = CryptoAttr::generate(1, Suite::AesCm128HmacSha1_80, |b| {
-        use ring::rand::SecureRandom;
-        ring::rand::SystemRandom::new()
-            .fill(b)
-            .map_err(|_| "rng".to_string())
-    })
-    .unwrap();
+    let ours = CryptoAttr::random(1, Suite::AesCm128HmacSha1_80).unwrap();
     let offer = sdp(
         media.local_addr().unwrap(),
         "RTP/SAVP",

@@ -105,13 +105,6 @@ pub struct LegSecurity {
     pub media_attrs: Vec<String>,
 }
 
-fn fill_random(b: &mut [u8]) -> Result<(), String> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new()
-        .fill(b)
-        .map_err(|_| "the system random generator failed".to_string())
-}
-
 fn is_plain(proto: &str) -> bool {
     proto == "RTP/AVP" || proto == "RTP/AVPF"
 }
@@ -201,8 +194,7 @@ impl LegSecurity {
             MediaSecurity::Sdes | MediaSecurity::AnySecure | MediaSecurity::BestEffort => {
                 for (i, suite) in OFFER_ORDER.into_iter().enumerate() {
                     let tag = u32::try_from(i + 1).unwrap_or(1);
-                    let key =
-                        CryptoAttr::generate(tag, suite, fill_random).map_err(|e| e.to_string())?;
+                    let key = CryptoAttr::random(tag, suite).map_err(|e| e.to_string())?;
                     media.push(format!("crypto:{}", key.to_attr_value()));
                     self.offered.push(key);
                 }
@@ -320,7 +312,7 @@ impl LegSecurity {
                             .is_some_and(|l| l.suite == remote_key.suite);
                     let local = match (&self.local_crypto, keep) {
                         (Some(l), true) => l.clone(),
-                        _ => CryptoAttr::generate(remote_key.tag, remote_key.suite, fill_random)
+                        _ => CryptoAttr::random(remote_key.tag, remote_key.suite)
                             .map_err(|e| e.to_string())?,
                     };
                     media.push(format!("crypto:{}", local.to_attr_value()));

@@ -228,6 +228,16 @@ impl CryptoAttr {
         })
     }
 
+    /// A fresh key for `suite` from the system CSPRNG (ring), without MKI or lifetime.
+    pub fn random(tag: u32, suite: Suite) -> Result<CryptoAttr, SdesError> {
+        use ring::rand::SecureRandom;
+        let rng = ring::rand::SystemRandom::new();
+        CryptoAttr::generate(tag, suite, |b| {
+            rng.fill(b)
+                .map_err(|_| "the system random generator failed".to_string())
+        })
+    }
+
     /// The attribute value, as riptide writes it in SDP.
     pub fn to_attr_value(&self) -> String {
         let mut s = format!(
