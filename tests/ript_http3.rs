@@ -736,3 +736,33 @@ async fn reopened_events_start_from_the_last_state() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rtp_before_the_media_binding_is_held_and_relayed_when_it_comes() {
+    let mut h = harness().await;
+    let sip_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    h.client_hub.apply(MediaCmd::OpenLegacy {
+        call: CallKey(41),
+        port: 0,
+    });
+    h.client_hub.apply(MediaCmd::SetRemote {
+        call: CallKey(41),
+        rtp: sip_a.local_addr().unwrap(),
+        rtcp: None,
+        rtcp_mux: true,
+        latching: true,
+    });
+    let a_side = h.client_hub.legacy_addr(CallKey(41)).unwrap();
+    // The callee talks at once: its first packet reaches the gateway before the call's QUIC
+    // media stream exists.
+    let first = rtp_packet(1, 0x41);
+    sip_a.send_to(&first, a_side).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.created(41, "echo").await;
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sip_a.recv_from(&mut buf))
+        .await
+        .expect("the early packet comes back through the echo")
+        .unwrap();
+    assert_eq!(&buf[..n], &first[..]);
+}

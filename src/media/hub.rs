@@ -32,6 +32,12 @@ use tokio::task::JoinHandle;
 /// Largest UDP datagram we read from the legacy side; bigger RTP does not fit a QUIC datagram anyway.
 const UDP_RECV_BUF: usize = 2048;
 
+/// RTP from the legacy peer that arrives before the call's QUIC media stream is bound (a
+/// callee that answers and talks at once) is held this long, at most this many packets, and
+/// sent when the binding comes, instead of being lost.
+const EARLY_MAX_PACKETS: usize = 10;
+const EARLY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Route table key: quinn's `stable_id` of the connection and the Quarter Stream ID.
 type RouteKey = (usize, u64);
 
@@ -66,6 +72,8 @@ struct CallMedia {
     /// or DTLS to send).
     wake: Arc<Notify>,
     quic: Mutex<Option<QuicBinding>>,
+    /// RTP held while `quic` is empty (see [`EARLY_MAX_PACKETS`]). Locked after `quic`.
+    early: Mutex<Vec<(Instant, Vec<u8>)>>,
     /// Reader tasks of this call's sockets; aborted on close so the ports are released.
     rtp_task: Mutex<Option<JoinHandle<()>>>,
     rtcp_task: Mutex<Option<JoinHandle<()>>>,
@@ -97,6 +105,7 @@ impl CallMedia {
             )),
             wake: Arc::new(Notify::new()),
             quic: Mutex::new(None),
+            early: Mutex::new(Vec::new()),
             rtp_task: Mutex::new(None),
             rtcp_task: Mutex::new(None),
         }
@@ -335,7 +344,27 @@ impl MediaHub {
         let qsid = stream_id / 4;
         let route = (conn.stable_id(), qsid);
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
-        let old = lock(&m.quic).replace(QuicBinding { conn, qsid, route });
+        let mut q = lock(&m.quic);
+        // What the legacy peer sent before this binding existed, if still fresh.
+        let early = std::mem::take(&mut *lock(&m.early));
+        let now = Instant::now();
+        let mut arena = DatagramArena::default();
+        for (at, pkt) in early {
+            if now.duration_since(at) > EARLY_MAX_AGE {
+                self.inner.metrics.media_drop(DropReason::NoRoute);
+                continue;
+            }
+            let sent = arena
+                .frame(qsid, FLOW_RTP, &pkt)
+                .is_some_and(|d| conn.send_datagram(d).is_ok());
+            if sent {
+                self.inner.metrics.rtp_relayed(true);
+            } else {
+                self.inner.metrics.media_drop(DropReason::QuicSend);
+            }
+        }
+        let old = q.replace(QuicBinding { conn, qsid, route });
+        drop(q);
         if let Some(old) = old {
             if old.route != route {
                 routes.remove(&old.route);
@@ -580,7 +609,13 @@ async fn legacy_rtp_task(
         drop(leg);
         let q = lock(&m.quic);
         let Some(b) = q.as_ref() else {
-            metrics.media_drop(DropReason::NoRoute);
+            let mut early = lock(&m.early);
+            early.retain(|(at, _)| now.duration_since(*at) <= EARLY_MAX_AGE);
+            if early.len() < EARLY_MAX_PACKETS {
+                early.push((now, plain.to_vec()));
+            } else {
+                metrics.media_drop(DropReason::NoRoute);
+            }
             continue;
         };
         let Some(d) = arena.frame(b.qsid, FLOW_RTP, &plain) else {
