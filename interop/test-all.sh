@@ -17,6 +17,7 @@ need_cmd sipp sip-tester
 need_cmd python3 python3
 need_cmd curl curl
 need_cmd ss iproute2
+need_cmd openssl openssl   # tests/tls.rs: an independent TLS client
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
