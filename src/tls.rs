@@ -409,6 +409,39 @@ pub fn http3_identity(cfg: &Config) -> anyhow::Result<Identity> {
     )
 }
 
+/// RFC 5922 §7: whether a SIP peer's certificate identifies `domain`. With a subjectAltName,
+/// only its entries count: a URI `sip:domain` (no user part) or a dNSName equal to `domain`,
+/// compared case-insensitively; wildcard names never match (§7.2). Without any
+/// subjectAltName, the subject's CN is compared instead. A certificate that cannot be parsed
+/// identifies nothing.
+pub fn sip_identity_matches(cert_der: &[u8], domain: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return false;
+    };
+    let domain = domain.trim_end_matches('.');
+    let eq = |name: &str| name.trim_end_matches('.').eq_ignore_ascii_case(domain);
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().any(|g| match g {
+            GeneralName::DNSName(d) => !d.contains('*') && eq(d),
+            GeneralName::URI(u) => {
+                let Some(rest) = u.strip_prefix("sip:").or_else(|| u.strip_prefix("SIP:")) else {
+                    return false;
+                };
+                // `sip:host` only: a user part or parameters name something else.
+                !rest.contains(['@', ';', '?', ':']) && eq(rest)
+            }
+            _ => false,
+        }),
+        Ok(None) => cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .any(|cn| !cn.contains('*') && eq(cn)),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,5 +630,44 @@ mod tests {
         let id = load_or_generate(&d, "localhost", None, None).unwrap();
         assert!(sip_tls_acceptor(&id).is_ok());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    fn cert_with(sans: Vec<rcgen::SanType>, cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn sip_identity_follows_rfc_5922() {
+        use rcgen::SanType;
+        let dns = |d: &str| SanType::DnsName(d.try_into().unwrap());
+        let uri = |u: &str| SanType::URI(u.try_into().unwrap());
+        let c = cert_with(vec![uri("sip:peer.example")], "other.example");
+        assert!(sip_identity_matches(&c, "peer.example"));
+        assert!(sip_identity_matches(&c, "PEER.example."));
+        assert!(
+            !sip_identity_matches(&c, "other.example"),
+            "CN ignored when a SAN exists"
+        );
+        let c = cert_with(vec![dns("peer.example")], "x");
+        assert!(sip_identity_matches(&c, "peer.example"), "dNSName only");
+        let c = cert_with(vec![dns("*.example")], "a.example");
+        assert!(!sip_identity_matches(&c, "a.example"), "no wildcards");
+        let c = cert_with(vec![uri("sip:alice@peer.example")], "x");
+        assert!(
+            !sip_identity_matches(&c, "peer.example"),
+            "a user's URI is not the domain"
+        );
+        let c = cert_with(vec![], "cn.example");
+        assert!(
+            sip_identity_matches(&c, "cn.example"),
+            "CN when there is no SAN"
+        );
+        assert!(!sip_identity_matches(b"junk", "cn.example"));
     }
 }
