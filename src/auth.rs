@@ -19,6 +19,28 @@ pub enum AuthError {
     Invalid(String),
     #[error("token expired")]
     Expired,
+    /// A good token without the scope this request needs: RFC 6750 §3.1 `403`.
+    #[error("insufficient scope: {0} required")]
+    InsufficientScope(String),
+}
+
+impl AuthError {
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::InsufficientScope(_) => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// `Ok` when `p` holds `scope` (RFC 6749 §3.3 space-separated scopes, compared exactly).
+pub fn require_scope(p: &Principal, scope: &str) -> Result<(), AuthError> {
+    if p.scopes.iter().any(|s| s == scope) {
+        Ok(())
+    } else {
+        Err(AuthError::InsufficientScope(scope.to_string()))
+    }
 }
 
 pub trait TokenVerifier: Send + Sync + 'static {
@@ -37,6 +59,9 @@ use std::path::Path;
 
 /// `iss` of every token the local issuer mints.
 pub const LOCAL_ISSUER: &str = "riptide-local";
+/// `aud` of every token the local issuer mints and the audience its verifier requires
+/// (RFC 9068 §4: a token for another resource server is refused).
+pub const LOCAL_AUDIENCE: &str = "riptide";
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub const LEEWAY_SECS: u64 = 60;
 /// Tokens longer than this are refused before any decoding, so a hostile header cannot make us
@@ -73,12 +98,34 @@ struct Header {
 #[derive(Serialize, Deserialize)]
 struct Claims {
     iss: String,
+    /// RFC 9068 §2.2: required; a string or an array of strings.
+    #[serde(default)]
+    aud: Audience,
     sub: String,
     #[serde(default)]
     scope: String,
     iat: u64,
     exp: u64,
     jti: String,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+#[serde(untagged)]
+enum Audience {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, aud: &str) -> bool {
+        match self {
+            Audience::None => false,
+            Audience::One(a) => a == aud,
+            Audience::Many(v) => v.iter().any(|a| a == aud),
+        }
+    }
 }
 
 impl LocalIssuer {
@@ -120,6 +167,24 @@ impl LocalIssuer {
         &self.kid
     }
 
+    /// The JWK Set (RFC 7517) a resource server needs to verify our tokens, for
+    /// `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        // ring gives the uncompressed point: 0x04 || X (32) || Y (32).
+        let (x, y) = self.public_key[1..].split_at(32);
+        serde_json::json!({
+            "keys": [{
+                "kty": "EC",
+                "crv": "P-256",
+                "x": B64.encode(x),
+                "y": B64.encode(y),
+                "kid": self.kid,
+                "use": "sig",
+                "alg": "ES256",
+            }]
+        })
+    }
+
     /// Mints a compact-JWS access token. Fails only if the system RNG fails.
     pub fn mint(
         &self,
@@ -139,6 +204,7 @@ impl LocalIssuer {
         };
         let claims = Claims {
             iss: LOCAL_ISSUER.into(),
+            aud: Audience::One(LOCAL_AUDIENCE.into()),
             sub: subject.into(),
             scope: scopes.join(" "),
             iat: now_unix,
@@ -191,10 +257,14 @@ impl TokenVerifier for LocalIssuer {
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(invalid("unknown key id"));
         }
-        if let Some(typ) = &header.typ {
-            if !typ.eq_ignore_ascii_case("at+jwt") && !typ.eq_ignore_ascii_case("jwt") {
-                return Err(invalid(format!("token type {typ} not accepted")));
-            }
+        // RFC 9068 §4: an access token says so; an ID token, a PASSporT or an untyped JWT
+        // is not one, whatever it carries.
+        match header.typ.as_deref() {
+            Some(t)
+                if t.eq_ignore_ascii_case("at+jwt")
+                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            Some(t) => return Err(invalid(format!("token type {t} is not at+jwt"))),
+            None => return Err(invalid("token type missing (at+jwt required)")),
         }
         let sig = B64
             .decode(s64)
@@ -211,6 +281,9 @@ impl TokenVerifier for LocalIssuer {
             .ok_or_else(|| invalid("malformed claims"))?;
         if claims.iss != LOCAL_ISSUER {
             return Err(invalid("unknown issuer"));
+        }
+        if !claims.aud.contains(LOCAL_AUDIENCE) {
+            return Err(invalid(format!("audience is not {LOCAL_AUDIENCE}")));
         }
         if claims.iat > now_unix.saturating_add(LEEWAY_SECS) {
             return Err(invalid("issued in the future"));
@@ -237,6 +310,12 @@ pub fn www_authenticate(err: &AuthError) -> String {
     let description = match err {
         // RFC 6750 §3.1: a request without credentials gets no error code.
         AuthError::Missing => return r#"Bearer realm="riptide""#.to_string(),
+        AuthError::InsufficientScope(scope) => {
+            return format!(
+                r#"Bearer realm="riptide", error="insufficient_scope", scope="{}""#,
+                scope.replace(['"', '\\'], "")
+            )
+        }
         AuthError::Invalid(why) => why.as_str(),
         AuthError::Expired => "token expired",
     };
@@ -417,6 +496,186 @@ mod tests {
         let _ = std::fs::remove_dir_all(d);
     }
 
+    /// Re-signs `claims`/`header` edits with the issuer's own key, so only the edited field
+    /// can be what the verifier refuses.
+    fn resign(iss: &LocalIssuer, header: serde_json::Value, claims: serde_json::Value) -> String {
+        let input = format!(
+            "{}.{}",
+            B64.encode(serde_json::to_vec(&header).unwrap()),
+            B64.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        let sig = iss.key.sign(&iss.rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+
+    fn parts(tok: &str) -> (serde_json::Value, serde_json::Value) {
+        let p: Vec<&str> = tok.split('.').collect();
+        (
+            serde_json::from_slice(&B64.decode(p[0]).unwrap()).unwrap(),
+            serde_json::from_slice(&B64.decode(p[1]).unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn only_access_tokens_for_this_audience_pass() {
+        let (iss, dir) = issuer("aud");
+        let tok = iss.mint("alice", &scopes(), 3600, NOW).unwrap();
+        let (h, c) = parts(&tok);
+        assert_eq!(c["aud"], "riptide");
+        assert_eq!(h["typ"], "at+jwt");
+        // Re-signed as is, it passes: the edits below are what is refused.
+        assert!(iss.verify(&resign(&iss, h.clone(), c.clone()), NOW).is_ok());
+        let cases: Vec<(serde_json::Value, serde_json::Value, &str)> = vec![
+            (
+                h.clone(),
+                {
+                    let mut c = c.clone();
+                    c["aud"] = "other-api".into();
+                    c
+                },
+                "audience",
+            ),
+            (
+                h.clone(),
+                {
+                    let mut c = c.clone();
+                    c.as_object_mut().unwrap().remove("aud");
+                    c
+                },
+                "audience",
+            ),
+            (
+                h.clone(),
+                {
+                    let mut c = c.clone();
+                    c["iss"] = "https://evil.example".into();
+                    c
+                },
+                "issuer",
+            ),
+            (
+                {
+                    let mut h = h.clone();
+                    h["typ"] = "JWT".into();
+                    h
+                },
+                c.clone(),
+                "not at+jwt",
+            ),
+            (
+                {
+                    let mut h = h.clone();
+                    h["typ"] = "passport".into();
+                    h
+                },
+                c.clone(),
+                "not at+jwt",
+            ),
+            (
+                {
+                    let mut h = h.clone();
+                    h.as_object_mut().unwrap().remove("typ");
+                    h
+                },
+                c.clone(),
+                "type missing",
+            ),
+            (
+                {
+                    let mut h = h.clone();
+                    h["alg"] = "HS256".into();
+                    h
+                },
+                c.clone(),
+                "HS256",
+            ),
+        ];
+        for (h, c, why) in cases {
+            match iss.verify(&resign(&iss, h.clone(), c.clone()), NOW) {
+                Err(AuthError::Invalid(m)) => assert!(m.contains(why), "{why}: {m}"),
+                other => panic!("{why}: {other:?} for {h} {c}"),
+            }
+        }
+        // An audience list that names us passes.
+        let mut many = c.clone();
+        many["aud"] = serde_json::json!(["x", "riptide"]);
+        assert!(iss.verify(&resign(&iss, h, many), NOW).is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn scopes_are_required_per_request_with_a_403_challenge() {
+        let p = Principal {
+            subject: "a".into(),
+            scopes: vec!["tgs:read".into()],
+        };
+        assert!(require_scope(&p, "tgs:read").is_ok());
+        let e = require_scope(&p, "calls:write").unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert_eq!(
+            www_authenticate(&e),
+            r#"Bearer realm="riptide", error="insufficient_scope", scope="calls:write""#
+        );
+        assert_eq!(AuthError::Missing.status(), 401);
+        // Scopes compare exactly: a prefix is not the scope.
+        let q = Principal {
+            subject: "a".into(),
+            scopes: vec!["calls:writer".into()],
+        };
+        assert!(require_scope(&q, "calls:write").is_err());
+    }
+
+    #[test]
+    fn the_jwks_key_verifies_our_tokens() {
+        let (iss, dir) = issuer("jwks");
+        let jwks = iss.jwks();
+        let k = &jwks["keys"][0];
+        assert_eq!(
+            (k["kty"].as_str(), k["crv"].as_str()),
+            (Some("EC"), Some("P-256"))
+        );
+        assert_eq!(k["kid"], iss.kid());
+        let mut point = vec![4u8];
+        point.extend(B64.decode(k["x"].as_str().unwrap()).unwrap());
+        point.extend(B64.decode(k["y"].as_str().unwrap()).unwrap());
+        let tok = iss.mint("alice", &scopes(), 3600, NOW).unwrap();
+        let (input, sig) = tok.rsplit_once('.').unwrap();
+        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point)
+            .verify(input.as_bytes(), &B64.decode(sig).unwrap())
+            .expect("a third party verifies with the published key");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_revoked_token_fails_within_the_reload_interval_and_after_a_restart() {
+        let (iss, dir) = issuer("revoke");
+        let tok = iss.mint("alice", &scopes(), 3600, NOW).unwrap();
+        let other = iss.mint("bob", &scopes(), 3600, NOW).unwrap();
+        let v = Revocable::new(CachingVerifier::new(iss, 60, 16), Revocations::open(&dir));
+        assert!(v.verify(&tok, NOW).is_ok(), "cached as good");
+        let (jti, exp) = token_id(&tok).unwrap();
+        Revocations::revoke(&dir, &jti, exp, NOW).unwrap();
+        std::thread::sleep(Revocations::RELOAD_EVERY + std::time::Duration::from_millis(50));
+        assert_eq!(
+            v.verify(&tok, NOW),
+            Err(AuthError::Invalid("token revoked".into()))
+        );
+        assert!(v.verify(&other, NOW).is_ok(), "only that token");
+        // A restarted gateway reads the same file.
+        let again = Revocable::new(
+            LocalIssuer::load_or_create(&dir).unwrap(),
+            Revocations::open(&dir),
+        );
+        assert!(again.verify(&tok, NOW).is_err());
+        assert!(again.verify(&other, NOW).is_ok());
+        // Expired entries are pruned by the next revocation.
+        Revocations::revoke(&dir, "later", NOW + 10_000, exp + LEEWAY_SECS + 1).unwrap();
+        let file: std::collections::HashMap<String, u64> =
+            serde_json::from_slice(&std::fs::read(dir.join("revoked.json")).unwrap()).unwrap();
+        assert!(!file.contains_key(&jti) && file.contains_key("later"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn www_authenticate_follows_rfc6750() {
         assert_eq!(
@@ -480,6 +739,115 @@ impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
 impl<V: TokenVerifier> TokenVerifier for std::sync::Arc<V> {
     fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
         (**self).verify(bearer, now_unix)
+    }
+}
+
+/// Revoked token ids (`jti`) of the local issuer, in `data_dir/revoked.json` (`{"jti": exp}`),
+/// written by `riptide token revoke` and read by the running gateway: a revocation takes effect
+/// within [`Revocations::RELOAD_EVERY`] and survives restarts. Entries are dropped once their
+/// token has expired anyway.
+pub struct Revocations {
+    path: std::path::PathBuf,
+    state: std::sync::Mutex<RevState>,
+}
+
+#[derive(Default)]
+struct RevState {
+    jtis: std::collections::HashMap<String, u64>,
+    mtime: Option<std::time::SystemTime>,
+    checked: Option<std::time::Instant>,
+}
+
+impl Revocations {
+    /// How stale the in-memory list may get before the file is looked at again.
+    pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+    const FILE: &'static str = "revoked.json";
+
+    pub fn open(data_dir: &Path) -> Revocations {
+        Revocations {
+            path: data_dir.join(Self::FILE),
+            state: Default::default(),
+        }
+    }
+
+    fn read(path: &Path) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: not a JSON object of jti -> exp", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+        }
+    }
+
+    /// Adds `jti` (valid until `exp`) to the file, pruning entries expired before `now_unix`.
+    /// The file is replaced atomically, so a running gateway never reads half of it.
+    pub fn revoke(data_dir: &Path, jti: &str, exp: u64, now_unix: u64) -> anyhow::Result<()> {
+        create_private_dir(data_dir)?;
+        let path = data_dir.join(Self::FILE);
+        let mut all = Self::read(&path)?;
+        all.retain(|_, e| e.saturating_add(LEEWAY_SECS) >= now_unix);
+        all.insert(jti.to_string(), exp);
+        let tmp = data_dir.join(format!("{}.tmp", Self::FILE));
+        write_private(&tmp, &serde_json::to_vec_pretty(&all)?)?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("{}: cannot replace", path.display()))?;
+        Ok(())
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if st
+            .checked
+            .is_none_or(|c| now.duration_since(c) >= Self::RELOAD_EVERY)
+        {
+            st.checked = Some(now);
+            let mtime = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok();
+            if mtime != st.mtime {
+                match Self::read(&self.path) {
+                    Ok(j) => {
+                        st.jtis = j;
+                        st.mtime = mtime;
+                    }
+                    // Keep what we had: a broken file must not un-revoke tokens.
+                    Err(e) => tracing::error!(error = %e, "revocation list unreadable"),
+                }
+            }
+        }
+        st.jtis.contains_key(jti)
+    }
+}
+
+/// The `jti` and `exp` claims of a compact JWS, without verifying it (for revocation after the
+/// signature was checked, and for `riptide token revoke --token`).
+pub fn token_id(bearer: &str) -> Option<(String, u64)> {
+    let c64 = bearer.trim().split('.').nth(1)?;
+    let v: serde_json::Value = serde_json::from_slice(&B64.decode(c64).ok()?).ok()?;
+    Some((v.get("jti")?.as_str()?.to_string(), v.get("exp")?.as_u64()?))
+}
+
+/// A verifier that also refuses revoked tokens, whatever the inner verifier (or its cache)
+/// says.
+pub struct Revocable<V> {
+    inner: V,
+    revocations: Revocations,
+}
+
+impl<V: TokenVerifier> Revocable<V> {
+    pub fn new(inner: V, revocations: Revocations) -> Self {
+        Revocable { inner, revocations }
+    }
+}
+
+impl<V: TokenVerifier> TokenVerifier for Revocable<V> {
+    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        let p = self.inner.verify(bearer, now_unix)?;
+        match token_id(bearer) {
+            Some((jti, _)) if self.revocations.is_revoked(&jti) => Err(invalid("token revoked")),
+            _ => Ok(p),
+        }
     }
 }
 

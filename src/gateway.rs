@@ -76,11 +76,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             tgs: cfg.tgs.clone(),
             authority: authority.clone(),
             // Peers send the same bearer token on every request: verify each token once a
-            // minute instead of four signature checks per call.
-            verifier: Arc::new(crate::auth::CachingVerifier::new(issuer.clone(), 60, 4096)),
+            // minute instead of four signature checks per call. Revocation is checked on every
+            // request, cached or not (`riptide token revoke`).
+            verifier: Arc::new(crate::auth::Revocable::new(
+                crate::auth::CachingVerifier::new(issuer.clone(), 60, 4096),
+                crate::auth::Revocations::open(&data_dir),
+            )),
             media: media.clone(),
             metrics: metrics.clone(),
             events: ript_tx.clone(),
+            cors: crate::ript::server::CorsPolicy::from_config(&cfg.http3),
+            jwks: Some(issuer.jwks()),
         },
     );
 
@@ -387,6 +393,7 @@ pub async fn engine_config(
         events_grace: Duration::from_secs(30),
         keepalive: Some(Duration::from_secs(10)),
         max_calls_per_client: cfg.http3.max_calls.max(1),
+        sip_cors_origins: cfg.sip.cors_origins.clone(),
     })
 }
 

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+/// Bad arguments (as clap exits on a usage error).
+const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +48,25 @@ enum Command {
 enum TokenCommand {
     /// Print a new access token signed by the local issuer of a data directory.
     Mint(MintArgs),
+    /// Revoke one token of the local issuer (by its `jti`, or the token itself); a running
+    /// gateway refuses it within a second, and after restarts.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    /// Take the data directory from this configuration file.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Data directory holding the issuer key and the revocation list.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// The token's `jti` claim.
+    #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+    jti: Option<String>,
+    /// The token itself (its `jti` and `exp` are read from it).
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -81,6 +102,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config.as_deref()),
+        Command::Token {
+            command: TokenCommand::Revoke(args),
+        } => revoke(args),
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint(args),
@@ -147,6 +171,48 @@ fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
         LogFormat::Text => builder.try_init(),
     };
     res.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn revoke(args: RevokeArgs) -> ExitCode {
+    let data_dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, cfg_file) => match load(cfg_file.as_deref()) {
+            Ok(cfg) => cfg.resolve_path(&cfg.general.data_dir),
+            Err(code) => return code,
+        },
+    };
+    let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs(),
+        Err(_) => {
+            eprintln!("error: the system clock is before 1970");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    // Without the token its expiry is unknown: keep the entry for the longest mint lifetime.
+    let (jti, exp) = match (&args.jti, &args.token) {
+        (Some(j), _) => (j.clone(), now + 366 * 24 * 3600),
+        (None, Some(t)) => match riptide::auth::token_id(t) {
+            Some(x) => x,
+            None => {
+                eprintln!("error: --token is not a JWT with jti and exp claims");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, None) => {
+            eprintln!("error: give --jti or --token");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match riptide::auth::Revocations::revoke(&data_dir, &jti, exp, now) {
+        Ok(()) => {
+            println!("revoked {jti}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn mint(args: MintArgs) -> ExitCode {

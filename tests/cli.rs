@@ -127,3 +127,52 @@ fn token_mint_rejects_config_and_data_dir_together() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn token_revoke_makes_the_gateway_verifier_refuse_the_token() {
+    use riptide::auth::{Revocable, Revocations, TokenVerifier};
+    let dir = temp_dir("revoke");
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+    let mint = |subject: &str| {
+        let out = riptide(&["token", "mint", "--data-dir", d, "--subject", subject]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let (a, b) = (mint("a"), mint("b"));
+    // The verifier the gateway runs: issuer key and revocation list from the data directory.
+    let v = Revocable::new(
+        LocalIssuer::load_or_create(&data).unwrap(),
+        Revocations::open(&data),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(v.verify(&a, now).is_ok() && v.verify(&b, now).is_ok());
+    let out = riptide(&["token", "revoke", "--data-dir", d, "--token", &a]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (jti, _) = riptide::auth::token_id(&a).unwrap();
+    assert_eq!(text(&out.stdout).trim(), format!("revoked {jti}"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(v.verify(&a, now).is_err(), "refused within a second");
+    assert!(v.verify(&b, now).is_ok());
+    // By jti, and a bad token argument is a usage error.
+    let (jti_b, _) = riptide::auth::token_id(&b).unwrap();
+    let out = riptide(&["token", "revoke", "--data-dir", d, "--jti", &jti_b]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = riptide(&["token", "revoke", "--data-dir", d, "--token", "junk"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a JWT"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A new verifier (a restarted gateway) refuses both.
+    let again = Revocable::new(
+        LocalIssuer::load_or_create(&data).unwrap(),
+        Revocations::open(&data),
+    );
+    assert!(again.verify(&a, now).is_err() && again.verify(&b, now).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -159,3 +159,78 @@ fn unreadable_file_names_the_file() {
     assert!(matches!(err, ConfigError::Io { .. }));
     assert!(err.to_string().contains("none.toml"), "{err}");
 }
+
+#[test]
+fn pair_files_allow_exactly_the_test_origin() {
+    for name in ["pair-a.toml", "pair-b.toml"] {
+        let cfg = load_file(&shipped(name)).unwrap();
+        assert_eq!(
+            cfg.sip.cors_origins,
+            vec!["https://allowed.example"],
+            "{name}"
+        );
+        assert_eq!(
+            cfg.http3.cors_origins,
+            vec!["https://allowed.example"],
+            "{name}"
+        );
+        assert_eq!(cfg.http3.cors_max_age_secs, 600, "{name}");
+        assert!(cfg.sip_trunks.iter().all(|t| !t.preflight), "{name}");
+    }
+    let def = embedded_default();
+    assert!(def.sip.cors_origins.is_empty() && def.http3.cors_origins.is_empty());
+}
+
+#[test]
+fn wildcard_origin_is_refused_with_the_reason() {
+    assert_error(
+        "cors-star",
+        "[http3]\nlisten = \"127.0.0.1:4433\"\ncors_origins = [\n  \"https://allowed.example\",\n  \"*\",\n]\n",
+        "http3.cors_origins[1]",
+        5,
+        "Authorization",
+    );
+    assert_error(
+        "sip-cors-star",
+        "[sip]\ncors_origins = [\"*\"]\n",
+        "sip.cors_origins[0]",
+        2,
+        "credentials",
+    );
+}
+
+#[test]
+fn malformed_origins_name_the_key() {
+    for (tag, origin, needle) in [
+        ("path", "https://allowed.example/", "path"),
+        ("scheme", "http://allowed.example", "localhost"),
+        ("case", "https://Allowed.example", "lower case"),
+        ("user", "https://u@allowed.example", "user part"),
+        ("port", "https://allowed.example:443", "default port"),
+        ("null", "null", "null"),
+        ("wild", "https://*.allowed.example", "wildcards"),
+        ("bare", "allowed.example", "not an origin"),
+    ] {
+        assert_error(
+            &format!("origin-{tag}"),
+            &format!("[sip]\nudp = [\"127.0.0.1:5060\"]\ncors_origins = [\"{origin}\"]\n"),
+            "sip.cors_origins[0]",
+            3,
+            needle,
+        );
+    }
+    assert_error(
+        "max-age",
+        "[http3]\ncors_max_age_secs = 100000\n",
+        "http3.cors_max_age_secs",
+        2,
+        "86400",
+    );
+    assert_error(
+        "preflight",
+        "[[sip_trunk]]\nname = \"pbx\"\ntarget = \"sip:h\"\npreflight = \"yes\"\n",
+        "sip_trunk[0].preflight",
+        4,
+        "expected a boolean",
+    );
+}

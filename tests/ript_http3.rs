@@ -9,7 +9,7 @@ use riptide::media::{MediaCmd, MediaHub};
 use riptide::metrics::Metrics;
 use riptide::ript::client::{spawn_client, ClientCtx, PeerRuntime};
 use riptide::ript::model::{CallDescription, CallRequest, CallState, Event, EventName, Proposal};
-use riptide::ript::server::{spawn_server, ServerCtx};
+use riptide::ript::server::{spawn_server, CorsPolicy, ServerCtx};
 use riptide::ript::{CallAccepted, Problem, RiptCmd, RiptEvent};
 use riptide::CallKey;
 use std::net::SocketAddr;
@@ -23,19 +23,24 @@ use tokio::sync::mpsc;
 const HANG: Duration = Duration::from_secs(10);
 const TG: &str = "trunk";
 const PREFIX: &str = "/.well-known/ript/v1/providertgs";
+/// The one browser origin the test server allows.
+const ALLOWED: &str = "https://allowed.example";
 
 struct TestVerifier;
 
 impl TokenVerifier for TestVerifier {
     fn verify(&self, bearer: &str, _now: u64) -> Result<Principal, AuthError> {
-        if bearer == "good" {
-            Ok(Principal {
-                subject: "tester".into(),
-                scopes: vec![],
-            })
-        } else {
-            Err(AuthError::Invalid("unknown token".into()))
-        }
+        let all = ["calls:write", "tgs:read", "handlers:write"];
+        let scopes: &[&str] = match bearer {
+            "good" => &all,
+            // Discovery only: calls and handlers get 403 insufficient_scope.
+            "narrow" => &["tgs:read"],
+            _ => return Err(AuthError::Invalid("unknown token".into())),
+        };
+        Ok(Principal {
+            subject: "tester".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        })
     }
 }
 
@@ -185,6 +190,11 @@ async fn harness() -> Harness {
             media: server_hub.clone(),
             metrics: Arc::new(Metrics::default()),
             events: engine_tx,
+            cors: CorsPolicy {
+                origins: vec![ALLOWED.into()],
+                max_age_secs: 600,
+            },
+            jwks: Some(serde_json::json!({"keys": [{"kty": "EC", "kid": "test"}]})),
         },
     );
     let server_cmd = server.cmd_sender();
@@ -327,6 +337,334 @@ impl Harness {
             out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
         (resp.status(), resp.headers().clone(), out.freeze())
+    }
+}
+
+/// One request as a browser (or a test) shapes it: extra headers, optional `:protocol`.
+struct Raw<'a> {
+    method: http::Method,
+    path: &'a str,
+    token: Option<&'a str>,
+    headers: &'a [(&'a str, &'a str)],
+    protocol: Option<h3::ext::Protocol>,
+    body: Option<&'a str>,
+}
+
+impl Raw<'_> {
+    fn new(method: http::Method, path: &str) -> Raw<'_> {
+        Raw {
+            method,
+            path,
+            token: None,
+            headers: &[],
+            protocol: None,
+            body: None,
+        }
+    }
+}
+
+impl Harness {
+    /// Sends `r` on a fresh connection: (status, headers, body). For CONNECT only the head is
+    /// read (an accepted media stream stays open).
+    async fn send(&self, r: Raw<'_>) -> (http::StatusCode, http::HeaderMap, Bytes) {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, mut send) = h3::client::builder()
+            .enable_extended_connect(true)
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let mut req = http::Request::builder()
+            .method(r.method.clone())
+            .uri(format!(
+                "https://localhost:{}{}",
+                self.server_addr.port(),
+                r.path
+            ));
+        if let Some(t) = r.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (n, v) in r.headers {
+            req = req.header(*n, *v);
+        }
+        let mut req = req.body(()).unwrap();
+        if let Some(p) = r.protocol {
+            req.extensions_mut().insert(p);
+        }
+        let mut s = send.send_request(req).await.unwrap();
+        if let Some(b) = r.body {
+            s.send_data(Bytes::from(b.to_owned())).await.unwrap();
+        }
+        if r.method != http::Method::CONNECT {
+            s.finish().await.unwrap();
+        }
+        let resp = tokio::time::timeout(HANG, s.recv_response())
+            .await
+            .expect("no response")
+            .unwrap();
+        let mut out = BytesMut::new();
+        if r.method != http::Method::CONNECT {
+            while let Some(mut chunk) = s.recv_data().await.unwrap() {
+                out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+            }
+        }
+        (resp.status(), resp.headers().clone(), out.freeze())
+    }
+}
+
+fn hv<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// The comma-separated tokens of `name`, lower-cased.
+fn tokens(h: &http::HeaderMap, name: &str) -> Vec<String> {
+    hv(h, name)
+        .unwrap_or("")
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// CORS-01: a preflight from the allowed origin, without any token, gets 204 and every header
+/// the browser's check needs, with `authorization` named (never `*`).
+#[tokio::test]
+async fn cors_preflight_from_the_allowed_origin_gets_204_without_a_token() {
+    let h = harness().await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+    let call = format!("{calls}/x");
+    let events = format!("{call}/events");
+    for (path, method, methods) in [
+        (calls.as_str(), "POST", "post"),
+        (PREFIX, "GET", "get"),
+        (call.as_str(), "GET", "get, post"),
+        (events.as_str(), "PUT", "get, put"),
+    ] {
+        let (status, hd, body) = h
+            .send(Raw {
+                headers: &[
+                    ("origin", ALLOWED),
+                    ("access-control-request-method", method),
+                    (
+                        "access-control-request-headers",
+                        "authorization,content-type",
+                    ),
+                ],
+                ..Raw::new(http::Method::OPTIONS, path)
+            })
+            .await;
+        assert_eq!(status, 204, "{path}");
+        assert!(body.is_empty());
+        assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+        assert_eq!(tokens(&hd, "vary"), vec!["origin"]);
+        assert_eq!(
+            tokens(&hd, "access-control-allow-methods").join(", "),
+            methods,
+            "{path}"
+        );
+        let allow_headers = tokens(&hd, "access-control-allow-headers");
+        assert!(allow_headers.contains(&"authorization".to_string()));
+        assert!(allow_headers.contains(&"content-type".to_string()));
+        assert!(!allow_headers.contains(&"*".to_string()));
+        assert_eq!(hv(&hd, "access-control-max-age"), Some("600"));
+        assert!(tokens(&hd, "access-control-expose-headers").contains(&"location".to_string()));
+        assert!(!hd.contains_key("access-control-allow-credentials"));
+        assert!(
+            !hd.contains_key("www-authenticate"),
+            "no token was asked for"
+        );
+    }
+}
+
+/// CORS-02: any other origin, look-alikes and `null` included, gets 403 and no ACAO.
+#[tokio::test]
+async fn cors_preflight_from_other_origins_is_403_without_acao() {
+    let h = harness().await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+    let refused: &[&[(&str, &str)]] = &[
+        &[("origin", "https://evil.example")],
+        &[("origin", "null")],
+        &[("origin", "https://allowed.example.evil.com")],
+        &[("origin", "https://evil-allowed.example")],
+        &[("origin", "https://allowed.examplex")],
+        &[("origin", "http://allowed.example")],
+        &[("origin", "https://allowed.example:8443")],
+        &[("origin", "https://allowed.example:443")],
+        &[("origin", "HTTPS://ALLOWED.EXAMPLE")],
+        &[("origin", "https://allowed.example/")],
+        &[("origin", ALLOWED), ("origin", ALLOWED)],
+    ];
+    for origin in refused {
+        let mut headers = origin.to_vec();
+        headers.push(("access-control-request-method", "POST"));
+        headers.push((
+            "access-control-request-headers",
+            "authorization,content-type",
+        ));
+        let (status, hd, body) = h
+            .send(Raw {
+                headers: &headers,
+                ..Raw::new(http::Method::OPTIONS, &calls)
+            })
+            .await;
+        assert_eq!(status, 403, "{origin:?}");
+        assert!(
+            !hd.contains_key("access-control-allow-origin"),
+            "{origin:?}"
+        );
+        assert!(
+            !hd.contains_key("access-control-allow-methods"),
+            "{origin:?}"
+        );
+        assert!(!hd.contains_key("access-control-allow-credentials"));
+        assert_eq!(tokens(&hd, "vary"), vec!["origin"]);
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["status"], 403);
+    }
+    // An allowed origin asking about an unknown resource gets no 2xx.
+    let (status, _, _) = h
+        .send(Raw {
+            headers: &[
+                ("origin", ALLOWED),
+                ("access-control-request-method", "GET"),
+            ],
+            ..Raw::new(http::Method::OPTIONS, "/elsewhere")
+        })
+        .await;
+    assert_eq!(status, 404);
+    // OPTIONS without Access-Control-Request-Method is not a preflight: the token is needed.
+    let (status, hd, _) = h
+        .send(Raw {
+            headers: &[("origin", ALLOWED)],
+            ..Raw::new(http::Method::OPTIONS, &calls)
+        })
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+}
+
+/// Actual requests: the allowed origin gets ACAO (errors too, so the page can read them);
+/// another origin's request still runs, authenticated as usual, but carries no ACAO.
+#[tokio::test]
+async fn cors_actual_requests_carry_acao_only_for_the_allowed_origin() {
+    let h = harness().await;
+    let list = |origin: Option<&'static str>, token: Option<&'static str>| {
+        let headers: &'static [(&'static str, &'static str)] = match origin {
+            Some(ALLOWED) => &[("origin", ALLOWED)],
+            Some(_) => &[("origin", "https://allowed.example.evil.com")],
+            None => &[],
+        };
+        Raw {
+            token,
+            headers,
+            ..Raw::new(http::Method::GET, PREFIX)
+        }
+    };
+    let (status, hd, _) = h.send(list(Some(ALLOWED), Some("good"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+    assert_eq!(tokens(&hd, "vary"), vec!["origin"]);
+    assert!(!hd.contains_key("access-control-allow-credentials"));
+
+    let (status, hd, _) = h.send(list(Some("evil"), Some("good"))).await;
+    assert_eq!(
+        status, 200,
+        "CORS is the browser's to enforce; the API still answers"
+    );
+    assert!(!hd.contains_key("access-control-allow-origin"));
+    assert_eq!(tokens(&hd, "vary"), vec!["origin"]);
+
+    let (status, hd, _) = h.send(list(None, Some("good"))).await;
+    assert_eq!(status, 200);
+    assert!(!hd.contains_key("access-control-allow-origin"));
+
+    let (status, hd, _) = h.send(list(Some(ALLOWED), None)).await;
+    assert_eq!(status, 401, "the allowed origin does not replace the token");
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+    assert!(tokens(&hd, "access-control-expose-headers").contains(&"www-authenticate".into()));
+    let (status, hd, _) = h.send(list(Some("evil"), None)).await;
+    assert_eq!(status, 401);
+    assert!(!hd.contains_key("access-control-allow-origin"));
+
+    // A created resource's Location is readable by the page.
+    let handler = r#"{"handler-id":"h1","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000}]}}"#;
+    let path = format!("{PREFIX}/{TG}/handlers");
+    let (status, hd, _) = h
+        .send(Raw {
+            token: Some("good"),
+            headers: &[("origin", ALLOWED), ("content-type", "application/json")],
+            body: Some(handler),
+            ..Raw::new(http::Method::POST, &path)
+        })
+        .await;
+    assert_eq!(status, 201);
+    assert!(hd.contains_key("location"));
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+    assert!(tokens(&hd, "access-control-expose-headers").contains(&"location".into()));
+}
+
+/// An extended CONNECT with `:protocol webtransport` to `path`.
+fn wt<'a>(path: &'a str, token: Option<&'a str>, headers: &'a [(&'a str, &'a str)]) -> Raw<'a> {
+    Raw {
+        token,
+        headers,
+        protocol: Some(h3::ext::Protocol::WEB_TRANSPORT),
+        ..Raw::new(http::Method::CONNECT, path)
+    }
+}
+
+/// WT-01: extended CONNECT checks Origin before anything else; without Origin (a gateway, not
+/// a browser) only a valid token opens the session; WebTransport elsewhere is 405.
+#[tokio::test]
+async fn webtransport_connect_checks_origin_and_token() {
+    let mut h = harness().await;
+    let (desc, _key) = h.created(51, "200").await;
+    let media = format!("{}/media", path_of(&desc.uri));
+    for origin in [
+        "https://evil.example",
+        "null",
+        "https://allowed.example.evil.com",
+        "https://evil-allowed.example",
+    ] {
+        let headers = [("origin", origin)];
+        let (status, hd, _) = h.send(wt(&media, Some("good"), &headers)).await;
+        assert_eq!(status, 403, "{origin}");
+        assert!(!hd.contains_key("access-control-allow-origin"));
+        let (status, _, _) = h.send(wt(&media, None, &headers)).await;
+        assert_eq!(status, 403, "{origin}, no token");
+    }
+    let (status, _, _) = h.send(wt(&media, None, &[])).await;
+    assert_eq!(status, 401, "no Origin and no token");
+    let (status, _, _) = h.send(wt(&media, Some("wrong"), &[])).await;
+    assert_eq!(status, 401, "no Origin and a bad token");
+    let (status, _, _) = h.send(wt(&media, None, &[("origin", ALLOWED)])).await;
+    assert_eq!(status, 401, "an allowed Origin still needs the token");
+    let (status, hd, _) = h.send(wt(&media, Some("good"), &[])).await;
+    assert_eq!(status, 200, "a non-browser client with a valid token");
+    assert!(!hd.contains_key("access-control-allow-origin"));
+    let (status, hd, _) = h
+        .send(wt(&media, Some("good"), &[("origin", ALLOWED)]))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+
+    let call = path_of(&desc.uri);
+    let events = format!("{call}/events");
+    for path in [PREFIX, call.as_str(), events.as_str(), "/elsewhere"] {
+        let (status, hd, _) = h
+            .send(Raw {
+                token: Some("good"),
+                protocol: Some(h3::ext::Protocol::WEB_TRANSPORT),
+                ..Raw::new(http::Method::CONNECT, path)
+            })
+            .await;
+        assert_eq!(status, 405, "{path}");
+        assert!(hd.contains_key("allow"), "{path}");
     }
 }
 
@@ -765,4 +1103,59 @@ async fn rtp_before_the_media_binding_is_held_and_relayed_when_it_comes() {
         .expect("the early packet comes back through the echo")
         .unwrap();
     assert_eq!(&buf[..n], &first[..]);
+}
+
+/// OAUTH-03: a good token without the resource's scope gets 403 `insufficient_scope` naming the
+/// scope; OAUTH-06: the key set and the issuer metadata are public.
+#[tokio::test]
+async fn scopes_per_resource_and_public_keys() {
+    let h = harness().await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+    let (status, headers, body) = h
+        .raw(http::Method::POST, &calls, Some("narrow"), Some("{}"))
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        hv(&headers, "www-authenticate"),
+        Some(r#"Bearer realm="riptide", error="insufficient_scope", scope="calls:write""#)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(p["status"], 403);
+    let handlers = format!("{PREFIX}/{TG}/handlers");
+    let (status, headers, _) = h
+        .raw(http::Method::POST, &handlers, Some("narrow"), Some("{}"))
+        .await;
+    assert_eq!(status, 403);
+    assert!(hv(&headers, "www-authenticate")
+        .unwrap()
+        .contains(r#"scope="handlers:write""#));
+    let (status, _, _) = h.raw(http::Method::GET, PREFIX, Some("narrow"), None).await;
+    assert_eq!(status, 200, "discovery needs tgs:read only");
+
+    let (status, headers, body) = h
+        .raw(
+            http::Method::GET,
+            riptide::ript::server::JWKS_PATH,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "no token needed");
+    assert_eq!(hv(&headers, "content-type"), Some("application/json"));
+    let jwks: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "test");
+    let (status, _, body) = h
+        .raw(
+            http::Method::GET,
+            riptide::ript::server::AS_METADATA_PATH,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let meta: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(meta["jwks_uri"]
+        .as_str()
+        .unwrap()
+        .ends_with("/.well-known/jwks.json"));
 }

@@ -129,6 +129,8 @@ pub struct EngineConfig {
     /// Most calls one RIPT client (token subject) may hold on our server role at once; more
     /// get 429.
     pub max_calls_per_client: usize,
+    /// Origins an out-of-dialog `OPTIONS` carrying `Origin` may name (`[sip] cors_origins`).
+    pub sip_cors_origins: Vec<String>,
 }
 
 impl EngineConfig {
@@ -186,6 +188,7 @@ impl EngineConfig {
             events_grace: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(10)),
             max_calls_per_client: 100,
+            sip_cors_origins: vec![],
         }
     }
 
@@ -700,20 +703,7 @@ impl Engine {
         match method {
             Method::Invite if !in_dialog => self.on_initial_invite(now, m),
             Method::Cancel => self.on_cancel(now, &m),
-            Method::Options if !in_dialog => {
-                let tag = msg::token(10);
-                self.respond(
-                    now,
-                    &m,
-                    200,
-                    "OK",
-                    Some(&tag),
-                    &Extra::none()
-                        .header("Allow", msg::ALLOW)
-                        .header("Accept", msg::ACCEPT)
-                        .header("Supported", msg::SUPPORTED),
-                );
-            }
+            Method::Options if !in_dialog => self.on_options(now, &m),
             _ if in_dialog => self.on_in_dialog(now, m),
             Method::Bye | Method::Update | Method::Info => {
                 self.respond(
@@ -729,6 +719,42 @@ impl Engine {
                 self.method_not_allowed(now, &m);
             }
         }
+    }
+
+    /// An out-of-dialog OPTIONS: a capabilities probe or keep-alive, or, when it carries
+    /// `Origin`, the SIP "CORS" preflight (draft-jennings-rtcweb-api-00 as specified in
+    /// docs/protocol.md): an origin on `sip_cors_origins` gets 200 with
+    /// `Access-Control-Allow-Origin`, any other (`null` included) 403, and more than one
+    /// `Origin` or a value that is not `scheme://host[:port]` 400.
+    fn on_options(&mut self, now: Instant, m: &SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let origins = msg::header_values(&req.headers, "Origin");
+        let acao = match sip_origin_check(&origins, &self.cfg.sip_cors_origins) {
+            OriginCheck::Absent => None,
+            OriginCheck::Allowed(o) => Some(o),
+            OriginCheck::Forbidden => {
+                debug!(src = %m.src, origin = ?origins, "OPTIONS from an origin not allowed");
+                self.respond(now, m, 403, "Forbidden", None, &Extra::none());
+                return;
+            }
+            OriginCheck::Malformed(why) => {
+                debug!(src = %m.src, origin = ?origins, why, "OPTIONS with a bad Origin");
+                let reason = format!("Bad Request ({why})");
+                self.respond(now, m, 400, &reason, None, &Extra::none());
+                return;
+            }
+        };
+        let tag = msg::token(10);
+        let mut extra = Extra::none()
+            .header("Allow", msg::ALLOW)
+            .header("Accept", msg::ACCEPT)
+            .header("Supported", msg::SUPPORTED);
+        if let Some(o) = acao {
+            extra = extra.header("Access-Control-Allow-Origin", o);
+        }
+        self.respond(now, m, 200, "OK", Some(&tag), &extra);
     }
 
     fn new_key(&mut self) -> CallKey {
@@ -3131,6 +3157,43 @@ fn safe_reason(r: &str, default: &str) -> String {
 }
 
 /// A reason phrase from the network, safe for a status line: printable ASCII, at most 80 bytes.
+/// What an OPTIONS' `Origin` headers say.
+#[derive(Debug, PartialEq, Eq)]
+enum OriginCheck {
+    /// No `Origin`: an ordinary OPTIONS.
+    Absent,
+    /// On the list; the value to echo in `Access-Control-Allow-Origin` (as received).
+    Allowed(String),
+    /// A well-formed origin not on the list, or `null`.
+    Forbidden,
+    /// More than one `Origin`, or a value that is not `scheme://host[:port]`.
+    Malformed(&'static str),
+}
+
+/// Matches `Origin` values against `allowed` after normalising both (lower-case scheme and host,
+/// default port dropped): exact matches only, never a prefix or suffix.
+fn sip_origin_check(values: &[String], allowed: &[String]) -> OriginCheck {
+    let v = match values {
+        [] => return OriginCheck::Absent,
+        [v] => v.trim(),
+        _ => return OriginCheck::Malformed("more than one Origin"),
+    };
+    if v.eq_ignore_ascii_case("null") {
+        return OriginCheck::Forbidden;
+    }
+    let Some(norm) = crate::config::normalize_origin(v) else {
+        return OriginCheck::Malformed("Origin is not scheme://host[:port]");
+    };
+    let on_list = allowed
+        .iter()
+        .any(|a| crate::config::normalize_origin(a).as_deref() == Some(norm.as_str()));
+    if on_list {
+        OriginCheck::Allowed(v.to_string())
+    } else {
+        OriginCheck::Forbidden
+    }
+}
+
 fn safe_phrase(p: &str) -> String {
     p.chars()
         .filter(|c| c.is_ascii() && !c.is_ascii_control())

@@ -1685,3 +1685,169 @@ fn keys_from_rtp_are_announced_and_go_as_info_toward_an_info_peer() {
     s.sip(&ok, CALLER);
     assert!(s.sip_out().is_empty());
 }
+
+/// A gateway whose SIP listener allows the browser origin `https://allowed.example`.
+fn cors_sim() -> Sim {
+    Sim {
+        e: Engine::new(
+            EngineConfig {
+                sip_cors_origins: vec!["https://allowed.example".into()],
+                ..cfg()
+            },
+            Arc::new(Metrics::default()),
+        ),
+        now: Instant::now(),
+        out: vec![],
+    }
+}
+
+/// An out-of-dialog OPTIONS with `origin_lines` (each a whole `Origin: ...` line, or others).
+fn options_with(branch: &str, origin_lines: &[&str]) -> String {
+    let extra: String = origin_lines.iter().map(|l| format!("{l}\r\n")).collect();
+    format!(
+        "OPTIONS sip:127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\nMax-Forwards: 70\r\nFrom: <sip:browser@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1:5070>\r\nCall-ID: {branch}-cid\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The value of `name` in a SIP message, if present.
+fn header_of(m: &str, name: &str) -> Option<String> {
+    m.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// Sends one OPTIONS and returns the single answer.
+fn options_answer(s: &mut Sim, branch: &str, origin_lines: &[&str]) -> String {
+    s.sip(&options_with(branch, origin_lines), CALLER);
+    let mut msgs = s.sip_out();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    msgs.remove(0)
+}
+
+#[test]
+fn sip_preflight_from_an_allowed_origin_gets_200_with_acao() {
+    let mut s = cors_sim();
+    let m = options_answer(&mut s, "z9hG4bKc1", &["Origin: https://allowed.example"]);
+    assert!(m.starts_with("SIP/2.0 200 OK"), "{m}");
+    assert_eq!(
+        header_of(&m, "Access-Control-Allow-Origin").as_deref(),
+        Some("https://allowed.example")
+    );
+    assert!(
+        m.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"),
+        "{m}"
+    );
+    assert!(m.contains("Accept: application/sdp"), "{m}");
+    assert!(header_of(&m, "Supported").is_some(), "{m}");
+    // The header name is matched case-insensitively; scheme, host and default port are
+    // normalised before the exact comparison, and the value is echoed as sent.
+    let m = options_answer(
+        &mut s,
+        "z9hG4bKc2",
+        &["origin: HTTPS://Allowed.Example:443"],
+    );
+    assert!(m.starts_with("SIP/2.0 200 OK"), "{m}");
+    assert_eq!(
+        header_of(&m, "Access-Control-Allow-Origin").as_deref(),
+        Some("HTTPS://Allowed.Example:443")
+    );
+}
+
+#[test]
+fn sip_preflight_from_other_origins_gets_403_without_acao() {
+    let mut s = cors_sim();
+    for (i, origin) in [
+        "https://evil.example",
+        "null",
+        "https://allowed.example.evil.com",
+        "https://evil-allowed.example",
+        "https://allowed.examplex",
+        "https://sub.allowed.example",
+        "https://allowed.example:8443",
+        "http://allowed.example",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = options_answer(
+            &mut s,
+            &format!("z9hG4bKf{i}"),
+            &[&format!("Origin: {origin}")],
+        );
+        assert!(m.starts_with("SIP/2.0 403 Forbidden"), "{origin}: {m}");
+        assert_eq!(header_of(&m, "Access-Control-Allow-Origin"), None, "{m}");
+    }
+    // A listener with no list refuses every origin, its own included.
+    let mut plain = Sim::new();
+    let m = options_answer(
+        &mut plain,
+        "z9hG4bKf9",
+        &["Origin: https://allowed.example"],
+    );
+    assert!(m.starts_with("SIP/2.0 403 Forbidden"), "{m}");
+    assert_eq!(header_of(&m, "Access-Control-Allow-Origin"), None, "{m}");
+}
+
+#[test]
+fn sip_preflight_with_two_origins_or_a_malformed_one_gets_400() {
+    let mut s = cors_sim();
+    let two = [
+        "Origin: https://allowed.example",
+        "Origin: https://allowed.example",
+    ];
+    let m = options_answer(&mut s, "z9hG4bKb1", &two);
+    assert!(m.starts_with("SIP/2.0 400 Bad Request"), "{m}");
+    assert_eq!(header_of(&m, "Access-Control-Allow-Origin"), None, "{m}");
+    for (i, bad) in [
+        "https://allowed.example/",
+        "allowed.example",
+        "https://allowed.example, https://evil.example",
+        "https://user@allowed.example",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let m = options_answer(
+            &mut s,
+            &format!("z9hG4bKb{}", i + 2),
+            &[&format!("Origin: {bad}")],
+        );
+        assert!(m.starts_with("SIP/2.0 400 Bad Request"), "{bad}: {m}");
+        assert_eq!(header_of(&m, "Access-Control-Allow-Origin"), None, "{m}");
+    }
+}
+
+#[test]
+fn sip_options_without_origin_is_unchanged_and_answers_are_retransmitted_not_recomputed() {
+    let mut s = cors_sim();
+    let m = options_answer(&mut s, "z9hG4bKn1", &[]);
+    assert!(m.starts_with("SIP/2.0 200 OK"), "{m}");
+    assert_eq!(header_of(&m, "Access-Control-Allow-Origin"), None, "{m}");
+    assert!(
+        m.contains("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS"),
+        "{m}"
+    );
+
+    // A retransmitted refused preflight gets the same 403 from the transaction layer, until
+    // the transaction is gone (Timer J, 64*T1 over UDP); no call state is ever created.
+    let req = options_with("z9hG4bKr1", &["Origin: https://evil.example"]);
+    s.sip(&req, CALLER);
+    let first = s.sip_out();
+    assert_eq!(start_lines(&first), vec!["SIP/2.0 403 Forbidden"]);
+    s.advance(Duration::from_secs(2));
+    assert!(
+        s.sip_out().is_empty(),
+        "a non-2xx to OPTIONS is not resent on its own"
+    );
+    s.sip(&req, CALLER);
+    assert_eq!(
+        s.sip_out(),
+        first,
+        "the retransmission gets the identical answer"
+    );
+    s.advance(Duration::from_secs(40));
+    assert_eq!(s.e.active_calls(), 0);
+}

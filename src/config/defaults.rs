@@ -38,6 +38,7 @@ impl Default for SipConfig {
             max_calls: 10_000,
             no_answer_timeout_secs: 180,
             t1_ms: 500,
+            cors_origins: vec![],
         }
     }
 }
@@ -50,6 +51,8 @@ impl Default for Http3Config {
             cert_file: None,
             key_file: None,
             max_calls: 10_000,
+            cors_origins: vec![],
+            cors_max_age_secs: 600,
         }
     }
 }

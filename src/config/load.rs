@@ -319,6 +319,7 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    check_cors_list(&sip.cors_origins, "sip", &err)?;
 
     // http3
     if cfg.http3.server_name.trim().is_empty() {
@@ -342,6 +343,16 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
         return Err(err(
             vec![key("http3"), key("max_calls")],
             "must be at least 1".into(),
+        ));
+    }
+    check_cors_list(&cfg.http3.cors_origins, "http3", &err)?;
+    if cfg.http3.cors_max_age_secs > MAX_CORS_MAX_AGE {
+        return Err(err(
+            vec![key("http3"), key("cors_max_age_secs")],
+            format!(
+                "at most {MAX_CORS_MAX_AGE} (browsers cap the preflight cache: Chromium at 7200 s, \
+                 Firefox at 86400 s)"
+            ),
         ));
     }
 
@@ -506,6 +517,186 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
                     r.ript_peer,
                     list(cfg.ript_peers.iter().map(|p| p.name.as_str()))
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Largest `http3.cors_max_age_secs` (Firefox's cap; Chromium caps at 7200).
+const MAX_CORS_MAX_AGE: u64 = 86_400;
+
+/// Checks every entry of `{section}.cors_origins` and that none repeats.
+fn check_cors_list(
+    origins: &[String],
+    section: &str,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (i, o) in origins.iter().enumerate() {
+        let at = vec![key(section), key("cors_origins"), Seg::Index(i)];
+        check_cors_origin(o).map_err(|m| err(at.clone(), m))?;
+        if let Some(j) = origins[..i].iter().position(|p| p == o) {
+            return Err(err(
+                at,
+                format!("{o:?} is listed twice (already at cors_origins[{j}])"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An origin as it is written: scheme, host (IPv6 with its brackets) and the port when given.
+struct OriginParts<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+}
+
+/// Splits `scheme "://" host [":" port]` (RFC 6454 §6.2), refusing anything else: paths
+/// (even a lone `/`), queries, fragments, user info, lists and white space.
+fn split_origin(s: &str) -> Result<OriginParts<'_>, String> {
+    let expected = "expected scheme://host[:port], e.g. \"https://app.example\"";
+    let (scheme, authority) = s
+        .split_once("://")
+        .ok_or_else(|| format!("{s:?} is not an origin; {expected}"))?;
+    let scheme_ok = scheme
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err(format!("{s:?} has no valid scheme; {expected}"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "{s:?} has a user part; an origin is only scheme://host[:port]"
+        ));
+    }
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!(
+            "{s:?} has a path, query or fragment (a trailing \"/\" counts); an origin is only \
+             scheme://host[:port]"
+        ));
+    }
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority
+            .find(']')
+            .ok_or_else(|| format!("{s:?} has an unclosed IPv6 address; {expected}"))?;
+        let (h, rest) = authority.split_at(end + 1);
+        if h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{s:?} has an invalid IPv6 address; {expected}"));
+        }
+        match rest {
+            "" => (h, None),
+            r => match r.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return Err(format!("{s:?} is not an origin; {expected}")),
+            },
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host; {expected}"));
+    }
+    if !host.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+    {
+        return Err(format!(
+            "{s:?} has an invalid host (letters, digits, '-', '.' and '_' only; write \
+             internationalised names in their xn-- form); {expected}"
+        ));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.chars().all(|c| c.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("{s:?} has an invalid port; {expected}")),
+        },
+    };
+    Ok(OriginParts { scheme, host, port })
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
+        _ => None,
+    }
+}
+
+/// The canonical form of a received `Origin` value: scheme and host in lower case, the scheme's
+/// default port dropped. `None` when the value is not `scheme://host[:port]` (`null` included).
+pub fn normalize_origin(s: &str) -> Option<String> {
+    let o = split_origin(s.trim()).ok()?;
+    let scheme = o.scheme.to_ascii_lowercase();
+    let host = o.host.to_ascii_lowercase();
+    Some(match o.port {
+        Some(p) if default_port(&scheme) != Some(p) => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// Checks one `cors_origins` entry: exactly the origin a browser sends (`https://host[:port]`,
+/// or `http://` for a loopback host), lower case, no default port, no wildcard.
+pub fn check_cors_origin(s: &str) -> Result<(), String> {
+    if s == "*" {
+        return Err(
+            "\"*\" (any origin) is not allowed: riptide's API takes credentials \
+             (Authorization: Bearer), and browsers refuse \"Access-Control-Allow-Origin: *\" on \
+             credentialed requests; a wildcard would also let every web page drive the gateway \
+             with a token it holds. List each origin, e.g. \"https://app.example\""
+                .into(),
+        );
+    }
+    if s.eq_ignore_ascii_case("null") {
+        return Err(
+            "\"null\" is not allowed: it is the origin of sandboxed frames, file: \
+             pages and redirects, which any page can produce; list real origins instead"
+                .into(),
+        );
+    }
+    if s.contains('*') {
+        return Err(format!(
+            "{s:?}: wildcards are not supported; list each origin exactly, e.g. \
+             \"https://app.example\""
+        ));
+    }
+    let o = split_origin(s)?;
+    if o.scheme != o.scheme.to_ascii_lowercase() || o.host != o.host.to_ascii_lowercase() {
+        return Err(format!(
+            "{s:?}: write the scheme and host in lower case, as browsers send them ({:?})",
+            s.to_ascii_lowercase()
+        ));
+    }
+    let loopback = matches!(o.host, "localhost" | "127.0.0.1" | "[::1]");
+    match o.scheme {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => {
+            return Err(format!(
+                "{s:?}: http:// is only accepted for localhost, 127.0.0.1 and [::1]; use https://"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{s:?}: scheme {other:?} is not a web origin here; use https:// (or http:// \
+                 for a loopback host)"
+            ))
+        }
+    }
+    if let Some(p) = o.port {
+        if default_port(o.scheme) == Some(p) {
+            return Err(format!(
+                "{s:?}: drop \":{p}\", the default port; browsers send the origin without it, \
+                 so this entry would never match"
             ));
         }
     }
@@ -751,6 +942,103 @@ mod tests {
         assert!(check_https_url("https://h:0").is_err());
         assert!(check_https_url("https://h:1/path").is_err());
         assert!(check_https_url("https://:1").is_err());
+    }
+
+    #[test]
+    fn cors_origin_forms() {
+        for ok in [
+            "https://allowed.example",
+            "https://allowed.example:8443",
+            "https://10.0.0.1",
+            "https://[2001:db8::1]:4443",
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "http://[::1]:8080",
+        ] {
+            assert_eq!(check_cors_origin(ok), Ok(()), "{ok}");
+        }
+        for (bad, needle) in [
+            ("*", "Authorization"),
+            ("null", "sandboxed"),
+            ("https://*.example", "wildcards"),
+            ("allowed.example", "not an origin"),
+            ("https://allowed.example/", "path"),
+            ("https://allowed.example/app", "path"),
+            ("https://allowed.example?x", "query"),
+            ("https://user@allowed.example", "user part"),
+            ("https://Allowed.example", "lower case"),
+            ("HTTPS://allowed.example", "lower case"),
+            ("http://allowed.example", "only accepted for localhost"),
+            ("ftp://allowed.example", "scheme"),
+            ("https://allowed.example:443", "default port"),
+            ("http://localhost:80", "default port"),
+            ("https://allowed.example:0", "port"),
+            ("https://allowed.example:", "port"),
+            ("https://allowed.example:+1", "port"),
+            ("https://", "no host"),
+            ("https://a b", "host"),
+            ("https://a.example, https://b.example", "host"),
+            ("https://[::1", "IPv6"),
+        ] {
+            let e = check_cors_origin(bad).expect_err(bad);
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn received_origins_are_normalised() {
+        assert_eq!(
+            normalize_origin("HTTPS://Allowed.Example:443").as_deref(),
+            Some("https://allowed.example")
+        );
+        assert_eq!(
+            normalize_origin("http://localhost:80").as_deref(),
+            Some("http://localhost")
+        );
+        assert_eq!(
+            normalize_origin("https://a.example:8443").as_deref(),
+            Some("https://a.example:8443")
+        );
+        for bad in [
+            "null",
+            "",
+            "https://a.example/",
+            "a.example",
+            "https://a, https://b",
+        ] {
+            assert_eq!(normalize_origin(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cors_keys_are_checked_where_they_are_written() {
+        let (key, line, _, msg) =
+            invalid("[http3]\ncors_origins = [\"https://ok.example\", \"*\"]\n");
+        assert_eq!((key.as_str(), line), ("http3.cors_origins[1]", 2));
+        assert!(msg.contains("Authorization"), "{msg}");
+        let (key, line, _, msg) =
+            invalid("[sip]\ncors_origins = [\n  \"https://a.example/\",\n]\n");
+        assert_eq!((key.as_str(), line), ("sip.cors_origins[0]", 3));
+        assert!(msg.contains("path"), "{msg}");
+        let (key, _, _, msg) =
+            invalid("[sip]\ncors_origins = [\"https://a.example\", \"https://a.example\"]\n");
+        assert_eq!(key, "sip.cors_origins[1]");
+        assert!(msg.contains("twice"), "{msg}");
+        let (key, line, _, _) = invalid("[http3]\ncors_max_age_secs = 86401\n");
+        assert_eq!((key.as_str(), line), ("http3.cors_max_age_secs", 2));
+        let cfg = load_str(
+            "[http3]\ncors_origins = [\"https://a.example\"]\ncors_max_age_secs = 60\n[sip]\ncors_origins = [\"http://localhost:3000\"]\n[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\npreflight = true\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(cfg.http3.cors_origins, vec!["https://a.example"]);
+        assert_eq!(cfg.http3.cors_max_age_secs, 60);
+        assert_eq!(cfg.sip.cors_origins, vec!["http://localhost:3000"]);
+        assert!(cfg.sip_trunks[0].preflight);
+        let (key, _, _, msg) =
+            invalid("[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\npreflight = \"yes\"\n");
+        assert_eq!(key, "sip_trunk[0].preflight");
+        assert!(msg.contains("boolean"), "{msg}");
     }
 
     #[test]

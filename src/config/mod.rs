@@ -8,7 +8,9 @@ mod defaults;
 mod load;
 
 pub use defaults::embedded_default;
-pub use load::{load_file, load_str, parse_source, ConfigError};
+pub use load::{
+    check_cors_origin, load_file, load_str, normalize_origin, parse_source, ConfigError,
+};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -84,6 +86,10 @@ pub struct SipConfig {
     pub no_answer_timeout_secs: u64,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// Browser origins (`scheme://host[:port]`) an out-of-dialog `OPTIONS` carrying `Origin` may
+    /// name and get `Access-Control-Allow-Origin` back (the SIP "CORS" preflight of
+    /// draft-jennings-rtcweb-api-00). Any other origin gets 403. Default: none.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -98,6 +104,12 @@ pub struct Http3Config {
     pub key_file: Option<PathBuf>,
     /// Maximum calls one RIPT client may have open at once on this server.
     pub max_calls: usize,
+    /// Browser origins (`scheme://host[:port]`, exact match) allowed to call the API (CORS) and
+    /// to open `{call}/media` over WebTransport. `"*"` is refused: the API takes credentials.
+    /// Default: none (no browser origin is allowed).
+    pub cors_origins: Vec<String>,
+    /// `Access-Control-Max-Age` of preflight answers, in seconds (at most 86400). Default: 600.
+    pub cors_max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -239,6 +251,10 @@ pub struct SipTrunkConfig {
     /// codecs apply to calls it sends us. Default: none (such calls get the `[media]` policy).
     #[serde(default)]
     pub match_sources: Vec<String>,
+    /// Send a SIP `OPTIONS` preflight carrying `Origin` to this trunk before calls (not yet
+    /// acted on; the key is accepted so configurations can name it). Default: false.
+    #[serde(default)]
+    pub preflight: bool,
 }
 
 pub fn default_codecs() -> Vec<String> {

@@ -18,12 +18,12 @@ use super::model::{
 };
 use super::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::auth::{Principal, TokenVerifier};
-use crate::config::TgConfig;
+use crate::config::{Http3Config, TgConfig};
 use crate::media::MediaHub;
 use crate::metrics::Metrics;
 use crate::CallKey;
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +54,160 @@ pub struct ServerCtx {
     pub media: MediaHub,
     pub metrics: Arc<Metrics>,
     pub events: mpsc::Sender<RiptEvent>,
+    /// Which browser origins may use the API (CORS) and open media over WebTransport.
+    pub cors: CorsPolicy,
+    /// The local issuer's JWK Set, served without a token at [`JWKS_PATH`] (RFC 8414 metadata
+    /// at [`AS_METADATA_PATH`] points to it); `None` serves neither.
+    pub jwks: Option<serde_json::Value>,
+}
+
+/// Where the local issuer's verification keys are published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+/// OAuth 2.0 Authorization Server Metadata (RFC 8414) of the local issuer.
+pub const AS_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+
+/// The scope a request needs (RFC 6750 §3.1: a token without it gets 403
+/// `insufficient_scope`). Discovery reads trunk groups; handlers and calls write.
+fn required_scope(route: &Route<'_>) -> Option<&'static str> {
+    match route {
+        Route::TgList | Route::Tg(_) => Some("tgs:read"),
+        Route::Handlers(_) => Some("handlers:write"),
+        Route::Calls(_) | Route::Call(_, _) | Route::Events(_, _) | Route::Media(_, _) => {
+            Some("calls:write")
+        }
+        Route::NotFound => None,
+    }
+}
+
+/// Request headers a preflight may ask for; `Authorization` is a CORS non-wildcard name, so it
+/// is always listed by name (a `*` would never cover it).
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type";
+/// Response headers of the API that pages may read beyond the CORS-safelisted ones.
+const CORS_EXPOSE_HEADERS: &str = "location, retry-after, www-authenticate, allow";
+
+/// The browser-origin policy of the API (`[http3] cors_origins`, `cors_max_age_secs`).
+///
+/// Origins are matched exactly, byte for byte, against the serialised origin a browser sends
+/// (the loader accepts only that form), and the allowed one is echoed: never `*`, and never
+/// `Access-Control-Allow-Credentials` (tokens travel in `Authorization`, not cookies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    pub origins: Vec<String>,
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsPolicy {
+    /// No browser origin is allowed.
+    fn default() -> Self {
+        CorsPolicy {
+            origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// What a request's `Origin` header says under the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OriginCheck {
+    /// No `Origin`: not a browser's cross-origin request (or a same-origin GET).
+    Absent,
+    /// On the list: the value to echo.
+    Allowed(String),
+    /// Anything else: not listed, `null`, several `Origin` headers, not an origin at all.
+    Refused,
+}
+
+impl CorsPolicy {
+    pub fn from_config(c: &Http3Config) -> CorsPolicy {
+        CorsPolicy {
+            origins: c.cors_origins.clone(),
+            max_age_secs: c.cors_max_age_secs,
+        }
+    }
+
+    fn check(&self, headers: &HeaderMap) -> OriginCheck {
+        let mut values = headers.get_all(header::ORIGIN).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return if headers.contains_key(header::ORIGIN) {
+                OriginCheck::Refused
+            } else {
+                OriginCheck::Absent
+            };
+        };
+        let Ok(v) = v.to_str() else {
+            return OriginCheck::Refused;
+        };
+        // Only a serialised origin is ever echoed, whatever the list holds: never `*`/`null`.
+        let serialised = crate::config::normalize_origin(v).as_deref() == Some(v);
+        if serialised && self.origins.iter().any(|o| o == v) {
+            OriginCheck::Allowed(v.to_owned())
+        } else {
+            OriginCheck::Refused
+        }
+    }
+
+    /// The headers every answer to a request with this origin carries.
+    fn response_headers(&self, origin: &OriginCheck) -> Vec<(header::HeaderName, String)> {
+        let mut h = Vec::new();
+        if !self.origins.is_empty() || *origin != OriginCheck::Absent {
+            // The answer depends on Origin: caches must not hand one origin's answer to another.
+            h.push((header::VARY, "origin".to_owned()));
+        }
+        if let OriginCheck::Allowed(o) = origin {
+            h.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()));
+            h.push((
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                CORS_EXPOSE_HEADERS.to_owned(),
+            ));
+        }
+        h
+    }
+
+    /// The CORS step before authentication. `Err` is a complete answer of its own: a preflight
+    /// (which needs no token), or 403 for an extended CONNECT (WebTransport) from an origin not
+    /// on the list. `Ok` holds the headers every answer to the request must carry.
+    fn gate(&self, req: &Request<()>) -> Result<Vec<(header::HeaderName, String)>, Reply> {
+        let origin = self.check(req.headers());
+        let cors = self.response_headers(&origin);
+        let preflight = req.method() == Method::OPTIONS
+            && origin != OriginCheck::Absent
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        let extended_connect = req.method() == Method::CONNECT
+            && req.extensions().get::<h3::ext::Protocol>().is_some();
+        if origin == OriginCheck::Refused && (preflight || extended_connect) {
+            let what = if preflight {
+                "CORS preflight"
+            } else {
+                "WebTransport session"
+            };
+            let detail = format!("{what} from an origin that is not allowed");
+            return Err(Reply::problem(&Problem::new(403, "Forbidden", detail)).with_all(&cors));
+        }
+        if !preflight {
+            return Ok(cors);
+        }
+        let Some(methods) = route(req.uri().path()).methods() else {
+            return Err(Reply::not_found("no such resource").with_all(&cors));
+        };
+        let reply = Reply {
+            status: StatusCode::NO_CONTENT,
+            headers: vec![
+                (header::ACCESS_CONTROL_ALLOW_METHODS, methods.to_owned()),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    CORS_ALLOW_HEADERS.to_owned(),
+                ),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    self.max_age_secs.to_string(),
+                ),
+            ],
+            body: None,
+        };
+        Err(reply.with_all(&cors))
+    }
 }
 
 /// The running server: its command channel and tasks.
@@ -362,6 +516,20 @@ enum Route<'a> {
     NotFound,
 }
 
+impl Route<'_> {
+    /// The methods the resource answers (`None`: no such resource).
+    fn methods(&self) -> Option<&'static str> {
+        Some(match self {
+            Route::TgList | Route::Tg(_) => "GET",
+            Route::Handlers(_) | Route::Calls(_) => "POST",
+            Route::Call(_, _) => "GET, POST",
+            Route::Events(_, _) => "GET, PUT",
+            Route::Media(_, _) => "CONNECT",
+            Route::NotFound => return None,
+        })
+    }
+}
+
 fn route(path: &str) -> Route<'_> {
     let Some(rest) = path.strip_prefix(RIPT_PREFIX) else {
         return Route::NotFound;
@@ -437,6 +605,11 @@ impl Reply {
         self
     }
 
+    fn with_all(mut self, headers: &[(header::HeaderName, String)]) -> Reply {
+        self.headers.extend_from_slice(headers);
+        self
+    }
+
     fn head(&self) -> Response<()> {
         let mut b = Response::builder().status(self.status);
         for (n, v) in &self.headers {
@@ -500,13 +673,53 @@ async fn handle_request(
     req: Request<()>,
     mut stream: Stream,
 ) {
-    let principal = match authenticate(shared, &req) {
-        Ok(p) => p,
+    let cors = match shared.ctx.cors.gate(&req) {
+        Ok(h) => h,
         Err(reply) => return send_reply(shared, &mut stream, reply).await,
     };
+    if let (Some(jwks), &Method::GET) = (&shared.ctx.jwks, req.method()) {
+        let public = match req.uri().path() {
+            JWKS_PATH => Some(jwks.clone()),
+            AS_METADATA_PATH => {
+                let base = format!("https://{}", shared.ctx.authority);
+                Some(serde_json::json!({
+                    "issuer": crate::auth::LOCAL_ISSUER,
+                    "jwks_uri": format!("{base}{JWKS_PATH}"),
+                    "scopes_supported": ["calls:write", "tgs:read", "handlers:write"],
+                    "response_types_supported": [],
+                    "grant_types_supported": [],
+                    "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+                }))
+            }
+            _ => None,
+        };
+        if let Some(body) = public {
+            let reply =
+                Reply::json(StatusCode::OK, &body).with(header::CACHE_CONTROL, "max-age=300");
+            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+        }
+    }
+    let principal = match authenticate(shared, &req) {
+        Ok(p) => p,
+        Err(reply) => return send_reply(shared, &mut stream, reply.with_all(&cors)).await,
+    };
     let path = req.uri().path().to_owned();
+    if let Some(scope) = required_scope(&route(&path)) {
+        if let Err(e) = crate::auth::require_scope(&principal, scope) {
+            shared.ctx.metrics.auth_failures();
+            let reply = Reply::problem(&Problem::new(403, "Forbidden", e.to_string()))
+                .with(header::WWW_AUTHENTICATE, crate::auth::www_authenticate(&e));
+            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+        }
+    }
     let method = req.method().clone();
+    let extended_connect =
+        method == Method::CONNECT && req.extensions().get::<h3::ext::Protocol>().is_some();
     let reply = match (route(&path), &method) {
+        // WebTransport is served on `{call}/media` only (draft-ietf-webtrans-http3: 405).
+        (r, _) if extended_connect && !matches!(r, Route::Media(_, _)) => {
+            Reply::method_not_allowed(r.methods().unwrap_or(""))
+        }
         (Route::TgList, &Method::GET) => tg_list(shared),
         (Route::TgList, _) => Reply::method_not_allowed("GET"),
         (Route::Tg(tg), &Method::GET) => tg_description(shared, tg),
@@ -523,19 +736,19 @@ async fn handle_request(
             r => r,
         },
         (Route::Events(tg, id), &Method::GET) => {
-            return events_get(shared, &conn, tg, id, stream).await
+            return events_get(shared, &conn, tg, id, stream, &cors).await
         }
         (Route::Events(tg, id), &Method::PUT) => {
-            return events_put(shared, &conn, tg, id, stream).await
+            return events_put(shared, &conn, tg, id, stream, &cors).await
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            return media_connect(shared, conn, &req, tg, id, stream).await
+            return media_connect(shared, conn, &req, tg, id, stream, &cors).await
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
         (Route::NotFound, _) => Reply::not_found("no such resource"),
     };
-    send_reply(shared, &mut stream, reply).await
+    send_reply(shared, &mut stream, reply.with_all(&cors)).await
 }
 
 fn tg_list(shared: &Shared) -> Reply {
@@ -706,6 +919,7 @@ async fn events_get(
     tg: &str,
     id: &str,
     mut stream: Stream,
+    cors: &[(header::HeaderName, String)],
 ) {
     let (tx, mut rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     // Subscribing and reading the last state under one lock: no event is missed or doubled.
@@ -731,7 +945,7 @@ async fn events_get(
             // Ended moments ago: give the final event and close, instead of a bare 404 that
             // would leave the client not knowing how the call ended.
             if let Some(last) = shared.final_event(tg, id) {
-                if send_head(shared, &mut stream, Reply::event_stream()).await {
+                if send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
                     let mut enc = EventEncoder::new();
                     let mut body = BytesMut::from(&EventEncoder::open()[..]);
                     if let Some(ev) = &last {
@@ -744,7 +958,7 @@ async fn events_get(
                 }
                 return;
             }
-            return send_reply(shared, &mut stream, reply).await;
+            return send_reply(shared, &mut stream, reply.with_all(cors)).await;
         }
     };
     let _ = shared
@@ -752,7 +966,7 @@ async fn events_get(
         .events
         .send(RiptEvent::ServerEventsOpened { call: key })
         .await;
-    if send_head(shared, &mut stream, Reply::event_stream()).await {
+    if send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
         let mut enc = EventEncoder::new();
         let mut res = stream.send_data(EventEncoder::open()).await;
         if let (Ok(()), Some(ev)) = (&res, &last) {
@@ -784,9 +998,11 @@ async fn events_put(
     tg: &str,
     id: &str,
     mut stream: Stream,
+    cors: &[(header::HeaderName, String)],
 ) {
     let Some((key, mut ended)) = shared.open_stream(tg, id) else {
-        return send_reply(shared, &mut stream, Reply::not_found("no such call")).await;
+        let reply = Reply::not_found("no such call").with_all(cors);
+        return send_reply(shared, &mut stream, reply).await;
     };
     let _ = shared
         .ctx
@@ -798,7 +1014,7 @@ async fn events_put(
         headers: Vec::new(),
         body: None,
     };
-    if send_head(shared, &mut stream, ok).await {
+    if send_head(shared, &mut stream, ok.with_all(cors)).await {
         let mut dec = EventDecoder::new();
         'read: loop {
             tokio::select! {
@@ -852,12 +1068,14 @@ async fn media_connect(
     tg: &str,
     id: &str,
     mut stream: Stream,
+    cors: &[(header::HeaderName, String)],
 ) {
     // Extended CONNECT with `:protocol webtransport` (browsers) or plain CONNECT (gateways).
+    // The origin was checked in `CorsPolicy::gate` and the token in `authenticate`.
     if let Some(p) = req.extensions().get::<h3::ext::Protocol>() {
         if *p != h3::ext::Protocol::WEB_TRANSPORT {
             let reply = Reply::bad_request(format!("unsupported :protocol {}", p.as_str()));
-            return send_reply(shared, &mut stream, reply).await;
+            return send_reply(shared, &mut stream, reply.with_all(cors)).await;
         }
     }
     let found = {
@@ -868,7 +1086,8 @@ async fn media_connect(
             .map(|e| (e.key, e.ended.subscribe()))
     };
     let Some((key, mut ended)) = found else {
-        return send_reply(shared, &mut stream, Reply::not_found("no such call")).await;
+        let reply = Reply::not_found("no such call").with_all(cors);
+        return send_reply(shared, &mut stream, reply).await;
     };
     let ok = Reply {
         status: StatusCode::OK,
@@ -877,7 +1096,8 @@ async fn media_connect(
             "draft02".into(),
         )],
         body: None,
-    };
+    }
+    .with_all(cors);
     if !send_head(shared, &mut stream, ok).await {
         return;
     }
@@ -923,5 +1143,166 @@ mod tests {
         );
         assert_eq!(route(&p("providertgs/a/calls/x/other")), Route::NotFound);
         assert_eq!(route("/elsewhere"), Route::NotFound);
+    }
+
+    /// The headers of whatever answer the CORS step leads to: its own, or the ones it adds.
+    fn cors_outcome(policy: &CorsPolicy, req: &Request<()>) -> (Option<StatusCode>, HeaderMap) {
+        match policy.gate(req) {
+            Ok(h) => {
+                let mut map = HeaderMap::new();
+                for (n, v) in h {
+                    map.append(n, v.parse().unwrap());
+                }
+                (None, map)
+            }
+            Err(r) => (Some(r.status), r.head().headers().clone()),
+        }
+    }
+
+    /// CORS-03, as a property over configuration combinations: whatever the allow list (every
+    /// subset of a pool that includes entries the loader refuses, both loaded and fed in raw)
+    /// and whatever the request, no answer carries `Access-Control-Allow-Origin: *` or
+    /// `Access-Control-Allow-Credentials`, an ACAO is always the request's single, listed,
+    /// serialised origin, and the header lists are never wildcards.
+    #[test]
+    fn never_a_wildcard_origin_nor_credentials_over_config_combinations() {
+        let pool = [
+            "https://allowed.example",
+            "https://other.example:8443",
+            "http://localhost:3000",
+            "*",
+            "null",
+            "https://*.example",
+            "https://allowed.example/",
+        ];
+        let origins: [&[&str]; 11] = [
+            &[],
+            &["https://allowed.example"],
+            &["https://other.example:8443"],
+            &["http://localhost:3000"],
+            &["*"],
+            &["null"],
+            &["https://allowed.example.evil.com"],
+            &["https://evil-allowed.example"],
+            &["HTTPS://ALLOWED.EXAMPLE"],
+            &["https://allowed.example/"],
+            &["https://allowed.example", "https://allowed.example"],
+        ];
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::CONNECT,
+        ];
+        let p = |s: &str| format!("{RIPT_PREFIX}{s}");
+        let paths = [p("providertgs/t/calls"), p("providertgs/t/calls/x/media")];
+        let mut checked = 0u64;
+        for mask in 0u32..(1 << pool.len()) {
+            let list: Vec<&str> = (0..pool.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| pool[i])
+                .collect();
+            for max_age in [0u64, 600] {
+                let text =
+                    format!("[http3]\ncors_origins = {list:?}\ncors_max_age_secs = {max_age}\n");
+                let mut policies = vec![CorsPolicy {
+                    origins: list.iter().map(|s| s.to_string()).collect(),
+                    max_age_secs: max_age,
+                }];
+                match crate::config::load_str(&text, "t.toml") {
+                    Ok(cfg) => {
+                        assert!(!list.contains(&"*"), "the loader let \"*\" through");
+                        policies.push(CorsPolicy::from_config(&cfg.http3));
+                    }
+                    Err(e) => {
+                        let bad = ["*", "null", "https://*.example", "https://allowed.example/"];
+                        assert!(list.iter().any(|o| bad.contains(o)), "{text}: {e}");
+                    }
+                }
+                for policy in &policies {
+                    for origin in origins {
+                        for method in &methods {
+                            for acrm in [false, true] {
+                                for path in &paths {
+                                    let mut b = Request::builder()
+                                        .method(method.clone())
+                                        .uri(format!("https://localhost:4443{path}"));
+                                    for o in origin {
+                                        b = b.header(header::ORIGIN, *o);
+                                    }
+                                    if acrm {
+                                        b = b
+                                            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+                                            .header(
+                                                header::ACCESS_CONTROL_REQUEST_HEADERS,
+                                                "authorization,content-type",
+                                            );
+                                    }
+                                    let mut req = b.body(()).unwrap();
+                                    if *method == Method::CONNECT {
+                                        req.extensions_mut()
+                                            .insert(h3::ext::Protocol::WEB_TRANSPORT);
+                                    }
+                                    let (status, h) = cors_outcome(policy, &req);
+                                    let ctx = format!("{list:?} {origin:?} {method} {acrm} {path}");
+                                    assert!(
+                                        !h.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS),
+                                        "{ctx}"
+                                    );
+                                    let acao: Vec<_> = h
+                                        .get_all(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                                        .iter()
+                                        .collect();
+                                    assert!(acao.len() <= 1, "{ctx}");
+                                    if let Some(a) = acao.first() {
+                                        let a = a.to_str().unwrap();
+                                        assert_ne!(a, "*", "{ctx}");
+                                        assert_eq!(origin, &[a], "{ctx}");
+                                        assert!(policy.origins.iter().any(|o| o == a), "{ctx}");
+                                        assert_eq!(
+                                            crate::config::normalize_origin(a).as_deref(),
+                                            Some(a),
+                                            "{ctx}"
+                                        );
+                                        assert_eq!(h.get(header::VARY).unwrap(), "origin");
+                                    }
+                                    for name in [
+                                        header::ACCESS_CONTROL_ALLOW_HEADERS,
+                                        header::ACCESS_CONTROL_ALLOW_METHODS,
+                                        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                                    ] {
+                                        if let Some(v) = h.get(&name) {
+                                            assert!(!v.to_str().unwrap().contains('*'), "{ctx}");
+                                        }
+                                    }
+                                    if let Some(v) = h.get(header::ACCESS_CONTROL_ALLOW_HEADERS) {
+                                        assert!(v.to_str().unwrap().contains("authorization"));
+                                    }
+                                    let refused = !origin.is_empty() && acao.is_empty();
+                                    let preflight = *method == Method::OPTIONS && acrm;
+                                    if refused && (preflight || *method == Method::CONNECT) {
+                                        assert_eq!(status, Some(StatusCode::FORBIDDEN), "{ctx}");
+                                    }
+                                    if preflight && !refused && !origin.is_empty() {
+                                        assert_eq!(status, Some(StatusCode::NO_CONTENT), "{ctx}");
+                                    }
+                                    if !preflight && *method != Method::CONNECT {
+                                        assert_eq!(status, None, "{ctx}: not answered early");
+                                    }
+                                    checked += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            checked,
+            (128 + 8) * 2 * 11 * 6 * 2 * 2,
+            "every combination ran"
+        );
     }
 }
