@@ -329,6 +329,7 @@ pub async fn engine_config(
                 .iter()
                 .filter_map(|s| crate::config::parse_source(s))
                 .collect(),
+            preflight: t.preflight,
         });
     }
     let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);

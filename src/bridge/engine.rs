@@ -90,6 +90,8 @@ pub struct TrunkInfo {
     pub media: MediaPolicy,
     /// INVITE sources that belong to this trunk (address, and port when given).
     pub match_sources: Vec<(IpAddr, Option<u16>)>,
+    /// Browser-originated calls need a SIP CORS preflight (OPTIONS with `Origin`) first.
+    pub preflight: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +185,7 @@ impl EngineConfig {
                 max_redirects: 3,
                 media,
                 match_sources: vec![],
+                preflight: false,
             }],
             http_authority: "localhost:4434".into(),
             events_grace: Duration::from_secs(30),
@@ -268,6 +271,8 @@ enum Purpose {
     ReInvite,
     /// SIP INFO carrying a DTMF key; its answer changes nothing.
     Info,
+    /// OPTIONS with `Origin` before a browser-originated INVITE (SIP CORS preflight).
+    Preflight,
 }
 
 #[derive(Debug)]
@@ -319,6 +324,12 @@ struct SipLeg {
     local_sdp: Option<LocalSdp>,
     /// Media security and ICE of this leg across offer/answer rounds.
     sec: Option<LegSecurity>,
+    /// UAC: the call came from a browser page with this `Origin` (POST {TG}/calls): it only
+    /// reaches configured trunks (no redirects followed) and, where the trunk asks, only after
+    /// a SIP CORS preflight allowed the origin.
+    browser_origin: Option<String>,
+    /// UAC: our preflight OPTIONS is in flight; the INVITE waits for its answer.
+    preflight_pending: bool,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -416,6 +427,10 @@ pub struct Engine {
     orphans: HashMap<CallKey, String>,
     /// Server-role calls held per RIPT client.
     per_client: HashMap<String, usize>,
+    /// SIP CORS preflights that allowed an origin at a target, until when.
+    preflight_ok: HashMap<(SocketAddr, String), Instant>,
+    /// Targets whose preflight failed are not contacted again until then (seed draft §6.2).
+    preflight_bad: HashMap<SocketAddr, Instant>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -481,6 +496,8 @@ impl Engine {
             branches: HashMap::new(),
             orphans: HashMap::new(),
             per_client: HashMap::new(),
+            preflight_ok: HashMap::new(),
+            preflight_bad: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -927,6 +944,8 @@ impl Engine {
             pending_2xx: None,
             local_sdp: Some(local_sdp),
             sec: Some(sec),
+            browser_origin: None,
+            preflight_pending: false,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -1476,6 +1495,7 @@ impl Engine {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
             Purpose::ReInvite => self.on_reinvite_response(now, key, resp, code),
             Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
+            Purpose::Preflight => self.on_preflight_answer(now, key, resp, code),
         }
     }
 
@@ -1640,7 +1660,11 @@ impl Engine {
                     .and_then(|t| self.cfg.trunks.get(t))
                     .map(|t| t.max_redirects)
                     .unwrap_or(0);
-                if sip.redirects < trunk_max && sip.cancel_wanted.is_none() {
+                // A browser's call never goes to an address the trunk names (destination policy).
+                if sip.redirects < trunk_max
+                    && sip.cancel_wanted.is_none()
+                    && sip.browser_origin.is_none()
+                {
                     if let Some((addr, transport)) = msg::uri_socket(&target) {
                         sip.redirects += 1;
                         sip.invite_uri = target.clone();
@@ -1883,6 +1907,7 @@ impl Engine {
                 self.finish(key, CallOutcome::Failed);
             }
             Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
+            Purpose::Preflight => self.preflight_failed(now, key, "no answer to the preflight"),
             Purpose::ReInvite => {
                 // RFC 3261 §14.1: a re-INVITE timeout ends the dialog.
                 let reason = "SIP;cause=408;text=\"Request Timeout\"";
@@ -1917,7 +1942,8 @@ impl Engine {
                 tg,
                 request,
                 principal,
-            } => self.on_incoming_call(now, req, tg, request, principal),
+                origin,
+            } => self.on_incoming_call(now, req, tg, request, principal, origin),
             RiptEvent::CallCreated { call, description } => {
                 self.on_call_created(now, call, description)
             }
@@ -1981,6 +2007,7 @@ impl Engine {
         tg: String,
         request: CallRequest,
         principal: String,
+        origin: Option<String>,
     ) {
         let respond_err = |me: &mut Self, p: Problem| {
             me.count_rejected();
@@ -2197,6 +2224,8 @@ impl Engine {
                     pending_2xx: None,
                     local_sdp: Some(local_sdp),
                     sec: Some(sec),
+                    browser_origin: origin.clone(),
+                    preflight_pending: false,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
@@ -2207,7 +2236,7 @@ impl Engine {
                 self.calls.insert(key, call);
                 self.out
                     .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
-                self.send_invite(now, key);
+                self.invite_or_preflight(now, key, t, origin.as_deref());
                 let na = self.cfg.no_answer_timeout;
                 self.arm(now, key, CallTimer::NoAnswer, na);
                 let grace = self.cfg.events_grace;
@@ -2410,7 +2439,11 @@ impl Engine {
                 }
             }
             SipRole::Uac => {
-                if answered {
+                if sip.preflight_pending {
+                    // No INVITE went out: nothing to cancel.
+                    self.end_server_call(key);
+                    self.finish(key, CallOutcome::Cancelled);
+                } else if answered {
                     self.send_bye(now, key, reason);
                     self.end_server_call(key);
                     self.finish(key, CallOutcome::Answered);
@@ -2569,6 +2602,114 @@ impl Engine {
     // ------------------------------------------------------------------ SIP out
 
     /// Sends (or re-sends after a redirect) the INVITE of a UAC leg.
+    /// Places a trunk call: at once, or for a browser's call toward a trunk with `preflight`,
+    /// after an OPTIONS carrying the `Origin` came back with that origin allowed (cached per
+    /// target and origin; a target that refused is not contacted again for 30 s).
+    fn invite_or_preflight(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        trunk: usize,
+        origin: Option<&str>,
+    ) {
+        let Some(origin) = origin.filter(|_| self.cfg.trunks[trunk].preflight) else {
+            return self.send_invite(now, key);
+        };
+        let target = self.cfg.trunks[trunk].dest.addr;
+        if self
+            .preflight_bad
+            .get(&target)
+            .is_some_and(|until| *until > now)
+        {
+            return self.preflight_failed(now, key, "the target refused a preflight recently");
+        }
+        if self
+            .preflight_ok
+            .get(&(target, origin.to_string()))
+            .is_some_and(|until| *until > now)
+        {
+            return self.send_invite(now, key);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        let via_host = self.cfg.via_host(sip.transport);
+        sip.local_cseq += 1;
+        let branch = msg::branch();
+        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+        let spec = sip.initial_request("OPTIONS", &via_host, &branch, &from, None);
+        let extra = Extra::none()
+            .header("Origin", origin.to_string())
+            .header("Accept", "application/sdp");
+        let bytes = msg::request(&spec, &extra);
+        sip.preflight_pending = true;
+        let dest = sip.dest;
+        self.branches
+            .insert(branch.clone(), (key, Purpose::Preflight));
+        info!(call = %key, %origin, %target, "SIP CORS preflight");
+        self.txn
+            .send_request(now, &branch, false, bytes.into(), dest);
+    }
+
+    /// The preflight's answer: the INVITE goes only when it allows the origin.
+    fn on_preflight_answer(&mut self, now: Instant, key: CallKey, resp: &Response, code: u16) {
+        if code < 200 {
+            return;
+        }
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if !sip.preflight_pending {
+            return;
+        }
+        sip.preflight_pending = false;
+        let origin = sip.browser_origin.clone().unwrap_or_default();
+        let target = sip.dest.addr;
+        let acao = msg::header_values(&resp.headers, "Access-Control-Allow-Origin");
+        let allowed = (200..300).contains(&code)
+            && acao.len() == 1
+            && (acao[0].trim() == origin || acao[0].trim() == "*");
+        if !allowed {
+            let why =
+                format!("preflight answered {code} without Access-Control-Allow-Origin: {origin}");
+            self.preflight_bad
+                .insert(target, now + Duration::from_secs(30));
+            return self.preflight_failed(now, key, &why);
+        }
+        // Access-Control-Max-Age from the answer, else 10 minutes, at most a day.
+        let ttl = msg::first_header(&resp.headers, "Access-Control-Max-Age")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(600)
+            .min(86_400);
+        if self.preflight_ok.len() > 10_000 {
+            self.preflight_ok.retain(|_, until| *until > now);
+        }
+        self.preflight_ok
+            .insert((target, origin), now + Duration::from_secs(ttl));
+        self.send_invite(now, key);
+    }
+
+    /// The browser's call is refused before any INVITE: 403 toward the HTTP/3 side.
+    fn preflight_failed(&mut self, now: Instant, key: CallKey, why: &str) {
+        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+            sip.preflight_pending = false;
+            if let Some(t) = self.preflight_bad.get(&sip.dest.addr).copied() {
+                if t <= now {
+                    self.preflight_bad.remove(&sip.dest.addr);
+                }
+            }
+        }
+        warn!(call = %key, %why, "browser call not placed");
+        let mut ev = Event::failed(403, "Forbidden");
+        ev.reason = Some(format!("Forbidden: {why}"));
+        self.send_event(key, ev);
+        self.end_server_call(key);
+        self.finish(key, CallOutcome::Failed);
+    }
+
     fn send_invite(&mut self, now: Instant, key: CallKey) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -2920,6 +3061,7 @@ impl Engine {
             Some(_) if answered => {
                 self.send_bye(now, key, "Q.850;cause=41;text=\"Temporary failure\"")
             }
+            Some(SipRole::Uac) if call.sip.as_ref().is_some_and(|s| s.preflight_pending) => {}
             Some(SipRole::Uac) => {
                 // Unanswered toward a trunk: CANCEL once a provisional allows it, and keep the
                 // call until the INVITE's final (a crossing 200 gets ACK + BYE).

@@ -194,6 +194,27 @@ fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
             advertisement: Some(pcmu_adv()),
         },
         principal: principal.into(),
+        origin: None,
+    }
+}
+
+/// As `incoming_call`, from a browser page at `origin`.
+fn browser_call(req: ReqId, origin: &str) -> RiptEvent {
+    match incoming_call(req, None, "page") {
+        RiptEvent::IncomingCall {
+            req,
+            tg,
+            request,
+            principal,
+            ..
+        } => RiptEvent::IncomingCall {
+            req,
+            tg,
+            request,
+            principal,
+            origin: Some(origin.into()),
+        },
+        e => e,
     }
 }
 
@@ -1850,4 +1871,155 @@ fn sip_options_without_origin_is_unchanged_and_answers_are_retransmitted_not_rec
     );
     s.advance(Duration::from_secs(40));
     assert_eq!(s.e.active_calls(), 0);
+}
+
+// ------------------------------------------------------------------ SIP CORS preflight
+
+const PAGE: &str = "https://allowed.example";
+
+fn preflight_sim() -> Sim {
+    let mut c = cfg();
+    c.trunks[0].preflight = true;
+    c.max_calls_per_client = 100;
+    Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    }
+}
+
+#[test]
+fn a_browser_call_is_invited_only_after_the_preflight_allows_its_origin() {
+    let mut s = preflight_sim();
+    s.ript(browser_call(ReqId(1), PAGE));
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["OPTIONS sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    assert!(
+        msgs[0].contains("Origin: https://allowed.example\r\n"),
+        "{}",
+        msgs[0]
+    );
+    // Allowed: now the INVITE.
+    let ok = reply(&msgs[0], 200, "OK", "t1", None).replace(
+        "Content-Length: 0",
+        "Access-Control-Allow-Origin: https://allowed.example\r\nContent-Length: 0",
+    );
+    s.sip(&ok, TRUNK);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["INVITE sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    // The answer is cached for that target and origin: the next call goes straight on.
+    s.ript(browser_call(ReqId(2), PAGE));
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["INVITE sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    // A call that is not a browser's needs no preflight.
+    s.ript(incoming_call(ReqId(3), None, "gateway-a"));
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["INVITE sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn a_refusing_target_is_never_invited_and_not_asked_again_for_30_s() {
+    let mut s = preflight_sim();
+    s.ript(browser_call(ReqId(1), PAGE));
+    let msgs = s.sip_out();
+    // 200 without ACAO: no INVITE, and the call fails with 403.
+    s.sip(&reply(&msgs[0], 200, "OK", "t1", None), TRUNK);
+    let out = s.take();
+    assert!(
+        sip_texts(&out).is_empty(),
+        "never INVITEd: {:?}",
+        sip_texts(&out)
+    );
+    let failed = server_events(&out);
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.name == EventName::Failed && e.code == Some(403)),
+        "{failed:?}"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    // Within 30 s: not contacted at all.
+    s.advance(Duration::from_secs(29));
+    s.ript(browser_call(ReqId(2), PAGE));
+    let out = s.take();
+    assert!(sip_texts(&out).is_empty());
+    assert!(server_events(&out).iter().any(|e| e.code == Some(403)));
+    // Later: asked again.
+    s.advance(Duration::from_secs(2));
+    s.ript(browser_call(ReqId(3), PAGE));
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["OPTIONS sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn a_preflight_for_another_origin_or_an_error_does_not_allow_the_call() {
+    for (code, acao) in [
+        (200, Some("https://other.example")),
+        (403, None),
+        (200, Some("https://allowed.example, https://x.example")),
+    ] {
+        let mut s = preflight_sim();
+        s.ript(browser_call(ReqId(1), PAGE));
+        let msgs = s.sip_out();
+        let mut r = reply(&msgs[0], code, "X", "t1", None);
+        if let Some(a) = acao {
+            r = r.replace(
+                "Content-Length: 0",
+                &format!("Access-Control-Allow-Origin: {a}\r\nContent-Length: 0"),
+            );
+        }
+        s.sip(&r, TRUNK);
+        let out = s.take();
+        assert!(sip_texts(&out).is_empty(), "{code} {acao:?}");
+        assert!(server_events(&out).iter().any(|e| e.code == Some(403)));
+    }
+    // No answer at all: the OPTIONS times out, the call fails, nothing is INVITEd.
+    let mut s = preflight_sim();
+    s.ript(browser_call(ReqId(1), PAGE));
+    let key = s
+        .take()
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::RespondCall {
+                result: Ok(acc), ..
+            }) => Some(acc.key),
+            _ => None,
+        })
+        .unwrap();
+    // The page holds its events stream, so only the preflight's timeout can end the call.
+    s.ript(RiptEvent::ServerEventsOpened { call: key });
+    s.advance(Duration::from_secs(40));
+    let out = s.take();
+    assert!(!sip_texts(&out).iter().any(|m| m.starts_with("INVITE")));
+    assert!(server_events(&out).iter().any(|e| e.code == Some(403)));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn a_browser_call_follows_no_redirect() {
+    let mut s = Sim::new();
+    s.ript(browser_call(ReqId(1), PAGE));
+    let inv = s.sip_out().remove(0);
+    assert!(inv.starts_with("INVITE"));
+    let moved = reply(&inv, 302, "Moved Temporarily", "t1", None).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        "Contact: <sip:victim@192.0.2.66:5060>",
+    );
+    s.sip(&moved, TRUNK);
+    let msgs = s.sip_out();
+    assert!(
+        !msgs.iter().any(|m| m.starts_with("INVITE sip:victim")),
+        "{msgs:?}"
+    );
 }

@@ -251,8 +251,11 @@ pub struct SipTrunkConfig {
     /// codecs apply to calls it sends us. Default: none (such calls get the `[media]` policy).
     #[serde(default)]
     pub match_sources: Vec<String>,
-    /// Send a SIP `OPTIONS` preflight carrying `Origin` to this trunk before calls (not yet
-    /// acted on; the key is accepted so configurations can name it). Default: false.
+    /// Before a call from a browser page (a `POST {TG}/calls` with `Origin`) is INVITEd to
+    /// this trunk, send it an `OPTIONS` carrying that `Origin`; the INVITE goes only when the
+    /// answer's `Access-Control-Allow-Origin` allows it (cached per target and origin for the
+    /// answer's Access-Control-Max-Age, else 600 s; a refusing target is not contacted for
+    /// browser calls for 30 s). Default: false.
     #[serde(default)]
     pub preflight: bool,
 }

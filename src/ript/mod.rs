@@ -82,6 +82,9 @@ pub enum RiptEvent {
         request: CallRequest,
         /// Subject of the bearer token that made the request.
         principal: String,
+        /// The request's `Origin` when it came from a browser page (already checked against
+        /// the allowed origins by the CORS gate).
+        origin: Option<String>,
     },
     /// An event read from one of the call's `PUT {call}/events` streams.
     ServerEvent { call: CallKey, event: Event },

@@ -727,7 +727,12 @@ async fn handle_request(
         (Route::Handlers(tg), &Method::POST) => post_handler(shared, tg, &mut stream).await,
         (Route::Handlers(_), _) => Reply::method_not_allowed("POST"),
         (Route::Calls(tg), &Method::POST) => {
-            post_call(shared, tg, principal.subject, &mut stream).await
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            post_call(shared, tg, principal.subject, origin, &mut stream).await
         }
         (Route::Calls(_), _) => Reply::method_not_allowed("POST"),
         (Route::Call(tg, id), &Method::GET) => get_call(shared, tg, id),
@@ -839,7 +844,13 @@ async fn post_handler(shared: &Shared, tg: &str, stream: &mut Stream) -> Reply {
     Reply::json(StatusCode::CREATED, &handler).with(header::LOCATION, uri)
 }
 
-async fn post_call(shared: &Shared, tg: &str, principal: String, stream: &mut Stream) -> Reply {
+async fn post_call(
+    shared: &Shared,
+    tg: &str,
+    principal: String,
+    origin: Option<String>,
+    stream: &mut Stream,
+) -> Reply {
     if shared.tg(tg).is_none() {
         return Reply::not_found("no such trunk group");
     }
@@ -882,6 +893,7 @@ async fn post_call(shared: &Shared, tg: &str, principal: String, stream: &mut St
             tg: tg.to_owned(),
             request,
             principal,
+            origin,
         })
         .await;
     let answer = match sent {
