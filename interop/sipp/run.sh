@@ -18,7 +18,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -177,6 +177,14 @@ scn_h() {
         sipp_pair h-options options_uac.xml ""
     else
         sipp_pair h-options options_uac.xml options_uas.xml
+    fi
+}
+
+scn_j() { # SIP CORS preflight: ACAO for the allowed origin, 403 without it for a look-alike
+    if [ "$MODE" = pair ]; then
+        sipp_pair j-origin origin_uac.xml ""
+    else
+        sipp_pair j-origin origin_uac.xml origin_uas.xml
     fi
 }
 
