@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ript;
 pub mod sdp;
 pub mod sip;
+pub mod stir;
 pub mod tls;
 
 /// Identifies one call inside one gateway process (both legs share it).
