@@ -57,7 +57,7 @@ build_if_needed() {
 
 check_ports_free() {
     local busy="" spec proto port users
-    for spec in udp:5070 tcp:5070 udp:5072 tcp:5072 udp:5080 tcp:5080 udp:4433 udp:4434 tcp:9070 tcp:9072; do
+    for spec in udp:5070 tcp:5070 udp:5072 tcp:5072 udp:5080 tcp:5080 udp:4433 udp:4434 tcp:9070 tcp:9072 tcp:8443; do
         proto="${spec%%:*}"; port="${spec##*:}"
         users="$(port_users "$proto" "$port")"
         if [ -n "$users" ]; then
@@ -94,6 +94,15 @@ launch() {
     log "gateway $name up (pid $pid, admin http://127.0.0.1:$(admin_port "$name"))"
 }
 
+# make_stir_pki: the test STI PKI gateway B signs outbound SIP calls with (config/pair-b.toml
+# [stir]); shared by every pair of this checkout, made once.
+make_stir_pki() {
+    local dir="$OUT_DIR/stir"
+    [ -s "$dir/sp-chain.pem" ] && [ -s "$dir/sp-leaf.key" ] && return 0
+    "$BIN" stir pki --dir "$dir" --spc 1234 >"$OUT_DIR/stir-pki.log" 2>&1 \
+        || { cat "$OUT_DIR/stir-pki.log" >&2; die "riptide stir pki failed"; }
+}
+
 mint_token() {
     local tmp="$TOKEN_FILE.tmp"
     (cd "$REPO_ROOT" && "$BIN" token mint --config "$(config_of b)" --subject gateway-a) >"$tmp" 2>"$PAIR_OUT/token-mint.log" \
@@ -121,6 +130,7 @@ cmd_start() {
     rm -f "$(pid_file a)" "$(pid_file b)"
     build_if_needed
     check_ports_free
+    make_stir_pki
     launch b
     mint_token
     launch a

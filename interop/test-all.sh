@@ -18,6 +18,11 @@ need_cmd python3 python3
 need_cmd curl curl
 need_cmd ss iproute2
 need_cmd openssl openssl   # tests/tls.rs: an independent TLS client
+# The SIPp k-stir check verifies riptide's PASSporT with an independent implementation.
+python3 -c 'import cryptography' 2>/dev/null || {
+    log "installing the Python cryptography package (pip)"
+    python3 -m pip install --quiet cryptography || die "pip install cryptography failed"
+}
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

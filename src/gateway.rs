@@ -165,6 +165,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )
     .await?;
 
+    // STIR: publish our signing chain at x5u's path, for verifiers that fetch it over HTTPS.
+    if let (Some(addr), Some(x5u), Some(chain)) =
+        (cfg.stir.publish, &cfg.stir.x5u, &cfg.stir.sign_cert)
+    {
+        let path = x5u
+            .strip_prefix("https://")
+            .and_then(|r| r.find('/').map(|i| r[i + 1..].to_string()))
+            .unwrap_or_default();
+        let chain_path = cfg.resolve_path(chain);
+        let pem = std::fs::read(&chain_path)
+            .with_context(|| format!("stir.sign_cert {}", chain_path.display()))?;
+        let listener = crate::stir::repo::CertRepo::bind(addr)
+            .await
+            .with_context(|| format!("stir.publish {addr}"))?;
+        let tls = crate::stir::repo::CertRepo::tls_config(&identity)?;
+        let mut files = HashMap::new();
+        files.insert(path, pem);
+        crate::stir::repo::CertRepo::serve(listener, tls, files);
+        tracing::info!(%addr, %x5u, "publishing the STIR certificate chain");
+    }
+
     if let Some(a) = cfg.admin.listen {
         let l = admin::bind(a).await?;
         let m = metrics.clone();
@@ -264,6 +285,22 @@ async fn peer_runtime(cfg: &Config, p: &RiptPeerConfig) -> anyhow::Result<PeerRu
         token,
         client_config: tls::quic_client_config(p, cfg)?,
     })
+}
+
+/// The authentication service's key and x5u from `[stir]`, when signing is configured.
+fn stir_signer(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engine::StirSigner>>> {
+    let st = &cfg.stir;
+    let (Some(key), Some(x5u)) = (&st.sign_key, &st.x5u) else {
+        return Ok(None);
+    };
+    let path = cfg.resolve_path(key);
+    let pem = std::fs::read(&path).with_context(|| format!("stir.sign_key {}", path.display()))?;
+    let key = crate::stir::SigningKey::from_pem(&pem)
+        .map_err(|e| anyhow!("stir.sign_key {}: {e}", path.display()))?;
+    Ok(Some(Arc::new(crate::bridge::engine::StirSigner {
+        key,
+        x5u: x5u.clone(),
+    })))
 }
 
 /// Resolves names and URIs of the configuration into what the engine works with.
@@ -394,6 +431,7 @@ pub async fn engine_config(
         events_grace: Duration::from_secs(30),
         keepalive: Some(Duration::from_secs(10)),
         max_calls_per_client: cfg.http3.max_calls.max(1),
+        stir: stir_signer(cfg)?,
         sip_cors_origins: cfg.sip.cors_origins.clone(),
     })
 }

@@ -42,6 +42,40 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// STIR/SHAKEN: a test PKI for signing, and checking an Identity header offline.
+    Stir {
+        #[command(subcommand)]
+        command: StirCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StirCommand {
+    /// Write a test STI PKI into DIR: root and intermediate CA, a SHAKEN leaf with TNAuthList
+    /// (SPC), its key, the chain to publish at x5u, and an STI-PA CRL with its signer.
+    Pki {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Service Provider Code put in the leaf's TNAuthList.
+        #[arg(long, default_value = "1234")]
+        spc: String,
+    },
+    /// Verify an Identity header against a certificate chain and trust anchors (no network):
+    /// prints the verstat and, on failure, the SIP response riptide would send.
+    Verify {
+        /// The Identity header value (or the whole `Identity: ...` line).
+        #[arg(long)]
+        identity: String,
+        /// PEM chain the header's x5u serves (leaf first).
+        #[arg(long, value_name = "FILE")]
+        chain: PathBuf,
+        /// PEM trust anchors (STI-CA roots).
+        #[arg(long, value_name = "FILE")]
+        trust: PathBuf,
+        /// Verify as of this time (seconds since 1970); default now.
+        #[arg(long)]
+        at: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +139,7 @@ fn main() -> ExitCode {
         Command::Token {
             command: TokenCommand::Revoke(args),
         } => revoke(args),
+        Command::Stir { command } => stir(command),
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint(args),
@@ -171,6 +206,76 @@ fn init_tracing(cfg: &Config) -> anyhow::Result<()> {
         LogFormat::Text => builder.try_init(),
     };
     res.map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+fn stir(cmd: StirCommand) -> ExitCode {
+    match cmd {
+        StirCommand::Pki { dir, spc } => match riptide::stir::create_test_pki(&dir, &spc) {
+            Ok(f) => {
+                println!("root (trust anchor): {}", f.root_cert.display());
+                println!("chain (publish at x5u): {}", f.chain.display());
+                println!("leaf key (stir.sign_key): {}", f.leaf_key.display());
+                println!(
+                    "CRL: {} signed by {}",
+                    f.crl.display(),
+                    f.crl_signer_cert.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        },
+        StirCommand::Verify {
+            identity,
+            chain,
+            trust,
+            at,
+        } => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let (chain, trust) = match (read(&chain), read(&trust)) {
+                (Ok(c), Ok(t)) => (c, t),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let now = at.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            });
+            match riptide::stir::verify::verify_identity_offline(&identity, &chain, &trust, now) {
+                Ok(out) => {
+                    println!("verstat={}", out.verstat.as_str());
+                    match out.code {
+                        None => {
+                            if let Some(a) = out.attest() {
+                                println!("attest={a:?}");
+                            }
+                            if let Some(spc) = out.verified().and_then(|v| v.spc.as_deref()) {
+                                println!("spc={spc}");
+                            }
+                            ExitCode::SUCCESS
+                        }
+                        Some(code) => {
+                            println!("{} {}", code.status(), code.reason_phrase());
+                            for r in out.reason_headers() {
+                                println!("Reason: {r}");
+                            }
+                            ExitCode::from(EXIT_RUNTIME)
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
 }
 
 fn revoke(args: RevokeArgs) -> ExitCode {

@@ -29,7 +29,7 @@ def toml_str(value):
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def rewrite(text, name, data_root, token_file, media_ip, extra):
+def rewrite(text, name, data_root, token_file, media_ip, extra, src_dir):
     out, table = [], None
     lines = text.splitlines()
 
@@ -58,6 +58,10 @@ def rewrite(text, name, data_root, token_file, media_ip, extra):
             line = f"ca_file = {toml_str(os.path.join(data_root, 'b', 'cert.pem'))}"
         elif table == "ript_peer" and key == "token_file":
             line = f"token_file = {toml_str(token_file)}"
+        elif table == "stir" and key in ("sign_cert", "sign_key"):
+            # Relative to the original file's folder: make it absolute for the copy.
+            rel = tomllib.loads(line)[key]
+            line = f"{key} = {toml_str(os.path.normpath(os.path.join(src_dir, rel)))}"
         elif table == "media" and key == "ip" and media_ip:
             line = f"ip = {toml_str(media_ip)}"
         elif (table == "media" or (table == "sip_trunk" and name == "b")) and key in dict(extra):
@@ -90,7 +94,7 @@ def main():
     for name in ("a", "b"):
         with open(os.path.join(a.src, f"pair-{name}.toml"), encoding="utf-8") as f:
             text = f.read()
-        new = rewrite(text, name, data_root, token_file, a.media_ip, extra)
+        new = rewrite(text, name, data_root, token_file, a.media_ip, extra, os.path.abspath(a.src))
         doc = tomllib.loads(new)
         # The edit is line-based: prove it did what we meant.
         media = doc.get("media", {})

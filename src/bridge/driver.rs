@@ -28,6 +28,10 @@ pub async fn run(
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
     sinks: Sinks,
 ) {
+    // The engine reads no clock; it learns the wall clock once (PASSporT iat).
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        engine.set_wall_clock(Instant::now(), d.as_secs());
+    }
     loop {
         let deadline = engine.poll_timeout();
         let sleep = async {

@@ -100,6 +100,30 @@ pub struct PeerInfo {
     pub codecs: Vec<String>,
 }
 
+/// Who placed a call on our HTTP/3 server: the token's subject and telephone numbers, and the
+/// page's origin when a browser made the request.
+struct Caller {
+    principal: String,
+    origin: Option<String>,
+    tns: Vec<String>,
+}
+
+/// The STIR/SHAKEN authentication service as the engine uses it: our leaf's key and where
+/// verifiers fetch its certificate.
+pub struct StirSigner {
+    pub key: crate::stir::SigningKey,
+    pub x5u: String,
+}
+
+impl std::fmt::Debug for StirSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("StirSigner")
+            .field("x5u", &self.x5u)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the engine needs of the configuration, resolved (names → indices, URIs → addresses).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -113,6 +137,8 @@ pub struct EngineConfig {
     pub media: MediaPolicy,
     /// Our DTLS certificate's `a=fingerprint` value.
     pub dtls_fingerprint: String,
+    /// Signs calls that leave us (Identity on SIP, `passport` on HTTP/3); none: unsigned.
+    pub stir: Option<Arc<StirSigner>>,
     pub t1: Duration,
     pub max_calls: usize,
     pub no_answer_timeout: Duration,
@@ -157,6 +183,7 @@ impl EngineConfig {
             port_max: 20999,
             media,
             dtls_fingerprint: "sha-256 00:11:22:33".into(),
+            stir: None,
             t1: Duration::from_millis(500),
             max_calls: 200,
             no_answer_timeout: Duration::from_secs(60),
@@ -400,6 +427,9 @@ struct Call {
     span: tracing::Span,
     /// Server role: the token subject the call counts against.
     principal: Option<String>,
+    /// STIR attestation our signature gives this call (A/B for HTTP/3 clients by their token's
+    /// TNs, C for calls that entered over SIP).
+    attest: crate::stir::Attestation,
 }
 
 fn call_span(key: CallKey) -> tracing::Span {
@@ -431,6 +461,9 @@ pub struct Engine {
     preflight_ok: HashMap<(SocketAddr, String), Instant>,
     /// Targets whose preflight failed are not contacted again until then (seed draft §6.2).
     preflight_bad: HashMap<SocketAddr, Instant>,
+    /// The wall clock at one instant (PASSporT `iat`), given by the driver: the engine reads no
+    /// clock itself. Without it nothing is signed.
+    wall: Option<(Instant, u64)>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -498,6 +531,7 @@ impl Engine {
             per_client: HashMap::new(),
             preflight_ok: HashMap::new(),
             preflight_bad: HashMap::new(),
+            wall: None,
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -518,6 +552,47 @@ impl Engine {
             .get(&key)
             .map(|c| c.span.clone())
             .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// Ties simulated or monotonic time to the wall clock: `unix` seconds at `at`.
+    pub fn set_wall_clock(&mut self, at: Instant, unix: u64) {
+        self.wall = Some((at, unix));
+    }
+
+    fn unix_at(&self, now: Instant) -> Option<u64> {
+        let (at, unix) = self.wall?;
+        Some(match now.checked_duration_since(at) {
+            Some(d) => unix + d.as_secs(),
+            None => unix.saturating_sub(at.duration_since(now).as_secs()),
+        })
+    }
+
+    /// A signed SHAKEN PASSporT (compact JWS) for a call from `from` to `to`, when we sign and
+    /// both are telephone numbers.
+    fn passport(&self, now: Instant, key: CallKey, from: Option<&str>, to: &str) -> Option<String> {
+        let signer = self.cfg.stir.as_ref()?;
+        let call = self.calls.get(&key)?;
+        let (Some(orig), Some(dest)) = (
+            from.and_then(crate::stir::canonical_tn),
+            crate::stir::canonical_tn(to),
+        ) else {
+            debug!(call = %key, "not signed: caller or callee is not a telephone number");
+            return None;
+        };
+        let claims = crate::stir::ShakenClaims {
+            attest: call.attest,
+            dest_tns: vec![dest],
+            iat: self.unix_at(now)?,
+            orig_tn: orig,
+            origid: uuid::Uuid::new_v4().to_string(),
+        };
+        match crate::stir::passport::encode_shaken_passport(&claims, &signer.key, &signer.x5u) {
+            Ok(jws) => Some(jws),
+            Err(e) => {
+                warn!(call = %key, error = %e, "STIR signing failed: call goes unsigned");
+                None
+            }
+        }
     }
 
     /// Live client and server transactions (for tests and metrics).
@@ -987,6 +1062,8 @@ impl Engine {
             answered_at: None,
             span: call_span(key),
             principal: None,
+            // Entered over SIP: we cannot vouch for the caller (gateway attestation).
+            attest: crate::stir::Attestation::C,
         };
         call.span.record("sip_call_id", m.info.call_id.as_str());
         let _g = call.span.clone().entered();
@@ -1014,6 +1091,7 @@ impl Engine {
             rtcp_mux,
             latching: policy.latching,
         }));
+        let passport = self.passport(now, key, from_user.as_deref(), &destination);
         self.out.push_back(Output::Ript(RiptCmd::CreateCall {
             call: key,
             peer,
@@ -1021,7 +1099,7 @@ impl Engine {
                 handler: None,
                 destination,
                 from: from_user,
-                passport: None,
+                passport,
                 advertisement: Some(adv),
             },
         }));
@@ -1943,7 +2021,18 @@ impl Engine {
                 request,
                 principal,
                 origin,
-            } => self.on_incoming_call(now, req, tg, request, principal, origin),
+                tns,
+            } => self.on_incoming_call(
+                now,
+                req,
+                tg,
+                request,
+                Caller {
+                    principal,
+                    origin,
+                    tns,
+                },
+            ),
             RiptEvent::CallCreated { call, description } => {
                 self.on_call_created(now, call, description)
             }
@@ -2006,9 +2095,13 @@ impl Engine {
         req: ReqId,
         tg: String,
         request: CallRequest,
-        principal: String,
-        origin: Option<String>,
+        caller: Caller,
     ) {
+        let Caller {
+            principal,
+            origin,
+            tns,
+        } = caller;
         let respond_err = |me: &mut Self, p: Problem| {
             me.count_rejected();
             me.out.push_back(Output::Ript(RiptCmd::RespondCall {
@@ -2085,6 +2178,12 @@ impl Engine {
             answered_at: None,
             span: call_span(key),
             principal: Some(principal.clone()),
+            // RFC 8588 / ATIS-1000074 §5.2.3: A when the client's token lists the calling
+            // number, B for a known client with an unlisted number.
+            attest: match request.from.as_deref().and_then(crate::stir::canonical_tn) {
+                Some(tn) if tns.contains(&tn) => crate::stir::Attestation::A,
+                _ => crate::stir::Attestation::B,
+            },
         };
         *self.per_client.entry(principal.clone()).or_insert(0) += 1;
         call.span.record("ript_call", id.as_str());
@@ -2711,6 +2810,12 @@ impl Engine {
     }
 
     fn send_invite(&mut self, now: Instant, key: CallKey) {
+        // RFC 8224: the authentication service signs the call as it leaves on SIP.
+        let identity = self.calls.get(&key).and_then(|c| {
+            let jws = self.passport(now, key, c.from.as_deref(), &c.destination)?;
+            let x5u = &self.cfg.stir.as_ref()?.x5u;
+            Some(crate::stir::IdentityHeader::new(&jws, x5u, "shaken").to_string())
+        });
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -2728,7 +2833,10 @@ impl Engine {
             .unwrap_or_default();
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         let spec = sip.initial_request("INVITE", &via_host, &branch, &from, Some(&contact));
-        let extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
+        let mut extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
+        if let Some(id) = identity {
+            extra = extra.header("Identity", id);
+        }
         let bytes = msg::request(&spec, &extra);
         sip.invite_branch = Some(branch.clone());
         sip.got_provisional = false;

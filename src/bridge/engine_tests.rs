@@ -195,6 +195,7 @@ fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
         },
         principal: principal.into(),
         origin: None,
+        tns: vec![],
     }
 }
 
@@ -213,6 +214,7 @@ fn browser_call(req: ReqId, origin: &str) -> RiptEvent {
             request,
             principal,
             origin: Some(origin.into()),
+            tns: vec![],
         },
         e => e,
     }
@@ -2022,4 +2024,110 @@ fn a_browser_call_follows_no_redirect() {
         !msgs.iter().any(|m| m.starts_with("INVITE sip:victim")),
         "{msgs:?}"
     );
+}
+
+// ------------------------------------------------------------------ STIR/SHAKEN signing
+
+const X5U: &str = "https://localhost:8443/sp-chain.pem";
+const WALL: u64 = 1_800_000_000;
+
+/// A gateway that signs, with the public point of its key.
+fn signing_sim() -> (Sim, Vec<u8>) {
+    let (key, _) = crate::stir::SigningKey::generate().unwrap();
+    let point = key.public_point().to_vec();
+    let mut c = cfg();
+    c.stir = Some(Arc::new(StirSigner {
+        key,
+        x5u: X5U.into(),
+    }));
+    let mut s = Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    };
+    s.e.set_wall_clock(s.now, WALL);
+    (s, point)
+}
+
+/// The claims of a PASSporT whose signature verifies with `point`.
+fn verified_claims(jws: &str, point: &[u8]) -> serde_json::Value {
+    let d = crate::stir::passport::DecodedPassport::decode(jws).unwrap();
+    d.verify_signature(point).expect("our signature verifies");
+    assert_eq!(d.header_json["x5u"], X5U);
+    d.claims_json
+}
+
+fn numbered_call(tns: Vec<String>) -> RiptEvent {
+    match incoming_call(ReqId(1), Some("+1 215-555-1212"), "client") {
+        RiptEvent::IncomingCall {
+            req,
+            tg,
+            mut request,
+            principal,
+            origin,
+            ..
+        } => {
+            request.destination = "+12155551213".into();
+            RiptEvent::IncomingCall {
+                req,
+                tg,
+                request,
+                principal,
+                origin,
+                tns,
+            }
+        }
+        e => e,
+    }
+}
+
+#[test]
+fn calls_leaving_on_sip_carry_an_identity_with_the_token_based_attestation() {
+    for (tns, attest) in [
+        (vec!["12155551212".to_string()], "A"),
+        (vec!["19995550000".to_string()], "B"),
+    ] {
+        let (mut s, point) = signing_sim();
+        s.ript(numbered_call(tns));
+        let inv = s.sip_out().remove(0);
+        let line = inv
+            .lines()
+            .find(|l| l.starts_with("Identity: "))
+            .unwrap_or_else(|| panic!("no Identity in {inv}"));
+        let id = crate::stir::IdentityHeader::parse_line(line).unwrap();
+        assert_eq!(id.info(), X5U);
+        let c = verified_claims(id.jws(), &point);
+        assert_eq!(c["attest"], attest);
+        assert_eq!(c["orig"]["tn"], "12155551212");
+        assert_eq!(c["dest"]["tn"][0], "12155551213");
+        assert_eq!(c["iat"], WALL);
+    }
+}
+
+#[test]
+fn calls_entering_over_sip_get_a_gateway_attested_passport_toward_http3() {
+    let (mut s, point) = signing_sim();
+    let inv = invite("z9hG4bKs1", "cid-s", OFFER).replace(
+        "INVITE sip:answer@127.0.0.1:5070",
+        "INVITE sip:+12155551213@127.0.0.1:5070",
+    );
+    s.sip(&inv, CALLER);
+    let passport = s
+        .take()
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { request, .. }) => request.passport,
+            _ => None,
+        })
+        .expect("a passport in POST {TG}/calls");
+    let c = verified_claims(&passport, &point);
+    assert_eq!(c["attest"], "C");
+    assert_eq!(c["orig"]["tn"], "12155551212");
+    // Names that are not numbers are not signed; nor is anything without a signer.
+    let (mut s, _) = signing_sim();
+    s.ript(incoming_call(ReqId(1), Some("alice"), "client"));
+    assert!(!s.sip_out()[0].contains("Identity:"));
+    let mut s = Sim::new();
+    s.ript(numbered_call(vec![]));
+    assert!(!s.sip_out()[0].contains("Identity:"));
 }

@@ -88,6 +88,7 @@ pub fn embedded_default() -> Config {
         sip: SipConfig::default(),
         http3: Http3Config::default(),
         admin: AdminConfig::default(),
+        stir: StirConfig::default(),
         media: MediaConfig::default(),
         tgs: vec![TgConfig {
             name: "local".into(),

@@ -402,6 +402,41 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
         }
     }
 
+    // stir
+    let st = &cfg.stir;
+    let any = st.sign_cert.is_some() || st.sign_key.is_some() || st.x5u.is_some();
+    if any {
+        for (k, missing) in [
+            ("sign_cert", st.sign_cert.is_none()),
+            ("sign_key", st.sign_key.is_none()),
+            ("x5u", st.x5u.is_none()),
+        ] {
+            if missing {
+                return Err(err(
+                    vec![key("stir"), key(k)],
+                    "signing needs sign_cert, sign_key and x5u together".into(),
+                ));
+            }
+        }
+    }
+    if let Some(u) = &st.x5u {
+        let ok = u
+            .strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && rest.contains('/'));
+        if !ok {
+            return Err(err(
+                vec![key("stir"), key("x5u")],
+                format!("{u:?} is not an https:// URL with a path (verifiers fetch it over HTTPS)"),
+            ));
+        }
+    }
+    if st.publish.is_some() && st.x5u.is_none() {
+        return Err(err(
+            vec![key("stir"), key("publish")],
+            "publish serves sign_cert at x5u's path: set x5u (and sign_cert, sign_key)".into(),
+        ));
+    }
+
     // tg
     unique_names(cfg.tgs.iter().map(|t| t.name.as_str()), "tg", &err)?;
     for (i, tg) in cfg.tgs.iter().enumerate() {
@@ -1050,5 +1085,24 @@ mod tests {
             PathBuf::from("/etc/riptide/k.pem")
         );
         assert_eq!(cfg.resolve_path(Path::new("/abs")), PathBuf::from("/abs"));
+    }
+
+    #[test]
+    fn stir_signing_needs_all_three_keys_and_an_https_x5u() {
+        let (key, _, _, msg) = invalid("[stir]\nsign_cert = \"c.pem\"\n");
+        assert_eq!(key, "stir.sign_key");
+        assert!(msg.contains("together"), "{msg}");
+        let (key, _, _, msg) = invalid(
+            "[stir]\nsign_cert = \"c.pem\"\nsign_key = \"k.pem\"\nx5u = \"http://x/c.pem\"\n",
+        );
+        assert_eq!(key, "stir.x5u");
+        assert!(msg.contains("https"), "{msg}");
+        let (key, _, _, _) = invalid("[stir]\npublish = \"127.0.0.1:8443\"\n");
+        assert_eq!(key, "stir.publish");
+        assert!(load_str(
+            "[stir]\nsign_cert = \"c.pem\"\nsign_key = \"k.pem\"\nx5u = \"https://h/c.pem\"\n",
+            "t"
+        )
+        .is_ok());
     }
 }

@@ -30,6 +30,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    /// STIR/SHAKEN: signing calls that leave this gateway.
+    #[serde(default)]
+    pub stir: StirConfig,
     /// Trunk groups this gateway serves on its HTTP/3 side (RIPT server role).
     #[serde(default, rename = "tg")]
     pub tgs: Vec<TgConfig>,
@@ -147,6 +150,23 @@ pub enum DtmfMode {
     /// SIP INFO (`application/dtmf-relay`): telephone-events from the HTTP/3 side become INFO
     /// requests and are not relayed in-band.
     Info,
+}
+
+/// STIR/SHAKEN authentication service (RFC 8224/8588). With `sign_cert` and `sign_key` set,
+/// calls leaving on SIP carry an `Identity` header and calls leaving on HTTP/3 carry the
+/// PASSporT in `POST {TG}/calls`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StirConfig {
+    /// PEM chain of our STI certificate (leaf first, then intermediates), as published at `x5u`.
+    pub sign_cert: Option<PathBuf>,
+    /// PEM (PKCS#8) P-256 private key of the leaf.
+    pub sign_key: Option<PathBuf>,
+    /// HTTPS URL where verifiers fetch `sign_cert` (the PASSporT's `x5u` and `info`).
+    pub x5u: Option<String>,
+    /// Serve `sign_cert` at `x5u`'s path over HTTPS/1.1 on this address, with the gateway's
+    /// TLS certificate (for tests and small deployments; production publishes elsewhere).
+    pub publish: Option<SocketAddr>,
 }
 
 /// What a legacy (SIP) leg's media must be protected with.

@@ -85,6 +85,9 @@ pub enum RiptEvent {
         /// The request's `Origin` when it came from a browser page (already checked against
         /// the allowed origins by the CORS gate).
         origin: Option<String>,
+        /// Telephone numbers the client's token vouches for (`tn:<number>` scopes, canonical):
+        /// a call from one of them is signed with attestation A.
+        tns: Vec<String>,
     },
     /// An event read from one of the call's `PUT {call}/events` streams.
     ServerEvent { call: CallKey, event: Event },

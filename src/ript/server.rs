@@ -732,7 +732,13 @@ async fn handle_request(
                 .get(header::ORIGIN)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            post_call(shared, tg, principal.subject, origin, &mut stream).await
+            let tns = principal
+                .scopes
+                .iter()
+                .filter_map(|s| s.strip_prefix("tn:"))
+                .filter_map(crate::stir::canonical_tn)
+                .collect();
+            post_call(shared, tg, principal.subject, origin, tns, &mut stream).await
         }
         (Route::Calls(_), _) => Reply::method_not_allowed("POST"),
         (Route::Call(tg, id), &Method::GET) => get_call(shared, tg, id),
@@ -849,6 +855,7 @@ async fn post_call(
     tg: &str,
     principal: String,
     origin: Option<String>,
+    tns: Vec<String>,
     stream: &mut Stream,
 ) -> Reply {
     if shared.tg(tg).is_none() {
@@ -894,6 +901,7 @@ async fn post_call(
             request,
             principal,
             origin,
+            tns,
         })
         .await;
     let answer = match sent {
