@@ -278,20 +278,32 @@ fn stir(cmd: StirCommand) -> ExitCode {
     }
 }
 
-fn revoke(args: RevokeArgs) -> ExitCode {
-    let data_dir = match (&args.data_dir, &args.config) {
-        (Some(d), _) => d.clone(),
-        (None, cfg_file) => match load(cfg_file.as_deref()) {
-            Ok(cfg) => cfg.resolve_path(&cfg.general.data_dir),
-            Err(code) => return code,
-        },
-    };
-    let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs(),
-        Err(_) => {
+/// The data directory `--data-dir` names, else the one of `--config` (or the defaults).
+fn data_dir_of(data_dir: Option<&PathBuf>, config: Option<&Path>) -> Result<PathBuf, ExitCode> {
+    match data_dir {
+        Some(d) => Ok(d.clone()),
+        None => load(config).map(|cfg| cfg.resolve_path(&cfg.general.data_dir)),
+    }
+}
+
+fn unix_now() -> Result<u64, ExitCode> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| {
             eprintln!("error: the system clock is before 1970");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+            ExitCode::from(EXIT_RUNTIME)
+        })
+}
+
+fn revoke(args: RevokeArgs) -> ExitCode {
+    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let now = match unix_now() {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     // Without the token its expiry is unknown: keep the entry for the longest mint lifetime.
     let (jti, exp) = match (&args.jti, &args.token) {
@@ -321,12 +333,9 @@ fn revoke(args: RevokeArgs) -> ExitCode {
 }
 
 fn mint(args: MintArgs) -> ExitCode {
-    let data_dir = match (&args.data_dir, &args.config) {
-        (Some(d), _) => d.clone(),
-        (None, cfg_file) => match load(cfg_file.as_deref()) {
-            Ok(cfg) => cfg.resolve_path(&cfg.general.data_dir),
-            Err(code) => return code,
-        },
+    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let scopes: Vec<String> = if args.scopes.is_empty() {
         ["calls:write", "tgs:read", "handlers:write"]
@@ -341,12 +350,9 @@ fn mint(args: MintArgs) -> ExitCode {
             .map(str::to_string)
             .collect()
     };
-    let now = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs(),
-        Err(_) => {
-            eprintln!("error: the system clock is before 1970");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+    let now = match unix_now() {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let token = LocalIssuer::load_or_create(&data_dir)
         .and_then(|issuer| issuer.mint(&args.subject, &scopes, args.ttl_secs, now));

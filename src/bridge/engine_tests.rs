@@ -181,6 +181,18 @@ fn sip_texts(out: &[Output]) -> Vec<String> {
         .collect()
 }
 
+/// The key of the call our server accepted (`201`) among `out`.
+fn accepted_key(out: &[Output]) -> CallKey {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::RespondCall {
+                result: Ok(acc), ..
+            }) => Some(acc.key),
+            _ => None,
+        })
+        .expect("201 for the call")
+}
+
 /// `POST {TG}/calls` on TG `trunk` for `answer`, advertising PCMU and telephone-event.
 fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
     RiptEvent::IncomingCall {
@@ -388,15 +400,7 @@ fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
 fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
     s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
     let out = s.take();
-    let key = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::RespondCall {
-                result: Ok(acc), ..
-            }) => Some(acc.key),
-            _ => None,
-        })
-        .expect("201 for the call");
+    let key = accepted_key(&out);
     let invite = sip_texts(&out)
         .into_iter()
         .next()
@@ -1484,15 +1488,7 @@ fn offer_toward_an_sdes_trunk_lists_every_suite_and_settles_on_the_answered_one(
     let mut s = secure_sim(MediaSecurity::Sdes, IceMode::Off);
     s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
     let out = s.take();
-    let key = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::RespondCall {
-                result: Ok(acc), ..
-            }) => Some(acc.key),
-            _ => None,
-        })
-        .unwrap();
+    let key = accepted_key(&out);
     s.ript(RiptEvent::ServerEventsOpened { call: key });
     let inv = sip_texts(&out).remove(0);
     assert!(inv.contains(" RTP/SAVP 0 101\r\n"), "{inv}");
@@ -1989,16 +1985,7 @@ fn a_preflight_for_another_origin_or_an_error_does_not_allow_the_call() {
     // No answer at all: the OPTIONS times out, the call fails, nothing is INVITEd.
     let mut s = preflight_sim();
     s.ript(browser_call(ReqId(1), PAGE));
-    let key = s
-        .take()
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::RespondCall {
-                result: Ok(acc), ..
-            }) => Some(acc.key),
-            _ => None,
-        })
-        .unwrap();
+    let key = accepted_key(&s.take());
     // The page holds its events stream, so only the preflight's timeout can end the call.
     s.ript(RiptEvent::ServerEventsOpened { call: key });
     s.advance(Duration::from_secs(40));
