@@ -753,7 +753,7 @@ async fn curl_fetches_the_pem_from_cert_repo() {
     let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(
-        text.contains("content-type: application/x-pem-file"),
+        text.contains("content-type: application/pem-certificate-chain"),
         "{text}"
     );
     assert!(text.contains("cache-control: max-age=86400"), "{text}");

@@ -3,7 +3,7 @@
 //! TCP; we speak HTTP/1.1 and advertise only `http/1.1` in ALPN, so HTTP/2 clients fall back).
 //!
 //! `GET /<path>` answers 200 with the PEM bundle (leaf first, then intermediates),
-//! `Content-Type: application/x-pem-file` and `Cache-Control: max-age=86400`; unknown paths get
+//! `Content-Type: application/pem-certificate-chain` and `Cache-Control: max-age=86400`; unknown paths get
 //! 404 and methods other than GET/HEAD 405.
 
 use anyhow::Context;
@@ -24,9 +24,8 @@ use tokio::task::JoinHandle;
 
 /// Content type of a served bundle.
 ///
-/// ATIS-1000080 names `application/pem-certificate-chain` (RFC 8555); change it here if the
-/// repository should satisfy that lint.
-pub const PEM_CONTENT_TYPE: &str = "application/x-pem-file";
+/// The type ATIS-1000080 asks for, defined in RFC 8555 §9.1: the chain as PEM blocks, leaf first.
+pub const PEM_CONTENT_TYPE: &str = "application/pem-certificate-chain";
 /// Verifiers cache for at least 24 h anyway (ATIS-1000074); say so explicitly.
 pub const CACHE_CONTROL: &str = "max-age=86400";
 
@@ -228,7 +227,7 @@ mod tests {
         let r = exchange(addr, &key.cert, &get("/certs/sp.pem", "GET")).await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(
-            r.contains("\r\ncontent-type: application/x-pem-file\r\n"),
+            r.contains("\r\ncontent-type: application/pem-certificate-chain\r\n"),
             "{r}"
         );
         assert!(r.contains("\r\ncache-control: max-age=86400\r\n"), "{r}");
