@@ -75,6 +75,46 @@ pub struct LocalIssuer {
     public_key: Vec<u8>,
     kid: String,
     rng: SystemRandom,
+    /// Where the keys live: after `riptide token rotate-key` the running gateway learns the
+    /// new key and the retired ones from here.
+    dir: std::path::PathBuf,
+    /// Other verification keys by kid: the current key on disk when it is not ours any more,
+    /// and retired keys with the time (unix) until which their tokens are accepted.
+    others: std::sync::RwLock<OtherKeys>,
+}
+
+#[derive(Default)]
+struct OtherKeys {
+    keys: std::collections::HashMap<String, (Vec<u8>, Option<u64>)>,
+    loaded: Option<std::time::Instant>,
+}
+
+/// A retired key in `issuer-retired.json`: its public point and until when it verifies.
+#[derive(Serialize, Deserialize, Clone)]
+struct RetiredKey {
+    kid: String,
+    /// base64url of the uncompressed P-256 point.
+    public_key: String,
+    until: u64,
+}
+
+const RETIRED_FILE: &str = "issuer-retired.json";
+/// How often an unknown kid may make the issuer re-read its key files.
+const KEY_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn kid_of(public_key: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key);
+    hex(&digest.as_ref()[..8])
+}
+
+fn read_retired(dir: &Path) -> anyhow::Result<Vec<RetiredKey>> {
+    let path = dir.join(RETIRED_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{}: not a list of retired keys", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    }
 }
 
 impl std::fmt::Debug for LocalIssuer {
@@ -152,14 +192,101 @@ impl LocalIssuer {
             )
         })?;
         let public_key = key.public_key().as_ref().to_vec();
-        let digest = ring::digest::digest(&ring::digest::SHA256, &public_key);
-        let kid = hex(&digest.as_ref()[..8]);
-        Ok(LocalIssuer {
+        let kid = kid_of(&public_key);
+        let issuer = LocalIssuer {
             key,
             public_key,
             kid,
             rng,
-        })
+            dir: data_dir.to_path_buf(),
+            others: Default::default(),
+        };
+        issuer.reload_others()?;
+        Ok(issuer)
+    }
+
+    /// Re-reads the current key's public half and the retired keys from disk.
+    fn reload_others(&self) -> anyhow::Result<()> {
+        let mut keys = std::collections::HashMap::new();
+        for r in read_retired(&self.dir)? {
+            if let Ok(pk) = B64.decode(&r.public_key) {
+                keys.insert(r.kid, (pk, Some(r.until)));
+            }
+        }
+        if let Ok(pkcs8) = std::fs::read(self.dir.join("issuer.pk8")) {
+            let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            if let Ok(k) = EcdsaKeyPair::from_pkcs8(alg, &pkcs8, &self.rng) {
+                let pk = k.public_key().as_ref().to_vec();
+                keys.insert(kid_of(&pk), (pk, None));
+            }
+        }
+        // Our own key is "other" only once it is retired (then its overlap applies to us too).
+        if keys
+            .get(&self.kid)
+            .is_some_and(|(_, until)| until.is_none())
+        {
+            keys.remove(&self.kid);
+        }
+        let mut o = self.others.write().unwrap_or_else(|p| p.into_inner());
+        o.keys = keys;
+        o.loaded = Some(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// The public key for `kid` that may verify a token at `now_unix`, re-reading the key files
+    /// (at most once a second) when the kid is unknown.
+    fn verification_key(&self, kid: &str, now_unix: u64) -> Option<Vec<u8>> {
+        let lookup = |o: &OtherKeys| {
+            o.keys.get(kid).and_then(|(pk, until)| {
+                until
+                    .is_none_or(|u| now_unix <= u.saturating_add(LEEWAY_SECS))
+                    .then(|| pk.clone())
+            })
+        };
+        {
+            let o = self.others.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(k) = lookup(&o) {
+                return Some(k);
+            }
+            if kid == self.kid {
+                // Ours, unless the files say it was retired and its overlap is over.
+                return (!o.keys.contains_key(kid)).then(|| self.public_key.clone());
+            }
+            if o.loaded.is_some_and(|t| t.elapsed() < KEY_RELOAD_EVERY) {
+                return None;
+            }
+        }
+        if let Err(e) = self.reload_others() {
+            tracing::error!(error = %e, "issuer keys unreadable");
+        }
+        lookup(&self.others.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Key rotation (`riptide token rotate-key`): a new current key; the old one keeps
+    /// verifying the tokens it signed for `overlap_secs` (give it the longest token lifetime).
+    /// Returns the new kid. A running gateway picks the change up by itself.
+    pub fn rotate(data_dir: &Path, overlap_secs: u64, now_unix: u64) -> anyhow::Result<String> {
+        let old = LocalIssuer::load_or_create(data_dir)?;
+        let mut retired: Vec<RetiredKey> = read_retired(data_dir)?
+            .into_iter()
+            .filter(|r| r.until.saturating_add(LEEWAY_SECS) >= now_unix)
+            .collect();
+        retired.push(RetiredKey {
+            kid: old.kid.clone(),
+            public_key: B64.encode(&old.public_key),
+            until: now_unix.saturating_add(overlap_secs),
+        });
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("generating the issuer key failed"))?;
+        // The retired list first: a reader never sees the new key without the old one.
+        let tmp = data_dir.join(format!("{RETIRED_FILE}.tmp"));
+        write_private(&tmp, &serde_json::to_vec_pretty(&retired)?)?;
+        std::fs::rename(&tmp, data_dir.join(RETIRED_FILE))?;
+        let tmp = data_dir.join("issuer.pk8.tmp");
+        write_private(&tmp, doc.as_ref())?;
+        std::fs::rename(&tmp, data_dir.join("issuer.pk8"))?;
+        Ok(LocalIssuer::load_or_create(data_dir)?.kid)
     }
 
     /// Key id put in every token header: the first 16 hex digits of SHA-256 of the public key.
@@ -167,22 +294,56 @@ impl LocalIssuer {
         &self.kid
     }
 
-    /// The JWK Set (RFC 7517) a resource server needs to verify our tokens, for
-    /// `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> serde_json::Value {
-        // ring gives the uncompressed point: 0x04 || X (32) || Y (32).
-        let (x, y) = self.public_key[1..].split_at(32);
-        serde_json::json!({
-            "keys": [{
+    /// The JWK Set (RFC 7517) a resource server needs to verify our tokens at `now_unix`, for
+    /// `/.well-known/jwks.json`: the current key and the retired keys still in their overlap.
+    pub fn jwks_at(&self, now_unix: u64) -> serde_json::Value {
+        let jwk = |kid: &str, pk: &[u8]| {
+            // ring gives the uncompressed point: 0x04 || X (32) || Y (32).
+            let (x, y) = match pk {
+                [4, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+                _ => (&[][..], &[][..]),
+            };
+            serde_json::json!({
                 "kty": "EC",
                 "crv": "P-256",
                 "x": B64.encode(x),
                 "y": B64.encode(y),
-                "kid": self.kid,
+                "kid": kid,
                 "use": "sig",
                 "alg": "ES256",
-            }]
-        })
+            })
+        };
+        if self
+            .others
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .loaded
+            .is_none_or(|t| t.elapsed() >= KEY_RELOAD_EVERY)
+        {
+            let _ = self.reload_others();
+        }
+        let o = self.others.read().unwrap_or_else(|p| p.into_inner());
+        let mut keys = Vec::new();
+        if !o.keys.contains_key(&self.kid) {
+            keys.push(jwk(&self.kid, &self.public_key));
+        }
+        let mut others: Vec<_> = o.keys.iter().collect();
+        others.sort_by(|a, b| a.0.cmp(b.0));
+        for (kid, (pk, until)) in others {
+            if until.is_none_or(|u| now_unix <= u) {
+                keys.push(jwk(kid, pk));
+            }
+        }
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// [`LocalIssuer::jwks_at`] now.
+    pub fn jwks(&self) -> serde_json::Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.jwks_at(now)
     }
 
     /// Mints a compact-JWS access token. Fails only if the system RNG fails.
@@ -254,9 +415,13 @@ impl TokenVerifier for LocalIssuer {
         if header.alg != "ES256" {
             return Err(invalid(format!("algorithm {} not accepted", header.alg)));
         }
-        if header.kid.as_deref() != Some(self.kid.as_str()) {
+        let Some(public_key) = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verification_key(kid, now_unix))
+        else {
             return Err(invalid("unknown key id"));
-        }
+        };
         // RFC 9068 §4: an access token says so; an ID token, a PASSporT or an untyped JWT
         // is not one, whatever it carries.
         match header.typ.as_deref() {
@@ -270,7 +435,7 @@ impl TokenVerifier for LocalIssuer {
             .decode(s64)
             .map_err(|_| invalid("malformed signature"))?;
         let signing_input = &bearer[..h64.len() + 1 + c64.len()];
-        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &self.public_key)
+        UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &public_key)
             .verify(signing_input.as_bytes(), &sig)
             .map_err(|_| invalid("bad signature"))?;
         // Claims are only looked at once the signature shows they are ours.
@@ -673,6 +838,57 @@ mod tests {
         let file: std::collections::HashMap<String, u64> =
             serde_json::from_slice(&std::fs::read(dir.join("revoked.json")).unwrap()).unwrap();
         assert!(!file.contains_key(&jti) && file.contains_key("later"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_rotated_key_keeps_verifying_its_tokens_for_the_overlap_only() {
+        let (running, dir) = issuer("rotate");
+        let old_kid = running.kid().to_string();
+        let old = running.mint("alice", &scopes(), 3600, NOW).unwrap();
+        let new_kid = LocalIssuer::rotate(&dir, 3600, NOW).unwrap();
+        assert_ne!(new_kid, old_kid);
+        // The CLI mints with the new key; the running gateway still holds the old one in memory.
+        let minter = LocalIssuer::load_or_create(&dir).unwrap();
+        assert_eq!(minter.kid(), new_kid);
+        let new = minter.mint("bob", &scopes(), 3600, NOW).unwrap();
+        std::thread::sleep(KEY_RELOAD_EVERY);
+        for v in [&running, &minter] {
+            assert!(
+                v.verify(&old, NOW + 10).is_ok(),
+                "old token inside the overlap"
+            );
+            assert!(v.verify(&new, NOW + 10).is_ok(), "new token, new kid");
+            // After the overlap (and the leeway) the old key verifies nothing.
+            assert_eq!(
+                v.verify(&old, NOW + 3600 + LEEWAY_SECS + 1),
+                Err(AuthError::Invalid("unknown key id".into()))
+            );
+            assert!(v.verify(&new, NOW + 3600).is_ok());
+            let kids = |now| -> Vec<String> {
+                v.jwks_at(now)["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k["kid"].as_str().unwrap().to_string())
+                    .collect()
+            };
+            let during = kids(NOW + 10);
+            assert!(
+                during.contains(&old_kid) && during.contains(&new_kid),
+                "{during:?}"
+            );
+            let after = kids(NOW + 3601);
+            assert!(
+                !after.contains(&old_kid) && after.contains(&new_kid),
+                "{after:?}"
+            );
+        }
+        // A second rotation keeps the first retired key only while it is in its overlap.
+        LocalIssuer::rotate(&dir, 3600, NOW + 7200).unwrap();
+        let retired: Vec<RetiredKey> = read_retired(&dir).unwrap();
+        assert_eq!(retired.len(), 1);
+        assert_eq!(retired[0].kid, new_kid);
         let _ = std::fs::remove_dir_all(dir);
     }
 

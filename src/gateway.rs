@@ -86,7 +86,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             metrics: metrics.clone(),
             events: ript_tx.clone(),
             cors: crate::ript::server::CorsPolicy::from_config(&cfg.http3),
-            jwks: Some(issuer.jwks()),
+            jwks: Some({
+                let issuer = issuer.clone();
+                Arc::new(move || issuer.jwks())
+            }),
         },
     );
 

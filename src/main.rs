@@ -85,6 +85,23 @@ enum TokenCommand {
     /// Revoke one token of the local issuer (by its `jti`, or the token itself); a running
     /// gateway refuses it within a second, and after restarts.
     Revoke(RevokeArgs),
+    /// Replace the issuer's signing key. Tokens signed with the old key stay valid for
+    /// --overlap-secs (their remaining lifetime); new tokens use the new key id. A running
+    /// gateway picks the change up by itself and its JWKS lists both keys meanwhile.
+    RotateKey(RotateArgs),
+}
+
+#[derive(Args)]
+struct RotateArgs {
+    /// Take the data directory from this configuration file.
+    #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// Data directory holding the issuer key.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// How long the old key keeps verifying (default 30 days, the default token lifetime).
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    overlap_secs: u64,
 }
 
 #[derive(Args)]
@@ -140,6 +157,9 @@ fn main() -> ExitCode {
             command: TokenCommand::Revoke(args),
         } => revoke(args),
         Command::Stir { command } => stir(command),
+        Command::Token {
+            command: TokenCommand::RotateKey(args),
+        } => rotate_key(args),
         Command::Token {
             command: TokenCommand::Mint(args),
         } => mint(args),
@@ -294,6 +314,27 @@ fn unix_now() -> Result<u64, ExitCode> {
             eprintln!("error: the system clock is before 1970");
             ExitCode::from(EXIT_RUNTIME)
         })
+}
+
+fn rotate_key(args: RotateArgs) -> ExitCode {
+    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let now = match unix_now() {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
+    match LocalIssuer::rotate(&data_dir, args.overlap_secs, now) {
+        Ok(kid) => {
+            println!("new key id {kid}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 fn revoke(args: RevokeArgs) -> ExitCode {

@@ -194,7 +194,9 @@ async fn harness() -> Harness {
                 origins: vec![ALLOWED.into()],
                 max_age_secs: 600,
             },
-            jwks: Some(serde_json::json!({"keys": [{"kty": "EC", "kid": "test"}]})),
+            jwks: Some(Arc::new(
+                || serde_json::json!({"keys": [{"kty": "EC", "kid": "test"}]}),
+            )),
         },
     );
     let server_cmd = server.cmd_sender();

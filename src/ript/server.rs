@@ -58,8 +58,11 @@ pub struct ServerCtx {
     pub cors: CorsPolicy,
     /// The local issuer's JWK Set, served without a token at [`JWKS_PATH`] (RFC 8414 metadata
     /// at [`AS_METADATA_PATH`] points to it); `None` serves neither.
-    pub jwks: Option<serde_json::Value>,
+    pub jwks: Option<JwksSource>,
 }
+
+/// Produces the JWK Set to serve (it changes when the issuer's key rotates).
+pub type JwksSource = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Where the local issuer's verification keys are published.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -679,7 +682,7 @@ async fn handle_request(
     };
     if let (Some(jwks), &Method::GET) = (&shared.ctx.jwks, req.method()) {
         let public = match req.uri().path() {
-            JWKS_PATH => Some(jwks.clone()),
+            JWKS_PATH => Some(jwks()),
             AS_METADATA_PATH => {
                 let base = format!("https://{}", shared.ctx.authority);
                 Some(serde_json::json!({
