@@ -201,16 +201,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
     let engine = Engine::new(ecfg, metrics.clone());
+    let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(driver::run(
         engine,
         sip_rx,
         ript_rx,
         media_rx,
+        stir_rx,
         Sinks {
             sip,
             ript_server: server.cmd_sender(),
             ript_client: client.cmd_sender(),
             media,
+            stir: stir_fetcher(&cfg)?,
+            stir_back,
         },
     ));
     let mut sip_addrs = cfg.sip.udp.clone();
@@ -304,6 +308,45 @@ fn stir_signer(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engine:
         key,
         x5u: x5u.clone(),
     })))
+}
+
+/// The verification service from `[stir]`, when `verify` is on.
+fn stir_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engine::StirVerify>>> {
+    use crate::config::StirVerifyMode;
+    let st = &cfg.stir;
+    if st.verify == StirVerifyMode::Off {
+        return Ok(None);
+    }
+    let Some(anchors) = &st.trust_anchors else {
+        return Ok(None);
+    };
+    let path = cfg.resolve_path(anchors);
+    let pem =
+        std::fs::read(&path).with_context(|| format!("stir.trust_anchors {}", path.display()))?;
+    let trust = crate::stir::TrustStore::from_pem(&pem)
+        .map_err(|e| anyhow!("stir.trust_anchors {}: {e}", path.display()))?;
+    let policy = crate::stir::verify::VerifyPolicy {
+        require_identity: st.require_identity,
+        ..Default::default()
+    };
+    Ok(Some(Arc::new(crate::bridge::engine::StirVerify {
+        verifier: crate::stir::verify::Verifier::new(trust, Vec::new(), policy),
+        reject: st.verify == StirVerifyMode::Reject,
+    })))
+}
+
+/// The x5u fetcher for the verification service, when `verify` is on.
+pub fn stir_fetcher(cfg: &Config) -> anyhow::Result<Option<crate::stir::fetch::X5uFetcher>> {
+    let st = &cfg.stir;
+    let (crate::config::StirVerifyMode::Continue | crate::config::StirVerifyMode::Reject, Some(ca)) =
+        (st.verify, &st.x5u_ca)
+    else {
+        return Ok(None);
+    };
+    let mut fc = crate::stir::fetch::FetchConfig::from_ca_file(&cfg.resolve_path(ca))
+        .context("stir.x5u_ca")?;
+    fc.allowed_hosts = st.x5u_allow_hosts.clone();
+    Ok(Some(crate::stir::fetch::X5uFetcher::new(fc)?))
 }
 
 /// Resolves names and URIs of the configuration into what the engine works with.
@@ -435,6 +478,7 @@ pub async fn engine_config(
         keepalive: Some(Duration::from_secs(10)),
         max_calls_per_client: cfg.http3.max_calls.max(1),
         stir: stir_signer(cfg)?,
+        stir_verify: stir_verifier(cfg)?,
         sip_cors_origins: cfg.sip.cors_origins.clone(),
     })
 }

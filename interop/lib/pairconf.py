@@ -58,7 +58,10 @@ def rewrite(text, name, data_root, token_file, media_ip, extra, src_dir):
             line = f"ca_file = {toml_str(os.path.join(data_root, 'b', 'cert.pem'))}"
         elif table == "ript_peer" and key == "token_file":
             line = f"token_file = {toml_str(token_file)}"
-        elif table == "stir" and key in ("sign_cert", "sign_key"):
+        elif table == "stir" and key == "x5u_ca":
+            # The x5u server is this pair's gateway B: its certificate lives in the data root.
+            line = f"x5u_ca = {toml_str(os.path.join(data_root, 'b', 'cert.pem'))}"
+        elif table == "stir" and key in ("sign_cert", "sign_key", "trust_anchors"):
             # Relative to the original file's folder: make it absolute for the copy.
             rel = tomllib.loads(line)[key]
             line = f"{key} = {toml_str(os.path.normpath(os.path.join(src_dir, rel)))}"

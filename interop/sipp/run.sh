@@ -18,7 +18,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -208,6 +208,26 @@ scn_k() { # STIR: gateway B signs the call it sends to the SIP peer; checked thr
     DETAIL="Identity on the INVITE; riptide: $(tr '\n' ' ' <<<"$out"); python cryptography: $py; x5u fetched with curl"
 }
 
+scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched from B); tampered: 438
+    local dir="$1" id bad sig
+    id="$(grep -h -m1 '^Identity:' "$LOG_ROOT"/k-stir/stir_uas_*_messages.log 2>/dev/null | sed 's/^Identity: *//' | tr -d '\r')"
+    if [ -z "$id" ]; then
+        # Run on its own: make a signed call first (k), then use its Identity.
+        mkdir -p "$LOG_ROOT/k-stir"
+        scn_k "$LOG_ROOT/k-stir" || { DETAIL="k-stir (which signs the Identity) failed: $DETAIL"; return 1; }
+        id="$(grep -h -m1 '^Identity:' "$LOG_ROOT"/k-stir/stir_uas_*_messages.log | sed 's/^Identity: *//' | tr -d '\r')"
+    fi
+    sipp_pair l-verify stir_verified_uac.xml stir_uas.xml -d 200 -key identity "$id" \
+        || { DETAIL="verified call: $DETAIL"; return 1; }
+    # Flip one character of the signature (the JWS's third part) and send it again.
+    sig="${id%%;*}"; sig="${sig##*.}"
+    bad="${id/$sig/${sig:0:10}$([ "${sig:10:1}" = A ] && echo B || echo A)${sig:11}}"
+    mkdir -p "$LOG_ROOT/l-verify-bad"
+    sipp_pair l-verify-bad stir_refused_uac.xml "" -key identity "$bad" \
+        || { DETAIL="tampered Identity not refused with 438: $DETAIL"; return 1; }
+    DETAIL="B's Identity verified by A (x5u fetched over HTTPS), call placed; tampered Identity: 438"
+}
+
 scn_i() { # malformed probe, then a normal call must still work
     local dir="$1" rc=0
     python3 "$INTEROP_DIR/sipp/malformed.py" --sip 127.0.0.1:5070 --metrics http://127.0.0.1:9070/metrics \
@@ -224,7 +244,7 @@ PASSED=0; FAILED=0; SKIPPED=0
 for s in "${SELECTED[@]}"; do
     dir="$LOG_ROOT/$s"
     rm -rf "$dir"; mkdir -p "$dir"
-    if [ "$MODE" = direct ] && [ "$s" = k-stir ]; then
+    if [ "$MODE" = direct ] && { [ "$s" = k-stir ] || [ "$s" = l-verify ]; }; then
         echo "SKIP $s (direct mode: the gateway is the signer)"
         SKIPPED=$((SKIPPED + 1))
         continue

@@ -15,6 +15,9 @@ pub struct Sinks {
     pub ript_server: mpsc::UnboundedSender<RiptCmd>,
     pub ript_client: mpsc::UnboundedSender<RiptCmd>,
     pub media: MediaHub,
+    /// Fetches x5u chains for STIR verification; the answers come back as engine inputs.
+    pub stir: Option<crate::stir::fetch::X5uFetcher>,
+    pub stir_back: mpsc::UnboundedSender<Input>,
 }
 
 /// Inputs at most handled per wake-up before outputs are flushed, so one busy source cannot
@@ -26,6 +29,7 @@ pub async fn run(
     mut sip_rx: mpsc::Receiver<Input>,
     mut ript_rx: mpsc::Receiver<RiptEvent>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
+    mut stir_rx: mpsc::UnboundedReceiver<Input>,
     sinks: Sinks,
 ) {
     // The engine reads no clock; it learns the wall clock once (PASSporT iat).
@@ -46,13 +50,14 @@ pub async fn run(
                 Some(m) => engine.handle_input(Instant::now(), Input::Media(m)),
                 None => return,
             },
+            Some(i) = stir_rx.recv() => engine.handle_input(Instant::now(), i),
             r = ript_rx.recv() => match r {
                 Some(r) => {
                     let now = Instant::now();
-                    engine.handle_input(now, Input::Ript(r));
+                    engine.handle_input(now, Input::Ript(Box::new(r)));
                     for _ in 0..BATCH {
                         match ript_rx.try_recv() {
-                            Ok(r) => engine.handle_input(now, Input::Ript(r)),
+                            Ok(r) => engine.handle_input(now, Input::Ript(Box::new(r))),
                             Err(_) => break,
                         }
                     }
@@ -84,6 +89,25 @@ fn dispatch(s: &Sinks, o: Output) {
     match o {
         Output::Sip(out) => s.sip.send(out),
         Output::Media(cmd) => s.media.apply(cmd),
+        Output::StirFetch { call, urls } => {
+            let fetcher = s.stir.clone();
+            let back = s.stir_back.clone();
+            tokio::spawn(async move {
+                let mut chains = Vec::with_capacity(urls.len());
+                for url in urls {
+                    let r = match &fetcher {
+                        Some(f) => f
+                            .fetch(&url)
+                            .await
+                            .map(|c| c.iter().map(|d| d.as_ref().to_vec()).collect())
+                            .map_err(|e| e.to_string()),
+                        None => Err("no x5u fetcher configured".to_string()),
+                    };
+                    chains.push((url, r));
+                }
+                let _ = back.send(Input::StirChains { call, chains });
+            });
+        }
         Output::Ript(cmd) => {
             let to = match &cmd {
                 RiptCmd::RespondCall { .. }

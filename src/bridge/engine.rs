@@ -46,15 +46,30 @@ pub struct SipInbound {
 #[derive(Debug, Clone)]
 pub enum Input {
     Sip(Box<SipInbound>),
-    Ript(RiptEvent),
+    Ript(Box<RiptEvent>),
     Media(MediaEvent),
+    /// The certificate chains a [`Output::StirFetch`] asked for: per URL, the DER chain (leaf
+    /// first) or why it could not be had.
+    StirChains {
+        call: CallKey,
+        chains: FetchedChains,
+    },
 }
+
+/// Per x5u URL: the DER chain (leaf first), or why it could not be had.
+pub type FetchedChains = Vec<(String, Result<Vec<Vec<u8>>, String>)>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     Sip(SipOut),
     Ript(RiptCmd),
     Media(MediaCmd),
+    /// Fetch these x5u URLs (through the cache) for the INVITE being verified as `call`; the
+    /// answer is [`Input::StirChains`].
+    StirFetch {
+        call: CallKey,
+        urls: Vec<String>,
+    },
 }
 
 /// Where calls arriving on a served TG go.
@@ -124,6 +139,21 @@ impl std::fmt::Debug for StirSigner {
     }
 }
 
+/// The STIR/SHAKEN verification service of SIP calls coming in.
+pub struct StirVerify {
+    pub verifier: crate::stir::verify::Verifier,
+    /// Failures get their 4xx (`reject`); else the call goes on with its `verstat`.
+    pub reject: bool,
+}
+
+impl std::fmt::Debug for StirVerify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StirVerify")
+            .field("reject", &self.reject)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the engine needs of the configuration, resolved (names → indices, URIs → addresses).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -139,6 +169,8 @@ pub struct EngineConfig {
     pub dtls_fingerprint: String,
     /// Signs calls that leave us (Identity on SIP, `passport` on HTTP/3); none: unsigned.
     pub stir: Option<Arc<StirSigner>>,
+    /// Verifies the Identity of SIP calls coming in; none: not verified.
+    pub stir_verify: Option<Arc<StirVerify>>,
     pub t1: Duration,
     pub max_calls: usize,
     pub no_answer_timeout: Duration,
@@ -184,6 +216,7 @@ impl EngineConfig {
             media,
             dtls_fingerprint: "sha-256 00:11:22:33".into(),
             stir: None,
+            stir_verify: None,
             t1: Duration::from_millis(500),
             max_calls: 200,
             no_answer_timeout: Duration::from_secs(60),
@@ -464,6 +497,10 @@ pub struct Engine {
     /// The wall clock at one instant (PASSporT `iat`), given by the driver: the engine reads no
     /// clock itself. Without it nothing is signed.
     wall: Option<(Instant, u64)>,
+    /// STIR replay window (RFC 8224 §6.2, STIR-14).
+    replay: crate::stir::verify::ReplayCache,
+    /// INVITEs waiting for their x5u chains, by the key of the call they will become.
+    verifying: HashMap<CallKey, (Box<SipInbound>, crate::stir::verify::Prepared)>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
     out: VecDeque<Output>,
     next_key: u64,
@@ -532,6 +569,8 @@ impl Engine {
             preflight_ok: HashMap::new(),
             preflight_bad: HashMap::new(),
             wall: None,
+            replay: Default::default(),
+            verifying: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_key: 1,
@@ -644,7 +683,7 @@ impl Engine {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Sip(m) => self.on_sip(now, *m),
-            Input::Ript(e) => self.on_ript(now, e),
+            Input::Ript(e) => self.on_ript(now, *e),
             Input::Media(MediaEvent::BindFailed { call, port, reason }) => {
                 warn!(%call, port, %reason, "media port bind failed");
                 self.fail_call(now, call, 503, "Service Unavailable (media port)");
@@ -654,6 +693,7 @@ impl Engine {
                 digit,
                 toward_legacy,
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
+            Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
                 warn!(%call, %reason, "ending the call: legacy media security failed");
@@ -864,7 +904,91 @@ impl Engine {
             .map(|(_, i)| *i)
     }
 
+    /// An INVITE starting a call: verified first (STIR) when we verify, else placed at once.
     fn on_initial_invite(&mut self, now: Instant, m: SipInbound) {
+        let (Some(v), Some(now_unix)) = (self.cfg.stir_verify.clone(), self.unix_at(now)) else {
+            return self.place_invite(now, m, None);
+        };
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        let mut ids = msg::header_values(&req.headers, "Identity");
+        ids.extend(msg::header_values(&req.headers, "y"));
+        let from = msg::first_header(&req.headers, "P-Asserted-Identity")
+            .or_else(|| msg::first_header(&req.headers, "From"))
+            .unwrap_or_default();
+        let uri = req.uri.to_string();
+        let ctx = crate::stir::verify::VerifyContext {
+            now_unix,
+            canonical_orig: crate::stir::canonical_tn(msg::addr_uri(&from)),
+            canonical_dest: crate::stir::canonical_tn(&uri).into_iter().collect(),
+            call_id: m.info.call_id.clone(),
+        };
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let prepared = v.verifier.prepare(&refs, &ctx, &self.replay);
+        let urls = prepared.x5u_to_fetch();
+        if urls.is_empty() {
+            let outcome = v.verifier.finish(prepared, &mut self.replay, |_| {
+                Err::<Vec<Vec<u8>>, _>("nothing to fetch")
+            });
+            return self.verified_invite(now, m, outcome, v.reject);
+        }
+        // Stop the caller's retransmissions while the certificates come.
+        self.respond(now, &m, 100, "Trying", None, &Extra::none());
+        let key = self.new_key();
+        self.verifying.insert(key, (Box::new(m), prepared));
+        self.out.push_back(Output::StirFetch { call: key, urls });
+    }
+
+    fn on_stir_chains(&mut self, now: Instant, key: CallKey, chains: FetchedChains) {
+        let (Some((m, prepared)), Some(v)) =
+            (self.verifying.remove(&key), self.cfg.stir_verify.clone())
+        else {
+            return;
+        };
+        let outcome = v.verifier.finish(prepared, &mut self.replay, |url| {
+            chains
+                .iter()
+                .find(|(u, _)| u == url)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_else(|| Err("not fetched".into()))
+        });
+        self.verified_invite(now, *m, outcome, v.reject);
+    }
+
+    /// Acts on a verification: the 4xx under `reject`, else the call with its verstat.
+    fn verified_invite(
+        &mut self,
+        now: Instant,
+        m: SipInbound,
+        outcome: crate::stir::verify::VerifyOutcome,
+        reject: bool,
+    ) {
+        match outcome.code {
+            Some(code) if reject => {
+                info!(call_id = %m.info.call_id, status = code.status(), "STIR verification refused the call");
+                let mut extra = Extra::none();
+                for r in outcome.reason_headers() {
+                    extra = extra.header("Reason", r);
+                }
+                self.respond(
+                    now,
+                    &m,
+                    code.status(),
+                    code.reason_phrase(),
+                    Some(&msg::token(12)),
+                    &extra,
+                );
+                self.count_rejected();
+            }
+            _ => {
+                let verstat = outcome.verstat.as_str().to_string();
+                self.place_invite(now, m, Some(verstat));
+            }
+        }
+    }
+
+    fn place_invite(&mut self, now: Instant, m: SipInbound, verstat: Option<String>) {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
@@ -1100,6 +1224,7 @@ impl Engine {
                 destination,
                 from: from_user,
                 passport,
+                verstat,
                 advertisement: Some(adv),
             },
         }));

@@ -55,7 +55,7 @@ impl Sim {
     }
 
     fn ript(&mut self, e: RiptEvent) {
-        self.input(Input::Ript(e));
+        self.input(Input::Ript(Box::new(e)));
     }
 
     /// Advances simulated time, firing every timer due on the way.
@@ -203,6 +203,7 @@ fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
             destination: "answer".into(),
             from: from.map(str::to_string),
             passport: None,
+            verstat: None,
             advertisement: Some(pcmu_adv()),
         },
         principal: principal.into(),
@@ -2117,4 +2118,130 @@ fn calls_entering_over_sip_get_a_gateway_attested_passport_toward_http3() {
     let mut s = Sim::new();
     s.ript(numbered_call(vec![]));
     assert!(!s.sip_out()[0].contains("Identity:"));
+}
+
+// ------------------------------------------------------------------ STIR/SHAKEN verification
+
+const VX5U: &str = "https://cert.example.net/sp.pem";
+
+/// A gateway that verifies incoming SIP calls against a test PKI, and an Identity for a call
+/// from +12155551212 to +12155551213 signed by that PKI's leaf now.
+fn verifying_sim(reject: bool) -> (Sim, crate::stir::TestPki, String) {
+    let pki = crate::stir::TestPki::generate("1234", WALL).unwrap();
+    let trust = crate::stir::TrustStore::from_der_certs([pki.root.der.clone()]).unwrap();
+    let mut c = cfg();
+    c.stir_verify = Some(Arc::new(StirVerify {
+        verifier: crate::stir::verify::Verifier::new(trust, vec![], Default::default()),
+        reject,
+    }));
+    let mut s = Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    };
+    s.e.set_wall_clock(s.now, WALL);
+    let claims = crate::stir::ShakenClaims {
+        attest: crate::stir::Attestation::A,
+        dest_tns: vec!["12155551213".into()],
+        iat: WALL,
+        orig_tn: "12155551212".into(),
+        origid: "x".into(),
+    };
+    let id = crate::stir::verify::sign(&claims, &pki.signing_key().unwrap(), VX5U).unwrap();
+    (s, pki, id)
+}
+
+fn signed_invite(branch: &str, call_id: &str, identity: &str) -> String {
+    let inv = invite(branch, call_id, OFFER)
+        .replace(
+            "INVITE sip:answer@127.0.0.1:5070",
+            "INVITE sip:+12155551213@127.0.0.1:5070",
+        )
+        .replace("Call-ID: ", &format!("Identity: {identity}\r\nCall-ID: "));
+    inv
+}
+
+/// Delivers the fetch the engine asked for (the PKI's chain for VX5U) and returns the outputs.
+fn deliver_chain(s: &mut Sim, out: &[Output], pki: &crate::stir::TestPki) -> Vec<Output> {
+    let (call, urls) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::StirFetch { call, urls } => Some((*call, urls.clone())),
+            _ => None,
+        })
+        .expect("the engine asks for the x5u chain");
+    assert_eq!(urls, vec![VX5U.to_string()]);
+    s.input(Input::StirChains {
+        call,
+        chains: vec![(VX5U.into(), Ok(pki.chain()))],
+    });
+    s.take()
+}
+
+#[test]
+fn a_verified_call_goes_on_with_its_verstat() {
+    let (mut s, pki, id) = verifying_sim(true);
+    s.sip(&signed_invite("z9hG4bKv1", "cid-v1", &id), CALLER);
+    let out = s.take();
+    assert_eq!(start_lines(&sip_texts(&out)), vec!["SIP/2.0 100 Trying"]);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Ript(_))),
+        "nothing before the chain"
+    );
+    let out = deliver_chain(&mut s, &out, &pki);
+    let verstat = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { request, .. }) => request.verstat.clone(),
+            _ => None,
+        })
+        .expect("the call goes on, with its verstat");
+    assert_eq!(verstat, "TN-Validation-Passed");
+    // The same Identity under another Call-ID is a replay (STIR-14): refused at once.
+    s.sip(&signed_invite("z9hG4bKv2", "cid-v2", &id), CALLER);
+    let msgs = s.sip_out();
+    assert!(
+        msgs.iter().any(|m| m.starts_with("SIP/2.0 438")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_failed_verification_is_refused_or_marked_by_policy() {
+    // A flipped signature byte: 438 with a STIR Reason under `reject` ...
+    let (mut s, pki, id) = verifying_sim(true);
+    let bad = {
+        let (jws, rest) = id.split_once(';').unwrap();
+        let mut parts: Vec<String> = jws.split('.').map(str::to_string).collect();
+        let sig = &mut parts[2];
+        let c = if sig.ends_with('A') { 'B' } else { 'A' };
+        sig.pop();
+        sig.push(c);
+        format!("{};{rest}", parts.join("."))
+    };
+    s.sip(&signed_invite("z9hG4bKb1", "cid-b1", &bad), CALLER);
+    let out = s.take();
+    let out = deliver_chain(&mut s, &out, &pki);
+    let msgs = sip_texts(&out);
+    assert!(msgs[0].starts_with("SIP/2.0 438 "), "{msgs:?}");
+    assert!(msgs[0].contains("Reason: STIR;cause=438"), "{}", msgs[0]);
+    assert!(!out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::CreateCall { .. }))));
+    // ... and the call goes on as TN-Validation-Failed under `continue`.
+    let (mut s, pki, _) = verifying_sim(false);
+    s.sip(&signed_invite("z9hG4bKb2", "cid-b2", &bad), CALLER);
+    let out = s.take();
+    let out = deliver_chain(&mut s, &out, &pki);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::CreateCall { request, .. })
+            if request.verstat.as_deref() == Some("TN-Validation-Failed"))));
+    // No Identity at all: nothing to fetch, No-TN-Validation.
+    let (mut s, _, _) = verifying_sim(true);
+    s.sip(&invite("z9hG4bKn1", "cid-n1", OFFER), CALLER);
+    let out = s.take();
+    assert!(!out.iter().any(|o| matches!(o, Output::StirFetch { .. })));
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::CreateCall { request, .. })
+            if request.verstat.as_deref() == Some("No-TN-Validation"))));
 }

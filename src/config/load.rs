@@ -5,7 +5,7 @@
 //! that span in toml's spanned document tree; semantic checks go the other way, from a path to
 //! the span of the offending key.
 
-use super::Config;
+use super::{Config, StirVerifyMode};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -428,6 +428,19 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
                 vec![key("stir"), key("x5u")],
                 format!("{u:?} is not an https:// URL with a path (verifiers fetch it over HTTPS)"),
             ));
+        }
+    }
+    if st.verify != StirVerifyMode::Off {
+        for (k, missing) in [
+            ("trust_anchors", st.trust_anchors.is_none()),
+            ("x5u_ca", st.x5u_ca.is_none()),
+        ] {
+            if missing {
+                return Err(err(
+                    vec![key("stir"), key(k)],
+                    "verify needs trust_anchors (STI-CA roots) and x5u_ca (roots of the x5u HTTPS servers)".into(),
+                ));
+            }
         }
     }
     if st.publish.is_some() && st.x5u.is_none() {

@@ -167,6 +167,26 @@ pub struct StirConfig {
     /// Serve `sign_cert` at `x5u`'s path over HTTPS/1.1 on this address, with the gateway's
     /// TLS certificate (for tests and small deployments; production publishes elsewhere).
     pub publish: Option<SocketAddr>,
+    /// Verification of SIP calls coming in (RFC 8224 §6.2): `off`, `continue` (the call goes on
+    /// with its verstat) or `reject` (failures get 428/436/437/438 or 403 Stale Date).
+    pub verify: StirVerifyMode,
+    /// PEM trust anchors (STI-CA roots) for `verify`.
+    pub trust_anchors: Option<PathBuf>,
+    /// No Identity header fails verification (428) instead of `No-TN-Validation`.
+    pub require_identity: bool,
+    /// PEM roots the HTTPS servers at x5u must chain to.
+    pub x5u_ca: Option<PathBuf>,
+    /// x5u hosts exempt from the private-address guard (test networks only).
+    pub x5u_allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StirVerifyMode {
+    #[default]
+    Off,
+    Continue,
+    Reject,
 }
 
 /// What a legacy (SIP) leg's media must be protected with.

@@ -131,6 +131,11 @@ pub struct CallRequest {
     /// STIR PASSporT (compact JWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passport: Option<String>,
+    /// The STIR verification result of the call's origin, when a gateway verified it on the way
+    /// in (RFC 8224 §6.2.3 `verstat` values: `TN-Validation-Passed`, `TN-Validation-Failed`,
+    /// `No-TN-Validation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verstat: Option<String>,
     /// Inline advertisement for this call (used instead of the handler's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertisement: Option<Advertisement>,
