@@ -93,12 +93,8 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct RotateArgs {
-    /// Take the data directory from this configuration file.
-    #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
-    config: Option<PathBuf>,
-    /// Data directory holding the issuer key.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// How long the old key keeps verifying (default 30 days, the default token lifetime).
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     overlap_secs: u64,
@@ -106,12 +102,8 @@ struct RotateArgs {
 
 #[derive(Args)]
 struct RevokeArgs {
-    /// Take the data directory from this configuration file.
-    #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
-    config: Option<PathBuf>,
-    /// Data directory holding the issuer key and the revocation list.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// The token's `jti` claim.
     #[arg(long, conflicts_with = "token", required_unless_present = "token")]
     jti: Option<String>,
@@ -120,14 +112,21 @@ struct RevokeArgs {
     token: Option<String>,
 }
 
+/// Where the local issuer's files are (key, retired keys, revocation list).
 #[derive(Args)]
-struct MintArgs {
+struct DataDirArgs {
     /// Take the data directory from this configuration file.
     #[arg(long, short, value_name = "FILE", conflicts_with = "data_dir")]
     config: Option<PathBuf>,
-    /// Data directory holding (or to hold) the issuer key.
+    /// The data directory itself.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MintArgs {
+    #[command(flatten)]
+    dir: DataDirArgs,
     /// `sub` claim of the token.
     #[arg(long, default_value = "local")]
     subject: String,
@@ -298,36 +297,28 @@ fn stir(cmd: StirCommand) -> ExitCode {
     }
 }
 
-/// The data directory `--data-dir` names, else the one of `--config` (or the defaults).
-fn data_dir_of(data_dir: Option<&PathBuf>, config: Option<&Path>) -> Result<PathBuf, ExitCode> {
-    match data_dir {
-        Some(d) => Ok(d.clone()),
-        None => load(config).map(|cfg| cfg.resolve_path(&cfg.general.data_dir)),
-    }
-}
-
-fn unix_now() -> Result<u64, ExitCode> {
-    std::time::SystemTime::now()
+/// The data directory `--data-dir` names, else the one of `--config` (or the defaults), and
+/// the time now in seconds since 1970.
+fn issuer_context(dir: &DataDirArgs) -> Result<(PathBuf, u64), ExitCode> {
+    let data_dir = match &dir.data_dir {
+        Some(d) => d.clone(),
+        None => load(dir.config.as_deref()).map(|cfg| cfg.resolve_path(&cfg.general.data_dir))?,
+    };
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .map_err(|_| {
             eprintln!("error: the system clock is before 1970");
             ExitCode::from(EXIT_RUNTIME)
-        })
+        })?;
+    Ok((data_dir, now))
 }
 
-fn rotate_key(args: RotateArgs) -> ExitCode {
-    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let now = match unix_now() {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
-    match LocalIssuer::rotate(&data_dir, args.overlap_secs, now) {
-        Ok(kid) => {
-            println!("new key id {kid}");
+/// Prints `out` and succeeds, or prints the error and fails (exit 1).
+fn print_or_fail(out: anyhow::Result<String>) -> ExitCode {
+    match out {
+        Ok(line) => {
+            println!("{line}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -337,13 +328,20 @@ fn rotate_key(args: RotateArgs) -> ExitCode {
     }
 }
 
-fn revoke(args: RevokeArgs) -> ExitCode {
-    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
-        Ok(d) => d,
+fn rotate_key(args: RotateArgs) -> ExitCode {
+    let (data_dir, now) = match issuer_context(&args.dir) {
+        Ok(x) => x,
         Err(code) => return code,
     };
-    let now = match unix_now() {
-        Ok(n) => n,
+    print_or_fail(
+        LocalIssuer::rotate(&data_dir, args.overlap_secs, now)
+            .map(|kid| format!("new key id {kid}")),
+    )
+}
+
+fn revoke(args: RevokeArgs) -> ExitCode {
+    let (data_dir, now) = match issuer_context(&args.dir) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     // Without the token its expiry is unknown: keep the entry for the longest mint lifetime.
@@ -361,21 +359,15 @@ fn revoke(args: RevokeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match riptide::auth::Revocations::revoke(&data_dir, &jti, exp, now) {
-        Ok(()) => {
-            println!("revoked {jti}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+    print_or_fail(
+        riptide::auth::Revocations::revoke(&data_dir, &jti, exp, now)
+            .map(|()| format!("revoked {jti}")),
+    )
 }
 
 fn mint(args: MintArgs) -> ExitCode {
-    let data_dir = match data_dir_of(args.data_dir.as_ref(), args.config.as_deref()) {
-        Ok(d) => d,
+    let (data_dir, now) = match issuer_context(&args.dir) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let scopes: Vec<String> = if args.scopes.is_empty() {
@@ -391,20 +383,8 @@ fn mint(args: MintArgs) -> ExitCode {
             .map(str::to_string)
             .collect()
     };
-    let now = match unix_now() {
-        Ok(n) => n,
-        Err(code) => return code,
-    };
-    let token = LocalIssuer::load_or_create(&data_dir)
-        .and_then(|issuer| issuer.mint(&args.subject, &scopes, args.ttl_secs, now));
-    match token {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+    print_or_fail(
+        LocalIssuer::load_or_create(&data_dir)
+            .and_then(|issuer| issuer.mint(&args.subject, &scopes, args.ttl_secs, now)),
+    )
 }
