@@ -1031,24 +1031,44 @@ impl IceAgent {
             .map_err(|_| IceError::IntegrityMismatch)
     }
 
-    fn respond_success(&mut self, req: &Message, src: SocketAddr) -> Result<(), IceError> {
+    /// Builds a message from `setters`, then MESSAGE-INTEGRITY keyed with `pwd` (when given)
+    /// and FINGERPRINT, which always come last (RFC 8489 §14.5, §14.7).
+    fn seal(
+        &self,
+        setters: Vec<Box<dyn Setter + '_>>,
+        pwd: Option<&str>,
+        what: &str,
+    ) -> Result<Vec<u8>, IceError> {
         let provider = self.provider()?;
+        let fail = |e: &dyn std::fmt::Display| IceError::Internal(format!("building {what}: {e}"));
         let mut m = Message::new();
-        m.build(&[
-            Box::new(BINDING_SUCCESS),
-            Box::new(TransactionId(req.transaction_id.0)),
-            Box::new(XorMappedAddress {
-                ip: src.ip(),
-                port: src.port(),
-            }),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                self.local.pwd.clone(),
+        m.build(&setters).map_err(|e| fail(&e))?;
+        if let Some(pwd) = pwd {
+            MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_string(),
                 provider.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ])
-        .map_err(|e| IceError::Internal(format!("building a Binding response: {e}")))?;
-        self.queue(src, m.raw);
+            )
+            .add_to(&mut m)
+            .map_err(|e| fail(&e))?;
+        }
+        FINGERPRINT.add_to(&mut m).map_err(|e| fail(&e))?;
+        Ok(m.raw)
+    }
+
+    fn respond_success(&mut self, req: &Message, src: SocketAddr) -> Result<(), IceError> {
+        let raw = self.seal(
+            vec![
+                Box::new(BINDING_SUCCESS),
+                Box::new(TransactionId(req.transaction_id.0)),
+                Box::new(XorMappedAddress {
+                    ip: src.ip(),
+                    port: src.port(),
+                }),
+            ],
+            Some(&self.local.pwd),
+            "a Binding response",
+        )?;
+        self.queue(src, raw);
         Ok(())
     }
 
@@ -1061,7 +1081,6 @@ impl IceAgent {
         authenticate: bool,
         unknown: &[AttrType],
     ) -> Result<(), IceError> {
-        let provider = self.provider()?;
         let mut setters: Vec<Box<dyn Setter + '_>> = vec![
             Box::new(BINDING_ERROR),
             Box::new(TransactionId(req.transaction_id.0)),
@@ -1073,19 +1092,9 @@ impl IceAgent {
         if !unknown.is_empty() {
             setters.push(Box::new(UnknownAttributes(unknown.to_vec())));
         }
-        if authenticate {
-            setters.push(Box::new(
-                MessageIntegrity::new_short_term_integrity_with_provider(
-                    self.local.pwd.clone(),
-                    provider.crypto(),
-                ),
-            ));
-        }
-        setters.push(Box::new(FINGERPRINT));
-        let mut m = Message::new();
-        m.build(&setters)
-            .map_err(|e| IceError::Internal(format!("building a {code} response: {e}")))?;
-        self.queue(src, m.raw);
+        let pwd = authenticate.then(|| self.local.pwd.clone());
+        let raw = self.seal(setters, pwd.as_deref(), &format!("a {code} response"))?;
+        self.queue(src, raw);
         Ok(())
     }
 
@@ -1093,7 +1102,6 @@ impl IceAgent {
     /// tie-breaker, maybe USE-CANDIDATE, MESSAGE-INTEGRITY keyed with their password,
     /// FINGERPRINT (RFC 8445 §7.1).
     fn build_request(&self, id: [u8; 12], use_candidate: bool) -> Result<Vec<u8>, IceError> {
-        let provider = self.provider()?;
         let mut setters: Vec<Box<dyn Setter + '_>> = vec![
             Box::new(BINDING_REQUEST),
             Box::new(TransactionId(id)),
@@ -1111,17 +1119,7 @@ impl IceAgent {
         if use_candidate {
             setters.push(Box::new(UseCandidateAttr::new()));
         }
-        setters.push(Box::new(
-            MessageIntegrity::new_short_term_integrity_with_provider(
-                self.remote.pwd.clone(),
-                provider.crypto(),
-            ),
-        ));
-        setters.push(Box::new(FINGERPRINT));
-        let mut m = Message::new();
-        m.build(&setters)
-            .map_err(|e| IceError::Internal(format!("building a Binding request: {e}")))?;
-        Ok(m.raw)
+        self.seal(setters, Some(&self.remote.pwd), "a Binding request")
     }
 
     fn start_transaction(
