@@ -940,6 +940,25 @@ fn rtp_packet(seq: u16, marker: u8) -> Vec<u8> {
     p
 }
 
+/// Opens a call's legacy leg on `hub` toward `remote` and returns the leg's own address.
+fn open_leg(
+    hub: &MediaHub,
+    call: CallKey,
+    remote: SocketAddr,
+    rtcp_mux: bool,
+    latching: bool,
+) -> SocketAddr {
+    hub.apply(MediaCmd::OpenLegacy { call, port: 0 });
+    hub.apply(MediaCmd::SetRemote {
+        call,
+        rtp: remote,
+        rtcp: None,
+        rtcp_mux,
+        latching,
+    });
+    hub.legacy_addr(call).expect("the leg is bound")
+}
+
 /// Sends `pkt` from `from` to `to` until `sink` receives it. The media bindings are set up by
 /// stream tasks with no completion signal, and UDP/datagrams may be dropped meanwhile, so
 /// the packet is retried; each attempt waits for the packet itself.
@@ -966,46 +985,34 @@ async fn media_relays_both_ways_per_call() {
     let sip_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
 
     // Client gateway's legacy leg for call 21.
-    h.client_hub.apply(MediaCmd::OpenLegacy {
-        call: CallKey(21),
-        port: 0,
-    });
-    h.client_hub.apply(MediaCmd::SetRemote {
-        call: CallKey(21),
-        rtp: sip_a.local_addr().unwrap(),
-        rtcp: None,
-        rtcp_mux: true,
-        latching: false,
-    });
-    let a_side = h.client_hub.legacy_addr(CallKey(21)).unwrap();
+    let a_side = open_leg(
+        &h.client_hub,
+        CallKey(21),
+        sip_a.local_addr().unwrap(),
+        true,
+        false,
+    );
 
     // A second call on the same connection must not receive call 21's media.
     let (_, other) = h.created(22, "other").await;
     let sip_c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    h.server_hub.apply(MediaCmd::OpenLegacy {
-        call: other,
-        port: 0,
-    });
-    h.server_hub.apply(MediaCmd::SetRemote {
-        call: other,
-        rtp: sip_c.local_addr().unwrap(),
-        rtcp: None,
-        rtcp_mux: true,
-        latching: false,
-    });
+    open_leg(
+        &h.server_hub,
+        other,
+        sip_c.local_addr().unwrap(),
+        true,
+        false,
+    );
 
     let (_, key) = h.created(21, "media").await;
-    h.server_hub
-        .apply(MediaCmd::OpenLegacy { call: key, port: 0 });
     // The SDP address is wrong (as behind a NAT); latching must find sip_b from its packets.
-    h.server_hub.apply(MediaCmd::SetRemote {
-        call: key,
-        rtp: "127.0.0.1:9".parse().unwrap(),
-        rtcp: None,
-        rtcp_mux: false,
-        latching: true,
-    });
-    let b_side = h.server_hub.legacy_addr(key).unwrap();
+    let b_side = open_leg(
+        &h.server_hub,
+        key,
+        "127.0.0.1:9".parse().unwrap(),
+        false,
+        true,
+    );
 
     relay_until_received(&sip_b, b_side, &sip_a, &rtp_packet(2, 0xb2)).await;
     relay_until_received(&sip_a, a_side, &sip_b, &rtp_packet(1, 0xa1)).await;
@@ -1021,18 +1028,13 @@ async fn media_relays_both_ways_per_call() {
 async fn echo_reflects_datagrams() {
     let mut h = harness().await;
     let sip_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    h.client_hub.apply(MediaCmd::OpenLegacy {
-        call: CallKey(31),
-        port: 0,
-    });
-    h.client_hub.apply(MediaCmd::SetRemote {
-        call: CallKey(31),
-        rtp: sip_a.local_addr().unwrap(),
-        rtcp: None,
-        rtcp_mux: true,
-        latching: true,
-    });
-    let a_side = h.client_hub.legacy_addr(CallKey(31)).unwrap();
+    let a_side = open_leg(
+        &h.client_hub,
+        CallKey(31),
+        sip_a.local_addr().unwrap(),
+        true,
+        true,
+    );
     h.created(31, "echo").await;
     relay_until_received(&sip_a, a_side, &sip_a, &rtp_packet(9, 0xee)).await;
 }
@@ -1081,18 +1083,13 @@ async fn reopened_events_start_from_the_last_state() {
 async fn rtp_before_the_media_binding_is_held_and_relayed_when_it_comes() {
     let mut h = harness().await;
     let sip_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    h.client_hub.apply(MediaCmd::OpenLegacy {
-        call: CallKey(41),
-        port: 0,
-    });
-    h.client_hub.apply(MediaCmd::SetRemote {
-        call: CallKey(41),
-        rtp: sip_a.local_addr().unwrap(),
-        rtcp: None,
-        rtcp_mux: true,
-        latching: true,
-    });
-    let a_side = h.client_hub.legacy_addr(CallKey(41)).unwrap();
+    let a_side = open_leg(
+        &h.client_hub,
+        CallKey(41),
+        sip_a.local_addr().unwrap(),
+        true,
+        true,
+    );
     // The callee talks at once: its first packet reaches the gateway before the call's QUIC
     // media stream exists.
     let first = rtp_packet(1, 0x41);
