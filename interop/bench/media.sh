@@ -65,6 +65,15 @@ drop_delta() {
          END { if (sep == "") print (any ? "none" : "n/a (metric not found)"); else print "" }' "$1" "$2"
 }
 
+# capture_drops STDERR: tcpdump's own count of packets it dropped, as it printed it.
+capture_drops() { grep -Eo '[0-9]+ packets dropped by kernel' "$1" || echo 'unknown'; }
+
+# warn_capture_drops DROPS: a loss figure is only as good as the capture that counted it.
+warn_capture_drops() {
+    [ "$1" = "0 packets dropped by kernel" ] \
+        || echo "warning: the capture itself dropped packets or could not say; packets_lost is not reliable"
+}
+
 # write_configs SECURITY D: copies of config/pair-{a,b}.toml in D/config with absolute paths and
 # `security = SECURITY` on every legacy leg (A's inbound leg from the UAC uses A's [media], B's leg
 # toward the UAS is B's [[sip_trunk]]), made by lib/pairconf.py as for the baresip run.
@@ -225,12 +234,9 @@ rtpload_inner() {
             "to_a,dst=20000-24999" "to_b,dst=25000-29999" "from_a,src=20000-24999" "from_b,src=25000-29999")"
         get() { sed -n "s/^$1=//p" <<<"$counts"; }
         sent=$(( $(get to_a) + $(get to_b) )); recv=$(( $(get from_a) + $(get from_b) ))
-        drops="$(grep -Eo '[0-9]+ packets dropped by kernel' "$d/rtp.pcap.stderr" || echo 'unknown')"
+        drops="$(capture_drops "$d/rtp.pcap.stderr")"
         echo "packets_lost=$((sent - recv)) (sent=$sent: UAC->A $(get to_a) + UAS->B $(get to_b) RTP/SRTP packets into the gateways' media ranges; received=$recv: A->UAC $(get from_a) + B->UAS $(get from_b) out of them; tcpdump -i lo capture, $drops)"
-        case "$drops" in
-            "0 packets dropped by kernel") ;;
-            *) echo "warning: the capture itself dropped packets or could not say; packets_lost is not reliable" ;;
-        esac
+        warn_capture_drops "$drops"
         echo "wire: RTP/SRTP payload sizes in the capture: $(wire_sizes "$d/rtp.pcap") (plain PCMU 172 B; SRTP _80 182 B)"
         { echo "cap_lost=$((sent - recv))"; echo "cap_sent=$sent"; } >>"$res"
     else
@@ -453,10 +459,7 @@ counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$DIR/rtp.pcap" \
     "sent_uac,src=$UAC_MEDIA" "sent_uas,src=$UAS_MEDIA" "recv_uac,dst=$UAC_MEDIA" "recv_uas,dst=$UAS_MEDIA")"
 get() { sed -n "s/^$1=//p" <<<"$counts"; }
 sent=$(( $(get sent_uac) + $(get sent_uas) )); recv=$(( $(get recv_uac) + $(get recv_uas) ))
-drops="$(grep -Eo '[0-9]+ packets dropped by kernel' "$DIR/rtp.pcap.stderr" || echo 'unknown')"
+drops="$(capture_drops "$DIR/rtp.pcap.stderr")"
 echo "packets_lost=$((sent - recv)) (sent=$sent: UAC $(get sent_uac) + UAS $(get sent_uas) RTP packets from the SIPp media ports; received=$recv: UAC $(get recv_uac) + UAS $(get recv_uas) to them; tcpdump -i lo capture, $drops)"
-case "$drops" in
-    "0 packets dropped by kernel") ;;
-    *) echo "warning: the capture itself dropped packets or could not say; packets_lost is not reliable" ;;
-esac
+warn_capture_drops "$drops"
 [ "$successful" = "$CALLS" ] || { echo "warning: not every call succeeded; see $DIR"; exit 1; }
