@@ -1,0 +1,280 @@
+// Browser checks of riptide's HTTP/3 API in headless Chromium (security requirements CORS-04
+// and WT-01): a page on an allowed origin and a page on a disallowed origin make the same calls
+// to a riptide gateway over HTTP/3; riptide must serve the first and refuse the second.
+//
+// Run by interop/browser/run.sh, which starts the gateway and passes (environment):
+//   RIPTIDE_URL   https://127.0.0.1:PORT (the HTTP/3 listener; its certificate is self-signed)
+//   ADMIN_URL     http://127.0.0.1:PORT (admin listener: /metrics)
+//   SPKI_SHA256   base64 SHA-256 of the certificate's SubjectPublicKeyInfo
+//   TOKEN         a bearer token of the gateway's issuer
+//   OUT           where screenshots, the Chromium net log and the profile go
+//   CHROMIUM      the browser binary (Debian's chromium; nothing is downloaded)
+// Prints one PASS/FAIL line per check; exit status 1 when any check failed.
+//
+// Evidence comes from three places, because a browser hides why a cross-origin call failed:
+// what the page sees (a TypeError), riptide's response counters (delta around each step:
+// riptide itself answered the preflight or the CONNECT, with which status), and Chromium's net
+// log (the answers as they came off the wire, over HTTP/3, with or without
+// Access-Control-Allow-Origin).
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const env = (k) => {
+    const v = process.env[k];
+    if (!v) throw new Error(`${k} is not set`);
+    return v;
+};
+const RIPTIDE_URL = env('RIPTIDE_URL');
+const ADMIN_URL = env('ADMIN_URL');
+const SPKI = env('SPKI_SHA256');
+const TOKEN = env('TOKEN');
+const OUT = env('OUT');
+const CHROMIUM = env('CHROMIUM');
+const ALLOWED = 'https://allowed.example';
+const DENIED = 'https://evil.example';
+const TG = 'local';
+const API = `${RIPTIDE_URL}/.well-known/ript/v1/providertgs`;
+const hostPort = new URL(RIPTIDE_URL).host;
+const NETLOG = path.join(OUT, 'netlog.json');
+
+let passed = 0;
+let failed = 0;
+function check(name, ok, detail) {
+    if (ok) passed++;
+    else failed++;
+    console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` (${detail})` : ''}`);
+}
+
+// riptide_http_responses_total by status, from the admin listener.
+async function responses() {
+    const text = await (await fetch(`${ADMIN_URL}/metrics`)).text();
+    const by = {};
+    for (const m of text.matchAll(/^riptide_http_responses_total\{status="(\d+)"\} (\d+)/gm)) {
+        by[m[1]] = Number(m[2]);
+    }
+    return by;
+}
+// Runs step() and returns [its result, riptide's answers during it by status].
+async function counted(step) {
+    const before = await responses();
+    const result = await step();
+    const after = await responses();
+    const delta = {};
+    for (const s of new Set([...Object.keys(before), ...Object.keys(after)])) {
+        const d = (after[s] ?? 0) - (before[s] ?? 0);
+        if (d) delta[s] = d;
+    }
+    return [result, delta];
+}
+const fmt = (delta) =>
+    `riptide answered ${Object.entries(delta).map(([s, n]) => `${n}x${s}`).join(' ') || 'nothing'}`;
+
+// The page both origins serve: a tiny client of the API. Playwright answers the navigation
+// (the origin is real as far as Chromium is concerned: location.origin, Origin headers); every
+// request to riptide then goes to the network.
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><title>riptide browser check</title>
+<style>body{font:14px monospace;margin:1em} li.ok{color:#070} li.err{color:#b00}</style></head>
+<body><h1>riptide browser check</h1><p>page origin: <b id="origin"></b></p><ol id="log"></ol>
+<script>
+document.getElementById('origin').textContent = location.origin;
+function note(text, ok) {
+  const li = document.createElement('li');
+  li.className = ok ? 'ok' : 'err';
+  li.textContent = text;
+  document.getElementById('log').appendChild(li);
+}
+// fetch that reports what the page may see: status, readable headers and body, or the error.
+window.api = async (what, url, init) => {
+  try {
+    const r = await fetch(url, { ...init, signal: AbortSignal.timeout(10000) });
+    const body = await r.text();
+    note(what + ': ' + r.status, true);
+    return { status: r.status, location: r.headers.get('location'), body };
+  } catch (e) {
+    note(what + ': ' + e.name + ': ' + e.message, false);
+    return { error: e.name, message: e.message };
+  }
+};
+window.media = async (what, url) => {
+  let wt;
+  try {
+    wt = new WebTransport(url);
+    const timeout = new Promise((_, no) => setTimeout(() => no(new Error('no answer in 10 s')), 10000));
+    await Promise.race([wt.ready, timeout]);
+    note(what + ': ready', true);
+    wt.close();
+    return { ready: true };
+  } catch (e) {
+    note(what + ': ' + e.name + ': ' + e.message, false);
+    return { ready: false, error: e.name, message: e.message };
+  }
+};
+</script></body></html>`;
+
+async function openPage(ctx, origin, name) {
+    const page = await ctx.newPage();
+    await page.route(`${origin}/**`, (r) => r.fulfill({ body: PAGE, contentType: 'text/html' }));
+    await page.goto(`${origin}/`);
+    // With a route installed Playwright would also answer CORS preflights itself; without one,
+    // every request (preflights included) reaches riptide.
+    await page.unrouteAll();
+    const seen = await page.evaluate(() => location.origin);
+    check(`${name}: the page's origin is ${origin}`, seen === origin, `location.origin = ${seen}`);
+    return page;
+}
+
+const authorized = { headers: { authorization: `Bearer ${TOKEN}` } };
+const newCall = {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({
+        destination: 'echo',
+        advertisement: { codecs: [{ mediaType: 'audio/PCMU', clockRate: 8000, payloadType: 0 }] },
+    }),
+};
+const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
+
+async function main() {
+    const profile = path.join(OUT, 'profile');
+    fs.rmSync(profile, { recursive: true, force: true });
+    // A fresh profile per run: Chromium caches certificate decisions and preflights per profile.
+    const ctx = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: [
+            '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+            '--disable-component-update', '--disable-sync', '--disable-default-apps',
+            '--disable-domain-reliability', '--disable-client-side-phishing-detection', '--no-pings',
+            // Nothing leaves the machine: every name but loopback fails to resolve.
+            '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+            // HTTP/3 to riptide without an Alt-Svc from a TCP listener (riptide has none), and
+            // its self-signed certificate accepted by public key only.
+            `--origin-to-force-quic-on=${hostPort}`,
+            `--ignore-certificate-errors-spki-list=${SPKI}`,
+            `--log-net-log=${NETLOG}`,
+        ],
+    });
+    try {
+        // Local Network Access: a public origin may reach loopback only with the user's consent.
+        // Both origins get it, so that riptide's CORS policy is the only difference between them.
+        for (const origin of [ALLOWED, DENIED]) {
+            await ctx.grantPermissions(['local-network-access'], { origin });
+        }
+
+        // --- the allowed origin ---
+        const ok = await openPage(ctx, ALLOWED, 'allowed origin');
+        {
+            const [r, d] = await counted(() => ok.evaluate(([u, i]) => api('GET providertgs', u, i), [API, authorized]));
+            let names = [];
+            try { names = JSON.parse(r.body).tgs.map((t) => t.name); } catch { /* checked below */ }
+            check('CORS-04 allowed origin: GET providertgs with a token succeeds (preflight answered by riptide)',
+                r.status === 200 && names.includes(TG) && d['204'] === 1 && d['200'] === 1,
+                `page saw ${r.status ?? r.error} ${JSON.stringify(names)}; ${fmt(d)}`);
+        }
+        {
+            const [r, d] = await counted(() => ok.evaluate((u) => api('GET providertgs without a token', u, {}), API));
+            check('CORS-04 allowed origin: a request without preflight gets an answer the page may read',
+                r.status === 401 && d['401'] === 1 && !d['204'], `page saw ${r.status ?? r.error}; ${fmt(d)}`);
+        }
+        let callUri = null;
+        {
+            const [r, d] = await counted(() => ok.evaluate(([u, i]) => api('POST calls', u, i), [`${API}/${TG}/calls`, newCall]));
+            callUri = r.location;
+            check('CORS-04 allowed origin: POST calls with a token creates a call (Location readable)',
+                r.status === 201 && typeof callUri === 'string' && callUri.startsWith(`${API}/${TG}/calls/`) &&
+                    d['204'] === 1 && d['201'] === 1,
+                `page saw ${r.status ?? r.error}, Location ${callUri}; ${fmt(d)}`);
+        }
+        await shot(ok, 'allowed-1-api.png');
+        const media = callUri ? `${callUri}/media` : `${API}/${TG}/calls/none/media`;
+        {
+            // Chromium sends no Authorization on a WebTransport CONNECT (WebTransportOptions
+            // headers are not sent), so riptide, after accepting the origin, refuses the session
+            // for the missing token: 401, never the origin's 403.
+            const [r, d] = await counted(() => ok.evaluate((u) => media('WebTransport {call}/media', u), media));
+            check('WT-01 allowed origin: the media CONNECT passes riptide\'s origin check (refused only for the missing token)',
+                !r.ready && d['401'] >= 1 && !d['403'], `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
+        await shot(ok, 'allowed-2-media.png');
+
+        // --- the disallowed origin: the same calls ---
+        const evil = await openPage(ctx, DENIED, 'disallowed origin');
+        {
+            const [r, d] = await counted(() => evil.evaluate(([u, i]) => api('GET providertgs', u, i), [API, authorized]));
+            check('CORS-04 disallowed origin: GET providertgs with a token fails with a CORS error (riptide refuses the preflight)',
+                r.error === 'TypeError' && d['403'] === 1 && !d['200'] && !d['204'],
+                `page saw ${r.status ?? `${r.error}: ${r.message}`}; ${fmt(d)}`);
+        }
+        {
+            const [r, d] = await counted(() => evil.evaluate((u) => api('GET providertgs without a token', u, {}), API));
+            check('CORS-04 disallowed origin: a request without preflight reaches riptide but its answer is withheld from the page',
+                r.error === 'TypeError' && d['401'] === 1, `page saw ${r.status ?? `${r.error}: ${r.message}`}; ${fmt(d)}`);
+        }
+        {
+            const [r, d] = await counted(() => evil.evaluate(([u, i]) => api('POST calls', u, i), [`${API}/${TG}/calls`, newCall]));
+            check('CORS-04 disallowed origin: POST calls fails with a CORS error and creates no call',
+                r.error === 'TypeError' && d['403'] === 1 && !d['201'],
+                `page saw ${r.status ?? `${r.error}: ${r.message}`}; ${fmt(d)}`);
+        }
+        await shot(evil, 'denied-1-api.png');
+        {
+            const [r, d] = await counted(() => evil.evaluate((u) => media('WebTransport {call}/media', u), media));
+            check('WT-01 disallowed origin: the media CONNECT for a live call is refused with 403',
+                !r.ready && d['403'] >= 1 && !d['200'], `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
+        await shot(evil, 'denied-2-media.png');
+    } finally {
+        await ctx.close(); // Chromium finishes the net log on exit
+    }
+    wireChecks();
+}
+
+// The net log: every exchange with riptide as Chromium's HTTP/3 stack saw it.
+function wireChecks() {
+    let text = fs.readFileSync(NETLOG, 'utf8').trimEnd();
+    // A log cut short (browser killed) lacks its closing brackets.
+    if (!text.endsWith('}')) text = text.replace(/,?\s*$/, ']}');
+    const log = JSON.parse(text);
+    const types = Object.fromEntries(Object.entries(log.constants.logEventTypes).map(([k, v]) => [v, k]));
+    const sent = new Map();
+    const exchanges = [];
+    let tcp = 0;
+    for (const e of log.events) {
+        const t = types[e.type];
+        const p = e.params ?? {};
+        if (t === 'TCP_CONNECT' && String(p.address ?? '').endsWith(`:${hostPort.split(':')[1]}`)) tcp++;
+        if (t !== 'HTTP3_HEADERS_SENT' && t !== 'HTTP3_HEADERS_DECODED') continue;
+        const h = Object.fromEntries((p.headers ?? []).map((l) => {
+            const i = l.indexOf(': ', 1);
+            return [l.slice(0, i).toLowerCase(), l.slice(i + 2)];
+        }));
+        const key = `${e.source.id}/${p.stream_id}`;
+        if (t === 'HTTP3_HEADERS_SENT') sent.set(key, h);
+        else if (sent.has(key) && sent.get(key)[':authority'] === hostPort) {
+            exchanges.push({ req: sent.get(key), res: h });
+        }
+    }
+    const from = (o) => exchanges.filter((x) => x.req.origin === o);
+    const line = (x) => `${x.req[':method']} ${x.res[':status']} acao=${x.res['access-control-allow-origin'] ?? '-'}`;
+    const okX = from(ALLOWED);
+    const evilX = from(DENIED);
+    check('CORS-04 Chromium reached riptide over HTTP/3 only',
+        exchanges.length >= 8 && tcp === 0,
+        `${exchanges.length} HTTP/3 exchanges with ${hostPort}, ${tcp} TCP connects to its port`);
+    check('CORS-04 every answer to the allowed origin carries Access-Control-Allow-Origin: it',
+        okX.length >= 5 && okX.every((x) => x.res['access-control-allow-origin'] === ALLOWED),
+        okX.map(line).join(', '));
+    const statuses = evilX.map((x) => x.res[':status']).sort().join(',');
+    check('CORS-04 no answer to the disallowed origin carries Access-Control-Allow-Origin',
+        statuses === '401,403,403' && evilX.every((x) => !('access-control-allow-origin' in x.res)),
+        evilX.map(line).join(', '));
+}
+
+try {
+    await main();
+} catch (e) {
+    check('browser harness', false, e.stack ?? String(e));
+}
+process.exitCode = failed ? 1 : 0;

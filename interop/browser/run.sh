@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Browser checks for riptide: CORS-04 and WT-01 in headless Chromium (see cors_wt.mjs).
+#
+#   interop/browser/run.sh
+#
+# Starts one riptide gateway of its own (HTTP/3 on 127.0.0.1:4496, allowing the browser
+# origin https://allowed.example only, with the built-in echo service behind TG "local"), mints a
+# token, runs Debian's chromium through playwright-core (npm, pinned by package-lock.json; no
+# browser is downloaded) against it, and stops it again.
+# Prints one PASS/FAIL line per check and ends with `browser: N passed, M failed`; exit status 1
+# on any failure. Screenshots, Chromium's net log and the gateway log: interop/out/browser/.
+# Installs chromium, nodejs and npm with apt when missing. RIPTIDE_BIN overrides the binary (no
+# cargo build then); H3_PORT, SIP_PORT, ADMIN_PORT and MEDIA_PORT_MIN move the gateway.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/..
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
+
+HERE="$INTEROP_DIR/browser"
+OUT="$OUT_DIR/browser"
+BIN="${RIPTIDE_BIN:-$REPO_ROOT/target/release/riptide}"
+H3_PORT="${H3_PORT:-4496}"
+SIP_PORT="${SIP_PORT:-5196}"
+ADMIN_PORT="${ADMIN_PORT:-9196}"
+MEDIA_PORT_MIN="${MEDIA_PORT_MIN:-38000}"
+
+need_cmd chromium chromium
+need_cmd node nodejs
+need_cmd npm npm
+need_cmd openssl openssl
+need_cmd curl curl
+need_cmd ss iproute2
+# playwright-core 1.65 needs Node 20 or later (Debian 12's own nodejs package is 18).
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+[ "$node_major" -ge 20 ] || die "Node $(node --version) is too old for playwright-core: Node 20 or later is needed"
+
+# The binary the rest of the suite uses; rebuilt when the sources are newer (as pair.sh does).
+if [ -z "${RIPTIDE_BIN:-}" ]; then
+    if [ ! -x "$BIN" ] || [ -n "$(find "$REPO_ROOT/src" "$REPO_ROOT/Cargo.toml" "$REPO_ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+        need_cmd cargo cargo
+        log "building the release binary"
+        mkdir -p "$OUT_DIR"
+        (cd "$REPO_ROOT" && cargo build --release --locked) >"$OUT_DIR/browser-build.log" 2>&1 || {
+            tail -n 40 "$OUT_DIR/browser-build.log" >&2
+            die "cargo build --release --locked failed (full log: $OUT_DIR/browser-build.log)"
+        }
+    fi
+fi
+[ -x "$BIN" ] || die "no riptide binary at $BIN"
+
+for spec in "udp:$H3_PORT" "udp:$SIP_PORT" "tcp:$SIP_PORT" "tcp:$ADMIN_PORT"; do
+    ! port_bound "${spec%%:*}" "${spec##*:}" \
+        || die "port ${spec/:/\/} is in use: $(port_users "${spec%%:*}" "${spec##*:}")"
+done
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+log "npm ci (playwright-core)"
+(cd "$HERE" && npm ci --no-audit --no-fund --loglevel=error) >"$OUT/npm.log" 2>&1 || {
+    cat "$OUT/npm.log" >&2
+    die "npm ci failed in $HERE"
+}
+
+cat >"$OUT/riptide.toml" <<EOF
+# Written by interop/browser/run.sh: one gateway for the browser checks.
+[general]
+node_name = "browser"
+data_dir = "$OUT/data"
+log_level = "info,riptide::ript=debug"
+
+[sip]
+udp = ["127.0.0.1:$SIP_PORT"]
+tcp = ["127.0.0.1:$SIP_PORT"]
+
+[http3]
+listen = "127.0.0.1:$H3_PORT"
+# Call URIs name the address Chromium is forced onto QUIC for.
+server_name = "127.0.0.1"
+cors_origins = ["https://allowed.example"]
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[media]
+ip = "127.0.0.1"
+port_min = $MEDIA_PORT_MIN
+port_max = $((MEDIA_PORT_MIN + 99))
+
+[[tg]]
+name = "local"
+description = "the built-in echo service"
+
+  [[tg.route]]
+  prefix = "echo"
+  echo = true
+
+[[sip_route]]
+prefix = ""
+ript_peer = "self"
+EOF
+
+TOKEN="$("$BIN" token mint --config "$OUT/riptide.toml" --subject browser-check --ttl-secs 600 2>"$OUT/token-mint.log")" \
+    || die "riptide token mint failed: $(cat "$OUT/token-mint.log")"
+
+RIPTIDE_PID=""
+cleanup() {
+    [ -z "$RIPTIDE_PID" ] || stop_pid "$RIPTIDE_PID" 5
+}
+trap cleanup EXIT
+
+"$BIN" serve --config "$OUT/riptide.toml" >"$OUT/riptide.log" 2>&1 &
+RIPTIDE_PID=$!
+deadline=$(( $(date +%s) + 20 ))
+until [ "$(curl -fsS --max-time 2 "http://127.0.0.1:$ADMIN_PORT/healthz" 2>/dev/null)" = ok ]; do
+    kill -0 "$RIPTIDE_PID" 2>/dev/null || { tail -n 20 "$OUT/riptide.log" >&2; die "riptide exited at start"; }
+    [ "$(date +%s)" -lt "$deadline" ] || die "riptide did not become healthy within 20 s (see $OUT/riptide.log)"
+    sleep 0.1
+done
+wait_port_bound udp "$H3_PORT" 10 "$RIPTIDE_PID" || die "riptide's HTTP/3 listener is not up"
+
+# Chromium accepts riptide's self-signed certificate by its public key.
+SPKI_SHA256="$(openssl x509 -in "$OUT/data/cert.pem" -noout -pubkey \
+    | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64)"
+
+log "headless Chromium against riptide on 127.0.0.1:$H3_PORT"
+set +e
+RIPTIDE_URL="https://127.0.0.1:$H3_PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" \
+    SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" CHROMIUM="$(command -v chromium)" \
+    timeout 90 node "$HERE/cors_wt.mjs" | tee "$OUT/results.txt"
+rc=${PIPESTATUS[0]}
+set -e
+
+passed=$(grep -c '^PASS ' "$OUT/results.txt" || true)
+failed=$(grep -c '^FAIL ' "$OUT/results.txt" || true)
+if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
+    echo "FAIL browser harness (exit status $rc; see $OUT)"
+    failed=1
+fi
+echo "browser: $passed passed, $failed failed"
+[ "$failed" = 0 ]
