@@ -105,7 +105,8 @@ make_stir_pki() {
 
 mint_token() {
     local tmp="$TOKEN_FILE.tmp"
-    (cd "$REPO_ROOT" && "$BIN" token mint --config "$(config_of b)" --subject gateway-a) >"$tmp" 2>"$PAIR_OUT/token-mint.log" \
+    (cd "$REPO_ROOT" && "$BIN" token mint --config "$(config_of b)" --subject gateway-a \
+        --scope "calls:write tgs:read handlers:write stir:verstat") >"$tmp" 2>"$PAIR_OUT/token-mint.log" \
         || { cat "$PAIR_OUT/token-mint.log" >&2; rm -f "$tmp"; die "riptide token mint failed"; }
     [ -s "$tmp" ] || { rm -f "$tmp"; die "riptide token mint printed no token"; }
     chmod 600 "$tmp"

@@ -1,7 +1,23 @@
 //! Bearer-token authentication for the HTTP/3 side.
 //!
-//! The seam for the later OAuth work is [`TokenVerifier`]: the HTTP/3 server only ever asks a
-//! verifier whether a bearer token is good. [`LocalIssuer`] is the built-in issuer and verifier.
+//! The HTTP/3 server only ever asks a [`TokenVerifier`] whether a bearer token is good, through
+//! [`TokenVerifier::verify_async`], which is ready at once when no I/O is needed. `[oauth] mode`
+//! picks the verifier ([`verifier_from_config`]):
+//! - `local`: [`LocalIssuer`], the built-in ES256 issuer and verifier (no I/O);
+//! - `jwks`: [`JwksVerifier`], RFC 9068 JWT access tokens of an external authorization server,
+//!   checked with the keys of its JWK Set, fetched over HTTPS;
+//! - `introspection`: [`IntrospectionVerifier`], RFC 7662 token introspection at the
+//!   authorization server.
+//!
+//! Only the configured mode's tokens are accepted. Every URL is fetched through
+//! [`crate::stir::fetch::GuardedClient`] (https only, SSRF guard, deadline, body cap, no
+//! redirects).
+
+mod introspection;
+mod jwks;
+
+pub use introspection::{IntrospectionSettings, IntrospectionVerifier};
+pub use jwks::{JwksSettings, JwksVerifier};
 
 /// Who made a request, as established by its bearer token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +38,15 @@ pub enum AuthError {
     /// A good token without the scope this request needs: RFC 6750 §3.1 `403`.
     #[error("insufficient scope: {0} required")]
     InsufficientScope(String),
+    /// The token could not be checked because the authorization server (its JWK Set or its
+    /// introspection endpoint) is unreachable or answered nonsense. The request fails closed
+    /// with `503` and `Retry-After`: the token is not known to be bad, so no `invalid_token`.
+    /// `reason` is for logs; the message shown to clients does not name the issuer's address.
+    #[error("the authorization server is unavailable, retry later")]
+    Unavailable {
+        reason: String,
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
@@ -29,7 +54,25 @@ impl AuthError {
     pub fn status(&self) -> u16 {
         match self {
             AuthError::InsufficientScope(_) => 403,
+            AuthError::Unavailable { .. } => 503,
             _ => 401,
+        }
+    }
+
+    /// Seconds for `Retry-After` when the refusal is temporary (`503`).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            AuthError::Unavailable {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        }
+    }
+
+    fn unavailable(reason: impl Into<String>, retry_after_secs: u64) -> AuthError {
+        AuthError::Unavailable {
+            reason: reason.into(),
+            retry_after_secs,
         }
     }
 }
@@ -44,8 +87,76 @@ pub fn require_scope(p: &Principal, scope: &str) -> Result<(), AuthError> {
 }
 
 pub trait TokenVerifier: Send + Sync + 'static {
-    /// `bearer` is the token text after `Bearer `; `now_unix` is seconds since the epoch.
+    /// Checks `bearer` (the token text after `Bearer `) at `now_unix` (seconds since the epoch)
+    /// with what the verifier already holds, without any I/O: an external verifier answers
+    /// from its cached keys or introspection answers only.
     fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError>;
+
+    /// The check the HTTP/3 server makes: like [`TokenVerifier::verify`], but it may fetch a
+    /// JWK Set or ask an introspection endpoint. Ready at once (no allocation, no task) when
+    /// no I/O is needed, which is always the case for the local issuer. Must be polled inside
+    /// a tokio runtime.
+    fn verify_async<'a>(&'a self, bearer: &'a str, now_unix: u64) -> Verification<'a> {
+        Verification::ready(self.verify(bearer, now_unix))
+    }
+}
+
+type BoxedCheck<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Principal, AuthError>> + Send + 'a>>;
+
+/// The outcome of [`TokenVerifier::verify_async`]: a future that is either ready at once
+/// (a cache hit, the local issuer) or a boxed check waiting for the network.
+#[must_use = "a verification does nothing unless awaited"]
+pub struct Verification<'a>(Step<'a>);
+
+enum Step<'a> {
+    Ready(Option<Result<Principal, AuthError>>),
+    Pending(BoxedCheck<'a>),
+}
+
+impl<'a> Verification<'a> {
+    pub fn ready(result: Result<Principal, AuthError>) -> Verification<'a> {
+        Verification(Step::Ready(Some(result)))
+    }
+
+    pub fn pending(
+        check: impl std::future::Future<Output = Result<Principal, AuthError>> + Send + 'a,
+    ) -> Verification<'a> {
+        Verification(Step::Pending(Box::pin(check)))
+    }
+
+    /// Whether the outcome is known without waiting.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.0, Step::Ready(_))
+    }
+
+    /// Applies `f` to the outcome; a ready verification stays ready (nothing is allocated).
+    pub fn map(
+        self,
+        f: impl FnOnce(Result<Principal, AuthError>) -> Result<Principal, AuthError> + Send + 'a,
+    ) -> Verification<'a> {
+        match self.0 {
+            Step::Ready(Some(r)) => Verification::ready(f(r)),
+            Step::Ready(None) => self,
+            Step::Pending(check) => Verification::pending(async move { f(check.await) }),
+        }
+    }
+}
+
+impl std::future::Future for Verification<'_> {
+    type Output = Result<Principal, AuthError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            Step::Ready(r) => {
+                std::task::Poll::Ready(r.take().expect("Verification polled after completion"))
+            }
+            Step::Pending(check) => check.as_mut().poll(cx),
+        }
+    }
 }
 
 use crate::tls::{create_private_dir, hex, write_private};
@@ -422,15 +533,7 @@ impl TokenVerifier for LocalIssuer {
         else {
             return Err(invalid("unknown key id"));
         };
-        // RFC 9068 §4: an access token says so; an ID token, a PASSporT or an untyped JWT
-        // is not one, whatever it carries.
-        match header.typ.as_deref() {
-            Some(t)
-                if t.eq_ignore_ascii_case("at+jwt")
-                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
-            Some(t) => return Err(invalid(format!("token type {t} is not at+jwt"))),
-            None => return Err(invalid("token type missing (at+jwt required)")),
-        }
+        check_access_token_type(header.typ.as_deref())?;
         let sig = B64
             .decode(s64)
             .map_err(|_| invalid("malformed signature"))?;
@@ -439,34 +542,103 @@ impl TokenVerifier for LocalIssuer {
             .verify(signing_input.as_bytes(), &sig)
             .map_err(|_| invalid("bad signature"))?;
         // Claims are only looked at once the signature shows they are ours.
-        let claims: Claims = B64
-            .decode(c64)
+        AccessClaims::decode(c64)?.validate(LOCAL_ISSUER, LOCAL_AUDIENCE, now_unix, true)
+    }
+}
+
+/// The claims riptide checks in an access token (RFC 9068 §2.2) or an introspection answer
+/// (RFC 7662 §2.2), all optional here so that a missing one gets its own message.
+#[derive(Deserialize, Default)]
+struct AccessClaims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Audience,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    exp: Option<u64>,
+}
+
+impl AccessClaims {
+    /// The base64url JSON object of a compact JWS.
+    fn decode(c64: &str) -> Result<AccessClaims, AuthError> {
+        B64.decode(c64)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| invalid("malformed claims"))?;
-        if claims.iss != LOCAL_ISSUER {
+            .ok_or_else(|| invalid("malformed claims"))
+    }
+
+    /// The principal, when the claims name `issuer` and `audience`, are inside their validity
+    /// (`iat`, `nbf`, `exp` with [`LEEWAY_SECS`]) and name a subject. `jwt` requires `exp` and
+    /// `iat` (RFC 9068 §2.2); an introspection answer may leave them out.
+    fn validate(
+        self,
+        issuer: &str,
+        audience: &str,
+        now_unix: u64,
+        jwt: bool,
+    ) -> Result<Principal, AuthError> {
+        if self.iss.as_deref() != Some(issuer) {
             return Err(invalid("unknown issuer"));
         }
-        if !claims.aud.contains(LOCAL_AUDIENCE) {
-            return Err(invalid(format!("audience is not {LOCAL_AUDIENCE}")));
+        if !self.aud.contains(audience) {
+            return Err(invalid(format!("audience is not {audience}")));
         }
-        if claims.iat > now_unix.saturating_add(LEEWAY_SECS) {
-            return Err(invalid("issued in the future"));
+        match self.iat {
+            Some(iat) if iat > now_unix.saturating_add(LEEWAY_SECS) => {
+                return Err(invalid("issued in the future"))
+            }
+            None if jwt => return Err(invalid("issued-at (iat) missing")),
+            _ => {}
         }
-        if now_unix > claims.exp.saturating_add(LEEWAY_SECS) {
-            return Err(AuthError::Expired);
+        if self
+            .nbf
+            .is_some_and(|nbf| nbf > now_unix.saturating_add(LEEWAY_SECS))
+        {
+            return Err(invalid("not valid yet (nbf)"));
         }
-        if claims.sub.is_empty() {
+        match self.exp {
+            Some(exp) if now_unix > exp.saturating_add(LEEWAY_SECS) => {
+                return Err(AuthError::Expired)
+            }
+            None if jwt => return Err(invalid("expiry (exp) missing")),
+            _ => {}
+        }
+        let subject = self.sub.unwrap_or_default();
+        if subject.is_empty() {
             return Err(invalid("empty subject"));
         }
         Ok(Principal {
-            subject: claims.sub,
-            scopes: claims
+            subject,
+            scopes: self
                 .scope
+                .as_deref()
+                .unwrap_or("")
                 .split_whitespace()
                 .map(str::to_string)
                 .collect(),
         })
+    }
+}
+
+/// RFC 9068 §4: an access token says so in `typ`; an ID token, a PASSporT or an untyped JWT is
+/// not one, whatever it carries.
+fn check_access_token_type(typ: Option<&str>) -> Result<(), AuthError> {
+    match typ {
+        Some(t)
+            if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") =>
+        {
+            Ok(())
+        }
+        Some(t) => Err(invalid(format!("token type {t} is not at+jwt"))),
+        None => Err(invalid("token type missing (at+jwt required)")),
     }
 }
 
@@ -481,6 +653,8 @@ pub fn www_authenticate(err: &AuthError) -> String {
                 scope.replace(['"', '\\'], "")
             )
         }
+        // A 503: the token was not judged, so no error code (the server sends Retry-After).
+        AuthError::Unavailable { .. } => return r#"Bearer realm="riptide""#.to_string(),
         AuthError::Invalid(why) => why.as_str(),
         AuthError::Expired => "token expired",
     };
@@ -902,6 +1076,10 @@ mod tests {
             www_authenticate(&AuthError::Expired),
             r#"Bearer realm="riptide", error="invalid_token", error_description="token expired""#
         );
+        let down = AuthError::unavailable("connect refused", 5);
+        assert_eq!((down.status(), down.retry_after()), (503, Some(5)));
+        assert_eq!(www_authenticate(&down), r#"Bearer realm="riptide""#);
+        assert_eq!(AuthError::Expired.retry_after(), None);
         assert_eq!(
             www_authenticate(&AuthError::Invalid("bad \"x\"\n".into())),
             r#"Bearer realm="riptide", error="invalid_token", error_description="bad 'x''""#
@@ -932,17 +1110,20 @@ impl<V: TokenVerifier> CachingVerifier<V> {
     }
 }
 
-impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
-    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((p, at)) = cache.get(bearer) {
-                if now_unix >= *at && now_unix < at.saturating_add(self.ttl_secs) {
-                    return Ok(p.clone());
-                }
-            }
-        }
-        let p = self.inner.verify(bearer, now_unix)?;
+impl<V> CachingVerifier<V> {
+    fn cached(&self, bearer: &str, now_unix: u64) -> Option<Principal> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (p, at) = cache.get(bearer)?;
+        (now_unix >= *at && now_unix < at.saturating_add(self.ttl_secs)).then(|| p.clone())
+    }
+
+    fn remember(
+        &self,
+        bearer: &str,
+        now_unix: u64,
+        result: Result<Principal, AuthError>,
+    ) -> Result<Principal, AuthError> {
+        let p = result?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= self.max {
             cache.clear();
@@ -952,9 +1133,31 @@ impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
     }
 }
 
+impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
+    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        if let Some(p) = self.cached(bearer, now_unix) {
+            return Ok(p);
+        }
+        self.remember(bearer, now_unix, self.inner.verify(bearer, now_unix))
+    }
+
+    fn verify_async<'a>(&'a self, bearer: &'a str, now_unix: u64) -> Verification<'a> {
+        if let Some(p) = self.cached(bearer, now_unix) {
+            return Verification::ready(Ok(p));
+        }
+        self.inner
+            .verify_async(bearer, now_unix)
+            .map(move |r| self.remember(bearer, now_unix, r))
+    }
+}
+
 impl<V: TokenVerifier> TokenVerifier for std::sync::Arc<V> {
     fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
         (**self).verify(bearer, now_unix)
+    }
+
+    fn verify_async<'a>(&'a self, bearer: &'a str, now_unix: u64) -> Verification<'a> {
+        (**self).verify_async(bearer, now_unix)
     }
 }
 
@@ -1057,14 +1260,106 @@ impl<V: TokenVerifier> Revocable<V> {
     }
 }
 
-impl<V: TokenVerifier> TokenVerifier for Revocable<V> {
-    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
-        let p = self.inner.verify(bearer, now_unix)?;
+impl<V> Revocable<V> {
+    fn unless_revoked(
+        &self,
+        bearer: &str,
+        result: Result<Principal, AuthError>,
+    ) -> Result<Principal, AuthError> {
+        let p = result?;
         match token_id(bearer) {
             Some((jti, _)) if self.revocations.is_revoked(&jti) => Err(invalid("token revoked")),
             _ => Ok(p),
         }
     }
+}
+
+impl<V: TokenVerifier> TokenVerifier for Revocable<V> {
+    fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
+        self.unless_revoked(bearer, self.inner.verify(bearer, now_unix))
+    }
+
+    fn verify_async<'a>(&'a self, bearer: &'a str, now_unix: u64) -> Verification<'a> {
+        self.inner
+            .verify_async(bearer, now_unix)
+            .map(move |r| self.unless_revoked(bearer, r))
+    }
+}
+
+/// The verifier `[oauth]` asks for, as the HTTP/3 server uses it: revocations (`riptide token
+/// revoke`) apply in every mode; good tokens are remembered for 60 s in `local` and `jwks` modes
+/// (introspection has its own cache, bounded by the answer's `exp`). `data_dir` holds the
+/// revocation list; paths in `cfg` resolve against the configuration file.
+pub fn verifier_from_config(
+    cfg: &crate::config::Config,
+    issuer: std::sync::Arc<LocalIssuer>,
+    data_dir: &Path,
+) -> anyhow::Result<std::sync::Arc<dyn TokenVerifier>> {
+    use crate::config::OAuthMode;
+    use std::sync::Arc;
+    let oa = &cfg.oauth;
+    let revocations = Revocations::open(data_dir);
+    if oa.mode == OAuthMode::Local {
+        return Ok(Arc::new(Revocable::new(
+            CachingVerifier::new(issuer, 60, 4096),
+            revocations,
+        )));
+    }
+    let required = |v: &Option<String>, k: &str| {
+        v.clone().ok_or_else(|| {
+            anyhow::anyhow!("oauth.{k} is required with mode = {:?}", oa.mode.as_str())
+        })
+    };
+    let ca = oa.ca_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "oauth.ca_file is required with mode = {:?}",
+            oa.mode.as_str()
+        )
+    })?;
+    let mut http = crate::stir::fetch::GuardConfig::from_ca_file(&cfg.resolve_path(ca))
+        .context("oauth.ca_file")?;
+    http.allowed_hosts = oa.allow_hosts.clone();
+    let issuer_name = required(&oa.issuer, "issuer")?;
+    if oa.mode == OAuthMode::Jwks {
+        let v = JwksVerifier::new(JwksSettings::new(
+            required(&oa.jwks_uri, "jwks_uri")?,
+            issuer_name,
+            oa.audience.clone(),
+            http,
+        ))
+        .context("oauth")?;
+        return Ok(Arc::new(Revocable::new(
+            CachingVerifier::new(v, 60, 4096),
+            revocations,
+        )));
+    }
+    let secret_file = oa.client_secret_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("oauth.client_secret_file is required with mode = \"introspection\"")
+    })?;
+    let secret_path = cfg.resolve_path(secret_file);
+    let secret = std::fs::read_to_string(&secret_path).with_context(|| {
+        format!(
+            "oauth.client_secret_file {}: cannot read",
+            secret_path.display()
+        )
+    })?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        anyhow::bail!(
+            "oauth.client_secret_file {}: the file is empty",
+            secret_path.display()
+        );
+    }
+    let v = IntrospectionVerifier::new(IntrospectionSettings::new(
+        required(&oa.introspection_endpoint, "introspection_endpoint")?,
+        required(&oa.client_id, "client_id")?,
+        secret,
+        issuer_name,
+        oa.audience.clone(),
+        http,
+    ))
+    .context("oauth")?;
+    Ok(Arc::new(Revocable::new(v, revocations)))
 }
 
 #[cfg(test)]
@@ -1085,6 +1380,85 @@ mod cache_tests {
                 Err(AuthError::Invalid("bad".into()))
             }
         }
+    }
+
+    /// A verifier that can only answer after waiting (like an external issuer).
+    struct Remote(AtomicUsize);
+    impl TokenVerifier for Remote {
+        fn verify(&self, _bearer: &str, _now: u64) -> Result<Principal, AuthError> {
+            Err(AuthError::Invalid("needs the network".into()))
+        }
+        fn verify_async<'a>(&'a self, bearer: &'a str, now: u64) -> Verification<'a> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Verification::pending(async move {
+                tokio::task::yield_now().await;
+                Counting(AtomicUsize::new(0)).verify(bearer, now)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_that_waited_are_cached_and_cache_hits_are_ready_at_once() {
+        let v = CachingVerifier::new(Remote(AtomicUsize::new(0)), 30, 16);
+        let first = v.verify_async("good", 1000);
+        assert!(!first.is_ready());
+        assert!(first.await.is_ok());
+        let again = v.verify_async("good", 1010);
+        assert!(again.is_ready(), "a cache hit needs no waiting");
+        assert!(again.await.is_ok());
+        assert_eq!(v.inner.0.load(Ordering::Relaxed), 1);
+        for _ in 0..2 {
+            assert!(v.verify_async("bad", 1010).await.is_err());
+        }
+        assert_eq!(
+            v.inner.0.load(Ordering::Relaxed),
+            3,
+            "failures are not cached"
+        );
+        // A verifier without I/O stays ready through the cache and revocation wrappers.
+        let dir =
+            std::env::temp_dir().join(format!("riptide-auth-ready-{}", rand::random::<u64>()));
+        let local = Revocable::new(
+            CachingVerifier::new(Counting(AtomicUsize::new(0)), 30, 16),
+            Revocations::open(&dir),
+        );
+        let check = local.verify_async("good", 1000);
+        assert!(check.is_ready());
+        assert!(check.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn revocation_applies_to_answers_that_waited() {
+        let dir = std::env::temp_dir().join(format!(
+            "riptide-auth-revoke-async-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let iss = LocalIssuer::load_or_create(&dir).unwrap();
+        let tok = iss.mint("alice", &[], 3600, 1000).unwrap();
+        /// The local issuer's answer, delivered only after a wait.
+        struct Later(LocalIssuer);
+        impl TokenVerifier for Later {
+            fn verify(&self, _bearer: &str, _now: u64) -> Result<Principal, AuthError> {
+                Err(AuthError::Invalid("needs the network".into()))
+            }
+            fn verify_async<'a>(&'a self, bearer: &'a str, now: u64) -> Verification<'a> {
+                Verification::pending(async move {
+                    tokio::task::yield_now().await;
+                    self.0.verify(bearer, now)
+                })
+            }
+        }
+        let v = Revocable::new(Later(iss), Revocations::open(&dir));
+        assert!(v.verify_async(&tok, 1000).await.is_ok());
+        let (jti, exp) = token_id(&tok).unwrap();
+        Revocations::revoke(&dir, &jti, exp, 1000).unwrap();
+        tokio::time::sleep(Revocations::RELOAD_EVERY + std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            v.verify_async(&tok, 1000).await,
+            Err(AuthError::Invalid("token revoked".into()))
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -25,7 +25,10 @@ use tracing::info;
 pub const SELF_PEER: &str = "self";
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Registered before anything listens, so a SIGHUP never finds the default action (exit).
+    let reload_signal = reload_signal()?;
     let rt = start(cfg).await?;
+    tokio::spawn(reload_on_signal(reload_signal, rt.certs.clone()));
     info!(
         sip = ?rt.sip_addrs,
         http3 = %rt.http3_addr,
@@ -41,12 +44,15 @@ pub struct Running {
     pub sip_addrs: Vec<SocketAddr>,
     pub http3_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
+    /// The TLS certificates of the HTTP/3 and SIP-TLS listeners, reloadable while running.
+    pub certs: Arc<tls::CertReloader>,
 }
 
 /// Starts every listener and task; fails fast (naming the address or file) if one cannot start.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let data_dir = cfg.resolve_path(&cfg.general.data_dir);
-    let identity = tls::http3_identity(&cfg)?;
+    let http3_certs = tls::CertSlot::load(tls::http3_cert_source(&cfg)?)?;
+    let identity = http3_certs.identity();
     let issuer = Arc::new(
         LocalIssuer::load_or_create(&data_dir)
             .with_context(|| format!("token issuer in {}", data_dir.display()))?,
@@ -65,30 +71,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (sip_tx, sip_rx) = mpsc::channel(16384);
 
     // HTTP/3 server role.
-    let server_cfg = tls::quic_server_config(&identity)?;
+    let server_cfg = tls::quic_server_config(http3_certs.clone())?;
     let endpoint = quic_endpoint(cfg.http3.listen, Some(server_cfg))
         .map_err(|e| anyhow!("HTTP/3 listener {}: {e}", cfg.http3.listen))?;
     let http3_addr = endpoint.local_addr()?;
     let authority = format!("{}:{}", cfg.http3.server_name, http3_addr.port());
+    let verifier = crate::auth::verifier_from_config(&cfg, issuer.clone(), &data_dir)?;
     let server = spawn_server(
         endpoint,
         ServerCtx {
             tgs: cfg.tgs.clone(),
             authority: authority.clone(),
-            // Peers send the same bearer token on every request: verify each token once a
-            // minute instead of four signature checks per call. Revocation is checked on every
-            // request, cached or not (`riptide token revoke`).
-            verifier: Arc::new(crate::auth::Revocable::new(
-                crate::auth::CachingVerifier::new(issuer.clone(), 60, 4096),
-                crate::auth::Revocations::open(&data_dir),
-            )),
+            // `[oauth] mode`: the local issuer, or an external one (JWKS or introspection).
+            // Good tokens are remembered (peers send the same token on every request);
+            // revocation is checked on every request, cached or not (`riptide token revoke`).
+            verifier,
             media: media.clone(),
             metrics: metrics.clone(),
             events: ript_tx.clone(),
             cors: crate::ript::server::CorsPolicy::from_config(&cfg.http3),
-            jwks: Some({
+            // The local issuer's keys are published only when its tokens are the ones accepted.
+            jwks: (cfg.oauth.mode == crate::config::OAuthMode::Local).then(|| {
                 let issuer = issuer.clone();
-                Arc::new(move || issuer.jwks())
+                Arc::new(move || issuer.jwks()) as crate::ript::server::JwksSource
             }),
         },
     );
@@ -122,7 +127,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     let mut peers = Vec::new();
     for p in &peer_cfgs {
-        peers.push(peer_runtime(&cfg, p).await?);
+        let mut rt = peer_runtime(&cfg, p).await?;
+        if p.name == SELF_PEER {
+            // Follows our own certificate through reloads and renewals.
+            rt.client_config = tls::self_client_config(http3_certs.clone())?;
+        }
+        peers.push(rt);
     }
     let client_bind = SocketAddr::new(cfg.http3.listen.ip(), 0);
     let mut client_ep = quic_endpoint(client_bind, None)
@@ -142,20 +152,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
 
     // SIP transports.
+    let mut certs = tls::CertReloader::default();
+    certs.add("http3", &http3_certs);
     let tls_acceptor = if cfg.sip.tls.is_empty() {
         None
     } else {
-        let id = match (&cfg.sip.tls_cert, &cfg.sip.tls_key) {
-            (Some(c), Some(k)) => tls::load_or_generate(
-                &data_dir,
-                &cfg.http3.server_name,
-                Some(&cfg.resolve_path(c)),
-                Some(&cfg.resolve_path(k)),
-            )?,
-            _ => tls::http3_identity(&cfg)?,
+        let sip_certs = match tls::sip_cert_source(&cfg) {
+            Some(source) => tls::CertSlot::load(source).context("sip.tls_cert")?,
+            None => http3_certs.clone(),
         };
-        Some(tls::sip_tls_acceptor(&id)?)
+        certs.add("sip-tls", &sip_certs);
+        Some(tls::sip_tls_acceptor(
+            sip_certs,
+            tls::sip_client_verifier(&cfg)?,
+        )?)
     };
+    let certs = Arc::new(certs);
+    tokio::spawn(renew_generated_daily(certs.clone()));
     let sip = transport::start(
         Listeners {
             udp: cfg.sip.udp.clone(),
@@ -192,8 +205,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if let Some(a) = cfg.admin.listen {
         let l = admin::bind(a).await?;
         let m = metrics.clone();
+        let reload: admin::ReloadHook = {
+            let certs = certs.clone();
+            Arc::new(move || certs.reload())
+        };
         tokio::spawn(async move {
-            if let Err(e) = admin::serve_on(l, m).await {
+            if let Err(e) = admin::serve_with_reload(l, m, Some(reload)).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
         });
@@ -223,7 +240,45 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip_addrs,
         http3_addr,
         metrics,
+        certs,
     })
+}
+
+/// SIGHUP, where there are signals.
+#[cfg(unix)]
+fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")
+}
+
+#[cfg(not(unix))]
+fn reload_signal() -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Reloads the TLS certificates on every SIGHUP: new handshakes use the new files, existing
+/// connections and calls go on; a file that does not load is logged and the old one stays.
+#[cfg(unix)]
+async fn reload_on_signal(mut hup: tokio::signal::unix::Signal, certs: Arc<tls::CertReloader>) {
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading TLS certificates");
+        // Each outcome is logged by the reloader.
+        let _ = certs.reload();
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_signal(_: (), _: Arc<tls::CertReloader>) {}
+
+/// Renews the generated development certificate once a day when it is near its end, so a
+/// long-running gateway never serves an expired one. Operator files are left to reloads.
+async fn renew_generated_daily(certs: Arc<tls::CertReloader>) {
+    let day = Duration::from_secs(86400);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + day, day);
+    loop {
+        tick.tick().await;
+        let _ = certs.renew_generated();
+    }
 }
 
 /// Socket buffer size asked for on QUIC sockets: every call's media shares one socket, so
@@ -325,12 +380,32 @@ fn stir_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engin
         std::fs::read(&path).with_context(|| format!("stir.trust_anchors {}", path.display()))?;
     let trust = crate::stir::TrustStore::from_pem(&pem)
         .map_err(|e| anyhow!("stir.trust_anchors {}: {e}", path.display()))?;
+    let mut crls = Vec::with_capacity(st.crls.len());
+    for c in &st.crls {
+        let (crl_path, signer_path) = (cfg.resolve_path(&c.crl), cfg.resolve_path(&c.signer));
+        let crl = std::fs::read(&crl_path)
+            .with_context(|| format!("stir.crls crl {}", crl_path.display()))?;
+        let signer = std::fs::read(&signer_path)
+            .with_context(|| format!("stir.crls signer {}", signer_path.display()))?;
+        let crl = crate::stir::StiCrl::from_pem(&crl, &signer).map_err(|e| {
+            anyhow!(
+                "stir.crls {} (signer {}): {e}",
+                crl_path.display(),
+                signer_path.display()
+            )
+        })?;
+        crls.push(crl);
+    }
     let policy = crate::stir::verify::VerifyPolicy {
         require_identity: st.require_identity,
+        revocation: match st.revocation_policy {
+            crate::config::StirRevocationPolicy::Soft => crate::stir::RevocationPolicy::Soft,
+            crate::config::StirRevocationPolicy::Hard => crate::stir::RevocationPolicy::Hard,
+        },
         ..Default::default()
     };
     Ok(Some(Arc::new(crate::bridge::engine::StirVerify {
-        verifier: crate::stir::verify::Verifier::new(trust, Vec::new(), policy),
+        verifier: crate::stir::verify::Verifier::new(trust, crls, policy),
         reject: st.verify == StirVerifyMode::Reject,
     })))
 }
@@ -413,6 +488,18 @@ pub async fn engine_config(
                 .filter_map(|s| crate::config::parse_source(s))
                 .collect(),
             preflight: t.preflight,
+            tls_client_fingerprints: t
+                .tls_client_fingerprints
+                .iter()
+                .map(|f| {
+                    tls::parse_sha256_fingerprint(f).ok_or_else(|| {
+                        anyhow!("sip_trunk {}: {f:?} is not a SHA-256 fingerprint", t.name)
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            trust_verstat: t.trust_verstat,
+            digest_users: digest_users(cfg, t)?,
+            digest_login: digest_login(cfg, t)?,
         });
     }
     let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);
@@ -480,7 +567,83 @@ pub async fn engine_config(
         stir: stir_signer(cfg)?,
         stir_verify: stir_verifier(cfg)?,
         sip_cors_origins: cfg.sip.cors_origins.clone(),
+        options_limit: (cfg.sip.options_rate > 0)
+            .then_some((cfg.sip.options_rate, cfg.sip.options_burst)),
     })
+}
+
+/// A password from the configuration, inline or from a file (without its line ending).
+fn config_secret(
+    cfg: &Config,
+    inline: Option<&crate::config::Secret>,
+    file: Option<&std::path::Path>,
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    if let Some(p) = inline {
+        return Ok(Some(p.0.clone()));
+    }
+    let Some(f) = file else {
+        return Ok(None);
+    };
+    let f = cfg.resolve_path(f);
+    let text = std::fs::read_to_string(&f).with_context(|| format!("{what} {}", f.display()))?;
+    let pw = text.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        bail!("{what} {} is empty", f.display());
+    }
+    Ok(Some(pw))
+}
+
+/// The users a `[[sip_trunk]]` with `auth = "digest"` challenges INVITEs for.
+fn digest_users(
+    cfg: &Config,
+    t: &crate::config::SipTrunkConfig,
+) -> anyhow::Result<Option<Arc<crate::sip::digest::UserDb>>> {
+    use crate::sip::digest::{Algorithm, UserDb, UserSecret};
+    if t.auth != crate::config::SipTrunkAuth::Digest {
+        return Ok(None);
+    }
+    let realm = t
+        .realm
+        .clone()
+        .or_else(|| cfg.sip.digest_realm.clone())
+        .ok_or_else(|| anyhow!("sip_trunk {}: auth = \"digest\" without a realm", t.name))?;
+    let mut users = Vec::with_capacity(t.users.len());
+    for u in &t.users {
+        let what = format!("sip_trunk {} user {}: password_file", t.name, u.name);
+        let secret =
+            match config_secret(cfg, u.password.as_ref(), u.password_file.as_deref(), &what)? {
+                Some(pw) => UserSecret::Password(pw),
+                None => UserSecret::Ha1(
+                    [
+                        (Algorithm::Sha512_256, &u.ha1_sha512_256),
+                        (Algorithm::Sha256, &u.ha1_sha256),
+                        (Algorithm::Md5, &u.ha1_md5),
+                    ]
+                    .into_iter()
+                    .filter_map(|(a, h)| h.as_ref().map(|h| (a, h.0.clone())))
+                    .collect(),
+                ),
+            };
+        users.push((u.name.clone(), secret));
+    }
+    let db = UserDb::new(realm, users, cfg.sip.digest_lockout_secs.max(1))
+        .map_err(|e| anyhow!("sip_trunk {}: {e}", t.name))?;
+    Ok(Some(Arc::new(db)))
+}
+
+/// Our login toward a `[[sip_trunk]]` that challenges our INVITEs.
+fn digest_login(
+    cfg: &Config,
+    t: &crate::config::SipTrunkConfig,
+) -> anyhow::Result<Option<Arc<crate::sip::digest::Login>>> {
+    let Some(user) = &t.username else {
+        return Ok(None);
+    };
+    let what = format!("sip_trunk {}: password_file", t.name);
+    let pw = config_secret(cfg, t.password.as_ref(), t.password_file.as_deref(), &what)?
+        .ok_or_else(|| anyhow!("sip_trunk {}: username without password", t.name))?;
+    Ok(Some(Arc::new(crate::sip::digest::Login::new(user, pw))))
 }
 
 /// Where to send requests for a SIP URI: an IP literal as is, a host name by its A/AAAA
@@ -545,5 +708,142 @@ mod tests {
         assert_eq!(a.port(), 5060, "default port");
         assert!(resolve_sip_uri("sip:no-such-host.invalid").await.is_err());
         assert!(resolve_sip_uri("http://x").await.is_err());
+    }
+
+    /// `[stir] crls` reaches the verifier: a CRL revoking our test leaf makes its PASSporT
+    /// fail with 437, an empty one does not, and a CRL that is not one is a start-up error
+    /// naming the key.
+    #[test]
+    fn stir_crls_from_the_config_revoke_certificates() {
+        use base64::Engine as _;
+        let now = 1_800_000_000;
+        let pki = crate::stir::TestPki::generate("1234", now).unwrap();
+        let dir = std::env::temp_dir().join(format!("riptide-crl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = |der: &[u8]| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+                lines.join("\n")
+            )
+        };
+        std::fs::write(dir.join("root.pem"), &pki.root.pem).unwrap();
+        std::fs::write(dir.join("signer.pem"), &pki.crl_signer.pem).unwrap();
+        let revoking = pki.crl(&[&pki.leaf.serial], now - 60, now + 3600).unwrap();
+        std::fs::write(dir.join("revoking.crl"), pem(&revoking)).unwrap();
+        let empty = pki.crl(&[], now - 60, now + 3600).unwrap();
+        std::fs::write(dir.join("empty.crl"), pem(&empty)).unwrap();
+        std::fs::write(dir.join("garbage.crl"), "not a CRL").unwrap();
+        let config = |crl: &str| {
+            let text = format!(
+                "[stir]\nverify = \"reject\"\ntrust_anchors = \"root.pem\"\nx5u_ca = \"root.pem\"\n\
+                 crls = [{{ crl = \"{crl}\", signer = \"signer.pem\" }}]\n"
+            );
+            let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
+            cfg.base_dir = dir.clone();
+            cfg
+        };
+        let claims = crate::stir::ShakenClaims {
+            attest: crate::stir::Attestation::A,
+            dest_tns: vec!["12155551213".into()],
+            iat: now,
+            orig_tn: "12155551212".into(),
+            origid: "o".into(),
+        };
+        let x5u = "https://cert.example.net/sp.pem";
+        let id = crate::stir::verify::sign(&claims, &pki.signing_key().unwrap(), x5u).unwrap();
+        let status = |crl: &str| {
+            let v = stir_verifier(&config(crl)).unwrap().unwrap();
+            let ctx = crate::stir::verify::VerifyContext {
+                now_unix: now,
+                canonical_orig: Some("12155551212".into()),
+                canonical_dest: vec!["12155551213".into()],
+                call_id: "c".into(),
+            };
+            let mut replay = crate::stir::verify::ReplayCache::default();
+            let prepared = v.verifier.prepare(&[id.as_str()], &ctx, &replay);
+            let chain = pki.chain();
+            v.verifier
+                .finish(prepared, &mut replay, |_| Ok::<_, String>(chain.clone()))
+                .code
+                .map(|c| c.status())
+        };
+        assert_eq!(status("empty.crl"), None);
+        assert_eq!(status("revoking.crl"), Some(437));
+        let err = format!("{:#}", stir_verifier(&config("garbage.crl")).unwrap_err());
+        assert!(
+            err.contains("stir.crls") && err.contains("garbage.crl"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The digest keys of a `[[sip_trunk]]` become its user database and our login:
+    /// passwords from files lose their line ending, HA1-only users limit the algorithms.
+    #[test]
+    fn digest_keys_reach_the_trunk() {
+        use crate::sip::digest::{self, Algorithm, Check, Login, Server};
+        let dir = std::env::temp_dir().join(format!("riptide-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bob.pass"), "bob pw\r\n").unwrap();
+        std::fs::write(dir.join("trunk.pass"), "trunk-pw\n").unwrap();
+        let text = format!(
+            "[sip]\ndigest_realm = \"gw\"\n[[sip_trunk]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:5080\"\n\
+             match_sources = [\"127.0.0.1\"]\nauth = \"digest\"\nusers = [\n  \
+             {{ name = \"bob\", password_file = \"bob.pass\" }},\n  \
+             {{ name = \"old\", ha1_md5 = \"{}\" }},\n]\n\
+             username = \"riptide\"\npassword_file = \"trunk.pass\"\n",
+            digest::ha1(Algorithm::Md5, "old", "gw", "x")
+        );
+        let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
+        cfg.base_dir = dir.clone();
+        let t = &cfg.sip_trunks[0];
+        let db = digest_users(&cfg, t).unwrap().expect("digest users");
+        assert_eq!(db.realm(), "gw");
+        assert_eq!(db.offered(), &[Algorithm::Md5]);
+        let mut server = Server::new(b"k");
+        let ip = "127.0.0.1".parse().unwrap();
+        let chs = server.challenges(&db, 0, ip, false);
+        let creds = |pw: &str| {
+            digest::answer(
+                &chs[0],
+                Algorithm::Md5,
+                &Login::new("bob", pw),
+                "INVITE",
+                "sip:a@b",
+                "c",
+                1,
+            )
+        };
+        assert!(matches!(
+            server.check(&db, &creds("bob pw"), "INVITE", 0, ip),
+            Check::Ok { .. }
+        ));
+        let login = digest_login(&cfg, t).unwrap().expect("our login");
+        assert_eq!(*login, Login::new("riptide", "trunk-pw"));
+        // No digest keys: nothing; a missing password file: a start-up error naming it.
+        let plain = crate::config::load_str(
+            "[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:127.0.0.1:5080\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(digest_users(&plain, &plain.sip_trunks[0])
+            .unwrap()
+            .is_none());
+        assert!(digest_login(&plain, &plain.sip_trunks[0])
+            .unwrap()
+            .is_none());
+        std::fs::remove_file(dir.join("trunk.pass")).unwrap();
+        let e = format!("{:#}", digest_login(&cfg, t).unwrap_err());
+        assert!(
+            e.contains("sip_trunk pbx") && e.contains("trunk.pass"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! There is deliberately no "insecure" switch: a peer is trusted through a CA file (which may
 //! hold the peer's own self-signed certificate) and/or a SHA-256 pin of its leaf certificate.
+//!
+//! Servers take their certificate from a [`CertSlot`], asked on every handshake, so that a
+//! reload (SIGHUP, `POST /reload` on the admin listener) changes what new connections see and
+//! leaves established connections and their calls alone (ADR 0011).
 
 use crate::config::{Config, RiptPeerConfig};
 use anyhow::{anyhow, bail, Context};
@@ -10,10 +14,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The one crypto provider of the process (ring; see the crate's crypto ADR).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -47,9 +54,17 @@ impl Clone for Identity {
     }
 }
 
+/// SHA-256 of `der`.
+pub fn sha256(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
 /// Lower-case hex SHA-256 of `der`.
 pub fn sha256_hex(der: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    hex(&sha256(der))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -62,31 +77,176 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// A SHA-256 certificate fingerprint written as 64 hex digits, optionally in colon-separated
+/// pairs (`AB:CD:...`, as `openssl x509 -fingerprint -sha256` prints it).
+pub fn parse_sha256_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let digits: Vec<u8> = s.trim().bytes().filter(|b| *b != b':').collect();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in digits.chunks(2).enumerate() {
+        let pair = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// How long the generated development certificate is valid. Browsers accept a self-signed
+/// certificate by hash (WebTransport `serverCertificateHashes`) only when it is ECDSA and
+/// valid for at most 14 days; 13 leaves a day for clocks that disagree.
+pub const DEV_CERT_VALIDITY: Duration = Duration::from_secs(13 * 86400);
+/// The generated certificate is replaced when less than this remains of its validity.
+pub const DEV_CERT_RENEW_BEFORE: Duration = Duration::from_secs(2 * 86400);
+/// A generated certificate valid for longer than this (one written by an older riptide) is
+/// replaced: browsers refuse it for `serverCertificateHashes`.
+const HASH_PIN_MAX_VALIDITY: Duration = Duration::from_secs(14 * 86400);
+/// File next to the generated certificate holding its SHA-256 (hex), for browser pages.
+pub const DEV_CERT_HASH_FILE: &str = "cert.sha256";
+
+/// Where a server certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    /// PEM files the operator provides; read again on reload, never written.
+    Files { cert: PathBuf, key: PathBuf },
+    /// The development certificate `cert.pem`/`key.pem` in the data directory: self-signed
+    /// ECDSA P-256, generated on first start and replaced when less than
+    /// [`DEV_CERT_RENEW_BEFORE`] of its validity remains.
+    Generated {
+        data_dir: PathBuf,
+        server_name: String,
+    },
+}
+
+impl CertSource {
+    /// Reads (and for a generated certificate, creates or renews) the identity.
+    pub fn load(&self) -> anyhow::Result<Identity> {
+        self.load_at(SystemTime::now())
+    }
+
+    /// [`load`](Self::load) with the clock given, so renewal can be tested.
+    pub fn load_at(&self, now: SystemTime) -> anyhow::Result<Identity> {
+        match self {
+            CertSource::Files { cert, key } => load_pem_pair(cert, key),
+            CertSource::Generated {
+                data_dir,
+                server_name,
+            } => load_generated(data_dir, server_name, now),
+        }
+    }
+
+    /// The certificate file, for messages.
+    pub fn cert_path(&self) -> PathBuf {
+        match self {
+            CertSource::Files { cert, .. } => cert.clone(),
+            CertSource::Generated { data_dir, .. } => data_dir.join("cert.pem"),
+        }
+    }
+}
+
 /// Loads the identity from `cert_file`/`key_file` when both are given; otherwise uses
-/// `data_dir/cert.pem` and `data_dir/key.pem`, generating a self-signed pair on first start.
+/// `data_dir/cert.pem` and `data_dir/key.pem`, the development certificate (see
+/// [`CertSource::Generated`]).
 pub fn load_or_generate(
     data_dir: &Path,
     server_name: &str,
     cert_file: Option<&Path>,
     key_file: Option<&Path>,
 ) -> anyhow::Result<Identity> {
+    cert_source(data_dir, server_name, cert_file, key_file)?.load()
+}
+
+/// The source [`load_or_generate`] reads.
+pub fn cert_source(
+    data_dir: &Path,
+    server_name: &str,
+    cert_file: Option<&Path>,
+    key_file: Option<&Path>,
+) -> anyhow::Result<CertSource> {
     match (cert_file, key_file) {
-        (Some(c), Some(k)) => return load_pem_pair(c, k),
-        (None, None) => {}
+        (Some(c), Some(k)) => Ok(CertSource::Files {
+            cert: c.to_path_buf(),
+            key: k.to_path_buf(),
+        }),
+        (None, None) => Ok(CertSource::Generated {
+            data_dir: data_dir.to_path_buf(),
+            server_name: server_name.to_string(),
+        }),
         (Some(c), None) => bail!("certificate {} is set but its key file is not", c.display()),
         (None, Some(k)) => bail!("key file {} is set but its certificate is not", k.display()),
     }
+}
+
+fn load_generated(data_dir: &Path, server_name: &str, now: SystemTime) -> anyhow::Result<Identity> {
     let cert_path = data_dir.join("cert.pem");
     let key_path = data_dir.join("key.pem");
-    match (cert_path.exists(), key_path.exists()) {
-        (true, true) => load_pem_pair(&cert_path, &key_path),
-        (false, false) => generate(data_dir, server_name, &cert_path, &key_path),
+    let id = match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let id = load_pem_pair(&cert_path, &key_path)?;
+            let why = match certified_key(&id) {
+                Err(e) => Some(format!("{e:#}")),
+                Ok(_) => renewal_reason(&id.cert_chain[0], now)
+                    .with_context(|| format!("{}: cannot parse", cert_path.display()))?,
+            };
+            match why {
+                None => id,
+                Some(why) => {
+                    tracing::info!(
+                        cert = %cert_path.display(),
+                        "replacing the development certificate: {why}"
+                    );
+                    generate(data_dir, server_name, &cert_path, &key_path, now)?
+                }
+            }
+        }
+        (false, false) => generate(data_dir, server_name, &cert_path, &key_path, now)?,
         // Regenerating here would silently change the fingerprint that peers pin.
         _ => bail!(
             "{}: only one of cert.pem and key.pem exists; remove the other or restore it",
             data_dir.display()
         ),
+    };
+    let hash_path = data_dir.join(DEV_CERT_HASH_FILE);
+    let line = format!("{}\n", id.fingerprint_sha256);
+    if std::fs::read_to_string(&hash_path).ok().as_deref() != Some(line.as_str()) {
+        std::fs::write(&hash_path, &line)
+            .with_context(|| format!("{}: cannot write", hash_path.display()))?;
     }
+    tracing::info!(
+        cert = %cert_path.display(),
+        sha256 = %id.fingerprint_sha256,
+        hash_file = %hash_path.display(),
+        "development certificate (self-signed ECDSA P-256, at most 13 days; browsers can trust it \
+         through serverCertificateHashes with this SHA-256)"
+    );
+    Ok(id)
+}
+
+/// Why the generated certificate `der` must be replaced at `now`, if it must.
+fn renewal_reason(der: &CertificateDer<'_>, now: SystemTime) -> anyhow::Result<Option<String>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+    let v = cert.validity();
+    let (from, until) = (v.not_before.timestamp(), v.not_after.timestamp());
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .context("system clock is before 1970")?
+        .as_secs() as i64;
+    let secs = |d: Duration| d.as_secs() as i64;
+    if until - now < secs(DEV_CERT_RENEW_BEFORE) {
+        return Ok(Some(format!(
+            "{} s of validity left, less than {} s",
+            until - now,
+            secs(DEV_CERT_RENEW_BEFORE)
+        )));
+    }
+    if until - from > secs(HASH_PIN_MAX_VALIDITY) {
+        return Ok(Some(format!(
+            "valid for {} days, longer than the 14 days browsers accept for serverCertificateHashes",
+            (until - from) / 86400
+        )));
+    }
+    Ok(None)
 }
 
 fn load_pem_pair(cert_path: &Path, key_path: &Path) -> anyhow::Result<Identity> {
@@ -117,11 +277,14 @@ pub fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// Writes a new development certificate and key (replacing any old pair) valid from an hour
+/// before `now` for [`DEV_CERT_VALIDITY`].
 fn generate(
     data_dir: &Path,
     server_name: &str,
     cert_path: &Path,
     key_path: &Path,
+    now: SystemTime,
 ) -> anyhow::Result<Identity> {
     create_private_dir(data_dir)?;
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -141,20 +304,31 @@ fn generate(
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    // Back-date by an hour so a peer whose clock is slightly behind still accepts it.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    // Back-date by an hour so a peer whose clock is slightly behind still accepts it; the
+    // whole validity (not_before to not_after) stays DEV_CERT_VALIDITY.
+    let since_epoch = now
+        .duration_since(UNIX_EPOCH)
         .context("system clock is before 1970")?;
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + now.saturating_sub(Duration::from_secs(3600));
-    params.not_after = epoch + now + Duration::from_secs(365 * 24 * 3600);
+    let not_before = since_epoch.saturating_sub(Duration::from_secs(3600));
+    params.not_before = epoch + not_before;
+    params.not_after = epoch + not_before + DEV_CERT_VALIDITY;
     let cert = params
         .self_signed(&key_pair)
         .context("self-signing the TLS certificate")?;
 
-    write_private(key_path, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(cert_path, cert.pem())
-        .with_context(|| format!("{}: cannot write certificate", cert_path.display()))?;
+    // New files are written aside and renamed over the old ones, so a reader never sees half
+    // a file; the key keeps mode 0600 throughout.
+    let key_tmp = key_path.with_extension("pem.new");
+    let cert_tmp = cert_path.with_extension("pem.new");
+    let _ = std::fs::remove_file(&key_tmp);
+    write_private(&key_tmp, key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_tmp, cert.pem())
+        .with_context(|| format!("{}: cannot write certificate", cert_tmp.display()))?;
+    std::fs::rename(&key_tmp, key_path)
+        .with_context(|| format!("{}: cannot replace", key_path.display()))?;
+    std::fs::rename(&cert_tmp, cert_path)
+        .with_context(|| format!("{}: cannot replace", cert_path.display()))?;
     tracing::info!(
         cert = %cert_path.display(),
         "generated a self-signed certificate for {server_name}"
@@ -213,16 +387,183 @@ fn transport_config() -> anyhow::Result<Arc<quinn::TransportConfig>> {
     Ok(Arc::new(t))
 }
 
-/// QUIC server configuration for the HTTP/3 listener: TLS 1.3, ALPN `h3`, datagrams on.
-pub fn quic_server_config(id: &Identity) -> anyhow::Result<quinn::ServerConfig> {
+fn certified_key(id: &Identity) -> anyhow::Result<Arc<CertifiedKey>> {
+    CertifiedKey::from_der(id.cert_chain.clone(), id.key_clone(), &provider())
+        .map(Arc::new)
+        .context("certificate and private key do not match or are unsupported")
+}
+
+/// The certificate a TLS server presents, replaceable while it runs. rustls asks the slot on
+/// every handshake; connections already established keep the certificate they were made with.
+pub struct CertSlot {
+    /// `None`: a fixed identity that [`reload`](Self::reload) leaves as it is.
+    source: Option<CertSource>,
+    current: RwLock<Served>,
+}
+
+#[derive(Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    identity: Identity,
+}
+
+/// What a [`CertSlot::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// New handshakes present the certificate with this fingerprint (hex SHA-256).
+    Replaced { old: String, new: String },
+    /// The source holds the certificate already in use.
+    Unchanged(String),
+}
+
+impl std::fmt::Debug for CertSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertSlot")
+            .field("source", &self.source)
+            .field("sha256", &self.fingerprint_sha256())
+            .finish()
+    }
+}
+
+impl CertSlot {
+    /// Loads `source` now; an error names the file.
+    pub fn load(source: CertSource) -> anyhow::Result<Arc<Self>> {
+        let identity = source.load()?;
+        let key =
+            certified_key(&identity).with_context(|| source.cert_path().display().to_string())?;
+        Ok(Arc::new(CertSlot {
+            source: Some(source),
+            current: RwLock::new(Served { key, identity }),
+        }))
+    }
+
+    /// A slot that always presents `id`.
+    pub fn fixed(id: &Identity) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(CertSlot {
+            source: None,
+            current: RwLock::new(Served {
+                key: certified_key(id)?,
+                identity: id.clone(),
+            }),
+        }))
+    }
+
+    fn served(&self) -> Served {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The identity new handshakes present.
+    pub fn identity(&self) -> Identity {
+        self.served().identity
+    }
+
+    /// Hex SHA-256 of the leaf new handshakes present.
+    pub fn fingerprint_sha256(&self) -> String {
+        self.served().identity.fingerprint_sha256
+    }
+
+    pub fn source(&self) -> Option<&CertSource> {
+        self.source.as_ref()
+    }
+
+    /// Reads the source again (renewing a generated certificate that is near its end). On
+    /// success new handshakes present the result; on any error (unreadable or malformed file,
+    /// key that does not match the certificate) the certificate in use stays.
+    pub fn reload(&self) -> anyhow::Result<Reloaded> {
+        let old = self.fingerprint_sha256();
+        let Some(source) = &self.source else {
+            return Ok(Reloaded::Unchanged(old));
+        };
+        let identity = source.load()?;
+        let key =
+            certified_key(&identity).with_context(|| source.cert_path().display().to_string())?;
+        let new = identity.fingerprint_sha256.clone();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Served { key, identity };
+        Ok(if new == old {
+            Reloaded::Unchanged(new)
+        } else {
+            Reloaded::Replaced { old, new }
+        })
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.served().key)
+    }
+}
+
+/// Every certificate slot of a running gateway, for reloading them together.
+#[derive(Debug, Default)]
+pub struct CertReloader {
+    slots: Vec<(String, Arc<CertSlot>)>,
+}
+
+impl CertReloader {
+    /// Adds `slot` under `label` (a slot shared by two listeners is reloaded once).
+    pub fn add(&mut self, label: &str, slot: &Arc<CertSlot>) {
+        if !self.slots.iter().any(|(_, s)| Arc::ptr_eq(s, slot)) {
+            self.slots.push((label.to_string(), slot.clone()));
+        }
+    }
+
+    /// Reloads every slot and logs each outcome. `Ok` holds one line per slot; `Err` when
+    /// any slot failed (that slot keeps its certificate; the others are reloaded anyway).
+    pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        self.reload_where(|_| true)
+    }
+
+    /// Reloads the slots holding a generated certificate, which renews it when it is near
+    /// its end; operator files are only read on an explicit [`reload`](Self::reload).
+    pub fn renew_generated(&self) -> Result<Vec<String>, Vec<String>> {
+        self.reload_where(|s| matches!(s.source(), Some(CertSource::Generated { .. })))
+    }
+
+    fn reload_where(&self, pick: impl Fn(&CertSlot) -> bool) -> Result<Vec<String>, Vec<String>> {
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for (label, slot) in self.slots.iter().filter(|(_, s)| pick(s)) {
+            match slot.reload() {
+                Ok(Reloaded::Replaced { old, new }) => {
+                    tracing::info!(listener = %label, sha256 = %new, previous = %old, "certificate reloaded: new handshakes use it");
+                    lines.push(format!("{label}: now {new} (was {old})"));
+                }
+                Ok(Reloaded::Unchanged(fp)) => {
+                    tracing::info!(listener = %label, sha256 = %fp, "certificate reloaded: unchanged");
+                    lines.push(format!("{label}: unchanged {fp}"));
+                }
+                Err(e) => {
+                    failed = true;
+                    let kept = slot.fingerprint_sha256();
+                    tracing::error!(listener = %label, error = %format!("{e:#}"), kept = %kept, "certificate reload failed; the certificate in use stays");
+                    lines.push(format!("{label}: reload failed, keeping {kept}: {e:#}"));
+                }
+            }
+        }
+        if failed {
+            Err(lines)
+        } else {
+            Ok(lines)
+        }
+    }
+}
+
+/// QUIC server configuration for the HTTP/3 listener: TLS 1.3, ALPN `h3`, datagrams on, the
+/// certificate taken from `certs` on every handshake.
+pub fn quic_server_config(certs: Arc<CertSlot>) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 is not supported by the crypto provider")?
         .with_no_client_auth()
-        .with_single_cert(id.cert_chain.clone(), id.key_clone())
-        .context("certificate and private key do not match or are unsupported")?;
+        .with_cert_resolver(certs);
     tls.alpn_protocols = vec![b"h3".to_vec()];
-    // quinn requires either 0 or u32::MAX; 0-RTT stays off because call setup is not idempotent.
+    // TLS-04: no 0-RTT. Early data can be replayed by anyone who captured it, and
+    // `POST {TG}/calls` places a call (not idempotent). With 0 here the session tickets we
+    // issue do not allow early data, so a resuming client cannot send any: every request waits
+    // for the full handshake. (quinn accepts only 0 or u32::MAX; u32::MAX would enable it.)
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("building the QUIC server TLS configuration")?;
@@ -230,7 +571,6 @@ pub fn quic_server_config(id: &Identity) -> anyhow::Result<quinn::ServerConfig> 
     cfg.transport_config(transport_config()?);
     Ok(cfg)
 }
-
 /// The TLS name to verify for a peer: `server_name` if set, else the host of its URL.
 pub fn peer_server_name(peer: &RiptPeerConfig) -> anyhow::Result<String> {
     if let Some(n) = &peer.server_name {
@@ -262,26 +602,40 @@ pub fn quic_client_config(
         Some(ca) => Some(webpki_verifier(&cfg.resolve_path(ca), &provider)?),
         None => None,
     };
-    let pin =
-        match &peer.pin_sha256 {
-            Some(p) => Some(normalize_pin(p).ok_or_else(|| {
-                anyhow!("ript_peer {}: pin_sha256 is not 64 hex digits", peer.name)
-            })?),
-            None => None,
-        };
+    let pin = match &peer.pin_sha256 {
+        Some(p) => Some(Pin::Fixed(normalize_pin(p).ok_or_else(|| {
+            anyhow!("ript_peer {}: pin_sha256 is not 64 hex digits", peer.name)
+        })?)),
+        None => None,
+    };
     if webpki.is_none() && pin.is_none() {
         bail!("ript_peer {}: set ca_file or pin_sha256", peer.name);
     }
-    let verifier = Arc::new(PeerVerifier {
+    client_config(PeerVerifier {
         webpki,
         pin,
-        provider: provider.clone(),
-    });
+        provider,
+    })
+}
+
+/// QUIC client configuration for calling this gateway's own HTTP/3 server: the server must
+/// present exactly the certificate `certs` serves at the time, so the pin follows a reload or
+/// the renewal of the development certificate.
+pub fn self_client_config(certs: Arc<CertSlot>) -> anyhow::Result<quinn::ClientConfig> {
+    client_config(PeerVerifier {
+        webpki: None,
+        pin: Some(Pin::Live(certs)),
+        provider: provider(),
+    })
+}
+
+fn client_config(verifier: PeerVerifier) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = verifier.provider.clone();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 is not supported by the crypto provider")?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
@@ -295,7 +649,19 @@ fn webpki_verifier(
     ca_file: &Path,
     provider: &Arc<CryptoProvider>,
 ) -> anyhow::Result<Arc<WebPkiServerVerifier>> {
+    let roots = roots_from(ca_file)?;
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .with_context(|| format!("{}: cannot build a verifier", ca_file.display()))
+}
+
+fn roots_from(ca_file: &Path) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
+    add_roots(&mut roots, ca_file)?;
+    Ok(roots)
+}
+
+fn add_roots(roots: &mut RootCertStore, ca_file: &Path) -> anyhow::Result<()> {
     for cert in read_certs(ca_file)? {
         roots.add(cert).with_context(|| {
             format!(
@@ -304,26 +670,28 @@ fn webpki_verifier(
             )
         })?;
     }
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .with_context(|| format!("{}: cannot build a verifier", ca_file.display()))
+    Ok(())
 }
 
 /// Accepts `ab:CD:...` or plain hex; returns lower-case hex of exactly 32 bytes.
 fn normalize_pin(pin: &str) -> Option<String> {
-    let h: String = pin
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    (h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())).then_some(h)
+    parse_sha256_fingerprint(pin).map(|b| hex(&b))
+}
+
+/// The leaf certificate a peer must present.
+#[derive(Debug)]
+enum Pin {
+    /// Hex SHA-256 from the configuration.
+    Fixed(String),
+    /// Whatever this gateway's own server presents now.
+    Live(Arc<CertSlot>),
 }
 
 /// Verifies a peer by webpki (CA file), by leaf pin, or both when both are configured.
 #[derive(Debug)]
 struct PeerVerifier {
     webpki: Option<Arc<WebPkiServerVerifier>>,
-    pin: Option<String>,
+    pin: Option<Pin>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -336,8 +704,13 @@ impl ServerCertVerifier for PeerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(pin) = &self.pin {
-            if sha256_hex(end_entity.as_ref()) != *pin {
+        let expected = match &self.pin {
+            Some(Pin::Fixed(p)) => Some(p.clone()),
+            Some(Pin::Live(slot)) => Some(slot.fingerprint_sha256()),
+            None => None,
+        };
+        if let Some(pin) = expected {
+            if sha256_hex(end_entity.as_ref()) != pin {
                 return Err(rustls::Error::General(
                     "peer certificate does not match pin_sha256".into(),
                 ));
@@ -385,28 +758,187 @@ impl ServerCertVerifier for PeerVerifier {
     }
 }
 
-/// TLS acceptor for the SIP-TLS listener (TLS 1.2 and 1.3: SIP equipment often lacks 1.3).
-pub fn sip_tls_acceptor(id: &Identity) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    let tls = rustls::ServerConfig::builder_with_provider(provider())
+/// TLS acceptor for the SIP-TLS listener (TLS 1.2 and 1.3: SIP equipment often lacks 1.3),
+/// presenting what `certs` serves at each handshake. With `clients`, a client certificate is
+/// asked for (and checked by it); without, none is.
+pub fn sip_tls_acceptor(
+    certs: Arc<CertSlot>,
+    clients: Option<Arc<TrunkClientVerifier>>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .context("TLS 1.2/1.3 not supported by the crypto provider")?
-        .with_no_client_auth()
-        .with_single_cert(id.cert_chain.clone(), id.key_clone())
-        .context("certificate and private key do not match or are unsupported")?;
+        .context("TLS 1.2/1.3 not supported by the crypto provider")?;
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let tls = builder.with_cert_resolver(certs);
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }
 
-/// Where the HTTP/3 identity lives for `cfg`, with relative paths resolved.
-pub fn http3_identity(cfg: &Config) -> anyhow::Result<Identity> {
+/// TLS-03: the client certificates SIP-TLS accepts, from every `[[sip_trunk]]`'s
+/// `tls_client_ca` and `tls_client_fingerprints`; `None` when no trunk sets either (then no
+/// certificate is asked for).
+pub fn sip_client_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<TrunkClientVerifier>>> {
+    let mut roots = RootCertStore::empty();
+    let mut listed = Vec::new();
+    for t in &cfg.sip_trunks {
+        if let Some(ca) = &t.tls_client_ca {
+            add_roots(&mut roots, &cfg.resolve_path(ca))
+                .with_context(|| format!("sip_trunk {}: tls_client_ca", t.name))?;
+        }
+        for fp in &t.tls_client_fingerprints {
+            listed.push(parse_sha256_fingerprint(fp).ok_or_else(|| {
+                anyhow!(
+                    "sip_trunk {}: tls_client_fingerprints: {fp:?} is not a SHA-256 fingerprint",
+                    t.name
+                )
+            })?);
+        }
+    }
+    if roots.is_empty() && listed.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(TrunkClientVerifier::new(roots, listed)?)))
+}
+
+/// Checks SIP-TLS client certificates: one issued by a trusted CA (the union of the trunks'
+/// `tls_client_ca`), or one that a trunk lists by fingerprint. A client without a certificate
+/// is let through (trunks without mTLS keep working); which trunk a certificate may speak
+/// for is checked per request by the engine.
+#[derive(Debug)]
+pub struct TrunkClientVerifier {
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+    listed: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl TrunkClientVerifier {
+    pub fn new(roots: RootCertStore, listed: Vec<[u8; 32]>) -> anyhow::Result<Self> {
+        let provider = provider();
+        let webpki = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .allow_unauthenticated()
+                    .build()
+                    .context("building the SIP-TLS client certificate verifier")?,
+            )
+        };
+        Ok(TrunkClientVerifier {
+            webpki,
+            listed,
+            provider,
+        })
+    }
+}
+
+impl ClientCertVerifier for TrunkClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // A listed self-signed certificate has no CA to hint at; an empty list asks clients
+        // for whatever certificate they have.
+        match &self.webpki {
+            Some(w) if self.listed.is_empty() => w.root_hint_subjects(),
+            _ => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let by_ca = match &self.webpki {
+            Some(w) => w.verify_client_cert(end_entity, intermediates, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            )),
+        };
+        match by_ca {
+            Ok(v) => Ok(v),
+            // Like `pin_sha256` for RIPT peers, a listed certificate is trusted as it is.
+            Err(_) if self.listed.contains(&sha256(end_entity.as_ref())) => {
+                Ok(ClientCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // The certificate identifies the client; these prove it holds the certificate's key.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The HTTP/3 server's certificate source for `cfg`, with relative paths resolved:
+/// `[http3] cert_file`/`key_file` when set, else the development certificate in data_dir.
+pub fn http3_cert_source(cfg: &Config) -> anyhow::Result<CertSource> {
     let resolve = |p: &Option<PathBuf>| p.as_ref().map(|p| cfg.resolve_path(p));
     let cert = resolve(&cfg.http3.cert_file);
     let key = resolve(&cfg.http3.key_file);
-    load_or_generate(
+    cert_source(
         &cfg.resolve_path(&cfg.general.data_dir),
         &cfg.http3.server_name,
         cert.as_deref(),
         key.as_deref(),
     )
+}
+
+/// The HTTP/3 identity for `cfg` (see [`http3_cert_source`]).
+pub fn http3_identity(cfg: &Config) -> anyhow::Result<Identity> {
+    http3_cert_source(cfg)?.load()
+}
+
+/// The SIP-TLS listener's certificate source: `[sip] tls_cert`/`tls_key` when set, else
+/// `None` (the listener shares the HTTP/3 certificate).
+pub fn sip_cert_source(cfg: &Config) -> Option<CertSource> {
+    match (&cfg.sip.tls_cert, &cfg.sip.tls_key) {
+        (Some(c), Some(k)) => Some(CertSource::Files {
+            cert: cfg.resolve_path(c),
+            key: cfg.resolve_path(k),
+        }),
+        _ => None,
+    }
 }
 
 /// RFC 5922 §7: whether a SIP peer's certificate identifies `domain`. With a subjectAltName,
@@ -477,7 +1009,7 @@ mod tests {
         client: quinn::ClientConfig,
         name: &str,
     ) -> anyhow::Result<()> {
-        let server_cfg = quic_server_config(id)?;
+        let server_cfg = quic_server_config(CertSlot::fixed(id)?)?;
         let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse()?)?;
         let addr: SocketAddr = server.local_addr()?;
         let accept = tokio::spawn(async move {
@@ -628,7 +1160,7 @@ mod tests {
     fn sip_acceptor_builds_from_generated_identity() {
         let d = temp_dir("sip");
         let id = load_or_generate(&d, "localhost", None, None).unwrap();
-        assert!(sip_tls_acceptor(&id).is_ok());
+        assert!(sip_tls_acceptor(CertSlot::fixed(&id).unwrap(), None).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -669,5 +1201,293 @@ mod tests {
             "CN when there is no SAN"
         );
         assert!(!sip_identity_matches(b"junk", "cn.example"));
+    }
+
+    fn days(d: f64) -> Duration {
+        Duration::from_secs_f64(d * 86400.0)
+    }
+
+    fn generated(d: &Path) -> CertSource {
+        CertSource::Generated {
+            data_dir: d.to_path_buf(),
+            server_name: "localhost".into(),
+        }
+    }
+
+    /// (not_before, not_after) of a certificate, in seconds since 1970.
+    fn validity(der: &[u8]) -> (i64, i64) {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    fn unix(t: SystemTime) -> i64 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    /// Writes a self-signed certificate for localhost valid over `from..until` as
+    /// `dir/{name}-cert.pem` and `dir/{name}-key.pem`; returns both paths and its fingerprint.
+    fn write_cert(
+        dir: &Path,
+        name: &str,
+        from: SystemTime,
+        until: SystemTime,
+    ) -> (PathBuf, PathBuf, String) {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let epoch = rcgen::date_time_ymd(1970, 1, 1);
+        params.not_before = epoch + from.duration_since(UNIX_EPOCH).unwrap();
+        params.not_after = epoch + until.duration_since(UNIX_EPOCH).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}-cert.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k, sha256_hex(cert.der()))
+    }
+
+    #[test]
+    fn development_certificate_is_p256_valid_13_days_with_its_hash_beside_it() {
+        use x509_parser::oid_registry::{
+            OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+        };
+        let d = temp_dir("dev");
+        let now = SystemTime::now();
+        let id = generated(&d).load_at(now).unwrap();
+        let der = id.cert_chain[0].as_ref();
+        let (from, until) = validity(der);
+        assert!(until - from <= 13 * 86400, "valid {} s", until - from);
+        assert!(from <= unix(now) && unix(now) + 11 * 86400 < until);
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        let spki = cert.public_key();
+        assert_eq!(spki.algorithm.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        assert_eq!(curve, Some(OID_EC_P256), "P-256");
+        assert_eq!(
+            cert.signature_algorithm.algorithm,
+            OID_SIG_ECDSA_WITH_SHA256
+        );
+        let hash = std::fs::read_to_string(d.join(DEV_CERT_HASH_FILE)).unwrap();
+        assert_eq!(hash.trim(), sha256_hex(der));
+        assert_eq!(hash.trim(), id.fingerprint_sha256);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn development_certificate_is_renewed_when_less_than_two_days_remain() {
+        let d = temp_dir("renew");
+        let src = generated(&d);
+        let t0 = SystemTime::now();
+        let a = src.load_at(t0).unwrap();
+        // Valid from t0 - 1 h for 13 days: at t0 + 10.9 days more than 2 days remain.
+        let kept = src.load_at(t0 + days(10.9)).unwrap();
+        assert_eq!(kept.fingerprint_sha256, a.fingerprint_sha256);
+        // At t0 + 11 days, 2 days less an hour remain.
+        let t1 = t0 + days(11.0);
+        let b = src.load_at(t1).unwrap();
+        assert_ne!(b.fingerprint_sha256, a.fingerprint_sha256, "renewed");
+        let (from, until) = validity(b.cert_chain[0].as_ref());
+        assert!(from <= unix(t1) && until - from <= 13 * 86400);
+        assert!(until > unix(t1) + 12 * 86400);
+        let on_disk = read_certs(&d.join("cert.pem")).unwrap();
+        assert_eq!(sha256_hex(on_disk[0].as_ref()), b.fingerprint_sha256);
+        let hash = std::fs::read_to_string(d.join(DEV_CERT_HASH_FILE)).unwrap();
+        assert_eq!(hash.trim(), b.fingerprint_sha256);
+        assert_eq!(
+            src.load_at(t1).unwrap().fingerprint_sha256,
+            b.fingerprint_sha256,
+            "the renewed pair is what the next start loads"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.join("key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_year_long_development_certificate_is_replaced() {
+        let d = temp_dir("year");
+        let now = SystemTime::now();
+        let (c, k, old) = write_cert(&d, "old", now - days(1.0), now + days(364.0));
+        std::fs::rename(c, d.join("cert.pem")).unwrap();
+        std::fs::rename(k, d.join("key.pem")).unwrap();
+        let id = generated(&d).load_at(now).unwrap();
+        assert_ne!(id.fingerprint_sha256, old);
+        let (from, until) = validity(id.cert_chain[0].as_ref());
+        assert!(until - from <= 13 * 86400);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn configured_certificate_files_are_never_replaced() {
+        let d = temp_dir("configured");
+        let now = SystemTime::now();
+        // An hour left and a year long: both would make a generated certificate be replaced.
+        let (c, k, fp) = write_cert(&d, "prod", now - days(365.0), now + days(1.0 / 24.0));
+        let (cert_before, key_before) = (std::fs::read(&c).unwrap(), std::fs::read(&k).unwrap());
+        let src = cert_source(&d, "localhost", Some(&c), Some(&k)).unwrap();
+        let id = src.load_at(now).unwrap();
+        assert_eq!(id.fingerprint_sha256, fp);
+        let id = load_or_generate(&d, "localhost", Some(&c), Some(&k)).unwrap();
+        assert_eq!(id.fingerprint_sha256, fp);
+        let slot = CertSlot::load(src).unwrap();
+        assert_eq!(slot.reload().unwrap(), Reloaded::Unchanged(fp));
+        assert_eq!(std::fs::read(&c).unwrap(), cert_before);
+        assert_eq!(std::fs::read(&k).unwrap(), key_before);
+        for generated in ["cert.pem", "key.pem", DEV_CERT_HASH_FILE] {
+            assert!(!d.join(generated).exists(), "{generated} was written");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn reload_switches_the_certificate_and_keeps_it_when_the_files_are_bad() {
+        let d = temp_dir("reload");
+        let now = SystemTime::now();
+        let (c, k, fa) = write_cert(&d, "live", now - days(1.0), now + days(30.0));
+        let slot = CertSlot::load(CertSource::Files {
+            cert: c.clone(),
+            key: k.clone(),
+        })
+        .unwrap();
+        assert_eq!(slot.fingerprint_sha256(), fa);
+        assert_eq!(slot.reload().unwrap(), Reloaded::Unchanged(fa.clone()));
+
+        let (cb, kb, fb) = write_cert(&d, "next", now - days(1.0), now + days(30.0));
+        std::fs::copy(&cb, &c).unwrap();
+        std::fs::copy(&kb, &k).unwrap();
+        assert_eq!(
+            slot.reload().unwrap(),
+            Reloaded::Replaced {
+                old: fa.clone(),
+                new: fb.clone()
+            }
+        );
+        assert_eq!(slot.identity().fingerprint_sha256, fb);
+
+        std::fs::write(&c, "garbage").unwrap();
+        let err = format!("{:#}", slot.reload().unwrap_err());
+        assert!(
+            err.contains("live-cert.pem") && err.contains("no certificate"),
+            "{err}"
+        );
+        assert_eq!(slot.fingerprint_sha256(), fb, "the old certificate stays");
+
+        // A certificate whose key is not the key file's.
+        let (ca, _, _) = write_cert(&d, "other", now - days(1.0), now + days(30.0));
+        std::fs::copy(&ca, &c).unwrap();
+        let err = format!("{:#}", slot.reload().unwrap_err());
+        assert!(err.contains("do not match"), "{err}");
+        assert_eq!(slot.fingerprint_sha256(), fb);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let plain = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_sha256_fingerprint(&plain), Some([0xab; 32]));
+        assert_eq!(parse_sha256_fingerprint(&colons), Some([0xab; 32]));
+        assert_eq!(parse_sha256_fingerprint(&"ab".repeat(31)), None);
+        assert_eq!(parse_sha256_fingerprint(&"zz".repeat(32)), None);
+        assert_eq!(parse_sha256_fingerprint(&"é".repeat(32)), None);
+    }
+
+    /// Connects twice from one client endpoint (with early data enabled) to a server built
+    /// from `server_cfg`; the second connection resumes the first's session and tries 0-RTT.
+    /// Returns `None` when the client could not even offer early data, else whether the server
+    /// accepted it.
+    async fn zero_rtt_on_resumption(
+        server_cfg: quinn::ServerConfig,
+        id: &Identity,
+    ) -> Option<bool> {
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let srv = server.clone();
+        let accept = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Some(inc) = srv.accept().await {
+                if let Ok(c) = inc.await {
+                    conns.push(c);
+                }
+            }
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+                webpki: None,
+                pin: Some(Pin::Fixed(id.fingerprint_sha256.clone())),
+                provider: provider(),
+            }))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        tls.enable_early_data = true;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let first = ep.connect(addr, "localhost").unwrap().await.unwrap();
+        // The session tickets come after the handshake.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.close(0u32.into(), b"done");
+        let out = match ep.connect(addr, "localhost").unwrap().into_0rtt() {
+            Ok((conn, accepted)) => {
+                let accepted = accepted.await;
+                conn.close(0u32.into(), b"done");
+                Some(accepted)
+            }
+            Err(connecting) => {
+                connecting
+                    .await
+                    .expect("the resumed handshake itself succeeds");
+                None
+            }
+        };
+        ep.close(0u32.into(), b"done");
+        server.close(0u32.into(), b"done");
+        let _ = accept.await;
+        out
+    }
+
+    /// TLS-04: a resuming client cannot get 0-RTT data (such as `POST {TG}/calls`) accepted
+    /// by the HTTP/3 server. The control run, a server that allows early data, shows the
+    /// client really attempts 0-RTT.
+    #[tokio::test]
+    async fn http3_server_refuses_0rtt_data_on_resumption() {
+        let d = temp_dir("0rtt");
+        let id = load_or_generate(&d, "localhost", None, None).unwrap();
+        let mut permissive = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(CertSlot::fixed(&id).unwrap());
+        permissive.alpn_protocols = vec![b"h3".to_vec()];
+        permissive.max_early_data_size = u32::MAX;
+        let permissive = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(permissive).unwrap(),
+        ));
+        assert_eq!(
+            zero_rtt_on_resumption(permissive, &id).await,
+            Some(true),
+            "control: with early data allowed the client's 0-RTT is accepted"
+        );
+        let ours = quic_server_config(CertSlot::fixed(&id).unwrap()).unwrap();
+        let got = zero_rtt_on_resumption(ours, &id).await;
+        assert_ne!(got, Some(true), "0-RTT data was accepted");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -234,3 +234,357 @@ fn malformed_origins_name_the_key() {
         "expected a boolean",
     );
 }
+
+/// A `[[sip_trunk]]` claiming 127.0.0.1:5061, followed by `extra` lines.
+fn digest_trunk(extra: &str) -> String {
+    format!(
+        "[[sip_trunk]]\nname = \"pbx\"\ntarget = \"sip:127.0.0.1:5080\"\nmatch_sources = [\"127.0.0.1:5061\"]\n{extra}"
+    )
+}
+
+#[test]
+fn digest_keys_load() {
+    let text = format!(
+        "[sip]\ndigest_realm = \"gw.example\"\ndigest_lockout_secs = 60\n{}",
+        digest_trunk(
+            "auth = \"digest\"\nusers = [\n  { name = \"alice\", password = \"pw\" },\n  \
+             { name = \"bob\", password_file = \"bob.pass\" },\n  \
+             { name = \"carol\", ha1_md5 = \"0123456789abcdef0123456789abcdef\" },\n]\n\
+             username = \"riptide\"\npassword_file = \"trunk.pass\"\n"
+        )
+    );
+    let (_, res) = load_text("digest-ok", &text);
+    let cfg = res.unwrap();
+    assert_eq!(cfg.sip.digest_realm.as_deref(), Some("gw.example"));
+    assert_eq!(cfg.sip.digest_lockout_secs, 60);
+    let t = &cfg.sip_trunks[0];
+    assert_eq!(t.auth, riptide::config::SipTrunkAuth::Digest);
+    assert_eq!(t.users.len(), 3);
+    assert_eq!(t.username.as_deref(), Some("riptide"));
+    // Debug output never shows passwords or HA1 values.
+    let shown = format!("{cfg:?}");
+    assert!(
+        !shown.contains("\"pw\"") && !shown.contains("0123456789abcdef"),
+        "{shown}"
+    );
+    // Defaults: no digest, lockout 300 s.
+    let def = embedded_default();
+    assert_eq!(def.sip.digest_lockout_secs, 300);
+    assert!(def.sip.digest_realm.is_none());
+}
+
+#[test]
+fn digest_misconfigurations_name_the_key() {
+    assert_error(
+        "digest-no-realm",
+        &digest_trunk("auth = \"digest\"\nusers = [{ name = \"a\", password = \"p\" }]\n"),
+        "sip_trunk[0].auth",
+        5,
+        "[sip] digest_realm",
+    );
+    assert_error(
+        "digest-no-users",
+        &digest_trunk("auth = \"digest\"\nrealm = \"r\"\n"),
+        "sip_trunk[0].auth",
+        5,
+        "at least one user",
+    );
+    assert_error(
+        "digest-no-sources",
+        "[[sip_trunk]]\nname = \"pbx\"\ntarget = \"sip:h\"\nauth = \"digest\"\nrealm = \"r\"\nusers = [{ name = \"a\", password = \"p\" }]\n",
+        "sip_trunk[0].auth",
+        4,
+        "match_sources",
+    );
+    assert_error(
+        "digest-unknown-mode",
+        &digest_trunk("auth = \"basic\"\n"),
+        "sip_trunk[0].auth",
+        5,
+        "unknown variant",
+    );
+    assert_error(
+        "digest-users-without-auth",
+        &digest_trunk("realm = \"r\"\n"),
+        "sip_trunk[0].realm",
+        5,
+        "only used with auth = \"digest\"",
+    );
+    assert_error(
+        "digest-user-two-secrets",
+        &digest_trunk(
+            "auth = \"digest\"\nrealm = \"r\"\nusers = [\n  { name = \"a\", password = \"p\", password_file = \"f\" },\n]\n",
+        ),
+        "sip_trunk[0].users[0].password_file",
+        8,
+        "not password and password_file",
+    );
+    assert_error(
+        "digest-user-no-secret",
+        &digest_trunk("auth = \"digest\"\nrealm = \"r\"\nusers = [\n  { name = \"a\" },\n]\n"),
+        "sip_trunk[0].users[0]",
+        8,
+        "set password, password_file",
+    );
+    assert_error(
+        "digest-bad-ha1",
+        &digest_trunk(
+            "auth = \"digest\"\nrealm = \"r\"\nusers = [\n  { name = \"a\", ha1_sha256 = \"abc\" },\n]\n",
+        ),
+        "sip_trunk[0].users[0].ha1_sha256",
+        8,
+        "64 hex digits",
+    );
+    assert_error(
+        "digest-no-common-alg",
+        &digest_trunk(&format!(
+            "auth = \"digest\"\nrealm = \"r\"\nusers = [\n  {{ name = \"a\", ha1_md5 = \"{}\" }},\n  {{ name = \"b\", ha1_sha256 = \"{}\" }},\n]\n",
+            "0".repeat(32),
+            "0".repeat(64)
+        )),
+        "sip_trunk[0].users",
+        7,
+        "share no algorithm",
+    );
+    assert_error(
+        "digest-dup-user",
+        &digest_trunk(
+            "auth = \"digest\"\nrealm = \"r\"\nusers = [\n  { name = \"a\", password = \"p\" },\n  { name = \"a\", password = \"q\" },\n]\n",
+        ),
+        "sip_trunk[0].users[1].name",
+        9,
+        "duplicate user",
+    );
+    assert_error(
+        "digest-user-typo",
+        &digest_trunk(
+            "auth = \"digest\"\nrealm = \"r\"\nusers = [\n  { name = \"a\", pasword = \"p\" },\n]\n",
+        ),
+        "sip_trunk[0].users[0].pasword",
+        8,
+        "unknown field",
+    );
+    assert_error(
+        "digest-username-no-password",
+        &digest_trunk("username = \"riptide\"\n"),
+        "sip_trunk[0].username",
+        5,
+        "set password or password_file",
+    );
+    assert_error(
+        "digest-password-no-username",
+        &digest_trunk("password = \"pw\"\n"),
+        "sip_trunk[0].password",
+        5,
+        "set username",
+    );
+    assert_error(
+        "digest-lockout-zero",
+        "[sip]\ndigest_lockout_secs = 0\n",
+        "sip.digest_lockout_secs",
+        2,
+        "at least 1",
+    );
+}
+
+#[test]
+fn trunk_client_certificate_keys_load_and_are_checked_where_written() {
+    let fp = "ab".repeat(32);
+    let colons = vec!["CD"; 32].join(":");
+    let good = format!(
+        "[sip]\ntls = [\"127.0.0.1:5061\"]\n[[sip_trunk]]\nname = \"c\"\ntarget = \"sip:h\"\n\
+         match_sources = [\"192.0.2.1\"]\ntls_client_ca = \"ca.pem\"\n\
+         tls_client_fingerprints = [\"{fp}\", \"{colons}\"]\n"
+    );
+    let (_, res) = load_text("mtls", &good);
+    let cfg = res.expect("valid");
+    let t = &cfg.sip_trunks[0];
+    assert_eq!(t.tls_client_ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(t.tls_client_fingerprints, vec![fp.clone(), colons]);
+
+    let short = good.replace(&fp, "abcd");
+    assert_error(
+        "mtls-fp",
+        &short,
+        "sip_trunk[0].tls_client_fingerprints[0]",
+        8,
+        "64 hex digits",
+    );
+    let no_sources = good.replace("match_sources = [\"192.0.2.1\"]\n", "");
+    assert_error(
+        "mtls-src",
+        &no_sources,
+        "sip_trunk[0].tls_client_fingerprints",
+        7,
+        "set match_sources too",
+    );
+    let no_listener = good.replace("tls = [\"127.0.0.1:5061\"]", "udp = [\"127.0.0.1:5060\"]");
+    assert_error(
+        "mtls-listener",
+        &no_listener,
+        "sip_trunk[0].tls_client_ca",
+        7,
+        "set [sip] tls",
+    );
+}
+
+/// `[oauth]` with the external issuer's keys, as `jwks` and `introspection` need them.
+const OAUTH_JWKS: &str = "[oauth]\nmode = \"jwks\"\nissuer = \"https://as.example\"\n\
+    jwks_uri = \"https://as.example/jwks.json\"\nca_file = \"as-roots.pem\"\n";
+const OAUTH_INTROSPECTION: &str = "[oauth]\nmode = \"introspection\"\n\
+    issuer = \"https://as.example\"\nintrospection_endpoint = \"https://as.example/introspect\"\n\
+    client_id = \"riptide\"\nclient_secret_file = \"secret\"\nca_file = \"as-roots.pem\"\n";
+
+#[test]
+fn oauth_defaults_to_the_local_issuer_and_loads_external_modes() {
+    let def = embedded_default();
+    assert_eq!(def.oauth.mode, riptide::config::OAuthMode::Local);
+    assert_eq!(def.oauth.audience, "riptide");
+    let (_, cfg) = load_text("oauth-jwks", OAUTH_JWKS);
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.oauth.mode, riptide::config::OAuthMode::Jwks);
+    assert_eq!(
+        cfg.oauth.jwks_uri.as_deref(),
+        Some("https://as.example/jwks.json")
+    );
+    assert_eq!(cfg.oauth.audience, "riptide");
+    let (_, cfg) = load_text(
+        "oauth-introspection",
+        &format!("{OAUTH_INTROSPECTION}audience = \"calls-api\"\nallow_hosts = [\"as.internal\", \"10.0.0.5\"]\n"),
+    );
+    let cfg = cfg.unwrap();
+    assert_eq!(cfg.oauth.mode, riptide::config::OAuthMode::Introspection);
+    assert_eq!(cfg.oauth.client_id.as_deref(), Some("riptide"));
+    assert_eq!(cfg.oauth.audience, "calls-api");
+    assert_eq!(cfg.oauth.allow_hosts, vec!["as.internal", "10.0.0.5"]);
+}
+
+#[test]
+fn oauth_modes_need_their_keys() {
+    assert_error(
+        "oauth-no-uri",
+        "[oauth]\nmode = \"jwks\"\nissuer = \"https://as.example\"\nca_file = \"r.pem\"\n",
+        "oauth.jwks_uri",
+        1,
+        "mode = \"jwks\" needs jwks_uri",
+    );
+    assert_error(
+        "oauth-no-issuer",
+        "[oauth]\nmode = \"jwks\"\njwks_uri = \"https://as.example/jwks\"\n",
+        "oauth.issuer",
+        1,
+        "needs the issuer",
+    );
+    assert_error(
+        "oauth-no-ca",
+        "[oauth]\nmode = \"jwks\"\nissuer = \"https://as.example\"\n\
+         jwks_uri = \"https://as.example/jwks\"\n",
+        "oauth.ca_file",
+        1,
+        "PEM roots",
+    );
+    assert_error(
+        "oauth-no-secret",
+        "[oauth]\nmode = \"introspection\"\nissuer = \"https://as.example\"\n\
+         introspection_endpoint = \"https://as.example/introspect\"\nclient_id = \"gw\"\n\
+         ca_file = \"r.pem\"\n",
+        "oauth.client_secret_file",
+        1,
+        "never written in the configuration",
+    );
+    assert_error(
+        "oauth-no-client",
+        "[oauth]\nmode = \"introspection\"\nissuer = \"https://as.example\"\n\
+         introspection_endpoint = \"https://as.example/introspect\"\n",
+        "oauth.client_id",
+        1,
+        "client_id and client_secret_file",
+    );
+    assert_error(
+        "oauth-bad-mode",
+        "[oauth]\nmode = \"saml\"\n",
+        "oauth.mode",
+        2,
+        "unknown variant",
+    );
+}
+
+#[test]
+fn oauth_urls_are_https_and_secrets_never_inline() {
+    assert_error(
+        "oauth-http-jwks",
+        "[oauth]\nmode = \"jwks\"\nissuer = \"https://as.example\"\n\
+         jwks_uri = \"http://as.example/jwks\"\nca_file = \"r.pem\"\n",
+        "oauth.jwks_uri",
+        4,
+        "HTTPS only",
+    );
+    assert_error(
+        "oauth-http-introspect",
+        &OAUTH_INTROSPECTION.replace("https://as.example/introspect", "http://as.example/i"),
+        "oauth.introspection_endpoint",
+        4,
+        "HTTPS only",
+    );
+    assert_error(
+        "oauth-user-part",
+        &OAUTH_JWKS.replace("https://as.example/jwks.json", "https://u:p@as.example/j"),
+        "oauth.jwks_uri",
+        4,
+        "user part",
+    );
+    assert_error(
+        "oauth-inline-secret",
+        &format!("{OAUTH_INTROSPECTION}client_secret = \"hunter2\"\n"),
+        "oauth.client_secret",
+        8,
+        "unknown field `client_secret`",
+    );
+    assert_error(
+        "oauth-allow-host",
+        &format!("{OAUTH_JWKS}allow_hosts = [\"https://as.internal/\"]\n"),
+        "oauth.allow_hosts[0]",
+        6,
+        "not a host name",
+    );
+}
+
+#[test]
+fn oauth_keys_of_another_mode_are_refused() {
+    assert_error(
+        "oauth-local-uri",
+        "[oauth]\njwks_uri = \"https://as.example/jwks\"\n",
+        "oauth.jwks_uri",
+        2,
+        "mode is \"local\"",
+    );
+    assert_error(
+        "oauth-local-aud",
+        "[oauth]\naudience = \"calls-api\"\n",
+        "oauth.audience",
+        2,
+        "local issuer",
+    );
+    assert_error(
+        "oauth-jwks-client",
+        &format!("{OAUTH_JWKS}client_id = \"gw\"\n"),
+        "oauth.client_id",
+        6,
+        "not used with mode = \"jwks\"",
+    );
+    assert_error(
+        "oauth-introspection-uri",
+        &format!("{OAUTH_INTROSPECTION}jwks_uri = \"https://as.example/jwks\"\n"),
+        "oauth.jwks_uri",
+        8,
+        "not used with mode = \"introspection\"",
+    );
+    // The "self" route calls our own server with a local-issuer token, refused in these modes.
+    assert_error(
+        "oauth-self-route",
+        &format!("[[tg]]\nname = \"local\"\n\n[[sip_route]]\nript_peer = \"self\"\n\n{OAUTH_JWKS}"),
+        "sip_route[0].ript_peer",
+        5,
+        "oauth.mode = \"jwks\" does not accept",
+    );
+}

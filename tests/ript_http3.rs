@@ -33,6 +33,8 @@ impl TokenVerifier for TestVerifier {
         let all = ["calls:write", "tgs:read", "handlers:write"];
         let scopes: &[&str] = match bearer {
             "good" => &all,
+            // A gateway that verified its calls and may say so (`verstat`).
+            "gateway" => &["calls:write", "tgs:read", "handlers:write", "stir:verstat"],
             // Discovery only: calls and handlers get 403 insufficient_scope.
             "narrow" => &["tgs:read"],
             _ => return Err(AuthError::Invalid("unknown token".into())),
@@ -1157,4 +1159,25 @@ async fn scopes_per_resource_and_public_keys() {
         .as_str()
         .unwrap()
         .ends_with("/.well-known/jwks.json"));
+}
+
+/// `verstat` in `POST {TG}/calls` reaches the engine only from a client whose token has the
+/// `stir:verstat` scope; from any other client it is dropped.
+#[tokio::test]
+async fn verstat_is_kept_only_from_clients_trusted_to_assert_it() {
+    let mut h = harness().await;
+    let path = format!("{PREFIX}/{TG}/calls");
+    let body = r#"{"destination":"+12155551213","from":"+12155551212","verstat":"TN-Validation-Passed","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000}]}}"#;
+    for (token, want) in [("good", None), ("gateway", Some("TN-Validation-Passed"))] {
+        let (status, _, reply) = h
+            .raw(http::Method::POST, &path, Some(token), Some(body))
+            .await;
+        assert_eq!(status, 201, "{token}: {}", String::from_utf8_lossy(&reply));
+        let seen = next_u(&mut h.server_seen, |e| match e {
+            RiptEvent::IncomingCall { request, .. } => Some(request.verstat),
+            _ => None,
+        })
+        .await;
+        assert_eq!(seen.as_deref(), want, "{token}");
+    }
 }

@@ -28,6 +28,7 @@ fn answer(e: &mut Engine, now: Instant, bytes: &[u8]) -> Option<u16> {
                     src,
                     transport: Transport::Udp,
                     conn: None,
+                    peer_cert_sha256: None,
                 })),
             );
             let mut first = None;
@@ -98,6 +99,7 @@ fn bad_sdp_gets_400_after_the_100() {
                 src,
                 transport: Transport::Udp,
                 conn: None,
+                peer_cert_sha256: None,
             })),
         );
         let statuses: Vec<u16> = std::iter::from_fn(|| e.poll_output())

@@ -65,6 +65,14 @@ def rewrite(text, name, data_root, token_file, media_ip, extra, src_dir):
             # Relative to the original file's folder: make it absolute for the copy.
             rel = tomllib.loads(line)[key]
             line = f"{key} = {toml_str(os.path.normpath(os.path.join(src_dir, rel)))}"
+        elif table == "stir" and key == "crls":
+            crls = tomllib.loads(line)[key]
+            items = ", ".join(
+                "{ " + ", ".join(
+                    f"{k} = {toml_str(os.path.normpath(os.path.join(src_dir, v)))}"
+                    for k, v in c.items()) + " }"
+                for c in crls)
+            line = f"crls = [{items}]"
         elif table == "media" and key == "ip" and media_ip:
             line = f"ip = {toml_str(media_ip)}"
         elif (table == "media" or (table == "sip_trunk" and name == "b")) and key in dict(extra):

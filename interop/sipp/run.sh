@@ -18,7 +18,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -57,8 +57,10 @@ else
 fi
 
 UAS_PID=""
+DIGEST_GW_PID=""
 cleanup() {
     [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 2
+    [ -z "$DIGEST_GW_PID" ] || stop_pid "$DIGEST_GW_PID" 2
     stop_capture
     [ "$KEEP_PAIR" = 1 ] || pair_release
 }
@@ -217,7 +219,7 @@ scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched 
         scn_k "$LOG_ROOT/k-stir" || { DETAIL="k-stir (which signs the Identity) failed: $DETAIL"; return 1; }
         id="$(grep -h -m1 '^Identity:' "$LOG_ROOT"/k-stir/stir_uas_*_messages.log | sed 's/^Identity: *//' | tr -d '\r')"
     fi
-    sipp_pair l-verify stir_verified_uac.xml stir_uas.xml -d 200 -key identity "$id" \
+    sipp_pair l-verify stir_verified_uac.xml stir_verstat_uas.xml -d 200 -key identity "$id" \
         || { DETAIL="verified call: $DETAIL"; return 1; }
     # Flip one character of the signature (the JWS's third part) and send it again.
     sig="${id%%;*}"; sig="${sig##*.}"
@@ -225,7 +227,86 @@ scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched 
     mkdir -p "$LOG_ROOT/l-verify-bad"
     sipp_pair l-verify-bad stir_refused_uac.xml "" -key identity "$bad" \
         || { DETAIL="tampered Identity not refused with 438: $DETAIL"; return 1; }
-    DETAIL="B's Identity verified by A (x5u fetched over HTTPS), call placed; tampered Identity: 438"
+    DETAIL="B's Identity verified by A (x5u fetched over HTTPS), call placed, B put verstat=TN-Validation-Passed on From; tampered Identity: 438"
+}
+
+# (m) runs its own gateway (either mode): SIP 127.0.0.1:5076, HTTP/3 127.0.0.1:4437, admin 9076.
+DIGEST_SIP=5076; DIGEST_ADMIN=9076
+
+scn_m() { # SIP Digest both ways through one gateway calling itself over HTTP/3
+    local dir="$1" bin="$REPO_ROOT/target/release/riptide" ha1 rc=0
+    # The caller (SIPp UAC on 5090) is on trunk "pbx" with auth = "digest"; its user has an MD5
+    # HA1 only, so the 401 offers MD5, which SIPp computes. Calls go to our own HTTP/3 server,
+    # whose TG routes them to the same trunk's target, SIPp UAS on 5080, which challenges our
+    # INVITE and checks the credentials (verifyauth) of riptide's login.
+    [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \
+        || { DETAIL="cargo build failed: $dir/build.log"; return 1; }
+    port_bound udp "$DIGEST_SIP" && { DETAIL="127.0.0.1:$DIGEST_SIP is in use: $(port_users udp "$DIGEST_SIP")"; return 1; }
+    ha1="$(printf '%s' 'sipp:riptide.interop:sipp-pw' | md5sum | cut -d' ' -f1)"
+    cat >"$dir/gateway.toml" <<TOML
+[general]
+node_name = "digest"
+data_dir = "$dir/data"
+
+[sip]
+udp = ["127.0.0.1:$DIGEST_SIP"]
+tcp = []
+digest_realm = "riptide.interop"
+digest_lockout_secs = 60
+
+[http3]
+listen = "127.0.0.1:4437"
+
+[admin]
+listen = "127.0.0.1:$DIGEST_ADMIN"
+
+[media]
+ip = "127.0.0.1"
+port_min = 31000
+port_max = 31999
+
+[[tg]]
+name = "trunk"
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "pbx"
+
+[[sip_route]]
+prefix = ""
+ript_peer = "self"
+
+[[sip_trunk]]
+name = "pbx"
+target = "sip:127.0.0.1:$UAS_PORT;transport=udp"
+match_sources = ["127.0.0.1:$UAC_PORT"]
+auth = "digest"
+users = [{ name = "sipp", ha1_md5 = "$ha1" }]
+username = "riptide"
+password = "trunk-pw"
+TOML
+    (cd "$dir" && exec "$bin" serve --config "$dir/gateway.toml") </dev/null >"$dir/gateway.log" 2>&1 &
+    DIGEST_GW_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$DIGEST_ADMIN/healthz" 2>/dev/null)" = ok ] && break
+        kill -0 "$DIGEST_GW_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$DIGEST_ADMIN/healthz" 2>/dev/null)" != ok ]; then
+        DETAIL="gateway not healthy: $(tail -n 3 "$dir/gateway.log" | tr '\n' ' ')"
+        stop_pid "$DIGEST_GW_PID" 2; DIGEST_GW_PID=""
+        return 1
+    fi
+    # SIPp's credentials name remote_ip:port unless told the Request-URI; riptide checks them.
+    TARGET="127.0.0.1:$DIGEST_SIP" sipp_pair m-digest digest_uac.xml digest_uas.xml -d 200 \
+        -auth_uri "answer@127.0.0.1:$DIGEST_SIP" || rc=1
+    stop_pid "$DIGEST_GW_PID" 5; DIGEST_GW_PID=""
+    [ "$rc" = 0 ] || return 1
+    grep -q 'digest authentication passed' "$dir/gateway.log" \
+        || { DETAIL="the gateway did not log the caller's authentication; log: $dir/gateway.log"; return 1; }
+    grep -q "answering the trunk's digest challenge" "$dir/gateway.log" \
+        || { DETAIL="the gateway did not log answering the trunk's challenge; log: $dir/gateway.log"; return 1; }
+    DETAIL="SIPp's MD5 credentials accepted after riptide's 401; riptide's answer to SIPp's 401 verified by SIPp (verifyauth), ACK of the 200 with credentials; call set up and ended"
 }
 
 scn_i() { # malformed probe, then a normal call must still work

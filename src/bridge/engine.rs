@@ -41,6 +41,8 @@ pub struct SipInbound {
     pub src: SocketAddr,
     pub transport: Transport,
     pub conn: Option<ConnId>,
+    /// SHA-256 of the client certificate of the TLS connection it came on, if any.
+    pub peer_cert_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +109,19 @@ pub struct TrunkInfo {
     pub match_sources: Vec<(IpAddr, Option<u16>)>,
     /// Browser-originated calls need a SIP CORS preflight (OPTIONS with `Origin`) first.
     pub preflight: bool,
+    /// A `verstat` this trunk puts on P-Asserted-Identity/From (a verification service upstream)
+    /// is passed on when we do not verify ourselves; from any other source it is ignored
+    /// (RFC 8224 §6.2.3: only a trusted verifier's verstat counts).
+    pub trust_verstat: bool,
+    /// Client certificates (SHA-256) this trunk's requests must come with over SIP-TLS;
+    /// empty: no such requirement.
+    pub tls_client_fingerprints: Vec<[u8; 32]>,
+    /// Digest authentication of the INVITEs this trunk sends us (`auth = "digest"`); none:
+    /// they are not challenged.
+    pub digest_users: Option<Arc<crate::sip::digest::UserDb>>,
+    /// Our login when this trunk challenges our INVITE (401/407); none: the challenge ends
+    /// the call.
+    pub digest_login: Option<Arc<crate::sip::digest::Login>>,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +206,8 @@ pub struct EngineConfig {
     pub max_calls_per_client: usize,
     /// Origins an out-of-dialog `OPTIONS` carrying `Origin` may name (`[sip] cors_origins`).
     pub sip_cors_origins: Vec<String>,
+    /// Out-of-dialog OPTIONS per second and burst per source address; `None`: unlimited.
+    pub options_limit: Option<(u32, u32)>,
 }
 
 impl EngineConfig {
@@ -246,12 +263,17 @@ impl EngineConfig {
                 media,
                 match_sources: vec![],
                 preflight: false,
+                trust_verstat: false,
+                tls_client_fingerprints: vec![],
+                digest_users: None,
+                digest_login: None,
             }],
             http_authority: "localhost:4434".into(),
             events_grace: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(10)),
             max_calls_per_client: 100,
             sip_cors_origins: vec![],
+            options_limit: None,
         }
     }
 
@@ -362,6 +384,9 @@ struct SipLeg {
     local_cseq: u32,
     remote_cseq: u32,
     // --- UAS ---
+    /// `Reason: STIR;cause=…` for Identity headers that failed verification while the call
+    /// went on (`continue`), carried by our provisional responses (RFC 9410 §4).
+    stir_reasons: Vec<String>,
     invite: Option<Request>,
     invite_src: Option<SocketAddr>,
     invite_key: Option<ServerKey>,
@@ -501,7 +526,11 @@ pub struct Engine {
     replay: crate::stir::verify::ReplayCache,
     /// INVITEs waiting for their x5u chains, by the key of the call they will become.
     verifying: HashMap<CallKey, (Box<SipInbound>, crate::stir::verify::Prepared)>,
+    /// Out-of-dialog OPTIONS per source (IN-04).
+    options_limiter: Option<super::ratelimit::SourceLimiter>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
+    /// SIP Digest: nonces, nc and lockouts (UAS), our credentials per call (UAC).
+    digest: digest_auth::DigestState,
     out: VecDeque<Output>,
     next_key: u64,
     timer_gen: u64,
@@ -552,6 +581,7 @@ impl PortPool {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, metrics: Arc<Metrics>) -> Self {
+        let options_limit = cfg.options_limit;
         // Transactions linger 64*T1 after their final response (RFC 6026 Timer L, Timer J), about
         // three per call: at 1000 calls/s that is ~100k live entries for 10k calls.
         let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(32).max(1024));
@@ -571,7 +601,10 @@ impl Engine {
             wall: None,
             replay: Default::default(),
             verifying: HashMap::new(),
+            options_limiter: options_limit
+                .map(|(rate, burst)| super::ratelimit::SourceLimiter::new(rate, burst)),
             timers: BinaryHeap::new(),
+            digest: digest_auth::DigestState::new(),
             out: VecDeque::new(),
             next_key: 1,
             timer_gen: 0,
@@ -790,6 +823,28 @@ impl Engine {
         );
     }
 
+    /// TLS-03: a request from a trunk that lists client certificates must come over TLS with
+    /// one of them, else it gets 403 (an ACK is dropped); true when refused. In-dialog
+    /// requests over UDP/TCP pass: calls we place toward the trunk run that way.
+    fn refuse_unlisted_client_cert(&mut self, now: Instant, m: &SipInbound) -> bool {
+        let Some(t) = self.cfg.trunk_of_source(m.src) else {
+            return false;
+        };
+        let listed = &self.cfg.trunks[t].tls_client_fingerprints;
+        let plain_in_dialog = m.transport != Transport::Tls && m.info.to_tag.is_some();
+        if listed.is_empty()
+            || plain_in_dialog
+            || m.peer_cert_sha256.is_some_and(|c| listed.contains(&c))
+        {
+            return false;
+        }
+        warn!(src = %m.src, trunk = %self.cfg.trunks[t].name, "request without a client certificate listed for its trunk: 403");
+        if !matches!(&m.msg, SipMessage::Request(r) if r.method == Method::Ack) {
+            self.respond(now, m, 403, "Forbidden", None, &Extra::none());
+        }
+        true
+    }
+
     fn on_request(&mut self, now: Instant, m: SipInbound) {
         let SipMessage::Request(req) = &m.msg else {
             return;
@@ -799,6 +854,9 @@ impl Engine {
         match self.txn.on_request(now, &key, method == Method::Ack) {
             RequestDisposition::Retransmission | RequestDisposition::AckAbsorbed => return,
             RequestDisposition::New => {}
+        }
+        if self.refuse_unlisted_client_cert(now, &m) {
+            return;
         }
         if method == Method::Ack {
             self.on_ack(now, &m);
@@ -832,6 +890,10 @@ impl Engine {
             }
         }
         let in_dialog = m.info.to_tag.is_some();
+        // Digest before anything else is done with a new call (RFC 3261 §22).
+        if method == Method::Invite && !in_dialog && !self.digest_admits(now, &m) {
+            return;
+        }
         match method {
             Method::Invite if !in_dialog => self.on_initial_invite(now, m),
             Method::Cancel => self.on_cancel(now, &m),
@@ -862,6 +924,16 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
+        if let Some(l) = self.options_limiter.as_mut() {
+            if !l.allow(now, m.src.ip()) {
+                let retry = l.retry_after_secs(m.src.ip()).to_string();
+                debug!(src = %m.src, "OPTIONS over the per-source rate: 503");
+                self.count_rejected();
+                let extra = Extra::none().header("Retry-After", retry);
+                self.respond(now, m, 503, "Service Unavailable", None, &extra);
+                return;
+            }
+        }
         let origins = msg::header_values(&req.headers, "Origin");
         let acao = match sip_origin_check(&origins, &self.cfg.sip_cors_origins) {
             OriginCheck::Absent => None,
@@ -889,6 +961,19 @@ impl Engine {
         self.respond(now, m, 200, "OK", Some(&tag), &extra);
     }
 
+    /// The `verstat` on P-Asserted-Identity (else From) of an INVITE from a trunk whose
+    /// verstat we trust; `None` from any other source, so a caller cannot claim a verification
+    /// nobody made.
+    fn trusted_verstat(&self, m: &SipInbound, req: &Request) -> Option<String> {
+        let trunk = self.cfg.trunk_of_source(m.src)?;
+        if !self.cfg.trunks[trunk].trust_verstat {
+            return None;
+        }
+        let who = msg::first_header(&req.headers, "P-Asserted-Identity")
+            .or_else(|| msg::first_header(&req.headers, "From"))?;
+        verstat_param(msg::addr_uri(&who)).map(str::to_string)
+    }
+
     fn new_key(&mut self) -> CallKey {
         let k = CallKey(self.next_key);
         self.next_key += 1;
@@ -907,7 +992,7 @@ impl Engine {
     /// An INVITE starting a call: verified first (STIR) when we verify, else placed at once.
     fn on_initial_invite(&mut self, now: Instant, m: SipInbound) {
         let (Some(v), Some(now_unix)) = (self.cfg.stir_verify.clone(), self.unix_at(now)) else {
-            return self.place_invite(now, m, None);
+            return self.place_invite(now, m, None, Vec::new());
         };
         let SipMessage::Request(req) = &m.msg else {
             return;
@@ -983,15 +1068,26 @@ impl Engine {
             }
             _ => {
                 let verstat = outcome.verstat.as_str().to_string();
-                self.place_invite(now, m, Some(verstat));
+                let reasons = outcome.reason_headers();
+                self.place_invite(now, m, Some(verstat), reasons);
             }
         }
     }
 
-    fn place_invite(&mut self, now: Instant, m: SipInbound, verstat: Option<String>) {
+    /// Places a SIP call toward HTTP/3. `verstat` is our own verification's result; without one,
+    /// a trusted trunk's is used. `stir_reasons` are the RFC 9410 Reason values for headers that
+    /// failed.
+    fn place_invite(
+        &mut self,
+        now: Instant,
+        m: SipInbound,
+        verstat: Option<String>,
+        stir_reasons: Vec<String>,
+    ) {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
+        let verstat = verstat.or_else(|| self.trusted_verstat(&m, req));
         // Over the call limit, or the transaction table is full: 503 with Retry-After.
         if self.calls.len() >= self.cfg.max_calls || self.txn.is_full() {
             self.count_rejected();
@@ -1111,6 +1207,7 @@ impl Engine {
         };
         let sip = SipLeg {
             role: SipRole::Uas,
+            stir_reasons,
             call_id: m.info.call_id.clone(),
             local_tag: to_tag.clone(),
             remote_tag: m.info.from_tag.clone(),
@@ -1294,6 +1391,28 @@ impl Engine {
             cancel: false,
         };
         let Some(&key) = self.invites.get(&invite_key) else {
+            // An INVITE still waiting for its x5u certificates is a pending transaction too
+            // (RFC 3261 §9.2): end it with 487 and drop the verification.
+            let waiting = self.verifying.iter().find_map(|(k, (inv, _))| {
+                let SipMessage::Request(r) = &inv.msg else {
+                    return None;
+                };
+                (Self::server_key(inv, &r.method) == invite_key).then_some(*k)
+            });
+            if let Some((inv, _)) = waiting.and_then(|k| self.verifying.remove(&k)) {
+                let tag = msg::token(12);
+                self.respond(now, m, 200, "OK", Some(&tag), &Extra::none());
+                self.respond(
+                    now,
+                    &inv,
+                    487,
+                    "Request Terminated",
+                    Some(&tag),
+                    &Extra::none(),
+                );
+                debug!(call_id = %inv.info.call_id, "CANCEL while verifying: 487");
+                return;
+            }
             self.respond(
                 now,
                 m,
@@ -1848,6 +1967,9 @@ impl Engine {
         }
         if (200..300).contains(&code) {
             self.on_invite_2xx(now, key, m, resp);
+            return;
+        }
+        if matches!(code, 401 | 407) && self.digest_retry(now, key, resp, code) {
             return;
         }
         // 3xx: follow the first Contact when allowed.
@@ -2417,14 +2539,28 @@ impl Engine {
                     })
                     .unwrap_or_else(|| "anonymous".into());
                 let via_host = self.cfg.via_host(trunk.dest.transport);
+                // RFC 8224 §6.2.3: the verification result rides on the caller's number
+                // (the HTTP/3 server kept `verstat` only from clients trusted to assert it).
+                let from_user = match request.verstat.as_deref().and_then(known_verstat) {
+                    Some(v) if crate::stir::canonical_tn(&from_user).is_some() => {
+                        format!("{from_user};verstat={v}")
+                    }
+                    _ => from_user,
+                };
+                let user_phone = if from_user.contains(";verstat=") {
+                    ";user=phone"
+                } else {
+                    ""
+                };
                 let dest_user = sanitize_user(&request.destination);
                 let invite_uri = format!("sip:{}@{}", dest_user, trunk.host);
                 let sip = SipLeg {
                     role: SipRole::Uac,
+                    stir_reasons: Vec::new(),
                     call_id: format!("{}@{}", msg::token(20), self.cfg.node),
                     local_tag: msg::token(12),
                     remote_tag: None,
-                    local_addr: format!("<sip:{}@{}>", from_user, via_host),
+                    local_addr: format!("<sip:{from_user}@{via_host}{user_phone}>"),
                     remote_addr: format!("<{invite_uri}>"),
                     remote_target: invite_uri.clone(),
                     route_set: vec![],
@@ -2962,6 +3098,12 @@ impl Engine {
         if let Some(id) = identity {
             extra = extra.header("Identity", id);
         }
+        for (name, value) in self
+            .digest
+            .invite_headers(key, sip.local_cseq, &sip.invite_uri)
+        {
+            extra = extra.header(name, value);
+        }
         let bytes = msg::request(&spec, &extra);
         sip.invite_branch = Some(branch.clone());
         sip.got_provisional = false;
@@ -3053,8 +3195,12 @@ impl Engine {
         else {
             return;
         };
-        if let Some((bytes, dest, _)) = self.build_in_dialog(key, "ACK", Some(cseq), &Extra::none())
-        {
+        // RFC 3261 §13.2.2.4: the ACK carries the INVITE's credentials.
+        let mut extra = Extra::none();
+        for (name, value) in self.digest.ack_headers(key, cseq) {
+            extra = extra.header(name, value);
+        }
+        if let Some((bytes, dest, _)) = self.build_in_dialog(key, "ACK", Some(cseq), &extra) {
             let out = SipOut {
                 dest,
                 bytes: bytes.into(),
@@ -3131,6 +3277,9 @@ impl Engine {
         let mut extra = Extra::none().header("Contact", contact);
         for rr in msg::header_values(&req.headers, "Record-Route") {
             extra = extra.header("Record-Route", rr);
+        }
+        for r in &sip.stir_reasons {
+            extra = extra.header("Reason", r.clone());
         }
         if let Some(b) = &body {
             extra = extra.sdp(b);
@@ -3343,6 +3492,7 @@ impl Engine {
         let Some(call) = self.calls.remove(&key) else {
             return;
         };
+        self.digest.forget(key);
         if let Some(p) = call.port {
             self.ports.put(p);
             self.out
@@ -3569,6 +3719,28 @@ fn sip_origin_check(values: &[String], allowed: &[String]) -> OriginCheck {
     }
 }
 
+/// The `verstat` parameter of a tel URI or of a SIP URI's user part (RFC 8224 §6.2.3), when it
+/// is one of the values the RFC defines.
+fn verstat_param(uri: &str) -> Option<&str> {
+    let user = uri.split_once('@').map_or(uri, |(u, _)| u);
+    let v = user.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("verstat").then_some(v.trim())
+    })?;
+    known_verstat(v)
+}
+
+/// `v` as one of the `verstat` values RFC 8224 §6.2.3 defines.
+fn known_verstat(v: &str) -> Option<&'static str> {
+    [
+        "TN-Validation-Passed",
+        "TN-Validation-Failed",
+        "No-TN-Validation",
+    ]
+    .into_iter()
+    .find(|known| known.eq_ignore_ascii_case(v))
+}
+
 fn safe_phrase(p: &str) -> String {
     p.chars()
         .filter(|c| c.is_ascii() && !c.is_ascii_control())
@@ -3589,6 +3761,9 @@ fn end_event(reason: &str) -> Event {
 
 /// RFC 3326 reason for an ordinary hang-up.
 pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\"";
+
+#[path = "digest_auth.rs"]
+mod digest_auth;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -51,6 +51,7 @@ impl Sim {
             src: src.parse().unwrap(),
             transport: Transport::Udp,
             conn: None,
+            peer_cert_sha256: None,
         })));
     }
 
@@ -2127,13 +2128,23 @@ const VX5U: &str = "https://cert.example.net/sp.pem";
 /// A gateway that verifies incoming SIP calls against a test PKI, and an Identity for a call
 /// from +12155551212 to +12155551213 signed by that PKI's leaf now.
 fn verifying_sim(reject: bool) -> (Sim, crate::stir::TestPki, String) {
+    verifying_sim_with(reject, Default::default(), |_| {})
+}
+
+/// [`verifying_sim`] with a verification policy and a last say on the engine's config.
+fn verifying_sim_with(
+    reject: bool,
+    policy: crate::stir::VerifyPolicy,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> (Sim, crate::stir::TestPki, String) {
     let pki = crate::stir::TestPki::generate("1234", WALL).unwrap();
     let trust = crate::stir::TrustStore::from_der_certs([pki.root.der.clone()]).unwrap();
     let mut c = cfg();
     c.stir_verify = Some(Arc::new(StirVerify {
-        verifier: crate::stir::verify::Verifier::new(trust, vec![], Default::default()),
+        verifier: crate::stir::verify::Verifier::new(trust, vec![], policy),
         reject,
     }));
+    tweak(&mut c);
     let mut s = Sim {
         e: Engine::new(c, Arc::new(Metrics::default())),
         now: Instant::now(),
@@ -2245,4 +2256,321 @@ fn a_failed_verification_is_refused_or_marked_by_policy() {
     assert!(out.iter().any(|o| matches!(o,
         Output::Ript(RiptCmd::CreateCall { request, .. })
             if request.verstat.as_deref() == Some("No-TN-Validation"))));
+}
+
+/// The outputs once verification is done: the x5u chain is delivered when the engine asked for
+/// it (checks that need no certificate decide without a fetch).
+fn verified(s: &mut Sim, pki: &crate::stir::TestPki) -> Vec<Output> {
+    let out = s.take();
+    if out.iter().any(|o| matches!(o, Output::StirFetch { .. })) {
+        deliver_chain(s, &out, pki)
+    } else {
+        out
+    }
+}
+
+/// The `verstat` of the call placed toward HTTP/3, `None` when none was placed.
+fn placed_verstat(out: &[Output]) -> Option<Option<String>> {
+    out.iter().find_map(|o| match o {
+        Output::Ript(RiptCmd::CreateCall { request, .. }) => Some(request.verstat.clone()),
+        _ => None,
+    })
+}
+
+/// The final response among `out` (the 100 Trying aside).
+fn final_response(out: &[Output]) -> Option<String> {
+    sip_texts(out)
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1"))
+}
+
+/// STIR-07 on whole INVITEs: `dest` must hold the Request-URI's number and `orig` must be the
+/// caller's (P-Asserted-Identity, else From), compared in canonical form.
+#[test]
+fn stir_orig_and_dest_are_matched_against_the_invite() {
+    let wrong_dest =
+        |inv: String| inv.replace("INVITE sip:+12155551213@", "INVITE sip:+12155551299@");
+    let wrong_orig =
+        |inv: String| inv.replace("From: <sip:+12155551212@", "From: <sip:+12155550000@");
+    let pai_wrong = |inv: String| {
+        inv.replace(
+            "Call-ID: ",
+            "P-Asserted-Identity: <sip:+12155550000@127.0.0.1>\r\nCall-ID: ",
+        )
+    };
+    for (name, mutate) in [
+        ("dest", &wrong_dest as &dyn Fn(String) -> String),
+        ("orig", &wrong_orig),
+        ("PAI", &pai_wrong),
+    ] {
+        let (mut s, pki, id) = verifying_sim(true);
+        s.sip(&mutate(signed_invite("z9hG4bKo1", "cid-o1", &id)), CALLER);
+        let out = verified(&mut s, &pki);
+        let fin = final_response(&out).unwrap_or_else(|| panic!("{name}: no final response"));
+        assert!(fin.starts_with("SIP/2.0 438 "), "{name}: {fin}");
+        assert!(fin.contains("Reason: STIR;cause=438"), "{name}: {fin}");
+        assert_eq!(placed_verstat(&out), None, "{name}: no call placed");
+        // Under `continue` the call goes on, marked failed.
+        let (mut s, pki, id) = verifying_sim(false);
+        s.sip(&mutate(signed_invite("z9hG4bKo2", "cid-o2", &id)), CALLER);
+        let out = verified(&mut s, &pki);
+        assert_eq!(
+            placed_verstat(&out),
+            Some(Some("TN-Validation-Failed".into())),
+            "{name}"
+        );
+    }
+    // Visual separators, `user=phone` and a matching PAI: the same numbers, so it passes.
+    let (mut s, pki, id) = verifying_sim(true);
+    let inv = signed_invite("z9hG4bKo3", "cid-o3", &id)
+        .replace(
+            "INVITE sip:+12155551213@127.0.0.1:5070",
+            "INVITE sip:+1-215-555-1213@127.0.0.1:5070;user=phone",
+        )
+        .replace(
+            "From: <sip:+12155551212@127.0.0.1>",
+            "From: <sip:+1-215-555-1212@127.0.0.1;user=phone>",
+        );
+    s.sip(&inv, CALLER);
+    let out = verified(&mut s, &pki);
+    assert_eq!(
+        placed_verstat(&out),
+        Some(Some("TN-Validation-Passed".into())),
+        "{:?}",
+        sip_texts(&out)
+    );
+}
+
+/// STIR-15: no Identity is 428 when one is required; a `verstat` the caller puts on its own
+/// identity counts only from a trunk trusted for it, and never over our own verification.
+#[test]
+fn stir_missing_identity_and_untrusted_verstat() {
+    let strict = crate::stir::VerifyPolicy {
+        require_identity: true,
+        ..Default::default()
+    };
+    let (mut s, _, _) = verifying_sim_with(true, strict.clone(), |_| {});
+    s.sip(&invite("z9hG4bKm1", "cid-m1", OFFER), CALLER);
+    let out = s.take();
+    let fin = final_response(&out).expect("a final response");
+    assert!(fin.starts_with("SIP/2.0 428 "), "{fin}");
+    assert_eq!(placed_verstat(&out), None);
+    // Under `continue` the call goes on without validation.
+    let (mut s, _, _) = verifying_sim_with(false, strict, |_| {});
+    s.sip(&invite("z9hG4bKm2", "cid-m2", OFFER), CALLER);
+    assert_eq!(
+        placed_verstat(&s.take()),
+        Some(Some("No-TN-Validation".into()))
+    );
+
+    let claimed = |inv: String| {
+        inv.replace(
+            "From: <sip:+12155551212@127.0.0.1>",
+            "From: <sip:+12155551212;verstat=TN-Validation-Passed@127.0.0.1;user=phone>",
+        )
+    };
+    let trusting = |c: &mut EngineConfig| {
+        c.trunks[0].match_sources = vec![(CALLER.parse::<SocketAddr>().unwrap().ip(), None)];
+        c.trunks[0].trust_verstat = true;
+    };
+    // Not verifying, untrusted source: the claimed verstat is dropped.
+    let mut s = Sim::new();
+    s.sip(&claimed(invite("z9hG4bKt1", "cid-t1", OFFER)), CALLER);
+    assert_eq!(placed_verstat(&s.take()), Some(None));
+    // Not verifying, a trunk trusted for it: passed on.
+    let mut c = cfg();
+    trusting(&mut c);
+    let mut s = Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    };
+    s.sip(&claimed(invite("z9hG4bKt2", "cid-t2", OFFER)), CALLER);
+    assert_eq!(
+        placed_verstat(&s.take()),
+        Some(Some("TN-Validation-Passed".into()))
+    );
+    // Verifying: our own result wins over the trusted trunk's claim.
+    let (mut s, _, _) = verifying_sim_with(false, Default::default(), trusting);
+    s.sip(&claimed(invite("z9hG4bKt3", "cid-t3", OFFER)), CALLER);
+    assert_eq!(
+        placed_verstat(&s.take()),
+        Some(Some("No-TN-Validation".into()))
+    );
+    // Only the values RFC 8224 defines are taken.
+    assert_eq!(
+        verstat_param("sip:+12155551212;verstat=TN-Validation-Passed@h;user=phone"),
+        Some("TN-Validation-Passed")
+    );
+    assert_eq!(
+        verstat_param("tel:+12155551212;verstat=no-tn-validation"),
+        Some("No-TN-Validation")
+    );
+    assert_eq!(verstat_param("sip:+12155551212;verstat=Trust-Me@h"), None);
+    assert_eq!(
+        verstat_param("sip:alice@h;verstat=TN-Validation-Passed"),
+        None
+    );
+}
+
+/// STIR-16: a valid shaken PASSporT decides beside a broken second Identity header, and the
+/// broken one is reported in our provisional responses (RFC 9410 `Reason: STIR;cause=438`).
+#[test]
+fn stir_several_identity_headers_report_the_failing_one() {
+    for reject in [false, true] {
+        let (mut s, pki, id) = verifying_sim(reject);
+        let inv = signed_invite("z9hG4bKs6", "cid-s6", &id).replace(
+            "Call-ID: ",
+            "Identity: garbage;info=<https://cert.example.net/other.pem>;ppt=rcd\r\nCall-ID: ",
+        );
+        s.sip(&inv, CALLER);
+        let out = verified(&mut s, &pki);
+        let key = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                    assert_eq!(request.verstat.as_deref(), Some("TN-Validation-Passed"));
+                    Some(*call)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("reject={reject}: the call goes on: {:?}", sip_texts(&out)));
+        s.ript(RiptEvent::ClientEvent {
+            call: key,
+            event: ev(EventName::Alerting, 0),
+        });
+        let ringing = s.sip_out().remove(0);
+        assert!(ringing.starts_with("SIP/2.0 180 "), "{ringing}");
+        assert!(
+            ringing.contains("\r\nReason: STIR;cause=438"),
+            "reject={reject}: {ringing}"
+        );
+    }
+    // A call that passed on one header alone reports nothing.
+    let (mut s, pki, id) = verifying_sim(false);
+    s.sip(&signed_invite("z9hG4bKs7", "cid-s7", &id), CALLER);
+    let out = verified(&mut s, &pki);
+    let key = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .unwrap();
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    assert!(!s.sip_out()[0].contains("Reason:"));
+}
+
+/// A CANCEL that arrives while the INVITE waits for its x5u certificates ends that INVITE
+/// with 487 (RFC 3261 §9.2), and the certificates arriving later place no call.
+#[test]
+fn cancel_while_verifying_ends_the_invite() {
+    let (mut s, pki, id) = verifying_sim(true);
+    s.sip(&signed_invite("z9hG4bKc9", "cid-a", &id), CALLER);
+    let waiting = s.take();
+    assert!(waiting
+        .iter()
+        .any(|o| matches!(o, Output::StirFetch { .. })));
+    s.sip(&cancel("z9hG4bKc9"), CALLER);
+    let msgs = s.sip_out();
+    let starts = start_lines(&msgs);
+    assert!(starts.contains(&"SIP/2.0 200 OK".to_string()), "{starts:?}");
+    let terminated = msgs
+        .iter()
+        .find(|m| m.starts_with("SIP/2.0 487 "))
+        .unwrap_or_else(|| panic!("487 to the INVITE: {starts:?}"));
+    assert!(terminated.contains("CSeq: 1 INVITE"), "{terminated}");
+    let out = deliver_chain(&mut s, &waiting, &pki);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Ript(_))),
+        "no call after the CANCEL: {out:?}"
+    );
+    assert!(sip_texts(&out).is_empty());
+}
+
+/// The verification result a trusted HTTP/3 client sends (`verstat` in `POST {TG}/calls`) rides
+/// on the caller's number in the INVITE's From (RFC 8224 §6.2.3); unknown values and callers
+/// that are not numbers carry none.
+#[test]
+fn verstat_from_http3_rides_on_the_callers_number() {
+    let with = |from: &str, verstat: Option<&str>| {
+        let mut s = Sim::new();
+        let mut e = incoming_call(ReqId(1), Some(from), "client");
+        if let RiptEvent::IncomingCall { request, .. } = &mut e {
+            request.verstat = verstat.map(str::to_string);
+        }
+        s.ript(e);
+        let inv = s.sip_out().remove(0);
+        assert!(inv.starts_with("INVITE "), "{inv}");
+        inv.lines()
+            .find(|l| l.starts_with("From: "))
+            .unwrap()
+            .to_string()
+    };
+    let from = with("+12155551212", Some("TN-Validation-Passed"));
+    assert!(
+        from.starts_with("From: <sip:+12155551212;verstat=TN-Validation-Passed@")
+            && from.contains(";user=phone>;tag="),
+        "{from}"
+    );
+    let from = with("+12155551212", Some("no-tn-validation"));
+    assert!(from.contains(";verstat=No-TN-Validation@"), "{from}");
+    for (who, v) in [
+        ("+12155551212", None),
+        ("+12155551212", Some("Trust-Me")),
+        ("alice", Some("TN-Validation-Passed")),
+    ] {
+        let from = with(who, v);
+        assert!(
+            !from.contains("verstat") && !from.contains("user=phone"),
+            "{from}"
+        );
+    }
+}
+
+/// IN-04 / SIPCORS-01: OPTIONS (preflights included) from one source beyond its burst and rate
+/// get 503 with Retry-After; another source is unaffected.
+#[test]
+fn options_are_rate_limited_per_source() {
+    let mut c = cfg();
+    c.options_limit = Some((20, 40));
+    c.sip_cors_origins = vec!["https://allowed.example".into()];
+    let mut s = Sim {
+        e: Engine::new(c, Arc::new(Metrics::default())),
+        now: Instant::now(),
+        out: vec![],
+    };
+    // 200 OPTIONS in one second (every 5 ms), half of them preflights.
+    let (mut ok, mut busy) = (0, 0);
+    for i in 0..200 {
+        let origin: &[&str] = if i % 2 == 0 {
+            &["Origin: https://allowed.example"]
+        } else {
+            &[]
+        };
+        s.sip(&options_with(&format!("z9hG4bKr{i}"), origin), CALLER);
+        let m = s.sip_out().remove(0);
+        if m.starts_with("SIP/2.0 200 ") {
+            ok += 1;
+        } else {
+            assert!(m.starts_with("SIP/2.0 503 "), "{m}");
+            let retry: u64 = header_of(&m, "Retry-After").unwrap().parse().unwrap();
+            assert!((1..=2).contains(&retry), "{m}");
+            busy += 1;
+        }
+        s.advance(Duration::from_millis(5));
+    }
+    // The burst of 40, then 20 a second: about 60 answered, the rest refused.
+    assert!((58..=62).contains(&ok), "answered {ok}");
+    assert_eq!(ok + busy, 200);
+    // Another address has its own allowance.
+    s.sip(&options_with("z9hG4bKother", &[]), "127.0.0.2:5061");
+    assert!(s.sip_out()[0].starts_with("SIP/2.0 200 "));
+    // After a pause the first source is answered again.
+    s.advance(Duration::from_secs(2));
+    s.sip(&options_with("z9hG4bKlater", &[]), CALLER);
+    assert!(s.sip_out()[0].starts_with("SIP/2.0 200 "));
 }

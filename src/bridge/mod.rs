@@ -4,4 +4,5 @@
 pub mod driver;
 pub mod engine;
 pub mod negotiate;
+pub mod ratelimit;
 pub mod secure;

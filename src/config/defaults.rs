@@ -39,6 +39,10 @@ impl Default for SipConfig {
             no_answer_timeout_secs: 180,
             t1_ms: 500,
             cors_origins: vec![],
+            options_rate: 20,
+            options_burst: 40,
+            digest_realm: None,
+            digest_lockout_secs: 300,
         }
     }
 }
@@ -61,6 +65,22 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: Some((Ipv4Addr::LOCALHOST, 9060).into()),
+        }
+    }
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        OAuthConfig {
+            mode: OAuthMode::Local,
+            issuer: None,
+            audience: "riptide".into(),
+            jwks_uri: None,
+            introspection_endpoint: None,
+            client_id: None,
+            client_secret_file: None,
+            ca_file: None,
+            allow_hosts: vec![],
         }
     }
 }
@@ -89,6 +109,7 @@ pub fn embedded_default() -> Config {
         http3: Http3Config::default(),
         admin: AdminConfig::default(),
         stir: StirConfig::default(),
+        oauth: OAuthConfig::default(),
         media: MediaConfig::default(),
         tgs: vec![TgConfig {
             name: "local".into(),

@@ -400,7 +400,39 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
                 ));
             }
         }
+        for (j, fp) in t.tls_client_fingerprints.iter().enumerate() {
+            if crate::tls::parse_sha256_fingerprint(fp).is_none() {
+                let mut path = at("tls_client_fingerprints");
+                path.push(Seg::Index(j));
+                return Err(err(
+                    path,
+                    format!("{fp:?} is not a SHA-256 fingerprint: expected 64 hex digits (colons allowed)"),
+                ));
+            }
+        }
+        if !t.tls_client_fingerprints.is_empty() && t.match_sources.is_empty() {
+            return Err(err(
+                at("tls_client_fingerprints"),
+                "requests are tied to a trunk by their source address: set match_sources too"
+                    .into(),
+            ));
+        }
+        let mtls_key = if t.tls_client_ca.is_some() {
+            Some("tls_client_ca")
+        } else if !t.tls_client_fingerprints.is_empty() {
+            Some("tls_client_fingerprints")
+        } else {
+            None
+        };
+        if let (Some(k), true) = (mtls_key, sip.tls.is_empty()) {
+            return Err(err(
+                at(k),
+                "client certificates are asked for on SIP-TLS: set [sip] tls to a listener address"
+                    .into(),
+            ));
+        }
     }
+    check_digest(cfg, &err)?;
 
     // stir
     let st = &cfg.stir;
@@ -443,12 +475,22 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             }
         }
     }
+    if st.verify == StirVerifyMode::Off && !st.crls.is_empty() {
+        return Err(err(
+            vec![key("stir"), key("crls")],
+            "CRLs are used by the verification service: set verify = \"continue\" or \"reject\""
+                .into(),
+        ));
+    }
     if st.publish.is_some() && st.x5u.is_none() {
         return Err(err(
             vec![key("stir"), key("publish")],
             "publish serves sign_cert at x5u's path: set x5u (and sign_cert, sign_key)".into(),
         ));
     }
+
+    // oauth
+    check_oauth(cfg, &err)?;
 
     // tg
     unique_names(cfg.tgs.iter().map(|t| t.name.as_str()), "tg", &err)?;
@@ -758,6 +800,377 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     } else {
         v.join(", ")
     }
+}
+
+/// SIP Digest keys: `[sip] digest_realm` and `digest_lockout_secs`; per `[[sip_trunk]]`,
+/// `auth`, `realm` and `users` (challenging calls in) and `username` with `password` or
+/// `password_file` (answering challenges to our calls).
+fn check_digest(
+    cfg: &Config,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    use super::SipTrunkAuth;
+    let text_ok = |v: &str| !v.trim().is_empty() && !v.chars().any(char::is_control);
+    if let Some(r) = &cfg.sip.digest_realm {
+        if !text_ok(r) {
+            return Err(err(
+                vec![key("sip"), key("digest_realm")],
+                "must not be empty or hold control characters".into(),
+            ));
+        }
+    }
+    if cfg.sip.digest_lockout_secs == 0 {
+        return Err(err(
+            vec![key("sip"), key("digest_lockout_secs")],
+            "must be at least 1: users are locked out after 10 wrong Digest responses".into(),
+        ));
+    }
+    for (i, t) in cfg.sip_trunks.iter().enumerate() {
+        let at = |k: &str| vec![key("sip_trunk"), Seg::Index(i), key(k)];
+        if let Some(r) = &t.realm {
+            if !text_ok(r) {
+                return Err(err(
+                    at("realm"),
+                    "must not be empty or hold control characters".into(),
+                ));
+            }
+        }
+        if t.auth == SipTrunkAuth::None {
+            let set = [("realm", t.realm.is_some()), ("users", !t.users.is_empty())];
+            if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+                return Err(err(
+                    at(k),
+                    "only used with auth = \"digest\" (challenging the INVITEs this trunk sends)"
+                        .into(),
+                ));
+            }
+        } else {
+            if t.realm.is_none() && cfg.sip.digest_realm.is_none() {
+                return Err(err(
+                    at("auth"),
+                    "auth = \"digest\" needs a realm: set realm here or [sip] digest_realm".into(),
+                ));
+            }
+            if t.match_sources.is_empty() {
+                return Err(err(
+                    at("auth"),
+                    "INVITEs are tied to a trunk by their source address: set match_sources too"
+                        .into(),
+                ));
+            }
+            if t.users.is_empty() {
+                return Err(err(
+                    at("auth"),
+                    "auth = \"digest\" needs at least one user, e.g. users = [{ name = \"pbx\", \
+                     password_file = \"pbx.pass\" }]"
+                        .into(),
+                ));
+            }
+            // Algorithms every user can be checked with: all for a password, else its HA1s.
+            let mut common = [true; 3];
+            for (j, u) in t.users.iter().enumerate() {
+                let uat = |k: &str| {
+                    let mut p = at("users");
+                    p.push(Seg::Index(j));
+                    p.push(key(k));
+                    p
+                };
+                if !text_ok(&u.name) {
+                    return Err(err(
+                        uat("name"),
+                        "must not be empty or hold control characters".into(),
+                    ));
+                }
+                if let Some(k) = t.users[..j].iter().position(|o| o.name == u.name) {
+                    return Err(err(
+                        uat("name"),
+                        format!("duplicate user {:?} (already users[{k}])", u.name),
+                    ));
+                }
+                let ha1s = [
+                    ("ha1_sha512_256", &u.ha1_sha512_256, 64),
+                    ("ha1_sha256", &u.ha1_sha256, 64),
+                    ("ha1_md5", &u.ha1_md5, 32),
+                ];
+                let kinds: Vec<&str> = [
+                    ("password", u.password.is_some()),
+                    ("password_file", u.password_file.is_some()),
+                    ("ha1_*", ha1s.iter().any(|(_, v, _)| v.is_some())),
+                ]
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(k, _)| *k)
+                .collect();
+                match kinds.as_slice() {
+                    [] => {
+                        return Err(err(
+                            {
+                                let mut p = at("users");
+                                p.push(Seg::Index(j));
+                                p
+                            },
+                            "set password, password_file, or ha1_sha512_256/ha1_sha256/ha1_md5 \
+                             for this user"
+                                .into(),
+                        ))
+                    }
+                    [_] => {}
+                    [first, second, ..] => {
+                        let second = if *second == "ha1_*" {
+                            ha1s.iter()
+                                .find(|(_, v, _)| v.is_some())
+                                .map_or("ha1_md5", |(k, _, _)| *k)
+                        } else {
+                            second
+                        };
+                        return Err(err(
+                            uat(second),
+                            format!("set one of password, password_file or the ha1_* keys, not {first} and {second}"),
+                        ));
+                    }
+                }
+                if kinds == ["ha1_*"] {
+                    for (n, (k, v, len)) in ha1s.iter().enumerate() {
+                        match v {
+                            Some(h) => {
+                                let h = h.0.trim();
+                                if h.len() != *len || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                                    return Err(err(
+                                        uat(k),
+                                        format!(
+                                            "expected {len} hex digits (H(name:realm:password))"
+                                        ),
+                                    ));
+                                }
+                            }
+                            None => common[n] = false,
+                        }
+                    }
+                }
+            }
+            if !common.iter().any(|c| *c) {
+                return Err(err(
+                    at("users"),
+                    "the users' ha1_* keys share no algorithm, so no challenge suits them all: \
+                     give every user an HA1 for one same algorithm (or a password)"
+                        .into(),
+                ));
+            }
+        }
+        match (&t.username, &t.password, &t.password_file) {
+            (Some(u), _, _) if !text_ok(u) => {
+                return Err(err(
+                    at("username"),
+                    "must not be empty or hold control characters".into(),
+                ))
+            }
+            (Some(_), Some(_), Some(_)) => {
+                return Err(err(
+                    at("password_file"),
+                    "set password or password_file, not both".into(),
+                ))
+            }
+            (Some(_), None, None) => {
+                return Err(err(
+                    at("username"),
+                    "set password or password_file too (our Digest login toward this trunk)".into(),
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(err(
+                    at("password"),
+                    "set username too (our Digest login toward this trunk)".into(),
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(err(
+                    at("password_file"),
+                    "set username too (our Digest login toward this trunk)".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `[oauth]`: the keys each mode needs, none it does not use, https URLs only.
+fn check_oauth(
+    cfg: &Config,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    use super::OAuthMode;
+    let oa = &cfg.oauth;
+    let at = |k: &str| vec![key("oauth"), key(k)];
+    let mode = oa.mode.as_str();
+    if oa.audience.trim().is_empty() {
+        return Err(err(at("audience"), "must not be empty".into()));
+    }
+    let jwks_only = [("jwks_uri", oa.jwks_uri.is_some())];
+    let introspection_only = [
+        (
+            "introspection_endpoint",
+            oa.introspection_endpoint.is_some(),
+        ),
+        ("client_id", oa.client_id.is_some()),
+        ("client_secret_file", oa.client_secret_file.is_some()),
+    ];
+    if oa.mode == OAuthMode::Local {
+        let external = [
+            ("issuer", oa.issuer.is_some()),
+            ("ca_file", oa.ca_file.is_some()),
+            ("allow_hosts", !oa.allow_hosts.is_empty()),
+        ];
+        for (k, set) in external.iter().chain(&jwks_only).chain(&introspection_only) {
+            if *set {
+                return Err(err(
+                    at(k),
+                    "only used with mode = \"jwks\" or \"introspection\"; mode is \"local\" \
+                     (the built-in issuer)"
+                        .into(),
+                ));
+            }
+        }
+        if oa.audience != crate::auth::LOCAL_AUDIENCE {
+            return Err(err(
+                at("audience"),
+                format!(
+                    "the local issuer's tokens always name audience {:?}; another audience needs \
+                     mode = \"jwks\" or \"introspection\"",
+                    crate::auth::LOCAL_AUDIENCE
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    match &oa.issuer {
+        None => {
+            return Err(err(
+                at("issuer"),
+                format!("mode = \"{mode}\" needs the issuer (the `iss` its tokens carry)"),
+            ))
+        }
+        Some(i) if i.trim().is_empty() => {
+            return Err(err(at("issuer"), "must not be empty".into()))
+        }
+        Some(_) => {}
+    }
+    let (needed, unused): (&str, &[(&str, bool)]) = match oa.mode {
+        OAuthMode::Jwks => ("jwks_uri", &introspection_only),
+        _ => ("introspection_endpoint", &jwks_only),
+    };
+    for (k, set) in unused {
+        if *set {
+            return Err(err(at(k), format!("not used with mode = \"{mode}\"")));
+        }
+    }
+    let url = match oa.mode {
+        OAuthMode::Jwks => &oa.jwks_uri,
+        _ => &oa.introspection_endpoint,
+    };
+    match url {
+        None => {
+            return Err(err(
+                at(needed),
+                format!("mode = \"{mode}\" needs {needed} (an https:// URL at the issuer)"),
+            ))
+        }
+        Some(u) => check_fetch_url(u).map_err(|m| err(at(needed), m))?,
+    }
+    if oa.mode == OAuthMode::Introspection {
+        match &oa.client_id {
+            None => {
+                return Err(err(
+                    at("client_id"),
+                    "mode = \"introspection\" needs client_id and client_secret_file (how riptide \
+                     authenticates to the introspection endpoint)"
+                        .into(),
+                ))
+            }
+            Some(c) if c.is_empty() || c.contains(':') => {
+                return Err(err(
+                    at("client_id"),
+                    "must be non-empty and without ':' (it goes into HTTP Basic)".into(),
+                ))
+            }
+            Some(_) => {}
+        }
+        if oa.client_secret_file.is_none() {
+            return Err(err(
+                at("client_secret_file"),
+                "mode = \"introspection\" needs client_secret_file (the secret is read from a \
+                 file, never written in the configuration)"
+                    .into(),
+            ));
+        }
+    }
+    if oa.ca_file.is_none() {
+        return Err(err(
+            at("ca_file"),
+            format!(
+                "mode = \"{mode}\" needs ca_file: the PEM roots the issuer's HTTPS certificate \
+                 chains to (e.g. \"/etc/ssl/certs/ca-certificates.crt\")"
+            ),
+        ));
+    }
+    for (i, h) in oa.allow_hosts.iter().enumerate() {
+        let bare = h
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or(h);
+        let ok = !bare.is_empty()
+            && (bare.parse::<std::net::IpAddr>().is_ok()
+                || bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)));
+        if !ok {
+            return Err(err(
+                vec![key("oauth"), key("allow_hosts"), Seg::Index(i)],
+                format!("{h:?} is not a host name or IP address (no scheme, port or path)"),
+            ));
+        }
+    }
+    for (i, r) in cfg.sip_routes.iter().enumerate() {
+        if r.ript_peer == "self" {
+            return Err(err(
+                vec![key("sip_route"), Seg::Index(i), key("ript_peer")],
+                format!(
+                    "\"self\" calls this gateway's HTTP/3 server with a token of the local \
+                     issuer, which oauth.mode = \"{mode}\" does not accept; route to a \
+                     [[ript_peer]] instead"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A URL riptide fetches from (`[oauth]`): https, a host, no user part or fragment.
+fn check_fetch_url(s: &str) -> Result<(), String> {
+    let expected = "expected an https:// URL, e.g. \"https://issuer.example/jwks.json\"";
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a URL ({e}); {expected}"))?;
+    match uri.scheme_str() {
+        Some(sch) if sch.eq_ignore_ascii_case("https") => {}
+        Some(sch) => {
+            return Err(format!(
+                "{s:?}: scheme {sch} is not allowed, riptide fetches over HTTPS only; {expected}"
+            ))
+        }
+        None => return Err(format!("{s:?} is not an absolute URL; {expected}")),
+    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    if authority.contains('@') {
+        return Err(format!("{s:?} has a user part; {expected}"));
+    }
+    if uri.host().is_none_or(|h| h.is_empty()) {
+        return Err(format!("{s:?} has no host; {expected}"));
+    }
+    if s.contains('#') {
+        return Err(format!("{s:?} has a fragment; {expected}"));
+    }
+    Ok(())
 }
 
 fn unique_names<'a>(
@@ -1098,6 +1511,20 @@ mod tests {
             PathBuf::from("/etc/riptide/k.pem")
         );
         assert_eq!(cfg.resolve_path(Path::new("/abs")), PathBuf::from("/abs"));
+    }
+
+    #[test]
+    fn stir_crls_need_verification_and_both_files() {
+        let (key, _, _, _) = invalid("[stir]\ncrls = [{ crl = \"a.crl\", signer = \"s.pem\" }]\n");
+        assert_eq!(key, "stir.crls");
+        let (key, _, _, msg) = invalid(
+            "[stir]\nverify = \"reject\"\ntrust_anchors = \"r.pem\"\nx5u_ca = \"r.pem\"\n\
+             crls = [{ crl = \"a.crl\" }]\n",
+        );
+        assert!(key.starts_with("stir.crls"), "{key}: {msg}");
+        assert!(msg.contains("signer"), "{msg}");
+        let (key, _, _, msg) = invalid("[stir]\nrevocation_policy = \"lenient\"\n");
+        assert_eq!(key, "stir.revocation_policy", "{msg}");
     }
 
     #[test]

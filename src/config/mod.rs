@@ -33,6 +33,9 @@ pub struct Config {
     /// STIR/SHAKEN: signing calls that leave this gateway.
     #[serde(default)]
     pub stir: StirConfig,
+    /// OAuth 2.0 on the HTTP/3 side: whose bearer tokens are accepted.
+    #[serde(default)]
+    pub oauth: OAuthConfig,
     /// Trunk groups this gateway serves on its HTTP/3 side (RIPT server role).
     #[serde(default, rename = "tg")]
     pub tgs: Vec<TgConfig>,
@@ -93,6 +96,17 @@ pub struct SipConfig {
     /// name and get `Access-Control-Allow-Origin` back (the SIP "CORS" preflight of
     /// draft-jennings-rtcweb-api-00). Any other origin gets 403. Default: none.
     pub cors_origins: Vec<String>,
+    /// Out-of-dialog OPTIONS (keep-alives and CORS preflights) answered per second from one
+    /// source address, on average; more get 503 with Retry-After. 0: no limit. Default: 20.
+    pub options_rate: u32,
+    /// OPTIONS one source may send at once before `options_rate` applies. Default: 40.
+    pub options_burst: u32,
+    /// Digest realm of the `[[sip_trunk]]`s with `auth = "digest"` that set no `realm` of their
+    /// own. Default: none.
+    pub digest_realm: Option<String>,
+    /// Seconds a user stays locked out (403) after 10 wrong Digest responses within this
+    /// time of each other. Default: 300.
+    pub digest_lockout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -178,6 +192,29 @@ pub struct StirConfig {
     pub x5u_ca: Option<PathBuf>,
     /// x5u hosts exempt from the private-address guard (test networks only).
     pub x5u_allow_hosts: Vec<String>,
+    /// STI-PA certificate revocation lists, each with the certificate of its signer (STIR-11).
+    pub crls: Vec<StirCrlConfig>,
+    /// What a CRL outside its validity (`nextUpdate` passed) does: `soft` uses it and warns,
+    /// `hard` fails every verification (437) until a current one is loaded.
+    pub revocation_policy: StirRevocationPolicy,
+}
+
+/// One STI-PA CRL for `[stir] crls`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StirCrlConfig {
+    /// PEM CRL.
+    pub crl: PathBuf,
+    /// PEM certificate of the CRL's signer (the STI-PA CRL signer, not the CA).
+    pub signer: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StirRevocationPolicy {
+    #[default]
+    Soft,
+    Hard,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -187,6 +224,52 @@ pub enum StirVerifyMode {
     Off,
     Continue,
     Reject,
+}
+
+/// Which bearer tokens the HTTP/3 side accepts (`[oauth]`). Only the configured mode's tokens
+/// pass: with `jwks` or `introspection`, tokens of the local issuer (`riptide token mint`) are
+/// refused and its JWK Set is not served.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// `local` (the built-in issuer), `jwks` (JWT access tokens of an external issuer, checked
+    /// with its JWK Set) or `introspection` (RFC 7662 at the external issuer).
+    pub mode: OAuthMode,
+    /// The external issuer: the `iss` its tokens and introspection answers must carry.
+    pub issuer: Option<String>,
+    /// The `aud` a token must name (RFC 9068 §4). Default `riptide`.
+    pub audience: String,
+    /// `jwks`: https URL of the issuer's JWK Set.
+    pub jwks_uri: Option<String>,
+    /// `introspection`: https URL of the introspection endpoint.
+    pub introspection_endpoint: Option<String>,
+    /// `introspection`: our client id at the issuer (HTTP Basic).
+    pub client_id: Option<String>,
+    /// `introspection`: file holding our client secret (never inline).
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM roots the issuer's HTTPS certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Issuer hosts exempt from the private-address guard (an issuer on a private network).
+    pub allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuthMode {
+    #[default]
+    Local,
+    Jwks,
+    Introspection,
+}
+
+impl OAuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthMode::Local => "local",
+            OAuthMode::Jwks => "jwks",
+            OAuthMode::Introspection => "introspection",
+        }
+    }
 }
 
 /// What a legacy (SIP) leg's media must be protected with.
@@ -298,6 +381,73 @@ pub struct SipTrunkConfig {
     /// browser calls for 30 s). Default: false.
     #[serde(default)]
     pub preflight: bool,
+    /// PEM bundle of CAs that issue this trunk's SIP-TLS client certificates. When any trunk
+    /// sets this or `tls_client_fingerprints`, the SIP-TLS listener asks every client for a
+    /// certificate (optional for the client): one that none of the configured CAs issued and
+    /// that no trunk lists fails the handshake. Default: none.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Hex SHA-256 fingerprints (colons allowed) of the client certificates this trunk's
+    /// SIP-TLS connections must present. With entries, requests from the trunk's
+    /// `match_sources` are answered 403 unless they arrive over TLS with one of these
+    /// certificates (in-dialog requests over UDP/TCP excepted: calls placed toward the trunk
+    /// run that way). A listed self-signed certificate needs no CA. Default: none.
+    #[serde(default)]
+    pub tls_client_fingerprints: Vec<String>,
+    /// Pass on the `verstat` this trunk puts on P-Asserted-Identity/From (it runs a STIR
+    /// verification service) when riptide does not verify itself. Otherwise an incoming
+    /// verstat is ignored. Default: false.
+    #[serde(default)]
+    pub trust_verstat: bool,
+    /// `digest`: INVITEs from this trunk's `match_sources` are challenged (401) and go on only
+    /// with valid credentials of one of `users` (RFC 3261 §22; SHA-512-256, SHA-256 and MD5,
+    /// RFC 8760). Default: `none`.
+    #[serde(default)]
+    pub auth: SipTrunkAuth,
+    /// Digest realm for `auth = "digest"`; `[sip] digest_realm` when absent.
+    pub realm: Option<String>,
+    /// Who may call in through this trunk with `auth = "digest"`.
+    #[serde(default)]
+    pub users: Vec<DigestUserConfig>,
+    /// Our Digest username when this trunk challenges our INVITEs (401/407); with `password`
+    /// or `password_file`.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (its line ending is not part of it).
+    pub password_file: Option<PathBuf>,
+}
+
+/// A password or hash from the configuration; Debug never shows it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Authentication of requests a `[[sip_trunk]]` sends us.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SipTrunkAuth {
+    #[default]
+    None,
+    Digest,
+}
+
+/// One user of a digest trunk: a password (inline or in a file), or HA1 values
+/// (`H(name:realm:password)` in hex) for one or more algorithms. The algorithms challenged
+/// with are those every user of the trunk has.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DigestUserConfig {
+    pub name: String,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub ha1_md5: Option<Secret>,
+    pub ha1_sha256: Option<Secret>,
+    pub ha1_sha512_256: Option<Secret>,
 }
 
 pub fn default_codecs() -> Vec<String> {

@@ -658,15 +658,21 @@ async fn send_head(shared: &Shared, stream: &mut Stream, reply: Reply) -> bool {
     }
 }
 
-fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Principal, Reply> {
+/// The request's principal, or the refusal: `401` with an RFC 6750 challenge, or `503` with
+/// `Retry-After` when an external issuer could not be asked (fail closed).
+async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Principal, Reply> {
     let result = match bearer(req.headers()) {
-        Some(token) => shared.ctx.verifier.verify(token, now_unix()),
+        Some(token) => shared.ctx.verifier.verify_async(token, now_unix()).await,
         None => Err(crate::auth::AuthError::Missing),
     };
     result.map_err(|e| {
         shared.ctx.metrics.auth_failures();
-        Reply::problem(&Problem::new(401, "Unauthorized", e.to_string()))
-            .with(header::WWW_AUTHENTICATE, crate::auth::www_authenticate(&e))
+        match e.retry_after() {
+            Some(secs) => Reply::problem(&Problem::new(503, "Service Unavailable", e.to_string()))
+                .with(header::RETRY_AFTER, secs.to_string()),
+            None => Reply::problem(&Problem::new(401, "Unauthorized", e.to_string()))
+                .with(header::WWW_AUTHENTICATE, crate::auth::www_authenticate(&e)),
+        }
     })
 }
 
@@ -702,7 +708,7 @@ async fn handle_request(
             return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
         }
     }
-    let principal = match authenticate(shared, &req) {
+    let principal = match authenticate(shared, &req).await {
         Ok(p) => p,
         Err(reply) => return send_reply(shared, &mut stream, reply.with_all(&cors)).await,
     };
@@ -741,7 +747,14 @@ async fn handle_request(
                 .filter_map(|s| s.strip_prefix("tn:"))
                 .filter_map(crate::stir::canonical_tn)
                 .collect();
-            post_call(shared, tg, principal.subject, origin, tns, &mut stream).await
+            let trusted = principal.scopes.iter().any(|s| s == VERSTAT_SCOPE);
+            let client = Client {
+                principal: principal.subject,
+                origin,
+                tns,
+                verstat_trusted: trusted,
+            };
+            post_call(shared, tg, client, &mut stream).await
         }
         (Route::Calls(_), _) => Reply::method_not_allowed("POST"),
         (Route::Call(tg, id), &Method::GET) => get_call(shared, tg, id),
@@ -853,14 +866,27 @@ async fn post_handler(shared: &Shared, tg: &str, stream: &mut Stream) -> Reply {
     Reply::json(StatusCode::CREATED, &handler).with(header::LOCATION, uri)
 }
 
-async fn post_call(
-    shared: &Shared,
-    tg: &str,
+/// Who is placing a call with `POST {TG}/calls`, as its token and request tell.
+struct Client {
     principal: String,
     origin: Option<String>,
     tns: Vec<String>,
-    stream: &mut Stream,
-) -> Reply {
+    /// The token has [`VERSTAT_SCOPE`]: the request's `verstat` is kept.
+    verstat_trusted: bool,
+}
+
+/// The scope that lets a client assert a STIR verification result (`verstat` in
+/// `POST {TG}/calls`): a gateway that verified the call on its way in. From anyone else the
+/// field is dropped, so a client cannot make its own call look verified.
+pub const VERSTAT_SCOPE: &str = "stir:verstat";
+
+async fn post_call(shared: &Shared, tg: &str, client: Client, stream: &mut Stream) -> Reply {
+    let Client {
+        principal,
+        origin,
+        tns,
+        verstat_trusted,
+    } = client;
     if shared.tg(tg).is_none() {
         return Reply::not_found("no such trunk group");
     }
@@ -868,10 +894,13 @@ async fn post_call(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let request: CallRequest = match serde_json::from_slice(&body) {
+    let mut request: CallRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return Reply::bad_request(format!("call request: {e}")),
     };
+    if !verstat_trusted && request.verstat.take().is_some() {
+        tracing::debug!(%principal, "verstat from a client not trusted to assert it dropped");
+    }
     let busy = || {
         Reply::problem(&Problem::new(
             503,

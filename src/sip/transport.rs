@@ -105,7 +105,7 @@ pub async fn start(
                 match t.accept().await {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        s.spawn_conn(stream, peer, Transport::Tcp);
+                        s.spawn_conn(stream, peer, Transport::Tcp, None);
                     }
                     Err(e) => warn!(error = %e, "SIP TCP accept failed"),
                 }
@@ -125,7 +125,15 @@ pub async fn start(
                             tokio::spawn(async move {
                                 match acceptor.accept(stream).await {
                                     Ok(tls) => {
-                                        s.spawn_conn(tls, peer, Transport::Tls);
+                                        // TLS-03: the engine checks the client certificate
+                                        // against the trunk the request comes from.
+                                        let cert = tls
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .map(|c| crate::tls::sha256(c.as_ref()));
+                                        s.spawn_conn(tls, peer, Transport::Tls, cert);
                                     }
                                     Err(e) => debug!(%peer, error = %e, "SIP TLS handshake failed"),
                                 }
@@ -159,18 +167,20 @@ async fn udp_loop(sock: Arc<UdpSocket>, id: ConnId, s: SipSender) {
         if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
             continue;
         }
-        s.deliver(data, src, Transport::Udp, Some(id)).await;
+        s.deliver(data, src, Transport::Udp, Some(id), None).await;
     }
 }
 
 impl SipSender {
     /// Parses one message and passes it to the engine, or answers/drops a malformed one.
+    /// `peer_cert` is the SHA-256 of the TLS client certificate of the connection, if any.
     async fn deliver(
         &self,
         data: &[u8],
         src: SocketAddr,
         transport: Transport,
         conn: Option<ConnId>,
+        peer_cert: Option<[u8; 32]>,
     ) {
         let m = &self.inner.metrics;
         match msg::parse(data) {
@@ -186,6 +196,7 @@ impl SipSender {
                     src,
                     transport,
                     conn,
+                    peer_cert_sha256: peer_cert,
                 }));
                 if self.inner.engine.send(input).await.is_err() {
                     warn!("engine stopped; SIP message dropped");
@@ -216,7 +227,13 @@ impl SipSender {
         }
     }
 
-    fn spawn_conn<S>(&self, stream: S, peer: SocketAddr, transport: Transport) -> ConnId
+    fn spawn_conn<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        transport: Transport,
+        peer_cert: Option<[u8; 32]>,
+    ) -> ConnId
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -229,7 +246,10 @@ impl SipSender {
         }
         let s = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = s.conn_loop(stream, rx, peer, transport, id).await {
+            if let Err(e) = s
+                .conn_loop(stream, rx, peer, transport, id, peer_cert)
+                .await
+            {
                 debug!(%peer, error = %e, "SIP connection closed");
             }
             let mut c = lock(&s.inner.conns);
@@ -248,6 +268,7 @@ impl SipSender {
         peer: SocketAddr,
         transport: Transport,
         id: ConnId,
+        peer_cert: Option<[u8; 32]>,
     ) -> anyhow::Result<()>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -274,7 +295,9 @@ impl SipSender {
                                 // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
                                 wr.write_all(b"\r\n").await?;
                             }
-                            Frame::Message(m) => self.deliver(&m, peer, transport, Some(id)).await,
+                            Frame::Message(m) => {
+                                self.deliver(&m, peer, transport, Some(id), peer_cert).await
+                            }
                             Frame::TooLarge => {
                                 self.inner.metrics.sip_malformed(match transport {
                                     Transport::Tls => "tls",
@@ -309,7 +332,10 @@ impl SipSender {
             match res {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = s.conn_loop(stream, rx, addr, Transport::Tcp, id).await {
+                    if let Err(e) = s
+                        .conn_loop(stream, rx, addr, Transport::Tcp, id, None)
+                        .await
+                    {
                         debug!(%addr, error = %e, "SIP connection closed");
                     }
                 }

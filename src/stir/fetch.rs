@@ -17,11 +17,15 @@
 //! (a dropped SIP transaction) neither cancels it nor causes a second one.
 //!
 //! Every failure maps to SIP 436 Bad Identity Info ([`FetchError::sip_status`]).
+//!
+//! The guarded request itself (policy, resolution, address check, TLS, one HTTP/1.1 exchange,
+//! deadline, body cap, no redirects) is [`GuardedClient`], which the OAuth verifiers use too
+//! for the authorization server's JWKS and introspection endpoints.
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use http::{header, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{header, HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
@@ -219,11 +223,291 @@ impl FetchError {
             other => other,
         }
     }
+}
 
-    fn policy(reason: impl Into<String>) -> FetchError {
-        FetchError::PolicyRefused {
+/// Why a [`GuardedClient`] request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpsError {
+    /// Refused without connecting: not https, malformed, or a non-public address.
+    #[error("refused by policy: {reason}")]
+    PolicyRefused { reason: String },
+    #[error("host did not resolve: {0}")]
+    Resolve(String),
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// A final status other than 200 (and not a 3xx).
+    #[error("server answered HTTP {0}")]
+    Status(u16),
+    /// A 3xx; redirects are never followed.
+    #[error("server redirected (HTTP {status}) to {location:?}; redirects are not followed")]
+    Redirect { status: u16, location: String },
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The HTTP exchange broke after the TLS handshake (malformed response, reset).
+    #[error("HTTP exchange failed: {0}")]
+    Http(String),
+}
+
+impl HttpsError {
+    fn policy(reason: impl Into<String>) -> HttpsError {
+        HttpsError::PolicyRefused {
             reason: reason.into(),
         }
+    }
+}
+
+impl From<HttpsError> for FetchError {
+    fn from(e: HttpsError) -> FetchError {
+        match e {
+            HttpsError::PolicyRefused { reason } => FetchError::PolicyRefused { reason },
+            HttpsError::Resolve(m) => FetchError::Resolve(m),
+            HttpsError::Connect(m) => FetchError::Connect(m),
+            HttpsError::Timeout(d) => FetchError::Timeout(d),
+            HttpsError::Tls(m) => FetchError::Tls(m),
+            HttpsError::Status(s) => FetchError::Status(s),
+            HttpsError::Redirect { status, location } => FetchError::Redirect { status, location },
+            HttpsError::TooLarge { limit } => FetchError::TooLarge { limit },
+            HttpsError::Http(m) => FetchError::Http(m),
+        }
+    }
+}
+
+/// Settings of a [`GuardedClient`]; [`GuardConfig::new`] gives the defaults (3 s, 64 KiB, no
+/// allow-listed host, the system resolver).
+#[derive(Clone)]
+pub struct GuardConfig {
+    /// Total deadline of one request: resolve, connect, TLS, request and body.
+    pub timeout: Duration,
+    /// Largest accepted body in bytes.
+    pub max_body: usize,
+    /// Hosts (DNS names or IP literals, compared case-insensitively) exempt from the SSRF
+    /// address check.
+    pub allowed_hosts: Vec<String>,
+    /// Trust anchors for the servers' HTTPS certificates.
+    pub roots: Arc<RootCertStore>,
+    /// `None`: `tokio::net::lookup_host`.
+    pub resolver: Option<Arc<dyn Resolve>>,
+}
+
+impl GuardConfig {
+    pub fn new(roots: impl Into<Arc<RootCertStore>>) -> GuardConfig {
+        GuardConfig {
+            timeout: DEFAULT_TIMEOUT,
+            max_body: DEFAULT_MAX_BODY,
+            allowed_hosts: Vec::new(),
+            roots: roots.into(),
+            resolver: None,
+        }
+    }
+
+    /// Defaults trusting the certificates of a PEM bundle.
+    pub fn from_ca_file(path: &Path) -> anyhow::Result<GuardConfig> {
+        let certs = crate::tls::read_certs(path)?;
+        Ok(GuardConfig::new(roots_from_der(&certs).map_err(|e| {
+            anyhow::anyhow!("{}: unusable trust anchor: {e}", path.display())
+        })?))
+    }
+}
+
+impl std::fmt::Debug for GuardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardConfig")
+            .field("timeout", &self.timeout)
+            .field("max_body", &self.max_body)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("roots", &self.roots.len())
+            .field("custom_resolver", &self.resolver.is_some())
+            .finish()
+    }
+}
+
+/// A successful (200) answer of a [`GuardedClient`].
+#[derive(Debug, Clone)]
+pub struct GuardedResponse {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl GuardedResponse {
+    /// `max-age` of the first `Cache-Control` value that has one.
+    pub fn max_age(&self) -> Option<u64> {
+        self.headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_max_age)
+    }
+}
+
+/// The HTTPS/1.1 client for URLs the gateway does not fully control (x5u, an authorization
+/// server's endpoints), behind the SSRF guard (IN-06):
+/// - `https://` only, no user information or fragment, at most 2048 bytes;
+/// - every address the host resolves to, and a literal IP, must be public
+///   ([`is_forbidden_addr`]) unless the host is allow-listed; the connection goes to exactly
+///   the addresses that were checked;
+/// - one request per connection, no redirects (a 3xx is an error), 200 only, a body cap and
+///   one total deadline.
+///
+/// Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct GuardedClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    cfg: GuardConfig,
+    allowed: HashSet<String>,
+    connector: tokio_rustls::TlsConnector,
+    user_agent: &'static str,
+}
+
+impl std::fmt::Debug for GuardedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedClient")
+            .field("cfg", &self.inner.cfg)
+            .field("user_agent", &self.inner.user_agent)
+            .finish()
+    }
+}
+
+/// What a request carries besides its URL.
+struct Outgoing<'a> {
+    method: Method,
+    accept: &'a str,
+    authorization: Option<&'a str>,
+    content_type: Option<&'a str>,
+    body: Bytes,
+}
+
+impl GuardedClient {
+    /// Builds the client and its TLS configuration (ring provider, TLS 1.2/1.3, ALPN
+    /// `http/1.1`); `user_agent` is sent on every request.
+    pub fn new(cfg: GuardConfig, user_agent: &'static str) -> anyhow::Result<GuardedClient> {
+        if cfg.roots.is_empty() {
+            anyhow::bail!("no trust anchors for HTTPS servers");
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("TLS versions unsupported: {e}"))?
+            .with_root_certificates(cfg.roots.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let allowed = cfg
+            .allowed_hosts
+            .iter()
+            .map(|h| normalize_host(h))
+            .collect();
+        Ok(GuardedClient {
+            inner: Arc::new(ClientInner {
+                cfg,
+                allowed,
+                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                user_agent,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &GuardConfig {
+        &self.inner.cfg
+    }
+
+    /// The static part of the policy (scheme, form, literal addresses), without any I/O.
+    pub fn check_url(&self, url: &str) -> Result<(), HttpsError> {
+        Target::parse(url, &self.inner.allowed).map(|_| ())
+    }
+
+    /// `GET url` with `Accept: accept`.
+    pub async fn get(&self, url: &str, accept: &str) -> Result<GuardedResponse, HttpsError> {
+        let t = Target::parse(url, &self.inner.allowed)?;
+        self.send(
+            &t,
+            Outgoing {
+                method: Method::GET,
+                accept,
+                authorization: None,
+                content_type: None,
+                body: Bytes::new(),
+            },
+        )
+        .await
+    }
+
+    /// `POST url` with an `application/x-www-form-urlencoded` body and, when given, an
+    /// `Authorization` header.
+    pub async fn post_form(
+        &self,
+        url: &str,
+        accept: &str,
+        authorization: Option<&str>,
+        form: String,
+    ) -> Result<GuardedResponse, HttpsError> {
+        let t = Target::parse(url, &self.inner.allowed)?;
+        self.send(
+            &t,
+            Outgoing {
+                method: Method::POST,
+                accept,
+                authorization,
+                content_type: Some("application/x-www-form-urlencoded"),
+                body: Bytes::from(form),
+            },
+        )
+        .await
+    }
+
+    /// One request under the deadline.
+    async fn send(&self, t: &Target, out: Outgoing<'_>) -> Result<GuardedResponse, HttpsError> {
+        let timeout = self.inner.cfg.timeout;
+        match tokio::time::timeout(timeout, self.exchange(t, out)).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpsError::Timeout(timeout)),
+        }
+    }
+
+    async fn exchange(&self, t: &Target, out: Outgoing<'_>) -> Result<GuardedResponse, HttpsError> {
+        let addrs = match t.ip {
+            Some(ip) => vec![SocketAddr::new(ip, t.port)],
+            None => self.resolve(&t.host, t.port).await?,
+        };
+        if addrs.is_empty() {
+            return Err(HttpsError::Resolve(format!("{}: no addresses", t.host)));
+        }
+        if !t.allow_listed {
+            // Any non-public answer refuses the whole name: a mixed answer is an attack or a
+            // misconfiguration, and partial use would make the outcome depend on DNS order.
+            if let Some(bad) = addrs.iter().find(|a| is_forbidden_addr(a.ip())) {
+                return Err(HttpsError::policy(format!(
+                    "{} resolves to {}, which is not a public address",
+                    t.host,
+                    bad.ip()
+                )));
+            }
+        }
+        let tcp = connect_any(&addrs).await?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(t.host.clone())
+            .map_err(|e| HttpsError::policy(format!("{}: not a valid server name: {e}", t.host)))?;
+        let tls = self
+            .inner
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| HttpsError::Tls(e.to_string()))?;
+        http_exchange(tls, t, out, self.inner.user_agent, self.inner.cfg.max_body).await
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, HttpsError> {
+        let res = match &self.inner.cfg.resolver {
+            Some(r) => r.resolve(host, port),
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map(|it| it.collect()),
+        };
+        res.map_err(|e| HttpsError::Resolve(format!("{host}: {e}")))
     }
 }
 
@@ -269,8 +553,7 @@ enum Lookup {
 
 struct Inner {
     cfg: FetchConfig,
-    allowed: HashSet<String>,
-    connector: tokio_rustls::TlsConnector,
+    client: GuardedClient,
     cache: Mutex<Cache>,
     stats: FetchStats,
 }
@@ -296,22 +579,21 @@ impl X5uFetcher {
         if cfg.roots.is_empty() {
             anyhow::bail!("x5u fetcher: no trust anchors for HTTPS certificate repositories");
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| anyhow::anyhow!("x5u fetcher: TLS versions unsupported: {e}"))?
-            .with_root_certificates(cfg.roots.clone())
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let allowed = cfg
-            .allowed_hosts
-            .iter()
-            .map(|h| normalize_host(h))
-            .collect();
+        let client = GuardedClient::new(
+            GuardConfig {
+                timeout: cfg.timeout,
+                max_body: cfg.max_body,
+                allowed_hosts: cfg.allowed_hosts.clone(),
+                roots: cfg.roots.clone(),
+                resolver: cfg.resolver.clone(),
+            },
+            concat!("riptide-x5u/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| anyhow::anyhow!("x5u fetcher: {e}"))?;
         Ok(X5uFetcher {
             inner: Arc::new(Inner {
                 cfg,
-                allowed,
-                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                client,
                 cache: Mutex::new(Cache::default()),
                 stats: FetchStats::default(),
             }),
@@ -336,7 +618,7 @@ impl X5uFetcher {
     /// Must be called inside a tokio runtime (the fetch runs in a spawned task).
     pub async fn fetch(&self, url: &str) -> Result<CertChain, FetchError> {
         // Static policy first: a refused URL costs no cache slot and no connection.
-        let target = Target::parse(url, &self.inner.allowed)?;
+        let target = Target::parse(url, &self.inner.client.inner.allowed)?;
         let now = self.inner.cfg.clock.now_unix();
         let lookup = {
             let mut cache = self.inner.lock_cache();
@@ -449,10 +731,7 @@ impl Inner {
 
     async fn fetch_and_store(self: Arc<Self>, key: String, target: Target) -> Outcome {
         self.stats.fetches_started.fetch_add(1, Ordering::Relaxed);
-        let result = match tokio::time::timeout(self.cfg.timeout, self.fetch_once(&target)).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout(self.cfg.timeout)),
-        };
+        let result = self.fetch_once(&target).await;
         let now = self.cfg.clock.now_unix();
         let (outcome, expires_at) = match result {
             Ok(fetched) => {
@@ -485,44 +764,28 @@ impl Inner {
     }
 
     async fn fetch_once(&self, t: &Target) -> Result<Fetched, FetchError> {
-        let addrs = match t.ip {
-            Some(ip) => vec![SocketAddr::new(ip, t.port)],
-            None => self.resolve(&t.host, t.port).await?,
-        };
-        if addrs.is_empty() {
-            return Err(FetchError::Resolve(format!("{}: no addresses", t.host)));
-        }
-        if !t.allow_listed {
-            // Any non-public answer refuses the whole name: a mixed answer is an attack or a
-            // misconfiguration, and partial use would make the outcome depend on DNS order.
-            if let Some(bad) = addrs.iter().find(|a| is_forbidden_addr(a.ip())) {
-                return Err(FetchError::policy(format!(
-                    "{} resolves to {}, which is not a public address",
-                    t.host,
-                    bad.ip()
-                )));
-            }
-        }
-        let tcp = connect_any(&addrs).await?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(t.host.clone())
-            .map_err(|e| FetchError::policy(format!("{}: not a valid server name: {e}", t.host)))?;
-        let tls = self
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| FetchError::Tls(e.to_string()))?;
-        http_get(tls, t, self.cfg.max_body).await
-    }
-
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, FetchError> {
-        let res = match &self.cfg.resolver {
-            Some(r) => r.resolve(host, port),
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map(|it| it.collect()),
-        };
-        res.map_err(|e| FetchError::Resolve(format!("{host}: {e}")))
+        let accept = "application/pem-certificate-chain, application/x-pem-file, \
+                      application/pkix-cert, */*;q=0.1";
+        let resp = self
+            .client
+            .send(
+                t,
+                Outgoing {
+                    method: Method::GET,
+                    accept,
+                    authorization: None,
+                    content_type: None,
+                    body: Bytes::new(),
+                },
+            )
+            .await?;
+        let max_age = resp.max_age();
+        let (chain, leaf_not_after) = parse_chain(&resp.body)?;
+        Ok(Fetched {
+            chain,
+            max_age,
+            leaf_not_after,
+        })
     }
 }
 
@@ -543,7 +806,7 @@ fn positive_expiry(
         .max(now.saturating_add(floor))
 }
 
-async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, FetchError> {
+async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, HttpsError> {
     let mut last = None;
     for a in addrs {
         match TcpStream::connect(a).await {
@@ -551,7 +814,7 @@ async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, FetchError> {
             Err(e) => last = Some(format!("{a}: {e}")),
         }
     }
-    Err(FetchError::Connect(
+    Err(HttpsError::Connect(
         last.unwrap_or_else(|| "no address".into()),
     ))
 }
@@ -563,30 +826,37 @@ struct Fetched {
     leaf_not_after: i64,
 }
 
-async fn http_get<S>(io: S, t: &Target, max_body: usize) -> Result<Fetched, FetchError>
+async fn http_exchange<S>(
+    io: S,
+    t: &Target,
+    out: Outgoing<'_>,
+    user_agent: &str,
+    max_body: usize,
+) -> Result<GuardedResponse, HttpsError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_header_size(MAX_HEADER_BYTES)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await
-        .map_err(|e| FetchError::Http(e.to_string()))?;
-    let req = Request::builder()
-        .method(Method::GET)
+        .map_err(|e| HttpsError::Http(e.to_string()))?;
+    let mut req = Request::builder()
+        .method(out.method)
         .uri(t.path.as_str())
         .header(header::HOST, t.authority.as_str())
-        .header(
-            header::ACCEPT,
-            "application/pem-certificate-chain, application/x-pem-file, application/pkix-cert, */*;q=0.1",
-        )
-        .header(
-            header::USER_AGENT,
-            concat!("riptide-x5u/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::policy(format!("cannot build a request for this URL: {e}")))?;
+        .header(header::ACCEPT, out.accept)
+        .header(header::USER_AGENT, user_agent)
+        .header(header::CONNECTION, "close");
+    if let Some(a) = out.authorization {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    if let Some(ct) = out.content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    let req = req
+        .body(Full::new(out.body))
+        .map_err(|e| HttpsError::policy(format!("cannot build a request for this URL: {e}")))?;
 
     // The connection is driven here rather than in a spawned task, so dropping this future (the
     // deadline) closes the socket instead of leaving a task behind.
@@ -594,7 +864,7 @@ where
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| FetchError::Http(e.to_string()))?;
+            .map_err(|e| HttpsError::Http(e.to_string()))?;
         read_response(resp, max_body).await
     };
     tokio::pin!(conn, exchange);
@@ -611,7 +881,7 @@ where
 async fn read_response(
     resp: http::Response<hyper::body::Incoming>,
     max_body: usize,
-) -> Result<Fetched, FetchError> {
+) -> Result<GuardedResponse, HttpsError> {
     let status = resp.status();
     if status.is_redirection() {
         let location = resp
@@ -622,44 +892,37 @@ async fn read_response(
                 s.chars().take(MAX_LOCATION_LEN).collect()
             })
             .unwrap_or_default();
-        return Err(FetchError::Redirect {
+        return Err(HttpsError::Redirect {
             status: status.as_u16(),
             location,
         });
     }
     if status != StatusCode::OK {
-        return Err(FetchError::Status(status.as_u16()));
+        return Err(HttpsError::Status(status.as_u16()));
     }
-    let max_age = resp
-        .headers()
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(parse_max_age);
     let declared = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(FetchError::TooLarge { limit: max_body });
+        return Err(HttpsError::TooLarge { limit: max_body });
     }
-    let body = Limited::new(resp.into_body(), max_body)
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, max_body)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                FetchError::TooLarge { limit: max_body }
+                HttpsError::TooLarge { limit: max_body }
             } else {
-                FetchError::Http(e.to_string())
+                HttpsError::Http(e.to_string())
             }
         })?
         .to_bytes();
-    let (chain, leaf_not_after) = parse_chain(&body)?;
-    Ok(Fetched {
-        chain,
-        max_age,
-        leaf_not_after,
+    Ok(GuardedResponse {
+        headers: parts.headers,
+        body,
     })
 }
 
@@ -735,43 +998,43 @@ struct Target {
 }
 
 impl Target {
-    fn parse(url: &str, allowed: &HashSet<String>) -> Result<Target, FetchError> {
+    fn parse(url: &str, allowed: &HashSet<String>) -> Result<Target, HttpsError> {
         if url.len() > MAX_URL_LEN {
-            return Err(FetchError::policy(format!(
+            return Err(HttpsError::policy(format!(
                 "URL longer than {MAX_URL_LEN} bytes"
             )));
         }
         if url.contains('#') {
-            return Err(FetchError::policy("URL has a fragment"));
+            return Err(HttpsError::policy("URL has a fragment"));
         }
         let uri: Uri = url
             .parse()
-            .map_err(|e| FetchError::policy(format!("not a valid URL: {e}")))?;
+            .map_err(|e| HttpsError::policy(format!("not a valid URL: {e}")))?;
         match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => {}
             Some(s) => {
-                return Err(FetchError::policy(format!(
+                return Err(HttpsError::policy(format!(
                     "scheme {s} is not allowed (https only)"
                 )))
             }
-            None => return Err(FetchError::policy("not an absolute URL")),
+            None => return Err(HttpsError::policy("not an absolute URL")),
         }
         let authority = uri
             .authority()
-            .ok_or_else(|| FetchError::policy("URL has no host"))?;
+            .ok_or_else(|| HttpsError::policy("URL has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(FetchError::policy("URL has user information"));
+            return Err(HttpsError::policy("URL has user information"));
         }
         let host = normalize_host(authority.host());
         if host.is_empty() {
-            return Err(FetchError::policy("URL has no host"));
+            return Err(HttpsError::policy("URL has no host"));
         }
         let port = authority.port_u16().unwrap_or(443);
         let ip = host.parse::<IpAddr>().ok();
         let allow_listed = allowed.contains(&host);
         if let Some(ip) = ip {
             if !allow_listed && is_forbidden_addr(ip) {
-                return Err(FetchError::policy(format!("{ip} is not a public address")));
+                return Err(HttpsError::policy(format!("{ip} is not a public address")));
             }
         }
         let path = uri
@@ -865,7 +1128,7 @@ mod tests {
 
     fn refused(url: &str, allow: &[&str]) -> String {
         match Target::parse(url, &allowed(allow)) {
-            Err(FetchError::PolicyRefused { reason }) => reason,
+            Err(HttpsError::PolicyRefused { reason }) => reason,
             other => panic!("{url}: expected a policy refusal, got {other:?}"),
         }
     }
@@ -1075,7 +1338,7 @@ mod tests {
             "x5u failed recently and is not retried yet: x5u server answered HTTP 404"
         );
         for e in [
-            FetchError::policy("x"),
+            FetchError::PolicyRefused { reason: "x".into() },
             FetchError::Resolve("x".into()),
             FetchError::Connect("x".into()),
             FetchError::Timeout(DEFAULT_TIMEOUT),
