@@ -147,6 +147,7 @@ async fn fake_engine(
                             from: request.from.clone(),
                             state: CallState::Proceeding,
                             proposal: Proposal::default(),
+                            media_ticket: None,
                         },
                     })
                 };
@@ -1180,4 +1181,73 @@ async fn verstat_is_kept_only_from_clients_trusted_to_assert_it() {
         .await;
         assert_eq!(seen.as_deref(), want, "{token}");
     }
+}
+
+/// A browser page cannot put a token on its WebTransport CONNECT: the `201` to its
+/// `POST {TG}/calls` carries a media ticket that opens that call's media once, from that
+/// origin. Gateways (no Origin) get none.
+#[tokio::test]
+async fn browser_calls_get_a_single_use_media_ticket() {
+    let h = harness().await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+    let body = r#"{"destination":"echo","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000}]}}"#;
+    let post = |origin: Option<&'static str>| {
+        let headers: &'static [(&'static str, &'static str)] = match origin {
+            Some(_) => &[("origin", ALLOWED)],
+            None => &[],
+        };
+        Raw {
+            token: Some("good"),
+            headers,
+            body: Some(body),
+            ..Raw::new(http::Method::POST, &calls)
+        }
+    };
+    let (status, _, reply) = h.send(post(None)).await;
+    assert_eq!(status, 201);
+    let d: CallDescription = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(d.media_ticket, None, "no ticket without Origin");
+
+    let (status, _, reply) = h.send(post(Some(ALLOWED))).await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&reply));
+    let d: CallDescription = serde_json::from_slice(&reply).unwrap();
+    let ticket = d
+        .media_ticket
+        .clone()
+        .expect("a media ticket for a browser call");
+    assert!(ticket.len() >= 32, "{ticket}");
+    // GET {call} does not reveal it.
+    let (_, _, got) = h
+        .raw(http::Method::GET, &path_of(&d.uri), Some("good"), None)
+        .await;
+    assert!(!String::from_utf8_lossy(&got).contains(&ticket));
+
+    let media = format!("{}/media?ticket={ticket}", path_of(&d.uri));
+    let origin = [("origin", ALLOWED)];
+    // Without the page's Origin, or for another call, it opens nothing (and stays unused).
+    let (status, _, _) = h.send(wt(&media, None, &[])).await;
+    assert_eq!(status, 401, "ticket without the origin it was issued to");
+    let (_, _, other) = h.send(post(None)).await;
+    let other: CallDescription = serde_json::from_slice(&other).unwrap();
+    let elsewhere = format!("{}/media?ticket={ticket}", path_of(&other.uri));
+    let (status, _, _) = h.send(wt(&elsewhere, None, &origin)).await;
+    assert_eq!(status, 401, "ticket for another call");
+    // A disallowed origin is refused before the ticket is looked at.
+    let (status, _, _) = h
+        .send(wt(&media, None, &[("origin", "https://evil.example")]))
+        .await;
+    assert_eq!(status, 403);
+    // The page: accepted without a token, once.
+    let (status, hd, _) = h.send(wt(&media, None, &origin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(hv(&hd, "access-control-allow-origin"), Some(ALLOWED));
+    let (status, _, _) = h.send(wt(&media, None, &origin)).await;
+    assert_eq!(status, 401, "a ticket opens media once");
+    // A made-up ticket is refused.
+    let forged = format!(
+        "{}/media?ticket=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        path_of(&d.uri)
+    );
+    let (status, _, _) = h.send(wt(&forged, None, &origin)).await;
+    assert_eq!(status, 401);
 }

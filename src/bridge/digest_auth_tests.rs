@@ -247,6 +247,7 @@ fn calls_from_other_sources_and_requests_in_a_dialog_are_not_challenged() {
             from: None,
             state: CallState::Proceeding,
             proposal: negotiate::choose(&pcmu_adv(), &crate::config::default_codecs()).unwrap(),
+            media_ticket: None,
         },
     });
     let mut answered = Event::new(EventName::Answered);

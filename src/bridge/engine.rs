@@ -2444,6 +2444,7 @@ impl Engine {
             from: request.from.clone(),
             state: CallState::Proceeding,
             proposal: proposal.clone().unwrap_or_default(),
+            media_ticket: None,
         };
         self.out.push_back(Output::Ript(RiptCmd::RespondCall {
             req,

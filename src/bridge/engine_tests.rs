@@ -242,6 +242,7 @@ fn description(p: Proposal) -> CallDescription {
         from: None,
         state: CallState::Proceeding,
         proposal: p,
+        media_ticket: None,
     }
 }
 

@@ -152,6 +152,16 @@ pub struct CallDescription {
     pub from: Option<String>,
     pub state: CallState,
     pub proposal: Proposal,
+    /// Only in the `201` to a `POST {TG}/calls` from a browser page (a request with `Origin`):
+    /// a single-use ticket, valid for 60 s, that opens `{call}/media?ticket=…` over
+    /// WebTransport from that origin without a bearer token (browsers cannot set
+    /// `Authorization` on a WebTransport CONNECT).
+    #[serde(
+        default,
+        rename = "mediaTicket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub media_ticket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,10 @@ use tokio::task::JoinHandle;
 const RESPOND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls waiting for the engine at once; beyond it new calls get 503.
 const MAX_PENDING: usize = 4096;
+/// How long a media ticket (see [`CallDescription::media_ticket`]) may wait for its CONNECT.
+const TICKET_LIFETIME: Duration = Duration::from_secs(60);
+/// Unredeemed tickets kept at most; the oldest go first.
+const MAX_TICKETS: usize = 4096;
 /// Handlers kept per trunk group.
 const MAX_HANDLERS_PER_TG: usize = 256;
 /// Simultaneous `GET {call}/events` streams per call; a new one beyond it replaces the oldest.
@@ -268,6 +272,82 @@ struct State {
     /// the call ended. Oldest first in `ended_order`.
     ended: HashMap<String, (String, Option<Event>)>,
     ended_order: std::collections::VecDeque<(std::time::Instant, String)>,
+    /// Unredeemed media tickets by value, and their issue order for expiry.
+    tickets: HashMap<String, Ticket>,
+    ticket_order: std::collections::VecDeque<(std::time::Instant, String)>,
+}
+
+/// What a media ticket opens: one call's `{call}/media`, from one origin, until `expires`.
+struct Ticket {
+    tg: String,
+    call_id: String,
+    origin: String,
+    expires: std::time::Instant,
+}
+
+impl State {
+    /// A new single-use media ticket for `tg`/`call_id` from `origin`.
+    fn issue_ticket(&mut self, tg: &str, call_id: &str, origin: &str) -> Option<String> {
+        use base64::Engine as _;
+        use ring::rand::SecureRandom as _;
+        let mut raw = [0u8; 24];
+        ring::rand::SystemRandom::new().fill(&mut raw).ok()?;
+        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let now = std::time::Instant::now();
+        while let Some((at, v)) = self.ticket_order.front() {
+            if self.ticket_order.len() < MAX_TICKETS && now < *at + TICKET_LIFETIME {
+                break;
+            }
+            self.tickets.remove(v);
+            self.ticket_order.pop_front();
+        }
+        self.tickets.insert(
+            value.clone(),
+            Ticket {
+                tg: tg.to_owned(),
+                call_id: call_id.to_owned(),
+                origin: origin.to_owned(),
+                expires: now + TICKET_LIFETIME,
+            },
+        );
+        self.ticket_order.push_back((now, value.clone()));
+        Some(value)
+    }
+
+    /// Redeems `value` for a CONNECT to `tg`/`call_id` from `origin`: once, before it expires.
+    /// A ticket presented for another call or from another origin stays unredeemed.
+    fn redeem_ticket(
+        &mut self,
+        value: &str,
+        tg: &str,
+        call_id: &str,
+        origin: Option<&str>,
+    ) -> Result<(), &'static str> {
+        let t = self
+            .tickets
+            .get(value)
+            .ok_or("unknown or used media ticket")?;
+        if t.tg != tg || t.call_id != call_id {
+            return Err("media ticket for another call");
+        }
+        if origin != Some(t.origin.as_str()) {
+            return Err("media ticket from another origin");
+        }
+        if std::time::Instant::now() >= t.expires {
+            self.tickets.remove(value);
+            return Err("media ticket expired");
+        }
+        self.tickets.remove(value);
+        Ok(())
+    }
+}
+
+/// The `ticket` query parameter of a request URI.
+fn ticket_param(uri: &http::Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ticket="))
+        .filter(|v| !v.is_empty())
 }
 
 /// How long an ended call's final event stays readable on `GET {call}/events`.
@@ -708,11 +788,31 @@ async fn handle_request(
             return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
         }
     }
+    let path = req.uri().path().to_owned();
+    // A browser's WebTransport CONNECT cannot carry a bearer token: a media ticket from its
+    // POST {TG}/calls stands in for it, on that call's media only.
+    if let (Route::Media(tg, id), Some(ticket)) = (route(&path), ticket_param(req.uri())) {
+        if req.method() == Method::CONNECT {
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok());
+            let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
+            return match redeemed {
+                Ok(()) => media_connect(shared, conn, &req, tg, id, stream, &cors).await,
+                Err(why) => {
+                    shared.ctx.metrics.auth_failures();
+                    tracing::debug!(%tg, call = %id, why, "media CONNECT refused");
+                    let reply = Reply::problem(&Problem::new(401, "Unauthorized", why));
+                    send_reply(shared, &mut stream, reply.with_all(&cors)).await
+                }
+            };
+        }
+    }
     let principal = match authenticate(shared, &req).await {
         Ok(p) => p,
         Err(reply) => return send_reply(shared, &mut stream, reply.with_all(&cors)).await,
     };
-    let path = req.uri().path().to_owned();
     if let Some(scope) = required_scope(&route(&path)) {
         if let Err(e) = crate::auth::require_scope(&principal, scope) {
             shared.ctx.metrics.auth_failures();
@@ -932,7 +1032,7 @@ async fn post_call(shared: &Shared, tg: &str, client: Client, stream: &mut Strea
             tg: tg.to_owned(),
             request,
             principal,
-            origin,
+            origin: origin.clone(),
             tns,
         })
         .await;
@@ -944,8 +1044,12 @@ async fn post_call(shared: &Shared, tg: &str, client: Client, stream: &mut Strea
         }
     };
     match answer {
-        Ok(Ok(Ok(description))) => {
+        Ok(Ok(Ok(mut description))) => {
             let uri = description.uri.clone();
+            if let Some(o) = &origin {
+                let id = uri.rsplit('/').next().unwrap_or_default();
+                description.media_ticket = shared.state().issue_ticket(tg, id, o);
+            }
             Reply::json(StatusCode::CREATED, &description).with(header::LOCATION, uri)
         }
         Ok(Ok(Err(problem))) => Reply::problem(&problem),
