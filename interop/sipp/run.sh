@@ -221,13 +221,18 @@ scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched 
     fi
     sipp_pair l-verify stir_verified_uac.xml stir_verstat_uas.xml -d 200 -key identity "$id" \
         || { DETAIL="verified call: $DETAIL"; return 1; }
+    # Transit: the caller's PASSporT reached the callee unchanged (A passed it on in POST
+    # passport, B as Identity), not replaced by B's own signature.
+    local jws="${id%%;*}" got
+    got="$(grep -h -m1 '^Identity:' "$LOG_ROOT"/l-verify/stir_verstat_uas_*_messages.log 2>/dev/null | sed 's/^Identity: *//' | tr -d '\r')"
+    [ "${got%%;*}" = "$jws" ] || { DETAIL="the callee got another PASSporT than the caller sent: ${got:0:60}..."; return 1; }
     # Flip one character of the signature (the JWS's third part) and send it again.
     sig="${id%%;*}"; sig="${sig##*.}"
     bad="${id/$sig/${sig:0:10}$([ "${sig:10:1}" = A ] && echo B || echo A)${sig:11}}"
     mkdir -p "$LOG_ROOT/l-verify-bad"
     sipp_pair l-verify-bad stir_refused_uac.xml "" -key identity "$bad" \
         || { DETAIL="tampered Identity not refused with 438: $DETAIL"; return 1; }
-    DETAIL="B's Identity verified by A (x5u fetched over HTTPS), call placed, B put verstat=TN-Validation-Passed on From; tampered Identity: 438"
+    DETAIL="B's Identity verified by A (x5u fetched over HTTPS), call placed, the caller's PASSporT reached the callee unchanged and B put verstat=TN-Validation-Passed on From; tampered Identity: 438"
 }
 
 # (m) runs its own gateway (either mode): SIP 127.0.0.1:5076, HTTP/3 127.0.0.1:4437, admin 9076.

@@ -488,6 +488,9 @@ struct Call {
     /// STIR attestation our signature gives this call (A/B for HTTP/3 clients by their token's
     /// TNs, C for calls that entered over SIP).
     attest: crate::stir::Attestation,
+    /// `Identity` to pass on unchanged when the call leaves on SIP: the caller's PASSporT,
+    /// verified here or by a client trusted to say so (`verstat` TN-Validation-Passed).
+    upstream_identity: Option<String>,
 }
 
 fn call_span(key: CallKey) -> tracing::Span {
@@ -526,6 +529,8 @@ pub struct Engine {
     replay: crate::stir::verify::ReplayCache,
     /// INVITEs waiting for their x5u chains, by the key of the call they will become.
     verifying: HashMap<CallKey, (Box<SipInbound>, crate::stir::verify::Prepared)>,
+    /// HTTP/3 calls whose PASSporT waits for its x5u chain, by the key of that fetch.
+    verifying_ript: HashMap<CallKey, Box<PendingRipt>>,
     /// Out-of-dialog OPTIONS per source (IN-04).
     options_limiter: Option<super::ratelimit::SourceLimiter>,
     timers: BinaryHeap<Reverse<(Instant, u64, CallKey, CallTimer)>>,
@@ -601,6 +606,7 @@ impl Engine {
             wall: None,
             replay: Default::default(),
             verifying: HashMap::new(),
+            verifying_ript: HashMap::new(),
             options_limiter: options_limit
                 .map(|(rate, burst)| super::ratelimit::SourceLimiter::new(rate, burst)),
             timers: BinaryHeap::new(),
@@ -992,7 +998,7 @@ impl Engine {
     /// An INVITE starting a call: verified first (STIR) when we verify, else placed at once.
     fn on_initial_invite(&mut self, now: Instant, m: SipInbound) {
         let (Some(v), Some(now_unix)) = (self.cfg.stir_verify.clone(), self.unix_at(now)) else {
-            return self.place_invite(now, m, None, Vec::new());
+            return self.place_invite(now, m, None);
         };
         let SipMessage::Request(req) = &m.msg else {
             return;
@@ -1026,19 +1032,117 @@ impl Engine {
     }
 
     fn on_stir_chains(&mut self, now: Instant, key: CallKey, chains: FetchedChains) {
-        let (Some((m, prepared)), Some(v)) =
-            (self.verifying.remove(&key), self.cfg.stir_verify.clone())
-        else {
+        let Some(v) = self.cfg.stir_verify.clone() else {
             return;
         };
-        let outcome = v.verifier.finish(prepared, &mut self.replay, |url| {
+        let chain_for = |url: &str| {
             chains
                 .iter()
                 .find(|(u, _)| u == url)
                 .map(|(_, r)| r.clone())
                 .unwrap_or_else(|| Err("not fetched".into()))
-        });
-        self.verified_invite(now, *m, outcome, v.reject);
+        };
+        if let Some((m, prepared)) = self.verifying.remove(&key) {
+            let outcome = v.verifier.finish(prepared, &mut self.replay, chain_for);
+            self.verified_invite(now, *m, outcome, v.reject);
+        } else if let Some(p) = self.verifying_ript.remove(&key) {
+            let PendingRipt {
+                req,
+                tg,
+                request,
+                caller,
+                prepared,
+            } = *p;
+            let outcome = v.verifier.finish(prepared, &mut self.replay, chain_for);
+            self.verified_incoming(now, req, tg, request, caller, outcome, v.reject);
+        }
+    }
+
+    /// A call arriving on HTTP/3 with a PASSporT, when we verify: the PASSporT is checked
+    /// against the call's `from` and `destination` (its x5u fetched like an INVITE's) before
+    /// the call is placed, and the result becomes its `verstat`.
+    fn incoming_verified_first(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        tg: String,
+        request: CallRequest,
+        caller: Caller,
+    ) {
+        let (Some(v), Some(now_unix), Some(jws)) = (
+            self.cfg.stir_verify.clone(),
+            self.unix_at(now),
+            request.passport.clone(),
+        ) else {
+            return self.on_incoming_call(now, req, tg, request, caller);
+        };
+        // A PASSporT that does not even decode is checked as it is, and fails (438).
+        let header = identity_for(&jws).unwrap_or(jws);
+        let ctx = crate::stir::verify::VerifyContext {
+            now_unix,
+            canonical_orig: request.from.as_deref().and_then(crate::stir::canonical_tn),
+            canonical_dest: crate::stir::canonical_tn(&request.destination)
+                .into_iter()
+                .collect(),
+            call_id: format!("ript-{}", req.0),
+        };
+        let prepared = v.verifier.prepare(&[header.as_str()], &ctx, &self.replay);
+        let urls = prepared.x5u_to_fetch();
+        if urls.is_empty() {
+            let outcome = v.verifier.finish(prepared, &mut self.replay, |_| {
+                Err::<Vec<Vec<u8>>, _>("nothing to fetch")
+            });
+            return self.verified_incoming(now, req, tg, request, caller, outcome, v.reject);
+        }
+        let key = self.new_key();
+        self.verifying_ript.insert(
+            key,
+            Box::new(PendingRipt {
+                req,
+                tg,
+                request,
+                caller,
+                prepared,
+            }),
+        );
+        self.out.push_back(Output::StirFetch { call: key, urls });
+    }
+
+    /// Acts on an HTTP/3 call's verification: refused (403 naming the STIR failure) under
+    /// `reject`, else placed with its verstat; only a PASSporT that verified is passed on.
+    #[allow(clippy::too_many_arguments)]
+    fn verified_incoming(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        tg: String,
+        mut request: CallRequest,
+        caller: Caller,
+        outcome: crate::stir::verify::VerifyOutcome,
+        reject: bool,
+    ) {
+        if let (Some(code), true) = (outcome.code, reject) {
+            info!(
+                status = code.status(),
+                "STIR verification refused an HTTP/3 call"
+            );
+            self.count_rejected();
+            let detail = format!(
+                "STIR verification failed: {} {}",
+                code.status(),
+                code.reason_phrase()
+            );
+            self.out.push_back(Output::Ript(RiptCmd::RespondCall {
+                req,
+                result: Err(Problem::new(403, "Forbidden", detail)),
+            }));
+            return;
+        }
+        request.verstat = Some(outcome.verstat.as_str().to_string());
+        if outcome.verified().is_none() {
+            request.passport = None;
+        }
+        self.on_incoming_call(now, req, tg, request, caller);
     }
 
     /// Acts on a verification: the 4xx under `reject`, else the call with its verstat.
@@ -1067,9 +1171,15 @@ impl Engine {
                 self.count_rejected();
             }
             _ => {
-                let verstat = outcome.verstat.as_str().to_string();
-                let reasons = outcome.reason_headers();
-                self.place_invite(now, m, Some(verstat), reasons);
+                let v = match &m.msg {
+                    SipMessage::Request(req) => {
+                        let mut ids = msg::header_values(&req.headers, "Identity");
+                        ids.extend(msg::header_values(&req.headers, "y"));
+                        Verification::of(&outcome, &ids)
+                    }
+                    SipMessage::Response(_) => Verification::of(&outcome, &[]),
+                };
+                self.place_invite(now, m, Some(v));
             }
         }
     }
@@ -1077,17 +1187,14 @@ impl Engine {
     /// Places a SIP call toward HTTP/3. `verstat` is our own verification's result; without one,
     /// a trusted trunk's is used. `stir_reasons` are the RFC 9410 Reason values for headers that
     /// failed.
-    fn place_invite(
-        &mut self,
-        now: Instant,
-        m: SipInbound,
-        verstat: Option<String>,
-        stir_reasons: Vec<String>,
-    ) {
+    fn place_invite(&mut self, now: Instant, m: SipInbound, verification: Option<Verification>) {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
-        let verstat = verstat.or_else(|| self.trusted_verstat(&m, req));
+        let (verstat, stir_reasons, upstream) = match verification {
+            Some(v) => (Some(v.verstat), v.reasons, v.passport),
+            None => (self.trusted_verstat(&m, req), Vec::new(), None),
+        };
         // Over the call limit, or the transaction table is full: 503 with Retry-After.
         if self.calls.len() >= self.cfg.max_calls || self.txn.is_full() {
             self.count_rejected();
@@ -1285,6 +1392,7 @@ impl Engine {
             principal: None,
             // Entered over SIP: we cannot vouch for the caller (gateway attestation).
             attest: crate::stir::Attestation::C,
+            upstream_identity: None,
         };
         call.span.record("sip_call_id", m.info.call_id.as_str());
         let _g = call.span.clone().entered();
@@ -1312,7 +1420,9 @@ impl Engine {
             rtcp_mux,
             latching: policy.latching,
         }));
-        let passport = self.passport(now, key, from_user.as_deref(), &destination);
+        // A caller's PASSporT that verified travels on unchanged; else we sign (attest C).
+        let passport =
+            upstream.or_else(|| self.passport(now, key, from_user.as_deref(), &destination));
         self.out.push_back(Output::Ript(RiptCmd::CreateCall {
             call: key,
             peer,
@@ -2269,7 +2379,7 @@ impl Engine {
                 principal,
                 origin,
                 tns,
-            } => self.on_incoming_call(
+            } => self.incoming_verified_first(
                 now,
                 req,
                 tg,
@@ -2431,6 +2541,11 @@ impl Engine {
                 Some(tn) if tns.contains(&tn) => crate::stir::Attestation::A,
                 _ => crate::stir::Attestation::B,
             },
+            upstream_identity: request
+                .passport
+                .as_deref()
+                .filter(|_| request.verstat.as_deref() == Some("TN-Validation-Passed"))
+                .and_then(identity_for),
         };
         *self.per_client.entry(principal.clone()).or_insert(0) += 1;
         call.span.record("ript_call", id.as_str());
@@ -3074,6 +3189,9 @@ impl Engine {
     fn send_invite(&mut self, now: Instant, key: CallKey) {
         // RFC 8224: the authentication service signs the call as it leaves on SIP.
         let identity = self.calls.get(&key).and_then(|c| {
+            if let Some(upstream) = &c.upstream_identity {
+                return Some(upstream.clone());
+            }
             let jws = self.passport(now, key, c.from.as_deref(), &c.destination)?;
             let x5u = &self.cfg.stir.as_ref()?.x5u;
             Some(crate::stir::IdentityHeader::new(&jws, x5u, "shaken").to_string())
@@ -3718,6 +3836,51 @@ fn sip_origin_check(values: &[String], allowed: &[String]) -> OriginCheck {
     } else {
         OriginCheck::Forbidden
     }
+}
+
+/// A `POST {TG}/calls` whose PASSporT is being verified.
+struct PendingRipt {
+    req: ReqId,
+    tg: String,
+    request: CallRequest,
+    caller: Caller,
+    prepared: crate::stir::verify::Prepared,
+}
+
+/// What our verification service concluded about a call coming in.
+struct Verification {
+    /// RFC 8224 §6.2.3 value.
+    verstat: String,
+    /// RFC 9410 Reason values for Identity headers that failed beside the decisive one.
+    reasons: Vec<String>,
+    /// The decisive SHAKEN PASSporT (full-form compact JWS) when it verified: passed on
+    /// unchanged as the call leaves, rather than replaced by our own signature (transit).
+    passport: Option<String>,
+}
+
+impl Verification {
+    fn of(outcome: &crate::stir::verify::VerifyOutcome, headers: &[String]) -> Verification {
+        let passport = outcome
+            .verified()
+            .and(outcome.decisive)
+            .and_then(|i| headers.get(i))
+            .and_then(|h| crate::stir::IdentityHeader::parse(h).ok())
+            .filter(|h| h.form() == crate::stir::identity::PassportForm::Full)
+            .map(|h| h.jws().to_string());
+        Verification {
+            verstat: outcome.verstat.as_str().to_string(),
+            reasons: outcome.reason_headers(),
+            passport,
+        }
+    }
+}
+
+/// The SIP `Identity` header value that carries `jws` (a full-form SHAKEN PASSporT), with
+/// `info` taken from the PASSporT's own `x5u`; `None` when it does not decode.
+fn identity_for(jws: &str) -> Option<String> {
+    let d = crate::stir::passport::DecodedPassport::decode(jws).ok()?;
+    let x5u = d.header.x5u?;
+    Some(crate::stir::IdentityHeader::new(jws, &x5u, "shaken").to_string())
 }
 
 /// The `verstat` parameter of a tel URI or of a SIP URI's user part (RFC 8224 §6.2.3), when it

@@ -2575,3 +2575,119 @@ fn options_are_rate_limited_per_source() {
     s.sip(&options_with("z9hG4bKlater", &[]), CALLER);
     assert!(s.sip_out()[0].starts_with("SIP/2.0 200 "));
 }
+
+/// An HTTP/3 call from +12155551212 to +12155551213 carrying `passport` (and `verstat` as the
+/// client said it).
+fn call_with_passport(passport: &str, verstat: Option<&str>) -> RiptEvent {
+    let mut e = incoming_call(ReqId(9), Some("+12155551212"), "gateway-a");
+    if let RiptEvent::IncomingCall { request, .. } = &mut e {
+        request.destination = "+12155551213".into();
+        request.passport = Some(passport.to_string());
+        request.verstat = verstat.map(str::to_string);
+    }
+    e
+}
+
+/// The `Identity` and `From` of the INVITE among `out`.
+fn invite_identity_and_from(out: &[Output]) -> (Option<String>, String) {
+    let inv = sip_texts(out)
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("no INVITE in {out:?}"));
+    let h = |name: &str| {
+        inv.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::to_string)
+    };
+    (h("Identity: "), h("From: ").unwrap())
+}
+
+/// Transit: a caller's PASSporT that verified travels on unchanged, SIP → HTTP/3 in
+/// `passport` and HTTP/3 → SIP in `Identity`, instead of being replaced by ours.
+#[test]
+fn a_verified_passport_travels_on_unchanged() {
+    let (mut s, pki, id) = verifying_sim(false);
+    let jws = id.split(';').next().unwrap().to_string();
+    s.sip(&signed_invite("z9hG4bKp1", "cid-p1", &id), CALLER);
+    let out = verified(&mut s, &pki);
+    let passport = out.iter().find_map(|o| match o {
+        Output::Ript(RiptCmd::CreateCall { request, .. }) => Some(request.passport.clone()),
+        _ => None,
+    });
+    assert_eq!(passport, Some(Some(jws.clone())), "SIP → HTTP/3");
+    // A PASSporT that failed is not passed on.
+    let (mut s, pki, id) = verifying_sim(false);
+    let other_dest = signed_invite("z9hG4bKp2", "cid-p2", &id)
+        .replace("INVITE sip:+12155551213@", "INVITE sip:+12155559999@");
+    s.sip(&other_dest, CALLER);
+    let out = verified(&mut s, &pki);
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Ript(RiptCmd::CreateCall { request, .. })
+            if request.passport.is_none()
+                && request.verstat.as_deref() == Some("TN-Validation-Failed"))));
+
+    // HTTP/3 → SIP, not verifying here: kept when the (trusted) client says it passed.
+    let mut s = Sim::new();
+    s.ript(call_with_passport(&jws, Some("TN-Validation-Passed")));
+    let (identity, from) = invite_identity_and_from(&s.take());
+    let identity = identity.expect("the caller's Identity");
+    assert!(
+        identity.starts_with(&format!("{jws};info=<{VX5U}>")),
+        "{identity}"
+    );
+    assert!(from.contains(";verstat=TN-Validation-Passed@"), "{from}");
+    // Without that word it is not passed on (and we have no signer: no Identity at all).
+    let mut s = Sim::new();
+    s.ript(call_with_passport(&jws, None));
+    assert_eq!(invite_identity_and_from(&s.take()).0, None);
+}
+
+/// When we verify, a PASSporT arriving on HTTP/3 is checked before the call is placed: passed
+/// on with verstat when good; refused (reject) or marked failed (continue) when not.
+#[test]
+fn passports_arriving_on_http3_are_verified() {
+    let (mut s, pki, id) = verifying_sim(true);
+    let jws = id.split(';').next().unwrap().to_string();
+    // The client's own claim is replaced by our result.
+    s.ript(call_with_passport(&jws, Some("TN-Validation-Failed")));
+    let out = s.take();
+    assert!(
+        sip_texts(&out).is_empty(),
+        "nothing is sent before the chain"
+    );
+    let out = deliver_chain(&mut s, &out, &pki);
+    let (identity, from) = invite_identity_and_from(&out);
+    assert!(identity.unwrap().starts_with(&jws));
+    assert!(from.contains(";verstat=TN-Validation-Passed@"), "{from}");
+
+    let tampered = {
+        let mut parts: Vec<String> = jws.split('.').map(str::to_string).collect();
+        let c = if parts[2].as_bytes()[10] == b'A' {
+            "B"
+        } else {
+            "A"
+        };
+        parts[2].replace_range(10..11, c);
+        parts.join(".")
+    };
+    for reject in [true, false] {
+        let (mut s, pki, _) = verifying_sim(reject);
+        s.ript(call_with_passport(&tampered, Some("TN-Validation-Passed")));
+        let out = s.take();
+        let out = deliver_chain(&mut s, &out, &pki);
+        if reject {
+            let refused = out.iter().find_map(|o| match o {
+                Output::Ript(RiptCmd::RespondCall { result: Err(p), .. }) => Some(p.clone()),
+                _ => None,
+            });
+            let p = refused.expect("refused");
+            assert_eq!(p.status, 403);
+            assert!(p.detail.contains("438"), "{}", p.detail);
+            assert!(sip_texts(&out).is_empty(), "no INVITE");
+        } else {
+            let (identity, from) = invite_identity_and_from(&out);
+            assert_eq!(identity, None, "a failed PASSporT is not passed on");
+            assert!(from.contains(";verstat=TN-Validation-Failed@"), "{from}");
+        }
+    }
+}
