@@ -4,12 +4,14 @@
 #   2. unit and integration tests (cargo test --release: one build serves the tests and the
 #      gateway pair)
 #   3. the SIPp suite against the gateway pair (interop/sipp/run.sh)
-#   4. the browser checks: CORS and WebTransport origins from headless Chromium against a gateway
-#      of their own (interop/browser/run.sh)
+#   4. the browser checks: CORS, WebTransport origins and media tickets, and the SIP preflight
+#      toward SIPp trunks, from headless Chromium against a gateway of their own
+#      (interop/browser/run.sh)
 #   5. the baresip run: one call per media mode (rtp sdes dtls ice-sdes ice-dtls) between two real
 #      baresip UAs through the pair, after a self-test of its checker (interop/baresip/run.sh)
 # Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing;
-# the browser checks install their own (chromium, nodejs, npm; playwright-core with npm ci) and
+# the browser checks install their own (chromium, nodejs, npm, sip-tester; playwright-core with
+# npm ci) and
 # so does the baresip run (baresip-core, sox, tcpdump).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -38,7 +40,7 @@ log "cargo test --release (also builds the release binary)"
 cargo test --release --locked
 log "SIPp suite against the gateway pair"
 "$INTEROP_DIR/sipp/run.sh"
-log "browser checks: CORS and WebTransport origins from headless Chromium"
+log "browser checks: CORS, WebTransport and the SIP preflight from headless Chromium"
 "$INTEROP_DIR/browser/run.sh"
 log "baresip run: checker self-test, then one call per media mode through the gateway pair"
 "$INTEROP_DIR/baresip/run.sh" --selftest-checker

@@ -779,6 +779,21 @@ async fn auth_and_unknown_resources() {
     let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(p["status"], 401);
 
+    // OAUTH-01: no token is a bare challenge (no `error`); a token in the query string
+    // (RFC 6750 §2.3, which we do not support) counts for nothing.
+    for path in [
+        PREFIX.to_string(),
+        format!("{PREFIX}?access_token=good"),
+    ] {
+        let (status, headers, _) = h.raw(http::Method::GET, &path, None, None).await;
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(
+            hv(&headers, "www-authenticate"),
+            Some(r#"Bearer realm="riptide""#),
+            "{path}"
+        );
+    }
+
     let (status, headers, _) = h.raw(http::Method::GET, PREFIX, Some("wrong"), None).await;
     assert_eq!(status, 401);
     assert!(headers.contains_key("www-authenticate"));

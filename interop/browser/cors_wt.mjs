@@ -1,6 +1,10 @@
 // Browser checks of riptide's HTTP/3 API in headless Chromium (security requirements CORS-04
 // and WT-01): a page on an allowed origin and a page on a disallowed origin make the same calls
-// to a riptide gateway over HTTP/3; riptide must serve the first and refuse the second.
+// to a riptide gateway over HTTP/3; riptide must serve the first and refuse the second. The
+// allowed page opens its call's media over WebTransport with the 201's single-use mediaTicket,
+// and places calls toward two SIP trunks with `preflight = true` (SIPp UASes started by run.sh,
+// which checks their side): one whose SIP CORS preflight answer lacks Access-Control-Allow-Origin
+// (the call must fail with 403, never INVITEd) and one whose answer allows the origin.
 //
 // Run by interop/browser/run.sh, which starts the gateway and passes (environment):
 //   RIPTIDE_URL   https://127.0.0.1:PORT (the HTTP/3 listener; its certificate is self-signed)
@@ -126,14 +130,35 @@ async function openPage(ctx, origin, name) {
 }
 
 const authorized = { headers: { authorization: `Bearer ${TOKEN}` } };
-const newCall = {
+const callTo = (destination) => ({
     method: 'POST',
     headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
     body: JSON.stringify({
-        destination: 'echo',
+        destination,
         advertisement: { codecs: [{ mediaType: 'audio/PCMU', clockRate: 8000, payloadType: 0 }] },
     }),
-};
+});
+const newCall = callTo('echo');
+// The mediaTicket of a 201 to POST {TG}/calls (null when absent), and a media URL carrying it.
+function mediaTicket(r) {
+    try { return JSON.parse(r.body).mediaTicket ?? null; } catch { return null; }
+}
+const withTicket = (url, t) => `${url}?ticket=${encodeURIComponent(t ?? '')}`;
+// A browser call routed to a [[sip_trunk]] with preflight = true (run.sh's config: destination
+// prefix "noacao" and "acao", each a SIPp UAS): POST {TG}/calls, then read {call}/events to the
+// end (the stream closes after the call's final event). Returns the POST's status and the events.
+async function trunkCall(page, destination) {
+    const r = await page.evaluate(([u, i]) => api('POST calls', u, i), [`${API}/${TG}/calls`, callTo(destination)]);
+    if (r.status !== 201 || !r.location) return { post: r.status ?? r.error, events: [] };
+    const e = await page.evaluate(([u, i]) => api('GET events', u, i), [`${r.location}/events`, authorized]);
+    let events = [];
+    try { events = JSON.parse(e.body); } catch { return { post: 201, events, raw: e.body ?? e.message }; }
+    return { post: 201, events };
+}
+const evline = (r) => `POST ${r.post}; events: ${r.raw !== undefined ? `unreadable: ${r.raw}`
+    : r.events.map((e) => `${e.name}${e.code ? ` ${e.code}` : ''}${e.reason ? ` (${e.reason})` : ''}`).join(', ')}`;
+const final = (r, name, code) => r.events.some((e) => e.name === name && e.code === code);
+const progressed = (r) => r.events.some((e) => ['alerting', 'answered', 'declined'].includes(e.name));
 const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
 
 async function main() {
@@ -179,9 +204,11 @@ async function main() {
                 r.status === 401 && d['401'] === 1 && !d['204'], `page saw ${r.status ?? r.error}; ${fmt(d)}`);
         }
         let callUri = null;
+        let ticket = null;
         {
             const [r, d] = await counted(() => ok.evaluate(([u, i]) => api('POST calls', u, i), [`${API}/${TG}/calls`, newCall]));
             callUri = r.location;
+            ticket = mediaTicket(r);
             check('CORS-04 allowed origin: POST calls with a token creates a call (Location readable)',
                 r.status === 201 && typeof callUri === 'string' && callUri.startsWith(`${API}/${TG}/calls/`) &&
                     d['204'] === 1 && d['201'] === 1,
@@ -191,13 +218,49 @@ async function main() {
         const media = callUri ? `${callUri}/media` : `${API}/${TG}/calls/none/media`;
         {
             // Chromium sends no Authorization on a WebTransport CONNECT (WebTransportOptions
-            // headers are not sent), so riptide, after accepting the origin, refuses the session
-            // for the missing token: 401, never the origin's 403.
+            // headers are not sent), so riptide, after accepting the origin, refuses a session
+            // without a media ticket for the missing token: 401, never the origin's 403.
             const [r, d] = await counted(() => ok.evaluate((u) => media('WebTransport {call}/media', u), media));
-            check('WT-01 allowed origin: the media CONNECT passes riptide\'s origin check (refused only for the missing token)',
+            check('WT-01 allowed origin: the media CONNECT without a ticket passes riptide\'s origin check (refused only for the missing token)',
                 !r.ready && d['401'] >= 1 && !d['403'], `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
         }
+        {
+            // The 201's mediaTicket stands in for the bearer token on this call's media.
+            const [r, d] = await counted(() => ok.evaluate((u) => media('WebTransport {call}/media?ticket', u), withTicket(media, ticket)));
+            check('WT-01 allowed origin: the media CONNECT with the call\'s mediaTicket reaches wt.ready',
+                ticket !== null && r.ready && d['200'] === 1 && !d['401'] && !d['403'],
+                `mediaTicket ${ticket === null ? 'missing' : 'present'}; wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
+        {
+            const [r, d] = await counted(() => ok.evaluate((u) => media('WebTransport {call}/media?ticket (again)', u), withTicket(media, ticket)));
+            check('WT-01 allowed origin: the same mediaTicket does not open a second session (single use)',
+                ticket !== null && !r.ready && d['401'] >= 1 && !d['200'],
+                `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
+        // A second call whose ticket the allowed page hands to nobody but the disallowed origin.
+        let media2 = `${API}/${TG}/calls/none/media`;
+        let ticket2 = null;
+        {
+            const r = await ok.evaluate(([u, i]) => api('POST calls', u, i), [`${API}/${TG}/calls`, newCall]);
+            if (r.status === 201 && r.location) media2 = `${r.location}/media`;
+            ticket2 = mediaTicket(r);
+        }
         await shot(ok, 'allowed-2-media.png');
+        {
+            // The SIP side is checked by run.sh from SIPp's exit status and message log.
+            const r = await trunkCall(ok, 'noacao');
+            check('SIP preflight: a browser call toward trunk "noacao" (preflight answered without Access-Control-Allow-Origin) fails with 403',
+                r.post === 201 && final(r, 'failed', 403) && !progressed(r), evline(r));
+            const again = await trunkCall(ok, 'noacao');
+            check('SIP preflight: a second call toward "noacao" fails at once, the refusing target not contacted again',
+                again.post === 201 && final(again, 'failed', 403) && !progressed(again) &&
+                    again.events.some((e) => /refused a preflight recently/.test(e.reason ?? '')),
+                evline(again));
+            const yes = await trunkCall(ok, 'acao');
+            check('SIP preflight: a browser call toward trunk "acao" (preflight allows the origin) is INVITEd and declined 486',
+                yes.post === 201 && final(yes, 'declined', 486) && !final(yes, 'failed', 403), evline(yes));
+        }
+        await shot(ok, 'allowed-3-trunks.png');
 
         // --- the disallowed origin: the same calls ---
         const evil = await openPage(ctx, DENIED, 'disallowed origin');
@@ -224,7 +287,18 @@ async function main() {
             check('WT-01 disallowed origin: the media CONNECT for a live call is refused with 403',
                 !r.ready && d['403'] >= 1 && !d['200'], `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
         }
+        {
+            const [r, d] = await counted(() => evil.evaluate((u) => media('WebTransport {call}/media?ticket (the allowed page\'s)', u), withTicket(media2, ticket2)));
+            check('WT-01 disallowed origin: the media CONNECT with the allowed page\'s unused mediaTicket is refused with 403',
+                ticket2 !== null && !r.ready && d['403'] >= 1 && !d['200'],
+                `mediaTicket ${ticket2 === null ? 'missing' : 'present'}; wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
         await shot(evil, 'denied-2-media.png');
+        {
+            const [r, d] = await counted(() => ok.evaluate((u) => media('WebTransport {call}/media?ticket (after evil.example tried it)', u), withTicket(media2, ticket2)));
+            check('WT-01 allowed origin: that ticket still opens its call\'s media afterwards (the refused attempt did not use it up)',
+                ticket2 !== null && r.ready && d['200'] === 1, `wt.ready ${r.ready ? 'resolved' : `rejected: ${r.message}`}; ${fmt(d)}`);
+        }
     } finally {
         await ctx.close(); // Chromium finishes the net log on exit
     }

@@ -4,13 +4,18 @@
 #   interop/browser/run.sh
 #
 # Starts one riptide gateway of its own (HTTP/3 on 127.0.0.1:4496, allowing the browser
-# origin https://allowed.example only, with the built-in echo service behind TG "local"), mints a
-# token, runs Debian's chromium through playwright-core (npm, pinned by package-lock.json; no
-# browser is downloaded) against it, and stops it again.
+# origin https://allowed.example only, with the built-in echo service behind TG "local" and two
+# SIP trunks with `preflight = true`, each a SIPp UAS of its own: "noacao" answers the SIP CORS
+# preflight without Access-Control-Allow-Origin, "acao" allows the origin and refuses the INVITE
+# with 486; scenarios in scenarios/), mints a token, runs Debian's chromium through
+# playwright-core (npm, pinned by package-lock.json; no browser is downloaded) against it, and
+# stops it again.
 # Prints one PASS/FAIL line per check and ends with `browser: N passed, M failed`; exit status 1
-# on any failure. Screenshots, Chromium's net log and the gateway log: interop/out/browser/.
-# Installs chromium, nodejs and npm with apt when missing. RIPTIDE_BIN overrides the binary (no
-# cargo build then); H3_PORT, SIP_PORT, ADMIN_PORT and MEDIA_PORT_MIN move the gateway.
+# on any failure. Screenshots, Chromium's net log, the gateway log and the SIPp logs:
+# interop/out/browser/.
+# Installs chromium, nodejs, npm and sip-tester with apt when missing. RIPTIDE_BIN overrides the
+# binary (no cargo build then); H3_PORT, SIP_PORT, ADMIN_PORT and MEDIA_PORT_MIN move the
+# gateway, NOACAO_PORT and ACAO_PORT the two SIPp trunks.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
@@ -22,6 +27,8 @@ H3_PORT="${H3_PORT:-4496}"
 SIP_PORT="${SIP_PORT:-5196}"
 ADMIN_PORT="${ADMIN_PORT:-9196}"
 MEDIA_PORT_MIN="${MEDIA_PORT_MIN:-38000}"
+NOACAO_PORT="${NOACAO_PORT:-5197}"
+ACAO_PORT="${ACAO_PORT:-5198}"
 
 need_cmd chromium chromium
 need_cmd node nodejs
@@ -29,6 +36,8 @@ need_cmd npm npm
 need_cmd openssl openssl
 need_cmd curl curl
 need_cmd ss iproute2
+need_cmd sipp sip-tester
+need_cmd timeout coreutils
 # playwright-core 1.65 needs Node 20 or later (Debian 12's own nodejs package is 18).
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 20 ] || die "Node $(node --version) is too old for playwright-core: Node 20 or later is needed"
@@ -47,7 +56,8 @@ if [ -z "${RIPTIDE_BIN:-}" ]; then
 fi
 [ -x "$BIN" ] || die "no riptide binary at $BIN"
 
-for spec in "udp:$H3_PORT" "udp:$SIP_PORT" "tcp:$SIP_PORT" "tcp:$ADMIN_PORT"; do
+for spec in "udp:$H3_PORT" "udp:$SIP_PORT" "tcp:$SIP_PORT" "tcp:$ADMIN_PORT" \
+    "udp:$NOACAO_PORT" "udp:$ACAO_PORT"; do
     ! port_bound "${spec%%:*}" "${spec##*:}" \
         || die "port ${spec/:/\/} is in use: $(port_users "${spec%%:*}" "${spec##*:}")"
 done
@@ -94,6 +104,27 @@ description = "the built-in echo service"
   prefix = "echo"
   echo = true
 
+  # Browser calls toward trunks that want a SIP CORS preflight first (docs/protocol.md §8.4).
+  [[tg.route]]
+  prefix = "noacao"
+  sip_trunk = "noacao"
+
+  [[tg.route]]
+  prefix = "acao"
+  sip_trunk = "acao"
+
+# SIPp UAS: 200 to the preflight without Access-Control-Allow-Origin; must never be INVITEd.
+[[sip_trunk]]
+name = "noacao"
+target = "sip:127.0.0.1:$NOACAO_PORT;transport=udp"
+preflight = true
+
+# SIPp UAS: 200 with Access-Control-Allow-Origin: https://allowed.example, then 486 to the INVITE.
+[[sip_trunk]]
+name = "acao"
+target = "sip:127.0.0.1:$ACAO_PORT;transport=udp"
+preflight = true
+
 [[sip_route]]
 prefix = ""
 ript_peer = "self"
@@ -103,10 +134,32 @@ TOKEN="$("$BIN" token mint --config "$OUT/riptide.toml" --subject browser-check 
     || die "riptide token mint failed: $(cat "$OUT/token-mint.log")"
 
 RIPTIDE_PID=""
+NOACAO_PID=""
+ACAO_PID=""
 cleanup() {
+    [ -z "$NOACAO_PID" ] || stop_pid "$NOACAO_PID" 2
+    [ -z "$ACAO_PID" ] || stop_pid "$ACAO_PID" 2
     [ -z "$RIPTIDE_PID" ] || stop_pid "$RIPTIDE_PID" 5
 }
 trap cleanup EXIT
+
+# start_trunk NAME PORT MEDIA_PORT CONTROL_PORT: a SIPp UAS for one call (no -aa: the scenario
+# itself must answer the OPTIONS), its logs in $OUT/sipp-NAME/; sets TRUNK_PID.
+start_trunk() {
+    local name="$1" port="$2" dir="$OUT/sipp-$1"
+    mkdir -p "$dir"
+    (cd "$dir" && exec timeout -k 5 100 sipp -sf "$HERE/scenarios/preflight_${name}_uas.xml" \
+        -i 127.0.0.1 -p "$port" -mi 127.0.0.1 -mp "$3" -cp "$4" -m 1 -nostdin \
+        -trace_msg -message_file "$dir/messages.log" -trace_err -error_file "$dir/errors.log" \
+        -timeout 90s -timeout_error) >"$dir/stdout" 2>&1 &
+    TRUNK_PID=$!
+}
+start_trunk noacao "$NOACAO_PORT" $((MEDIA_PORT_MIN + 200)) $((MEDIA_PORT_MIN + 210))
+NOACAO_PID=$TRUNK_PID
+start_trunk acao "$ACAO_PORT" $((MEDIA_PORT_MIN + 220)) $((MEDIA_PORT_MIN + 230))
+ACAO_PID=$TRUNK_PID
+wait_port_bound udp "$NOACAO_PORT" 10 "$NOACAO_PID" || die "SIPp (trunk noacao) did not start: $(tail -n 3 "$OUT/sipp-noacao/stdout")"
+wait_port_bound udp "$ACAO_PORT" 10 "$ACAO_PID" || die "SIPp (trunk acao) did not start: $(tail -n 3 "$OUT/sipp-acao/stdout")"
 
 "$BIN" serve --config "$OUT/riptide.toml" >"$OUT/riptide.log" 2>&1 &
 RIPTIDE_PID=$!
@@ -128,6 +181,31 @@ RIPTIDE_URL="https://127.0.0.1:$H3_PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT
     SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" CHROMIUM="$(command -v chromium)" \
     timeout 90 node "$HERE/cors_wt.mjs" | tee "$OUT/results.txt"
 rc=${PIPESTATUS[0]}
+
+# The trunks' side of the SIP preflight: SIPp's exit status (a failed regexp check or an
+# unexpected message makes it non-zero) and what it received.
+# finish_trunk PID: waits (bounded) for the UAS; sets TRUNK_RC to its exit status.
+finish_trunk() {
+    TRUNK_RC=0
+    if ! wait_pid_exit "$1" 10; then
+        stop_pid "$1" 2
+        TRUNK_RC="none, still running 10 s after the page: stopped"
+        return
+    fi
+    wait "$1" || TRUNK_RC=$?
+}
+requests() { grep -c "^$2 sip:" "$OUT/sipp-$1/messages.log" 2>/dev/null || true; }
+sipp_errors() { grep -v '^$' "$OUT/sipp-$1/errors.log" 2>/dev/null | head -n 3 | tr '\n' ' ' | cut -c1-300 || true; }
+finish_trunk "$NOACAO_PID"; noacao_rc=$TRUNK_RC; NOACAO_PID=""
+finish_trunk "$ACAO_PID"; acao_rc=$TRUNK_RC; ACAO_PID=""
+{
+    n_opt="$(requests noacao OPTIONS)"; n_inv="$(requests noacao INVITE)"
+    if [ "$noacao_rc" = 0 ] && [ "$n_opt" = 1 ] && [ "$n_inv" = 0 ]; then r=PASS; else r=FAIL; fi
+    echo "$r SIP preflight: trunk \"noacao\" got one OPTIONS with Origin: https://allowed.example (SIPp checked it), answered it without Access-Control-Allow-Origin, and was never INVITEd (SIPp exit $noacao_rc; received $n_opt OPTIONS, $n_inv INVITE; $(sipp_errors noacao))"
+    n_opt="$(requests acao OPTIONS)"; n_inv="$(requests acao INVITE)"; n_ack="$(requests acao ACK)"
+    if [ "$acao_rc" = 0 ] && [ "$n_opt" = 1 ] && [ "$n_inv" = 1 ] && [ "$n_ack" = 1 ]; then r=PASS; else r=FAIL; fi
+    echo "$r SIP preflight: trunk \"acao\" allowed the origin and then got the INVITE with an SDP offer, refused 486 and ACKed (SIPp exit $acao_rc; received $n_opt OPTIONS, $n_inv INVITE, $n_ack ACK; $(sipp_errors acao))"
+} | tee -a "$OUT/results.txt"
 set -e
 
 passed=$(grep -c '^PASS ' "$OUT/results.txt" || true)
