@@ -500,28 +500,60 @@ fn invalid(why: impl Into<String>) -> AuthError {
     AuthError::Invalid(why.into())
 }
 
+/// A bearer token split as a compact JWS (RFC 7515 §7.1), its protected header decoded and
+/// its signature base64url-decoded; nothing verified yet.
+struct CompactJws<'t> {
+    header: Header,
+    /// `BASE64URL(header) "." BASE64URL(claims)`, exactly as received.
+    signing_input: &'t str,
+    claims_b64: &'t str,
+    sig: Vec<u8>,
+}
+
+/// Splits `bearer`: empty is [`AuthError::Missing`]; too long, not three parts, or a header or
+/// signature that does not decode is `invalid_token`. The access-token `typ` is checked here
+/// too (RFC 9068 §4), before any key is looked up.
+fn split_compact_jws(bearer: &str) -> Result<CompactJws<'_>, AuthError> {
+    let bearer = bearer.trim();
+    if bearer.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if bearer.len() > MAX_TOKEN_LEN {
+        return Err(invalid("token too long"));
+    }
+    let mut parts = bearer.split('.');
+    let (Some(h64), Some(c64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(
+            "not a compact JWS (expected three dot-separated parts)",
+        ));
+    };
+    let header: Header = B64
+        .decode(h64)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| invalid("malformed header"))?;
+    check_access_token_type(header.typ.as_deref())?;
+    let sig = B64
+        .decode(s64)
+        .map_err(|_| invalid("malformed signature"))?;
+    Ok(CompactJws {
+        header,
+        signing_input: &bearer[..h64.len() + 1 + c64.len()],
+        claims_b64: c64,
+        sig,
+    })
+}
+
 impl TokenVerifier for LocalIssuer {
     fn verify(&self, bearer: &str, now_unix: u64) -> Result<Principal, AuthError> {
-        let bearer = bearer.trim();
-        if bearer.is_empty() {
-            return Err(AuthError::Missing);
-        }
-        if bearer.len() > MAX_TOKEN_LEN {
-            return Err(invalid("token too long"));
-        }
-        let mut parts = bearer.split('.');
-        let (Some(h64), Some(c64), Some(s64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid(
-                "not a compact JWS (expected three dot-separated parts)",
-            ));
-        };
-        let header: Header = B64
-            .decode(h64)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| invalid("malformed header"))?;
+        let CompactJws {
+            header,
+            signing_input,
+            claims_b64,
+            sig,
+        } = split_compact_jws(bearer)?;
         // Only ES256: accepting the header's choice would allow `none` or algorithm confusion.
         if header.alg != "ES256" {
             return Err(invalid(format!("algorithm {} not accepted", header.alg)));
@@ -533,16 +565,11 @@ impl TokenVerifier for LocalIssuer {
         else {
             return Err(invalid("unknown key id"));
         };
-        check_access_token_type(header.typ.as_deref())?;
-        let sig = B64
-            .decode(s64)
-            .map_err(|_| invalid("malformed signature"))?;
-        let signing_input = &bearer[..h64.len() + 1 + c64.len()];
         UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &public_key)
             .verify(signing_input.as_bytes(), &sig)
             .map_err(|_| invalid("bad signature"))?;
         // Claims are only looked at once the signature shows they are ours.
-        AccessClaims::decode(c64)?.validate(LOCAL_ISSUER, LOCAL_AUDIENCE, now_unix, true)
+        AccessClaims::decode(claims_b64)?.validate(LOCAL_ISSUER, LOCAL_AUDIENCE, now_unix, true)
     }
 }
 

@@ -14,8 +14,8 @@
 //! - A fetch that fails (or returns a set without a usable key) keeps the keys we had; with
 //!   no keys at all, tokens get `503` (fail closed) and the next attempt waits the same 30 s.
 
-use super::{check_access_token_type, invalid, AccessClaims, AuthError, Principal};
-use super::{TokenVerifier, Verification, B64, MAX_TOKEN_LEN};
+use super::{invalid, split_compact_jws, AccessClaims, AuthError, Principal};
+use super::{TokenVerifier, Verification, B64};
 use crate::stir::fetch::{Clock, GuardConfig, GuardedClient, SystemClock};
 use base64::Engine as _;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -255,15 +255,6 @@ fn usable(k: RawJwk) -> Option<(String, Jwk)> {
     Some((kid, Jwk { key, alg }))
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    typ: Option<String>,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
 /// A compact JWS split and its header checked; the signature is not verified yet.
 struct Token<'t> {
     alg: Alg,
@@ -274,43 +265,21 @@ struct Token<'t> {
 }
 
 fn parse_token(bearer: &str) -> Result<Token<'_>, AuthError> {
-    let bearer = bearer.trim();
-    if bearer.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    if bearer.len() > MAX_TOKEN_LEN {
-        return Err(invalid("token too long"));
-    }
-    let mut parts = bearer.split('.');
-    let (Some(h64), Some(c64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid(
-            "not a compact JWS (expected three dot-separated parts)",
-        ));
-    };
-    let header: Header = B64
-        .decode(h64)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| invalid("malformed header"))?;
+    let jws = split_compact_jws(bearer)?;
     // The header only picks among the algorithms we accept; the key decides the rest.
-    let alg = Alg::parse(&header.alg)
-        .ok_or_else(|| invalid(format!("algorithm {} not accepted", header.alg)))?;
-    check_access_token_type(header.typ.as_deref())?;
-    let kid = header
+    let alg = Alg::parse(&jws.header.alg)
+        .ok_or_else(|| invalid(format!("algorithm {} not accepted", jws.header.alg)))?;
+    let kid = jws
+        .header
         .kid
         .filter(|k| !k.is_empty())
         .ok_or_else(|| invalid("no key id (kid) in the token"))?;
-    let sig = B64
-        .decode(s64)
-        .map_err(|_| invalid("malformed signature"))?;
     Ok(Token {
         alg,
         kid,
-        signing_input: &bearer[..h64.len() + 1 + c64.len()],
-        claims_b64: c64,
-        sig,
+        signing_input: jws.signing_input,
+        claims_b64: jws.claims_b64,
+        sig: jws.sig,
     })
 }
 
