@@ -1,6 +1,7 @@
 //! SIP Digest in the engine, with simulated time: challenging calls from a digest trunk (UAS)
 //! and answering a trunk's challenges to our INVITEs (UAC).
 
+use super::super::tests::{sip_texts, Sim};
 use super::super::*;
 use crate::ript::model::{Advertisement, CodecAd};
 use crate::sip::digest::{self, Algorithm, Login, UserDb, UserSecret};
@@ -35,78 +36,6 @@ fn cfg() -> EngineConfig {
     ));
     t.digest_login = Some(Arc::new(Login::new("riptide", "trunk-pw")));
     c
-}
-
-struct Sim {
-    e: Engine,
-    now: Instant,
-    out: Vec<Output>,
-}
-
-impl Sim {
-    fn new(cfg: EngineConfig) -> Sim {
-        Sim {
-            e: Engine::new(cfg, Arc::new(Metrics::default())),
-            now: Instant::now(),
-            out: vec![],
-        }
-    }
-
-    fn input(&mut self, i: Input) {
-        self.e.handle_input(self.now, i);
-        while let Some(o) = self.e.poll_output() {
-            self.out.push(o);
-        }
-    }
-
-    fn sip(&mut self, text: &str, src: &str) {
-        let (msg, info) = msg::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
-        self.input(Input::Sip(Box::new(SipInbound {
-            msg,
-            info,
-            src: src.parse().unwrap(),
-            transport: Transport::Udp,
-            conn: None,
-            peer_cert_sha256: None,
-        })));
-    }
-
-    fn ript(&mut self, e: RiptEvent) {
-        self.input(Input::Ript(Box::new(e)));
-    }
-
-    /// Moves simulated time on, firing what falls due.
-    fn advance(&mut self, d: Duration) {
-        let until = self.now + d;
-        while let Some(at) = self.e.poll_timeout() {
-            if at > until {
-                break;
-            }
-            self.now = at.max(self.now);
-            self.e.handle_timeout(self.now);
-            while let Some(o) = self.e.poll_output() {
-                self.out.push(o);
-            }
-        }
-        self.now = until;
-    }
-
-    fn take(&mut self) -> Vec<Output> {
-        std::mem::take(&mut self.out)
-    }
-
-    fn sip_out(&mut self) -> Vec<String> {
-        sip_texts(&self.take())
-    }
-}
-
-fn sip_texts(out: &[Output]) -> Vec<String> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn created(out: &[Output]) -> bool {
@@ -188,7 +117,7 @@ fn ack_final(s: &mut Sim, branch: &str, call_id: &str, cseq: u32, resp: &str) {
 
 #[test]
 fn an_invite_from_a_digest_trunk_is_challenged_and_the_right_answer_places_the_call() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let resp = challenged(&mut s, "z9hG4bKa1", "cid-1");
     // One challenge per algorithm, strongest first, each with qop=auth; a To tag; no stale.
     let chs = challenges_of(&resp);
@@ -222,7 +151,7 @@ fn an_invite_from_a_digest_trunk_is_challenged_and_the_right_answer_places_the_c
 
 #[test]
 fn calls_from_other_sources_and_requests_in_a_dialog_are_not_challenged() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     // Not the trunk's address: no challenge.
     s.sip(&invite("z9hG4bKo1", "cid-o", 1, &[]), "127.0.0.1:5062");
     assert!(created(&s.take()));
@@ -281,7 +210,7 @@ fn calls_from_other_sources_and_requests_in_a_dialog_are_not_challenged() {
 #[test]
 fn the_challenge_comes_before_routing() {
     // No route for any destination: an authenticated INVITE would get 404, this one gets 401.
-    let mut s = Sim::new(EngineConfig {
+    let mut s = Sim::with(EngineConfig {
         sip_routes: vec![],
         ..cfg()
     });
@@ -297,7 +226,7 @@ fn the_challenge_comes_before_routing() {
 
 #[test]
 fn a_wrong_password_is_challenged_again_and_ten_lock_the_user_out() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let mut call = 0;
     let mut attempt = |s: &mut Sim, pw: &str| -> String {
         call += 1;
@@ -341,7 +270,7 @@ fn a_wrong_password_is_challenged_again_and_ten_lock_the_user_out() {
 
 #[test]
 fn a_replayed_nc_is_challenged_again() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let resp = challenged(&mut s, "z9hG4bKa1", "cid-1");
     let auth = authorization(&resp, Algorithm::Sha256, "alice", "s3cret", 1);
     s.sip(
@@ -364,7 +293,7 @@ fn a_replayed_nc_is_challenged_again() {
 
 #[test]
 fn a_nonce_older_than_five_minutes_gets_a_stale_challenge() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let resp = challenged(&mut s, "z9hG4bKa1", "cid-1");
     s.advance(Duration::from_secs(301));
     s.take(); // the 401's retransmissions
@@ -388,7 +317,7 @@ fn a_nonce_older_than_five_minutes_gets_a_stale_challenge() {
 
 #[test]
 fn malformed_or_misaddressed_credentials_get_400() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let resp = challenged(&mut s, "z9hG4bKa1", "cid-1");
     let bad = format!(
         "Authorization: Digest username=\"alice\", realm=\"{REALM}\", nonce=\"n\", uri=\"{URI}\", response=\"x"
@@ -541,7 +470,7 @@ fn server_events(out: &[Output]) -> Vec<Event> {
 
 #[test]
 fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_on() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let (key, inv) = uac_invite(&mut s);
     // MD5 listed first, SHA-256 second, SHA3 unknown: SHA-256 is chosen.
     let chs = [
@@ -589,7 +518,7 @@ fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_
 
 #[test]
 fn a_407_is_answered_with_md5_proxy_credentials_and_a_cancel_follows_the_new_invite() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let (key, inv) = uac_invite(&mut s);
     let ch = [
         "Proxy-Authenticate: Digest realm=\"proxy\", nonce=\"pn1\", algorithm=MD5, qop=\"auth\""
@@ -632,7 +561,7 @@ fn a_407_is_answered_with_md5_proxy_credentials_and_a_cancel_follows_the_new_inv
 
 #[test]
 fn legacy_md5_without_qop_is_answered_in_rfc2069_form() {
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let (_key, inv) = uac_invite(&mut s);
     let ch = ["WWW-Authenticate: Digest realm=\"old\", nonce=\"legacy1\"".to_string()];
     s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
@@ -658,7 +587,7 @@ fn a_second_401_ends_the_call_with_that_status_and_a_stale_one_is_answered_again
         )]
     };
     // Stale: answered again with the new nonce.
-    let mut s = Sim::new(cfg());
+    let mut s = Sim::with(cfg());
     let (_key, inv) = uac_invite(&mut s);
     s.sip(
         &reply(&inv, 401, "Unauthorized", &challenge("n1", false), None),
@@ -716,7 +645,7 @@ fn without_a_login_or_an_answerable_challenge_the_401_ends_the_call() {
             .to_string(),
     ];
     for (c, chs) in [(no_login, &sha), (cfg(), &int_only)] {
-        let mut s = Sim::new(c);
+        let mut s = Sim::with(c);
         let (_key, inv) = uac_invite(&mut s);
         s.sip(&reply(&inv, 401, "Unauthorized", chs, None), TRUNK);
         let out = s.take();

@@ -17,33 +17,38 @@ fn cfg() -> EngineConfig {
     }
 }
 
-struct Sim {
-    e: Engine,
-    now: Instant,
-    out: Vec<Output>,
+/// An engine driven with simulated time (shared with the other engine test modules).
+pub(super) struct Sim {
+    pub(super) e: Engine,
+    pub(super) now: Instant,
+    pub(super) out: Vec<Output>,
 }
 
 impl Sim {
     fn new() -> Sim {
+        Sim::with(cfg())
+    }
+
+    pub(super) fn with(cfg: EngineConfig) -> Sim {
         Sim {
-            e: Engine::new(cfg(), Arc::new(Metrics::default())),
+            e: Engine::new(cfg, Arc::new(Metrics::default())),
             now: Instant::now(),
             out: vec![],
         }
     }
 
-    fn collect(&mut self) {
+    pub(super) fn collect(&mut self) {
         while let Some(o) = self.e.poll_output() {
             self.out.push(o);
         }
     }
 
-    fn input(&mut self, i: Input) {
+    pub(super) fn input(&mut self, i: Input) {
         self.e.handle_input(self.now, i);
         self.collect();
     }
 
-    fn sip(&mut self, text: &str, src: &str) {
+    pub(super) fn sip(&mut self, text: &str, src: &str) {
         let (msg, info) = msg::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
         self.input(Input::Sip(Box::new(SipInbound {
             msg,
@@ -55,12 +60,12 @@ impl Sim {
         })));
     }
 
-    fn ript(&mut self, e: RiptEvent) {
+    pub(super) fn ript(&mut self, e: RiptEvent) {
         self.input(Input::Ript(Box::new(e)));
     }
 
     /// Advances simulated time, firing every timer due on the way.
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         let until = self.now + d;
         while let Some(at) = self.e.poll_timeout() {
             if at > until {
@@ -73,12 +78,12 @@ impl Sim {
         self.now = until;
     }
 
-    fn take(&mut self) -> Vec<Output> {
+    pub(super) fn take(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.out)
     }
 
     /// SIP messages sent since the last take, as text.
-    fn sip_out(&mut self) -> Vec<String> {
+    pub(super) fn sip_out(&mut self) -> Vec<String> {
         sip_texts(&self.take())
     }
 }
@@ -173,7 +178,7 @@ fn pcmu_adv() -> Advertisement {
 }
 
 /// SIP messages among `out`, as text.
-fn sip_texts(out: &[Output]) -> Vec<String> {
+pub(super) fn sip_texts(out: &[Output]) -> Vec<String> {
     out.iter()
         .filter_map(|o| match o {
             Output::Sip(s) => Some(String::from_utf8_lossy(&s.bytes).into_owned()),
