@@ -1,9 +1,8 @@
 //! SIP Digest in the engine, with simulated time: challenging calls from a digest trunk (UAS)
 //! and answering a trunk's challenges to our INVITEs (UAC).
 
-use super::super::tests::{sip_texts, Sim};
+use super::super::tests::{pcmu_adv, sip_texts, Sim};
 use super::super::*;
-use crate::ript::model::{Advertisement, CodecAd};
 use crate::sip::digest::{self, Algorithm, Login, UserDb, UserSecret};
 
 const CALLER: &str = "127.0.0.1:5061";
@@ -355,21 +354,6 @@ fn malformed_or_misaddressed_credentials_get_400() {
 }
 
 // ------------------------------------------------------------------ UAC
-
-fn pcmu_adv() -> Advertisement {
-    let c = |t: &str, pt: u8| CodecAd {
-        media_type: format!("audio/{t}"),
-        clock_rate: 8000,
-        channels: None,
-        max_packet_time: None,
-        packet_time: Some(20),
-        payload_type: Some(pt),
-        parameters: None,
-    };
-    Advertisement {
-        codecs: vec![c("PCMU", 0), c("telephone-event", 101)],
-    }
-}
 
 /// A RIPT call in for `answer`, routed to trunk `pbx`; returns its key and our INVITE.
 fn uac_invite(s: &mut Sim) -> (CallKey, String) {

@@ -162,7 +162,7 @@ fn to_tag_of(resp: &str) -> String {
     msg::param(to.split_once(':').unwrap().1, "tag").unwrap()
 }
 
-fn pcmu_adv() -> Advertisement {
+pub(super) fn pcmu_adv() -> Advertisement {
     let c = |t: &str, pt: u8| CodecAd {
         media_type: format!("audio/{t}"),
         clock_rate: 8000,
