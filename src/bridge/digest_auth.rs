@@ -45,6 +45,9 @@ struct Answer {
     times: u8,
     /// CSeq of the INVITE that carried it last.
     cseq: Option<u32>,
+    /// The challenge answered and how, for the dialog's later requests.
+    challenge: digest::Challenge,
+    alg: digest::Algorithm,
 }
 
 impl DigestState {
@@ -96,6 +99,31 @@ impl DigestState {
             .flatten()
             .filter(|a| a.cseq == Some(cseq))
             .map(|a| (a.header, a.value.clone()))
+            .collect()
+    }
+
+    /// Credentials for a later request of the call's dialog (BYE, re-INVITE, INFO): the
+    /// challenges our INVITE answered, answered again for `method` and `uri` with the next
+    /// nonce count (RFC 3261 §22.3: a UAC may send credentials for a realm it knows).
+    pub(super) fn in_dialog_headers(
+        &mut self,
+        key: CallKey,
+        login: &digest::Login,
+        method: &str,
+        uri: &str,
+    ) -> Vec<(&'static str, String)> {
+        let Some(answers) = self.uac.get_mut(&key) else {
+            return Vec::new();
+        };
+        answers
+            .iter_mut()
+            .map(|a| {
+                a.nc += 1;
+                let cnonce = msg::token(16);
+                let value =
+                    digest::answer(&a.challenge, a.alg, login, method, uri, &cnonce, a.nc).render();
+                (a.header, value)
+            })
             .collect()
     }
 
@@ -264,6 +292,8 @@ impl Engine {
             nc,
             times,
             cseq: None,
+            challenge: ch.clone(),
+            alg,
         };
         info!(call = %key, code, realm = %answer.realm, algorithm = %alg, stale = ch.stale, "answering the trunk's digest challenge");
         match prev {

@@ -498,6 +498,16 @@ fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_
     let msgs = s.sip_out();
     let bye = msgs.iter().find(|m| m.starts_with("BYE ")).expect("BYE");
     assert_eq!(header(bye, "CSeq"), "3 BYE");
+    // It carries credentials for the same challenge, computed for BYE and its Request-URI,
+    // with the next nonce count.
+    let c = digest::parse_credentials(&header(bye, "Authorization")).unwrap();
+    let bye_uri = bye.split(' ').nth(1).unwrap();
+    assert_eq!((c.nonce.as_str(), c.uri.as_str()), ("n-sha", bye_uri));
+    assert_eq!(c.nc.as_deref(), Some("00000002"));
+    let ha1 = digest::ha1(Algorithm::Sha256, "riptide", &c.realm, "trunk-pw");
+    let auth = Some((c.nc.as_deref().unwrap(), c.cnonce.as_deref().unwrap()));
+    let want = digest::response(Algorithm::Sha256, &ha1, &c.nonce, auth, "BYE", &c.uri);
+    assert_eq!(c.response, want);
 }
 
 #[test]

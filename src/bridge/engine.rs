@@ -3270,6 +3270,30 @@ impl Engine {
         cseq: Option<u32>,
         extra: &Extra<'_>,
     ) -> Option<(Vec<u8>, Dest, String)> {
+        // Toward a trunk that challenged our INVITE, the dialog's requests carry credentials.
+        let login = self
+            .calls
+            .get(&key)?
+            .sip
+            .as_ref()?
+            .trunk
+            .and_then(|t| self.cfg.trunks.get(t))
+            .and_then(|t| t.digest_login.clone());
+        let creds = match (&login, method) {
+            (Some(login), m) if m != "ACK" && m != "CANCEL" => {
+                let uri = self.calls.get(&key)?.sip.as_ref()?.remote_target.clone();
+                self.digest.in_dialog_headers(key, login, method, &uri)
+            }
+            _ => Vec::new(),
+        };
+        let mut extra = Extra {
+            headers: extra.headers.clone(),
+            body: extra.body,
+        };
+        for (name, value) in creds {
+            extra = extra.header(name, value);
+        }
+        let extra = &extra;
         let sip = self.calls.get_mut(&key)?.sip.as_mut()?;
         let via_host = self.cfg.via_host(sip.transport);
         let contact = self.cfg.contact(sip.transport);
