@@ -781,10 +781,7 @@ async fn auth_and_unknown_resources() {
 
     // OAUTH-01: no token is a bare challenge (no `error`); a token in the query string
     // (RFC 6750 §2.3, which we do not support) counts for nothing.
-    for path in [
-        PREFIX.to_string(),
-        format!("{PREFIX}?access_token=good"),
-    ] {
+    for path in [PREFIX.to_string(), format!("{PREFIX}?access_token=good")] {
         let (status, headers, _) = h.raw(http::Method::GET, &path, None, None).await;
         assert_eq!(status, 401, "{path}");
         assert_eq!(
