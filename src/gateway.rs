@@ -217,6 +217,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
+    sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks)?);
     let engine = Engine::new(ecfg, metrics.clone());
     let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(driver::run(
@@ -572,6 +573,53 @@ pub async fn engine_config(
     })
 }
 
+/// Outgoing SIP-TLS client settings by address, for the trunks reached over TLS. Connections
+/// are shared by address, so trunks resolving to one address must agree on their TLS keys.
+fn sip_tls_peers(
+    cfg: &Config,
+    trunks: &[TrunkInfo],
+) -> anyhow::Result<HashMap<SocketAddr, tls::SipTlsClient>> {
+    type Settings<'a> = (
+        String,
+        Option<&'a std::path::PathBuf>,
+        Option<&'a std::path::PathBuf>,
+        Option<&'a std::path::PathBuf>,
+    );
+    let mut out = HashMap::new();
+    let mut seen: HashMap<SocketAddr, (&str, Settings<'_>)> = HashMap::new();
+    for t in &cfg.sip_trunks {
+        let Some(info) = trunks.iter().find(|i| i.name == t.name) else {
+            continue;
+        };
+        if info.dest.transport != Transport::Tls {
+            continue;
+        }
+        let addr = info.dest.addr;
+        let settings = (
+            tls::sip_trunk_domain(t)?,
+            t.tls_ca.as_ref(),
+            t.tls_client_cert.as_ref(),
+            t.tls_client_key.as_ref(),
+        );
+        if let Some((other, s)) = seen.get(&addr) {
+            if *s != settings {
+                bail!(
+                    "sip_trunk {} and sip_trunk {other} are both reached over TLS at {addr} but \
+                     differ in their TLS settings (domain, tls_ca, tls_client_cert, \
+                     tls_client_key); SIP-TLS connections are shared by address",
+                    t.name
+                );
+            }
+            continue;
+        }
+        let client = tls::sip_trunk_tls(cfg, t)?;
+        info!(trunk = %t.name, dest = %addr, domain = %settings.0, "SIP-TLS toward this trunk (RFC 5922 identity check)");
+        out.insert(addr, client);
+        seen.insert(addr, (t.name.as_str(), settings));
+    }
+    Ok(out)
+}
+
 /// A password from the configuration, inline or from a file (without its line ending).
 fn config_secret(
     cfg: &Config,
@@ -843,6 +891,51 @@ mod tests {
         assert!(
             e.contains("sip_trunk pbx") && e.contains("trunk.pass"),
             "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Trunks reached over TLS get client settings by address; two at one address must agree
+    /// on them, since they share connections.
+    #[tokio::test]
+    async fn tls_trunks_sharing_an_address_must_agree() {
+        let dir = std::env::temp_dir().join(format!(
+            "riptide-gw-tls-peers-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let trunks = |second_name: &str| {
+            let text = format!(
+                "[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:127.0.0.1:5061;transport=tls\"\n\
+                 tls_ca = \"ca.pem\"\ntls_server_name = \"a.example\"\n\
+                 [[sip_trunk]]\nname = \"b\"\ntarget = \"sips:127.0.0.1\"\n\
+                 tls_ca = \"ca.pem\"\ntls_server_name = \"{second_name}\"\n\
+                 [[sip_trunk]]\nname = \"plain\"\ntarget = \"sip:127.0.0.1:5061\"\n"
+            );
+            let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
+            cfg.base_dir = dir.clone();
+            cfg
+        };
+        let cfg = trunks("a.example");
+        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let peers = sip_tls_peers(&cfg, &ecfg.trunks).unwrap();
+        assert_eq!(peers.len(), 1, "one address, over TLS once: {peers:?}");
+        let p = &peers[&"127.0.0.1:5061".parse().unwrap()];
+        assert_eq!(p.server_name.to_str(), "a.example");
+
+        let cfg = trunks("b.example");
+        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let err = sip_tls_peers(&cfg, &ecfg.trunks).unwrap_err().to_string();
+        assert!(
+            err.contains("sip_trunk b and sip_trunk a") && err.contains("127.0.0.1:5061"),
+            "{err}"
         );
         std::fs::remove_dir_all(&dir).ok();
     }

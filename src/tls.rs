@@ -1,5 +1,6 @@
 //! Certificates and TLS configurations for every TLS surface of the gateway: the HTTP/3 (QUIC)
-//! server, the QUIC client toward RIPT peers, and the SIP-TLS listener.
+//! server, the QUIC client toward RIPT peers, the SIP-TLS listener, and SIP-TLS connections
+//! toward trunks (RFC 5922 server identity).
 //!
 //! There is deliberately no "insecure" switch: a peer is trusted through a CA file (which may
 //! hold the peer's own self-signed certificate) and/or a SHA-256 pin of its leaf certificate.
@@ -8,7 +9,7 @@
 //! reload (SIGHUP, `POST /reload` on the admin listener) changes what new connections see and
 //! leaves established connections and their calls alone (ADR 0011).
 
-use crate::config::{Config, RiptPeerConfig};
+use crate::config::{Config, RiptPeerConfig, SipTrunkConfig};
 use anyhow::{anyhow, bail, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -687,6 +688,48 @@ enum Pin {
     Live(Arc<CertSlot>),
 }
 
+/// The handshake-signature half of a certificate verifier, the same for all of ours: the
+/// certificate check decides who the peer is; these prove it holds that certificate's key,
+/// with the crypto provider's algorithms. Expands inside an `impl` of `ServerCertVerifier` or
+/// `ClientCertVerifier` for a type whose `provider` field is the `CryptoProvider`.
+macro_rules! handshake_signatures_with_provider {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 /// Verifies a peer by webpki (CA file), by leaf pin, or both when both are configured.
 #[derive(Debug)]
 struct PeerVerifier {
@@ -723,39 +766,7 @@ impl ServerCertVerifier for PeerVerifier {
     }
 
     // The pin only identifies the certificate; these prove the peer holds its key.
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures_with_provider!();
 }
 
 /// TLS acceptor for the SIP-TLS listener (TLS 1.2 and 1.3: SIP equipment often lacks 1.3),
@@ -875,39 +886,7 @@ impl ClientCertVerifier for TrunkClientVerifier {
     }
 
     // The certificate identifies the client; these prove it holds the certificate's key.
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures_with_provider!();
 }
 
 /// The HTTP/3 server's certificate source for `cfg`, with relative paths resolved:
@@ -972,6 +951,172 @@ pub fn sip_identity_matches(cert_der: &[u8], domain: &str) -> bool {
             .any(|cn| !cn.contains('*') && eq(cn)),
         Err(_) => false,
     }
+}
+
+/// What RFC 5922 §7.1 compares in a SIP peer's certificate, for messages: every URI and
+/// dNSName of the subjectAltName (`URI:sip:peer.example`, `DNS:peer.example`), or the
+/// subject's CN (`CN:peer.example`) when the certificate has no subjectAltName.
+pub fn sip_identities(cert_der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return vec![];
+    };
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DNSName(d) => Some(format!("DNS:{d}")),
+                GeneralName::URI(u) => Some(format!("URI:{u}")),
+                _ => None,
+            })
+            .collect(),
+        Ok(None) => cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(|cn| format!("CN:{cn}"))
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// How riptide connects over SIP-TLS to one `[[sip_trunk]]`: the client configuration (TLS 1.2
+/// and 1.3, the trunk's `tls_ca` roots with the RFC 5922 identity check, the optional client
+/// certificate) and the trunk's SIP domain, sent as SNI when it is a DNS name and checked
+/// against the certificate.
+#[derive(Clone)]
+pub struct SipTlsClient {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for SipTlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipTlsClient")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SIP domain a trunk's TLS certificate must identify (RFC 5922 §7.1): `tls_server_name`
+/// when set, else the host of the URI requests are sent to (`outbound_proxy`, else `target`).
+pub fn sip_trunk_domain(t: &SipTrunkConfig) -> anyhow::Result<String> {
+    if let Some(n) = &t.tls_server_name {
+        return Ok(n.clone());
+    }
+    let uri = t.outbound_proxy.as_deref().unwrap_or(&t.target);
+    let (host, _, _) = crate::sip::msg::uri_target(uri)
+        .ok_or_else(|| anyhow!("sip_trunk {}: {uri} is not a SIP URI", t.name))?;
+    Ok(host)
+}
+
+/// Outgoing SIP-TLS toward trunk `t`: needs `tls_ca`; presents `tls_client_cert` with
+/// `tls_client_key` when both are set. Errors name the trunk, the key and the file.
+pub fn sip_trunk_tls(cfg: &Config, t: &SipTrunkConfig) -> anyhow::Result<SipTlsClient> {
+    let domain = sip_trunk_domain(t)?;
+    let server_name = ServerName::try_from(domain.clone()).map_err(|_| {
+        anyhow!(
+            "sip_trunk {}: {domain:?} is not a DNS name or IP address",
+            t.name
+        )
+    })?;
+    let ca = t.tls_ca.as_ref().ok_or_else(|| {
+        anyhow!(
+            "sip_trunk {}: tls_ca is not set (the roots the trunk's certificate must chain to)",
+            t.name
+        )
+    })?;
+    let roots = roots_from(&cfg.resolve_path(ca))
+        .with_context(|| format!("sip_trunk {}: tls_ca", t.name))?;
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS 1.2/1.3 not supported by the crypto provider")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SipServerVerifier {
+            roots: Arc::new(roots),
+            provider,
+        }));
+    let tls = match (&t.tls_client_cert, &t.tls_client_key) {
+        (Some(c), Some(k)) => {
+            let (c, k) = (cfg.resolve_path(c), cfg.resolve_path(k));
+            let id = load_pem_pair(&c, &k)
+                .with_context(|| format!("sip_trunk {}: tls_client_cert", t.name))?;
+            builder
+                .with_client_auth_cert(id.cert_chain, id.key)
+                .with_context(|| {
+                    format!(
+                        "sip_trunk {}: tls_client_cert {} and tls_client_key {}: certificate \
+                         and private key do not match or are unsupported",
+                        t.name,
+                        c.display(),
+                        k.display()
+                    )
+                })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!(
+            "sip_trunk {}: set tls_client_cert and tls_client_key together",
+            t.name
+        ),
+    };
+    Ok(SipTlsClient {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        server_name,
+    })
+}
+
+/// Checks a SIP-TLS server's certificate (RFC 5922 §7.1, §7.2): its chain must verify
+/// against the trunk's roots for server authentication (webpki path validation, without
+/// webpki's own name check, which knows only dNSName and iPAddress), and the certificate must
+/// identify the SIP domain, the name the connection was opened for, by
+/// [`sip_identity_matches`].
+#[derive(Debug)]
+struct SipServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SipServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let domain = server_name.to_str();
+        if sip_identity_matches(end_entity.as_ref(), &domain) {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let presented = sip_identities(end_entity.as_ref());
+        tracing::warn!(
+            expected = %domain,
+            certificate = %presented.join(", "),
+            "SIP-TLS server certificate does not identify the expected domain (RFC 5922: a \
+             URI sip:DOMAIN, else a dNSName, else the CN without subjectAltName; no wildcards)"
+        );
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForNameContext {
+                expected: server_name.to_owned(),
+                presented,
+            },
+        ))
+    }
+
+    // The certificate identifies the server; these prove it holds the certificate's key.
+    handshake_signatures_with_provider!();
 }
 
 #[cfg(test)]
@@ -1489,5 +1634,326 @@ mod tests {
         let got = zero_rtt_on_resumption(ours, &id).await;
         assert_ne!(got, Some(true), "0-RTT data was accepted");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A CA for SIP-TLS tests, issuing server and client certificates.
+    struct TestCa {
+        pem: String,
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    }
+
+    /// A certificate chain (leaf only) with its key, and the leaf's PEM files once written.
+    struct Leaf {
+        der: CertificateDer<'static>,
+        pem: String,
+        key_pem: String,
+        key: PrivateKeyDer<'static>,
+    }
+
+    impl TestCa {
+        fn new(cn: &str) -> TestCa {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::CrlSign,
+            ];
+            let pem = p.self_signed(&key).unwrap().pem();
+            TestCa {
+                pem,
+                issuer: rcgen::Issuer::new(p, key),
+            }
+        }
+
+        fn leaf(&self, sans: Vec<rcgen::SanType>, cn: &str) -> Leaf {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.subject_alt_names = sans;
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, cn);
+            p.distinguished_name = dn;
+            let cert = p.signed_by(&key, &self.issuer).unwrap();
+            Leaf {
+                der: cert.der().clone(),
+                pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            }
+        }
+    }
+
+    fn uri_san(u: &str) -> rcgen::SanType {
+        rcgen::SanType::URI(u.try_into().unwrap())
+    }
+
+    fn dns_san(d: &str) -> rcgen::SanType {
+        rcgen::SanType::DnsName(d.try_into().unwrap())
+    }
+
+    /// A configuration with one trunk "t" at `target` whose `tls_ca` is `ca_pem`, plus `extra`
+    /// trunk keys; files live in `dir`.
+    fn tls_trunk_config(dir: &Path, target: &str, ca_pem: &str, extra: &str) -> Config {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+        let text = format!(
+            "[[sip_trunk]]\nname = \"t\"\ntarget = \"{target}\"\ntls_ca = \"ca.pem\"\n{extra}"
+        );
+        let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
+        cfg.base_dir = dir.to_path_buf();
+        cfg
+    }
+
+    /// What a test SIP-TLS server saw of one handshake.
+    #[derive(Debug)]
+    struct Seen {
+        sni: Option<String>,
+        client_cert: Option<CertificateDer<'static>>,
+    }
+
+    /// Serves one TLS handshake with `leaf` on 127.0.0.1 (only TLS 1.2 with `tls12_only`),
+    /// asking for a client certificate from `client_ca` when given.
+    async fn one_handshake_server(
+        leaf: &Leaf,
+        tls12_only: bool,
+        client_ca: Option<&TestCa>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Result<Seen, String>>) {
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let b = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .unwrap();
+        let b = match client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in rustls_pemfile::certs(&mut ca.pem.as_bytes()) {
+                    roots.add(c.unwrap()).unwrap();
+                }
+                b.with_client_cert_verifier(
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .unwrap(),
+                )
+            }
+            None => b.with_no_client_auth(),
+        };
+        let cfg = b
+            .with_single_cert(vec![leaf.der.clone()], leaf.key.clone_key())
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (tcp, _) = l.accept().await.map_err(|e| e.to_string())?;
+            let mut s = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+            // One byte each way, so the client's handshake is complete on both sides (TLS 1.3
+            // clients learn of a refused certificate at their first read).
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+            s.write_all(b"k").await.map_err(|e| e.to_string())?;
+            s.flush().await.map_err(|e| e.to_string())?;
+            let conn = s.get_ref().1;
+            Ok(Seen {
+                sni: conn.server_name().map(str::to_string),
+                client_cert: conn.peer_certificates().map(|c| c[0].clone().into_owned()),
+            })
+        });
+        (addr, task)
+    }
+
+    /// Connects with the trunk's client settings to `addr`; Ok once a byte went each way.
+    async fn trunk_connect(client: &SipTlsClient, addr: SocketAddr) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut s = client
+            .connector
+            .connect(client.server_name.clone(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"p").await.map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Outgoing SIP-TLS (RFC 5922 §7.1): the certificate must chain to `tls_ca` and identify
+    /// the trunk's domain by a `sip:` URI, else a dNSName; a `sip:` URI of another domain or a
+    /// certificate of another CA fails the handshake. SNI carries the domain.
+    #[tokio::test]
+    async fn sip_trunk_tls_checks_chain_and_rfc_5922_identity() {
+        let d = temp_dir("sip-client");
+        let ca = TestCa::new("trunk CA");
+        let cfg = tls_trunk_config(&d, "sip:peer.example:5061;transport=tls", &ca.pem, "");
+        let client = sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        assert_eq!(client.server_name.to_str(), "peer.example");
+
+        let by_uri = ca.leaf(vec![uri_san("sip:peer.example")], "x");
+        let (addr, srv) = one_handshake_server(&by_uri, false, None).await;
+        trunk_connect(&client, addr).await.unwrap();
+        let seen = srv.await.unwrap().unwrap();
+        assert_eq!(
+            seen.sni.as_deref(),
+            Some("peer.example"),
+            "SNI is the domain"
+        );
+        assert!(
+            seen.client_cert.is_none(),
+            "no client certificate configured"
+        );
+
+        // dNSName only (no URI SAN), over TLS 1.2 as much SIP equipment still speaks.
+        let by_dns = ca.leaf(vec![dns_san("peer.example")], "x");
+        let (addr, srv) = one_handshake_server(&by_dns, true, None).await;
+        trunk_connect(&client, addr).await.unwrap();
+        srv.await.unwrap().unwrap();
+
+        // A URI SAN for another domain: refused, though the CN names the domain (the CN
+        // counts only in a certificate without subjectAltName).
+        let other = ca.leaf(vec![uri_san("sip:other.example")], "peer.example");
+        let (addr, srv) = one_handshake_server(&other, false, None).await;
+        let err = trunk_connect(&client, addr).await.unwrap_err();
+        assert!(
+            err.contains("peer.example") && err.contains("URI:sip:other.example"),
+            "the error names the expected domain and the certificate's identities: {err}"
+        );
+        assert!(
+            srv.await.unwrap().is_err(),
+            "the server saw the handshake fail"
+        );
+
+        // webpki's own name check would accept this one (a dNSName wildcard covering the
+        // domain); RFC 5922 §7.2 forbids wildcards.
+        let wildcard = ca.leaf(vec![dns_san("*.example")], "x");
+        let (addr, srv) = one_handshake_server(&wildcard, false, None).await;
+        assert!(trunk_connect(&client, addr).await.is_err(), "no wildcards");
+        let _ = srv.await;
+
+        // The right identity from a CA that is not the trunk's.
+        let stranger = TestCa::new("stranger CA").leaf(vec![uri_san("sip:peer.example")], "x");
+        let (addr, srv) = one_handshake_server(&stranger, false, None).await;
+        let err = trunk_connect(&client, addr).await.unwrap_err();
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        let _ = srv.await;
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A trunk written with an IP address: without `tls_server_name` no SNI goes out and the
+    /// certificate must name the address itself; with it, the certificate must identify that
+    /// domain, which SNI carries.
+    #[tokio::test]
+    async fn tls_server_name_sets_the_domain_for_an_ip_target() {
+        let d = temp_dir("sip-ip");
+        let ca = TestCa::new("trunk CA");
+        let leaf = ca.leaf(vec![uri_san("sip:carrier.example")], "x");
+
+        let cfg = tls_trunk_config(&d, "sip:127.0.0.1:5061;transport=tls", &ca.pem, "");
+        let client = sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        let (addr, srv) = one_handshake_server(&leaf, false, None).await;
+        let err = trunk_connect(&client, addr).await.unwrap_err();
+        assert!(err.contains("127.0.0.1"), "{err}");
+        let _ = srv.await;
+
+        let cfg = tls_trunk_config(
+            &d,
+            "sip:127.0.0.1:5061;transport=tls",
+            &ca.pem,
+            "tls_server_name = \"carrier.example\"\n",
+        );
+        let client = sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        let (addr, srv) = one_handshake_server(&leaf, false, None).await;
+        trunk_connect(&client, addr).await.unwrap();
+        let seen = srv.await.unwrap().unwrap();
+        assert_eq!(seen.sni.as_deref(), Some("carrier.example"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// `tls_client_cert`/`tls_client_key`: presented to a trunk that asks for a certificate;
+    /// without them a trunk that requires one refuses the handshake.
+    #[tokio::test]
+    async fn sip_trunk_tls_presents_the_client_certificate() {
+        let d = temp_dir("sip-mtls");
+        let ca = TestCa::new("trunk CA");
+        let server = ca.leaf(vec![uri_san("sip:peer.example")], "x");
+        let ours = ca.leaf(vec![dns_san("gw.example")], "riptide");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("client.pem"), &ours.pem).unwrap();
+        std::fs::write(d.join("client.key"), &ours.key_pem).unwrap();
+        let target = "sips:peer.example";
+        let cfg = tls_trunk_config(
+            &d,
+            target,
+            &ca.pem,
+            "tls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"\n",
+        );
+        let client = sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        let (addr, srv) = one_handshake_server(&server, false, Some(&ca)).await;
+        trunk_connect(&client, addr).await.unwrap();
+        let seen = srv.await.unwrap().unwrap();
+        assert_eq!(seen.client_cert.as_ref(), Some(&ours.der));
+
+        let cfg = tls_trunk_config(&d, target, &ca.pem, "");
+        let client = sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        let (addr, srv) = one_handshake_server(&server, false, Some(&ca)).await;
+        assert!(trunk_connect(&client, addr).await.is_err());
+        assert!(srv.await.unwrap().is_err());
+
+        // A key that is not the certificate's: refused at start, naming the files.
+        let other = ca.leaf(vec![], "other");
+        std::fs::write(d.join("client.key"), &other.key_pem).unwrap();
+        let cfg = tls_trunk_config(
+            &d,
+            target,
+            &ca.pem,
+            "tls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"\n",
+        );
+        let err = format!("{:#}", sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap_err());
+        assert!(
+            err.contains("sip_trunk t")
+                && err.contains("client.key")
+                && err.contains("do not match"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sip_trunk_domain_is_the_host_requests_go_to() {
+        let d = temp_dir("sip-domain");
+        let cfg = tls_trunk_config(&d, "sip:pbx@peer.example:5061;transport=tls", "", "");
+        assert_eq!(
+            sip_trunk_domain(&cfg.sip_trunks[0]).unwrap(),
+            "peer.example"
+        );
+        let cfg = tls_trunk_config(
+            &d,
+            "sip:peer.example",
+            "",
+            "outbound_proxy = \"sips:proxy.example\"\n",
+        );
+        assert_eq!(
+            sip_trunk_domain(&cfg.sip_trunks[0]).unwrap(),
+            "proxy.example"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sip_identities_lists_what_rfc_5922_compares() {
+        let c = cert_with(vec![uri_san("sip:a.example"), dns_san("b.example")], "c");
+        assert_eq!(
+            sip_identities(&c),
+            vec!["URI:sip:a.example", "DNS:b.example"]
+        );
+        let c = cert_with(vec![], "cn.example");
+        assert_eq!(sip_identities(&c), vec!["CN:cn.example"]);
     }
 }

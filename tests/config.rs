@@ -588,3 +588,92 @@ fn oauth_keys_of_another_mode_are_refused() {
         "oauth.mode = \"jwks\" does not accept",
     );
 }
+
+/// A `[[sip_trunk]]` reached at `target`, followed by `extra` lines.
+fn tls_trunk(target: &str, extra: &str) -> String {
+    format!("[[sip_trunk]]\nname = \"carrier\"\ntarget = \"{target}\"\n{extra}")
+}
+
+#[test]
+fn outgoing_tls_trunk_keys_load() {
+    let text = tls_trunk(
+        "sip:192.0.2.7:5061;transport=tls",
+        "tls_ca = \"carrier-ca.pem\"\ntls_server_name = \"carrier.example\"\n\
+         tls_client_cert = \"gw.pem\"\ntls_client_key = \"gw.key\"\n",
+    );
+    let (path, res) = load_text("tls-trunk-ok", &text);
+    let cfg = res.unwrap();
+    let t = &cfg.sip_trunks[0];
+    let dir = path.parent().unwrap();
+    assert_eq!(
+        t.tls_ca.as_deref().map(|p| cfg.resolve_path(p)),
+        Some(dir.join("carrier-ca.pem"))
+    );
+    assert_eq!(t.tls_server_name.as_deref(), Some("carrier.example"));
+    assert_eq!(t.tls_client_cert.as_deref(), Some(Path::new("gw.pem")));
+    assert_eq!(t.tls_client_key.as_deref(), Some(Path::new("gw.key")));
+    // sips: means TLS too.
+    let (_, res) = load_text(
+        "tls-trunk-sips",
+        &tls_trunk("sips:carrier.example", "tls_ca = \"ca.pem\"\n"),
+    );
+    assert!(res.is_ok(), "{res:?}");
+}
+
+#[test]
+fn outgoing_tls_trunk_misconfigurations_name_the_key() {
+    assert_error(
+        "tls-trunk-no-ca",
+        &tls_trunk("sip:carrier.example:5061;transport=tls", ""),
+        "sip_trunk[0].tls_ca",
+        1,
+        "set tls_ca",
+    );
+    assert_error(
+        "tls-trunk-proxy-no-ca",
+        &tls_trunk(
+            "sip:carrier.example",
+            "outbound_proxy = \"sips:proxy.example\"\n",
+        ),
+        "sip_trunk[0].tls_ca",
+        1,
+        "outbound_proxy \"sips:proxy.example\" is reached over TLS",
+    );
+    assert_error(
+        "tls-trunk-udp-ca",
+        &tls_trunk("sip:carrier.example", "tls_ca = \"ca.pem\"\n"),
+        "sip_trunk[0].tls_ca",
+        4,
+        "only used when the trunk is reached over TLS",
+    );
+    assert_error(
+        "tls-trunk-cert-no-key",
+        &tls_trunk(
+            "sips:carrier.example",
+            "tls_ca = \"ca.pem\"\ntls_client_cert = \"gw.pem\"\n",
+        ),
+        "sip_trunk[0].tls_client_cert",
+        5,
+        "set tls_client_key too",
+    );
+    assert_error(
+        "tls-trunk-key-no-cert",
+        &tls_trunk(
+            "sips:carrier.example",
+            "tls_ca = \"ca.pem\"\ntls_client_key = \"gw.key\"\n",
+        ),
+        "sip_trunk[0].tls_client_key",
+        5,
+        "set tls_client_cert too",
+    );
+    assert_error(
+        "tls-trunk-ip-name",
+        &tls_trunk(
+            "sips:192.0.2.7",
+            "tls_ca = \"ca.pem\"\ntls_server_name = \"192.0.2.7\"\n",
+        ),
+        "sip_trunk[0].tls_server_name",
+        5,
+        "not a DNS name",
+    );
+}

@@ -1,7 +1,9 @@
 //! TLS hardening that a test can see from outside: the SIP-TLS listener speaks TLS 1.2 and 1.3
 //! only (checked with Debian's openssl as an independent client), trunks can require client
-//! certificates (TLS-03), certificates are reloaded on SIGHUP without dropping connections,
-//! and the whole dependency tree has one crypto provider (ring; ADR 0006).
+//! certificates (TLS-03), calls toward trunks go over SIP-TLS only to a server whose
+//! certificate identifies the trunk's domain (TLS-02, RFC 5922), certificates are reloaded on
+//! SIGHUP without dropping connections, and the whole dependency tree has one crypto provider
+//! (ring; ADR 0006).
 
 use riptide::config;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -631,5 +633,379 @@ port_max = 33299
     assert_eq!(served(&s), a.sha256());
     ep.close(0u32.into(), b"done");
     drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+impl Ca {
+    /// A certificate this CA issues, with exactly `sans` as its subjectAltName.
+    fn issue(&self, cn: &str, sans: Vec<rcgen::SanType>) -> Cert {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = params(cn, &[]);
+        p.subject_alt_names = sans;
+        finish(p.signed_by(&key, &self.issuer).unwrap(), &key)
+    }
+}
+
+fn uri_san(u: &str) -> rcgen::SanType {
+    rcgen::SanType::URI(u.try_into().unwrap())
+}
+
+/// Reads one SIP message from a stream (framed by Content-Length) into text; `buf` keeps
+/// what arrived beyond it.
+async fn read_sip<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<String, String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    let name = name.trim();
+                    (name.eq_ignore_ascii_case("content-length") || name == "l")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                return Ok(String::from_utf8_lossy(&msg).into_owned());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = match timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => return Err("nothing within 10 s".into()),
+        };
+        if n == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The header lines of `msg` named `name` (as written, whole lines).
+fn header_lines<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+/// What a test SIP-TLS trunk saw of riptide's call.
+#[derive(Debug)]
+struct TrunkSaw {
+    invite: String,
+    /// SHA-256 of the client certificate riptide presented, if it did.
+    client_cert: Option<String>,
+    ack: String,
+    /// Status line riptide gave to an OPTIONS the trunk sent on riptide's connection.
+    options_answer: String,
+}
+
+/// A SIP-TLS trunk on `listener`: takes one connection, answers its INVITE with 486, reads
+/// the ACK, then sends an OPTIONS of its own on the same connection and reads the answer.
+/// Err when the handshake fails or no INVITE comes.
+async fn busy_tls_trunk(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> Result<TrunkSaw, String> {
+    let (tcp, _) = timeout(Duration::from_secs(20), listener.accept())
+        .await
+        .map_err(|_| "no connection within 20 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut s = acceptor
+        .accept(tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let client_cert = s
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| sha256_hex(c[0].as_ref()));
+    let mut buf = Vec::new();
+    let invite = read_sip(&mut s, &mut buf).await?;
+    if !invite.starts_with("INVITE ") {
+        return Err(format!("expected an INVITE: {invite}"));
+    }
+    let mut busy = String::from("SIP/2.0 486 Busy Here\r\n");
+    for name in ["Via", "From", "Call-ID", "CSeq"] {
+        for l in header_lines(&invite, name) {
+            busy.push_str(l);
+            busy.push_str("\r\n");
+        }
+    }
+    for l in header_lines(&invite, "To") {
+        busy.push_str(&format!("{l};tag=busytrunk\r\n"));
+    }
+    busy.push_str("Content-Length: 0\r\n\r\n");
+    s.write_all(busy.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let ack = read_sip(&mut s, &mut buf).await?;
+    let local = s.get_ref().0.local_addr().unwrap();
+    let options = format!(
+        "OPTIONS sip:riptide@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {local};branch=z9hG4bKtrunkopt\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:trunk@localhost>;tag=t1\r\n\
+         To: <sip:riptide@127.0.0.1>\r\n\
+         Call-ID: trunk-options@localhost\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    s.write_all(options.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = read_sip(&mut s, &mut buf).await?;
+    Ok(TrunkSaw {
+        invite,
+        client_cert,
+        ack,
+        options_answer: answer.lines().next().unwrap_or_default().to_string(),
+    })
+}
+
+/// A TLS acceptor serving `cert`; with `client_ca`, it requires a client certificate that CA
+/// issued.
+fn trunk_acceptor(cert: &Cert, client_ca: Option<&Ca>) -> tokio_rustls::TlsAcceptor {
+    let b = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der.clone()).unwrap();
+            b.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .unwrap(),
+            )
+        }
+        None => b.with_no_client_auth(),
+    };
+    let cfg = b
+        .with_single_cert(vec![cert.der.clone()], cert.key())
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// Sends an INVITE for `user` to riptide over UDP and returns the final status it gets
+/// (ACKing it).
+async fn call_over_udp(gw: SocketAddr, user: &str) -> u16 {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+        me.port() + 2
+    );
+    let head = |method: &str, to_tag: &str| {
+        format!(
+            "{method} sip:{user}@{gw} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {me};branch=z9hG4bK{user};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:caller@{me}>;tag=c{user}\r\n\
+             To: <sip:{user}@{gw}>{to_tag}\r\n\
+             Call-ID: {user}@caller\r\n\
+             CSeq: 1 {method}\r\n"
+        )
+    };
+    let invite = format!(
+        "{}Contact: <sip:caller@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        head("INVITE", ""),
+        sdp.len()
+    );
+    sock.send_to(invite.as_bytes(), gw).await.unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = timeout(Duration::from_secs(30), sock.recv_from(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{user}: no final response within 30 s"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let Some(code) = text
+            .strip_prefix("SIP/2.0 ")
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if code < 200 {
+            continue;
+        }
+        if code >= 300 {
+            let to_tag = header_lines(&text, "To")
+                .first()
+                .and_then(|l| l.split(";tag=").nth(1))
+                .map(|t| format!(";tag={}", t.trim()))
+                .unwrap_or_default();
+            let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", &to_tag));
+            sock.send_to(ack.as_bytes(), gw).await.unwrap();
+        }
+        return code;
+    }
+}
+
+/// Outgoing SIP-TLS toward trunks, with RFC 5922 server identity (TLS-02). The binary calls
+/// itself over HTTP/3 and routes by destination to four trunks at `localhost`, each a test
+/// SIP-TLS server: one whose certificate has the URI SAN `sip:localhost` and that requires
+/// riptide's client certificate, one identified by a dNSName only, one whose certificate names
+/// `sip:other.example`, and one from a CA the trunk does not trust. The first two get the
+/// INVITE over TLS, their 486 reaches the caller, the ACK follows on the same connection and
+/// an OPTIONS they send on it is answered there; the other two never see an INVITE (the
+/// handshake fails, logged with the expected domain and the certificate's identities) and the
+/// caller gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_sip_tls_checks_the_trunk_identity() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = temp_dir("out");
+    let ca = Ca::new("trunk CA");
+    std::fs::write(dir.join("trunk-ca.pem"), &ca.cert.pem).unwrap();
+    let gw_cert = ca.client("riptide");
+    gw_cert.write(&dir, "gw");
+    let dns = |d: &str| rcgen::SanType::DnsName(d.try_into().unwrap());
+    let by_uri = ca.issue("trunk", vec![uri_san("sip:localhost")]);
+    let by_dns = ca.issue("trunk", vec![dns("localhost")]);
+    let other = ca.issue("localhost", vec![uri_san("sip:other.example")]);
+    let stranger = Ca::new("stranger CA").issue("trunk", vec![uri_san("sip:localhost")]);
+
+    // The trunks are at `localhost`, which riptide resolves like this (first address).
+    let ip = tokio::net::lookup_host(("localhost", 0))
+        .await
+        .unwrap()
+        .next()
+        .expect("localhost resolves")
+        .ip();
+    let mut trunks = Vec::new();
+    for (cert, client_ca) in [
+        (&by_uri, Some(&ca)),
+        (&by_dns, None),
+        (&other, None),
+        (&stranger, None),
+    ] {
+        let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        trunks.push((port, l, trunk_acceptor(cert, client_ca)));
+    }
+    let sip: SocketAddr = "127.0.0.1:15490".parse().unwrap();
+    let mut text = format!(
+        r#"
+[general]
+data_dir = "data"
+[sip]
+udp = ["{sip}"]
+tcp = []
+t1_ms = 50
+[http3]
+listen = "127.0.0.1:15491"
+[admin]
+listen = "127.0.0.1:15492"
+[media]
+port_min = 33300
+port_max = 33399
+[[sip_route]]
+prefix = ""
+ript_peer = "self"
+[[tg]]
+name = "trunks"
+"#
+    );
+    let names = ["uri", "dns", "othername", "otherca"];
+    for n in names {
+        text.push_str(&format!(
+            "  [[tg.route]]\n  prefix = \"{n}\"\n  sip_trunk = \"{n}\"\n"
+        ));
+    }
+    for (n, (port, _, _)) in names.iter().zip(&trunks) {
+        text.push_str(&format!(
+            "[[sip_trunk]]\nname = \"{n}\"\ntarget = \"sip:localhost:{port};transport=tls\"\n\
+             tls_ca = \"trunk-ca.pem\"\n"
+        ));
+        if *n == "uri" {
+            text.push_str("tls_client_cert = \"gw-cert.pem\"\ntls_client_key = \"gw-key.pem\"\n");
+        }
+    }
+    let conf = dir.join("riptide.toml");
+    std::fs::write(&conf, text).unwrap();
+    let log = dir.join("riptide.log");
+    let _gw = Gateway(
+        Command::new(env!("CARGO_BIN_EXE_riptide"))
+            .args(["serve", "--config", conf.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the riptide binary starts"),
+    );
+    wait_for_log(&log, "riptide ready", 1).await;
+
+    let servers: Vec<_> = trunks
+        .into_iter()
+        .map(|(_, l, a)| tokio::spawn(busy_tls_trunk(l, a)))
+        .collect();
+    let (uri, dns_only, other_name, other_ca) = tokio::join!(
+        call_over_udp(sip, "uri1"),
+        call_over_udp(sip, "dns1"),
+        call_over_udp(sip, "othername1"),
+        call_over_udp(sip, "otherca1"),
+    );
+    let mut saw = Vec::new();
+    for s in servers {
+        saw.push(s.await.unwrap());
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+
+    for (name, code, seen) in [("uri", uri, &saw[0]), ("dns", dns_only, &saw[1])] {
+        let seen = seen
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{name}: the trunk got no INVITE: {e}\n{logged}"));
+        assert!(
+            seen.invite.contains("Via: SIP/2.0/TLS "),
+            "{name}: sent over TLS: {}",
+            seen.invite
+        );
+        assert!(seen.ack.starts_with("ACK "), "{name}: {}", seen.ack);
+        assert_eq!(
+            seen.options_answer, "SIP/2.0 200 OK",
+            "{name}: a request on riptide's connection is answered on it"
+        );
+        assert_eq!(code, 486, "{name}: the trunk's 486 reaches the caller");
+    }
+    let uri_seen = saw[0].as_ref().unwrap();
+    assert_eq!(
+        uri_seen.client_cert.as_deref(),
+        Some(gw_cert.sha256().as_str()),
+        "riptide presents tls_client_cert"
+    );
+    for (name, code, seen) in [
+        ("othername", other_name, &saw[2]),
+        ("otherca", other_ca, &saw[3]),
+    ] {
+        let err = seen
+            .as_ref()
+            .expect_err(&format!("{name}: no INVITE may reach this trunk"));
+        assert!(err.starts_with("handshake:"), "{name}: {err}");
+        assert!((400..600).contains(&code), "{name}: caller got {code}");
+    }
+    assert!(
+        logged.lines().any(|l| l.contains("does not identify the expected domain")
+            && l.contains("localhost")
+            && l.contains("URI:sip:other.example")),
+        "the mismatch is logged with the expected domain and the certificate's identities:\n{logged}"
+    );
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("SIP TLS handshake failed") && l.contains("UnknownIssuer")),
+        "an unknown CA is logged:\n{logged}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

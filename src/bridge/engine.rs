@@ -830,17 +830,19 @@ impl Engine {
     }
 
     /// TLS-03: a request from a trunk that lists client certificates must come over TLS with
-    /// one of them, else it gets 403 (an ACK is dropped); true when refused. In-dialog
-    /// requests over UDP/TCP pass: calls we place toward the trunk run that way.
+    /// one of them, else it gets 403 (an ACK is dropped); true when refused. Only requests
+    /// outside a dialog are checked.
     fn refuse_unlisted_client_cert(&mut self, now: Instant, m: &SipInbound) -> bool {
         let Some(t) = self.cfg.trunk_of_source(m.src) else {
             return false;
         };
         let listed = &self.cfg.trunks[t].tls_client_fingerprints;
-        let plain_in_dialog = m.transport != Transport::Tls && m.info.to_tag.is_some();
-        if listed.is_empty()
-            || plain_in_dialog
-            || m.peer_cert_sha256.is_some_and(|c| listed.contains(&c))
+        // In-dialog requests are let through on any transport: the calls we place toward the
+        // trunk run over UDP/TCP or over a TLS connection we opened (where the trunk proved
+        // itself with its server certificate and presents no client certificate), and such a
+        // request only reaches a dialog whose identifiers it knows.
+        let in_dialog = m.info.to_tag.is_some();
+        if listed.is_empty() || in_dialog || m.peer_cert_sha256.is_some_and(|c| listed.contains(&c))
         {
             return false;
         }

@@ -2696,3 +2696,58 @@ fn passports_arriving_on_http3_are_verified() {
         }
     }
 }
+
+/// TLS-03 at the SIP layer: from a trunk that lists client certificates, a request outside a
+/// dialog without a listed one gets 403 on any transport; in-dialog requests pass to the
+/// dialog layer (they come back over our own connections, without client certificates).
+#[test]
+fn trunk_client_certificates_are_required_outside_dialogs_only() {
+    let mut c = cfg();
+    c.trunks[0].match_sources = vec![(CALLER.parse::<SocketAddr>().unwrap().ip(), None)];
+    c.trunks[0].tls_client_fingerprints = vec![[7u8; 32]];
+    let mut s = Sim::with(c);
+    let deliver = |s: &mut Sim, text: &str, transport: Transport, cert: Option<[u8; 32]>| {
+        let (msg, info) = msg::parse(text.as_bytes()).unwrap();
+        s.input(Input::Sip(Box::new(SipInbound {
+            msg,
+            info,
+            src: CALLER.parse().unwrap(),
+            transport,
+            conn: None,
+            peer_cert_sha256: cert,
+        })));
+        start_lines(&s.sip_out())
+    };
+    for (i, (transport, cert)) in [
+        (Transport::Udp, None),
+        (Transport::Tls, None),
+        (Transport::Tls, Some([8u8; 32])),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let got = deliver(
+            &mut s,
+            &options_with(&format!("z9hG4bKc{i}"), &[]),
+            transport,
+            cert,
+        );
+        assert_eq!(got, vec!["SIP/2.0 403 Forbidden"], "{transport:?} {cert:?}");
+    }
+    let got = deliver(
+        &mut s,
+        &options_with("z9hG4bKlisted", &[]),
+        Transport::Tls,
+        Some([7u8; 32]),
+    );
+    assert_eq!(got, vec!["SIP/2.0 200 OK"]);
+    for transport in [Transport::Udp, Transport::Tls] {
+        let bye = in_dialog("BYE", &format!("z9hG4bKbye{transport:?}"), 2, "gone", None);
+        let got = deliver(&mut s, &bye, transport, None);
+        assert_eq!(
+            got,
+            vec!["SIP/2.0 481 Call/Transaction Does Not Exist"],
+            "{transport:?}"
+        );
+    }
+}

@@ -431,6 +431,7 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
                     .into(),
             ));
         }
+        check_trunk_tls(t, &at, &err)?;
     }
     check_digest(cfg, &err)?;
 
@@ -799,6 +800,72 @@ fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
         "none".into()
     } else {
         v.join(", ")
+    }
+}
+
+/// Outgoing SIP-TLS keys of one `[[sip_trunk]]`: a trunk reached over TLS (`outbound_proxy`,
+/// else `target`, is `sips:` or has `;transport=tls`) needs `tls_ca`; the other TLS keys are
+/// refused on trunks reached otherwise; the client certificate and key go together.
+fn check_trunk_tls(
+    t: &super::SipTrunkConfig,
+    at: &dyn Fn(&str) -> Vec<Seg>,
+    err: &dyn Fn(Vec<Seg>, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    use crate::sip::msg::{uri_target, Transport};
+    let (uri_key, uri) = match &t.outbound_proxy {
+        Some(p) => ("outbound_proxy", p.as_str()),
+        None => ("target", t.target.as_str()),
+    };
+    let tls = uri_target(uri).is_some_and(|(_, _, tr)| tr == Transport::Tls);
+    if !tls {
+        let set = [
+            ("tls_ca", t.tls_ca.is_some()),
+            ("tls_server_name", t.tls_server_name.is_some()),
+            ("tls_client_cert", t.tls_client_cert.is_some()),
+            ("tls_client_key", t.tls_client_key.is_some()),
+        ];
+        if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(err(
+                at(k),
+                format!(
+                    "only used when the trunk is reached over TLS, and {uri_key} {uri:?} is not \
+                     (write sips: or ;transport=tls)"
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if t.tls_ca.is_none() {
+        return Err(err(
+            at("tls_ca"),
+            format!(
+                "{uri_key} {uri:?} is reached over TLS: set tls_ca to the PEM roots the trunk's \
+                 certificate must chain to (there is no unverified TLS)"
+            ),
+        ));
+    }
+    if let Some(n) = &t.tls_server_name {
+        let dns = matches!(
+            rustls::pki_types::ServerName::try_from(n.as_str()),
+            Ok(rustls::pki_types::ServerName::DnsName(_))
+        );
+        if !dns {
+            return Err(err(
+                at("tls_server_name"),
+                format!("{n:?} is not a DNS name (the SIP domain the certificate must identify)"),
+            ));
+        }
+    }
+    match (&t.tls_client_cert, &t.tls_client_key) {
+        (Some(_), None) => Err(err(
+            at("tls_client_cert"),
+            "set tls_client_key too (the certificate and its key go together)".into(),
+        )),
+        (None, Some(_)) => Err(err(
+            at("tls_client_key"),
+            "set tls_client_cert too (the certificate and its key go together)".into(),
+        )),
+        _ => Ok(()),
     }
 }
 

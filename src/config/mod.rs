@@ -389,10 +389,23 @@ pub struct SipTrunkConfig {
     /// Hex SHA-256 fingerprints (colons allowed) of the client certificates this trunk's
     /// SIP-TLS connections must present. With entries, requests from the trunk's
     /// `match_sources` are answered 403 unless they arrive over TLS with one of these
-    /// certificates (in-dialog requests over UDP/TCP excepted: calls placed toward the trunk
-    /// run that way). A listed self-signed certificate needs no CA. Default: none.
+    /// certificates (in-dialog requests excepted: calls placed toward the trunk come back
+    /// over UDP/TCP or our own TLS connection). A listed self-signed certificate needs no CA.
+    /// Default: none.
     #[serde(default)]
     pub tls_client_fingerprints: Vec<String>,
+    /// PEM roots the trunk's SIP-TLS server certificate must chain to. Required when the trunk
+    /// is reached over TLS (`sips:` or `;transport=tls` in `outbound_proxy`, else `target`);
+    /// the certificate must also identify the trunk's domain (RFC 5922). Default: none.
+    pub tls_ca: Option<PathBuf>,
+    /// The SIP domain the trunk's TLS certificate must identify (and the SNI sent), for a
+    /// `target` or `outbound_proxy` written with an IP address. Default: the host of the URI
+    /// requests are sent to.
+    pub tls_server_name: Option<String>,
+    /// PEM certificate chain and key riptide presents on its SIP-TLS connections to this
+    /// trunk (mutual TLS). Set both or neither. Default: none.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
     /// Pass on the `verstat` this trunk puts on P-Asserted-Identity/From (it runs a STIR
     /// verification service) when riptide does not verify itself. Otherwise an incoming
     /// verstat is ignored. Default: false.

@@ -3,17 +3,23 @@
 //! Each socket or connection is a task that parses what arrives (off the engine's thread) and
 //! hands [`Input::Sip`] to the engine. Sending is synchronous for the caller: UDP uses
 //! `try_send_to`, streams queue to their connection's writer task.
+//!
+//! A message for a TCP or TLS address without an open connection opens one; for TLS, with the
+//! client settings registered for that address ([`SipSender::set_tls_peers`], one per
+//! `[[sip_trunk]]` reached over TLS). Connections we open carry requests both ways, like
+//! accepted ones.
 
 use super::msg::{self, Transport};
 use super::txn::{ConnId, Dest, SipOut};
 use crate::bridge::engine::{Input, SipInbound};
 use crate::metrics::{Dir, Metrics};
+use crate::tls::SipTlsClient;
 use bytes::{Buf, Bytes, BytesMut};
 use rsipstack::sip::SipMessage;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -21,8 +27,8 @@ use tracing::{debug, warn};
 
 /// Queue depth per stream connection; a peer that does not read is disconnected.
 const CONN_QUEUE: usize = 1024;
-/// Outgoing SIP/TCP connects give up after this (a black-holed address must not hold tasks
-/// for the kernel's SYN timeout).
+/// Outgoing SIP/TCP connects, and the TLS handshake after them, each give up after this (a
+/// black-holed address must not hold tasks for the kernel's SYN timeout).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends SIP messages; cheap to clone.
@@ -37,6 +43,8 @@ struct Inner {
     next_conn: AtomicU64,
     engine: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
+    /// How to open SIP-TLS connections, by destination address.
+    tls_peers: RwLock<HashMap<SocketAddr, SipTlsClient>>,
 }
 
 #[derive(Default)]
@@ -93,6 +101,7 @@ pub async fn start(
             next_conn: AtomicU64::new(1),
             engine,
             metrics,
+            tls_peers: RwLock::new(HashMap::new()),
         }),
     };
     for (i, s) in udp.into_iter().enumerate() {
@@ -312,13 +321,40 @@ impl SipSender {
         }
     }
 
-    /// Opens a TCP connection to the destination and queues the message on it. The connection
-    /// is registered before the connect completes, so messages sent meanwhile queue behind this
-    /// one in order instead of each opening a connection of its own.
-    fn connect_and_send(&self, out: SipOut) {
+    /// The client settings for opening SIP-TLS connections, by destination address; replaces
+    /// any set before. Addresses not listed get no outgoing TLS connection.
+    pub fn set_tls_peers(&self, peers: HashMap<SocketAddr, SipTlsClient>) {
+        *self
+            .inner
+            .tls_peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    fn tls_peer(&self, addr: SocketAddr) -> Option<SipTlsClient> {
+        self.inner
+            .tls_peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+
+    /// Opens a TCP connection to the destination (and with `tls`, runs the TLS client
+    /// handshake on it) and queues the message on it. The connection is registered before the
+    /// connect completes, so messages sent meanwhile queue behind this one in order instead of
+    /// each opening a connection of its own. When the connection cannot be made, the reason is
+    /// logged and the queued messages are dropped: the transaction layer's timers (B, F) end
+    /// what they belonged to.
+    fn connect_and_send(&self, out: SipOut, tls: Option<SipTlsClient>) {
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
         let id = ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(CONN_QUEUE);
-        let key = (out.dest.addr, Transport::Tcp);
+        let key = (out.dest.addr, transport);
         {
             let mut c = lock(&self.inner.conns);
             c.by_id.insert(id, tx.clone());
@@ -329,18 +365,43 @@ impl SipSender {
         tokio::spawn(async move {
             let addr = key.0;
             let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
-            match res {
-                Ok(Ok(stream)) => {
+            let ended = match (res, tls) {
+                (Ok(Ok(stream)), None) => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = s
-                        .conn_loop(stream, rx, addr, Transport::Tcp, id, None)
+                    s.conn_loop(stream, rx, addr, Transport::Tcp, id, None)
                         .await
-                    {
-                        debug!(%addr, error = %e, "SIP connection closed");
+                }
+                (Ok(Ok(stream)), Some(tls)) => {
+                    let _ = stream.set_nodelay(true);
+                    let name = tls.server_name.to_str().into_owned();
+                    let hs = tls.connector.connect(tls.server_name, stream);
+                    match tokio::time::timeout(CONNECT_TIMEOUT, hs).await {
+                        Ok(Ok(stream)) => {
+                            debug!(dest = %addr, server_name = %name, "SIP TLS connection open");
+                            s.conn_loop(stream, rx, addr, Transport::Tls, id, None)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            warn!(dest = %addr, server_name = %name, error = %e, "SIP TLS handshake failed; queued messages dropped");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            warn!(dest = %addr, server_name = %name, "SIP TLS handshake timed out; queued messages dropped");
+                            Ok(())
+                        }
                     }
                 }
-                Ok(Err(e)) => warn!(dest = %addr, error = %e, "SIP TCP connect failed"),
-                Err(_) => warn!(dest = %addr, "SIP TCP connect timed out"),
+                (Ok(Err(e)), _) => {
+                    warn!(dest = %addr, error = %e, "SIP {} connect failed", transport.via_name());
+                    Ok(())
+                }
+                (Err(_), _) => {
+                    warn!(dest = %addr, "SIP {} connect timed out", transport.via_name());
+                    Ok(())
+                }
+            };
+            if let Err(e) = ended {
+                debug!(%addr, error = %e, "SIP connection closed");
             }
             let mut c = lock(&s.inner.conns);
             c.by_id.remove(&id);
@@ -405,10 +466,15 @@ impl SipSender {
                             warn!(dest = %out.dest.addr, "SIP connection queue full; message dropped");
                         }
                     }
-                    None if out.dest.transport == Transport::Tcp => self.connect_and_send(out),
-                    None => {
-                        warn!(dest = %out.dest.addr, "no SIP TLS connection to this peer; outgoing TLS is not supported yet");
+                    None if out.dest.transport == Transport::Tcp => {
+                        self.connect_and_send(out, None)
                     }
+                    None => match self.tls_peer(out.dest.addr) {
+                        Some(tls) => self.connect_and_send(out, Some(tls)),
+                        None => {
+                            warn!(dest = %out.dest.addr, "no SIP TLS connection to this address and no [[sip_trunk]] reached over TLS there; message dropped");
+                        }
+                    },
                 }
             }
         }
@@ -633,6 +699,152 @@ mod tests {
             from, b,
             "the reply comes from the second listener, where the request went"
         );
+    }
+
+    /// A SIP-TLS peer on 127.0.0.1 with a self-signed certificate for `sip:peer.example`, and
+    /// the client settings of a trunk `sip:peer.example;transport=tls` trusting it.
+    async fn tls_peer(tag: &str) -> (TcpListener, tokio_rustls::TlsAcceptor, SipTlsClient) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![rcgen::SanType::URI("sip:peer.example".try_into().unwrap())];
+        let cert = p.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "riptide-transport-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        let text = "[[sip_trunk]]\nname = \"t\"\ntarget = \"sip:peer.example;transport=tls\"\ntls_ca = \"ca.pem\"\n";
+        let mut cfg = crate::config::load_str(text, "t.toml").unwrap();
+        cfg.base_dir = dir.clone();
+        let client = crate::tls::sip_trunk_tls(&cfg, &cfg.sip_trunks[0]).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        (l, tokio_rustls::TlsAcceptor::from(Arc::new(server)), client)
+    }
+
+    /// Reads from `s` until `want` bytes arrived.
+    async fn read_at_least<S: AsyncRead + Unpin>(s: &mut S, want: usize) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while got.len() < want {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// A message for a TLS address a trunk is reached at opens a TLS connection (verified,
+    /// with SNI); messages sent meanwhile follow in order on it; a request the peer sends on
+    /// it reaches the engine as TLS from that connection, and the reply goes back on it.
+    #[tokio::test]
+    async fn outgoing_tls_connects_and_carries_requests_both_ways() {
+        let (peer, acceptor, client) = tls_peer("out").await;
+        let addr = peer.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let sender = udp_only(vec!["127.0.0.1:0".parse().unwrap()], tx).await;
+        let dest = Dest {
+            addr,
+            transport: Transport::Tls,
+            conn: None,
+        };
+        let ack = "ACK sip:a SIP/2.0\r\nl: 0\r\n\r\n";
+        let bye = "BYE sip:a SIP/2.0\r\nl: 0\r\n\r\n";
+        // Not registered yet: nothing is opened.
+        sender.send(SipOut {
+            dest,
+            bytes: Bytes::from_static(ack.as_bytes()),
+        });
+        let none = tokio::time::timeout(std::time::Duration::from_millis(200), peer.accept()).await;
+        assert!(
+            none.is_err(),
+            "no connection without TLS settings for the address"
+        );
+
+        sender.set_tls_peers(HashMap::from([(addr, client)]));
+        for m in [ack, bye] {
+            sender.send(SipOut {
+                dest,
+                bytes: Bytes::from_static(m.as_bytes()),
+            });
+        }
+        let (tcp, _) = peer.accept().await.unwrap();
+        let mut conn = acceptor.accept(tcp).await.unwrap();
+        assert_eq!(conn.get_ref().1.server_name(), Some("peer.example"));
+        let text = read_at_least(&mut conn, ack.len() + bye.len()).await;
+        assert_eq!(
+            text,
+            format!("{ack}{bye}"),
+            "both, in order, on one connection"
+        );
+
+        let opt = "OPTIONS sip:riptide@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        conn.write_all(opt.as_bytes()).await.unwrap();
+        let Some(Input::Sip(m)) = rx.recv().await else {
+            panic!("the OPTIONS reaches the engine")
+        };
+        assert_eq!((m.src, m.transport), (addr, Transport::Tls));
+        assert!(m.conn.is_some());
+        let ok = "SIP/2.0 200 OK\r\nl: 0\r\n\r\n";
+        sender.send(SipOut {
+            dest: Dest {
+                addr: m.src,
+                transport: m.transport,
+                conn: m.conn,
+            },
+            bytes: Bytes::from_static(ok.as_bytes()),
+        });
+        assert_eq!(read_at_least(&mut conn, ok.len()).await, ok);
+        let second =
+            tokio::time::timeout(std::time::Duration::from_millis(200), peer.accept()).await;
+        assert!(second.is_err(), "no second connection was opened");
+    }
+
+    /// A refused handshake drops what was queued; the next message tries a new connection.
+    #[tokio::test]
+    async fn failed_tls_handshake_drops_the_message_and_a_later_one_reconnects() {
+        let (peer, _acceptor, client) = tls_peer("fail").await;
+        let addr = peer.local_addr().unwrap();
+        // The peer presents a certificate the trunk's settings do not trust.
+        let (_, wrong, _) = tls_peer("other").await;
+        let (tx, _rx) = mpsc::channel(16);
+        let sender = udp_only(vec!["127.0.0.1:0".parse().unwrap()], tx).await;
+        sender.set_tls_peers(HashMap::from([(addr, client)]));
+        let dest = Dest {
+            addr,
+            transport: Transport::Tls,
+            conn: None,
+        };
+        for _ in 0..2 {
+            sender.send(SipOut {
+                dest,
+                bytes: Bytes::from_static(b"OPTIONS sip:a SIP/2.0\r\nl: 0\r\n\r\n"),
+            });
+            let (tcp, _) = tokio::time::timeout(std::time::Duration::from_secs(5), peer.accept())
+                .await
+                .expect("a connection attempt")
+                .unwrap();
+            // The client refuses the certificate with an alert before its Finished, so the
+            // handshake never completes and nothing is sent.
+            let err = wrong
+                .accept(tcp)
+                .await
+                .expect_err("the client refuses the certificate");
+            assert!(err.to_string().contains("alert"), "{err}");
+            // Let the sender forget the failed connection.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     #[test]
