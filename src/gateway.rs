@@ -318,7 +318,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn peer_runtime(cfg: &Config, p: &RiptPeerConfig) -> anyhow::Result<PeerRuntime> {
+/// The runtime form of one `[[ript_peer]]`: its address resolved, its token read and its TLS
+/// client configuration built (also used by `riptide call`).
+pub(crate) async fn peer_runtime(cfg: &Config, p: &RiptPeerConfig) -> anyhow::Result<PeerRuntime> {
     let authority = p
         .url
         .strip_prefix("https://")

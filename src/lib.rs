@@ -9,11 +9,13 @@
 //!   negotiation) and the tokio driver that feeds it;
 //! - [`media`]: the RTP ⇄ QUIC-datagram relay;
 //! - around them: [`config`], [`sdp`], [`auth`], [`tls`], [`metrics`], [`admin`] and [`gateway`],
-//!   which wires everything for `riptide serve`.
+//!   which wires everything for `riptide serve`;
+//! - [`client_tool`]: `riptide call`, a command-line RIPT client for testing the HTTP/3 side.
 
 pub mod admin;
 pub mod auth;
 pub mod bridge;
+pub mod client_tool;
 pub mod config;
 pub mod gateway;
 pub mod media;

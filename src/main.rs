@@ -1,4 +1,5 @@
-//! The `riptide` command: run the gateway, check a configuration, mint local access tokens.
+//! The `riptide` command: run the gateway, check a configuration, mint local access tokens,
+//! place a test call over HTTP/3.
 //!
 //! Exit codes: 0 success, 1 runtime error, 2 configuration or usage error.
 
@@ -47,6 +48,35 @@ enum Command {
         #[command(subcommand)]
         command: StirCommand,
     },
+    /// Place one call over HTTP/3 as a RIPT client: play a WAV file, record what comes back,
+    /// print setup time, packets, loss and jitter. Exit 0 when it was answered and ended normally.
+    Call(CallArgs),
+}
+
+#[derive(Args)]
+struct CallArgs {
+    /// Who to call: `sip:user@host`, `tel:+1...`, or a bare number or user; the user part
+    /// (or number) is the destination sent to the peer.
+    #[arg(value_name = "TARGET")]
+    target: String,
+    /// Gateway configuration whose `[[ript_peer]]` gives the peer's URL, trust and token.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Which `[[ript_peer]]` of the configuration (default: the first).
+    #[arg(long, value_name = "NAME")]
+    peer: Option<String>,
+    /// Audio to send: WAV, 8 kHz mono 16-bit PCM (sent as PCMU, 20 ms packets).
+    #[arg(long, value_name = "FILE.wav")]
+    play: PathBuf,
+    /// Write the audio received to this WAV file (8 kHz mono 16-bit PCM).
+    #[arg(long, value_name = "OUT.wav")]
+    record: Option<PathBuf>,
+    /// Seconds of audio to send after the answer (the play file loops); default its length.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// DTMF keys to send as RFC 4733 events after the answer (e.g. `123#`).
+    #[arg(long, value_name = "DIGITS")]
+    dtmf: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -156,6 +186,7 @@ fn main() -> ExitCode {
             command: TokenCommand::Revoke(args),
         } => revoke(args),
         Command::Stir { command } => stir(command),
+        Command::Call(args) => call(args),
         Command::Token {
             command: TokenCommand::RotateKey(args),
         } => rotate_key(args),
@@ -201,6 +232,59 @@ fn serve(config: Option<&Path>) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn call(args: CallArgs) -> ExitCode {
+    use riptide::client_tool::{self, CallError, CallOptions};
+    use std::io::IsTerminal;
+    // Logs only on request: stdout carries the summary, stderr the progress line.
+    if let Ok(v) = std::env::var("RUST_LOG") {
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&v) {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let opts = CallOptions {
+        config: args.config,
+        peer: args.peer,
+        target: args.target,
+        play: args.play,
+        record: args.record,
+        duration: args.duration,
+        dtmf: args.dtmf,
+        progress: std::io::stderr().is_terminal(),
+    };
+    match runtime.block_on(client_tool::call(opts)) {
+        Ok(summary) => {
+            println!("{summary}");
+            if summary.success {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: call {}", summary.end);
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match e {
+                CallError::Config(_) => EXIT_CONFIG,
+                _ => EXIT_RUNTIME,
+            })
         }
     }
 }

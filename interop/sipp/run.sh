@@ -9,6 +9,8 @@
 # --direct: UAC -> SIPp UAS on 127.0.0.1:5080 with no gateway, to validate the scenario files
 #   themselves; the checks that need a gateway (i, and the "relayed by the gateway" source-port
 #   checks of a/f) are reported as SKIP, never silently dropped.
+# n-call: the caller is `riptide call --config config/pair-a.toml` (the native RIPT client) instead
+#   of SIPp + gateway A; pair mode only.
 # Prints one PASS/FAIL/SKIP line per scenario and ends with `sipp: N passed, M failed`
 # (`, K skipped` is appended only when something was skipped). Exit status 1 on any failure.
 # Logs and traces: interop/out/sipp/<scenario>/.
@@ -18,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -314,6 +316,79 @@ TOML
     DETAIL="SIPp's MD5 credentials accepted after riptide's 401; riptide's answer to SIPp's 401 verified by SIPp (verifyauth), ACK of the 200 with credentials; call set up and ended"
 }
 
+# (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.
+scn_n() { # riptide call with --config config/pair-a.toml: the tone crosses both ways
+    local dir="$1" bin="$REPO_ROOT/target/release/riptide" rc=0 uas_rc=0 summary uas_rx check
+    [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \
+        || { DETAIL="cargo build failed: $dir/build.log"; return 1; }
+    ln -sf "$TONE" "$dir/tone-440hz.ulaw"
+    # The 2 s 440 Hz tone as the 8 kHz mono 16-bit WAV that riptide call plays.
+    python3 - "$dir/tone.wav" <<'PY'
+import math, struct, sys, wave
+w = wave.open(sys.argv[1], "wb")
+w.setnchannels(1); w.setsampwidth(2); w.setframerate(8000)
+w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / 8000))) for i in range(16000)))
+w.close()
+PY
+    start_uas rtp_uas.xml "$dir" || { DETAIL="UAS did not start: $(tail -n 3 "$dir/uas.stdout")"; return 1; }
+    start_capture "$dir/rtp.pcap" "udp and port $UAS_MEDIA"
+    (cd "$dir" && timeout -k 5 "$SIPP_TIMEOUT" "$bin" call --config "$REPO_ROOT/config/pair-a.toml" \
+        sip:answer@127.0.0.1 --play tone.wav --record out.wav --duration 3) \
+        >"$dir/call.stdout" 2>"$dir/call.stderr" || rc=$?
+    finish_uas 15 || uas_rc=$?
+    stop_capture
+    summary="$(tr '\n' ';' <"$dir/call.stdout" | sed 's/  */ /g')"
+    if [ "$rc" != 0 ] || [ "$uas_rc" != 0 ]; then
+        DETAIL="riptide call exit=$rc uas exit=$uas_rc: $(tr '\n' ' ' <"$dir/call.stderr" | tail -c 300) $summary; logs: $dir"
+        return 1
+    fi
+    # The destination's user part survived both hops.
+    grep -q '^INVITE sip:answer@' "$dir"/rtp_uas_*_messages.log \
+        || { DETAIL="the UAS got no INVITE for sip:answer@...; logs: $dir"; return 1; }
+    # RTP that reached the UAS from B's media range, decoded: it must carry the 440 Hz tone.
+    # The recording of riptide call (what the UAS streamed back) must carry it too.
+    check="$(python3 - "$dir/rtp.pcap" "$B_MEDIA" "$UAS_MEDIA" "$dir/out.wav" "$INTEROP_DIR/lib" <<'PY'
+import math, sys, wave
+sys.path.insert(0, sys.argv[5])
+from rtpcount import udp_records
+
+def ulaw2lin(c):
+    c = ~c & 0xFF
+    t = (((c & 0x0F) << 3) + 0x84) << ((c & 0x70) >> 4)
+    return 0x84 - t if c & 0x80 else t - 0x84
+
+def tone(samples):
+    """Power at 440 Hz over power at 1000 Hz (Goertzel), and the 440 Hz power."""
+    def g(hz):
+        k = 2 * math.cos(2 * math.pi * hz / 8000)
+        s1 = s2 = 0.0
+        for v in samples:
+            s1, s2 = v + k * s1 - s2, s1
+        return (s1 * s1 + s2 * s2 - k * s1 * s2) / max(len(samples), 1) ** 2
+    on, off = g(440), g(1000)
+    return on / max(off, 1e-9), on
+
+lo, hi = (int(x) for x in sys.argv[2].split("-"))
+dst = int(sys.argv[3])
+payload, n = [], 0
+for _, sport, _, dport, data, _ in udp_records(sys.argv[1]):
+    if lo <= sport <= hi and dport == dst and len(data) > 12 and data[0] >> 6 == 2 and data[1] & 0x7F == 0:
+        n += 1
+        cc = data[0] & 0x0F
+        payload.extend(ulaw2lin(b) for b in data[12 + 4 * cc:])
+ratio, power = tone(payload)
+w = wave.open(sys.argv[4], "rb")
+rec = [int.from_bytes(w.readframes(1), "little", signed=True) for _ in range(w.getnframes())]
+rratio, rpower = tone(rec)
+ok = n >= 100 and ratio > 100 and power > 1e5 and len(rec) >= 8000 and rratio > 100 and rpower > 1e5
+print(f"uas_rx={n} uas_tone_ratio={ratio:.0f} recorded_samples={len(rec)} recorded_tone_ratio={rratio:.0f} ok={int(ok)}")
+PY
+)" || { DETAIL="pcap/recording check failed: $check"; return 1; }
+    uas_rx="$(sed -n 's/.*uas_rx=\([0-9]*\).*/\1/p' <<<"$check")"
+    DETAIL="riptide call: $summary; INVITE sip:answer@ at the UAS; UAS side (pcap on lo, PCMU from $B_MEDIA decoded): $check"
+    [ "${check##*ok=}" = 1 ] && [ "${uas_rx:-0}" -ge "$MIN_RTP" ]
+}
+
 scn_i() { # malformed probe, then a normal call must still work
     local dir="$1" rc=0
     python3 "$INTEROP_DIR/sipp/malformed.py" --sip 127.0.0.1:5070 --metrics http://127.0.0.1:9070/metrics \
@@ -332,6 +407,11 @@ for s in "${SELECTED[@]}"; do
     rm -rf "$dir"; mkdir -p "$dir"
     if [ "$MODE" = direct ] && { [ "$s" = k-stir ] || [ "$s" = l-verify ]; }; then
         echo "SKIP $s (direct mode: the gateway is the signer)"
+        SKIPPED=$((SKIPPED + 1))
+        continue
+    fi
+    if [ "$MODE" = direct ] && [ "$s" = n-call ]; then
+        echo "SKIP $s (direct mode: riptide call needs the gateway pair)"
         SKIPPED=$((SKIPPED + 1))
         continue
     fi
