@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser checks for riptide: CORS-04 and WT-01 in headless Chromium (see cors_wt.mjs).
+# Browser checks for riptide: CORS-04 and WT-01 in headless Chromium (see cors_wt.mjs), then an
+# end-to-end call from the dial pad web/demo.html to a SIP peer (see call_e2e.mjs).
 #
 #   interop/browser/run.sh
 #
@@ -7,7 +8,8 @@
 # origin https://allowed.example only, with the built-in echo service behind TG "local" and two
 # SIP trunks with `preflight = true`, each a SIPp UAS of its own: "noacao" answers the SIP CORS
 # preflight without Access-Control-Allow-Origin, "acao" allows the origin and refuses the INVITE
-# with 486; scenarios in scenarios/), mints a token, runs Debian's chromium through
+# with 486; scenarios in scenarios/; and a third, "tone", without preflight, for the call from
+# web/demo.html: a SIPp UAS that answers PCMU and sends a 440 Hz tone), mints a token, runs Debian's chromium through
 # playwright-core (npm, pinned by package-lock.json; no browser is downloaded) against it, and
 # stops it again.
 # Prints one PASS/FAIL line per check and ends with `browser: N passed, M failed`; exit status 1
@@ -15,7 +17,10 @@
 # interop/out/browser/.
 # Installs chromium, nodejs, npm and sip-tester with apt when missing. RIPTIDE_BIN overrides the
 # binary (no cargo build then); H3_PORT, SIP_PORT, ADMIN_PORT and MEDIA_PORT_MIN move the
-# gateway, NOACAO_PORT and ACAO_PORT the two SIPp trunks.
+# gateway, NOACAO_PORT, ACAO_PORT and TONE_PORT the three SIPp trunks.
+# The call: Chromium's fake microphone plays a 440 Hz WAV (sox); tcpdump on lo records what the
+# gateway sends the "tone" UAS, and tone_check.py finds the tone (Goertzel) and the page's
+# DTMF 5 (RFC 4733) in it. Screenshots call-1-idle.png, call-2-in-call.png, call-3-ended.png.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
@@ -29,6 +34,8 @@ ADMIN_PORT="${ADMIN_PORT:-9196}"
 MEDIA_PORT_MIN="${MEDIA_PORT_MIN:-38000}"
 NOACAO_PORT="${NOACAO_PORT:-5197}"
 ACAO_PORT="${ACAO_PORT:-5198}"
+TONE_PORT="${TONE_PORT:-5199}"
+TONE_MEDIA=$((MEDIA_PORT_MIN + 240))
 
 need_cmd chromium chromium
 need_cmd node nodejs
@@ -38,6 +45,9 @@ need_cmd curl curl
 need_cmd ss iproute2
 need_cmd sipp sip-tester
 need_cmd timeout coreutils
+need_cmd sox sox
+need_cmd tcpdump tcpdump
+need_cmd python3 python3
 # playwright-core 1.65 needs Node 20 or later (Debian 12's own nodejs package is 18).
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 20 ] || die "Node $(node --version) is too old for playwright-core: Node 20 or later is needed"
@@ -57,7 +67,7 @@ fi
 [ -x "$BIN" ] || die "no riptide binary at $BIN"
 
 for spec in "udp:$H3_PORT" "udp:$SIP_PORT" "tcp:$SIP_PORT" "tcp:$ADMIN_PORT" \
-    "udp:$NOACAO_PORT" "udp:$ACAO_PORT"; do
+    "udp:$NOACAO_PORT" "udp:$ACAO_PORT" "udp:$TONE_PORT" "udp:$TONE_MEDIA"; do
     ! port_bound "${spec%%:*}" "${spec##*:}" \
         || die "port ${spec/:/\/} is in use: $(port_users "${spec%%:*}" "${spec##*:}")"
 done
@@ -113,6 +123,11 @@ description = "the built-in echo service"
   prefix = "acao"
   sip_trunk = "acao"
 
+  # The dial pad's call (call_e2e.mjs).
+  [[tg.route]]
+  prefix = "+1555"
+  sip_trunk = "tone"
+
 # SIPp UAS: 200 to the preflight without Access-Control-Allow-Origin; must never be INVITEd.
 [[sip_trunk]]
 name = "noacao"
@@ -125,6 +140,11 @@ name = "acao"
 target = "sip:127.0.0.1:$ACAO_PORT;transport=udp"
 preflight = true
 
+# SIPp UAS: answers PCMU (and telephone-event 101) and sends a 440 Hz tone until the BYE.
+[[sip_trunk]]
+name = "tone"
+target = "sip:127.0.0.1:$TONE_PORT;transport=udp"
+
 [[sip_route]]
 prefix = ""
 ript_peer = "self"
@@ -136,19 +156,22 @@ TOKEN="$("$BIN" token mint --config "$OUT/riptide.toml" --subject browser-check 
 RIPTIDE_PID=""
 NOACAO_PID=""
 ACAO_PID=""
+TONE_PID=""
 cleanup() {
+    stop_capture
+    [ -z "$TONE_PID" ] || stop_pid "$TONE_PID" 2
     [ -z "$NOACAO_PID" ] || stop_pid "$NOACAO_PID" 2
     [ -z "$ACAO_PID" ] || stop_pid "$ACAO_PID" 2
     [ -z "$RIPTIDE_PID" ] || stop_pid "$RIPTIDE_PID" 5
 }
 trap cleanup EXIT
 
-# start_trunk NAME PORT MEDIA_PORT CONTROL_PORT: a SIPp UAS for one call (no -aa: the scenario
-# itself must answer the OPTIONS), its logs in $OUT/sipp-NAME/; sets TRUNK_PID.
+# start_trunk NAME PORT MEDIA_PORT CONTROL_PORT [SCENARIO]: a SIPp UAS for one call (no -aa: the
+# scenario itself must answer the OPTIONS), its logs in $OUT/sipp-NAME/; sets TRUNK_PID.
 start_trunk() {
-    local name="$1" port="$2" dir="$OUT/sipp-$1"
+    local name="$1" port="$2" dir="$OUT/sipp-$1" scenario="${5:-preflight_$1_uas.xml}"
     mkdir -p "$dir"
-    (cd "$dir" && exec timeout -k 5 100 sipp -sf "$HERE/scenarios/preflight_${name}_uas.xml" \
+    (cd "$dir" && exec timeout -k 5 150 sipp -sf "$HERE/scenarios/$scenario" \
         -i 127.0.0.1 -p "$port" -mi 127.0.0.1 -mp "$3" -cp "$4" -m 1 -nostdin \
         -trace_msg -message_file "$dir/messages.log" -trace_err -error_file "$dir/errors.log" \
         -timeout 90s -timeout_error) >"$dir/stdout" 2>&1 &
@@ -158,8 +181,14 @@ start_trunk noacao "$NOACAO_PORT" $((MEDIA_PORT_MIN + 200)) $((MEDIA_PORT_MIN + 
 NOACAO_PID=$TRUNK_PID
 start_trunk acao "$ACAO_PORT" $((MEDIA_PORT_MIN + 220)) $((MEDIA_PORT_MIN + 230))
 ACAO_PID=$TRUNK_PID
+# The "tone" UAS sends the 440 Hz PCMU file from its working directory.
+mkdir -p "$OUT/sipp-tone"
+ln -sf "$(ensure_tone)" "$OUT/sipp-tone/tone-440hz.ulaw"
+start_trunk tone "$TONE_PORT" "$TONE_MEDIA" $((MEDIA_PORT_MIN + 250)) tone_uas.xml
+TONE_PID=$TRUNK_PID
 wait_port_bound udp "$NOACAO_PORT" 10 "$NOACAO_PID" || die "SIPp (trunk noacao) did not start: $(tail -n 3 "$OUT/sipp-noacao/stdout")"
 wait_port_bound udp "$ACAO_PORT" 10 "$ACAO_PID" || die "SIPp (trunk acao) did not start: $(tail -n 3 "$OUT/sipp-acao/stdout")"
+wait_port_bound udp "$TONE_PORT" 10 "$TONE_PID" || die "SIPp (trunk tone) did not start: $(tail -n 3 "$OUT/sipp-tone/stdout")"
 
 "$BIN" serve --config "$OUT/riptide.toml" >"$OUT/riptide.log" 2>&1 &
 RIPTIDE_PID=$!
@@ -205,6 +234,35 @@ finish_trunk "$ACAO_PID"; acao_rc=$TRUNK_RC; ACAO_PID=""
     n_opt="$(requests acao OPTIONS)"; n_inv="$(requests acao INVITE)"; n_ack="$(requests acao ACK)"
     if [ "$acao_rc" = 0 ] && [ "$n_opt" = 1 ] && [ "$n_inv" = 1 ] && [ "$n_ack" = 1 ]; then r=PASS; else r=FAIL; fi
     echo "$r SIP preflight: trunk \"acao\" allowed the origin and then got the INVITE with an SDP offer, refused 486 and ACKed (SIPp exit $acao_rc; received $n_opt OPTIONS, $n_inv INVITE, $n_ack ACK; $(sipp_errors acao))"
+} | tee -a "$OUT/results.txt"
+
+# --- the call from the dial pad: web/demo.html → riptide → SIPp UAS "tone" ---
+log "headless Chromium: a call from web/demo.html to the SIP trunk \"tone\""
+MIC_WAV="$OUT/mic-440hz.wav"
+sox -n -r 48000 -c 1 -b 16 "$MIC_WAV" synth 60 sine 440 vol 0.5
+# What the gateway sends the UAS's media port.
+start_capture "$OUT/call.pcap" "udp and dst port $TONE_MEDIA"
+RIPTIDE_URL="https://127.0.0.1:$H3_PORT" SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" \
+    CHROMIUM="$(command -v chromium)" WEB_DIR="$REPO_ROOT/web" TONE_WAV="$MIC_WAV" DIAL=+15550100 \
+    timeout 90 node "$HERE/call_e2e.mjs" | tee -a "$OUT/results.txt"
+call_rc=${PIPESTATUS[0]}
+[ "$rc" != 0 ] || rc=$call_rc
+finish_trunk "$TONE_PID"; tone_rc=$TRUNK_RC; TONE_PID=""
+stop_capture
+sent="$(python3 "$HERE/tone_check.py" "$OUT/call.pcap" "$TONE_MEDIA" 440 2>&1)"
+printf '%s\n' "$sent" >"$OUT/call-sip-side.txt"
+val() { sed -n "s/^$1=//p" <<<"$sent"; }
+{
+    n_inv="$(requests tone INVITE)"; n_ack="$(requests tone ACK)"; n_bye="$(requests tone BYE)"
+    if [ "$tone_rc" = 0 ] && [ "$n_inv" = 1 ] && [ "$n_ack" = 1 ] && [ "$n_bye" = 1 ]; then r=PASS; else r=FAIL; fi
+    echo "$r call: SIP peer \"tone\" got an INVITE offering PCMU and telephone-event (SIPp checked it), answered, and got the BYE of the page's hang-up (SIPp exit $tone_rc; received $n_inv INVITE, $n_ack ACK, $n_bye BYE; $(sipp_errors tone))"
+    # The microphone's tone, as riptide relayed it to the SIP side: PCMU RTP to the UAS's media
+    # port whose decoded audio is a 440 Hz tone (Goertzel, median over 1 s blocks).
+    if [ "$(val pcmu_packets)" -ge 150 ] 2>/dev/null \
+        && awk -v t="$(val tone_fraction)" -v o="$(val off_fraction)" 'BEGIN { exit !(t >= 0.5 && o < 0.1) }'; then r=PASS; else r=FAIL; fi
+    echo "$r call: the page's microphone (fake device, 440 Hz WAV) reaches the SIP peer as PCMU carrying 440 Hz (tcpdump on lo to port $TONE_MEDIA: $(val pcmu_packets) PCMU packets, $(val seconds) s, energy share at 440 Hz $(val tone_fraction), at 560 Hz $(val off_fraction), RMS $(val rms))"
+    if [ "$(val dtmf_digits)" = 5 ] && [ "$(val dtmf_packets)" -ge 4 ] 2>/dev/null && [ "$(val dtmf_ends)" -ge 1 ] 2>/dev/null; then r=PASS; else r=FAIL; fi
+    echo "$r call: the page's key 5 reaches the SIP peer as RFC 4733 (payload type 101: $(val dtmf_packets) packets, events \"$(val dtmf_digits)\", $(val dtmf_ends) with the end bit)"
 } | tee -a "$OUT/results.txt"
 set -e
 
