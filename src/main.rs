@@ -215,17 +215,9 @@ fn serve(config: Option<&Path>) -> ExitCode {
         eprintln!("general.log_level: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    // Installing fails only if a provider is already installed, which is then the same one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(riptide::gateway::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,6 +226,20 @@ fn serve(config: Option<&Path>) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// The async runtime for `serve` and `call`, with the process's one crypto provider installed;
+/// `Err` is the exit code after the reason was printed.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    // Installing fails only if a provider is already installed, which is then the same one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        })
 }
 
 fn call(args: CallArgs) -> ExitCode {
@@ -248,16 +254,9 @@ fn call(args: CallArgs) -> ExitCode {
                 .try_init();
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+        Err(code) => return code,
     };
     let opts = CallOptions {
         config: args.config,
