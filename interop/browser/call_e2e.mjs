@@ -13,12 +13,8 @@
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
+import { check, env, run } from './harness.mjs';
 
-const env = (k) => {
-    const v = process.env[k];
-    if (!v) throw new Error(`${k} is not set`);
-    return v;
-};
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const SPKI = env('SPKI_SHA256');
 const TOKEN = env('TOKEN');
@@ -30,13 +26,6 @@ const DIAL = env('DIAL');
 const ALLOWED = 'https://allowed.example';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript' };
 
-let passed = 0;
-let failed = 0;
-function check(name, ok, detail) {
-    if (ok) passed++;
-    else failed++;
-    console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` (${detail})` : ''}`);
-}
 const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
@@ -142,9 +131,4 @@ async function main() {
     }
 }
 
-try {
-    await main();
-} catch (e) {
-    check('call harness', false, e.stack ?? String(e));
-}
-process.exitCode = failed ? 1 : 0;
+await run('call harness', main);

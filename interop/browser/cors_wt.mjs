@@ -23,12 +23,8 @@
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
+import { check, env, run } from './harness.mjs';
 
-const env = (k) => {
-    const v = process.env[k];
-    if (!v) throw new Error(`${k} is not set`);
-    return v;
-};
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
 const SPKI = env('SPKI_SHA256');
@@ -42,13 +38,6 @@ const API = `${RIPTIDE_URL}/.well-known/ript/v1/providertgs`;
 const hostPort = new URL(RIPTIDE_URL).host;
 const NETLOG = path.join(OUT, 'netlog.json');
 
-let passed = 0;
-let failed = 0;
-function check(name, ok, detail) {
-    if (ok) passed++;
-    else failed++;
-    console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` (${detail})` : ''}`);
-}
 
 // riptide_http_responses_total by status, from the admin listener.
 async function responses() {
@@ -346,9 +335,4 @@ function wireChecks() {
         evilX.map(line).join(', '));
 }
 
-try {
-    await main();
-} catch (e) {
-    check('browser harness', false, e.stack ?? String(e));
-}
-process.exitCode = failed ? 1 : 0;
+await run('browser harness', main);
