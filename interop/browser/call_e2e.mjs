@@ -13,9 +13,10 @@
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, run } from './harness.mjs';
+import { check, env, responses, run } from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
+const ADMIN_URL = env('ADMIN_URL');
 const SPKI = env('SPKI_SHA256');
 const TOKEN = env('TOKEN');
 const OUT = env('OUT');
@@ -24,6 +25,7 @@ const WEB_DIR = env('WEB_DIR');
 const TONE_WAV = env('TONE_WAV');
 const DIAL = env('DIAL');
 const ALLOWED = 'https://allowed.example';
+const DENIED = 'https://evil.example';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript' };
 
 const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
@@ -55,11 +57,12 @@ async function main() {
         page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
         page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
         // web/ as the allowed origin's site: demo.html, riptide-session.js, g711.js, worklets.js.
-        await page.route(`${ALLOWED}/**`, (r) => {
+        const serveWeb = (r) => {
             const file = path.join(WEB_DIR, path.basename(new URL(r.request().url()).pathname) || 'demo.html');
             if (!fs.existsSync(file)) return r.fulfill({ status: 404, body: 'not found' });
             return r.fulfill({ body: fs.readFileSync(file), contentType: TYPES[path.extname(file)] ?? 'application/octet-stream' });
-        });
+        };
+        await page.route(`${ALLOWED}/**`, serveWeb);
         const settings = new URLSearchParams({ base: RIPTIDE_URL, tg: 'local', token: TOKEN, number: DIAL });
         await page.goto(`${ALLOWED}/demo.html#${settings}`);
         // The page has loaded its modules and worklets; from now on every request goes to the
@@ -125,6 +128,35 @@ async function main() {
             `datagrams sent ${s4.datagramsSent}, received ${s4.datagramsReceived}; RTP lost ${s4.packetsLost} ` +
             `of ${s4.rtpReceived + s4.packetsLost}; jitter buffer concealed ${s4.playout?.concealed ?? '-'}, ` +
             `late ${s4.playout?.late ?? '-'}, dropped ${s4.playout?.dropped ?? '-'}, underruns ${s4.playout?.underruns ?? '-'}`);
+
+        // The same dial pad on an origin riptide does not allow cannot call: the library's POST
+        // fails with a CORS error, the session goes back to noSession, and riptide creates no
+        // call (no 201 among its answers).
+        await ctx.grantPermissions(['local-network-access', 'microphone'], { origin: DENIED });
+        const evil = await ctx.newPage();
+        await evil.route(`${DENIED}/**`, serveWeb);
+        await evil.goto(`${DENIED}/demo.html#${settings}`);
+        await evil.evaluate(() => window.session.ready);
+        await evil.unrouteAll();
+        const evilStates = [];
+        await evil.exposeFunction('noteState', (s) => evilStates.push(s));
+        await evil.evaluate(() => {
+            const prev = window.session.onSessionStateChange;
+            window.session.onSessionStateChange = (s, o) => { prev?.(s, o); window.noteState(s); };
+        });
+        const before = await responses(ADMIN_URL);
+        await evil.click('#call');
+        let refused = true;
+        await evil.waitForFunction(
+            () => window.session.sessionState === 'noSession' && window.session.stats.endReason, null,
+            { timeout: 10000 }).catch(() => { refused = false; });
+        const after = await responses(ADMIN_URL);
+        const created = (after['201'] ?? 0) - (before['201'] ?? 0);
+        const why = await evil.evaluate(() => window.session.stats.endReason);
+        check('call: the dial pad on a disallowed origin cannot call (CORS refusal, back to noSession, no call created)',
+            refused && !evilStates.includes('inSession') && created === 0 && /fetch/i.test(String(why)),
+            `states: ${evilStates.join(' → ')}; end: ${why}; calls created: ${created}; riptide answered ${JSON.stringify(Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, d]) => d)))}`);
+        await shot(evil, 'call-4-disallowed-origin.png');
     } finally {
         fs.writeFileSync(path.join(OUT, 'call-console.log'), consoleLog.join('\n') + '\n');
         await ctx.close();

@@ -23,7 +23,7 @@
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, run } from './harness.mjs';
+import { check, env, responses as responsesAt, run } from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
@@ -40,14 +40,7 @@ const NETLOG = path.join(OUT, 'netlog.json');
 
 
 // riptide_http_responses_total by status, from the admin listener.
-async function responses() {
-    const text = await (await fetch(`${ADMIN_URL}/metrics`)).text();
-    const by = {};
-    for (const m of text.matchAll(/^riptide_http_responses_total\{status="(\d+)"\} (\d+)/gm)) {
-        by[m[1]] = Number(m[2]);
-    }
-    return by;
-}
+const responses = () => responsesAt(ADMIN_URL);
 // Runs step() and returns [its result, riptide's answers during it by status].
 async function counted(step) {
     const before = await responses();

@@ -16,6 +16,16 @@ export function check(name, ok, detail) {
     console.log(`${ok ? 'PASS' : 'FAIL'} ${name}${detail ? ` (${detail})` : ''}`);
 }
 
+// riptide_http_responses_total by status, from the admin listener at `adminUrl`.
+export async function responses(adminUrl) {
+    const text = await (await fetch(`${adminUrl}/metrics`)).text();
+    const by = {};
+    for (const m of text.matchAll(/^riptide_http_responses_total\{status="(\d+)"\} (\d+)/gm)) {
+        by[m[1]] = Number(m[2]);
+    }
+    return by;
+}
+
 // Runs `main`; an exception is a failed check named `what`. Exit status 1 when any check failed.
 export async function run(what, main) {
     try {

@@ -242,8 +242,8 @@ MIC_WAV="$OUT/mic-440hz.wav"
 sox -n -r 48000 -c 1 -b 16 "$MIC_WAV" synth 60 sine 440 vol 0.5
 # What the gateway sends the UAS's media port.
 start_capture "$OUT/call.pcap" "udp and dst port $TONE_MEDIA"
-RIPTIDE_URL="https://127.0.0.1:$H3_PORT" SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" \
-    CHROMIUM="$(command -v chromium)" WEB_DIR="$REPO_ROOT/web" TONE_WAV="$MIC_WAV" DIAL=+15550100 \
+RIPTIDE_URL="https://127.0.0.1:$H3_PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" \
+    SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" CHROMIUM="$(command -v chromium)" WEB_DIR="$REPO_ROOT/web" TONE_WAV="$MIC_WAV" DIAL=+15550100 \
     timeout 90 node "$HERE/call_e2e.mjs" | tee -a "$OUT/results.txt"
 call_rc=${PIPESTATUS[0]}
 [ "$rc" != 0 ] || rc=$call_rc
