@@ -10,10 +10,9 @@
 //   TONE_WAV    the WAV the fake microphone plays
 //   DIAL        the number to dial
 // Prints one PASS/FAIL line per check and a FIGURES line; exit status 1 when any check failed.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, responses, run } from './harness.mjs';
+import { check, env, launchChromium, responses, run } from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
@@ -32,18 +31,10 @@ const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullP
 const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 async function main() {
-    const profile = path.join(OUT, 'profile-call');
-    fs.rmSync(profile, { recursive: true, force: true });
-    const ctx = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: [
-            '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-            '--disable-component-update', '--disable-sync', '--disable-default-apps',
-            '--disable-domain-reliability', '--disable-client-side-phishing-detection', '--no-pings',
-            '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-            `--origin-to-force-quic-on=${new URL(RIPTIDE_URL).host}`,
-            `--ignore-certificate-errors-spki-list=${SPKI}`,
+    const ctx = await launchChromium({
+        executable: CHROMIUM, out: OUT, profileName: 'profile-call',
+        riptideHost: new URL(RIPTIDE_URL).host, spki: SPKI,
+        extraArgs: [
             // The microphone: a fake device playing the WAV, no permission prompt.
             '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
             `--use-file-for-fake-audio-capture=${TONE_WAV}`,

@@ -20,10 +20,9 @@
 // riptide itself answered the preflight or the CONNECT, with which status), and Chromium's net
 // log (the answers as they came off the wire, over HTTP/3, with or without
 // Access-Control-Allow-Origin).
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, responses as responsesAt, run } from './harness.mjs';
+import { check, env, launchChromium, responses as responsesAt, run } from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
@@ -144,24 +143,9 @@ const progressed = (r) => r.events.some((e) => ['alerting', 'answered', 'decline
 const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
 
 async function main() {
-    const profile = path.join(OUT, 'profile');
-    fs.rmSync(profile, { recursive: true, force: true });
-    // A fresh profile per run: Chromium caches certificate decisions and preflights per profile.
-    const ctx = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: [
-            '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-            '--disable-component-update', '--disable-sync', '--disable-default-apps',
-            '--disable-domain-reliability', '--disable-client-side-phishing-detection', '--no-pings',
-            // Nothing leaves the machine: every name but loopback fails to resolve.
-            '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-            // HTTP/3 to riptide without an Alt-Svc from a TCP listener (riptide has none), and
-            // its self-signed certificate accepted by public key only.
-            `--origin-to-force-quic-on=${hostPort}`,
-            `--ignore-certificate-errors-spki-list=${SPKI}`,
-            `--log-net-log=${NETLOG}`,
-        ],
+    const ctx = await launchChromium({
+        executable: CHROMIUM, out: OUT, profileName: 'profile', riptideHost: hostPort, spki: SPKI,
+        extraArgs: [`--log-net-log=${NETLOG}`],
     });
     try {
         // Local Network Access: a public origin may reach loopback only with the user's consent.
