@@ -113,8 +113,8 @@ fn start_repo(rt: &tokio::runtime::Runtime, pki: &TestPki) -> (u16, FetchConfig)
 
     let roots = ok(roots_from_der(&[ck.cert.der().clone()]), "roots");
     let mut cfg = FetchConfig::new(roots);
-    cfg.allowed_hosts = vec![REPO_HOST.into()];
-    cfg.resolver = Some(Arc::new(|host: &str, port: u16| {
+    cfg.guard.allowed_hosts = vec![REPO_HOST.into()];
+    cfg.guard.resolver = Some(Arc::new(|host: &str, port: u16| {
         if host == REPO_HOST {
             Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)])
         } else {

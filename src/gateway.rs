@@ -423,7 +423,7 @@ pub fn stir_fetcher(cfg: &Config) -> anyhow::Result<Option<crate::stir::fetch::X
     };
     let mut fc = crate::stir::fetch::FetchConfig::from_ca_file(&cfg.resolve_path(ca))
         .context("stir.x5u_ca")?;
-    fc.allowed_hosts = st.x5u_allow_hosts.clone();
+    fc.guard.allowed_hosts = st.x5u_allow_hosts.clone();
     Ok(Some(crate::stir::fetch::X5uFetcher::new(fc)?))
 }
 

@@ -105,8 +105,8 @@ fn test_config(tls: &RepoTls, clock: &TestClock) -> FetchConfig {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(tls.cert.der().clone()).unwrap();
     let mut cfg = FetchConfig::new(roots);
-    cfg.allowed_hosts = vec!["repo.test".into()];
-    cfg.resolver = Some(Arc::new(|host: &str, port: u16| {
+    cfg.guard.allowed_hosts = vec!["repo.test".into()];
+    cfg.guard.resolver = Some(Arc::new(|host: &str, port: u16| {
         let ip = match host {
             "repo.test" | "loop.test" => Ipv4Addr::LOCALHOST,
             "private.test" => Ipv4Addr::new(10, 0, 0, 1),
@@ -363,12 +363,12 @@ async fn timeout_when_the_server_never_answers() {
     let tls = repo_tls();
     let clock = TestClock::new();
     assert_eq!(
-        test_config(&tls, &clock).timeout,
+        test_config(&tls, &clock).guard.timeout,
         Duration::from_secs(3),
         "the production default is 3 s"
     );
     let mut cfg = test_config(&tls, &clock);
-    cfg.timeout = Duration::from_millis(300);
+    cfg.guard.timeout = Duration::from_millis(300);
     let f = X5uFetcher::new(cfg).unwrap();
 
     // Accepts TCP, never speaks TLS.

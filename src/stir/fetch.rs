@@ -108,17 +108,10 @@ impl Clock for SystemClock {
 /// Settings of an [`X5uFetcher`]; [`FetchConfig::new`] gives the production defaults.
 #[derive(Clone)]
 pub struct FetchConfig {
-    /// Total deadline of one fetch (default 3 s).
-    pub timeout: Duration,
-    /// Largest accepted body in bytes (default 64 KiB).
-    pub max_body: usize,
-    /// Hosts (DNS names or IP literals, compared case-insensitively) exempt from the SSRF
-    /// address check. Empty in production; tests put their loopback repository here.
-    pub allowed_hosts: Vec<String>,
-    /// Trust anchors for the repository's HTTPS server certificate.
-    pub roots: Arc<RootCertStore>,
-    /// `None`: `tokio::net::lookup_host`.
-    pub resolver: Option<Arc<dyn Resolve>>,
+    /// How each fetch reaches a repository: deadline (default 3 s), body cap (64 KiB), SSRF
+    /// allow-list (empty in production; tests put their loopback repository here), the
+    /// repositories' trust anchors and the resolver.
+    pub guard: GuardConfig,
     /// Source of time for cache expiry.
     pub clock: Arc<dyn Clock>,
     /// Floor of a positive entry's lifetime (default 24 h).
@@ -133,11 +126,7 @@ impl FetchConfig {
     /// Production defaults with `roots` as the HTTPS trust anchors.
     pub fn new(roots: impl Into<Arc<RootCertStore>>) -> FetchConfig {
         FetchConfig {
-            timeout: DEFAULT_TIMEOUT,
-            max_body: DEFAULT_MAX_BODY,
-            allowed_hosts: Vec::new(),
-            roots: roots.into(),
-            resolver: None,
+            guard: GuardConfig::new(roots),
             clock: Arc::new(SystemClock),
             min_ttl_secs: MIN_POSITIVE_TTL_SECS,
             negative_ttl_secs: NEGATIVE_TTL_SECS,
@@ -166,11 +155,7 @@ pub fn roots_from_der(certs: &[CertificateDer<'_>]) -> Result<RootCertStore, rus
 impl std::fmt::Debug for FetchConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FetchConfig")
-            .field("timeout", &self.timeout)
-            .field("max_body", &self.max_body)
-            .field("allowed_hosts", &self.allowed_hosts)
-            .field("roots", &self.roots.len())
-            .field("custom_resolver", &self.resolver.is_some())
+            .field("guard", &self.guard)
             .field("min_ttl_secs", &self.min_ttl_secs)
             .field("negative_ttl_secs", &self.negative_ttl_secs)
             .field("max_entries", &self.max_entries)
@@ -576,17 +561,11 @@ impl std::fmt::Debug for X5uFetcher {
 impl X5uFetcher {
     /// Builds the fetcher and its TLS client (ring provider, TLS 1.2/1.3, ALPN `http/1.1`).
     pub fn new(cfg: FetchConfig) -> anyhow::Result<X5uFetcher> {
-        if cfg.roots.is_empty() {
+        if cfg.guard.roots.is_empty() {
             anyhow::bail!("x5u fetcher: no trust anchors for HTTPS certificate repositories");
         }
         let client = GuardedClient::new(
-            GuardConfig {
-                timeout: cfg.timeout,
-                max_body: cfg.max_body,
-                allowed_hosts: cfg.allowed_hosts.clone(),
-                roots: cfg.roots.clone(),
-                resolver: cfg.resolver.clone(),
-            },
+            cfg.guard.clone(),
             concat!("riptide-x5u/", env!("CARGO_PKG_VERSION")),
         )
         .map_err(|e| anyhow::anyhow!("x5u fetcher: {e}"))?;
@@ -1367,12 +1346,12 @@ mod tests {
     fn defaults_and_empty_roots() {
         let f = fetcher(|_| {});
         let c = f.config();
-        assert_eq!(c.timeout, Duration::from_secs(3));
-        assert_eq!(c.max_body, 64 * 1024);
+        assert_eq!(c.guard.timeout, Duration::from_secs(3));
+        assert_eq!(c.guard.max_body, 64 * 1024);
         assert_eq!(c.min_ttl_secs, 24 * 3600);
         assert_eq!(c.negative_ttl_secs, 30);
         assert_eq!(c.max_entries, 10_000);
-        assert!(c.allowed_hosts.is_empty() && c.resolver.is_none());
+        assert!(c.guard.allowed_hosts.is_empty() && c.guard.resolver.is_none());
         let err = X5uFetcher::new(FetchConfig::new(RootCertStore::empty())).unwrap_err();
         assert!(err.to_string().contains("trust anchors"), "{err}");
     }
@@ -1382,7 +1361,7 @@ mod tests {
         let calls = Arc::new(AtomicU64::new(0));
         let c = calls.clone();
         let f = fetcher(move |cfg| {
-            cfg.resolver = Some(Arc::new(move |host: &str, port: u16| {
+            cfg.guard.resolver = Some(Arc::new(move |host: &str, port: u16| {
                 c.fetch_add(1, Ordering::Relaxed);
                 let ip: IpAddr = match host {
                     "meta.test" => "169.254.169.254".parse().unwrap(),
@@ -1422,7 +1401,7 @@ mod tests {
     #[tokio::test]
     async fn resolve_failure_is_reported() {
         let f = fetcher(|cfg| {
-            cfg.resolver = Some(Arc::new(|_: &str, _: u16| {
+            cfg.guard.resolver = Some(Arc::new(|_: &str, _: u16| {
                 Err(io::Error::new(io::ErrorKind::NotFound, "NXDOMAIN"))
             }));
         });
@@ -1431,7 +1410,7 @@ mod tests {
             matches!(&err, FetchError::Resolve(m) if m.contains("nx.test") && m.contains("NXDOMAIN")),
             "{err}"
         );
-        let f = fetcher(|cfg| cfg.resolver = Some(Arc::new(|_: &str, _: u16| Ok(vec![]))));
+        let f = fetcher(|cfg| cfg.guard.resolver = Some(Arc::new(|_: &str, _: u16| Ok(vec![]))));
         let err = f.fetch("https://empty.test/x.pem").await.unwrap_err();
         assert!(matches!(err, FetchError::Resolve(_)), "{err}");
     }
@@ -1443,7 +1422,7 @@ mod tests {
         let f = fetcher(move |cfg| {
             cfg.max_entries = 20;
             cfg.clock = Arc::new(move || n.load(Ordering::Relaxed));
-            cfg.resolver = Some(Arc::new(|_: &str, _: u16| {
+            cfg.guard.resolver = Some(Arc::new(|_: &str, _: u16| {
                 Err(io::Error::new(io::ErrorKind::NotFound, "NXDOMAIN"))
             }));
         });
