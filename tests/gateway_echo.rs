@@ -2,6 +2,8 @@
 //! crosses to the gateway's own HTTP/3 server and its RTP comes back; malformed input is answered
 //! or dropped and counted without disturbing the call; TCP keep-alives are answered.
 
+mod common;
+
 use riptide::config::{self, Config};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -84,21 +86,7 @@ async fn h3_get(
     token: Option<&str>,
 ) -> (u16, String) {
     use bytes::Bytes;
-    let id = riptide::tls::load_or_generate(data_dir, "localhost", None, None).expect("identity");
-    let mut cfg = riptide::config::embedded_default();
-    cfg.base_dir = ".".into();
-    let peer = riptide::config::RiptPeerConfig {
-        name: "probe".into(),
-        url: format!("https://{addr}"),
-        server_name: Some("localhost".into()),
-        tg: "local".into(),
-        ca_file: None,
-        pin_sha256: Some(id.fingerprint_sha256.clone()),
-        token: Some("x".into()),
-        token_file: None,
-        codecs: riptide::config::default_codecs(),
-    };
-    let client_cfg = riptide::tls::quic_client_config(&peer, &cfg).expect("client config");
+    let client_cfg = common::pinned_client_config(addr, data_dir);
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = ep
         .connect_with(client_cfg, addr, "localhost")

@@ -4,6 +4,8 @@
 //! in-process with `[oauth]` pointing at it, and HTTP/3 requests carry the tokens. The
 //! verifiers are also driven directly with a settable clock for the time-based rules.
 
+mod common;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -414,21 +416,7 @@ struct H3 {
 
 impl H3 {
     async fn connect(addr: SocketAddr, data_dir: &Path) -> H3 {
-        let id = riptide::tls::load_or_generate(data_dir, "localhost", None, None).unwrap();
-        let mut cfg = riptide::config::embedded_default();
-        cfg.base_dir = ".".into();
-        let peer = riptide::config::RiptPeerConfig {
-            name: "probe".into(),
-            url: format!("https://{addr}"),
-            server_name: Some("localhost".into()),
-            tg: "local".into(),
-            ca_file: None,
-            pin_sha256: Some(id.fingerprint_sha256.clone()),
-            token: Some("x".into()),
-            token_file: None,
-            codecs: riptide::config::default_codecs(),
-        };
-        let client_cfg = riptide::tls::quic_client_config(&peer, &cfg).unwrap();
+        let client_cfg = common::pinned_client_config(addr, data_dir);
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let conn = ep
             .connect_with(client_cfg, addr, "localhost")
