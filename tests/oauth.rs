@@ -615,6 +615,18 @@ fn unknown_kid() -> Result<riptide::auth::Principal, AuthError> {
     Err(AuthError::Invalid("unknown key id".into()))
 }
 
+/// A JWKS verifier for the test issuer on `port`, reading time from `clock`.
+fn jwks_on_clock(tls: &AsTls, port: u16, clock: &TestClock) -> JwksVerifier {
+    let mut s = JwksSettings::new(
+        format!("https://localhost:{port}/jwks"),
+        ISS,
+        "riptide",
+        guard(tls),
+    );
+    s.clock = clock.arc();
+    JwksVerifier::new(s).unwrap()
+}
+
 #[tokio::test]
 async fn unknown_kids_refetch_once_per_interval_on_the_clock() {
     let tls = as_tls();
@@ -622,14 +634,7 @@ async fn unknown_kids_refetch_once_per_interval_on_the_clock() {
     let state = AsState::new(serde_json::json!({"keys": [ec1.jwk()]}));
     let port = start_as(&tls, state.clone()).await;
     let clock = TestClock::new();
-    let mut s = JwksSettings::new(
-        format!("https://localhost:{port}/jwks"),
-        ISS,
-        "riptide",
-        guard(&tls),
-    );
-    s.clock = clock.arc();
-    let v = JwksVerifier::new(s).unwrap();
+    let v = jwks_on_clock(&tls, port, &clock);
     assert_eq!(v.fetches(), 0, "nothing is fetched before a token arrives");
 
     assert!(check(&v, &ec1.token("calls:write")).await.is_ok());
@@ -697,14 +702,7 @@ async fn without_any_keys_tokens_fail_closed_and_fetches_wait_the_interval() {
     state.jwks_fail.store(true, Ordering::SeqCst);
     let port = start_as(&tls, state.clone()).await;
     let clock = TestClock::new();
-    let mut s = JwksSettings::new(
-        format!("https://localhost:{port}/jwks"),
-        ISS,
-        "riptide",
-        guard(&tls),
-    );
-    s.clock = clock.arc();
-    let v = JwksVerifier::new(s).unwrap();
+    let v = jwks_on_clock(&tls, port, &clock);
     for _ in 0..5 {
         match check(&v, &ec1.token("")).await {
             Err(e @ AuthError::Unavailable { .. }) => {
