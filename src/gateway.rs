@@ -2,7 +2,9 @@
 
 use crate::auth::LocalIssuer;
 use crate::bridge::driver::{self, Sinks};
-use crate::bridge::engine::{Engine, EngineConfig, PeerInfo, TgInfo, TgRoute, TgTarget, TrunkInfo};
+use crate::bridge::engine::{
+    Engine, EngineConfig, PeerInfo, SipTarget, TgInfo, TgRoute, TgTarget, TrunkInfo,
+};
 use crate::bridge::secure::MediaPolicy;
 use crate::config::{Config, RiptPeerConfig};
 use crate::media::MediaHub;
@@ -100,7 +102,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     // HTTP/3 client role: configured peers, plus this gateway itself when a route names it.
     let mut peer_cfgs = cfg.ript_peers.clone();
-    if cfg.sip_routes.iter().any(|r| r.ript_peer == SELF_PEER) {
+    if cfg
+        .sip_routes
+        .iter()
+        .any(|r| r.ript_peer.as_deref() == Some(SELF_PEER))
+    {
         let tg = cfg
             .tgs
             .first()
@@ -531,11 +537,17 @@ pub async fn engine_config(
     }
     let mut sip_routes = Vec::new();
     for r in &cfg.sip_routes {
-        let i = peers
-            .iter()
-            .position(|p| p.name == r.ript_peer)
-            .ok_or_else(|| anyhow!("sip_route: unknown ript_peer {}", r.ript_peer))?;
-        sip_routes.push((r.prefix.clone(), i));
+        let target = match (&r.ript_peer, &r.handlers) {
+            (_, Some(tg)) => SipTarget::Handlers(tg.clone()),
+            (Some(peer), None) => SipTarget::Peer(
+                peers
+                    .iter()
+                    .position(|p| &p.name == peer)
+                    .ok_or_else(|| anyhow!("sip_route: unknown ript_peer {peer}"))?,
+            ),
+            (None, None) => return Err(anyhow!("sip_route {:?} goes nowhere", r.prefix)),
+        };
+        sip_routes.push((r.prefix.clone(), target));
     }
     Ok(EngineConfig {
         node: cfg.general.node_name.clone(),

@@ -64,7 +64,7 @@ fn pair_files_load_with_paths_relative_to_the_file() {
         "127.0.0.1:4433".parse::<std::net::SocketAddr>().unwrap()
     );
     assert_eq!(a.ript_peers[0].url, "https://127.0.0.1:4434");
-    assert_eq!(a.sip_routes[0].ript_peer, "b");
+    assert_eq!(a.sip_routes[0].ript_peer.as_deref(), Some("b"));
     let ca = a.resolve_path(a.ript_peers[0].ca_file.as_deref().unwrap());
     assert_eq!(ca, shipped("../interop/out/b/cert.pem"));
     assert_eq!(

@@ -5,7 +5,8 @@
 use std::fmt::Debug;
 
 use riptide::ript::model::{
-    Advertisement, CallDescription, CallRequest, Event, Handler, ProblemBody, TgDescription, TgList,
+    Advertisement, CallDescription, CallRequest, CallTake, Event, Handler, ProblemBody,
+    TgDescription, TgList,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -75,6 +76,7 @@ fn dispatch(b: &Block, type_name: &str) -> Result<(), String> {
         "Handler" => check::<Handler>(b),
         "CallRequest" => check::<CallRequest>(b),
         "CallDescription" => check::<CallDescription>(b),
+        "CallTake" => check::<CallTake>(b),
         "Event" => check::<Event>(b),
         "Vec<Event>" => check::<Vec<Event>>(b),
         "ProblemBody" => check::<ProblemBody>(b),
@@ -126,6 +128,7 @@ fn every_event_name_is_documented_with_an_example() {
         "migrate",
         "media-panic",
         "hold",
+        "incoming",
     ] {
         assert!(
             doc.contains(&format!("| `{name}` |")),
@@ -142,7 +145,7 @@ fn every_event_name_is_documented_with_an_example() {
         .flatten()
         .collect();
     for name in [
-        "alerting", "answered", "failed", "end", "migrate", "hold", "ping", "pong",
+        "alerting", "answered", "failed", "end", "migrate", "hold", "ping", "pong", "incoming",
     ] {
         assert!(
             examples.iter().any(|e| e.name.as_str() == name),

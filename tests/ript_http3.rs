@@ -8,7 +8,10 @@ use riptide::config::{MediaConfig, TgConfig};
 use riptide::media::{MediaCmd, MediaHub};
 use riptide::metrics::Metrics;
 use riptide::ript::client::{spawn_client, ClientCtx, PeerRuntime};
-use riptide::ript::model::{CallDescription, CallRequest, CallState, Event, EventName, Proposal};
+use riptide::ript::events::EventDecoder;
+use riptide::ript::model::{
+    CallDescription, CallDirection, CallRequest, CallState, Event, EventName, Proposal,
+};
 use riptide::ript::server::{spawn_server, CorsPolicy, ServerCtx};
 use riptide::ript::{CallAccepted, Problem, RiptCmd, RiptEvent};
 use riptide::CallKey;
@@ -37,6 +40,13 @@ impl TokenVerifier for TestVerifier {
             "gateway" => &["calls:write", "tgs:read", "handlers:write", "stir:verstat"],
             // Discovery only: calls and handlers get 403 insufficient_scope.
             "narrow" => &["tgs:read"],
+            // Another client with every scope: it cannot touch "tester"'s handlers.
+            "other" => {
+                return Ok(Principal {
+                    subject: "other".into(),
+                    scopes: all.iter().map(|s| s.to_string()).collect(),
+                })
+            }
             _ => return Err(AuthError::Invalid("unknown token".into())),
         };
         Ok(Principal {
@@ -143,6 +153,7 @@ async fn fake_engine(
                         description: CallDescription {
                             uri: String::new(),
                             handler: None,
+                            direction: None,
                             destination: request.destination.clone(),
                             from: request.from.clone(),
                             state: CallState::Proceeding,
@@ -162,6 +173,25 @@ async fn fake_engine(
                 cmd.send(RiptCmd::ServerSend {
                     call: *call,
                     event: event.clone(),
+                })
+                .unwrap();
+            }
+            // Every take of an offered call is granted; the driver must refuse the ones that
+            // are not the handler owner's, or come second.
+            RiptEvent::TakeCall { req, handler, .. } => {
+                let description = CallDescription {
+                    uri: String::new(),
+                    handler: handler.uri.clone(),
+                    direction: Some(CallDirection::Inbound),
+                    destination: "page".into(),
+                    from: Some("+12155551212".into()),
+                    state: CallState::Proceeding,
+                    proposal: Proposal::default(),
+                    media_ticket: None,
+                };
+                cmd.send(RiptCmd::RespondTake {
+                    req: *req,
+                    result: Ok(description),
                 })
                 .unwrap();
             }
@@ -1262,4 +1292,370 @@ async fn browser_calls_get_a_single_use_media_ticket() {
     );
     let (status, _, _) = h.send(wt(&forged, None, &origin)).await;
     assert_eq!(status, 401);
+}
+
+/// An open streaming `GET` (a handler's or a call's events) read event by event.
+struct EventReader {
+    stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    dec: EventDecoder,
+    // The connection lives as long as the reader: its request sender and endpoint.
+    _send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    _ep: quinn::Endpoint,
+}
+
+impl EventReader {
+    /// The next event, or `None` when the server closed the stream.
+    async fn next(&mut self) -> Option<Event> {
+        tokio::time::timeout(HANG, async {
+            loop {
+                if let Some(ev) = self.dec.next_event() {
+                    return Some(ev.expect("decodable event"));
+                }
+                match self.stream.recv_data().await {
+                    Ok(Some(mut chunk)) => {
+                        let b = chunk.copy_to_bytes(chunk.remaining());
+                        self.dec.push(&b);
+                    }
+                    _ => return None,
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for an event")
+    }
+
+    /// The next event that is not a keepalive.
+    async fn next_real(&mut self) -> Option<Event> {
+        loop {
+            match self.next().await {
+                Some(e) if e.name == EventName::Ping => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Harness {
+    /// Opens a streaming GET of `path`: its status, and the reader when it is 200.
+    async fn stream(&self, path: &str, token: &str) -> (http::StatusCode, Option<EventReader>) {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, mut send) = h3::client::builder()
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let req = http::Request::get(format!(
+            "https://localhost:{}{path}",
+            self.server_addr.port()
+        ))
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+        let mut stream = send.send_request(req).await.unwrap();
+        stream.finish().await.unwrap();
+        let resp = tokio::time::timeout(HANG, stream.recv_response())
+            .await
+            .expect("no response")
+            .unwrap();
+        if resp.status() != http::StatusCode::OK {
+            return (resp.status(), None);
+        }
+        let reader = EventReader {
+            stream,
+            dec: EventDecoder::new(),
+            _send: send,
+            _ep: ep,
+        };
+        (resp.status(), Some(reader))
+    }
+
+    /// Offers server-side call `key` as `{TG}/calls/{id}` and returns how many handlers rang.
+    async fn offer(&mut self, key: CallKey, id: &str) -> usize {
+        self.server_cmd
+            .send(RiptCmd::Offer {
+                call: key,
+                tg: TG.into(),
+                id: id.into(),
+                description: CallDescription {
+                    uri: String::new(),
+                    handler: None,
+                    direction: Some(CallDirection::Inbound),
+                    destination: "page".into(),
+                    from: Some("+12155551212".into()),
+                    state: CallState::Proceeding,
+                    proposal: Proposal::default(),
+                    media_ticket: None,
+                },
+            })
+            .unwrap();
+        next_u(&mut self.server_seen, |e| match e {
+            RiptEvent::Offered { call, handlers } if call == key => Some(handlers),
+            _ => None,
+        })
+        .await
+    }
+}
+
+const HANDLER_BODY: &str = r#"{"handler-id":"HID","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000,"payloadType":0}]}}"#;
+
+fn handler_body(id: &str) -> String {
+    HANDLER_BODY.replace("HID", id)
+}
+
+/// protocol.md §2.3: handlers belong to the client that registered them.
+#[tokio::test]
+async fn handlers_belong_to_the_client_that_registered_them() {
+    let h = harness().await;
+    let base = format!("{PREFIX}/{TG}/handlers");
+    let one = format!("{base}/h1");
+    let (st, hd, body) = h
+        .raw(
+            http::Method::POST,
+            &base,
+            Some("good"),
+            Some(&handler_body("h1")),
+        )
+        .await;
+    assert_eq!(st, 201, "{body:?}");
+    assert!(hv(&hd, "location").unwrap().ends_with(&one));
+    // Someone else's id: 409 on POST and PUT; their handler is not found for us.
+    let (st, _, _) = h
+        .raw(
+            http::Method::POST,
+            &base,
+            Some("other"),
+            Some(&handler_body("h1")),
+        )
+        .await;
+    assert_eq!(st, 409);
+    let (st, _, _) = h
+        .raw(
+            http::Method::PUT,
+            &one,
+            Some("other"),
+            Some(&handler_body("h1")),
+        )
+        .await;
+    assert_eq!(st, 409);
+    for m in [http::Method::GET, http::Method::DELETE] {
+        let (st, _, _) = h.raw(m, &one, Some("other"), None).await;
+        assert_eq!(st, 404);
+    }
+    let (st, _) = h.stream(&format!("{one}/events"), "other").await;
+    assert_eq!(st, 404);
+    // The owner reads, replaces (200), creates by PUT (201) and removes it.
+    let (st, _, body) = h.raw(http::Method::GET, &one, Some("good"), None).await;
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["uri"].as_str().unwrap().ends_with(&one));
+    let (st, _, _) = h
+        .raw(
+            http::Method::PUT,
+            &one,
+            Some("good"),
+            Some(&handler_body("h1")),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, _, _) = h
+        .raw(
+            http::Method::PUT,
+            &one,
+            Some("good"),
+            Some(&handler_body("h9")),
+        )
+        .await;
+    assert_eq!(st, 400, "the body names another handler");
+    let (st, _, _) = h
+        .raw(
+            http::Method::PUT,
+            &format!("{base}/h2"),
+            Some("good"),
+            Some(&handler_body("h2")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (st, _, _) = h.raw(http::Method::DELETE, &one, Some("good"), None).await;
+    assert_eq!(st, 204);
+    let (st, _, _) = h.raw(http::Method::GET, &one, Some("good"), None).await;
+    assert_eq!(st, 404);
+    // A call naming a handler that is not registered (any more) is refused before the engine.
+    let call = r#"{"destination":"200","handler":"HURI"}"#.replace(
+        "HURI",
+        &format!("https://localhost:{}{one}", h.server_addr.port()),
+    );
+    let (st, _, body) = h
+        .raw(
+            http::Method::POST,
+            &format!("{PREFIX}/{TG}/calls"),
+            Some("good"),
+            Some(&call),
+        )
+        .await;
+    assert_eq!(st, 400, "{body:?}");
+}
+
+/// protocol.md §2.7: an offered call rings every reachable handler; one takes it, the others
+/// stop ringing; the caller giving up stops the ringing everywhere.
+#[tokio::test]
+async fn offered_calls_ring_handlers_and_one_takes_each() {
+    let mut h = harness().await;
+    let base = format!("{PREFIX}/{TG}/handlers");
+    // No handler reachable yet: nobody rings.
+    assert_eq!(h.offer(CallKey(900), "in0").await, 0);
+    h.server_cmd
+        .send(RiptCmd::ServerEnd { call: CallKey(900) })
+        .unwrap();
+    for id in ["h1", "h2"] {
+        let (st, _, _) = h
+            .raw(
+                http::Method::POST,
+                &base,
+                Some("good"),
+                Some(&handler_body(id)),
+            )
+            .await;
+        assert_eq!(st, 201);
+    }
+    // Registered but not listening: still not reachable.
+    assert_eq!(h.offer(CallKey(901), "in1").await, 0);
+    h.server_cmd
+        .send(RiptCmd::ServerEnd { call: CallKey(901) })
+        .unwrap();
+    let (_, r1) = h.stream(&format!("{base}/h1/events"), "good").await;
+    let (_, r2) = h.stream(&format!("{base}/h2/events"), "good").await;
+    let (mut r1, mut r2) = (r1.unwrap(), r2.unwrap());
+
+    assert_eq!(h.offer(CallKey(902), "in2").await, 2);
+    let call_path = format!("{PREFIX}/{TG}/calls/in2");
+    for r in [&mut r1, &mut r2] {
+        let ev = r.next_real().await.expect("incoming");
+        assert_eq!(ev.name, EventName::Incoming);
+        assert!(ev.call.as_deref().unwrap().ends_with(&call_path));
+        assert_eq!(ev.from.as_deref(), Some("+12155551212"));
+        assert_eq!(ev.destination.as_deref(), Some("page"));
+    }
+    let (st, _, body) = h
+        .raw(http::Method::GET, &call_path, Some("good"), None)
+        .await;
+    assert_eq!(st, 200);
+    let d: CallDescription = serde_json::from_slice(&body).unwrap();
+    assert_eq!(d.direction, Some(CallDirection::Inbound));
+
+    let h1_uri = format!("https://localhost:{}{base}/h1", h.server_addr.port());
+    let h2_uri = format!("https://localhost:{}{base}/h2", h.server_addr.port());
+    let take = |u: &str| format!(r#"{{"handler":"{u}"}}"#);
+    // Not the owner of h1: 403. A body that is not a take: 400.
+    let (st, _, _) = h
+        .raw(
+            http::Method::POST,
+            &call_path,
+            Some("other"),
+            Some(&take(&h1_uri)),
+        )
+        .await;
+    assert_eq!(st, 403);
+    let (st, _, _) = h
+        .raw(http::Method::POST, &call_path, Some("good"), Some("{}"))
+        .await;
+    assert_eq!(st, 400);
+    let (st, _, body) = h
+        .raw(
+            http::Method::POST,
+            &call_path,
+            Some("good"),
+            Some(&take(&h1_uri)),
+        )
+        .await;
+    assert_eq!(st, 200, "{body:?}");
+    let d: CallDescription = serde_json::from_slice(&body).unwrap();
+    assert_eq!(d.handler.as_deref(), Some(h1_uri.as_str()));
+    assert!(d.uri.ends_with(&call_path));
+    let taken = next_u(&mut h.server_seen, |e| match e {
+        RiptEvent::TakeCall { call, handler, .. } => Some((call, handler)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(taken.0, CallKey(902));
+    assert_eq!(taken.1.handler_id, "h1");
+    // h2 stops ringing; a second take is a conflict.
+    let ev = r2.next_real().await.expect("end on h2");
+    assert_eq!(ev.name, EventName::End);
+    assert!(ev.reason.unwrap().contains("Call completed elsewhere"));
+    let (st, _, _) = h
+        .raw(
+            http::Method::POST,
+            &call_path,
+            Some("good"),
+            Some(&take(&h2_uri)),
+        )
+        .await;
+    assert_eq!(st, 409);
+
+    // The next caller gives up while it rings on both.
+    assert_eq!(h.offer(CallKey(903), "in3").await, 2);
+    for r in [&mut r1, &mut r2] {
+        assert_eq!(r.next_real().await.unwrap().name, EventName::Incoming);
+    }
+    let mut end = Event::new(EventName::End);
+    end.reason = Some("SIP;cause=487;text=\"Request Terminated\"".into());
+    h.server_cmd
+        .send(RiptCmd::ServerSend {
+            call: CallKey(903),
+            event: end,
+        })
+        .unwrap();
+    h.server_cmd
+        .send(RiptCmd::ServerEnd { call: CallKey(903) })
+        .unwrap();
+    for r in [&mut r1, &mut r2] {
+        let ev = r.next_real().await.expect("end");
+        assert_eq!(ev.name, EventName::End);
+        assert!(ev.call.unwrap().ends_with("/calls/in3"));
+        assert!(ev.reason.unwrap().contains("cause=487"));
+    }
+    let (st, _, _) = h
+        .raw(
+            http::Method::POST,
+            &format!("{PREFIX}/{TG}/calls/in3"),
+            Some("good"),
+            Some(&take(&h1_uri)),
+        )
+        .await;
+    assert_eq!(st, 404);
+
+    // A handler that starts listening while a call rings gets it too.
+    assert_eq!(h.offer(CallKey(904), "in4").await, 2);
+    for r in [&mut r1, &mut r2] {
+        assert_eq!(r.next_real().await.unwrap().name, EventName::Incoming);
+    }
+    let (st, _, _) = h
+        .raw(
+            http::Method::POST,
+            &base,
+            Some("good"),
+            Some(&handler_body("h3")),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let (_, r3) = h.stream(&format!("{base}/h3/events"), "good").await;
+    let ev = r3.unwrap().next_real().await.expect("the ringing call");
+    assert!(ev.call.unwrap().ends_with("/calls/in4"));
+
+    // Removing a handler closes its stream.
+    let (st, _, _) = h
+        .raw(
+            http::Method::DELETE,
+            &format!("{base}/h2"),
+            Some("good"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert!(r2.next_real().await.is_none(), "h2's stream ends");
 }

@@ -171,6 +171,7 @@ fn calls_from_other_sources_and_requests_in_a_dialog_are_not_challenged() {
         description: CallDescription {
             uri: "https://localhost:4434/.well-known/ript/v1/providertgs/trunk/calls/x1".into(),
             handler: None,
+            direction: None,
             destination: "answer".into(),
             from: None,
             state: CallState::Proceeding,

@@ -112,11 +112,15 @@ fn dispatch(s: &Sinks, o: Output) {
             let to = match &cmd {
                 RiptCmd::RespondCall { .. }
                 | RiptCmd::ServerSend { .. }
-                | RiptCmd::ServerEnd { .. } => &s.ript_server,
+                | RiptCmd::ServerEnd { .. }
+                | RiptCmd::Offer { .. }
+                | RiptCmd::RespondTake { .. } => &s.ript_server,
                 RiptCmd::CreateCall { .. }
                 | RiptCmd::ClientSend { .. }
                 | RiptCmd::ClientReopenEvents { .. }
-                | RiptCmd::ClientClose { .. } => &s.ript_client,
+                | RiptCmd::ClientClose { .. }
+                | RiptCmd::RegisterHandler { .. }
+                | RiptCmd::TakeCall { .. } => &s.ript_client,
             };
             if to.send(cmd).is_err() {
                 warn!("HTTP/3 driver stopped; command dropped");

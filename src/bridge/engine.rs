@@ -15,7 +15,8 @@ use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Metrics};
 use crate::ript::model::{
-    self, CallDescription, CallRequest, CallState, Direction, Event, EventName, Proposal,
+    self, CallDescription, CallDirection, CallRequest, CallState, Direction, Event, EventName,
+    Proposal,
 };
 use crate::ript::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::sdp::{self, LocalSdp, SdpDirection};
@@ -79,6 +80,15 @@ pub enum Output {
 pub enum TgTarget {
     Echo,
     Trunk(usize),
+}
+
+/// Where SIP calls go, by destination prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SipTarget {
+    /// Over HTTP/3 to `peers[i]` (`POST {TG}/calls` as a client).
+    Peer(usize),
+    /// Ring the handlers registered on our own TG of that name (protocol.md §2.7).
+    Handlers(String),
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +200,7 @@ pub struct EngineConfig {
     pub max_calls: usize,
     pub no_answer_timeout: Duration,
     /// SIP → RIPT by longest prefix of the destination user part.
-    pub sip_routes: Vec<(String, usize)>,
+    pub sip_routes: Vec<(String, SipTarget)>,
     pub peers: Vec<PeerInfo>,
     pub tgs: Vec<TgInfo>,
     pub trunks: Vec<TrunkInfo>,
@@ -237,7 +247,7 @@ impl EngineConfig {
             t1: Duration::from_millis(500),
             max_calls: 200,
             no_answer_timeout: Duration::from_secs(60),
-            sip_routes: vec![(String::new(), 0)],
+            sip_routes: vec![(String::new(), SipTarget::Peer(0))],
             peers: vec![PeerInfo {
                 name: "b".into(),
                 codecs: crate::config::default_codecs(),
@@ -468,6 +478,9 @@ struct RiptLeg {
     echo: bool,
     /// Server role: pings sent since the client was last heard from.
     unanswered_pings: u8,
+    /// A SIP call offered to our handlers: the caller's codecs as an advertisement, until a
+    /// handler takes the call (then `proposal` is set).
+    caller_adv: Option<model::Advertisement>,
 }
 
 #[derive(Debug)]
@@ -988,13 +1001,21 @@ impl Engine {
         k
     }
 
-    fn route_sip(&self, user: &str) -> Option<usize> {
+    /// The URI of our server-role call `id` on `tg`.
+    fn call_uri(&self, tg: &str, id: &str) -> String {
+        format!(
+            "https://{}/.well-known/ript/v1/providertgs/{}/calls/{}",
+            self.cfg.http_authority, tg, id
+        )
+    }
+
+    fn route_sip(&self, user: &str) -> Option<SipTarget> {
         self.cfg
             .sip_routes
             .iter()
             .filter(|(p, _)| user.starts_with(p.as_str()))
             .max_by_key(|(p, _)| p.len())
-            .map(|(_, i)| *i)
+            .map(|(_, t)| t.clone())
     }
 
     /// An INVITE starting a call: verified first (STIR) when we verify, else placed at once.
@@ -1228,7 +1249,7 @@ impl Engine {
             me.respond(now, &m, code, reason, Some(&to_tag), &extra);
             me.count_rejected();
         };
-        let Some(peer) = self.route_sip(&destination) else {
+        let Some(target) = self.route_sip(&destination) else {
             reject(self, 404, "Not Found", Some("no route for destination"));
             return;
         };
@@ -1255,9 +1276,10 @@ impl Engine {
         };
         // A trunk that claims the source brings its media policy and codecs.
         let claimed = self.cfg.trunk_of_source(m.src);
-        let (policy, codecs) = match claimed {
-            Some(t) => (self.cfg.trunks[t].media, self.cfg.trunks[t].codecs.clone()),
-            None => (self.cfg.media, self.cfg.peers[peer].codecs.clone()),
+        let (policy, codecs) = match (claimed, &target) {
+            (Some(t), _) => (self.cfg.trunks[t].media, self.cfg.trunks[t].codecs.clone()),
+            (None, SipTarget::Peer(peer)) => (self.cfg.media, self.cfg.peers[*peer].codecs.clone()),
+            (None, SipTarget::Handlers(_)) => (self.cfg.media, crate::config::default_codecs()),
         };
         let adv = match negotiate::offer_to_advertisement(audio, &codecs) {
             Ok(a) => a,
@@ -1370,19 +1392,29 @@ impl Engine {
                 }
             }
         }
+        // A call for our handlers is a server-role call on that TG, created by us.
+        let (role, ript_id, ript_uri) = match &target {
+            SipTarget::Peer(peer) => (RiptRole::Client { peer: *peer }, None, None),
+            SipTarget::Handlers(tg) => {
+                let id = format!("{}-{}", self.cfg.node, uuid::Uuid::new_v4());
+                let uri = self.call_uri(tg, &id);
+                (RiptRole::Server, Some(id), Some(uri))
+            }
+        };
         let call = Call {
             phase: Phase::Setup,
             sip: Some(sip),
             ript: RiptLeg {
-                role: RiptRole::Client { peer },
-                id: None,
-                uri: None,
+                role,
+                id: ript_id,
+                uri: ript_uri,
                 out_seq: 0,
                 in_seq: None,
                 proposal: None,
                 reopen_attempts: 0,
                 echo: false,
                 unanswered_pings: 0,
+                caller_adv: None,
             },
             port: Some(port),
             destination: destination.clone(),
@@ -1400,7 +1432,10 @@ impl Engine {
         let _g = call.span.clone().entered();
         info!(
             %destination,
-            peer = %self.cfg.peers[peer].name,
+            to = %match &target {
+                SipTarget::Peer(peer) => format!("peer {}", self.cfg.peers[*peer].name),
+                SipTarget::Handlers(tg) => format!("handlers of TG {tg}"),
+            },
             trunk = claimed.map_or("-", |t| self.cfg.trunks[t].name.as_str()),
             media = negotiated.crypto.label(),
             ice = negotiated.ice.is_some(),
@@ -1422,6 +1457,41 @@ impl Engine {
             rtcp_mux,
             latching: policy.latching,
         }));
+        let na = self.cfg.no_answer_timeout;
+        if let SipTarget::Handlers(tg) = target {
+            // No PASSporT: the handler is our own client, and `verstat` is not carried to it.
+            if let Some(c) = self.calls.get_mut(&key) {
+                c.ript.caller_adv = Some(adv);
+            }
+            let Some(call) = self.calls.get(&key) else {
+                return;
+            };
+            let (Some(id), Some(uri)) = (call.ript.id.clone(), call.ript.uri.clone()) else {
+                return;
+            };
+            call.span.record("ript_call", id.as_str());
+            let description = CallDescription {
+                uri,
+                handler: None,
+                direction: Some(CallDirection::Inbound),
+                destination,
+                from: from_user,
+                state: CallState::Proceeding,
+                proposal: Proposal::default(),
+                media_ticket: None,
+            };
+            self.out.push_back(Output::Ript(RiptCmd::Offer {
+                call: key,
+                tg,
+                id,
+                description,
+            }));
+            self.arm(now, key, CallTimer::NoAnswer, na);
+            return;
+        }
+        let SipTarget::Peer(peer) = target else {
+            return;
+        };
         // A caller's PASSporT that verified travels on unchanged; else we sign (attest C).
         let passport =
             upstream.or_else(|| self.passport(now, key, from_user.as_deref(), &destination));
@@ -1439,7 +1509,6 @@ impl Engine {
         }));
         // The far side (or the HTTP/3 driver) may never answer: the caller is not kept waiting
         // longer than the no-answer timeout.
-        let na = self.cfg.no_answer_timeout;
         self.arm(now, key, CallTimer::NoAnswer, na);
     }
 
@@ -2370,7 +2439,12 @@ impl Engine {
             | RiptEvent::CallCreated { call, .. }
             | RiptEvent::CreateFailed { call, .. }
             | RiptEvent::ClientEvent { call, .. }
-            | RiptEvent::ClientEventsLost { call } => Some(*call),
+            | RiptEvent::ClientEventsLost { call }
+            | RiptEvent::Offered { call, .. }
+            | RiptEvent::TakeCall { call, .. } => Some(*call),
+            RiptEvent::HandlerRegistered { .. }
+            | RiptEvent::HandlerFailed { .. }
+            | RiptEvent::HandlerEvent { .. } => None,
         };
         let _g = key.map(|k| self.span(k).entered());
         match e {
@@ -2436,6 +2510,17 @@ impl Engine {
                 self.arm(now, call, CallTimer::EventsGrace, grace);
             }
             RiptEvent::ServerEventsOpened { call } => self.disarm(call, CallTimer::EventsGrace),
+            RiptEvent::Offered { call, handlers } => self.on_offered(now, call, handlers),
+            RiptEvent::TakeCall {
+                req,
+                call,
+                handler,
+                origin,
+            } => self.on_take(now, req, call, handler, origin),
+            // Handler registration is a client of someone else's gateway (`riptide answer`).
+            RiptEvent::HandlerRegistered { .. }
+            | RiptEvent::HandlerFailed { .. }
+            | RiptEvent::HandlerEvent { .. } => {}
         }
     }
 
@@ -2510,10 +2595,7 @@ impl Engine {
         };
         let key = self.new_key();
         let id = format!("{}-{}", self.cfg.node, uuid::Uuid::new_v4());
-        let uri = format!(
-            "https://{}/.well-known/ript/v1/providertgs/{}/calls/{}",
-            self.cfg.http_authority, tg, id
-        );
+        let uri = self.call_uri(&tg, &id);
         let proposal = negotiate::choose(&adv, &codecs);
         let mut call = Call {
             phase: Phase::Setup,
@@ -2528,6 +2610,7 @@ impl Engine {
                 reopen_attempts: 0,
                 echo: target == TgTarget::Echo,
                 unanswered_pings: 0,
+                caller_adv: None,
             },
             port: None,
             destination: request.destination.clone(),
@@ -2557,6 +2640,7 @@ impl Engine {
         let description = CallDescription {
             uri,
             handler: request.handler.clone(),
+            direction: None,
             destination: request.destination.clone(),
             from: request.from.clone(),
             state: CallState::Proceeding,
@@ -2726,6 +2810,156 @@ impl Engine {
         }
     }
 
+    /// The HTTP/3 server rang `handlers` handlers with our offer of a SIP call.
+    fn on_offered(&mut self, now: Instant, key: CallKey, handlers: usize) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.phase != Phase::Setup {
+            return;
+        }
+        if handlers == 0 {
+            info!(call = %key, "no handler reachable to ring");
+            self.final_to_caller(now, key, 480, "Temporarily Unavailable");
+            self.end_server_call(key);
+            self.finish(key, CallOutcome::NoAnswer);
+            return;
+        }
+        info!(call = %key, handlers, "ringing handlers");
+        self.provisional_to_caller(now, key, 180, "Ringing", false);
+    }
+
+    /// A handler takes the call we offered: the proposal comes from its advertisement and the
+    /// SIP caller's codecs, with the caller's payload types (the media is relayed as it is).
+    fn on_take(
+        &mut self,
+        now: Instant,
+        req: ReqId,
+        key: CallKey,
+        handler: model::Handler,
+        origin: Option<String>,
+    ) {
+        let refuse = |me: &mut Self, status: u16, title: &str, detail: String| {
+            me.out.push_back(Output::Ript(RiptCmd::RespondTake {
+                req,
+                result: Err(Problem::new(status, title, detail)),
+            }));
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return refuse(
+                self,
+                404,
+                "Not Found",
+                "the call is no longer ringing".into(),
+            );
+        };
+        if call.phase >= Phase::Answered {
+            return refuse(
+                self,
+                404,
+                "Not Found",
+                "the call is no longer ringing".into(),
+            );
+        }
+        if call.ript.proposal.is_some() {
+            return refuse(
+                self,
+                409,
+                "Conflict",
+                "the call was taken by another handler".into(),
+            );
+        }
+        let Some(caller) = call.ript.caller_adv.as_ref() else {
+            return refuse(
+                self,
+                400,
+                "Bad Request",
+                "the call was not offered to handlers".into(),
+            );
+        };
+        let allowed: Vec<String> = caller
+            .codecs
+            .iter()
+            .map(|c| c.codec_name().to_string())
+            .collect();
+        let mut proposal = match negotiate::choose(&handler.advertisement, &allowed) {
+            Ok(p) => p,
+            Err(e) => {
+                return refuse(
+                    self,
+                    400,
+                    "Bad Request",
+                    format!("no codec in common with the caller: {e}"),
+                )
+            }
+        };
+        for st in &mut proposal.streams {
+            let same = caller.codecs.iter().find(|c| {
+                c.media_type.eq_ignore_ascii_case(&st.media_type) && c.clock_rate == st.clock_rate
+            });
+            if let Some(pt) = same.and_then(|c| c.payload_type) {
+                st.payload_type = pt;
+            }
+        }
+        let (formats, ptime) = negotiate::proposal_to_formats(&proposal, Direction::S2c);
+        let info = call
+            .sip
+            .as_ref()
+            .and_then(|s| s.sec.as_ref())
+            .is_some_and(|s| s.policy.dtmf == crate::config::DtmfMode::Info);
+        if let Some(l) = call.sip.as_mut().and_then(|s| s.local_sdp.as_mut()) {
+            l.formats = formats.clone();
+            l.ptime = Some(ptime);
+        }
+        call.ript.proposal = Some(proposal.clone());
+        let state = if call.phase == Phase::Early {
+            CallState::Alerting
+        } else {
+            CallState::Proceeding
+        };
+        let description = CallDescription {
+            uri: call.ript.uri.clone().unwrap_or_default(),
+            handler: handler.uri.clone(),
+            direction: Some(CallDirection::Inbound),
+            destination: call.destination.clone(),
+            from: call.from.clone(),
+            state,
+            proposal,
+            media_ticket: None,
+        };
+        let _g = call.span.clone().entered();
+        info!(
+            handler = handler.uri.as_deref().unwrap_or("-"),
+            origin = origin.as_deref().unwrap_or("-"),
+            "call taken"
+        );
+        self.out
+            .push_back(Output::Media(codec_cmd(key, &formats, info)));
+        self.out.push_back(Output::Ript(RiptCmd::RespondTake {
+            req,
+            result: Ok(description),
+        }));
+        // From here on the call is an ordinary server-role call: streams within the grace
+        // period, keepalives.
+        let grace = self.cfg.events_grace;
+        self.arm(now, key, CallTimer::EventsGrace, grace);
+        if let Some(k) = self.cfg.keepalive {
+            self.arm(now, key, CallTimer::Keepalive, k);
+        }
+    }
+
+    /// Closes the RIPT leg's streams after its final event (either role).
+    fn close_ript(&mut self, key: CallKey) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let cmd = match call.ript.role {
+            RiptRole::Server => RiptCmd::ServerEnd { call: key },
+            RiptRole::Client { .. } => RiptCmd::ClientClose { call: key },
+        };
+        self.out.push_back(Output::Ript(cmd));
+    }
+
     fn on_call_created(&mut self, now: Instant, key: CallKey, d: CallDescription) {
         if let Some(reason) = self.orphans.remove(&key) {
             // Ended while the POST was in flight: end the peer's call now.
@@ -2786,6 +3020,11 @@ impl Engine {
         call.ript.reopen_attempts = 0;
         call.ript.unanswered_pings = 0;
         let server = call.ript.role == RiptRole::Server;
+        // The RIPT side answers for the callee: a SIP caller's call to a peer gateway (client
+        // role) or to one of our handlers (server role).
+        let callee = call.sip.as_ref().is_some_and(|s| s.role == SipRole::Uas);
+        // A call offered to handlers is answered only by the one that took it.
+        let untaken = call.ript.caller_adv.is_some() && call.ript.proposal.is_none();
         let phase = call.phase;
         match ev.name {
             EventName::Ping => {
@@ -2803,7 +3042,7 @@ impl Engine {
             EventName::Pong | EventName::Migrate | EventName::MediaPanic | EventName::Other(_) => {
                 debug!(call = %key, event = ev.name.as_str(), "event ignored");
             }
-            EventName::Proceeding | EventName::Alerting if !server => {
+            EventName::Proceeding | EventName::Alerting if callee && !untaken => {
                 if phase >= Phase::Answered {
                     return;
                 }
@@ -2816,13 +3055,16 @@ impl Engine {
                     self.provisional_to_caller(now, key, 180, "Ringing", false);
                 }
             }
-            EventName::Answered if !server => {
+            EventName::Answered if callee && !untaken => {
                 if phase >= Phase::Answered {
                     return;
                 }
                 self.answer_caller(now, key);
             }
-            EventName::Declined | EventName::Failed | EventName::Noanswer if !server => {
+            EventName::Answered if untaken => {
+                warn!(call = %key, "answered by a handler that did not take the call; ignored");
+            }
+            EventName::Declined | EventName::Failed | EventName::Noanswer if callee => {
                 let code = ev
                     .code
                     .filter(|c| (300..700).contains(c))
@@ -2842,8 +3084,14 @@ impl Engine {
                     reason
                 };
                 self.final_to_caller(now, key, code, &reason);
-                self.out
-                    .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                if server {
+                    // Handlers still ringing learn why it stopped (a 6xx ends every fork).
+                    self.send_event(
+                        key,
+                        end_event(&format!("SIP;cause={code};text=\"{reason}\"")),
+                    );
+                }
+                self.close_ript(key);
                 let outcome = match ev.name {
                     EventName::Declined => CallOutcome::Declined,
                     EventName::Noanswer => CallOutcome::NoAnswer,
@@ -2892,12 +3140,10 @@ impl Engine {
                     // RFC 3261 §15: no BYE before the caller's ACK for our 2xx; it goes out when
                     // the ACK arrives (or when the 2xx retransmissions give up).
                     sip.bye_after_ack = Some(reason.to_string());
-                    self.out
-                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                    self.close_ript(key);
                 } else if answered {
                     self.send_bye(now, key, reason);
-                    self.out
-                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                    self.close_ript(key);
                     self.finish(key, CallOutcome::Answered);
                 } else {
                     let code = model::parse_reason(reason)
@@ -2911,8 +3157,7 @@ impl Engine {
                         .filter(|c| (300..700).contains(c))
                         .unwrap_or(487);
                     self.final_to_caller(now, key, code, default_reason(code));
-                    self.out
-                        .push_back(Output::Ript(RiptCmd::ClientClose { call: key }));
+                    self.close_ript(key);
                     self.finish(key, CallOutcome::Cancelled);
                 }
             }
@@ -3958,3 +4203,7 @@ mod digest_auth;
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod handler_tests;

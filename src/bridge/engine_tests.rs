@@ -243,6 +243,7 @@ fn description(p: Proposal) -> CallDescription {
     CallDescription {
         uri: "https://localhost:4434/.well-known/ript/v1/providertgs/trunk/calls/x1".into(),
         handler: None,
+        direction: None,
         destination: "answer".into(),
         from: None,
         state: CallState::Proceeding,

@@ -125,7 +125,8 @@ pub fn embedded_default() -> Config {
         ript_peers: vec![],
         sip_routes: vec![SipRouteConfig {
             prefix: "".into(),
-            ript_peer: "self".into(),
+            ript_peer: Some("self".into()),
+            handlers: None,
         }],
         base_dir: PathBuf::from("."),
     }

@@ -591,24 +591,53 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
 
     // sip_route
     for (i, r) in cfg.sip_routes.iter().enumerate() {
-        let at = vec![key("sip_route"), Seg::Index(i), key("ript_peer")];
-        if r.ript_peer == "self" {
-            if cfg.tgs.is_empty() {
+        let base = vec![key("sip_route"), Seg::Index(i)];
+        let at = [base.clone(), vec![key("ript_peer")]].concat();
+        match (r.ript_peer.as_deref(), r.handlers.as_deref()) {
+            (Some(_), Some(_)) => {
                 return Err(err(
-                    at,
-                    "\"self\" routes to this gateway's own trunk groups, but no [[tg]] is defined"
-                        .into(),
-                ));
+                    [base, vec![key("handlers")]].concat(),
+                    "set either ript_peer or handlers, not both".into(),
+                ))
             }
-        } else if !cfg.ript_peers.iter().any(|p| p.name == r.ript_peer) {
-            return Err(err(
-                at,
-                format!(
-                    "no [[ript_peer]] named {:?} (expected \"self\" or one of: {})",
-                    r.ript_peer,
-                    list(cfg.ript_peers.iter().map(|p| p.name.as_str()))
-                ),
-            ));
+            (None, None) => {
+                return Err(err(
+                    base,
+                    "route goes nowhere: set ript_peer = \"NAME\" or handlers = \"TG\"".into(),
+                ))
+            }
+            (None, Some(tg)) => {
+                if !cfg.tgs.iter().any(|t| t.name == tg) {
+                    return Err(err(
+                        [base, vec![key("handlers")]].concat(),
+                        format!(
+                            "no [[tg]] named {tg:?} to ring the handlers of (defined: {})",
+                            list(cfg.tgs.iter().map(|t| t.name.as_str()))
+                        ),
+                    ));
+                }
+            }
+            (Some("self"), None) => {
+                if cfg.tgs.is_empty() {
+                    return Err(err(
+                        at,
+                        "\"self\" routes to this gateway's own trunk groups, but no [[tg]] is defined"
+                            .into(),
+                    ));
+                }
+            }
+            (Some(peer), None) => {
+                if !cfg.ript_peers.iter().any(|p| p.name == peer) {
+                    return Err(err(
+                        at,
+                        format!(
+                            "no [[ript_peer]] named {:?} (expected \"self\" or one of: {})",
+                            peer,
+                            list(cfg.ript_peers.iter().map(|p| p.name.as_str()))
+                        ),
+                    ));
+                }
+            }
         }
     }
     Ok(())
@@ -1198,7 +1227,7 @@ fn check_oauth(
         }
     }
     for (i, r) in cfg.sip_routes.iter().enumerate() {
-        if r.ript_peer == "self" {
+        if r.ript_peer.as_deref() == Some("self") {
             return Err(err(
                 vec![key("sip_route"), Seg::Index(i), key("ript_peer")],
                 format!(
@@ -1373,6 +1402,27 @@ mod tests {
         let (key, line, col, msg) = invalid("[sip]\nudp = []\nudpp = [\"127.0.0.1:5060\"]\n");
         assert_eq!((key.as_str(), line, col), ("sip.udpp", 3, 1));
         assert!(msg.contains("unknown field `udpp`"), "{msg}");
+    }
+
+    #[test]
+    fn sip_routes_go_to_a_peer_or_to_our_handlers() {
+        let tg = "[[tg]]\nname = \"web\"\n\n";
+        let (key, _, _, msg) = invalid(&format!("{tg}[[sip_route]]\nprefix = \"p\"\n"));
+        assert_eq!(key, "sip_route[0]");
+        assert!(msg.contains("goes nowhere"), "{msg}");
+        let (key, line, _, msg) = invalid(&format!(
+            "{tg}[[sip_route]]\nhandlers = \"web\"\nript_peer = \"self\"\n"
+        ));
+        assert_eq!((key.as_str(), line), ("sip_route[0].handlers", 5));
+        assert!(msg.contains("not both"), "{msg}");
+        let (key, _, _, msg) = invalid(&format!("{tg}[[sip_route]]\nhandlers = \"webb\"\n"));
+        assert_eq!(key, "sip_route[0].handlers");
+        assert!(msg.contains("no [[tg]] named \"webb\""), "{msg}");
+        let ok = load_str(
+            &format!("{tg}[[sip_route]]\nhandlers = \"web\"\n"),
+            "t.toml",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -503,5 +503,10 @@ pub struct SipRouteConfig {
     #[serde(default)]
     pub prefix: String,
     /// Name of a `[[ript_peer]]`; or `self` for this gateway's own HTTP/3 server.
-    pub ript_peer: String,
+    #[serde(default)]
+    pub ript_peer: Option<String>,
+    /// Name of one of our `[[tg]]`s: the call rings the handlers registered there (browser
+    /// pages, `riptide answer`; docs/protocol.md §2.7). Exactly one of this and `ript_peer`.
+    #[serde(default)]
+    pub handlers: Option<String>,
 }

@@ -7,7 +7,7 @@ pub mod model;
 pub mod server;
 
 use crate::CallKey;
-use model::{CallDescription, CallRequest, Event};
+use model::{CallDescription, CallRequest, Event, Handler};
 
 /// Correlates an incoming `POST {TG}/calls` with the engine's answer to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,8 +52,24 @@ pub enum RiptCmd {
     /// Send an event to the client on every open `GET {call}/events` stream. The driver remembers
     /// the last one so that a new GET starts with the current state.
     ServerSend { call: CallKey, event: Event },
-    /// The call has ended: close its streams; further requests on it get 404.
+    /// The call has ended: close its streams; further requests on it get 404. Handlers it was
+    /// still ringing on get its final event as `end` on their events streams.
     ServerEnd { call: CallKey },
+    /// A SIP call routed to the handlers of `tg` (protocol.md §2.7): create the call resource
+    /// `{tg}/calls/{id}` with `description` and send `incoming` to every reachable handler of
+    /// the TG. Answered with [`RiptEvent::Offered`].
+    Offer {
+        call: CallKey,
+        tg: String,
+        id: String,
+        description: CallDescription,
+    },
+    /// Answer a pending take (`POST {call}` with a handler): the description with the
+    /// proposal, or why not.
+    RespondTake {
+        req: ReqId,
+        result: Result<CallDescription, Problem>,
+    },
 
     // --- client role (calls leaving over HTTP/3) ---
     /// `POST {TG}/calls` on the peer at `config.ript_peers[peer]`; on success open the events
@@ -69,6 +85,18 @@ pub enum RiptCmd {
     ClientReopenEvents { call: CallKey },
     /// Close the call's streams (after `end` has been sent or received).
     ClientClose { call: CallKey },
+    /// `POST {TG}/handlers` on the peer, then keep `GET {handler}/events` open (re-opened
+    /// after a break); answered with `HandlerRegistered`/`HandlerFailed`, then `HandlerEvent`s.
+    RegisterHandler { peer: usize, handler: Handler },
+    /// Take a call offered to our handler: `POST {uri}` with `{"handler": handler}`; on `200`
+    /// the call continues exactly like one we created (`CallCreated`, then its streams and
+    /// media under `call`), else `CreateFailed`.
+    TakeCall {
+        call: CallKey,
+        peer: usize,
+        uri: String,
+        handler: String,
+    },
 }
 
 /// Events from the HTTP/3 drivers to the engine.
@@ -95,6 +123,18 @@ pub enum RiptEvent {
     ServerEventsClosed { call: CallKey },
     /// An events stream of the call (re)opened.
     ServerEventsOpened { call: CallKey },
+    /// How many handlers an [`RiptCmd::Offer`] rang (0: none reachable).
+    Offered { call: CallKey, handlers: usize },
+    /// `POST {call}` with `{"handler": URI}` from the handler's owner on a call we offered;
+    /// answer with [`RiptCmd::RespondTake`].
+    TakeCall {
+        req: ReqId,
+        call: CallKey,
+        /// The handler as registered (with `uri`).
+        handler: Handler,
+        /// The request's `Origin` (already checked by the CORS gate).
+        origin: Option<String>,
+    },
 
     // --- client role ---
     /// The peer answered `201` to our `POST {TG}/calls`.
@@ -112,4 +152,16 @@ pub enum RiptEvent {
     ClientEvent { call: CallKey, event: Event },
     /// The events GET stream broke before the call ended.
     ClientEventsLost { call: CallKey },
+    /// Our handler is registered on the peer (`uri`) and its events stream is open.
+    HandlerRegistered { peer: usize, uri: String },
+    /// Registering the handler, or (re-)opening its events stream, failed (status 0 =
+    /// transport failure); the driver retries the stream with backoff unless the status is a
+    /// 4xx other than 408/429.
+    HandlerFailed {
+        peer: usize,
+        status: u16,
+        reason: String,
+    },
+    /// An event on our handler's events stream (`incoming`, `end`, `ping`).
+    HandlerEvent { peer: usize, event: Event },
 }

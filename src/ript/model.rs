@@ -147,6 +147,10 @@ pub struct CallDescription {
     pub uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
+    /// `inbound` for a call the server offered to handlers (a SIP caller rang a registered
+    /// device, protocol.md §2.7); absent for calls the client created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<CallDirection>,
     pub destination: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
@@ -162,6 +166,23 @@ pub struct CallDescription {
         skip_serializing_if = "Option::is_none"
     )]
     pub media_ticket: Option<String>,
+}
+
+/// Who created a call: the client (`outbound`, `POST {TG}/calls`) or the server offering it to
+/// the TG's handlers (`inbound`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+}
+
+/// `POST {call}` body: take a call offered to this handler (protocol.md §2.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTake {
+    /// URI of the handler taking the call (one the call was offered to).
+    pub handler: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +240,12 @@ pub struct Event {
     /// `dtmf`: how long the key was held, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<u32>,
+    /// `incoming` (handler events stream): the calling party.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `incoming` (handler events stream): the number or user the caller dialled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 impl Event {
@@ -237,6 +264,8 @@ impl Event {
             media_direction: None,
             digit: None,
             duration: None,
+            from: None,
+            destination: None,
         }
     }
 
@@ -268,6 +297,8 @@ pub enum EventName {
     Hold,
     /// A DTMF key press (`digit`, `duration`), so clients need not parse RFC 4733.
     Dtmf,
+    /// Handler events stream: a call (`call`, `from`, `destination`) rings on this handler.
+    Incoming,
     Other(String),
 }
 
@@ -287,6 +318,7 @@ impl EventName {
             EventName::MediaPanic => "media-panic",
             EventName::Hold => "hold",
             EventName::Dtmf => "dtmf",
+            EventName::Incoming => "incoming",
             EventName::Other(s) => s,
         }
     }
@@ -308,6 +340,7 @@ impl EventName {
             "media-panic" => EventName::MediaPanic,
             "hold" => EventName::Hold,
             "dtmf" => EventName::Dtmf,
+            "incoming" => EventName::Incoming,
             _ => EventName::Other(s.to_string()),
         }
     }
@@ -366,6 +399,10 @@ impl<'de> Deserialize<'de> for Event {
             digit: Option<String>,
             #[serde(default)]
             duration: Option<u32>,
+            #[serde(default)]
+            from: Option<String>,
+            #[serde(default)]
+            destination: Option<String>,
         }
         let raw = Raw::deserialize(d)?;
         let name = raw.name.or(raw.event).or(raw.kind).ok_or_else(|| {
@@ -385,6 +422,8 @@ impl<'de> Deserialize<'de> for Event {
             media_direction: raw.media_direction,
             digit: raw.digit,
             duration: raw.duration,
+            from: raw.from,
+            destination: raw.destination,
         })
     }
 }

@@ -14,7 +14,8 @@ use super::h3util::{
     RIPT_PREFIX,
 };
 use super::model::{
-    CallDescription, CallRequest, Event, Handler, TgDescription, TgList, TgOutbound, TgRef,
+    CallDescription, CallRequest, CallTake, Event, EventName, Handler, TgDescription, TgList,
+    TgOutbound, TgRef,
 };
 use super::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::auth::{Principal, TokenVerifier};
@@ -46,6 +47,12 @@ const MAX_SUBSCRIBERS: usize = 8;
 /// Events buffered per subscriber; a subscriber that falls this far behind is cut off (its
 /// client sees the stream end, re-opens it and starts again from the current state).
 const SUBSCRIBER_BACKLOG: usize = 64;
+/// Simultaneous `GET {handler}/events` streams per handler; a new one replaces the oldest.
+const MAX_HANDLER_STREAMS: usize = 4;
+/// A handler events stream carries a `ping` this often, so that a dead one is noticed.
+const HANDLER_PING: Duration = Duration::from_secs(15);
+/// Handlers one call is offered to at most (forking fan-out).
+const MAX_OFFERED: usize = 64;
 
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
@@ -78,7 +85,9 @@ pub const AS_METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 fn required_scope(route: &Route<'_>) -> Option<&'static str> {
     match route {
         Route::TgList | Route::Tg(_) => Some("tgs:read"),
-        Route::Handlers(_) => Some("handlers:write"),
+        Route::Handlers(_) | Route::Handler(_, _) | Route::HandlerEvents(_, _) => {
+            Some("handlers:write")
+        }
         Route::Calls(_) | Route::Call(_, _) | Route::Events(_, _) | Route::Media(_, _) => {
             Some("calls:write")
         }
@@ -266,7 +275,10 @@ struct State {
     /// Accepted calls by id (the path segment).
     calls: HashMap<String, CallEntry>,
     ids: HashMap<CallKey, String>,
-    handlers: HashMap<String, Vec<Handler>>,
+    /// Registered handlers per TG.
+    handlers: HashMap<String, Vec<HandlerEntry>>,
+    /// Takes (`POST {call}` with a handler) waiting for the engine.
+    takes: HashMap<ReqId, oneshot::Sender<Result<CallDescription, Problem>>>,
     /// Recently ended calls: (tg, final state event), kept for `ENDED_LINGER` so that a client
     /// whose events GET arrives after the end (a callee that refused at once) still learns how
     /// the call ended. Oldest first in `ended_order`.
@@ -360,6 +372,46 @@ struct Pending {
     tx: oneshot::Sender<Result<CallDescription, Problem>>,
 }
 
+/// A registered handler, whose token subject owns it, and its open events streams.
+struct HandlerEntry {
+    handler: Handler,
+    owner: String,
+    streams: Vec<mpsc::Sender<Event>>,
+    /// Next `seq` on its events streams.
+    seq: u64,
+}
+
+impl HandlerEntry {
+    /// Sends `event` (stamped with the next `seq`) on every open stream; a stream too slow or
+    /// gone is dropped. `true` when at least one stream took it.
+    fn notify(&mut self, mut event: Event) -> bool {
+        event.seq = Some(self.seq);
+        event.direction = Some(super::model::Direction::S2c);
+        self.seq += 1;
+        self.streams.retain(|s| s.try_send(event.clone()).is_ok());
+        !self.streams.is_empty()
+    }
+}
+
+/// A call the server offered to the handlers of its TG (protocol.md §2.7).
+#[derive(Default)]
+struct Offer {
+    /// Ids of the handlers it rang.
+    rang: Vec<String>,
+    /// The id of the handler that took it.
+    taken_by: Option<String>,
+}
+
+/// The `incoming` event announcing `e` to a handler.
+fn incoming_event(e: &CallEntry) -> Event {
+    Event {
+        call: Some(e.description.uri.clone()),
+        from: e.description.from.clone(),
+        destination: Some(e.description.destination.clone()),
+        ..Event::new(EventName::Incoming)
+    }
+}
+
 struct CallEntry {
     key: CallKey,
     tg: String,
@@ -370,6 +422,8 @@ struct CallEntry {
     open_streams: usize,
     /// Dropped with the entry: every stream of the call watches it to end when the call does.
     ended: watch::Sender<()>,
+    /// Set when the server offered the call to handlers rather than a client creating it.
+    offer: Option<Offer>,
 }
 
 impl Shared {
@@ -425,6 +479,7 @@ impl Shared {
                         subscribers: Vec::new(),
                         open_streams: 0,
                         ended: watch::channel(()).0,
+                        offer: None,
                     },
                 );
                 Ok(description)
@@ -473,9 +528,90 @@ impl Shared {
             // Dropping the entry drops its subscribers' senders and its `ended` watch, which
             // closes every stream of the call.
             if let Some(e) = st.calls.remove(&id) {
+                if let Some(offer) = e.offer.as_ref().filter(|o| o.taken_by.is_none()) {
+                    let reason = e
+                        .last_state
+                        .as_ref()
+                        .filter(|ev| ev.name == EventName::End)
+                        .and_then(|ev| ev.reason.clone())
+                        .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
+                    let ev = Event {
+                        call: Some(e.description.uri.clone()),
+                        reason: Some(reason),
+                        ..Event::new(EventName::End)
+                    };
+                    if let Some(list) = st.handlers.get_mut(&e.tg) {
+                        for h in list
+                            .iter_mut()
+                            .filter(|h| offer.rang.contains(&h.handler.handler_id))
+                        {
+                            h.notify(ev.clone());
+                        }
+                    }
+                }
                 st.ended.insert(id.clone(), (e.tg, e.last_state));
                 st.ended_order.push_back((now, id));
             }
+        }
+    }
+
+    /// Creates the call resource for a SIP call routed to `tg`'s handlers and rings every
+    /// reachable one; tells the engine how many rang.
+    async fn offer(&self, call: CallKey, tg: String, id: String, mut description: CallDescription) {
+        let rang = {
+            let mut st = self.state();
+            if !is_segment(&id) || st.calls.contains_key(&id) || st.ids.contains_key(&call) {
+                tracing::warn!(%call, %id, "unusable or duplicate offered call id");
+                0
+            } else {
+                description.uri = self.call_uri(&tg, &id);
+                let mut entry = CallEntry {
+                    key: call,
+                    tg: tg.clone(),
+                    description,
+                    last_state: None,
+                    subscribers: Vec::new(),
+                    open_streams: 0,
+                    ended: watch::channel(()).0,
+                    offer: Some(Offer::default()),
+                };
+                let incoming = incoming_event(&entry);
+                let mut rang = Vec::new();
+                if let Some(list) = st.handlers.get_mut(&tg) {
+                    for h in list.iter_mut().take(MAX_OFFERED) {
+                        if h.notify(incoming.clone()) {
+                            rang.push(h.handler.handler_id.clone());
+                        }
+                    }
+                }
+                let n = rang.len();
+                if let Some(o) = entry.offer.as_mut() {
+                    o.rang = rang;
+                }
+                st.ids.insert(call, id.clone());
+                st.calls.insert(id, entry);
+                n
+            }
+        };
+        let _ = self
+            .ctx
+            .events
+            .send(RiptEvent::Offered {
+                call,
+                handlers: rang,
+            })
+            .await;
+    }
+
+    fn respond_take(&self, req: ReqId, result: Result<CallDescription, Problem>) {
+        let tx = self.state().takes.remove(&req);
+        match tx {
+            Some(tx) => {
+                if tx.send(result).is_err() {
+                    tracing::debug!(?req, "the client went away before the take answer");
+                }
+            }
+            None => tracing::warn!(?req, "RespondTake for a take that is no longer waiting"),
         }
     }
 
@@ -529,6 +665,13 @@ async fn run_commands(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<RiptC
             RiptCmd::RespondCall { req, result } => shared.respond_call(req, result),
             RiptCmd::ServerSend { call, event } => shared.send_event(call, event),
             RiptCmd::ServerEnd { call } => shared.end_call(call),
+            RiptCmd::Offer {
+                call,
+                tg,
+                id,
+                description,
+            } => shared.offer(call, tg, id, description).await,
+            RiptCmd::RespondTake { req, result } => shared.respond_take(req, result),
             other => tracing::warn!(?other, "client-role command sent to the server driver"),
         }
     }
@@ -592,6 +735,8 @@ enum Route<'a> {
     TgList,
     Tg(&'a str),
     Handlers(&'a str),
+    Handler(&'a str, &'a str),
+    HandlerEvents(&'a str, &'a str),
     Calls(&'a str),
     Call(&'a str, &'a str),
     Events(&'a str, &'a str),
@@ -605,6 +750,8 @@ impl Route<'_> {
         Some(match self {
             Route::TgList | Route::Tg(_) => "GET",
             Route::Handlers(_) | Route::Calls(_) => "POST",
+            Route::Handler(_, _) => "GET, PUT, DELETE",
+            Route::HandlerEvents(_, _) => "GET",
             Route::Call(_, _) => "GET, POST",
             Route::Events(_, _) => "GET, PUT",
             Route::Media(_, _) => "CONNECT",
@@ -622,6 +769,8 @@ fn route(path: &str) -> Route<'_> {
         ["providertgs"] => Route::TgList,
         ["providertgs", tg] => Route::Tg(tg),
         ["providertgs", tg, "handlers"] => Route::Handlers(tg),
+        ["providertgs", tg, "handlers", id] => Route::Handler(tg, id),
+        ["providertgs", tg, "handlers", id, "events"] => Route::HandlerEvents(tg, id),
         ["providertgs", tg, "calls"] => Route::Calls(tg),
         ["providertgs", tg, "calls", id] => Route::Call(tg, id),
         ["providertgs", tg, "calls", id, "events"] => Route::Events(tg, id),
@@ -833,8 +982,22 @@ async fn handle_request(
         (Route::TgList, _) => Reply::method_not_allowed("GET"),
         (Route::Tg(tg), &Method::GET) => tg_description(shared, tg),
         (Route::Tg(_), _) => Reply::method_not_allowed("GET"),
-        (Route::Handlers(tg), &Method::POST) => post_handler(shared, tg, &mut stream).await,
+        (Route::Handlers(tg), &Method::POST) => {
+            put_handler(shared, tg, None, &principal.subject, &mut stream).await
+        }
         (Route::Handlers(_), _) => Reply::method_not_allowed("POST"),
+        (Route::Handler(tg, id), &Method::GET) => get_handler(shared, tg, id, &principal.subject),
+        (Route::Handler(tg, id), &Method::PUT) => {
+            put_handler(shared, tg, Some(id), &principal.subject, &mut stream).await
+        }
+        (Route::Handler(tg, id), &Method::DELETE) => {
+            delete_handler(shared, tg, id, &principal.subject)
+        }
+        (Route::Handler(_, _), _) => Reply::method_not_allowed("GET, PUT, DELETE"),
+        (Route::HandlerEvents(tg, id), &Method::GET) => {
+            return handler_events(shared, &conn, tg, id, &principal.subject, stream, &cors).await
+        }
+        (Route::HandlerEvents(_, _), _) => Reply::method_not_allowed("GET"),
         (Route::Calls(tg), &Method::POST) => {
             let origin = req
                 .headers()
@@ -858,6 +1021,14 @@ async fn handle_request(
         }
         (Route::Calls(_), _) => Reply::method_not_allowed("POST"),
         (Route::Call(tg, id), &Method::GET) => get_call(shared, tg, id),
+        (Route::Call(tg, id), &Method::POST) => {
+            let origin = req
+                .headers()
+                .get(header::ORIGIN)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            take_call(shared, tg, id, &principal.subject, origin, &mut stream).await
+        }
         (Route::Call(tg, id), _) => match get_call(shared, tg, id) {
             r if r.status == StatusCode::OK => Reply::method_not_allowed("GET, POST"),
             r => r,
@@ -930,7 +1101,27 @@ async fn read_body(stream: &mut Stream) -> Result<Bytes, Reply> {
     }
 }
 
-async fn post_handler(shared: &Shared, tg: &str, stream: &mut Stream) -> Reply {
+/// The handler `id` of `tg` as `subject` may see it: someone else's is not found.
+fn owned_handler<'a>(
+    st: &'a mut State,
+    tg: &str,
+    id: &str,
+    subject: &str,
+) -> Option<&'a mut HandlerEntry> {
+    st.handlers
+        .get_mut(tg)?
+        .iter_mut()
+        .find(|h| h.handler.handler_id == id && h.owner == subject)
+}
+
+/// `POST {TG}/handlers` (`id` none) and `PUT {TG}/handlers/{id}`: registers or replaces.
+async fn put_handler(
+    shared: &Shared,
+    tg: &str,
+    id: Option<&str>,
+    subject: &str,
+    stream: &mut Stream,
+) -> Reply {
     if shared.tg(tg).is_none() {
         return Reply::not_found("no such trunk group");
     }
@@ -938,32 +1129,311 @@ async fn post_handler(shared: &Shared, tg: &str, stream: &mut Stream) -> Reply {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut handler: Handler = match serde_json::from_slice(&body) {
+    // On PUT the path names the handler; a body without `handler-id` takes it from there.
+    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return Reply::bad_request(format!("handler: {e}")),
+    };
+    if let (Some(id), Some(obj)) = (id, value.as_object_mut()) {
+        obj.entry("handler-id")
+            .or_insert_with(|| serde_json::Value::String(id.to_owned()));
+    }
+    let mut handler: Handler = match serde_json::from_value(value) {
         Ok(h) => h,
         Err(e) => return Reply::bad_request(format!("handler: {e}")),
     };
     if !is_segment(&handler.handler_id) {
         return Reply::bad_request("handler-id must be a non-empty URI path segment");
     }
+    if id.is_some_and(|id| id != handler.handler_id) {
+        return Reply::bad_request("handler-id in the body differs from the one in the path");
+    }
     let uri = format!("{}/handlers/{}", shared.tg_uri(tg), handler.handler_id);
     handler.uri = Some(uri.clone());
-    {
+    let created = {
         let mut st = shared.state();
         let list = st.handlers.entry(tg.to_owned()).or_default();
-        if let Some(h) = list.iter_mut().find(|h| h.handler_id == handler.handler_id) {
-            *h = handler.clone();
-        } else if list.len() >= MAX_HANDLERS_PER_TG {
-            return Reply::problem(&Problem::new(
-                429,
-                "Too Many Requests",
-                "handler table of this trunk group is full",
-            ))
-            .with(header::RETRY_AFTER, "60");
-        } else {
-            list.push(handler.clone());
+        let full = list.len() >= MAX_HANDLERS_PER_TG;
+        match list
+            .iter_mut()
+            .find(|h| h.handler.handler_id == handler.handler_id)
+        {
+            Some(h) if h.owner != subject => {
+                return Reply::problem(&Problem::new(
+                    409,
+                    "Conflict",
+                    "this handler-id is registered by another client",
+                ))
+            }
+            Some(h) => {
+                h.handler = handler.clone();
+                false
+            }
+            None if full => {
+                return Reply::problem(&Problem::new(
+                    429,
+                    "Too Many Requests",
+                    "handler table of this trunk group is full",
+                ))
+                .with(header::RETRY_AFTER, "60")
+            }
+            None => {
+                list.push(HandlerEntry {
+                    handler: handler.clone(),
+                    owner: subject.to_owned(),
+                    streams: Vec::new(),
+                    seq: 0,
+                });
+                true
+            }
+        }
+    };
+    // POST always answers 201 (RIPT-00); PUT says whether it created.
+    let status = if created || id.is_none() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Reply::json(status, &handler).with(header::LOCATION, uri)
+}
+
+fn get_handler(shared: &Shared, tg: &str, id: &str, subject: &str) -> Reply {
+    let mut st = shared.state();
+    match owned_handler(&mut st, tg, id, subject) {
+        Some(h) => Reply::json(StatusCode::OK, &h.handler),
+        None => Reply::not_found("no such handler"),
+    }
+}
+
+fn delete_handler(shared: &Shared, tg: &str, id: &str, subject: &str) -> Reply {
+    let mut st = shared.state();
+    let Some(list) = st.handlers.get_mut(tg) else {
+        return Reply::not_found("no such handler");
+    };
+    let Some(i) = list
+        .iter()
+        .position(|h| h.handler.handler_id == id && h.owner == subject)
+    else {
+        return Reply::not_found("no such handler");
+    };
+    // Dropping the entry drops its streams' senders: they close with `]`.
+    list.remove(i);
+    Reply {
+        status: StatusCode::NO_CONTENT,
+        headers: Vec::new(),
+        body: None,
+    }
+}
+
+/// `GET {TG}/handlers/{id}/events`: the handler is reachable (calls ring on it) while open.
+async fn handler_events(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    tg: &str,
+    id: &str,
+    subject: &str,
+    mut stream: Stream,
+    cors: &[(header::HeaderName, String)],
+) {
+    let (tx, mut rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
+    let opened = {
+        let mut guard = shared.state();
+        let st = &mut *guard;
+        match owned_handler(st, tg, id, subject) {
+            None => false,
+            Some(h) => {
+                if h.streams.len() >= MAX_HANDLER_STREAMS {
+                    h.streams.remove(0);
+                }
+                h.streams.push(tx.clone());
+                // Calls ringing on the TG now ring here too (a page that reconnects, or one
+                // that registered while a call was already ringing).
+                let mut ringing: Vec<Event> = Vec::new();
+                for e in st.calls.values_mut().filter(|e| e.tg == tg) {
+                    if let Some(o) = e.offer.as_mut().filter(|o| o.taken_by.is_none()) {
+                        if !o.rang.iter().any(|r| r == id) && o.rang.len() < MAX_OFFERED {
+                            o.rang.push(id.to_owned());
+                        }
+                        ringing.push(incoming_event(e));
+                    }
+                }
+                if let Some(h) = owned_handler(st, tg, id, subject) {
+                    for ev in ringing {
+                        h.notify(ev);
+                    }
+                }
+                true
+            }
+        }
+    };
+    drop(tx);
+    if !opened {
+        let reply = Reply::not_found("no such handler").with_all(cors);
+        return send_reply(shared, &mut stream, reply).await;
+    }
+    if !send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
+        return;
+    }
+    let mut enc = EventEncoder::new();
+    let mut res = stream.send_data(EventEncoder::open()).await;
+    let mut ping = tokio::time::interval(HANDLER_PING);
+    ping.tick().await;
+    while res.is_ok() {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => res = stream.send_data(enc.encode(&ev)).await,
+                // Handler removed (or this stream cut off as too slow): close the array.
+                None => {
+                    if stream.send_data(EventEncoder::close()).await.is_ok() {
+                        let _ = stream.finish().await;
+                    }
+                    break;
+                }
+            },
+            _ = ping.tick() => {
+                let ev = {
+                    let mut st = shared.state();
+                    owned_handler(&mut st, tg, id, subject).map(|h| {
+                        let mut ev = Event::new(EventName::Ping);
+                        ev.seq = Some(h.seq);
+                        ev.direction = Some(super::model::Direction::S2c);
+                        h.seq += 1;
+                        ev
+                    })
+                };
+                if let Some(ev) = ev {
+                    res = stream.send_data(enc.encode(&ev)).await;
+                }
+            }
+            _ = conn.closed() => break,
         }
     }
-    Reply::json(StatusCode::CREATED, &handler).with(header::LOCATION, uri)
+}
+
+/// `POST {call}` with `{"handler": URI}`: the handler's owner takes a call offered to it.
+async fn take_call(
+    shared: &Shared,
+    tg: &str,
+    id: &str,
+    subject: &str,
+    origin: Option<String>,
+    stream: &mut Stream,
+) -> Reply {
+    let body = match read_body(stream).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let take: CallTake = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Reply::bad_request(format!(
+                "POST {{call}} takes a call offered to a handler: {{\"handler\": URI}} ({e})"
+            ))
+        }
+    };
+    let prefix = format!("{}/handlers/", shared.tg_uri(tg));
+    let Some(handler_id) = take.handler.strip_prefix(&prefix).filter(|h| is_segment(h)) else {
+        return Reply::bad_request("handler is not a handler URI of this trunk group");
+    };
+    let req = ReqId(shared.next_req.fetch_add(1, Ordering::Relaxed));
+    let (tx, rx) = oneshot::channel();
+    let (key, handler) = {
+        let mut guard = shared.state();
+        let st = &mut *guard;
+        let Some(e) = st.calls.get(id).filter(|e| e.tg == tg) else {
+            return Reply::not_found("no such call");
+        };
+        let Some(offer) = e.offer.as_ref() else {
+            return Reply::bad_request("the call was not offered to handlers");
+        };
+        if offer.taken_by.is_some() {
+            return Reply::problem(&Problem::new(
+                409,
+                "Conflict",
+                "the call was taken by another handler",
+            ));
+        }
+        let forbidden = |d: &str| Reply::problem(&Problem::new(403, "Forbidden", d));
+        if !offer.rang.iter().any(|r| r == handler_id) {
+            return forbidden("the call was not offered to this handler");
+        }
+        let key = e.key;
+        let Some(h) = owned_handler(st, tg, handler_id, subject) else {
+            return forbidden("the handler belongs to another client");
+        };
+        let handler = h.handler.clone();
+        if st.takes.len() >= MAX_PENDING {
+            return Reply::problem(&Problem::new(503, "Service Unavailable", "busy"))
+                .with(header::RETRY_AFTER, "5");
+        }
+        st.takes.insert(req, tx);
+        (key, handler)
+    };
+    let sent = shared
+        .ctx
+        .events
+        .send(RiptEvent::TakeCall {
+            req,
+            call: key,
+            handler,
+            origin: origin.clone(),
+        })
+        .await;
+    let answer = match sent {
+        Ok(()) => tokio::time::timeout(RESPOND_TIMEOUT, rx).await,
+        Err(_) => {
+            shared.state().takes.remove(&req);
+            return Reply::problem(&Problem::new(503, "Service Unavailable", "busy"))
+                .with(header::RETRY_AFTER, "5");
+        }
+    };
+    let mut description = match answer {
+        Ok(Ok(Ok(d))) => d,
+        Ok(Ok(Err(problem))) => return Reply::problem(&problem),
+        _ => {
+            shared.state().takes.remove(&req);
+            return Reply::problem(&Problem::new(503, "Service Unavailable", "busy"))
+                .with(header::RETRY_AFTER, "5");
+        }
+    };
+    {
+        let mut guard = shared.state();
+        let st = &mut *guard;
+        let Some(e) = st.calls.get_mut(id).filter(|e| e.key == key) else {
+            // Ended while the engine answered.
+            return Reply::not_found("no such call");
+        };
+        description.uri = e.description.uri.clone();
+        e.description = description.clone();
+        let others: Vec<String> = match e.offer.as_mut() {
+            Some(o) => {
+                o.taken_by = Some(handler_id.to_owned());
+                o.rang
+                    .iter()
+                    .filter(|r| *r != handler_id)
+                    .cloned()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let ev = Event {
+            call: Some(description.uri.clone()),
+            reason: Some("SIP;cause=200;text=\"Call completed elsewhere\"".into()),
+            ..Event::new(EventName::End)
+        };
+        if let Some(list) = st.handlers.get_mut(tg) {
+            for h in list
+                .iter_mut()
+                .filter(|h| others.contains(&h.handler.handler_id))
+            {
+                h.notify(ev.clone());
+            }
+        }
+        if let Some(o) = &origin {
+            description.media_ticket = st.issue_ticket(tg, id, o);
+        }
+    }
+    Reply::json(StatusCode::OK, &description)
 }
 
 /// Who is placing a call with `POST {TG}/calls`, as its token and request tell.
@@ -998,6 +1468,24 @@ async fn post_call(shared: &Shared, tg: &str, client: Client, stream: &mut Strea
         Ok(r) => r,
         Err(e) => return Reply::bad_request(format!("call request: {e}")),
     };
+    // A call naming a registered handler uses its advertisement unless it carries its own.
+    if let Some(h) = request.handler.as_deref() {
+        let prefix = format!("{}/handlers/", shared.tg_uri(tg));
+        let known = h.strip_prefix(&prefix).and_then(|id| {
+            let mut st = shared.state();
+            owned_handler(&mut st, tg, id, &principal).map(|e| e.handler.advertisement.clone())
+        });
+        match known {
+            Some(adv) => {
+                request.advertisement.get_or_insert(adv);
+            }
+            None => {
+                return Reply::bad_request(format!(
+                    "unknown handler {h}: register it on this trunk group first"
+                ))
+            }
+        }
+    }
     if !verstat_trusted && request.verstat.take().is_some() {
         tracing::debug!(%principal, "verstat from a client not trusted to assert it dropped");
     }
