@@ -1659,3 +1659,50 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
     assert_eq!(st, 204);
     assert!(r2.next_real().await.is_none(), "h2's stream ends");
 }
+
+/// docs/protocol.md §8.3: the server's SETTINGS carry every WebTransport code point Chromium and
+/// Safari look for, with RFC 9297 datagrams and extended CONNECT, each exactly once.
+#[tokio::test]
+async fn server_settings_carry_the_webtransport_superset() {
+    let h = harness().await;
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(h.client_cfg.clone(), h.server_addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let settings = tokio::time::timeout(HANG, async {
+        loop {
+            let mut recv = conn.accept_uni().await.expect("a server uni stream");
+            let mut start = Vec::new();
+            let mut buf = [0u8; 256];
+            // The control stream starts with 0x00; the QPACK streams with 0x02/0x03.
+            while let Ok(Some(n)) = recv.read(&mut buf).await {
+                start.extend_from_slice(&buf[..n]);
+                if start.first() != Some(&0x00) {
+                    break;
+                }
+                if let Some(s) = riptide::ript::h3settings::parse_settings(&start) {
+                    return s;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the server's SETTINGS");
+    for (id, value) in [
+        (0x08, 1),       // ENABLE_CONNECT_PROTOCOL
+        (0x33, 1),       // H3_DATAGRAM
+        (0xffd277, 1),   // H3_DATAGRAM, Chromium's legacy code point
+        (0x2b603742, 1), // ENABLE_WEBTRANSPORT, draft-02
+        (0xc671706a, 1), // WT_MAX_SESSIONS, draft-07
+        (0x14e9cd29, 1), // WT_MAX_SESSIONS, draft-13/14
+    ] {
+        let n = settings.iter().filter(|(i, _)| *i == id).count();
+        assert_eq!(n, 1, "setting {id:#x} once in {settings:x?}");
+        assert!(
+            settings.contains(&(id, value)),
+            "setting {id:#x} = {value} in {settings:x?}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod events;
+pub mod h3settings;
 pub mod h3util;
 pub mod model;
 pub mod server;

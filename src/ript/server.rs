@@ -699,7 +699,7 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         .enable_extended_connect(true)
         .enable_webtransport(true)
         .max_webtransport_sessions(1)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .build::<_, Bytes>(super::h3settings::SettingsConn::new(conn.clone()))
         .await;
     let mut h3c = match built {
         Ok(c) => c,
