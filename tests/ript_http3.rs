@@ -335,6 +335,27 @@ impl Harness {
         (d, key)
     }
 
+    /// A fresh HTTP/3 client connection: its endpoint (keep it alive) and request sender.
+    async fn h3_client(
+        &self,
+    ) -> (
+        quinn::Endpoint,
+        h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    ) {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = ep
+            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, send) = h3::client::builder()
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        (ep, send)
+    }
+
     /// One raw HTTP/3 request on a fresh connection: (status, headers, body).
     async fn raw(
         &self,
@@ -343,17 +364,7 @@ impl Harness {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (http::StatusCode, http::HeaderMap, Bytes) {
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut driver, mut send) = h3::client::builder()
-            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
-            .await
-            .unwrap();
-        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let (_ep, mut send) = self.h3_client().await;
         let mut req = http::Request::builder().method(method).uri(format!(
             "https://localhost:{}{path}",
             self.server_addr.port()
@@ -1338,17 +1349,7 @@ impl EventReader {
 impl Harness {
     /// Opens a streaming GET of `path`: its status, and the reader when it is 200.
     async fn stream(&self, path: &str, token: &str) -> (http::StatusCode, Option<EventReader>) {
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(self.client_cfg.clone(), self.server_addr, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut driver, mut send) = h3::client::builder()
-            .build::<_, _, Bytes>(h3_quinn::Connection::new(conn))
-            .await
-            .unwrap();
-        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let (ep, mut send) = self.h3_client().await;
         let req = http::Request::get(format!(
             "https://localhost:{}{path}",
             self.server_addr.port()
@@ -1401,6 +1402,19 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The status of one request (see [`Harness::raw`]).
+    async fn status(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> u16 {
+        self.raw(method, path, token, body).await.0.as_u16()
+    }
+}
+
 const HANDLER_BODY: &str = r#"{"handler-id":"HID","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000,"payloadType":0}]}}"#;
 
 fn handler_body(id: &str) -> String {
@@ -1410,93 +1424,61 @@ fn handler_body(id: &str) -> String {
 /// protocol.md §2.3: handlers belong to the client that registered them.
 #[tokio::test]
 async fn handlers_belong_to_the_client_that_registered_them() {
+    use http::Method as M;
     let h = harness().await;
     let base = format!("{PREFIX}/{TG}/handlers");
     let one = format!("{base}/h1");
-    let (st, hd, body) = h
-        .raw(
-            http::Method::POST,
-            &base,
-            Some("good"),
-            Some(&handler_body("h1")),
-        )
-        .await;
+    let two = format!("{base}/h2");
+    let (h1, h2, h9) = (handler_body("h1"), handler_body("h2"), handler_body("h9"));
+    let (st, hd, body) = h.raw(M::POST, &base, Some("good"), Some(&h1)).await;
     assert_eq!(st, 201, "{body:?}");
     assert!(hv(&hd, "location").unwrap().ends_with(&one));
-    // Someone else's id: 409 on POST and PUT; their handler is not found for us.
-    let (st, _, _) = h
-        .raw(
-            http::Method::POST,
-            &base,
-            Some("other"),
-            Some(&handler_body("h1")),
-        )
-        .await;
-    assert_eq!(st, 409);
-    let (st, _, _) = h
-        .raw(
-            http::Method::PUT,
-            &one,
-            Some("other"),
-            Some(&handler_body("h1")),
-        )
-        .await;
-    assert_eq!(st, 409);
-    for m in [http::Method::GET, http::Method::DELETE] {
-        let (st, _, _) = h.raw(m, &one, Some("other"), None).await;
-        assert_eq!(st, 404);
-    }
     let (st, _) = h.stream(&format!("{one}/events"), "other").await;
-    assert_eq!(st, 404);
-    // The owner reads, replaces (200), creates by PUT (201) and removes it.
-    let (st, _, body) = h.raw(http::Method::GET, &one, Some("good"), None).await;
-    assert_eq!(st, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert!(v["uri"].as_str().unwrap().ends_with(&one));
-    let (st, _, _) = h
-        .raw(
-            http::Method::PUT,
+    assert_eq!(st, 404, "someone else's handler has no stream for us");
+    // In order: (method, path, token, body, status, why).
+    let steps: [(M, &str, &str, Option<&str>, u16, &str); 9] = [
+        (M::POST, &base, "other", Some(&h1), 409, "someone else's id"),
+        (M::PUT, &one, "other", Some(&h1), 409, "someone else's id"),
+        (M::GET, &one, "other", None, 404, "someone else's handler"),
+        (
+            M::DELETE,
             &one,
-            Some("good"),
-            Some(&handler_body("h1")),
-        )
-        .await;
-    assert_eq!(st, 200);
-    let (st, _, _) = h
-        .raw(
-            http::Method::PUT,
+            "other",
+            None,
+            404,
+            "someone else's handler",
+        ),
+        (
+            M::PUT,
             &one,
-            Some("good"),
-            Some(&handler_body("h9")),
-        )
-        .await;
-    assert_eq!(st, 400, "the body names another handler");
-    let (st, _, _) = h
-        .raw(
-            http::Method::PUT,
-            &format!("{base}/h2"),
-            Some("good"),
-            Some(&handler_body("h2")),
-        )
-        .await;
-    assert_eq!(st, 201);
-    let (st, _, _) = h.raw(http::Method::DELETE, &one, Some("good"), None).await;
-    assert_eq!(st, 204);
-    let (st, _, _) = h.raw(http::Method::GET, &one, Some("good"), None).await;
-    assert_eq!(st, 404);
+            "good",
+            Some(&h1),
+            200,
+            "the owner replaces it",
+        ),
+        (
+            M::PUT,
+            &one,
+            "good",
+            Some(&h9),
+            400,
+            "the body names another handler",
+        ),
+        (M::PUT, &two, "good", Some(&h2), 201, "PUT creates"),
+        (M::DELETE, &one, "good", None, 204, "the owner removes it"),
+        (M::GET, &one, "good", None, 404, "removed"),
+    ];
+    for (i, (m, path, token, body, want, why)) in steps.into_iter().enumerate() {
+        let got = h.status(m.clone(), path, Some(token), body).await;
+        assert_eq!(got, want, "step {i}: {m} {path} as {token}: {why}");
+    }
     // A call naming a handler that is not registered (any more) is refused before the engine.
     let call = r#"{"destination":"200","handler":"HURI"}"#.replace(
         "HURI",
         &format!("https://localhost:{}{one}", h.server_addr.port()),
     );
-    let (st, _, body) = h
-        .raw(
-            http::Method::POST,
-            &format!("{PREFIX}/{TG}/calls"),
-            Some("good"),
-            Some(&call),
-        )
-        .await;
+    let calls = format!("{PREFIX}/{TG}/calls");
+    let (st, _, body) = h.raw(M::POST, &calls, Some("good"), Some(&call)).await;
     assert_eq!(st, 400, "{body:?}");
 }
 
@@ -1512,15 +1494,16 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
         .send(RiptCmd::ServerEnd { call: CallKey(900) })
         .unwrap();
     for id in ["h1", "h2"] {
-        let (st, _, _) = h
-            .raw(
+        assert_eq!(
+            h.status(
                 http::Method::POST,
                 &base,
                 Some("good"),
                 Some(&handler_body(id)),
             )
-            .await;
-        assert_eq!(st, 201);
+            .await,
+            201
+        );
     }
     // Registered but not listening: still not reachable.
     assert_eq!(h.offer(CallKey(901), "in1").await, 0);
@@ -1551,19 +1534,21 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
     let h2_uri = format!("https://localhost:{}{base}/h2", h.server_addr.port());
     let take = |u: &str| format!(r#"{{"handler":"{u}"}}"#);
     // Not the owner of h1: 403. A body that is not a take: 400.
-    let (st, _, _) = h
-        .raw(
+    assert_eq!(
+        h.status(
             http::Method::POST,
             &call_path,
             Some("other"),
             Some(&take(&h1_uri)),
         )
-        .await;
-    assert_eq!(st, 403);
-    let (st, _, _) = h
-        .raw(http::Method::POST, &call_path, Some("good"), Some("{}"))
-        .await;
-    assert_eq!(st, 400);
+        .await,
+        403
+    );
+    assert_eq!(
+        h.status(http::Method::POST, &call_path, Some("good"), Some("{}"))
+            .await,
+        400
+    );
     let (st, _, body) = h
         .raw(
             http::Method::POST,
@@ -1587,15 +1572,16 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
     let ev = r2.next_real().await.expect("end on h2");
     assert_eq!(ev.name, EventName::End);
     assert!(ev.reason.unwrap().contains("Call completed elsewhere"));
-    let (st, _, _) = h
-        .raw(
+    assert_eq!(
+        h.status(
             http::Method::POST,
             &call_path,
             Some("good"),
             Some(&take(&h2_uri)),
         )
-        .await;
-    assert_eq!(st, 409);
+        .await,
+        409
+    );
 
     // The next caller gives up while it rings on both.
     assert_eq!(h.offer(CallKey(903), "in3").await, 2);
@@ -1619,44 +1605,47 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
         assert!(ev.call.unwrap().ends_with("/calls/in3"));
         assert!(ev.reason.unwrap().contains("cause=487"));
     }
-    let (st, _, _) = h
-        .raw(
+    assert_eq!(
+        h.status(
             http::Method::POST,
             &format!("{PREFIX}/{TG}/calls/in3"),
             Some("good"),
             Some(&take(&h1_uri)),
         )
-        .await;
-    assert_eq!(st, 404);
+        .await,
+        404
+    );
 
     // A handler that starts listening while a call rings gets it too.
     assert_eq!(h.offer(CallKey(904), "in4").await, 2);
     for r in [&mut r1, &mut r2] {
         assert_eq!(r.next_real().await.unwrap().name, EventName::Incoming);
     }
-    let (st, _, _) = h
-        .raw(
+    assert_eq!(
+        h.status(
             http::Method::POST,
             &base,
             Some("good"),
             Some(&handler_body("h3")),
         )
-        .await;
-    assert_eq!(st, 201);
+        .await,
+        201
+    );
     let (_, r3) = h.stream(&format!("{base}/h3/events"), "good").await;
     let ev = r3.unwrap().next_real().await.expect("the ringing call");
     assert!(ev.call.unwrap().ends_with("/calls/in4"));
 
     // Removing a handler closes its stream.
-    let (st, _, _) = h
-        .raw(
+    assert_eq!(
+        h.status(
             http::Method::DELETE,
             &format!("{base}/h2"),
             Some("good"),
             None,
         )
-        .await;
-    assert_eq!(st, 204);
+        .await,
+        204
+    );
     assert!(r2.next_real().await.is_none(), "h2's stream ends");
 }
 

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 /// Settings added when the SETTINGS frame does not carry them already, each with value 1.
 pub const EXTRA_SETTINGS: [u64; 3] = [
     // H3_DATAGRAM as Chromium's pre-RFC code point.
-    0xffd277, // WT_MAX_SESSIONS, draft-ietf-webtrans-http3-07.
+    0xffd277,   // WT_MAX_SESSIONS, draft-ietf-webtrans-http3-07.
     0xc671706a, // WT_MAX_SESSIONS, draft-ietf-webtrans-http3-13/14.
     0x14e9cd29,
 ];
@@ -24,45 +24,53 @@ pub const EXTRA_SETTINGS: [u64; 3] = [
 const CONTROL_STREAM: u64 = 0x00;
 const SETTINGS_FRAME: u64 = 0x04;
 
-/// An h3-quinn connection whose control stream carries [`EXTRA_SETTINGS`].
-pub struct SettingsConn {
-    inner: h3_quinn::Connection,
-}
+/// An h3-quinn connection (or its stream opener) whose control stream carries
+/// [`EXTRA_SETTINGS`].
+pub struct WithSettings<T>(T);
+
+/// What the HTTP/3 server is built on.
+pub type SettingsConn = WithSettings<h3_quinn::Connection>;
 
 impl SettingsConn {
     pub fn new(conn: quinn::Connection) -> Self {
-        SettingsConn {
-            inner: h3_quinn::Connection::new(conn),
-        }
+        WithSettings(h3_quinn::Connection::new(conn))
     }
 }
 
 impl<B: Buf> quic::Connection<B> for SettingsConn {
     type RecvStream = h3_quinn::RecvStream;
-    type OpenStreams = SettingsOpener;
+    type OpenStreams = WithSettings<h3_quinn::OpenStreams>;
 
     fn poll_accept_recv(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        <h3_quinn::Connection as quic::Connection<B>>::poll_accept_recv(&mut self.inner, cx)
+        <h3_quinn::Connection as quic::Connection<B>>::poll_accept_recv(&mut self.0, cx)
     }
 
     fn poll_accept_bidi(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        <h3_quinn::Connection as quic::Connection<B>>::poll_accept_bidi(&mut self.inner, cx)
+        <h3_quinn::Connection as quic::Connection<B>>::poll_accept_bidi(&mut self.0, cx)
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        SettingsOpener {
-            inner: <h3_quinn::Connection as quic::Connection<B>>::opener(&self.inner),
-        }
+        WithSettings(<h3_quinn::Connection as quic::Connection<B>>::opener(
+            &self.0,
+        ))
     }
 }
 
-impl<B: Buf> quic::OpenStreams<B> for SettingsConn {
+impl<B, T> quic::OpenStreams<B> for WithSettings<T>
+where
+    B: Buf,
+    T: quic::OpenStreams<
+        B,
+        BidiStream = h3_quinn::BidiStream<B>,
+        SendStream = h3_quinn::SendStream<B>,
+    >,
+{
     type BidiStream = h3_quinn::BidiStream<B>;
     type SendStream = SettingsSend<B>;
 
@@ -70,48 +78,19 @@ impl<B: Buf> quic::OpenStreams<B> for SettingsConn {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx)
+        self.0.poll_open_bidi(cx)
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        let s = ready!(quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx))?;
+        let s = ready!(self.0.poll_open_send(cx))?;
         Poll::Ready(Ok(SettingsSend::new(s)))
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason)
-    }
-}
-
-/// The connection's stream opener, wrapped like the connection.
-pub struct SettingsOpener {
-    inner: h3_quinn::OpenStreams,
-}
-
-impl<B: Buf> quic::OpenStreams<B> for SettingsOpener {
-    type BidiStream = h3_quinn::BidiStream<B>;
-    type SendStream = SettingsSend<B>;
-
-    fn poll_open_bidi(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx)
-    }
-
-    fn poll_open_send(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        let s = ready!(quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx))?;
-        Poll::Ready(Ok(SettingsSend::new(s)))
-    }
-
-    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason)
+        self.0.close(code, reason)
     }
 }
 

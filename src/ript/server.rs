@@ -1235,7 +1235,7 @@ async fn handler_events(
     mut stream: Stream,
     cors: &[(header::HeaderName, String)],
 ) {
-    let (tx, mut rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     let opened = {
         let mut guard = shared.state();
         let st = &mut *guard;
@@ -1274,15 +1274,43 @@ async fn handler_events(
     if !send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
         return;
     }
+    let mut ping = || {
+        let mut st = shared.state();
+        owned_handler(&mut st, tg, id, subject).map(|h| {
+            let mut ev = Event::new(EventName::Ping);
+            ev.seq = Some(h.seq);
+            ev.direction = Some(super::model::Direction::S2c);
+            h.seq += 1;
+            ev
+        })
+    };
+    pump_events(&mut stream, conn, None, rx, Some((HANDLER_PING, &mut ping))).await;
+}
+
+/// Writes an events array on a streaming answer whose head is sent: `[`, `first`, then each
+/// event `rx` brings (and every `ping.0` the event `ping.1` makes), until `rx` closes (then
+/// `]`: the call ended, the handler was removed, or this stream was cut off as too slow), a
+/// write fails, or the connection goes (without watching it a dead client would only be
+/// noticed at the next event).
+async fn pump_events(
+    stream: &mut Stream,
+    conn: &quinn::Connection,
+    first: Option<&Event>,
+    mut rx: mpsc::Receiver<Event>,
+    mut ping: Option<(Duration, &mut (dyn FnMut() -> Option<Event> + Send))>,
+) {
     let mut enc = EventEncoder::new();
     let mut res = stream.send_data(EventEncoder::open()).await;
-    let mut ping = tokio::time::interval(HANDLER_PING);
-    ping.tick().await;
+    if let (Ok(()), Some(ev)) = (&res, first) {
+        res = stream.send_data(enc.encode(ev)).await;
+    }
+    let period = ping.as_ref().map_or(Duration::from_secs(3600), |p| p.0);
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
     while res.is_ok() {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => res = stream.send_data(enc.encode(&ev)).await,
-                // Handler removed (or this stream cut off as too slow): close the array.
                 None => {
                     if stream.send_data(EventEncoder::close()).await.is_ok() {
                         let _ = stream.finish().await;
@@ -1290,18 +1318,8 @@ async fn handler_events(
                     break;
                 }
             },
-            _ = ping.tick() => {
-                let ev = {
-                    let mut st = shared.state();
-                    owned_handler(&mut st, tg, id, subject).map(|h| {
-                        let mut ev = Event::new(EventName::Ping);
-                        ev.seq = Some(h.seq);
-                        ev.direction = Some(super::model::Direction::S2c);
-                        h.seq += 1;
-                        ev
-                    })
-                };
-                if let Some(ev) = ev {
+            _ = tick.tick(), if ping.is_some() => {
+                if let Some(ev) = ping.as_mut().and_then(|p| (p.1)()) {
                     res = stream.send_data(enc.encode(&ev)).await;
                 }
             }
@@ -1565,7 +1583,7 @@ async fn events_get(
     mut stream: Stream,
     cors: &[(header::HeaderName, String)],
 ) {
-    let (tx, mut rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
+    let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     // Subscribing and reading the last state under one lock: no event is missed or doubled.
     let sub = {
         let mut st = shared.state();
@@ -1611,27 +1629,7 @@ async fn events_get(
         .send(RiptEvent::ServerEventsOpened { call: key })
         .await;
     if send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
-        let mut enc = EventEncoder::new();
-        let mut res = stream.send_data(EventEncoder::open()).await;
-        if let (Ok(()), Some(ev)) = (&res, &last) {
-            res = stream.send_data(enc.encode(ev)).await;
-        }
-        while res.is_ok() {
-            tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => res = stream.send_data(enc.encode(&ev)).await,
-                    // The call ended (or this subscriber was cut off): close the array.
-                    None => {
-                        if stream.send_data(EventEncoder::close()).await.is_ok() {
-                            let _ = stream.finish().await;
-                        }
-                        break;
-                    }
-                },
-                // Without this a dead client would only be noticed at the next event.
-                _ = conn.closed() => break,
-            }
-        }
+        pump_events(&mut stream, conn, last.as_ref(), rx, None).await;
     }
     shared.close_stream(id, key).await;
 }
