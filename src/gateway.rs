@@ -215,8 +215,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             let certs = certs.clone();
             Arc::new(move || certs.reload())
         };
+        // The demo page under /web/, told the API's address and the live certificate hash.
+        let web = admin::WebSettings::from_config(&cfg, &authority, http3_certs.clone());
         tokio::spawn(async move {
-            if let Err(e) = admin::serve_with_reload(l, m, Some(reload)).await {
+            if let Err(e) = admin::serve_admin(l, m, Some(reload), Some(web)).await {
                 tracing::error!(error = %e, "admin listener failed");
             }
         });

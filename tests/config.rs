@@ -177,8 +177,12 @@ fn pair_files_allow_exactly_the_test_origin() {
         assert_eq!(cfg.http3.cors_max_age_secs, 600, "{name}");
         assert!(cfg.sip_trunks.iter().all(|t| !t.preflight), "{name}");
     }
+    // Without a file only the demo page on our own admin listener may call the API.
     let def = embedded_default();
-    assert!(def.sip.cors_origins.is_empty() && def.http3.cors_origins.is_empty());
+    assert!(def.sip.cors_origins.is_empty());
+    assert_eq!(def.http3.cors_origins, vec!["http://127.0.0.1:9060"]);
+    let admin = def.admin.listen.expect("the default admin listener");
+    assert_eq!(format!("http://{admin}"), def.http3.cors_origins[0]);
 }
 
 #[test]

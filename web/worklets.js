@@ -2,15 +2,16 @@
 // AudioContext at 8 kHz, the G.711 rate, so no resampling is needed. Self-contained (no
 // imports): riptide-session.js loads it from a Blob URL.
 
-const FRAME = 160; // 20 ms at 8 kHz: one RTP packet of PCMU
+const FRAME = 160; // 20 ms at 8 kHz: one RTP packet of G.711, unless the call's pTime differs
 
-// Microphone → 20 ms frames. Collects the 128-sample render quanta into 160-sample frames and
-// posts each (a Float32Array) to the main thread, which encodes µ-law and frames RTP. The audio
-// clock paces the frames: one every 20 ms.
+// Microphone → frames of the call's packet time (processorOptions.frame samples, default 20 ms).
+// Collects the 128-sample render quanta into frames and posts each (a Float32Array) to the main
+// thread, which encodes G.711 and frames RTP. The audio clock paces the frames.
 class CaptureProcessor extends AudioWorkletProcessor {
-    constructor() {
+    constructor(options) {
         super();
-        this.buf = new Float32Array(FRAME);
+        this.frame = options?.processorOptions?.frame ?? FRAME;
+        this.buf = new Float32Array(this.frame);
         this.n = 0;
     }
     process(inputs) {
@@ -18,9 +19,9 @@ class CaptureProcessor extends AudioWorkletProcessor {
         if (!ch) return true; // no input connected yet
         for (let i = 0; i < ch.length; i++) {
             this.buf[this.n++] = ch[i];
-            if (this.n === FRAME) {
+            if (this.n === this.frame) {
                 this.port.postMessage(this.buf, [this.buf.buffer]);
-                this.buf = new Float32Array(FRAME);
+                this.buf = new Float32Array(this.frame);
                 this.n = 0;
             }
         }
@@ -29,7 +30,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
 }
 
 // Received frames → speaker, through a small jitter buffer. The main thread posts
-// {seq, samples} (decoded 160-sample frames, seq = extended RTP sequence number). Playout
+// {seq, samples} (decoded frames, seq = extended RTP sequence number). Playout
 // starts once `target` frames are queued; frames are played in sequence order; a missing frame
 // plays as silence; a frame that arrives after its turn is dropped; when the queue grows past
 // `max` frames the oldest ones are dropped. Counters go back on the port every second.
@@ -39,6 +40,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
         const o = options.processorOptions ?? {};
         this.target = o.target ?? 3; // 60 ms
         this.max = o.max ?? 10; // 200 ms
+        this.frame = o.frame ?? FRAME; // samples a missing frame stands for
         this.frames = new Map(); // seq → Float32Array
         this.next = null; // seq of the frame to play next
         this.cur = null;
@@ -74,7 +76,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
         this.next++;
         if (f) { this.stats.played++; return f; }
         this.stats.concealed++;
-        return new Float32Array(FRAME);
+        return new Float32Array(this.frame);
     }
     process(_inputs, outputs) {
         const out = outputs[0][0];

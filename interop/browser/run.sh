@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Browser checks for riptide: CORS-04 and WT-01 in headless Chromium (see cors_wt.mjs), then an
-# end-to-end call from the dial pad web/demo.html to a SIP peer (see call_e2e.mjs).
+# end-to-end call from the dial pad web/demo.html to a SIP peer (see call_e2e.mjs), then calls
+# from a SIP phone to the same page, served by riptide's admin listener and registered as a
+# handler (see incoming_e2e.mjs).
 #
 #   interop/browser/run.sh
 #
 # Starts one riptide gateway of its own (HTTP/3 on 127.0.0.1:4496, allowing the browser
-# origin https://allowed.example only, with the built-in echo service behind TG "local" and two
+# origins https://allowed.example and (for the page it serves itself) its admin listener's only,
+# with the built-in echo service behind TG "local" and two
 # SIP trunks with `preflight = true`, each a SIPp UAS of its own: "noacao" answers the SIP CORS
 # preflight without Access-Control-Allow-Origin, "acao" allows the origin and refuses the INVITE
 # with 486; scenarios in scenarios/; and a third, "tone", without preflight, for the call from
@@ -17,10 +20,17 @@
 # interop/out/browser/.
 # Installs chromium, nodejs, npm and sip-tester with apt when missing. RIPTIDE_BIN overrides the
 # binary (no cargo build then); H3_PORT, SIP_PORT, ADMIN_PORT and MEDIA_PORT_MIN move the
-# gateway, NOACAO_PORT, ACAO_PORT and TONE_PORT the three SIPp trunks.
+# gateway, NOACAO_PORT, ACAO_PORT and TONE_PORT the three SIPp trunks, CALLER_PORT the SIPp phone
+# of the incoming calls.
 # The call: Chromium's fake microphone plays a 440 Hz WAV (sox); tcpdump on lo records what the
 # gateway sends the "tone" UAS, and tone_check.py finds the tone (Goertzel) and the page's
 # DTMF 5 (RFC 4733) in it. Screenshots call-1-idle.png, call-2-in-call.png, call-3-ended.png.
+# The incoming calls: the gateway also serves TG "web", whose handlers `[[sip_route]] prefix =
+# "page"` rings, and allows the admin listener's origin (the page's, http://127.0.0.1:ADMIN_PORT).
+# The page's fake microphone plays 660 Hz; a SIPp phone (scenarios/page_*_uac.xml, started by
+# incoming_e2e.mjs) calls sip:page@127.0.0.1:SIP_PORT and sends 440 Hz; tcpdump records what
+# the gateway sends the phone, and tone_check.py finds the page's 660 Hz in it. Screenshots
+# incoming-1-registered.png, incoming-2-in-call.png, incoming-3-ended.png, incoming-4-ringing.png.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
@@ -36,6 +46,8 @@ NOACAO_PORT="${NOACAO_PORT:-5197}"
 ACAO_PORT="${ACAO_PORT:-5198}"
 TONE_PORT="${TONE_PORT:-5199}"
 TONE_MEDIA=$((MEDIA_PORT_MIN + 240))
+CALLER_PORT="${CALLER_PORT:-5195}"
+CALLER_MEDIA=$((MEDIA_PORT_MIN + 260))
 
 need_cmd chromium chromium
 need_cmd node nodejs
@@ -53,8 +65,9 @@ node_major="$(node -p 'process.versions.node.split(".")[0]')"
 [ "$node_major" -ge 20 ] || die "Node $(node --version) is too old for playwright-core: Node 20 or later is needed"
 
 # The binary the rest of the suite uses; rebuilt when the sources are newer (as pair.sh does).
+# web/ counts: the admin listener serves the page built into the binary.
 if [ -z "${RIPTIDE_BIN:-}" ]; then
-    if [ ! -x "$BIN" ] || [ -n "$(find "$REPO_ROOT/src" "$REPO_ROOT/Cargo.toml" "$REPO_ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+    if [ ! -x "$BIN" ] || [ -n "$(find "$REPO_ROOT/src" "$REPO_ROOT/web" "$REPO_ROOT/Cargo.toml" "$REPO_ROOT/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
         need_cmd cargo cargo
         log "building the release binary"
         mkdir -p "$OUT_DIR"
@@ -67,7 +80,8 @@ fi
 [ -x "$BIN" ] || die "no riptide binary at $BIN"
 
 for spec in "udp:$H3_PORT" "udp:$SIP_PORT" "tcp:$SIP_PORT" "tcp:$ADMIN_PORT" \
-    "udp:$NOACAO_PORT" "udp:$ACAO_PORT" "udp:$TONE_PORT" "udp:$TONE_MEDIA"; do
+    "udp:$NOACAO_PORT" "udp:$ACAO_PORT" "udp:$TONE_PORT" "udp:$TONE_MEDIA" \
+    "udp:$CALLER_PORT" "udp:$CALLER_MEDIA"; do
     ! port_bound "${spec%%:*}" "${spec##*:}" \
         || die "port ${spec/:/\/} is in use: $(port_users "${spec%%:*}" "${spec##*:}")"
 done
@@ -96,7 +110,8 @@ tcp = ["127.0.0.1:$SIP_PORT"]
 listen = "127.0.0.1:$H3_PORT"
 # Call URIs name the address Chromium is forced onto QUIC for.
 server_name = "127.0.0.1"
-cors_origins = ["https://allowed.example"]
+# The checks' pages, and the demo page as riptide's admin listener serves it (incoming_e2e.mjs).
+cors_origins = ["https://allowed.example", "http://127.0.0.1:$ADMIN_PORT"]
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
@@ -128,6 +143,11 @@ description = "the built-in echo service"
   prefix = "+1555"
   sip_trunk = "tone"
 
+# Where the page registers its handler (incoming_e2e.mjs); SIP calls to "page…" ring it.
+[[tg]]
+name = "web"
+description = "browser pages that take calls"
+
 # SIPp UAS: 200 to the preflight without Access-Control-Allow-Origin; must never be INVITEd.
 [[sip_trunk]]
 name = "noacao"
@@ -144,6 +164,10 @@ preflight = true
 [[sip_trunk]]
 name = "tone"
 target = "sip:127.0.0.1:$TONE_PORT;transport=udp"
+
+[[sip_route]]
+prefix = "page"
+handlers = "web"
 
 [[sip_route]]
 prefix = ""
@@ -263,6 +287,30 @@ val() { sed -n "s/^$1=//p" <<<"$sent"; }
     echo "$r call: the page's microphone (fake device, 440 Hz WAV) reaches the SIP peer as PCMU carrying 440 Hz (tcpdump on lo to port $TONE_MEDIA: $(val pcmu_packets) PCMU packets, $(val seconds) s, energy share at 440 Hz $(val tone_fraction), at 560 Hz $(val off_fraction), RMS $(val rms))"
     if [ "$(val dtmf_digits)" = 5 ] && [ "$(val dtmf_packets)" -ge 4 ] 2>/dev/null && [ "$(val dtmf_ends)" -ge 1 ] 2>/dev/null; then r=PASS; else r=FAIL; fi
     echo "$r call: the page's key 5 reaches the SIP peer as RFC 4733 (payload type 101: $(val dtmf_packets) packets, events \"$(val dtmf_digits)\", $(val dtmf_ends) with the end bit)"
+} | tee -a "$OUT/results.txt"
+
+# --- calls to the page: SIPp phone → riptide → web/demo.html served by riptide, registered ---
+log "headless Chromium: calls from a SIP phone to web/demo.html registered on TG \"web\""
+PAGE_MIC_WAV="$OUT/mic-660hz.wav"
+sox -n -r 48000 -c 1 -b 16 "$PAGE_MIC_WAV" synth 60 sine 660 vol 0.5
+# What the gateway sends the phone's media port.
+start_capture "$OUT/incoming.pcap" "udp and dst port $CALLER_MEDIA"
+RIPTIDE_URL="https://127.0.0.1:$H3_PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" \
+    SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" CHROMIUM="$(command -v chromium)" \
+    MIC_WAV="$PAGE_MIC_WAV" DATA_DIR="$OUT_DIR/browser/data" SIP_TARGET="127.0.0.1:$SIP_PORT" \
+    CALLER_PORT="$CALLER_PORT" CALLER_MEDIA="$CALLER_MEDIA" SCENARIOS="$HERE/scenarios" CALLER_TONE="$(ensure_tone)" \
+    timeout 240 node "$HERE/incoming_e2e.mjs" | tee -a "$OUT/results.txt"
+incoming_rc=${PIPESTATUS[0]}
+[ "$rc" != 0 ] || rc=$incoming_rc
+stop_capture
+sent="$(python3 "$HERE/tone_check.py" "$OUT/incoming.pcap" "$CALLER_MEDIA" 660 2>&1)"
+printf '%s\n' "$sent" >"$OUT/incoming-sip-side.txt"
+{
+    # The page's microphone, as riptide relayed it to the SIP caller (only the answered call has
+    # media): PCMU RTP whose decoded audio is a 660 Hz tone.
+    if [ "$(val pcmu_packets)" -ge 100 ] 2>/dev/null \
+        && awk -v t="$(val tone_fraction)" -v o="$(val off_fraction)" 'BEGIN { exit !(t >= 0.5 && o < 0.1) }'; then r=PASS; else r=FAIL; fi
+    echo "$r incoming: the answering page's microphone (fake device, 660 Hz WAV) reaches the SIP caller as PCMU carrying 660 Hz (tcpdump on lo to port $CALLER_MEDIA: $(val pcmu_packets) PCMU packets, $(val seconds) s, energy share at 660 Hz $(val tone_fraction), at 780 Hz $(val off_fraction), RMS $(val rms))"
 } | tee -a "$OUT/results.txt"
 set -e
 

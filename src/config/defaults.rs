@@ -3,6 +3,9 @@
 use super::*;
 use std::net::{IpAddr, Ipv4Addr};
 
+/// Origin of the demo page on the default admin listener (`http://127.0.0.1:9060/web/`).
+pub const DEMO_ORIGIN: &str = "http://127.0.0.1:9060";
+
 impl Default for General {
     fn default() -> Self {
         General {
@@ -106,7 +109,11 @@ pub fn embedded_default() -> Config {
     Config {
         general: General::default(),
         sip: SipConfig::default(),
-        http3: Http3Config::default(),
+        // The demo page riptide serves on its admin listener (/web/) may call the API.
+        http3: Http3Config {
+            cors_origins: vec![DEMO_ORIGIN.into()],
+            ..Http3Config::default()
+        },
         admin: AdminConfig::default(),
         stir: StirConfig::default(),
         oauth: OAuthConfig::default(),
@@ -123,11 +130,20 @@ pub fn embedded_default() -> Config {
         }],
         sip_trunks: vec![],
         ript_peers: vec![],
-        sip_routes: vec![SipRouteConfig {
-            prefix: "".into(),
-            ript_peer: Some("self".into()),
-            handlers: None,
-        }],
+        sip_routes: vec![
+            SipRouteConfig {
+                prefix: "".into(),
+                ript_peer: Some("self".into()),
+                handlers: None,
+            },
+            // SIP calls to sip:page…@ ring the pages (and `riptide answer`s) registered on
+            // TG "local".
+            SipRouteConfig {
+                prefix: "page".into(),
+                ript_peer: None,
+                handlers: Some("local".into()),
+            },
+        ],
         base_dir: PathBuf::from("."),
     }
 }
