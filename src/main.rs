@@ -1,5 +1,5 @@
 //! The `riptide` command: run the gateway, check a configuration, mint local access tokens,
-//! place a test call over HTTP/3.
+//! place a test call over HTTP/3, answer test calls as a registered handler.
 //!
 //! Exit codes: 0 success, 1 runtime error, 2 configuration or usage error.
 
@@ -51,6 +51,49 @@ enum Command {
     /// Place one call over HTTP/3 as a RIPT client: play a WAV file, record what comes back,
     /// print setup time, packets, loss and jitter. Exit 0 when it was answered and ended normally.
     Call(CallArgs),
+    /// Register a handler on the TG of a `[[ript_peer]]` and answer the calls offered to it
+    /// (a SIP call routed to that TG's handlers): record what the caller sends, play a WAV
+    /// file (or silence), print the same statistics as `call`. Prints `registered <URI>` once
+    /// the handler's events stream is open. Exit 0 when every call was answered and ended
+    /// normally (or declined, with --decline).
+    ///
+    /// Setup time here is from the `incoming` event to our `answered` (the take, and --ring).
+    Answer(AnswerArgs),
+}
+
+#[derive(Args)]
+struct AnswerArgs {
+    /// Configuration whose `[[ript_peer]]` gives the gateway's URL, trust, token (scopes
+    /// handlers:write and calls:write) and `tg`, the TG to register on.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Which `[[ript_peer]]` of the configuration (default: the first).
+    #[arg(long, value_name = "NAME")]
+    peer: Option<String>,
+    /// The handler-id to register (default: riptide-answer-<random>).
+    #[arg(long, value_name = "ID")]
+    handler_id: Option<String>,
+    /// Write the audio received to this WAV file (8 kHz mono 16-bit PCM); with --calls,
+    /// call N > 1 goes to OUT-N.wav.
+    #[arg(long, value_name = "OUT.wav", required_unless_present = "decline")]
+    record: Option<PathBuf>,
+    /// Audio to send once answered, looped until the call ends: WAV, 8 kHz mono 16-bit PCM
+    /// (sent as PCMU, 20 ms packets). Default: silence.
+    #[arg(long, value_name = "FILE.wav")]
+    play: Option<PathBuf>,
+    /// Hang up this many seconds after answering (default: wait for the caller to hang up).
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Ring (send `alerting`) this many seconds before answering (default: answer at once).
+    #[arg(long, value_name = "S")]
+    ring: Option<f64>,
+    /// Handle this many calls, one after the other, then exit (the handler is left registered
+    /// on the gateway; it goes unreachable when this process ends).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    calls: u32,
+    /// Decline each call (603 Decline) instead of answering it.
+    #[arg(long, conflicts_with_all = ["play", "duration", "ring"])]
+    decline: bool,
 }
 
 #[derive(Args)]
@@ -187,6 +230,7 @@ fn main() -> ExitCode {
         } => revoke(args),
         Command::Stir { command } => stir(command),
         Command::Call(args) => call(args),
+        Command::Answer(args) => answer(args),
         Command::Token {
             command: TokenCommand::RotateKey(args),
         } => rotate_key(args),
@@ -242,10 +286,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn call(args: CallArgs) -> ExitCode {
-    use riptide::client_tool::{self, CallError, CallOptions};
-    use std::io::IsTerminal;
-    // Logs only on request: stdout carries the summary, stderr the progress line.
+/// Logs of the client tools go to stderr, and only on request: stdout carries the summary,
+/// stderr the progress line.
+fn client_tool_logging() {
     if let Ok(v) = std::env::var("RUST_LOG") {
         if let Ok(filter) = tracing_subscriber::EnvFilter::try_new(&v) {
             let _ = tracing_subscriber::fmt()
@@ -254,6 +297,21 @@ fn call(args: CallArgs) -> ExitCode {
                 .try_init();
         }
     }
+}
+
+/// The exit code of a client tool that could not do its job: 2 for bad input, else 1.
+fn client_tool_failed(e: &riptide::client_tool::CallError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(match e {
+        riptide::client_tool::CallError::Config(_) => EXIT_CONFIG,
+        _ => EXIT_RUNTIME,
+    })
+}
+
+fn call(args: CallArgs) -> ExitCode {
+    use riptide::client_tool::{self, CallOptions};
+    use std::io::IsTerminal;
+    client_tool_logging();
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -278,13 +336,45 @@ fn call(args: CallArgs) -> ExitCode {
                 ExitCode::from(EXIT_RUNTIME)
             }
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(match e {
-                CallError::Config(_) => EXIT_CONFIG,
-                _ => EXIT_RUNTIME,
-            })
+        Err(e) => client_tool_failed(&e),
+    }
+}
+
+fn answer(args: AnswerArgs) -> ExitCode {
+    use riptide::client_tool::answer::{self, AnswerOptions};
+    use std::io::IsTerminal;
+    client_tool_logging();
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let opts = AnswerOptions {
+        config: args.config,
+        peer: args.peer,
+        handler_id: args.handler_id,
+        record: args.record,
+        play: args.play,
+        duration: args.duration,
+        ring: args.ring,
+        calls: args.calls,
+        decline: args.decline,
+        progress: std::io::stderr().is_terminal(),
+    };
+    // The summaries are printed as each call ends.
+    match runtime.block_on(answer::answer(opts)) {
+        Ok(summaries) => {
+            let failed = summaries.iter().filter(|s| !s.success).count();
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "error: {failed} of {} call(s) did not end normally",
+                    summaries.len()
+                );
+                ExitCode::from(EXIT_RUNTIME)
+            }
         }
+        Err(e) => client_tool_failed(&e),
     }
 }
 

@@ -1436,7 +1436,8 @@ async fn handlers_belong_to_the_client_that_registered_them() {
     let (st, _) = h.stream(&format!("{one}/events"), "other").await;
     assert_eq!(st, 404, "someone else's handler has no stream for us");
     // In order: (method, path, token, body, status, why).
-    let steps: [(M, &str, &str, Option<&str>, u16, &str); 9] = [
+    type Step<'a> = (M, &'a str, &'a str, Option<&'a str>, u16, &'a str);
+    let steps: [Step; 9] = [
         (M::POST, &base, "other", Some(&h1), 409, "someone else's id"),
         (M::PUT, &one, "other", Some(&h1), 409, "someone else's id"),
         (M::GET, &one, "other", None, 404, "someone else's handler"),

@@ -1,4 +1,5 @@
-//! The HTTP/3 client role: we place calls on RIPT peers.
+//! The HTTP/3 client role: we place calls on RIPT peers, and take the calls a peer offers to
+//! a handler we registered there (protocol.md §2.7).
 //!
 //! Each peer gets ONE QUIC/h3 connection that every call to it shares (datagrams of all calls
 //! are told apart by Quarter Stream ID). It is opened on first use and re-opened when it dies;
@@ -8,7 +9,7 @@
 
 use super::events::{EventDecoder, EventEncoder};
 use super::h3util::{append_limited, reason_from_body, MAX_BODY, RIPT_PREFIX};
-use super::model::{CallDescription, CallRequest, Event};
+use super::model::{CallDescription, CallRequest, CallTake, Event, Handler};
 use super::{RiptCmd, RiptEvent};
 use crate::media::MediaHub;
 use crate::metrics::Metrics;
@@ -28,6 +29,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events queued toward one call's PUT stream.
 const PUT_BACKLOG: usize = 256;
+/// First wait before registering the handler again or re-opening its events stream; it
+/// doubles after each failure up to [`HANDLER_BACKOFF_MAX`].
+const HANDLER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const HANDLER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A handler stream that stayed open this long restarts the backoff: a stream that breaks
+/// right after every open must not be re-opened ten times a second.
+const HANDLER_STABLE: Duration = Duration::from_secs(10);
+/// The server pings handler streams every 15 s: three missed pings mean the stream is dead
+/// even when QUIC has not noticed (a middlebox that dropped the flow).
+const HANDLER_IDLE: Duration = Duration::from_secs(45);
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -57,18 +68,43 @@ pub struct ClientCtx {
 pub struct ClientHandle {
     cmds: mpsc::UnboundedSender<RiptCmd>,
     task: JoinHandle<()>,
+    client: Arc<Client>,
 }
 
 impl ClientHandle {
-    /// Where the engine sends client-role commands (`CreateCall`, `ClientSend`,
-    /// `ClientReopenEvents`, `ClientClose`).
+    /// Where the engine sends client-role commands (`CreateCall`, `TakeCall`, `ClientSend`,
+    /// `ClientReopenEvents`, `ClientClose`, `RegisterHandler`).
     pub fn cmd_sender(&self) -> mpsc::UnboundedSender<RiptCmd> {
         self.cmds.clone()
     }
 
-    /// Stops taking commands. Running call tasks end with their streams.
+    /// Stops taking commands. Running call tasks end with their streams; handler streams stop.
     pub fn abort(&self) {
         self.task.abort();
+        for (_, h) in self.client.handlers().drain() {
+            h.abort();
+        }
+    }
+
+    /// One complete `PUT {uri}/events` carrying `events`, for a call we have not taken: how a
+    /// device declines a call offered to its handler (protocol.md §2.7 step 5). The error is
+    /// `(status, reason)`, status 0 for transport failures.
+    pub async fn put_events_once(
+        &self,
+        peer: usize,
+        uri: &str,
+        events: &[Event],
+    ) -> Result<(), (u16, String)> {
+        if peer >= self.client.ctx.peers.len() {
+            return Err((0, format!("no RIPT peer #{peer}")));
+        }
+        let path = ript_path(uri).ok_or_else(|| (0, format!("unusable call URI {uri:?}")))?;
+        tokio::time::timeout(
+            CREATE_TIMEOUT,
+            put_once(&self.client, peer, &format!("{path}/events"), events),
+        )
+        .await
+        .unwrap_or_else(|_| Err((0, "timed out waiting for the peer".into())))
     }
 }
 
@@ -84,10 +120,11 @@ pub fn spawn_client(endpoint: quinn::Endpoint, ctx: ClientCtx) -> ClientHandle {
         endpoint,
         peers,
         calls: Mutex::new(HashMap::new()),
+        handlers: Mutex::new(HashMap::new()),
     });
     let (cmds, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run_commands(client, rx));
-    ClientHandle { cmds, task }
+    let task = tokio::spawn(run_commands(client.clone(), rx));
+    ClientHandle { cmds, task, client }
 }
 
 struct Client {
@@ -95,6 +132,8 @@ struct Client {
     endpoint: quinn::Endpoint,
     peers: Vec<tokio::sync::Mutex<Option<Live>>>,
     calls: Mutex<HashMap<CallKey, ClientCall>>,
+    /// The task keeping our handler registered on each peer (one handler per peer).
+    handlers: Mutex<HashMap<usize, AbortHandle>>,
 }
 
 /// A usable connection to a peer.
@@ -142,6 +181,10 @@ impl Client {
     fn calls(&self) -> MutexGuard<'_, HashMap<CallKey, ClientCall>> {
         // Plain data; a panic in one call task must not stop the others.
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handlers(&self) -> MutexGuard<'_, HashMap<usize, AbortHandle>> {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn authority(&self, peer: usize) -> String {
@@ -219,7 +262,13 @@ async fn run_commands(client: Arc<Client>, mut rx: mpsc::UnboundedReceiver<RiptC
                 call,
                 peer,
                 request,
-            } => create_call(&client, call, peer, request).await,
+            } => start_call(&client, call, peer, Setup::Create(request)).await,
+            RiptCmd::TakeCall {
+                call,
+                peer,
+                uri,
+                handler,
+            } => start_call(&client, call, peer, Setup::Take { uri, handler }).await,
             RiptCmd::ClientSend { call, event } => client_send(&client, call, event),
             RiptCmd::ClientReopenEvents { call } => reopen(&client, call),
             RiptCmd::ClientClose { call } => {
@@ -228,12 +277,23 @@ async fn run_commands(client: Arc<Client>, mut rx: mpsc::UnboundedReceiver<RiptC
                 }
                 client.ctx.media.unbind_quic(call);
             }
+            RiptCmd::RegisterHandler { peer, handler } => {
+                register_handler(&client, peer, handler).await
+            }
             other => tracing::warn!(?other, "server-role command sent to the client driver"),
         }
     }
 }
 
-async fn create_call(client: &Arc<Client>, call: CallKey, peer: usize, request: CallRequest) {
+/// How a call of ours comes to exist on the peer.
+enum Setup {
+    /// `POST {TG}/calls`: we place the call (`201`).
+    Create(CallRequest),
+    /// `POST {uri}` with our handler's URI: we take a call the peer offered to it (`200`).
+    Take { uri: String, handler: String },
+}
+
+async fn start_call(client: &Arc<Client>, call: CallKey, peer: usize, setup: Setup) {
     if peer >= client.ctx.peers.len() {
         let reason = format!("no RIPT peer #{peer}");
         return client
@@ -246,10 +306,10 @@ async fn create_call(client: &Arc<Client>, call: CallKey, peer: usize, request: 
     }
     let mut calls = client.calls();
     if calls.contains_key(&call) {
-        tracing::warn!(%call, "CreateCall for a call that already exists");
+        tracing::warn!(%call, "CreateCall/TakeCall for a call that already exists");
         return;
     }
-    let task = tokio::spawn(run_create(client.clone(), call, peer, request));
+    let task = tokio::spawn(run_setup(client.clone(), call, peer, setup));
     calls.insert(
         call,
         ClientCall {
@@ -260,12 +320,25 @@ async fn create_call(client: &Arc<Client>, call: CallKey, peer: usize, request: 
     );
 }
 
-async fn run_create(client: Arc<Client>, call: CallKey, peer: usize, request: CallRequest) {
-    let outcome = tokio::time::timeout(CREATE_TIMEOUT, post_call(&client, peer, &request))
+/// Creates or takes the call, then opens its events streams and media: from the `2xx` on, a
+/// taken call is handled exactly like one we created.
+async fn run_setup(client: Arc<Client>, call: CallKey, peer: usize, setup: Setup) {
+    let request = async {
+        match &setup {
+            Setup::Create(request) => post_call(&client, peer, request).await,
+            Setup::Take { uri, handler } => take_call(&client, peer, uri, handler).await,
+        }
+    };
+    // Only the path of the returned URI is used: requests stay on the peer we authenticated.
+    let outcome = tokio::time::timeout(CREATE_TIMEOUT, request)
         .await
-        .unwrap_or_else(|_| Err((0, "timed out waiting for the peer".into())));
-    let description = match outcome {
-        Ok(d) => d,
+        .unwrap_or_else(|_| Err((0, "timed out waiting for the peer".into())))
+        .and_then(|d| match ript_path(&d.uri) {
+            Some(path) => Ok((d, path)),
+            None => Err((0, format!("unusable call URI {:?}", d.uri))),
+        });
+    let (description, path) = match outcome {
+        Ok(x) => x,
         Err((status, reason)) => {
             tracing::info!(%call, status, %reason, "call creation failed");
             client.calls().remove(&call);
@@ -273,21 +346,6 @@ async fn run_create(client: Arc<Client>, call: CallKey, peer: usize, request: Ca
                 .emit(RiptEvent::CreateFailed {
                     call,
                     status,
-                    reason,
-                })
-                .await;
-        }
-    };
-    // Only the path of the returned URI is used: requests stay on the peer we authenticated.
-    let path = match description.uri.parse::<http::Uri>() {
-        Ok(u) if u.path().starts_with(RIPT_PREFIX) => u.path().trim_end_matches('/').to_owned(),
-        _ => {
-            client.calls().remove(&call);
-            let reason = format!("unusable call URI {:?}", description.uri);
-            return client
-                .emit(RiptEvent::CreateFailed {
-                    call,
-                    status: 0,
                     reason,
                 })
                 .await;
@@ -319,32 +377,110 @@ async fn run_create(client: Arc<Client>, call: CallKey, peer: usize, request: Ca
     c.media = Some(tokio::spawn(run_media(client.clone(), target)).abort_handle());
 }
 
+/// The path of an absolute or path-only RIPT URI, without a trailing `/`; `None` when it is not
+/// under [`RIPT_PREFIX`]. Only paths are ever sent, so a URI naming another host cannot
+/// redirect our token there.
+fn ript_path(uri: &str) -> Option<String> {
+    match uri.parse::<http::Uri>() {
+        Ok(u) if u.path().starts_with(RIPT_PREFIX) => {
+            Some(u.path().trim_end_matches('/').to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// `POST {TG}/calls`; the error is `(status, reason)` with status 0 for transport failures.
 async fn post_call(
     client: &Client,
     peer: usize,
     request: &CallRequest,
 ) -> Result<CallDescription, (u16, String)> {
-    let transport = |e: String| (0u16, e);
-    let live = client.connection(peer).await.map_err(transport)?;
     let path = format!(
         "{RIPT_PREFIX}providertgs/{}/calls",
         client.ctx.peers[peer].tg
     );
-    let mut req = client
-        .request(peer, Method::POST, &path)
-        .map_err(transport)?;
+    let (_, body) = post_json(client, peer, &path, request, StatusCode::CREATED).await?;
+    serde_json::from_slice(&body).map_err(|e| (0, format!("call description: {e}")))
+}
+
+/// `POST {call}` with `{"handler": handler}` (protocol.md §2.7 step 3).
+async fn take_call(
+    client: &Client,
+    peer: usize,
+    uri: &str,
+    handler: &str,
+) -> Result<CallDescription, (u16, String)> {
+    let path = ript_path(uri).ok_or_else(|| (0, format!("unusable call URI {uri:?}")))?;
+    let take = CallTake {
+        handler: handler.to_owned(),
+    };
+    let (_, body) = post_json(client, peer, &path, &take, StatusCode::OK).await?;
+    serde_json::from_slice(&body).map_err(|e| (0, format!("call description: {e}")))
+}
+
+/// A JSON `POST` on the peer's shared connection that must answer `expect`: its response head
+/// and body. The error is `(status, reason)` with status 0 for transport failures.
+async fn post_json<T: serde::Serialize>(
+    client: &Client,
+    peer: usize,
+    path: &str,
+    body: &T,
+    expect: StatusCode,
+) -> Result<(http::Response<()>, Bytes), (u16, String)> {
+    let body = serde_json::to_vec(body).map_err(|e| (0, e.to_string()))?;
+    let (resp, mut s) = send_json(client, peer, Method::POST, path, Bytes::from(body)).await?;
+    let status = resp.status();
+    let body = read_body(&mut s).await.map_err(|e| (status.as_u16(), e))?;
+    if status != expect {
+        return Err((status.as_u16(), reason_from_body(status.as_u16(), &body)));
+    }
+    Ok((resp, body))
+}
+
+/// A complete events array in one `PUT`: `[`, the events, `]`, then the answer.
+async fn put_once(
+    client: &Client,
+    peer: usize,
+    path: &str,
+    events: &[Event],
+) -> Result<(), (u16, String)> {
+    let mut body = BytesMut::from(&EventEncoder::open()[..]);
+    let mut enc = EventEncoder::new();
+    for ev in events {
+        body.extend_from_slice(&enc.encode(ev));
+    }
+    body.extend_from_slice(&EventEncoder::close());
+    let (resp, mut s) = send_json(client, peer, Method::PUT, path, body.freeze()).await?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = read_body(&mut s).await.unwrap_or_default();
+    Err((status.as_u16(), reason_from_body(status.as_u16(), &body)))
+}
+
+/// Sends a request with a complete JSON body and waits for the response head. The error is
+/// `(0, reason)`: the request could not be made.
+async fn send_json(
+    client: &Client,
+    peer: usize,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(http::Response<()>, Stream), (u16, String)> {
+    let transport = |e: String| (0u16, e);
+    let live = client.connection(peer).await.map_err(transport)?;
+    let mut req = client.request(peer, method, path).map_err(transport)?;
     req.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    let body = serde_json::to_vec(request).map_err(|e| transport(e.to_string()))?;
     let mut send = live.send.clone();
     let mut s = send
         .send_request(req)
         .await
         .map_err(|e| transport(e.to_string()))?;
-    s.send_data(Bytes::from(body))
+    s.send_data(body)
         .await
         .map_err(|e| transport(e.to_string()))?;
     s.finish().await.map_err(|e| transport(e.to_string()))?;
@@ -352,12 +488,7 @@ async fn post_call(
         .recv_response()
         .await
         .map_err(|e| transport(e.to_string()))?;
-    let status = resp.status();
-    let body = read_body(&mut s).await.map_err(|e| (status.as_u16(), e))?;
-    if status != StatusCode::CREATED {
-        return Err((status.as_u16(), reason_from_body(status.as_u16(), &body)));
-    }
-    serde_json::from_slice(&body).map_err(|e| (0, format!("call description: {e}")))
+    Ok((resp, s))
 }
 
 async fn read_body(s: &mut Stream) -> Result<Bytes, String> {
@@ -372,6 +503,192 @@ async fn read_body(s: &mut Stream) -> Result<Bytes, String> {
             Ok(None) => return Ok(body.freeze()),
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// Whether the driver stops keeping a handler registered after a failure with `status`: a 4xx
+/// other than 408/429 will not change by retrying (bad token, conflict, unknown TG, removed).
+pub fn handler_gives_up(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// Waits between handler (re)registrations and stream re-opens: doubling, capped.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff {
+            next: HANDLER_BACKOFF_MIN,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(HANDLER_BACKOFF_MAX);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = HANDLER_BACKOFF_MIN;
+    }
+}
+
+async fn register_handler(client: &Arc<Client>, peer: usize, handler: Handler) {
+    if peer >= client.ctx.peers.len() {
+        let reason = format!("no RIPT peer #{peer}");
+        return client
+            .emit(RiptEvent::HandlerFailed {
+                peer,
+                status: 0,
+                reason,
+            })
+            .await;
+    }
+    let task = tokio::spawn(run_handler(client.clone(), peer, handler));
+    // A new registration for the peer replaces the old one (and its stream).
+    if let Some(old) = client.handlers().insert(peer, task.abort_handle()) {
+        old.abort();
+    }
+}
+
+/// How one handler events stream ended.
+#[derive(Debug)]
+enum HandlerStreamEnd {
+    /// The GET was refused (status) or could not be made (status 0).
+    Refused(u16, String),
+    /// It was open for `open_for`, then broke.
+    Broken { open_for: Duration, reason: String },
+    /// The peer closed the array: the handler was removed.
+    Removed,
+}
+
+/// Keeps the handler registered on the peer and its events stream open, for as long as the
+/// task lives. `HandlerRegistered` is sent each time the stream (re)opens, so the engine
+/// learns that the handler is reachable again after a `HandlerFailed`. A `404` on re-opening
+/// the stream means the peer forgot the handler (handlers live in memory, so a restart loses
+/// them): it is registered again. A stream the peer closes with `]` means the handler was
+/// removed (`DELETE`, protocol.md §2.3): that is final.
+async fn run_handler(client: Arc<Client>, peer: usize, handler: Handler) {
+    let mut backoff = Backoff::new();
+    let mut registered: Option<(String, String)> = None;
+    loop {
+        let (uri, path) = match registered.clone() {
+            Some(r) => r,
+            None => match post_handler(&client, peer, &handler).await {
+                Ok(r) => {
+                    registered = Some(r.clone());
+                    r
+                }
+                Err((status, reason)) => {
+                    tracing::info!(peer, status, %reason, "handler registration failed");
+                    if handler_failed(&client, peer, status, reason).await {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                    continue;
+                }
+            },
+        };
+        match handler_stream(&client, peer, &uri, &path).await {
+            HandlerStreamEnd::Refused(404, _) => {
+                tracing::info!(peer, %uri, "the peer forgot our handler; registering it again");
+                registered = None;
+            }
+            HandlerStreamEnd::Refused(status, reason) => {
+                tracing::info!(peer, status, %reason, "handler events stream refused");
+                if handler_failed(&client, peer, status, reason).await {
+                    return;
+                }
+            }
+            HandlerStreamEnd::Broken { open_for, reason } => {
+                tracing::info!(peer, %reason, "handler events stream broke; re-opening");
+                if open_for >= HANDLER_STABLE {
+                    backoff.reset();
+                }
+            }
+            HandlerStreamEnd::Removed => {
+                tracing::info!(peer, %uri, "handler removed on the peer");
+                let reason = "the handler was removed".to_string();
+                handler_failed(&client, peer, 404, reason).await;
+                return;
+            }
+        }
+        tokio::time::sleep(backoff.next_wait()).await;
+    }
+}
+
+/// Tells the engine that registering the handler or opening its stream failed; `true` when
+/// retrying is pointless.
+async fn handler_failed(client: &Client, peer: usize, status: u16, reason: String) -> bool {
+    client
+        .emit(RiptEvent::HandlerFailed {
+            peer,
+            status,
+            reason,
+        })
+        .await;
+    handler_gives_up(status)
+}
+
+/// `POST {TG}/handlers`: the handler's URI (from the echoed body, else `Location`) and path.
+async fn post_handler(
+    client: &Client,
+    peer: usize,
+    handler: &Handler,
+) -> Result<(String, String), (u16, String)> {
+    let path = format!(
+        "{RIPT_PREFIX}providertgs/{}/handlers",
+        client.ctx.peers[peer].tg
+    );
+    let (resp, body) = post_json(client, peer, &path, handler, StatusCode::CREATED).await?;
+    let uri = serde_json::from_slice::<Handler>(&body)
+        .ok()
+        .and_then(|h| h.uri)
+        .or_else(|| {
+            resp.headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| (0, "the peer gave no handler URI".to_string()))?;
+    let path = ript_path(&uri).ok_or_else(|| (0, format!("unusable handler URI {uri:?}")))?;
+    Ok((uri, path))
+}
+
+/// Reads `GET {handler}/events` until it ends, passing every event to the engine.
+async fn handler_stream(client: &Client, peer: usize, uri: &str, path: &str) -> HandlerStreamEnd {
+    let mut s = match open_events(client, peer, &format!("{path}/events")).await {
+        Ok(s) => s,
+        Err((status, reason)) => return HandlerStreamEnd::Refused(status, reason),
+    };
+    let opened = tokio::time::Instant::now();
+    client
+        .emit(RiptEvent::HandlerRegistered {
+            peer,
+            uri: uri.to_owned(),
+        })
+        .await;
+    let mut dec = EventDecoder::new();
+    let reason = loop {
+        let chunk = match tokio::time::timeout(HANDLER_IDLE, recv_events(&mut s, &mut dec)).await {
+            Ok(Ok(Some(events))) => events,
+            Ok(Ok(None)) => break "stream ended".to_string(),
+            Ok(Err(e)) => break e,
+            Err(_) => break format!("nothing received for {} s", HANDLER_IDLE.as_secs()),
+        };
+        for event in chunk {
+            client.emit(RiptEvent::HandlerEvent { peer, event }).await;
+        }
+        if dec.finished() {
+            return HandlerStreamEnd::Removed;
+        }
+    };
+    HandlerStreamEnd::Broken {
+        open_for: opened.elapsed(),
+        reason,
     }
 }
 
@@ -460,45 +777,67 @@ fn spawn_get(client: &Arc<Client>, target: &Target, gen: u64) -> AbortHandle {
 
 /// Reads `GET {call}/events` until it ends; every decoded event goes to the engine.
 async fn run_get(client: &Client, t: &Target) -> Result<(), String> {
-    let live = client.connection(t.peer).await?;
-    let req = client.request(t.peer, Method::GET, &format!("{}/events", t.path))?;
-    let mut send = live.send.clone();
-    let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
-    s.finish().await.map_err(|e| e.to_string())?;
-    let resp = s.recv_response().await.map_err(|e| e.to_string())?;
-    if resp.status() != StatusCode::OK {
-        let body = read_body(&mut s).await.unwrap_or_default();
-        return Err(reason_from_body(resp.status().as_u16(), &body));
-    }
+    let mut s = open_events(client, t.peer, &format!("{}/events", t.path))
+        .await
+        .map_err(|(_, reason)| reason)?;
     let mut dec = EventDecoder::new();
-    loop {
-        match s.recv_data().await.map_err(|e| e.to_string())? {
-            Some(mut buf) => {
-                while buf.has_remaining() {
-                    let c = buf.chunk();
-                    let n = c.len();
-                    dec.push(c);
-                    buf.advance(n);
-                }
-                while let Some(item) = dec.next_event() {
-                    match item {
-                        Ok(event) => {
-                            client
-                                .emit(RiptEvent::ClientEvent {
-                                    call: t.call,
-                                    event,
-                                })
-                                .await
-                        }
-                        Err(e) => {
-                            tracing::info!(call = %t.call, error = %e, "undecodable event skipped")
-                        }
-                    }
-                }
-            }
-            None => return Ok(()),
+    while let Some(events) = recv_events(&mut s, &mut dec).await? {
+        for event in events {
+            client
+                .emit(RiptEvent::ClientEvent {
+                    call: t.call,
+                    event,
+                })
+                .await;
         }
     }
+    Ok(())
+}
+
+/// Opens an events stream (`GET {path}`) and waits for its `200`. The error is
+/// `(status, reason)`, status 0 when the request could not be made.
+async fn open_events(client: &Client, peer: usize, path: &str) -> Result<Stream, (u16, String)> {
+    let transport = |e: String| (0u16, e);
+    let live = client.connection(peer).await.map_err(transport)?;
+    let req = client.request(peer, Method::GET, path).map_err(transport)?;
+    let mut send = live.send.clone();
+    let mut s = send
+        .send_request(req)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    s.finish().await.map_err(|e| transport(e.to_string()))?;
+    let resp = s
+        .recv_response()
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    if resp.status() != StatusCode::OK {
+        let body = read_body(&mut s).await.unwrap_or_default();
+        return Err((status, reason_from_body(status, &body)));
+    }
+    Ok(s)
+}
+
+/// The events decoded from the next chunk of an events stream; `None` once the stream ended.
+/// Objects that do not parse are logged and skipped (protocol.md §3).
+async fn recv_events(s: &mut Stream, dec: &mut EventDecoder) -> Result<Option<Vec<Event>>, String> {
+    let Some(mut buf) = s.recv_data().await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    while buf.has_remaining() {
+        let c = buf.chunk();
+        let n = c.len();
+        dec.push(c);
+        buf.advance(n);
+    }
+    let mut events = Vec::new();
+    while let Some(item) = dec.next_event() {
+        match item {
+            Ok(event) => events.push(event),
+            Err(e) => tracing::info!(error = %e, "undecodable event skipped"),
+        }
+    }
+    Ok(Some(events))
 }
 
 /// Owns `PUT {call}/events`: writes each queued event; closes the array when the queue closes.
@@ -578,5 +917,45 @@ async fn run_media(client: Arc<Client>, t: Target) {
     .await;
     if let Err(e) = res {
         tracing::info!(call = %t.call, error = %e, "media stream ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ript_paths_are_used_from_uris() {
+        assert_eq!(
+            ript_path("https://gw.example/.well-known/ript/v1/providertgs/web/calls/b-1/")
+                .as_deref(),
+            Some("/.well-known/ript/v1/providertgs/web/calls/b-1")
+        );
+        assert_eq!(
+            ript_path("/.well-known/ript/v1/providertgs/web/handlers/h").as_deref(),
+            Some("/.well-known/ript/v1/providertgs/web/handlers/h")
+        );
+        assert_eq!(ript_path("https://evil.example/other/path"), None);
+        assert_eq!(ript_path("not a uri"), None);
+        assert_eq!(ript_path(""), None);
+    }
+
+    #[test]
+    fn handler_retries_stop_on_lasting_client_errors_only() {
+        for s in [400, 401, 403, 404, 409, 413] {
+            assert!(handler_gives_up(s), "{s}");
+        }
+        for s in [0, 200, 408, 429, 500, 503] {
+            assert!(!handler_gives_up(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new();
+        let waits: Vec<u128> = (0..7).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.next_wait(), HANDLER_BACKOFF_MIN);
     }
 }
