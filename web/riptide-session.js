@@ -32,6 +32,14 @@
  *                            /web/config.json of the admin listener lists): entries are hex or
  *                            base64 strings, or `{algorithm: 'sha-256', value}` with such a
  *                            string or bytes. Settable later (the gateway renews the certificate).
+ *   codecs                   the voice codecs to advertise, in preference order: any of 'PCMU',
+ *                            'PCMA', 'opus' (case-insensitive). Default ['PCMU', 'PCMA', 'opus']:
+ *                            G.711 first, so that riptide proposes what SIP peers expect; put
+ *                            'opus' first to get opus wherever the other side has it. opus is
+ *                            advertised only where WebCodecs can encode and decode it
+ *                            (`await opusSupported()`); telephone-event (8 kHz) always is.
+ *                            Settable later (`s.codecs = ['opus', 'PCMU']`): it applies to the
+ *                            next open() or register().
  *
  * State:
  *   sessionState        noSession, openingSession (our call is being set up),
@@ -45,7 +53,10 @@
  *                       it failed, `handler` is the registered handler's URI
  *   incoming            `{call, from, destination}` of the ringing call, else null;
  *                       `onIncoming(incoming)` when one starts ringing
- *   stats               datagrams sent/received, RTP loss, setup time, received level, …
+ *   stats               datagrams sent/received, RTP loss, setup time, received level, codec,
+ *                       frames encoded/decoded, …
+ *   proposal            the call's proposal (docs/protocol.md §2.5: which codec, payload type
+ *                       and pTime each side sends), else null
  * The same changes are also dispatched as events (the Session is an EventTarget):
  * 'sessionstatechange' and 'registerstatechange' (detail {state, old}) and 'incoming'
  * (detail: the incoming call).
@@ -58,9 +69,15 @@
  * and PUTs of our events. Media is a WebTransport session to {call}/media?ticket=… (the
  * answer's mediaTicket: browsers cannot send Authorization on the CONNECT). Each datagram is
  * the RoQ flow id (0 = RTP) and one RTP packet; the browser adds the Quarter Stream ID. The
- * microphone is captured at 8 kHz in an AudioWorklet and encoded to G.711 (µ-law or A-law, as
- * the proposal says) in frames of the proposal's pTime; received G.711 plays through a jitter
- * buffer in another worklet (web/worklets.js), then a gain node (volume).
+ * microphone is captured in an AudioWorklet in frames of the proposal's pTime and encoded as
+ * the proposal says: G.711 (µ-law or A-law) in JS from an 8 kHz AudioContext, or opus with
+ * WebCodecs (AudioEncoder: raw opus packets, mono, 32 kbit/s, RTP clock 48 kHz) from a 48 kHz
+ * AudioContext. Received audio is decoded the same way (opus with AudioDecoder) and plays
+ * through a jitter buffer in another worklet (web/worklets.js), then a gain node (volume).
+ * `audio` and `output` are the AudioContext and gain node of the current (or last) call: the
+ * 8 kHz ones for G.711, the 48 kHz ones for opus. DTMF (RFC 4733) keeps the clock rate the
+ * proposal gives telephone-event (8000): with opus its durations count 8 kHz ticks while its
+ * RTP timestamps stay on the audio's 48 kHz timeline (one SSRC).
  */
 import { alawDecode, alawEncode, decode as ulawDecode, encode as ulawEncode } from './g711.js';
 
@@ -79,23 +96,75 @@ export const RegistrationState = Object.freeze({
     registrationFailed: 'registrationFailed',
 });
 
-const RATE = 8000;
+const G711_RATE = 8000;
+const OPUS_RATE = 48000;
+const OPUS_BITRATE = 32000;
+// Packet times an opus encoder can produce in one packet (RFC 6716 frame sizes, whole ms).
+const OPUS_PTIMES = [5, 10, 20, 40, 60];
 const DTMF_MS = 160; // a key press lasts 160 ms
 const DTMF_EVENTS = '0123456789*#ABCD';
 const NORMAL_CLEARING = 'Q.850;cause=16;text="Normal call clearing"';
-// The codecs this library sends and receives (G.711 both laws, no transcoding anywhere), with
-// the payload types riptide should propose when it has the choice. The proposal decides.
-const ADVERTISEMENT = {
-    codecs: [
-        { mediaType: 'audio/PCMU', clockRate: 8000, payloadType: 0, packetTime: 20 },
-        { mediaType: 'audio/PCMA', clockRate: 8000, payloadType: 8, packetTime: 20 },
-        { mediaType: 'audio/telephone-event', clockRate: 8000, payloadType: 101, parameters: '0-15', packetTime: 20 },
-    ],
+// The voice codecs this library can send and receive (no transcoding anywhere), as advertised,
+// with the payload types riptide should propose when it has the choice. The proposal decides.
+// opus is signalled 48000/2 (RFC 7587) though this library sends mono.
+const CODEC_ADS = {
+    PCMU: { mediaType: 'audio/PCMU', clockRate: 8000, payloadType: 0, packetTime: 20 },
+    PCMA: { mediaType: 'audio/PCMA', clockRate: 8000, payloadType: 8, packetTime: 20 },
+    opus: { mediaType: 'audio/opus', clockRate: 48000, channels: 2, payloadType: 111,
+        parameters: 'minptime=10;useinbandfec=1', packetTime: 20 },
 };
+const TELEPHONE_EVENT_AD = { mediaType: 'audio/telephone-event', clockRate: 8000, payloadType: 101, parameters: '0-15', packetTime: 20 };
+export const DEFAULT_CODECS = Object.freeze(['PCMU', 'PCMA', 'opus']);
 const CODECS = {
-    'audio/pcmu': { name: 'PCMU', encode: ulawEncode, decode: ulawDecode, silence: 0xff },
-    'audio/pcma': { name: 'PCMA', encode: alawEncode, decode: alawDecode, silence: 0xd5 },
+    'audio/pcmu': { name: 'PCMU', rate: G711_RATE, encode: ulawEncode, decode: ulawDecode, silence: 0xff },
+    'audio/pcma': { name: 'PCMA', rate: G711_RATE, encode: alawEncode, decode: alawDecode, silence: 0xd5 },
+    'audio/opus': { name: 'opus', rate: OPUS_RATE, webCodecs: true },
 };
+const OPUS_ENCODER = { codec: 'opus', sampleRate: OPUS_RATE, numberOfChannels: 1, bitrate: OPUS_BITRATE };
+const OPUS_DECODER = { codec: 'opus', sampleRate: OPUS_RATE, numberOfChannels: 1 };
+
+// The codec names of a `codecs` option, checked and spelled as CODEC_ADS spells them.
+function codecList(list) {
+    if (!Array.isArray(list) || list.length === 0) throw new TypeError('codecs must be a non-empty array of codec names');
+    const names = list.map((c) => {
+        const name = Object.keys(CODEC_ADS).find((k) => k.toLowerCase() === String(c).toLowerCase());
+        if (!name) throw new TypeError(`unknown codec ${c}: this library speaks ${Object.keys(CODEC_ADS).join(', ')}`);
+        return name;
+    });
+    return Object.freeze([...new Set(names)]);
+}
+
+// Whether this browser's WebCodecs can encode and decode opus as this library uses it
+// (48 kHz mono, raw packets). Resolves false where WebCodecs is missing.
+let opusCheck = null;
+export function opusSupported() {
+    opusCheck ??= (async () => {
+        if (typeof AudioEncoder === 'undefined' || typeof AudioDecoder === 'undefined' || typeof AudioData === 'undefined') return false;
+        try {
+            const [e, d] = await Promise.all([
+                AudioEncoder.isConfigSupported({ ...OPUS_ENCODER, opus: { format: 'opus', frameDuration: 20000 } }),
+                AudioDecoder.isConfigSupported(OPUS_DECODER),
+            ]);
+            return Boolean(e.supported && d.supported);
+        } catch { return false; }
+    })();
+    return opusCheck;
+}
+
+// Linear interpolation of a mono frame from rate `from` to rate `to` (only for a decoder that
+// does not give the AudioContext's rate; Chromium's opus decoder gives 48 kHz as configured).
+function resample(x, from, to) {
+    if (from === to) return x;
+    const n = Math.max(1, Math.round((x.length * to) / from));
+    const y = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+        const p = (i * from) / to;
+        const j = Math.floor(p);
+        const f = p - j;
+        y[i] = (x[j] ?? 0) * (1 - f) + (x[Math.min(j + 1, x.length - 1)] ?? 0) * f;
+    }
+    return y;
+}
 // Handler events stream (docs/protocol.md §2.7): riptide pings every 15 s, so a stream silent
 // for much longer is dead even if TCP/QUIC has not noticed yet.
 const HANDLER_STREAM_SILENCE_MS = 45000;
@@ -174,12 +243,13 @@ function sleep(ms, signal) {
 const problemText = (status, body) => `${status} ${body?.detail ?? body?.title ?? ''}`.trim();
 
 export class Session extends EventTarget {
-    constructor({ base, tg, token, serverCertificateHashes } = {}) {
+    constructor({ base, tg, token, serverCertificateHashes, codecs = DEFAULT_CODECS } = {}) {
         super();
         this.base = base.replace(/\/$/, '');
         this.tg = tg;
         this.token = token;
         this.serverCertificateHashes = serverCertificateHashes ?? [];
+        this.codecs = codecs;
         this._state = SessionState.noSession;
         this._regState = RegistrationState.noRegistrar;
         this._reg = null;
@@ -189,14 +259,41 @@ export class Session extends EventTarget {
         this.onRegisterStateChange = null;
         this.onIncoming = null;
         this.registrationError = null;
-        // One 8 kHz AudioContext for the page's calls; worklets load now, so that the page
-        // can start a call at once. It may start suspended until a click (autoplay policy).
-        this.audio = new AudioContext({ sampleRate: RATE });
-        // After the analyser, so that the received level does not depend on the volume.
-        this.output = this.audio.createGain();
-        this.output.connect(this.audio.destination);
-        this.ready = this._loadWorklets();
+        // AudioContexts by sample rate: 8 kHz for G.711 calls, made now with its worklets, so
+        // that the page can start a call at once; 48 kHz for opus calls, made once opus is
+        // known to work here when opus comes first in `codecs`, else on the first opus call.
+        // They may start suspended until a click (autoplay policy). worklets.js is fetched
+        // once, now: a context made later loads it from memory.
+        this._disposed = false;
+        this._contexts = new Map();
+        this._rate = G711_RATE;
+        this._workletSource = this._fetchWorklets();
+        this._workletSource.catch(() => {}); // reported through `ready`
+        this.ready = (async () => {
+            await this._context(G711_RATE).ready;
+            if (this._codecs[0] === 'opus' && (await opusSupported())) {
+                await this._context(OPUS_RATE).ready.catch((e) => console.warn(`riptide: 48 kHz audio: ${e.message ?? e}`));
+            }
+        })();
         this._reset();
+    }
+
+    // The voice codecs to advertise, in preference order (see the header).
+    get codecs() { return this._codecs; }
+    set codecs(list) { this._codecs = codecList(list); }
+    // The AudioContext and output gain node of the current (or last) call (null once disposed).
+    get audio() { return this._contexts.get(this._rate)?.ctx ?? null; }
+    get output() { return this._contexts.get(this._rate)?.output ?? null; }
+    // The call's proposal (docs/protocol.md §2.5), once the gateway gave it.
+    get proposal() { return this._proposal; }
+
+    // Ends the call, removes the handler and closes the AudioContexts: the Session is unusable
+    // afterwards (a page that changes gateway makes a new one).
+    async dispose() {
+        this._disposed = true;
+        await Promise.all([this.unregister(), this.close()].map((p) => p.catch(() => {})));
+        for (const c of this._contexts.values()) c.ctx.close().catch(() => {});
+        this._contexts.clear();
     }
 
     get sessionState() { return this._state; }
@@ -212,22 +309,28 @@ export class Session extends EventTarget {
         if (!Number.isFinite(x)) throw new RangeError(`volume must be a number in 0..1: ${v}`);
         this._volume = Math.max(0, Math.min(1, x));
         // A short ramp: a step in gain clicks.
-        this.output.gain.setTargetAtTime(this._volume, this.audio.currentTime, 0.01);
+        for (const c of this._contexts.values()) c.output.gain.setTargetAtTime(this._volume, c.ctx.currentTime, 0.01);
     }
 
     // Counters for the page (and tests): datagrams each way, RTP loss from sequence gaps,
     // setup time (open() or the call's `incoming` → inSession; acceptMs: accept(true) →
-    // inSession), the received audio's RMS level (0..1, before the volume), jitter buffer.
+    // inSession), the received audio's RMS level (0..1, before the volume), jitter buffer;
+    // the codec we send and its sample rate, voice frames encoded (sent as RTP) and decoded
+    // (handed to the jitter buffer), and the last encoder/decoder error (WebCodecs) if any.
     get stats() {
         const r = this.rx;
         const expected = r.count ? r.maxSeq - r.baseSeq + 1 : 0;
         return {
             direction: this.direction,
             codec: this.codec?.name ?? null,
+            sampleRate: this.codec ? this.codec.rate : null,
             datagramsSent: this.tx.datagrams,
             datagramsReceived: r.datagrams,
             rtpReceived: r.count,
             packetsLost: Math.max(0, expected - r.count),
+            framesEncoded: this.tx.frames,
+            framesDecoded: r.frames,
+            mediaError: this.mediaError,
             dtmfPacketsSent: this.tx.dtmfPackets,
             setupMs: this.setupMs,
             acceptMs: this.acceptMs,
@@ -252,13 +355,13 @@ export class Session extends EventTarget {
             const r = await fetch(`${this._tgUri(this.tg)}/calls`, {
                 method: 'POST',
                 headers: this._headers(true),
-                body: JSON.stringify({ destination, advertisement: ADVERTISEMENT }),
+                body: JSON.stringify({ destination, advertisement: await this._advertisement() }),
                 signal: this.abort.signal,
             });
             const body = await r.json().catch(() => ({}));
             if (r.status !== 201) throw new Error(`POST calls: ${problemText(r.status, body)}`);
             this.call = r.headers.get('location') ?? body.uri;
-            this._choosePayloadTypes(body.proposal);
+            await this._choosePayloadTypes(body.proposal);
             this._readEvents(); // runs until the call ends
             await this._openMedia(body.mediaTicket);
         } catch (e) {
@@ -316,7 +419,7 @@ export class Session extends EventTarget {
             if (r.status !== 200) throw new Error(`taking the call: ${problemText(r.status, body)}`);
             taken = true;
             this._checkRinging();
-            this._choosePayloadTypes(body.proposal);
+            await this._choosePayloadTypes(body.proposal);
             this._readEvents();
             await this._openMedia(body.mediaTicket);
             this._checkRinging();
@@ -404,14 +507,24 @@ export class Session extends EventTarget {
         this._taking = false;
         this.seqOut = 0;
         this.codec = null;
+        this._proposal = null;
+        this.mediaError = null;
         this.ptAudio = 0;
         this.ptEvent = null;
+        this.eventRate = G711_RATE;
         this.rxCodecs = new Map();
+        this.pTime = 20;
         this.frame = 160;
-        this.tx = { datagrams: 0, dtmfPackets: 0, seq: Math.floor(Math.random() * 65536),
+        this.encoder = null;
+        this.decoder = null;
+        // pending: the RTP sequence number and timestamp of each frame the opus encoder has
+        // not given back yet (it answers in order, one packet per frame).
+        this.tx = { datagrams: 0, dtmfPackets: 0, frames: 0, seq: Math.floor(Math.random() * 65536),
             ts: Math.floor(Math.random() * 2 ** 32), ssrc: Math.floor(Math.random() * 2 ** 32) >>> 0,
-            keys: [], key: null };
-        this.rx = { datagrams: 0, count: 0, baseSeq: 0, maxSeq: 0 };
+            keys: [], key: null, pending: [], clock: 0, restarts: 0 };
+        // pending: the extended sequence numbers of the packets the opus decoder has not
+        // given back yet (in order, one frame per packet).
+        this.rx = { datagrams: 0, count: 0, baseSeq: 0, maxSeq: 0, frames: 0, pending: [], clock: 0, restarts: 0 };
         this.eventsDone = Promise.resolve();
     }
 
@@ -427,10 +540,20 @@ export class Session extends EventTarget {
         return fetch(`${this.call}/events`, { method: 'PUT', headers: this._headers(true), body: JSON.stringify(events) });
     }
 
-    // Worklets loaded, the context running, and the microphone open.
+    // The advertisement of docs/protocol.md §2.3: `codecs` as this browser can do them, then
+    // telephone-event.
+    async _advertisement() {
+        const opus = await opusSupported();
+        const voice = this._codecs.filter((c) => c !== 'opus' || opus);
+        if (!voice.length) throw new Error(`none of the codecs ${this._codecs.join(', ')} works in this browser (no WebCodecs opus)`);
+        return { codecs: [...voice.map((c) => ({ ...CODEC_ADS[c] })), { ...TELEPHONE_EVENT_AD }] };
+    }
+
+    // Worklets loaded, the contexts running, and the microphone open.
     async _prepareAudio() {
+        if (this._disposed) throw new Error('this Session was disposed of');
         await this.ready;
-        await this.audio.resume();
+        await Promise.all([...this._contexts.values()].map((c) => c.ctx.resume()));
         const mic = await navigator.mediaDevices.getUserMedia({
             audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
         });
@@ -450,11 +573,32 @@ export class Session extends EventTarget {
     // web/worklets.js is fetched like the page's other scripts and handed to the worklet as a
     // Blob URL: worklet requests of their own bypass request interception (Playwright's
     // page.route, which the browser checks serve this page with, never sees them).
-    async _loadWorklets() {
+    async _fetchWorklets() {
         const r = await fetch(new URL('./worklets.js', import.meta.url));
         if (!r.ok) throw new Error(`worklets.js: ${r.status}`);
-        const url = URL.createObjectURL(new Blob([await r.text()], { type: 'text/javascript' }));
-        try { await this.audio.audioWorklet.addModule(url); } finally { URL.revokeObjectURL(url); }
+        return r.text();
+    }
+
+    // The AudioContext at `rate` with its output gain (the volume) and worklets (`ready`),
+    // made on first use.
+    _context(rate) {
+        if (this._disposed) throw new Error('this Session was disposed of');
+        let c = this._contexts.get(rate);
+        if (c) return c;
+        const ctx = new AudioContext({ sampleRate: rate });
+        // After the analyser, so that the received level does not depend on the volume.
+        const output = ctx.createGain();
+        output.gain.value = this._volume;
+        output.connect(ctx.destination);
+        c = { ctx, output };
+        c.ready = (async () => {
+            if (ctx.sampleRate !== rate) throw new Error(`this browser made a ${ctx.sampleRate} Hz AudioContext, not ${rate} Hz`);
+            const url = URL.createObjectURL(new Blob([await this._workletSource], { type: 'text/javascript' }));
+            try { await ctx.audioWorklet.addModule(url); } finally { URL.revokeObjectURL(url); }
+        })();
+        c.ready.catch(() => {}); // reported where it is awaited
+        this._contexts.set(rate, c);
+        return c;
     }
 
     _setState(s) {
@@ -502,10 +646,12 @@ export class Session extends EventTarget {
             try {
                 if (backoff) await sleep(backoff * (0.8 + 0.4 * Math.random()), reg.abort.signal);
                 if (!posted) {
+                    let advertisement;
+                    try { advertisement = await this._advertisement(); } catch (e) { return fail(String(e.message ?? e)); }
                     const r = await fetch(`${this._tgUri(reg.tg)}/handlers`, {
                         method: 'POST',
                         headers: this._headers(true),
-                        body: JSON.stringify({ 'handler-id': reg.id, advertisement: ADVERTISEMENT }),
+                        body: JSON.stringify({ 'handler-id': reg.id, advertisement }),
                         signal: reg.abort.signal,
                     });
                     const body = await r.json().catch(() => ({}));
@@ -602,19 +748,33 @@ export class Session extends EventTarget {
 
     // The codecs of the proposal (docs/protocol.md §2.5): we send the c2s streams' payload
     // types and read the s2c ones (riptide proposes the same both ways, but need not).
-    _choosePayloadTypes(proposal) {
+    // The audio runs at the sending codec's rate (8 kHz G.711, 48 kHz opus); received streams
+    // of another rate are not played (riptide never proposes such a mix).
+    async _choosePayloadTypes(proposal) {
+        this._proposal = proposal ?? null;
+        const opus = await opusSupported();
+        const usable = (s) => {
+            const c = CODECS[s.mediaType?.toLowerCase()];
+            return c && (!c.webCodecs || opus) ? c : null;
+        };
         const streams = proposal?.streams ?? [];
         const c2s = streams.filter((s) => s.direction === 'c2s');
         const s2c = streams.filter((s) => s.direction === 's2c');
-        const voice = c2s.find((s) => CODECS[s.mediaType?.toLowerCase()]);
-        if (!voice) throw new Error(`the proposal has no G.711 stream to send (${c2s.map((s) => s.mediaType).join(', ') || 'none'})`);
-        this.codec = CODECS[voice.mediaType.toLowerCase()];
+        const voice = c2s.find(usable);
+        if (!voice) throw new Error(`the proposal has no stream this page can send (${c2s.map((s) => s.mediaType).join(', ') || 'none'})`);
+        this.codec = usable(voice);
         this.ptAudio = voice.payloadType;
-        this.frame = (RATE / 1000) * (voice.pTime || 20);
-        this.ptEvent = c2s.find((s) => /^audio\/telephone-event$/i.test(s.mediaType))?.payloadType ?? null;
+        let pTime = voice.pTime || 20;
+        // opus packets hold 2.5 to 60 ms; anything else is sent as 20 ms packets.
+        if (this.codec.webCodecs && !OPUS_PTIMES.includes(pTime)) pTime = 20;
+        this.pTime = pTime;
+        this.frame = (this.codec.rate / 1000) * pTime;
+        const event = c2s.find((s) => /^audio\/telephone-event$/i.test(s.mediaType));
+        this.ptEvent = event?.payloadType ?? null;
+        this.eventRate = event?.clockRate || G711_RATE;
         for (const s of s2c.length ? s2c : c2s) {
-            const c = CODECS[s.mediaType?.toLowerCase()];
-            if (c) this.rxCodecs.set(s.payloadType, c);
+            const c = usable(s);
+            if (c && c.rate === this.codec.rate) this.rxCodecs.set(s.payloadType, c);
         }
     }
 
@@ -651,14 +811,20 @@ export class Session extends EventTarget {
     async _openMedia(ticket) {
         const url = `${this.call}/media${ticket ? `?ticket=${encodeURIComponent(ticket)}` : ''}`;
         const hashes = certificateHashes(this.serverCertificateHashes);
+        // The codec's AudioContext (a 48 kHz one for opus may be new) while the media opens.
+        const audio = this._context(this.codec.rate);
+        const audioReady = audio.ready.then(() => audio.ctx.resume());
+        audioReady.catch(() => {}); // awaited below, unless the media fails first
         this.wt = new WebTransport(url, hashes.length ? { serverCertificateHashes: hashes } : {});
         await this.wt.ready;
+        await audioReady;
         if (![SessionState.openingSession, SessionState.acceptingSession, SessionState.inSession].includes(this._state)) {
             throw new Error(`the call ended while its media opened (${this.endReason})`);
         }
+        this._rate = this.codec.rate;
+        if (this.codec.webCodecs) this._makeEncoder();
         this.writer = this.wt.datagrams.writable.getWriter();
         this.wt.closed.catch(() => {}).then(() => { this.wt = null; });
-        this._receive(this.wt.datagrams.readable.getReader());
 
         const a = this.audio;
         this.playout = new AudioWorkletNode(a, 'riptide-playout', {
@@ -666,8 +832,10 @@ export class Session extends EventTarget {
         });
         this.playout.port.onmessage = (e) => { this.playoutStats = e.data; };
         this.analyser = a.createAnalyser();
-        this.analyser.fftSize = 1024;
+        // About the same window at either rate: 128 ms at 8 kHz, 171 ms at 48 kHz.
+        this.analyser.fftSize = this._rate === G711_RATE ? 1024 : 8192;
         this.playout.connect(this.analyser).connect(this.output);
+        this._receive(this.wt.datagrams.readable.getReader());
 
         this.source = a.createMediaStreamSource(this.mic);
         this.capture = new AudioWorkletNode(a, 'riptide-capture', { numberOfOutputs: 1, processorOptions: { frame: this.frame } });
@@ -677,44 +845,115 @@ export class Session extends EventTarget {
         this.source.connect(this.capture).connect(this.silent).connect(a.destination);
     }
 
-    // One frame from the microphone: a G.711 packet, or while a key is pressed an RFC 4733
-    // packet in its place. The RTP timestamp advances by the frame either way.
+    // One frame from the microphone: a voice packet, or while a key is pressed an RFC 4733
+    // packet in its place. The RTP timestamp advances by the frame either way. G.711 is
+    // encoded and sent at once; opus frames go to the AudioEncoder with the packet's sequence
+    // number and timestamp reserved, and are sent when it gives them back (_sendEncoded).
     _sendFrame(samples) {
         const t = this.tx;
         if (!this.writer || this._state === SessionState.closingSession) return;
         if (!t.key && t.keys.length) t.key = { code: t.keys.shift(), ts: t.ts, frames: 0, ends: 0 };
-        let pkt;
+        let pkt = null;
         const n = samples.length;
         if (t.key) {
             const k = t.key;
-            const frames = Math.ceil((DTMF_MS * RATE) / 1000 / n);
+            const frames = Math.ceil((DTMF_MS * this.codec.rate) / 1000 / n);
             if (k.frames < frames) k.frames++; else k.ends++;
             const end = k.ends > 0;
-            const duration = Math.min(0xffff, k.frames * n);
+            // In the telephone-event clock (8 kHz as proposed, also under opus's 48 kHz).
+            const duration = Math.min(0xffff, Math.round((k.frames * n * this.eventRate) / this.codec.rate));
             pkt = this._rtp(this.ptEvent, k.frames === 1 && !end, k.ts, 4);
             pkt.set([k.code, (end ? 0x80 : 0) | 10, duration >> 8, duration & 0xff], 13);
             t.dtmfPackets++;
             if (k.ends === 3) t.key = null;
+        } else if (this.codec.webCodecs) {
+            // WebCodecs closes a codec that fails: a new one, a few times per call.
+            if (this.encoder?.state === 'closed' && t.restarts++ < 3) this._makeEncoder();
+            if (this.encoder?.state === 'configured') {
+                t.pending.push({ seq: this._nextSeq(), ts: t.ts });
+                const data = this._mute ? new Float32Array(n) : samples;
+                const frame = new AudioData({ format: 'f32-planar', sampleRate: this.codec.rate, numberOfFrames: n,
+                    numberOfChannels: 1, timestamp: Math.round((t.clock * 1e6) / this.codec.rate), data });
+                t.clock += n;
+                try { this.encoder.encode(frame); } catch (e) { t.pending.pop(); this._mediaError('opus encoder', e); }
+                frame.close();
+            }
         } else {
             pkt = this._rtp(this.ptAudio, false, t.ts, n);
             if (this._mute) pkt.fill(this.codec.silence, 13); else pkt.set(this.codec.encode(samples), 13);
+            t.frames++;
         }
         t.ts = (t.ts + n) >>> 0;
-        this.writer.write(pkt).then(() => { t.datagrams++; }, () => {});
+        if (pkt) this.writer.write(pkt).then(() => { t.datagrams++; }, () => {});
+    }
+
+    // The call's opus encoder: mono at 48 kHz, raw opus packets of the proposal's pTime.
+    _makeEncoder() {
+        const t = this.tx;
+        t.pending = [];
+        const encoder = new AudioEncoder({
+            output: (chunk) => {
+                if (this.encoder !== encoder) return;
+                const slot = t.pending.shift();
+                if (!slot || !this.writer || this._state === SessionState.closingSession) return;
+                const pkt = this._rtp(this.ptAudio, false, slot.ts, chunk.byteLength, slot.seq);
+                chunk.copyTo(pkt.subarray(13));
+                t.frames++;
+                this.writer.write(pkt).then(() => { t.datagrams++; }, () => {});
+            },
+            error: (e) => { if (this.encoder === encoder) this._mediaError('opus encoder', e); },
+        });
+        encoder.configure({ ...OPUS_ENCODER, opus: { format: 'opus', frameDuration: this.pTime * 1000 } });
+        this.encoder = encoder;
+    }
+
+    // The call's opus decoder (made again after an error: WebCodecs closes a codec that
+    // fails). Decoded frames go to the jitter buffer under their packet's sequence number.
+    _makeDecoder() {
+        const r = this.rx;
+        r.pending = [];
+        const decoder = new AudioDecoder({
+            output: (data) => {
+                const seq = r.pending.shift();
+                try {
+                    if (this.decoder !== decoder || seq === undefined || !this.playout) return;
+                    let samples = new Float32Array(data.numberOfFrames);
+                    data.copyTo(samples, { planeIndex: 0, format: 'f32-planar' });
+                    samples = resample(samples, data.sampleRate, this.audio.sampleRate);
+                    r.frames++;
+                    this.playout.port.postMessage({ seq, samples }, [samples.buffer]);
+                } finally { data.close(); }
+            },
+            error: (e) => { if (this.decoder === decoder) this._mediaError('opus decoder', e); },
+        });
+        decoder.configure(OPUS_DECODER);
+        this.decoder = decoder;
+    }
+
+    _mediaError(what, e) {
+        this.mediaError = `${what}: ${e?.message ?? e}`;
+        console.warn(`riptide: ${this.mediaError}`);
+    }
+
+    _nextSeq() {
+        const t = this.tx;
+        const seq = t.seq;
+        t.seq = (t.seq + 1) & 0xffff;
+        return seq;
     }
 
     // A datagram holding flow id 0 and an RTP header (V=2, no CSRC); the payload is filled in.
-    _rtp(pt, marker, ts, payloadLen) {
+    // The sequence number is the next one unless reserved earlier (`seq`).
+    _rtp(pt, marker, ts, payloadLen, seq = this._nextSeq()) {
         const t = this.tx;
         const d = new Uint8Array(1 + 12 + payloadLen);
         const v = new DataView(d.buffer);
         d[0] = 0; // RoQ flow id 0: RTP (a one-byte QUIC varint)
         d[1] = 0x80;
         d[2] = (marker ? 0x80 : 0) | pt;
-        v.setUint16(3, t.seq);
+        v.setUint16(3, seq);
         v.setUint32(5, ts);
         v.setUint32(9, t.ssrc);
-        t.seq = (t.seq + 1) & 0xffff;
         return d;
     }
 
@@ -733,13 +972,9 @@ export class Session extends EventTarget {
             if (d.length < len || (d[0] & 0x3f) !== 0 || len !== 1) continue;
             const p = d.subarray(1);
             if (p.length < 12 || p[0] >> 6 !== 2) continue;
-            const codec = this.rxCodecs.get(p[1] & 0x7f);
-            if (!codec) continue; // telephone-event, CN: not played
-            let off = 12 + 4 * (p[0] & 0x0f);
-            if (p[0] & 0x10) off += 4 + 4 * ((p[off + 2] << 8) | p[off + 3]);
-            let end = p.length;
-            if (p[0] & 0x20) end -= p[end - 1];
-            if (off >= end) continue;
+            const pt = p[1] & 0x7f;
+            if (pt >= 72 && pt <= 95) continue; // RTCP multiplexed on RTP (RFC 5761): not ours
+            // Every RTP packet counts in the sequence (loss); voice packets are also played.
             const seq16 = (p[2] << 8) | p[3];
             let seq;
             if (r.count === 0) { seq = seq16; r.baseSeq = seq; r.maxSeq = seq; } else {
@@ -749,8 +984,38 @@ export class Session extends EventTarget {
                 if (seq > r.maxSeq) r.maxSeq = seq;
             }
             r.count++;
+            const codec = this.rxCodecs.get(pt);
+            if (!codec) continue; // telephone-event, CN: not played
+            let off = 12 + 4 * (p[0] & 0x0f);
+            if (p[0] & 0x10) off += 4 + 4 * ((p[off + 2] << 8) | p[off + 3]);
+            let end = p.length;
+            if (p[0] & 0x20) end -= p[end - 1];
+            if (off >= end) continue;
+            if (codec.webCodecs) {
+                this._decode(seq, p.subarray(off, end));
+                continue;
+            }
             const samples = codec.decode(p.subarray(off, end));
+            r.frames++;
             this.playout?.port.postMessage({ seq, samples }, [samples.buffer]);
+        }
+    }
+
+    // One opus packet to the AudioDecoder (which copies it).
+    _decode(seq, payload) {
+        const r = this.rx;
+        if (!this.decoder || this.decoder.state !== 'configured') {
+            // The first, or a new one after a failure (a bad packet closes it), a few times.
+            if (this._state === SessionState.noSession || (this.decoder && r.restarts++ >= 20)) return;
+            this._makeDecoder();
+        }
+        r.pending.push(seq);
+        try {
+            this.decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: Math.round((r.clock * 1e6) / OPUS_RATE), data: payload }));
+            r.clock += this.frame;
+        } catch (e) {
+            r.pending.pop();
+            this._mediaError('opus decoder', e);
         }
     }
 
@@ -773,6 +1038,8 @@ export class Session extends EventTarget {
         for (const n of [this.source, this.capture, this.silent, this.playout]) n?.disconnect();
         if (this.capture) this.capture.port.onmessage = null;
         this.source = this.capture = this.silent = this.playout = null;
+        for (const c of [this.encoder, this.decoder]) if (c && c.state !== 'closed') c.close();
+        this.encoder = this.decoder = null;
         // The analyser stays readable (level 0 from now on) until the next call.
         this._setState(SessionState.noSession);
     }

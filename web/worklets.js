@@ -1,12 +1,15 @@
 // Audio worklets of riptide's browser client (web/riptide-session.js). Both run in an
-// AudioContext at 8 kHz, the G.711 rate, so no resampling is needed. Self-contained (no
-// imports): riptide-session.js loads it from a Blob URL.
+// AudioContext at the codec's rate (8 kHz for G.711, 48 kHz for opus), so no resampling is
+// needed. Self-contained (no imports): riptide-session.js loads it from a Blob URL.
 
-const FRAME = 160; // 20 ms at 8 kHz: one RTP packet of G.711, unless the call's pTime differs
+// 20 ms at the context's rate (160 samples at 8 kHz: one RTP packet of G.711), unless the
+// call's pTime differs (processorOptions.frame).
+const FRAME = Math.round(sampleRate / 50);
 
 // Microphone → frames of the call's packet time (processorOptions.frame samples, default 20 ms).
 // Collects the 128-sample render quanta into frames and posts each (a Float32Array) to the main
-// thread, which encodes G.711 and frames RTP. The audio clock paces the frames.
+// thread, which encodes them (G.711, or opus with WebCodecs) and frames RTP. The audio clock
+// paces the frames.
 class CaptureProcessor extends AudioWorkletProcessor {
     constructor(options) {
         super();
@@ -30,10 +33,11 @@ class CaptureProcessor extends AudioWorkletProcessor {
 }
 
 // Received frames → speaker, through a small jitter buffer. The main thread posts
-// {seq, samples} (decoded frames, seq = extended RTP sequence number). Playout
-// starts once `target` frames are queued; frames are played in sequence order; a missing frame
-// plays as silence; a frame that arrives after its turn is dropped; when the queue grows past
-// `max` frames the oldest ones are dropped. Counters go back on the port every second.
+// {seq, samples} (decoded frames, seq = extended RTP sequence number). Playout starts once
+// `target` frames are queued (again after an underrun, from the first frame queued then);
+// frames are played in sequence order; a missing frame plays as silence; a frame that arrives
+// after its turn is dropped; when the queue grows past `max` frames the oldest ones are
+// dropped. Counters go back on the port every second.
 class PlayoutProcessor extends AudioWorkletProcessor {
     constructor(options) {
         super();
@@ -53,7 +57,10 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     push(seq, samples) {
         if (this.next !== null && seq < this.next) { this.stats.late++; return; }
         this.frames.set(seq, samples);
-        if (this.next === null || (!this.playing && seq < this.next)) this.next = seq;
+        // Waiting to (re)start: play from the first frame queued. After an underrun the
+        // frames missed meanwhile (lost, or sent as DTMF in their place) are not concealed:
+        // silence played in their time already.
+        if (this.next === null || (!this.playing && (seq < this.next || this.frames.size === 1))) this.next = seq;
         while (this.frames.size > this.max) { // too far behind: skip ahead
             this.frames.delete(this.next);
             this.next++;
@@ -88,7 +95,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
             }
             out[i] = this.cur[this.pos++];
         }
-        if (++this.quanta % 63 === 0) { // about once a second at 8 kHz
+        if (++this.quanta % Math.round(sampleRate / 128) === 0) { // about once a second
             this.port.postMessage({ ...this.stats, buffered: this.frames.size });
         }
         return true;

@@ -2,7 +2,8 @@
 # Browser checks for riptide: CORS-04 and WT-01 in headless Chromium (see cors_wt.mjs), then an
 # end-to-end call from the dial pad web/demo.html to a SIP peer (see call_e2e.mjs), then calls
 # from a SIP phone to the same page, served by riptide's admin listener and registered as a
-# handler (see incoming_e2e.mjs).
+# handler (see incoming_e2e.mjs), and an opus call (WebCodecs) from the dial pad to the echo
+# service (see opus_e2e.mjs).
 #
 #   interop/browser/run.sh
 #
@@ -25,6 +26,9 @@
 # The call: Chromium's fake microphone plays a 440 Hz WAV (sox); tcpdump on lo records what the
 # gateway sends the "tone" UAS, and tone_check.py finds the tone (Goertzel) and the page's
 # DTMF 5 (RFC 4733) in it. Screenshots call-1-idle.png, call-2-in-call.png, call-3-ended.png.
+# The opus call: the same page with `codecs=opus,PCMU,PCMA` calls "echo" on TG "local" (the
+# built-in echo service) with the same 440 Hz microphone and finds the tone in the echoed opus it
+# decodes; then once more with the default codecs (PCMU). Screenshot opus-1-in-call.png.
 # The incoming calls: the gateway also serves TG "web", whose handlers `[[sip_route]] prefix =
 # "page"` rings, and allows the admin listener's origin (the page's, http://127.0.0.1:ADMIN_PORT).
 # The page's fake microphone plays 660 Hz; a SIPp phone (scenarios/page_*_uac.xml, started by
@@ -288,6 +292,14 @@ val() { sed -n "s/^$1=//p" <<<"$sent"; }
     if [ "$(val dtmf_digits)" = 5 ] && [ "$(val dtmf_packets)" -ge 4 ] 2>/dev/null && [ "$(val dtmf_ends)" -ge 1 ] 2>/dev/null; then r=PASS; else r=FAIL; fi
     echo "$r call: the page's key 5 reaches the SIP peer as RFC 4733 (payload type 101: $(val dtmf_packets) packets, events \"$(val dtmf_digits)\", $(val dtmf_ends) with the end bit)"
 } | tee -a "$OUT/results.txt"
+
+# --- an opus call: web/demo.html with opus preferred → riptide's echo service (TG "local") ---
+log "headless Chromium: an opus call (WebCodecs) from web/demo.html to the echo service"
+RIPTIDE_URL="https://127.0.0.1:$H3_PORT" ADMIN_URL="http://127.0.0.1:$ADMIN_PORT" \
+    SPKI_SHA256="$SPKI_SHA256" TOKEN="$TOKEN" OUT="$OUT" CHROMIUM="$(command -v chromium)" WEB_DIR="$REPO_ROOT/web" TONE_WAV="$MIC_WAV" DIAL=echo \
+    timeout 90 node "$HERE/opus_e2e.mjs" | tee -a "$OUT/results.txt"
+opus_rc=${PIPESTATUS[0]}
+[ "$rc" != 0 ] || rc=$opus_rc
 
 # --- calls to the page: SIPp phone → riptide → web/demo.html served by riptide, registered ---
 log "headless Chromium: calls from a SIP phone to web/demo.html registered on TG \"web\""
