@@ -12,7 +12,7 @@
 // Prints one PASS/FAIL line per check and a FIGURES line; exit status 1 when any check failed.
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, launchChromium, responses, run } from './harness.mjs';
+import { check, env, launchWithMic, micPage, responses, run, shooter, sleep } from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
@@ -27,26 +27,16 @@ const ALLOWED = 'https://allowed.example';
 const DENIED = 'https://evil.example';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript' };
 
-const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+const shot = shooter(OUT);
 
 async function main() {
-    const ctx = await launchChromium({
+    const ctx = await launchWithMic({
         executable: CHROMIUM, out: OUT, profileName: 'profile-call',
         riptideHost: new URL(RIPTIDE_URL).host, spki: SPKI,
-        extraArgs: [
-            // The microphone: a fake device playing the WAV, no permission prompt.
-            '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-            `--use-file-for-fake-audio-capture=${TONE_WAV}`,
-            '--autoplay-policy=no-user-gesture-required',
-        ],
-    });
+    }, TONE_WAV);
     const consoleLog = [];
     try {
-        await ctx.grantPermissions(['local-network-access', 'microphone'], { origin: ALLOWED });
-        const page = await ctx.newPage();
-        page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-        page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
+        const page = await micPage(ctx, ALLOWED, consoleLog);
         // web/ as the allowed origin's site: demo.html, riptide-session.js, g711.js, worklets.js.
         const serveWeb = (r) => {
             const file = path.join(WEB_DIR, path.basename(new URL(r.request().url()).pathname) || 'demo.html');

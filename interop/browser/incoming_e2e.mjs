@@ -21,7 +21,9 @@ import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, launchChromium, responses, run } from './harness.mjs';
+import {
+    check, env, launchWithMic, median, micPage, responses, run, shooter, sleep, toneShares, volumeRatio,
+} from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const ADMIN_URL = env('ADMIN_URL');
@@ -39,8 +41,7 @@ const CALLER_TONE = env('CALLER_TONE');
 const HANDLER_TG = 'web';
 const HANDLER_ID = 'page-e2e';
 
-const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+const shot = shooter(OUT);
 
 // One SIPp phone for one call: `name` is its log directory under OUT and part of its Call-ID.
 // Resolves with {code, callId, dir, messages: the SIP first lines it logged}.
@@ -86,24 +87,6 @@ function hangUp(callId) {
     return new Promise((ok, fail) => s.send(msg, CALLER_PORT, '127.0.0.1', (e) => { s.close(); e ? fail(e) : ok(); }));
 }
 
-// The share of the page's received audio at `freqs` (Goertzel over the AnalyserNode's window,
-// after the jitter buffer; 1 for a pure tone at that frequency), and its RMS.
-function toneShares(freqs) {
-    const a = window.session.analyser;
-    const buf = new Float32Array(a.fftSize);
-    a.getFloatTimeDomainData(buf);
-    const rate = a.context.sampleRate;
-    const ms = buf.reduce((m, x) => m + x * x, 0) / buf.length;
-    const share = (f) => {
-        const c = 2 * Math.cos((2 * Math.PI * f) / rate);
-        let s1 = 0;
-        let s2 = 0;
-        for (const x of buf) { const s0 = x + c * s1 - s2; s2 = s1; s1 = s0; }
-        const p = s1 * s1 + s2 * s2 - c * s1 * s2;
-        return ms > 1e-9 ? (2 * p) / (buf.length * buf.length) / ms : 0;
-    };
-    return { shares: freqs.map(share), rms: Math.sqrt(ms) };
-}
 
 // Waits (at most `ms`) until `cond()` holds: the page's notes reach this process asynchronously.
 async function until(cond, ms = 5000) {
@@ -112,7 +95,6 @@ async function until(cond, ms = 5000) {
     return cond();
 }
 
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 
 async function main() {
     // /web/config.json, as the page will read it.
@@ -127,23 +109,15 @@ async function main() {
         `api ${cfg.api}, tgs ${cfg.tgs}, handlerTgs ${cfg.handlerTgs}, hash ${h?.hex?.slice(0, 16)}… (cert.sha256 ${certHash.slice(0, 16)}…), ` +
         `SPKI ${cfg.spkiSha256} (openssl: ${SPKI})`);
 
-    const ctx = await launchChromium({
+    const ctx = await launchWithMic({
         executable: CHROMIUM, out: OUT, profileName: 'profile-incoming',
         riptideHost: new URL(RIPTIDE_URL).host, spki: SPKI,
-        extraArgs: [
-            '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-            `--use-file-for-fake-audio-capture=${MIC_WAV}`,
-            '--autoplay-policy=no-user-gesture-required',
-        ],
-    });
+    }, MIC_WAV);
     const consoleLog = [];
     const phones = [];
     try {
         const origin = new URL(ADMIN_URL).origin;
-        await ctx.grantPermissions(['local-network-access', 'microphone'], { origin });
-        const page = await ctx.newPage();
-        page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-        page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
+        const page = await micPage(ctx, origin, consoleLog);
         const states = [];
         const regStates = [];
         const rings = [];
@@ -239,28 +213,9 @@ async function main() {
 
         // The volume slider scales what goes to the speaker: the RMS after the library's output
         // gain over the RMS before it (the same render quanta, read together).
-        await page.locator('#volume').fill('0.3');
-        await page.evaluate(() => {
-            const s = window.session;
-            window.afterGain = s.audio.createAnalyser();
-            window.afterGain.fftSize = s.analyser.fftSize;
-            s.output.connect(window.afterGain);
-        });
-        await sleep(200); // the gain ramps with a 10 ms time constant
-        const ratios = [];
-        for (let i = 0; i < 5; i++) {
-            ratios.push(await page.evaluate(() => {
-                const rmsOf = (a) => { const b = new Float32Array(a.fftSize); a.getFloatTimeDomainData(b); return Math.sqrt(b.reduce((m, x) => m + x * x, 0) / b.length); };
-                const before = rmsOf(window.session.analyser);
-                return before > 0.01 ? rmsOf(window.afterGain) / before : NaN;
-            }));
-            await sleep(100);
-        }
-        const ratio = median(ratios.filter((r) => !Number.isNaN(r)));
-        const vol = await page.evaluate(() => window.session.volume);
+        const { ratio, reads: ratios, volume: vol } = await volumeRatio(page, 0.3);
         check('incoming: the volume slider (0.3) scales the played audio', vol === 0.3 && Math.abs(ratio - 0.3) < 0.05,
             `session.volume ${vol}; output RMS / received RMS ${ratio?.toFixed(3)} (reads ${ratios.map((r) => r.toFixed(3)).join(', ')})`);
-        await page.locator('#volume').fill('1');
 
         await sleep(1000);
         const s2 = await page.evaluate(() => window.session.stats);

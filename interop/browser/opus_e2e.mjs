@@ -14,7 +14,9 @@
 // Prints one PASS/FAIL line per check and a FIGURES line; exit status 1 when any check failed.
 import fs from 'node:fs';
 import path from 'node:path';
-import { check, env, launchChromium, run } from './harness.mjs';
+import {
+    check, env, launchWithMic, median, micPage, run, shooter, sleep, toneShares, volumeRatio,
+} from './harness.mjs';
 
 const RIPTIDE_URL = env('RIPTIDE_URL');
 const SPKI = env('SPKI_SHA256');
@@ -27,29 +29,8 @@ const DIAL = env('DIAL');
 const ALLOWED = 'https://allowed.example';
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript' };
 
-const shot = (page, file) => page.screenshot({ path: path.join(OUT, file), fullPage: true });
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)] : NaN; };
+const shot = shooter(OUT);
 
-// In the page: the share of the received audio at `freqs` (Goertzel over the AnalyserNode's
-// window, after the jitter buffer, at the AudioContext's rate; 1 for a pure tone at that
-// frequency), its RMS and the context's rate.
-function toneShares(freqs) {
-    const a = window.session.analyser;
-    const buf = new Float32Array(a.fftSize);
-    a.getFloatTimeDomainData(buf);
-    const rate = a.context.sampleRate;
-    const ms = buf.reduce((m, x) => m + x * x, 0) / buf.length;
-    const share = (f) => {
-        const c = 2 * Math.cos((2 * Math.PI * f) / rate);
-        let s1 = 0;
-        let s2 = 0;
-        for (const x of buf) { const s0 = x + c * s1 - s2; s2 = s1; s1 = s0; }
-        const p = s1 * s1 + s2 * s2 - c * s1 * s2;
-        return ms > 1e-9 ? (2 * p) / (buf.length * buf.length) / ms : 0;
-    };
-    return { shares: freqs.map(share), rms: Math.sqrt(ms), rate };
-}
 
 // Median Goertzel shares at 440 and 560 Hz and RMS over 7 reads, 250 ms apart.
 async function tone(page) {
@@ -85,21 +66,13 @@ const reach = (page, state, ms) => page.waitForFunction((s) => window.session.se
     .then(() => true, () => false);
 
 async function main() {
-    const ctx = await launchChromium({
+    const ctx = await launchWithMic({
         executable: CHROMIUM, out: OUT, profileName: 'profile-opus',
         riptideHost: new URL(RIPTIDE_URL).host, spki: SPKI,
-        extraArgs: [
-            '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-            `--use-file-for-fake-audio-capture=${TONE_WAV}`,
-            '--autoplay-policy=no-user-gesture-required',
-        ],
-    });
+    }, TONE_WAV);
     const consoleLog = [];
     try {
-        await ctx.grantPermissions(['local-network-access', 'microphone'], { origin: ALLOWED });
-        const page = await ctx.newPage();
-        page.on('console', (m) => consoleLog.push(`${m.type()}: ${m.text()}`));
-        page.on('pageerror', (e) => consoleLog.push(`pageerror: ${e.message}`));
+        const page = await micPage(ctx, ALLOWED, consoleLog);
         await page.route(`${ALLOWED}/**`, (r) => {
             const file = path.join(WEB_DIR, path.basename(new URL(r.request().url()).pathname) || 'demo.html');
             if (!fs.existsSync(file)) return r.fulfill({ status: 404, body: 'not found' });
@@ -176,26 +149,7 @@ async function main() {
             muted < 0.01 && unmuted > 0.05, `RMS muted ${muted.toFixed(4)}, unmuted ${unmuted.toFixed(3)}`);
 
         // Volume: the output gain scales what goes to the speaker (RMS after it over RMS before).
-        await page.locator('#volume').fill('0.3');
-        await page.evaluate(() => {
-            const s = window.session;
-            window.afterGain = s.audio.createAnalyser();
-            window.afterGain.fftSize = s.analyser.fftSize;
-            s.output.connect(window.afterGain);
-        });
-        await sleep(200);
-        const ratios = [];
-        for (let i = 0; i < 5; i++) {
-            ratios.push(await page.evaluate(() => {
-                const rmsOf = (a) => { const b = new Float32Array(a.fftSize); a.getFloatTimeDomainData(b); return Math.sqrt(b.reduce((m, x) => m + x * x, 0) / b.length); };
-                const before = rmsOf(window.session.analyser);
-                return before > 0.01 ? rmsOf(window.afterGain) / before : NaN;
-            }));
-            await sleep(100);
-        }
-        const ratio = median(ratios.filter((r) => !Number.isNaN(r)));
-        await page.evaluate(() => window.session.output.disconnect(window.afterGain));
-        await page.locator('#volume').fill('1');
+        const { ratio, reads: ratios } = await volumeRatio(page, 0.3);
         check('opus: the volume slider (0.3) scales the played audio', Math.abs(ratio - 0.3) < 0.05,
             `output RMS / received RMS ${ratio?.toFixed(3)} (reads ${ratios.map((r) => r.toFixed(3)).join(', ')})`);
 
