@@ -265,18 +265,7 @@ fn route(
             metrics.render(),
         ),
         (true, "/healthz") => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok".into()),
-        (false, "/metrics" | "/healthz") => {
-            let mut r = respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain; charset=utf-8",
-                "method not allowed\n".into(),
-            );
-            r.headers_mut().insert(
-                http::header::ALLOW,
-                http::HeaderValue::from_static("GET, HEAD"),
-            );
-            r
-        }
+        (false, "/metrics" | "/healthz") => get_only(),
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -285,22 +274,27 @@ fn route(
     }
 }
 
+/// 405 for a resource that is only read.
+fn get_only() -> Response<Full<Bytes>> {
+    let mut r = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        "method not allowed\n".into(),
+    );
+    r.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD"),
+    );
+    r
+}
+
 /// The `/web` resources; `None` for any other path.
 fn route_web(path: &str, get: bool, web: &WebSettings) -> Option<Response<Full<Bytes>>> {
     if path != "/web" && !path.starts_with("/web/") {
         return None;
     }
     if !get {
-        let mut r = respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "method not allowed\n".into(),
-        );
-        r.headers_mut().insert(
-            http::header::ALLOW,
-            http::HeaderValue::from_static("GET, HEAD"),
-        );
-        return Some(r);
+        return Some(get_only());
     }
     let mut r = if path == "/web" {
         // The page's relative module URLs resolve against `/web/`, not `/`.
