@@ -217,6 +217,8 @@ fn answer_one_sipp_call(
     let (code, stdout) = answer.finish(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{stdout}");
     let summary = stdout.replacen(&registered, "", 1);
+    // Shown with --nocapture: what an interop tester sees at the end of a call.
+    println!("riptide answer summary:\n{summary}");
     (registered, summary)
 }
 

@@ -133,7 +133,7 @@ impl fmt::Display for Summary {
             writeln!(f, "caller:           {from}")?;
         }
         match self.setup {
-            Some(s) => writeln!(f, "setup time:       {} ms", s.as_millis())?,
+            Some(s) => writeln!(f, "setup time:       {:.1} ms", s.as_secs_f64() * 1000.0)?,
             None => writeln!(f, "setup time:       - (not answered)")?,
         }
         writeln!(f, "packets sent:     {}", self.packets_sent)?;
@@ -466,7 +466,7 @@ mod tests {
             ..Summary::default()
         };
         let text = s.to_string();
-        assert!(text.contains("setup time:       42 ms"), "{text}");
+        assert!(text.contains("setup time:       42.0 ms"), "{text}");
         assert!(text.contains("packets received: 147"), "{text}");
         assert!(
             text.contains("loss:             2.0 % (3 of 150)"),
