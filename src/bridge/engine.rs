@@ -553,17 +553,29 @@ pub struct Engine {
     next_key: u64,
     timer_gen: u64,
     ports: PortPool,
+    /// The `now` of the input or timeout being handled (for what has no `now` argument).
+    clock: Option<Instant>,
 }
 
 /// Even RTP ports from the configured range, handed out round-robin so that a port is not
 /// reused right after release (late packets of the old call would land in the new one).
+///
+/// A released port also cools for [`PORT_COOLING`] before it is handed out again: the media hub
+/// closes a call's sockets when the runtime drops its aborted tasks, so binding the port again
+/// at once can fail with "address in use" (the case when the range is nearly full and the
+/// round-robin comes back to it quickly).
 #[derive(Debug)]
 struct PortPool {
     min: u16,
     max: u16,
     next: u16,
     used: std::collections::HashSet<u16>,
+    /// Released ports, still counted in `used`, oldest first.
+    cooling: VecDeque<(Instant, u16)>,
 }
+
+/// How long a released media port rests before it is handed out again.
+const PORT_COOLING: Duration = Duration::from_millis(250);
 
 impl PortPool {
     fn new(min: u16, max: u16) -> Self {
@@ -573,10 +585,18 @@ impl PortPool {
             max,
             next: min,
             used: Default::default(),
+            cooling: VecDeque::new(),
         }
     }
 
-    fn take(&mut self) -> Option<u16> {
+    fn take(&mut self, now: Option<Instant>) -> Option<u16> {
+        while let Some(&(at, p)) = self.cooling.front() {
+            if now.is_some_and(|n| n < at + PORT_COOLING) {
+                break;
+            }
+            self.cooling.pop_front();
+            self.used.remove(&p);
+        }
         let span = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
         for _ in 0..span {
             let p = self.next;
@@ -589,11 +609,18 @@ impl PortPool {
                 return Some(p);
             }
         }
-        None
+        // Everything is in use or cooling: a cooling port beats refusing the call.
+        self.cooling.pop_front().map(|(_, p)| p)
     }
 
-    fn put(&mut self, p: u16) {
-        self.used.remove(&p);
+    /// Releases `p`; without a time (no input seen yet) it is free at once.
+    fn put(&mut self, p: u16, now: Option<Instant>) {
+        match now {
+            Some(at) if self.used.contains(&p) => self.cooling.push_back((at, p)),
+            _ => {
+                self.used.remove(&p);
+            }
+        }
     }
 }
 
@@ -628,6 +655,7 @@ impl Engine {
             next_key: 1,
             timer_gen: 0,
             ports,
+            clock: None,
         }
     }
 
@@ -710,6 +738,7 @@ impl Engine {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         self.txn.handle_timeout(now);
         self.pump(now);
         while let Some(Reverse((at, ..))) = self.timers.peek() {
@@ -733,6 +762,7 @@ impl Engine {
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        self.clock = Some(now);
         match input {
             Input::Sip(m) => self.on_sip(now, *m),
             Input::Ript(e) => self.on_ript(now, *e),
@@ -1298,7 +1328,7 @@ impl Engine {
             );
             return;
         };
-        let Some(port) = self.ports.take() else {
+        let Some(port) = self.ports.take(self.clock) else {
             reject(self, 503, "Service Unavailable", Some("no media port free"));
             return;
         };
@@ -1307,7 +1337,7 @@ impl Engine {
         {
             Ok(n) => n,
             Err(why) => {
-                self.ports.put(port);
+                self.ports.put(port, self.clock);
                 reject(self, 488, "Not Acceptable Here", Some(&why));
                 return;
             }
@@ -2684,7 +2714,7 @@ impl Engine {
                 }
             }
             TgTarget::Trunk(t) => {
-                let Some(port) = self.ports.take() else {
+                let Some(port) = self.ports.take(self.clock) else {
                     self.calls.insert(key, call);
                     self.send_event(key, Event::failed(503, "Service Unavailable"));
                     self.end_server_call(key);
@@ -3870,7 +3900,7 @@ impl Engine {
         // B/C) frees it through `finish`. Media is released now.
         if let Some(c) = self.calls.get_mut(&key) {
             if let Some(p) = c.port.take() {
-                self.ports.put(p);
+                self.ports.put(p, self.clock);
                 self.out
                     .push_back(Output::Media(MediaCmd::Close { call: key }));
             }
@@ -3884,7 +3914,7 @@ impl Engine {
         };
         self.digest.forget(key);
         if let Some(p) = call.port {
-            self.ports.put(p);
+            self.ports.put(p, self.clock);
             self.out
                 .push_back(Output::Media(MediaCmd::Close { call: key }));
         } else if call.ript.echo {

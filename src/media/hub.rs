@@ -715,6 +715,34 @@ mod tests {
         assert!(hub.legacy_addr(CallKey(2)).is_none());
     }
 
+    /// Why the engine quarantines a released port (`PortPool`): a closed call's sockets live
+    /// until the runtime drops its aborted tasks, so reopening the port at once can fail.
+    #[tokio::test]
+    async fn a_closed_port_is_free_again_once_the_runtime_ran() {
+        let (hub, mut rx, _) = hub();
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port() & !1;
+        drop(probe);
+        hub.apply(MediaCmd::OpenLegacy {
+            call: CallKey(5),
+            port,
+        });
+        if hub.legacy_addr(CallKey(5)).is_none() {
+            return; // the probe's neighbour port was taken meanwhile: nothing to learn here
+        }
+        hub.apply(MediaCmd::Close { call: CallKey(5) });
+        tokio::task::yield_now().await;
+        hub.apply(MediaCmd::OpenLegacy {
+            call: CallKey(6),
+            port,
+        });
+        assert!(
+            rx.try_recv().is_err(),
+            "reopening after the runtime ran must bind"
+        );
+        assert!(hub.legacy_addr(CallKey(6)).is_some());
+    }
+
     #[test]
     fn open_outside_runtime_reports_instead_of_panicking() {
         let (hub, mut rx, _) = hub();
