@@ -545,17 +545,25 @@ async fn legacy_rtp_task(
 ) {
     let mut buf = vec![0u8; UDP_RECV_BUF];
     let mut arena = DatagramArena::default();
-    // Far enough to mean "no timer" without overflowing Instant arithmetic.
-    let idle = std::time::Duration::from_secs(3600);
+    // "No timer": a fixed instant far enough away, so that an idle leg does not move its
+    // deadline (and re-arm the timer) on every packet.
+    let never = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    // One timer for the task's life, moved only when the leg's deadline changes (RTCP reports
+    // every few seconds; ICE and DTLS during setup), not once per packet.
+    let timer = tokio::time::sleep_until(never.into());
+    tokio::pin!(timer);
     loop {
         let deadline = {
             let Some(m) = call.upgrade() else { return };
             let t = lock(&m.leg).poll_timeout();
-            t.unwrap_or_else(|| Instant::now() + idle)
+            t.unwrap_or(never)
         };
+        if timer.deadline() != deadline.into() || timer.is_elapsed() {
+            timer.as_mut().reset(deadline.into());
+        }
         let received = tokio::select! {
             r = sock.recv_from(&mut buf) => Some(r),
-            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = &mut timer => None,
             _ = wake.notified() => {
                 let Some(m) = call.upgrade() else { return };
                 flush(&sock, &m, &metrics, &events, Instant::now());
