@@ -1415,6 +1415,24 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Offers `key` as `{TG}/calls/{id}`: it must ring on exactly `readers`, each seeing
+    /// `incoming` for it.
+    async fn offer_ringing<const N: usize>(
+        &mut self,
+        key: CallKey,
+        id: &str,
+        readers: [&mut EventReader; N],
+    ) {
+        assert_eq!(self.offer(key, id).await, N, "handlers rung for {id}");
+        for r in readers {
+            let ev = r.next_real().await.expect("incoming");
+            assert_eq!(ev.name, EventName::Incoming);
+            assert!(ev.call.unwrap().ends_with(&format!("/calls/{id}")));
+        }
+    }
+}
+
 const HANDLER_BODY: &str = r#"{"handler-id":"HID","advertisement":{"codecs":[{"mediaType":"audio/PCMU","clockRate":8000,"payloadType":0}]}}"#;
 
 fn handler_body(id: &str) -> String {
@@ -1585,10 +1603,8 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
     );
 
     // The next caller gives up while it rings on both.
-    assert_eq!(h.offer(CallKey(903), "in3").await, 2);
-    for r in [&mut r1, &mut r2] {
-        assert_eq!(r.next_real().await.unwrap().name, EventName::Incoming);
-    }
+    h.offer_ringing(CallKey(903), "in3", [&mut r1, &mut r2])
+        .await;
     let mut end = Event::new(EventName::End);
     end.reason = Some("SIP;cause=487;text=\"Request Terminated\"".into());
     h.server_cmd
@@ -1618,10 +1634,8 @@ async fn offered_calls_ring_handlers_and_one_takes_each() {
     );
 
     // A handler that starts listening while a call rings gets it too.
-    assert_eq!(h.offer(CallKey(904), "in4").await, 2);
-    for r in [&mut r1, &mut r2] {
-        assert_eq!(r.next_real().await.unwrap().name, EventName::Incoming);
-    }
+    h.offer_ringing(CallKey(904), "in4", [&mut r1, &mut r2])
+        .await;
     assert_eq!(
         h.status(
             http::Method::POST,

@@ -441,6 +441,24 @@ tls_client_fingerprints = ["{listed_fp}"]
 /// The riptide binary, stopped when dropped.
 struct Gateway(std::process::Child);
 
+impl Gateway {
+    /// `riptide serve --config conf`, logging to `log`, once it says it is ready.
+    async fn serve(conf: &Path, log: &Path) -> Gateway {
+        let gw = Gateway(
+            Command::new(env!("CARGO_BIN_EXE_riptide"))
+                .args(["serve", "--config", conf.to_str().unwrap()])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .expect("the riptide binary starts"),
+        );
+        wait_for_log(log, "riptide ready", 1).await;
+        gw
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -559,17 +577,7 @@ port_max = 33299
     )
     .unwrap();
     let log = dir.join("riptide.log");
-    let gw = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_riptide"))
-            .args(["serve", "--config", conf.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the riptide binary starts"),
-    );
-    wait_for_log(&log, "riptide ready", 1).await;
+    let gw = Gateway::serve(&conf, &log).await;
 
     // A new client configuration for each connection: one that resumed an earlier session
     // would see that session's certificate, not what the server presents now.
@@ -935,17 +943,7 @@ name = "trunks"
     let conf = dir.join("riptide.toml");
     std::fs::write(&conf, text).unwrap();
     let log = dir.join("riptide.log");
-    let _gw = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_riptide"))
-            .args(["serve", "--config", conf.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the riptide binary starts"),
-    );
-    wait_for_log(&log, "riptide ready", 1).await;
+    let _gw = Gateway::serve(&conf, &log).await;
 
     let servers: Vec<_> = trunks
         .into_iter()
