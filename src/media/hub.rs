@@ -728,16 +728,23 @@ mod tests {
     #[tokio::test]
     async fn a_closed_port_is_free_again_once_the_runtime_ran() {
         let (hub, mut rx, _) = hub();
-        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port() & !1;
-        drop(probe);
-        hub.apply(MediaCmd::OpenLegacy {
-            call: CallKey(5),
-            port,
-        });
-        if hub.legacy_addr(CallKey(5)).is_none() {
-            return; // the probe's neighbour port was taken meanwhile: nothing to learn here
-        }
+        // An even port whose RTCP neighbour is free too (another process may take one between
+        // the probe and the open: try again rather than learn nothing).
+        let port = (0..50)
+            .find_map(|_| {
+                let probe = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = probe.local_addr().ok()?.port() & !1;
+                drop(probe);
+                hub.apply(MediaCmd::OpenLegacy {
+                    call: CallKey(5),
+                    port,
+                });
+                match rx.try_recv() {
+                    Ok(MediaEvent::BindFailed { .. }) => None,
+                    _ => hub.legacy_addr(CallKey(5)).map(|_| port),
+                }
+            })
+            .expect("a free even port pair on loopback");
         hub.apply(MediaCmd::Close { call: CallKey(5) });
         tokio::task::yield_now().await;
         hub.apply(MediaCmd::OpenLegacy {
