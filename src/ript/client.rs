@@ -248,6 +248,11 @@ impl Client {
         Ok(live)
     }
 
+    /// Why `peer` cannot be used: not one of the configured peers.
+    fn unknown_peer(&self, peer: usize) -> Option<String> {
+        (peer >= self.ctx.peers.len()).then(|| format!("no RIPT peer #{peer}"))
+    }
+
     async fn emit(&self, ev: RiptEvent) {
         if self.ctx.events.send(ev).await.is_err() {
             tracing::debug!("engine gone; event dropped");
@@ -294,8 +299,7 @@ enum Setup {
 }
 
 async fn start_call(client: &Arc<Client>, call: CallKey, peer: usize, setup: Setup) {
-    if peer >= client.ctx.peers.len() {
-        let reason = format!("no RIPT peer #{peer}");
+    if let Some(reason) = client.unknown_peer(peer) {
         return client
             .emit(RiptEvent::CreateFailed {
                 call,
@@ -537,8 +541,7 @@ impl Backoff {
 }
 
 async fn register_handler(client: &Arc<Client>, peer: usize, handler: Handler) {
-    if peer >= client.ctx.peers.len() {
-        let reason = format!("no RIPT peer #{peer}");
+    if let Some(reason) = client.unknown_peer(peer) {
         return client
             .emit(RiptEvent::HandlerFailed {
                 peer,
