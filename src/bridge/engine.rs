@@ -553,8 +553,6 @@ pub struct Engine {
     next_key: u64,
     timer_gen: u64,
     ports: PortPool,
-    /// The `now` of the input or timeout being handled (for what has no `now` argument).
-    clock: Option<Instant>,
 }
 
 /// Even RTP ports from the configured range, handed out round-robin so that a port is not
@@ -589,9 +587,9 @@ impl PortPool {
         }
     }
 
-    fn take(&mut self, now: Option<Instant>) -> Option<u16> {
+    fn take(&mut self, now: Instant) -> Option<u16> {
         while let Some(&(at, p)) = self.cooling.front() {
-            if now.is_some_and(|n| n < at + PORT_COOLING) {
+            if now < at + PORT_COOLING {
                 break;
             }
             self.cooling.pop_front();
@@ -613,13 +611,10 @@ impl PortPool {
         self.cooling.pop_front().map(|(_, p)| p)
     }
 
-    /// Releases `p`; without a time (no input seen yet) it is free at once.
-    fn put(&mut self, p: u16, now: Option<Instant>) {
-        match now {
-            Some(at) if self.used.contains(&p) => self.cooling.push_back((at, p)),
-            _ => {
-                self.used.remove(&p);
-            }
+    /// Releases `p`: it cools from `now` on.
+    fn put(&mut self, p: u16, now: Instant) {
+        if self.used.contains(&p) {
+            self.cooling.push_back((now, p));
         }
     }
 }
@@ -655,7 +650,6 @@ impl Engine {
             next_key: 1,
             timer_gen: 0,
             ports,
-            clock: None,
         }
     }
 
@@ -738,7 +732,6 @@ impl Engine {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.clock = Some(now);
         self.txn.handle_timeout(now);
         self.pump(now);
         while let Some(Reverse((at, ..))) = self.timers.peek() {
@@ -762,7 +755,6 @@ impl Engine {
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input) {
-        self.clock = Some(now);
         match input {
             Input::Sip(m) => self.on_sip(now, *m),
             Input::Ript(e) => self.on_ript(now, *e),
@@ -1328,7 +1320,7 @@ impl Engine {
             );
             return;
         };
-        let Some(port) = self.ports.take(self.clock) else {
+        let Some(port) = self.ports.take(now) else {
             reject(self, 503, "Service Unavailable", Some("no media port free"));
             return;
         };
@@ -1337,7 +1329,7 @@ impl Engine {
         {
             Ok(n) => n,
             Err(why) => {
-                self.ports.put(port, self.clock);
+                self.ports.put(port, now);
                 reject(self, 488, "Not Acceptable Here", Some(&why));
                 return;
             }
@@ -1656,7 +1648,7 @@ impl Engine {
         }
         self.final_to_caller(now, key, 487, "Request Terminated");
         self.end_ript(now, key, &reason);
-        self.finish(key, CallOutcome::Cancelled);
+        self.finish(now, key, CallOutcome::Cancelled);
     }
 
     /// 405 with the methods we do support (RFC 3261 §21.4.6).
@@ -1694,7 +1686,7 @@ impl Engine {
                 self.disarm(key, CallTimer::Retransmit2xx);
                 if let Some(reason) = bye {
                     self.send_bye(now, key, &reason);
-                    self.finish(key, CallOutcome::Answered);
+                    self.finish(now, key, CallOutcome::Answered);
                 }
             }
         }
@@ -1744,10 +1736,10 @@ impl Engine {
                     // BYE on an early dialog: our INVITE transaction still needs its final.
                     self.final_to_caller(now, key, 487, "Request Terminated");
                     self.end_ript(now, key, &reason);
-                    self.finish(key, CallOutcome::Cancelled);
+                    self.finish(now, key, CallOutcome::Cancelled);
                 } else {
                     self.end_ript(now, key, &reason);
-                    self.finish(key, CallOutcome::Answered);
+                    self.finish(now, key, CallOutcome::Answered);
                 }
             }
             Method::Invite | Method::Update => self.on_reoffer(now, key, &m),
@@ -2240,6 +2232,7 @@ impl Engine {
             .unwrap_or(false);
         self.end_server_call(key);
         self.finish(
+            now,
             key,
             if cancelled {
                 CallOutcome::Cancelled
@@ -2306,7 +2299,7 @@ impl Engine {
                 .and_then(|s| s.cancel_wanted.take())
                 .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
             self.send_bye(now, key, &reason);
-            self.finish(key, CallOutcome::Cancelled);
+            self.finish(now, key, CallOutcome::Cancelled);
             return;
         }
         // Check the answer picked one of our codecs and point media at it.
@@ -2344,7 +2337,7 @@ impl Engine {
                         ev.reason = Some(format!("Not Acceptable Here: {e}"));
                         self.send_event(key, ev);
                         self.end_server_call(key);
-                        self.finish(key, CallOutcome::Failed);
+                        self.finish(now, key, CallOutcome::Failed);
                         return;
                     }
                     None => {}
@@ -2391,7 +2384,7 @@ impl Engine {
                         warn!(call = %key, %why, "re-INVITE answer refused");
                         self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
                         self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
-                        self.finish(key, CallOutcome::Answered);
+                        self.finish(now, key, CallOutcome::Answered);
                         return;
                     }
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
@@ -2413,7 +2406,7 @@ impl Engine {
             // RFC 3261 §14.1: the dialog is gone.
             self.send_bye(now, key, "SIP;cause=408;text=\"Request Timeout\"");
             self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
-            self.finish(key, CallOutcome::Answered);
+            self.finish(now, key, CallOutcome::Answered);
             return;
         }
         if code == 491 {
@@ -2440,7 +2433,7 @@ impl Engine {
                 ev.name = EventName::Failed;
                 self.send_event(key, ev);
                 self.end_server_call(key);
-                self.finish(key, CallOutcome::Failed);
+                self.finish(now, key, CallOutcome::Failed);
             }
             Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
             Purpose::Preflight => self.preflight_failed(now, key, "no answer to the preflight"),
@@ -2453,7 +2446,7 @@ impl Engine {
                     key,
                     "Q.850;cause=102;text=\"Recovery on timer expiry\"",
                 );
-                self.finish(key, CallOutcome::Answered);
+                self.finish(now, key, CallOutcome::Answered);
             }
         }
     }
@@ -2516,7 +2509,7 @@ impl Engine {
                 };
                 warn!(%call, status, %reason, "RIPT call refused");
                 self.final_to_caller(now, call, code, phrase);
-                self.finish(call, CallOutcome::Failed);
+                self.finish(now, call, CallOutcome::Failed);
             }
             RiptEvent::ClientEvent { call, event } | RiptEvent::ServerEvent { call, event } => {
                 self.on_event(now, call, event)
@@ -2693,7 +2686,7 @@ impl Engine {
                 ev.reason = Some(format!("Not Acceptable Here: {e}"));
                 self.send_event(key, ev);
                 self.end_server_call(key);
-                self.finish(key, CallOutcome::Failed);
+                self.finish(now, key, CallOutcome::Failed);
                 return;
             }
         };
@@ -2714,11 +2707,11 @@ impl Engine {
                 }
             }
             TgTarget::Trunk(t) => {
-                let Some(port) = self.ports.take(self.clock) else {
+                let Some(port) = self.ports.take(now) else {
                     self.calls.insert(key, call);
                     self.send_event(key, Event::failed(503, "Service Unavailable"));
                     self.end_server_call(key);
-                    self.finish(key, CallOutcome::Failed);
+                    self.finish(now, key, CallOutcome::Failed);
                     return;
                 };
                 call.port = Some(port);
@@ -2735,7 +2728,7 @@ impl Engine {
                     self.calls.insert(key, call);
                     self.send_event(key, Event::failed(500, "Server Internal Error"));
                     self.end_server_call(key);
-                    self.finish(key, CallOutcome::Failed);
+                    self.finish(now, key, CallOutcome::Failed);
                     return;
                 }
                 let local_sdp = LocalSdp {
@@ -2852,7 +2845,7 @@ impl Engine {
             info!(call = %key, "no handler reachable to ring");
             self.final_to_caller(now, key, 480, "Temporarily Unavailable");
             self.end_server_call(key);
-            self.finish(key, CallOutcome::NoAnswer);
+            self.finish(now, key, CallOutcome::NoAnswer);
             return;
         }
         info!(call = %key, handlers, "ringing handlers");
@@ -3127,7 +3120,7 @@ impl Engine {
                     EventName::Noanswer => CallOutcome::NoAnswer,
                     _ => CallOutcome::Failed,
                 };
-                self.finish(key, outcome);
+                self.finish(now, key, outcome);
             }
             EventName::End => {
                 // The reason goes into SIP Reason headers: only a well-formed RFC 3326 value.
@@ -3161,7 +3154,7 @@ impl Engine {
         let Some(sip) = call.sip.as_mut() else {
             // Echo: nothing behind it.
             self.end_server_call(key);
-            self.finish(key, CallOutcome::Answered);
+            self.finish(now, key, CallOutcome::Answered);
             return;
         };
         match sip.role {
@@ -3174,7 +3167,7 @@ impl Engine {
                 } else if answered {
                     self.send_bye(now, key, reason);
                     self.close_ript(key);
-                    self.finish(key, CallOutcome::Answered);
+                    self.finish(now, key, CallOutcome::Answered);
                 } else {
                     let code = model::parse_reason(reason)
                         .map(|r| {
@@ -3188,28 +3181,28 @@ impl Engine {
                         .unwrap_or(487);
                     self.final_to_caller(now, key, code, default_reason(code));
                     self.close_ript(key);
-                    self.finish(key, CallOutcome::Cancelled);
+                    self.finish(now, key, CallOutcome::Cancelled);
                 }
             }
             SipRole::Uac => {
                 if sip.preflight_pending {
                     // No INVITE went out: nothing to cancel.
                     self.end_server_call(key);
-                    self.finish(key, CallOutcome::Cancelled);
+                    self.finish(now, key, CallOutcome::Cancelled);
                 } else if answered {
                     self.send_bye(now, key, reason);
                     self.end_server_call(key);
-                    self.finish(key, CallOutcome::Answered);
+                    self.finish(now, key, CallOutcome::Answered);
                 } else if sip.got_provisional {
                     self.send_cancel(now, key, reason);
                     self.end_server_call(key);
                     // Stays until the INVITE's final arrives (a crossing 200 gets ACK + BYE).
-                    self.mark_ending(key, CallOutcome::Cancelled);
+                    self.mark_ending(now, key, CallOutcome::Cancelled);
                 } else {
                     // RFC 3261 §9.1: no CANCEL before a provisional; send it when one arrives.
                     sip.cancel_wanted = Some(reason.to_string());
                     self.end_server_call(key);
-                    self.mark_ending(key, CallOutcome::Cancelled);
+                    self.mark_ending(now, key, CallOutcome::Cancelled);
                 }
             }
         }
@@ -3238,7 +3231,7 @@ impl Engine {
                         key,
                         "Q.850;cause=102;text=\"Recovery on timer expiry\"",
                     );
-                    self.finish(key, CallOutcome::Failed);
+                    self.finish(now, key, CallOutcome::Failed);
                     return;
                 }
                 if p.dest.transport == Transport::Udp {
@@ -3263,7 +3256,7 @@ impl Engine {
                     // Caller-facing leg: 408 to the caller, `end` to the RIPT side.
                     self.final_to_caller(now, key, 408, "Request Timeout");
                     self.end_ript(now, key, "SIP;cause=408;text=\"Request Timeout\"");
-                    self.finish(key, CallOutcome::NoAnswer);
+                    self.finish(now, key, CallOutcome::NoAnswer);
                     return;
                 }
                 let mut ev = Event::new(EventName::Noanswer);
@@ -3305,7 +3298,7 @@ impl Engine {
                         key,
                         "Q.850;cause=102;text=\"Recovery on timer expiry\"",
                     );
-                    self.finish(key, CallOutcome::Answered);
+                    self.finish(now, key, CallOutcome::Answered);
                 }
             }
             CallTimer::Keepalive => {
@@ -3328,7 +3321,7 @@ impl Engine {
             }
             CallTimer::CancelGuard => {
                 warn!(call = %key, "no final response 64*T1 after CANCEL; giving the call up");
-                self.finish(key, CallOutcome::Cancelled);
+                self.finish(now, key, CallOutcome::Cancelled);
             }
             CallTimer::EventsReopen => {
                 self.out
@@ -3349,7 +3342,7 @@ impl Engine {
             sip.cancel_wanted = Some(reason.into());
         }
         self.end_server_call(key);
-        self.mark_ending(key, CallOutcome::NoAnswer);
+        self.mark_ending(now, key, CallOutcome::NoAnswer);
     }
 
     // ------------------------------------------------------------------ SIP out
@@ -3460,7 +3453,7 @@ impl Engine {
         ev.reason = Some(format!("Forbidden: {why}"));
         self.send_event(key, ev);
         self.end_server_call(key);
-        self.finish(key, CallOutcome::Failed);
+        self.finish(now, key, CallOutcome::Failed);
     }
 
     fn send_invite(&mut self, now: Instant, key: CallKey) {
@@ -3880,17 +3873,17 @@ impl Engine {
                 } else if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
                     sip.cancel_wanted = Some(reason.into());
                 }
-                self.mark_ending(key, CallOutcome::Failed);
+                self.mark_ending(now, key, CallOutcome::Failed);
                 return;
             }
             _ => {}
         }
         self.end_ript(now, key, "Q.850;cause=41;text=\"Temporary failure\"");
-        self.finish(key, CallOutcome::Failed);
+        self.finish(now, key, CallOutcome::Failed);
     }
 
     /// Marks a UAC call whose INVITE is being cancelled; it is freed when the final arrives.
-    fn mark_ending(&mut self, key: CallKey, outcome: CallOutcome) {
+    fn mark_ending(&mut self, now: Instant, key: CallKey, outcome: CallOutcome) {
         if let Some(c) = self.calls.get_mut(&key) {
             c.phase = Phase::Ended;
             let _ = outcome;
@@ -3900,7 +3893,7 @@ impl Engine {
         // B/C) frees it through `finish`. Media is released now.
         if let Some(c) = self.calls.get_mut(&key) {
             if let Some(p) = c.port.take() {
-                self.ports.put(p, self.clock);
+                self.ports.put(p, now);
                 self.out
                     .push_back(Output::Media(MediaCmd::Close { call: key }));
             }
@@ -3908,13 +3901,13 @@ impl Engine {
     }
 
     /// Removes a call and releases everything it holds.
-    fn finish(&mut self, key: CallKey, outcome: CallOutcome) {
+    fn finish(&mut self, now: Instant, key: CallKey, outcome: CallOutcome) {
         let Some(call) = self.calls.remove(&key) else {
             return;
         };
         self.digest.forget(key);
         if let Some(p) = call.port {
-            self.ports.put(p, self.clock);
+            self.ports.put(p, now);
             self.out
                 .push_back(Output::Media(MediaCmd::Close { call: key }));
         } else if call.ript.echo {

@@ -2758,21 +2758,16 @@ fn a_released_port_cools_before_it_is_handed_out_again() {
     let t0 = Instant::now();
     let ms = Duration::from_millis;
     let mut pool = PortPool::new(20000, 20008);
-    let all: Vec<u16> = (0..4).map(|_| pool.take(Some(t0)).unwrap()).collect();
+    let all: Vec<u16> = (0..4).map(|_| pool.take(t0).unwrap()).collect();
     assert_eq!(all, vec![20000, 20002, 20004, 20006]);
     // The round-robin is back at 20000, which was released last and still cools: the port
     // released first (cooled down by now) is handed out instead.
-    pool.put(20002, Some(t0));
-    pool.put(20000, Some(t0 + ms(200)));
-    assert_eq!(pool.take(Some(t0 + ms(260))), Some(20002));
-    assert_eq!(pool.take(Some(t0 + ms(460))), Some(20000));
+    pool.put(20002, t0);
+    pool.put(20000, t0 + ms(200));
+    assert_eq!(pool.take(t0 + ms(260)), Some(20002));
+    assert_eq!(pool.take(t0 + ms(460)), Some(20000));
     // All in use or cooling: a cooling port rather than no port at all.
-    pool.put(20004, Some(t0 + ms(500)));
-    assert_eq!(pool.take(Some(t0 + ms(501))), Some(20004));
-    assert_eq!(pool.take(Some(t0 + ms(502))), None);
-    // Before any input there is no time: released at once.
-    let mut fresh = PortPool::new(20000, 20002);
-    assert_eq!(fresh.take(None), Some(20000));
-    fresh.put(20000, None);
-    assert_eq!(fresh.take(None), Some(20000));
+    pool.put(20004, t0 + ms(500));
+    assert_eq!(pool.take(t0 + ms(501)), Some(20004));
+    assert_eq!(pool.take(t0 + ms(502)), None);
 }
