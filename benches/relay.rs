@@ -49,43 +49,6 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
-fn configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let mut transport = quinn::TransportConfig::default();
-    transport.datagram_receive_buffer_size(Some(1 << 20));
-    transport.datagram_send_buffer_size(1 << 20);
-    let transport = Arc::new(transport);
-
-    let mut s = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key.into())
-        .unwrap();
-    s.alpn_protocols = vec![b"h3".to_vec()];
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(s).unwrap(),
-    ));
-    sc.transport_config(transport.clone());
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    c.alpn_protocols = vec![b"h3".to_vec()];
-    let mut cc = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(c).unwrap(),
-    ));
-    cc.transport_config(transport);
-    (sc, cc)
-}
-
 fn new_hub() -> MediaHub {
     let cfg = MediaConfig {
         ip: "127.0.0.1".parse().unwrap(),
@@ -115,14 +78,8 @@ fn loopback(c: &mut Criterion) {
         .unwrap();
     let call = CallKey(1);
     let (a_side, _guard) = rt.block_on(async {
-        let (sc, cc) = configs();
-        let server = quinn::Endpoint::server(sc, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        client.set_default_client_config(cc);
-        let addr = server.local_addr().unwrap();
-        let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
-        let c_conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-        let s_conn = accept.await.unwrap();
+        let pair = riptide::media::loopback::quic_pair().await.unwrap();
+        let (c_conn, s_conn) = (pair.client_conn.clone(), pair.server_conn.clone());
 
         let (a, b) = (new_hub(), new_hub());
         a.apply(MediaCmd::OpenLegacy { call, port: 0 });
@@ -138,7 +95,7 @@ fn loopback(c: &mut Criterion) {
         b.bind_quic(call, s_conn.clone(), 0);
         tokio::spawn(a.clone().run_quic_reader(c_conn.clone()));
         tokio::spawn(b.clone().run_quic_reader(s_conn.clone()));
-        (a.legacy_addr(call).unwrap(), (a, b, c_conn, s_conn, client))
+        (a.legacy_addr(call).unwrap(), (a, b, pair))
     });
     let pkt = pcmu_packet();
     let mut buf = [0u8; 2048];

@@ -139,6 +139,9 @@ pub struct Metrics {
     /// Legacy-leg quality of ended calls (RTCP statistics, RFC 3550).
     legacy: Mutex<LegacyQuality>,
     pub rtcp_sent: AtomicU64,
+    /// Batches of datagrams handed to quinn (`media::hub`'s QUIC sender); datagrams sent over
+    /// batches is how many RTP packets share a flush.
+    pub quic_flushes: AtomicU64,
 }
 
 /// Sums over ended calls' legacy legs: a Prometheus summary without quantiles per figure.
@@ -383,6 +386,19 @@ impl Metrics {
             "rtcp_packets_sent_total",
             "",
             load(&self.rtcp_sent),
+        );
+
+        header(
+            &mut out,
+            "media_quic_flushes_total",
+            "counter",
+            "Batches of media datagrams handed to QUIC together (datagrams per batch = relayed sip_to_quic / this).",
+        );
+        line(
+            &mut out,
+            "media_quic_flushes_total",
+            "",
+            load(&self.quic_flushes),
         );
 
         header(

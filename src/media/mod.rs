@@ -9,6 +9,8 @@ pub mod dtmf;
 pub mod hub;
 pub mod ice;
 pub mod leg;
+#[doc(hidden)]
+pub mod loopback;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
