@@ -523,6 +523,8 @@ impl MediaHub {
         // this connection find it.
         let sender = self.sender(&conn);
         let metrics = &self.inner.metrics;
+        // SRTP toward the legacy side is written here (one buffer per connection, reused).
+        let mut srtp = Vec::with_capacity(UDP_RECV_BUF);
         while let Ok(d) = conn.read_datagram().await {
             let Some(h) = rtp::parse_datagram(&d) else {
                 metrics.media_drop(DropReason::Malformed);
@@ -547,10 +549,11 @@ impl MediaHub {
                     };
                     let (sent, digits) = {
                         let mut leg = lock(&m.leg);
-                        let sent = leg.on_send(Instant::now(), pkt).map(|(to, bytes)| {
-                            sock.try_send_to(&bytes, to)
-                                .map_err(|_| DropReason::UdpSend)
-                        });
+                        let sent =
+                            leg.on_send(Instant::now(), pkt, &mut srtp)
+                                .map(|(to, bytes)| {
+                                    sock.try_send_to(bytes, to).map_err(|_| DropReason::UdpSend)
+                                });
                         (sent, leg.take_digits())
                     };
                     for (digit, toward_legacy) in digits {
@@ -661,7 +664,7 @@ fn on_legacy_datagram(
     m: &CallMedia,
     now: Instant,
     src: SocketAddr,
-    pkt: &[u8],
+    pkt: &mut [u8],
     arena: &mut DatagramArena,
     metrics: &Metrics,
     events: &UnboundedSender<MediaEvent>,
@@ -776,13 +779,13 @@ async fn legacy_rtp_task(
 /// cleared); `Ok(false)`: the batch ran out first.
 fn drain(
     sock: &UdpSocket,
-    mut f: impl FnMut(&[u8], SocketAddr, &mut DatagramArena),
+    mut f: impl FnMut(&mut [u8], SocketAddr, &mut DatagramArena),
 ) -> io::Result<bool> {
     SCRATCH.with_borrow_mut(|s| {
         let Scratch { buf, arena } = s;
         for _ in 0..READ_BATCH {
             match sock.try_recv_from(buf) {
-                Ok((n, src)) => f(&buf[..n], src, arena),
+                Ok((n, src)) => f(&mut buf[..n], src, arena),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 // ICMP port unreachable from an earlier send surfaces here on some platforms;
                 // the socket itself is fine.
@@ -948,11 +951,17 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let before = pair.client_conn.stats();
         let flushes_before = metrics_a.quic_flushes.load(Ordering::Relaxed);
-        let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        for (i, to) in inputs.iter().enumerate() {
-            src.send_to(&rtp::pcmu_packet(i as u16, 0x5eed), to)
-                .unwrap();
-        }
+        // Sent from a task on the only worker, so the whole burst is queued before the worker
+        // next polls for I/O.
+        tokio::spawn(async move {
+            let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            for (i, to) in inputs.iter().enumerate() {
+                src.send_to(&rtp::pcmu_packet(i as u16, 0x5eed), to)
+                    .unwrap();
+            }
+        })
+        .await
+        .unwrap();
         let got = tokio::task::spawn_blocking(move || {
             let mut buf = [0u8; 2048];
             (0..CALLS)

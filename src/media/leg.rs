@@ -232,7 +232,7 @@ impl LegacyLeg {
     }
 
     fn report_transmit(&mut self, now: Instant, report: &[u8]) -> Option<Transmit> {
-        let (to, bytes) = self.protect(now, report, true).ok()?;
+        let (to, bytes) = self.on_send_rtcp(now, report).ok()?;
         let mux = self.mux;
         let to = if mux {
             to
@@ -364,8 +364,9 @@ impl LegacyLeg {
         }
     }
 
-    /// One datagram from the legacy side.
-    pub fn on_recv<'a>(&mut self, now: Instant, src: SocketAddr, pkt: &'a [u8]) -> Recv<'a> {
+    /// One datagram from the legacy side. SRTP is decrypted in place: the plain RTP packet
+    /// [`Recv::Rtp`] returns is a prefix of `pkt`.
+    pub fn on_recv<'a>(&mut self, now: Instant, src: SocketAddr, pkt: &'a mut [u8]) -> Recv<'a> {
         if super::ice::is_stun(pkt) {
             return match self.ice.as_mut() {
                 Some(agent) => match agent.handle_stun(now, src, pkt) {
@@ -406,17 +407,14 @@ impl LegacyLeg {
         let plain: Packet<'a> = match &mut self.keys {
             Keys::Plain => Packet::Borrowed(pkt),
             Keys::Pending => return Recv::Drop(DropReason::NotSecured),
-            Keys::Srtp(s) => {
-                let r = if kind == PacketKind::Rtcp {
-                    s.unprotect_rtcp(pkt)
-                } else {
-                    s.unprotect_rtp(pkt)
-                };
-                match r {
-                    Ok(b) => Packet::Owned(b),
-                    Err(_) => return Recv::Drop(DropReason::Srtp),
-                }
-            }
+            Keys::Srtp(s) if kind == PacketKind::Rtcp => match s.unprotect_rtcp(pkt) {
+                Ok(b) => Packet::Owned(b),
+                Err(_) => return Recv::Drop(DropReason::Srtp),
+            },
+            Keys::Srtp(s) => match s.unprotect_rtp_in_place(pkt) {
+                Ok(n) => Packet::Borrowed(&pkt[..n]),
+                Err(_) => return Recv::Drop(DropReason::Srtp),
+            },
         };
         if kind == PacketKind::Rtcp {
             if let Err(e) = self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
@@ -456,60 +454,57 @@ impl LegacyLeg {
         }
     }
 
-    /// An RTP packet (plaintext) to send toward the legacy peer: where to, and the bytes.
+    /// An RTP packet (plaintext) to send toward the legacy peer: where to, and the bytes —
+    /// `pkt` itself on a plain leg, else the SRTP packet written into `out`.
     pub fn on_send<'a>(
         &mut self,
         now: Instant,
         pkt: &'a [u8],
-    ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
+        out: &'a mut Vec<u8>,
+    ) -> Result<(SocketAddr, &'a [u8]), DropReason> {
         if self.dtmf_as_info && self.is_dtmf(pkt) {
             if let Some(d) = self.detect_out.on_packet(pkt) {
                 self.digits.push((d, true));
             }
             return Err(DropReason::DtmfAsInfo);
         }
-        self.protect(now, pkt, false)
+        let to = self.send_to(now)?;
+        self.rtcp.on_rtp_sent(now, pkt);
+        match &mut self.keys {
+            Keys::Plain => Ok((to, pkt)),
+            Keys::Pending => Err(DropReason::NotSecured),
+            Keys::Srtp(s) => {
+                s.protect_rtp_into(pkt, out)
+                    .map_err(|_| DropReason::Malformed)?;
+                Ok((to, &out[..]))
+            }
+        }
     }
 
-    /// As [`on_send`](Self::on_send) for an RTCP packet of ours.
+    /// Where media goes now, or why nothing may be sent.
+    fn send_to(&mut self, now: Instant) -> Result<SocketAddr, DropReason> {
+        if self.failed {
+            return Err(DropReason::NotSecured);
+        }
+        self.dest(now).ok_or(if self.ice.is_some() {
+            DropReason::IceUnchecked
+        } else {
+            DropReason::NoRoute
+        })
+    }
+
+    /// An RTCP packet of ours toward the legacy peer: where to, and the bytes (SRTCP on a
+    /// secured leg).
     pub fn on_send_rtcp<'a>(
         &mut self,
         now: Instant,
         pkt: &'a [u8],
     ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
-        self.protect(now, pkt, true)
-    }
-
-    fn protect<'a>(
-        &mut self,
-        now: Instant,
-        pkt: &'a [u8],
-        rtcp: bool,
-    ) -> Result<(SocketAddr, Packet<'a>), DropReason> {
-        if self.failed {
-            return Err(DropReason::NotSecured);
-        }
-        let Some(to) = self.dest(now) else {
-            return Err(if self.ice.is_some() {
-                DropReason::IceUnchecked
-            } else {
-                DropReason::NoRoute
-            });
-        };
-        if !rtcp {
-            self.rtcp.on_rtp_sent(now, pkt);
-        }
+        let to = self.send_to(now)?;
         let bytes = match &mut self.keys {
             Keys::Plain => Packet::Borrowed(pkt),
             Keys::Pending => return Err(DropReason::NotSecured),
-            Keys::Srtp(s) => {
-                let r = if rtcp {
-                    s.protect_rtcp(pkt)
-                } else {
-                    s.protect_rtp(pkt)
-                };
-                Packet::Owned(r.map_err(|_| DropReason::Malformed)?)
-            }
+            Keys::Srtp(s) => Packet::Owned(s.protect_rtcp(pkt).map_err(|_| DropReason::Malformed)?),
         };
         Ok((to, bytes))
     }
@@ -690,7 +685,7 @@ mod tests {
                 while let Some((to, p)) = self.peer.poll_transmit() {
                     assert_eq!(to, addr(LEG));
                     if !self.peer_silent {
-                        let _ = self.leg.on_recv(self.now, addr(PEER), &p);
+                        let _ = self.leg.on_recv(self.now, addr(PEER), &mut p.clone());
                     }
                 }
                 while let Some(t) = self.leg.poll_transmit(self.now) {
@@ -711,26 +706,26 @@ mod tests {
     fn ice_leg_sends_nothing_before_a_check_and_stops_within_30_s_of_lost_consent() {
         let mut p = IcePair::new();
         assert_eq!(
-            p.leg.on_send(p.now, &rtp(1)).unwrap_err(),
+            p.leg.on_send(p.now, &rtp(1), &mut Vec::new()).unwrap_err(),
             DropReason::IceUnchecked,
             "no media before any check"
         );
         p.run(Duration::from_secs(3));
         let (to, _) = p
             .leg
-            .on_send(p.now, &rtp(2))
+            .on_send(p.now, &rtp(2), &mut Vec::new())
             .expect("checked and nominated");
         assert_eq!(to, addr(PEER));
         // A long call: consent keeps being refreshed.
         p.run(Duration::from_secs(120));
-        assert!(p.leg.on_send(p.now, &rtp(3)).is_ok());
+        assert!(p.leg.on_send(p.now, &rtp(3), &mut Vec::new()).is_ok());
         // The peer vanishes: nothing answers our consent requests any more.
         p.peer_silent = true;
         let lapsed = p.now;
         let mut stopped = None;
         while p.now < lapsed + Duration::from_secs(40) {
             p.run(Duration::from_millis(100));
-            if p.leg.on_send(p.now, &rtp(4)).is_err() {
+            if p.leg.on_send(p.now, &rtp(4), &mut Vec::new()).is_err() {
                 stopped = Some(p.now - lapsed);
                 break;
             }
@@ -741,7 +736,7 @@ mod tests {
             "stopped after {stopped:?}"
         );
         assert_eq!(
-            p.leg.on_send(p.now, &rtp(5)).unwrap_err(),
+            p.leg.on_send(p.now, &rtp(5), &mut Vec::new()).unwrap_err(),
             DropReason::IceUnchecked
         );
     }
@@ -764,31 +759,32 @@ mod tests {
         let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
         let good = peer.protect_rtp(&rtp(1)).unwrap();
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &good),
-            Recv::Rtp(Packet::Owned(BytesMut::from(&rtp(1)[..])))
+            leg.on_recv(now, addr(PEER), &mut good.to_vec()),
+            Recv::Rtp(Packet::Borrowed(&rtp(1)[..]))
         );
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &good),
+            leg.on_recv(now, addr(PEER), &mut good.to_vec()),
             Recv::Drop(DropReason::Srtp),
             "replay"
         );
         let mut bad = peer.protect_rtp(&rtp(2)).unwrap().to_vec();
         bad[20] ^= 0x80;
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &bad),
+            leg.on_recv(now, addr(PEER), &mut bad),
             Recv::Drop(DropReason::Srtp)
         );
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &rtp(3)),
+            leg.on_recv(now, addr(PEER), &mut rtp(3)),
             Recv::Drop(DropReason::Srtp),
             "plain RTP on an SRTP leg"
         );
         // What we send is protected, and the peer decrypts it.
         let seven = rtp(7);
-        let (to, out) = leg.on_send(now, &seven).unwrap();
+        let mut buf = Vec::new();
+        let (to, out) = leg.on_send(now, &seven, &mut buf).unwrap();
         assert_eq!(to, addr(PEER));
         assert_eq!(out.len(), 182);
-        assert_eq!(peer.unprotect_rtp(&out).unwrap().as_ref(), &rtp(7)[..]);
+        assert_eq!(peer.unprotect_rtp(out).unwrap().as_ref(), &rtp(7)[..]);
         // The same keys again change nothing (no new context, so no replay-window reset).
         leg.secure(
             now,
@@ -800,7 +796,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &good),
+            leg.on_recv(now, addr(PEER), &mut good.to_vec()),
             Recv::Drop(DropReason::Srtp)
         );
     }
@@ -821,7 +817,7 @@ mod tests {
         );
         assert!(leg.take_failure().is_some());
         assert!(leg.take_failure().is_none(), "reported once");
-        assert!(leg.on_send(now, &rtp(1)).is_err());
+        assert!(leg.on_send(now, &rtp(1), &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -846,7 +842,10 @@ mod tests {
             now += Duration::from_millis(20);
             if seq % 10 != 3 {
                 let p = peer.protect_rtp(&rtp(seq)).unwrap();
-                assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+                assert!(matches!(
+                    leg.on_recv(now, addr(PEER), &mut p.to_vec()),
+                    Recv::Rtp(_)
+                ));
             }
             if leg.poll_timeout().is_some_and(|t| t <= now) {
                 leg.handle_timeout(now);
@@ -878,26 +877,32 @@ mod tests {
         assert!(packets.len() >= 5);
         // From the peer: relayed, and the key is seen once.
         for (_, p) in &packets {
-            assert!(matches!(leg.on_recv(now, addr(PEER), p), Recv::Rtp(_)));
+            assert!(matches!(
+                leg.on_recv(now, addr(PEER), &mut p.clone()),
+                Recv::Rtp(_)
+            ));
         }
         assert_eq!(leg.take_digits(), vec![(digit, false)]);
         // Toward an rfc4733 peer: relayed in-band, nothing to announce.
         for (_, p) in &packets {
-            assert!(leg.on_send(now, p).is_ok());
+            assert!(leg.on_send(now, p, &mut Vec::new()).is_ok());
         }
         assert!(leg.take_digits().is_empty());
         // Toward an info peer: not relayed, the key goes to the engine once.
         leg.set_codec(now, 8000, Some(101), true);
         let more = leg.dtmf_packets(Digit::new('*', 100).unwrap()).unwrap();
         for (_, p) in &more {
-            assert_eq!(leg.on_send(now, p).unwrap_err(), DropReason::DtmfAsInfo);
+            assert_eq!(
+                leg.on_send(now, p, &mut Vec::new()).unwrap_err(),
+                DropReason::DtmfAsInfo
+            );
         }
         assert_eq!(
             leg.take_digits(),
             vec![(Digit::new('*', 100).unwrap(), true)]
         );
         // Voice is untouched.
-        assert!(leg.on_send(now, &rtp(9)).is_ok());
+        assert!(leg.on_send(now, &rtp(9), &mut Vec::new()).is_ok());
         // Without a negotiated telephone-event there is nothing to play.
         leg.set_codec(now, 8000, None, false);
         assert!(leg.dtmf_packets(digit).is_none());
@@ -915,19 +920,26 @@ mod tests {
         leg.secure(now, sdes(&key(1), &key(2)), None, None);
         let mut old_peer = SrtpSession::new(&key(2), &key(1)).unwrap();
         let p = old_peer.protect_rtp(&rtp(1)).unwrap();
-        assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut p.to_vec()),
+            Recv::Rtp(_)
+        ));
         // A re-INVITE brought new keys on both sides.
         leg.secure(now, sdes(&key(3), &key(4)), None, None);
         let p = old_peer.protect_rtp(&rtp(2)).unwrap();
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &p),
+            leg.on_recv(now, addr(PEER), &mut p.to_vec()),
             Recv::Drop(DropReason::Srtp)
         );
         let mut new_peer = SrtpSession::new(&key(4), &key(3)).unwrap();
         let p = new_peer.protect_rtp(&rtp(3)).unwrap();
-        assert!(matches!(leg.on_recv(now, addr(PEER), &p), Recv::Rtp(_)));
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut p.to_vec()),
+            Recv::Rtp(_)
+        ));
         let three = rtp(3);
-        let (_, out) = leg.on_send(now, &three).unwrap();
-        assert_eq!(new_peer.unprotect_rtp(&out).unwrap().as_ref(), &three[..]);
+        let mut buf = Vec::new();
+        let (_, out) = leg.on_send(now, &three, &mut buf).unwrap();
+        assert_eq!(new_peer.unprotect_rtp(out).unwrap().as_ref(), &three[..]);
     }
 }
