@@ -259,7 +259,7 @@ fn serve(config: Option<&Path>) -> ExitCode {
         eprintln!("general.log_level: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match runtime() {
+    let runtime = match runtime(cfg.general.worker_threads) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -273,11 +273,16 @@ fn serve(config: Option<&Path>) -> ExitCode {
 }
 
 /// The async runtime for `serve` and `call`, with the process's one crypto provider installed;
-/// `Err` is the exit code after the reason was printed.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+/// `Err` is the exit code after the reason was printed. `workers`: threads, else tokio's default
+/// (one per core, or `TOKIO_WORKER_THREADS`).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
     // Installing fails only if a provider is already installed, which is then the same one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| {
@@ -312,7 +317,7 @@ fn call(args: CallArgs) -> ExitCode {
     use riptide::client_tool::{self, CallOptions};
     use std::io::IsTerminal;
     client_tool_logging();
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -344,7 +349,7 @@ fn answer(args: AnswerArgs) -> ExitCode {
     use riptide::client_tool::answer::{self, AnswerOptions};
     use std::io::IsTerminal;
     client_tool_logging();
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -95,6 +95,19 @@ fn unknown_key() {
 }
 
 #[test]
+fn worker_threads_must_be_a_usable_count() {
+    assert_error(
+        "workers",
+        "[general]\nnode_name = \"x\"\nworker_threads = 0\n",
+        "general.worker_threads",
+        3,
+        "between 1 and 1024",
+    );
+    let (_, one) = load_text("workers-1", "[general]\nworker_threads = 1\n");
+    assert_eq!(one.unwrap().general.worker_threads, Some(1));
+}
+
+#[test]
 fn wrong_type() {
     assert_error(
         "type",

@@ -13,6 +13,7 @@ impl Default for General {
             node_name: "riptide".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            worker_threads: None,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct General {
     pub log_format: LogFormat,
     /// A tracing `EnvFilter` directive, e.g. `info` or `riptide=debug`.
     pub log_level: String,
+    /// Threads of the async runtime (SIP, HTTP/3 and the media relay). `None`: one per core.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
