@@ -258,6 +258,7 @@ impl MediaHub {
                     if let Some(t) = lock(&m.rtcp_task).take() {
                         t.abort();
                     }
+                    lock(&m.rtcp).take();
                 }
             }
             MediaCmd::Secure { call, negotiated } => {

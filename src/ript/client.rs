@@ -152,7 +152,8 @@ struct ClientCall {
     get: Option<AbortHandle>,
     /// Identifies the current GET task, so that an old one ending is not reported as a loss.
     get_gen: u64,
-    put: Option<mpsc::Sender<Event>>,
+    /// Boxed: the channel's first block holds 32 of them for the call's life.
+    put: Option<mpsc::Sender<Box<Event>>>,
     media: Option<AbortHandle>,
 }
 
@@ -230,7 +231,7 @@ impl Client {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((conn, driver, send))
         };
-        let (conn, mut driver, send) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        let (conn, mut driver, send) = tokio::time::timeout(CONNECT_TIMEOUT, Box::pin(setup))
             .await
             .map_err(|_| format!("connect to {}: timed out", p.name))?
             .map_err(|e| format!("connect to {}: {e}", p.name))?;
@@ -473,15 +474,14 @@ async fn send_json(
     body: Bytes,
 ) -> Result<(http::Response<()>, Stream), (u16, String)> {
     let transport = |e: String| (0u16, e);
-    let live = client.connection(peer).await.map_err(transport)?;
+    let live = Box::pin(client.connection(peer)).await.map_err(transport)?;
     let mut req = client.request(peer, method, path).map_err(transport)?;
     req.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     let mut send = live.send.clone();
-    let mut s = send
-        .send_request(req)
+    let mut s = Box::pin(send.send_request(req))
         .await
         .map_err(|e| transport(e.to_string()))?;
     s.send_data(body)
@@ -706,7 +706,7 @@ fn client_send(client: &Arc<Client>, call: CallKey, event: Event) {
         return;
     };
     let event = match c.put.as_ref() {
-        Some(tx) => match tx.try_send(event) {
+        Some(tx) => match tx.try_send(Box::new(event)) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(%call, "events PUT backlog full; event dropped");
@@ -714,7 +714,7 @@ fn client_send(client: &Arc<Client>, call: CallKey, event: Event) {
             }
             Err(mpsc::error::TrySendError::Closed(ev)) => ev,
         },
-        None => event,
+        None => Box::new(event),
     };
     // The PUT stream broke: open a new one, starting with this event.
     let (tx, rx) = mpsc::channel(PUT_BACKLOG);
@@ -761,7 +761,7 @@ fn spawn_get(client: &Arc<Client>, target: &Target, gen: u64) -> AbortHandle {
     let client = client.clone();
     let target = target.clone();
     tokio::spawn(async move {
-        if let Err(e) = run_get(&client, &target).await {
+        if let Err(e) = Box::pin(run_get(&client, &target)).await {
             tracing::info!(call = %target.call, error = %e, "events GET ended");
         }
         // Only the current GET of a live call counts; ClientClose and reopen retire old ones.
@@ -801,11 +801,10 @@ async fn run_get(client: &Client, t: &Target) -> Result<(), String> {
 /// `(status, reason)`, status 0 when the request could not be made.
 async fn open_events(client: &Client, peer: usize, path: &str) -> Result<Stream, (u16, String)> {
     let transport = |e: String| (0u16, e);
-    let live = client.connection(peer).await.map_err(transport)?;
+    let live = Box::pin(client.connection(peer)).await.map_err(transport)?;
     let req = client.request(peer, Method::GET, path).map_err(transport)?;
     let mut send = live.send.clone();
-    let mut s = send
-        .send_request(req)
+    let mut s = Box::pin(send.send_request(req))
         .await
         .map_err(|e| transport(e.to_string()))?;
     s.finish().await.map_err(|e| transport(e.to_string()))?;
@@ -844,7 +843,7 @@ async fn recv_events(s: &mut Stream, dec: &mut EventDecoder) -> Result<Option<Ve
 }
 
 /// Owns `PUT {call}/events`: writes each queued event; closes the array when the queue closes.
-async fn run_put(client: Arc<Client>, t: Target, mut rx: mpsc::Receiver<Event>) {
+async fn run_put(client: Arc<Client>, t: Target, mut rx: mpsc::Receiver<Box<Event>>) {
     if let Err(e) = put_events(&client, &t, &mut rx).await {
         tracing::info!(call = %t.call, error = %e, "events PUT ended");
     }
@@ -853,16 +852,18 @@ async fn run_put(client: Arc<Client>, t: Target, mut rx: mpsc::Receiver<Event>) 
 async fn put_events(
     client: &Client,
     t: &Target,
-    rx: &mut mpsc::Receiver<Event>,
+    rx: &mut mpsc::Receiver<Box<Event>>,
 ) -> Result<(), String> {
-    let live = client.connection(t.peer).await?;
+    let live = Box::pin(client.connection(t.peer)).await?;
     let mut req = client.request(t.peer, Method::PUT, &format!("{}/events", t.path))?;
     req.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
     let mut send = live.send.clone();
-    let s = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let s = Box::pin(send.send_request(req))
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut tx, mut resp_rx) = s.split();
     let mut enc = EventEncoder::new();
     tx.send_data(EventEncoder::open())
@@ -894,12 +895,14 @@ async fn put_events(
 /// Opens `CONNECT {call}/media` and binds the call's datagrams to it while it stays open.
 async fn run_media(client: Arc<Client>, t: Target) {
     let res = async {
-        let live = client.connection(t.peer).await?;
+        let live = Box::pin(client.connection(t.peer)).await?;
         let mut req = client.request(t.peer, Method::CONNECT, &format!("{}/media", t.path))?;
         req.extensions_mut()
             .insert(h3::ext::Protocol::WEB_TRANSPORT);
         let mut send = live.send.clone();
-        let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let mut s = Box::pin(send.send_request(req))
+            .await
+            .map_err(|e| e.to_string())?;
         let resp = s.recv_response().await.map_err(|e| e.to_string())?;
         if resp.status() != StatusCode::OK {
             return Err(format!("media CONNECT refused with {}", resp.status()));

@@ -376,7 +376,9 @@ struct Pending {
 struct HandlerEntry {
     handler: Handler,
     owner: String,
-    streams: Vec<mpsc::Sender<Event>>,
+    /// Shared: one allocation per event for all streams, and the channels' first blocks hold
+    /// pointers, not events.
+    streams: Vec<mpsc::Sender<Arc<Event>>>,
     /// Next `seq` on its events streams.
     seq: u64,
 }
@@ -388,6 +390,7 @@ impl HandlerEntry {
         event.seq = Some(self.seq);
         event.direction = Some(super::model::Direction::S2c);
         self.seq += 1;
+        let event = Arc::new(event);
         self.streams.retain(|s| s.try_send(event.clone()).is_ok());
         !self.streams.is_empty()
     }
@@ -417,7 +420,8 @@ struct CallEntry {
     tg: String,
     description: CallDescription,
     last_state: Option<Event>,
-    subscribers: Vec<mpsc::Sender<Event>>,
+    /// As [`HandlerEntry::streams`].
+    subscribers: Vec<mpsc::Sender<Arc<Event>>>,
     /// Open events streams (GET and PUT); `ServerEventsClosed` fires when it drops to zero.
     open_streams: usize,
     /// Dropped with the entry: every stream of the call watches it to end when the call does.
@@ -503,6 +507,7 @@ impl Shared {
             e.description.state = s;
             e.last_state = Some(event.clone());
         }
+        let event = Arc::new(event);
         e.subscribers.retain(|s| match s.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -713,9 +718,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
                 let conn = conn.clone();
+                // Every step is boxed, so that a request that lives as long as its call (events,
+                // media) holds only its own state, not room for the largest route's.
                 tokio::spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => handle_request(&shared, conn, req, stream).await,
+                    match Box::pin(resolver.resolve_request()).await {
+                        Ok((req, stream)) => {
+                            Box::pin(handle_request(&shared, conn, req, stream)).await
+                        }
                         Err(e) => tracing::debug!(%remote, error = %e, "bad request stream"),
                     }
                 });
@@ -913,7 +922,7 @@ async fn handle_request(
 ) {
     let cors = match shared.ctx.cors.gate(&req) {
         Ok(h) => h,
-        Err(reply) => return send_reply(shared, &mut stream, reply).await,
+        Err(reply) => return Box::pin(send_reply(shared, &mut stream, reply)).await,
     };
     if let (Some(jwks), &Method::GET) = (&shared.ctx.jwks, req.method()) {
         let public = match req.uri().path() {
@@ -934,7 +943,7 @@ async fn handle_request(
         if let Some(body) = public {
             let reply =
                 Reply::json(StatusCode::OK, &body).with(header::CACHE_CONTROL, "max-age=300");
-            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
         }
     }
     let path = req.uri().path().to_owned();
@@ -948,26 +957,28 @@ async fn handle_request(
                 .and_then(|v| v.to_str().ok());
             let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
             return match redeemed {
-                Ok(()) => media_connect(shared, conn, &req, tg, id, stream, &cors).await,
+                Ok(()) => Box::pin(media_connect(shared, conn, &req, tg, id, stream, &cors)).await,
                 Err(why) => {
                     shared.ctx.metrics.auth_failures();
                     tracing::debug!(%tg, call = %id, why, "media CONNECT refused");
                     let reply = Reply::problem(&Problem::new(401, "Unauthorized", why));
-                    send_reply(shared, &mut stream, reply.with_all(&cors)).await
+                    Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await
                 }
             };
         }
     }
-    let principal = match authenticate(shared, &req).await {
+    let principal = match Box::pin(authenticate(shared, &req)).await {
         Ok(p) => p,
-        Err(reply) => return send_reply(shared, &mut stream, reply.with_all(&cors)).await,
+        Err(reply) => {
+            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await
+        }
     };
     if let Some(scope) = required_scope(&route(&path)) {
         if let Err(e) = crate::auth::require_scope(&principal, scope) {
             shared.ctx.metrics.auth_failures();
             let reply = Reply::problem(&Problem::new(403, "Forbidden", e.to_string()))
                 .with(header::WWW_AUTHENTICATE, crate::auth::www_authenticate(&e));
-            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
         }
     }
     let method = req.method().clone();
@@ -983,19 +994,42 @@ async fn handle_request(
         (Route::Tg(tg), &Method::GET) => tg_description(shared, tg),
         (Route::Tg(_), _) => Reply::method_not_allowed("GET"),
         (Route::Handlers(tg), &Method::POST) => {
-            put_handler(shared, tg, None, &principal.subject, &mut stream).await
+            Box::pin(put_handler(
+                shared,
+                tg,
+                None,
+                &principal.subject,
+                &mut stream,
+            ))
+            .await
         }
         (Route::Handlers(_), _) => Reply::method_not_allowed("POST"),
         (Route::Handler(tg, id), &Method::GET) => get_handler(shared, tg, id, &principal.subject),
         (Route::Handler(tg, id), &Method::PUT) => {
-            put_handler(shared, tg, Some(id), &principal.subject, &mut stream).await
+            Box::pin(put_handler(
+                shared,
+                tg,
+                Some(id),
+                &principal.subject,
+                &mut stream,
+            ))
+            .await
         }
         (Route::Handler(tg, id), &Method::DELETE) => {
             delete_handler(shared, tg, id, &principal.subject)
         }
         (Route::Handler(_, _), _) => Reply::method_not_allowed("GET, PUT, DELETE"),
         (Route::HandlerEvents(tg, id), &Method::GET) => {
-            return handler_events(shared, &conn, tg, id, &principal.subject, stream, &cors).await
+            return Box::pin(handler_events(
+                shared,
+                &conn,
+                tg,
+                id,
+                &principal.subject,
+                stream,
+                &cors,
+            ))
+            .await
         }
         (Route::HandlerEvents(_, _), _) => Reply::method_not_allowed("GET"),
         (Route::Calls(tg), &Method::POST) => {
@@ -1017,7 +1051,7 @@ async fn handle_request(
                 tns,
                 verstat_trusted: trusted,
             };
-            post_call(shared, tg, client, &mut stream).await
+            Box::pin(post_call(shared, tg, client, &mut stream)).await
         }
         (Route::Calls(_), _) => Reply::method_not_allowed("POST"),
         (Route::Call(tg, id), &Method::GET) => get_call(shared, tg, id),
@@ -1027,26 +1061,34 @@ async fn handle_request(
                 .get(header::ORIGIN)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            take_call(shared, tg, id, &principal.subject, origin, &mut stream).await
+            Box::pin(take_call(
+                shared,
+                tg,
+                id,
+                &principal.subject,
+                origin,
+                &mut stream,
+            ))
+            .await
         }
         (Route::Call(tg, id), _) => match get_call(shared, tg, id) {
             r if r.status == StatusCode::OK => Reply::method_not_allowed("GET, POST"),
             r => r,
         },
         (Route::Events(tg, id), &Method::GET) => {
-            return events_get(shared, &conn, tg, id, stream, &cors).await
+            return Box::pin(events_get(shared, &conn, tg, id, stream, &cors)).await
         }
         (Route::Events(tg, id), &Method::PUT) => {
-            return events_put(shared, &conn, tg, id, stream, &cors).await
+            return Box::pin(events_put(shared, &conn, tg, id, stream, &cors)).await
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            return media_connect(shared, conn, &req, tg, id, stream, &cors).await
+            return Box::pin(media_connect(shared, conn, &req, tg, id, stream, &cors)).await
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
         (Route::NotFound, _) => Reply::not_found("no such resource"),
     };
-    send_reply(shared, &mut stream, reply.with_all(&cors)).await
+    Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await
 }
 
 fn tg_list(shared: &Shared) -> Reply {
@@ -1296,7 +1338,7 @@ async fn pump_events(
     stream: &mut Stream,
     conn: &quinn::Connection,
     first: Option<&Event>,
-    mut rx: mpsc::Receiver<Event>,
+    mut rx: mpsc::Receiver<Arc<Event>>,
     mut ping: Option<(Duration, &mut (dyn FnMut() -> Option<Event> + Send))>,
 ) {
     let mut enc = EventEncoder::new();
