@@ -282,13 +282,10 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> 
     if let Some(n) = workers {
         builder.worker_threads(n);
     }
-    builder
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(EXIT_RUNTIME)
-        })
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::from(EXIT_RUNTIME)
+    })
 }
 
 /// Logs of the client tools go to stderr, and only on request: stdout carries the summary,

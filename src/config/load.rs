@@ -276,7 +276,11 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if cfg.general.worker_threads.is_some_and(|n| !(1..=1024).contains(&n)) {
+    if cfg
+        .general
+        .worker_threads
+        .is_some_and(|n| !(1..=1024).contains(&n))
+    {
         return Err(err(
             vec![key("general"), key("worker_threads")],
             "must be between 1 and 1024 (leave it unset for one per core)".into(),
