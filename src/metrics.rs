@@ -142,6 +142,11 @@ pub struct Metrics {
     /// Batches of datagrams handed to quinn (`media::hub`'s QUIC sender); datagrams sent over
     /// batches is how many RTP packets share a flush.
     pub quic_flushes: AtomicU64,
+    /// Of the QUIC connections that carry media, sampled by their flush tasks about once a
+    /// second: packets declared lost, congestion events, and the last congestion window seen.
+    pub quic_lost_packets: AtomicU64,
+    pub quic_congestion_events: AtomicU64,
+    pub quic_cwnd: AtomicU64,
 }
 
 /// Sums over ended calls' legacy legs: a Prometheus summary without quantiles per figure.
@@ -400,6 +405,38 @@ impl Metrics {
             "",
             load(&self.quic_flushes),
         );
+
+        header(
+            &mut out,
+            "media_quic_lost_packets_total",
+            "counter",
+            "QUIC packets declared lost on connections that carry media (sampled about once a second).",
+        );
+        line(
+            &mut out,
+            "media_quic_lost_packets_total",
+            "",
+            load(&self.quic_lost_packets),
+        );
+        header(
+            &mut out,
+            "media_quic_congestion_events_total",
+            "counter",
+            "Congestion events on connections that carry media (sampled about once a second).",
+        );
+        line(
+            &mut out,
+            "media_quic_congestion_events_total",
+            "",
+            load(&self.quic_congestion_events),
+        );
+        header(
+            &mut out,
+            "media_quic_cwnd_bytes",
+            "gauge",
+            "Congestion window of the media connection sampled last.",
+        );
+        line(&mut out, "media_quic_cwnd_bytes", "", load(&self.quic_cwnd));
 
         header(
             &mut out,

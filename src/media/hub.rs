@@ -104,11 +104,44 @@ impl Drop for QuicSender {
     }
 }
 
+/// What the flush task last reported of its connection's path statistics.
+#[derive(Default)]
+struct PathSample {
+    at: Option<Instant>,
+    lost: u64,
+    congestion: u64,
+}
+
+impl PathSample {
+    /// Adds what changed since the last sample to the media QUIC counters, at most once a second.
+    fn sample(&mut self, conn: &quinn::Connection, metrics: &Metrics) {
+        let now = Instant::now();
+        if self
+            .at
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.at = Some(now);
+        let p = conn.stats().path;
+        metrics
+            .quic_lost_packets
+            .fetch_add(p.lost_packets.saturating_sub(self.lost), Ordering::Relaxed);
+        metrics.quic_congestion_events.fetch_add(
+            p.congestion_events.saturating_sub(self.congestion),
+            Ordering::Relaxed,
+        );
+        metrics.quic_cwnd.store(p.cwnd, Ordering::Relaxed);
+        (self.lost, self.congestion) = (p.lost_packets, p.congestion_events);
+    }
+}
+
 /// Flushes one connection's [`QuicSender`] until the sender is dropped (no call and no reader
 /// uses the connection any more).
 async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Notify>, id: usize) {
     let metrics = hub.inner.metrics.clone();
     let mut batch = Vec::new();
+    let mut path = PathSample::default();
     loop {
         ready.notified().await;
         // Behind every task that is ready now (deferred until the worker next polls for I/O),
@@ -124,6 +157,7 @@ async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Not
                 Err(_) => metrics.media_drop(DropReason::QuicSend),
             }
         }
+        path.sample(&s.conn, &metrics);
     }
     let mut senders = lock(&hub.inner.senders);
     if senders.get(&id).is_some_and(|w| w.strong_count() == 0) {
