@@ -433,8 +433,9 @@ impl SrtpSession {
     }
 }
 
-/// SSRCs whose rollover counter (and, receiving, replay window) a [`CmContext`] keeps; beyond
-/// this the least recently used one is forgotten.
+/// SSRCs whose rollover counter (and, receiving, replay window) a [`CmContext`] keeps. Beyond
+/// this a receiving context forgets the least recently used one; a sending context refuses the
+/// new SSRC, since a forgotten rollover counter would reuse keystream.
 const MAX_SSRCS: usize = 16;
 
 /// Packet indices are 48 bits (RFC 3711 §3.2.1): 2^32 rollovers of the sequence number.
