@@ -147,6 +147,11 @@ pub struct Metrics {
     pub quic_lost_packets: AtomicU64,
     pub quic_congestion_events: AtomicU64,
     pub quic_cwnd: AtomicU64,
+    /// Free bytes in that connection's datagram send queue when sampled: near 0 means datagrams
+    /// wait in quinn (and the oldest are dropped) rather than on the wire.
+    pub quic_send_space: AtomicU64,
+    /// That connection's smoothed RTT in microseconds (quinn's estimate; paces its sending).
+    pub quic_rtt_us: AtomicU64,
 }
 
 /// Sums over ended calls' legacy legs: a Prometheus summary without quantiles per figure.
@@ -437,6 +442,30 @@ impl Metrics {
             "Congestion window of the media connection sampled last.",
         );
         line(&mut out, "media_quic_cwnd_bytes", "", load(&self.quic_cwnd));
+        header(
+            &mut out,
+            "media_quic_datagram_send_space_bytes",
+            "gauge",
+            "Free space in the datagram send queue of the media connection sampled last.",
+        );
+        line(
+            &mut out,
+            "media_quic_datagram_send_space_bytes",
+            "",
+            load(&self.quic_send_space),
+        );
+        header(
+            &mut out,
+            "media_quic_rtt_microseconds",
+            "gauge",
+            "Smoothed RTT of the media connection sampled last.",
+        );
+        line(
+            &mut out,
+            "media_quic_rtt_microseconds",
+            "",
+            load(&self.quic_rtt_us),
+        );
 
         header(
             &mut out,

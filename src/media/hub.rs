@@ -132,6 +132,12 @@ impl PathSample {
             Ordering::Relaxed,
         );
         metrics.quic_cwnd.store(p.cwnd, Ordering::Relaxed);
+        metrics
+            .quic_send_space
+            .store(conn.datagram_send_buffer_space() as u64, Ordering::Relaxed);
+        metrics
+            .quic_rtt_us
+            .store(p.rtt.as_micros() as u64, Ordering::Relaxed);
         (self.lost, self.congestion) = (p.lost_packets, p.congestion_events);
     }
 }
