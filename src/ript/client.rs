@@ -433,7 +433,7 @@ async fn post_json<T: serde::Serialize>(
     expect: StatusCode,
 ) -> Result<(http::Response<()>, Bytes), (u16, String)> {
     let body = serde_json::to_vec(body).map_err(|e| (0, e.to_string()))?;
-    let (resp, mut s) = send_json(client, peer, Method::POST, path, Bytes::from(body)).await?;
+    let (resp, mut s) = exchange(client, peer, Method::POST, path, Some(Bytes::from(body))).await?;
     let status = resp.status();
     let body = read_body(&mut s).await.map_err(|e| (status.as_u16(), e))?;
     if status != expect {
@@ -455,7 +455,7 @@ async fn put_once(
         body.extend_from_slice(&enc.encode(ev));
     }
     body.extend_from_slice(&EventEncoder::close());
-    let (resp, mut s) = send_json(client, peer, Method::PUT, path, body.freeze()).await?;
+    let (resp, mut s) = exchange(client, peer, Method::PUT, path, Some(body.freeze())).await?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -464,29 +464,33 @@ async fn put_once(
     Err((status.as_u16(), reason_from_body(status.as_u16(), &body)))
 }
 
-/// Sends a request with a complete JSON body and waits for the response head. The error is
-/// `(0, reason)`: the request could not be made.
-async fn send_json(
+/// Sends a request, with a complete JSON body when one is given, and waits for the response
+/// head. The error is `(0, reason)`: the request could not be made.
+async fn exchange(
     client: &Client,
     peer: usize,
     method: Method,
     path: &str,
-    body: Bytes,
+    json: Option<Bytes>,
 ) -> Result<(http::Response<()>, Stream), (u16, String)> {
     let transport = |e: String| (0u16, e);
     let live = Box::pin(client.connection(peer)).await.map_err(transport)?;
     let mut req = client.request(peer, method, path).map_err(transport)?;
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
+    if json.is_some() {
+        req.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
     let mut send = live.send.clone();
     let mut s = Box::pin(send.send_request(req))
         .await
         .map_err(|e| transport(e.to_string()))?;
-    s.send_data(body)
-        .await
-        .map_err(|e| transport(e.to_string()))?;
+    if let Some(body) = json {
+        s.send_data(body)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+    }
     s.finish().await.map_err(|e| transport(e.to_string()))?;
     let resp = s
         .recv_response()
@@ -800,18 +804,7 @@ async fn run_get(client: &Client, t: &Target) -> Result<(), String> {
 /// Opens an events stream (`GET {path}`) and waits for its `200`. The error is
 /// `(status, reason)`, status 0 when the request could not be made.
 async fn open_events(client: &Client, peer: usize, path: &str) -> Result<Stream, (u16, String)> {
-    let transport = |e: String| (0u16, e);
-    let live = Box::pin(client.connection(peer)).await.map_err(transport)?;
-    let req = client.request(peer, Method::GET, path).map_err(transport)?;
-    let mut send = live.send.clone();
-    let mut s = Box::pin(send.send_request(req))
-        .await
-        .map_err(|e| transport(e.to_string()))?;
-    s.finish().await.map_err(|e| transport(e.to_string()))?;
-    let resp = s
-        .recv_response()
-        .await
-        .map_err(|e| transport(e.to_string()))?;
+    let (resp, mut s) = exchange(client, peer, Method::GET, path, None).await?;
     let status = resp.status().as_u16();
     if resp.status() != StatusCode::OK {
         let body = read_body(&mut s).await.unwrap_or_default();
