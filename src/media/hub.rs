@@ -4,18 +4,20 @@
 //! - QUIC → legacy: one reader per QUIC connection ([`MediaHub::run_quic_reader`]) looks the
 //!   datagram's Quarter Stream ID up in a route table keyed by `(connection, qsid)` and hands the
 //!   RTP packet (a slice of quinn's own `Bytes`) to the call's UDP socket with a non-blocking send.
-//! - legacy → QUIC: one task per call socket reads into a reused buffer and frames the packet into
-//!   a [`DatagramArena`]; the framed datagram joins its connection's [`QuicSender`] queue, which
+//! - legacy → QUIC: the calls' sockets are read by a few shared tasks ([`super::poller`], one per
+//!   runtime worker) into a reused buffer, and each packet is framed into a [`DatagramArena`]; the
+//!   framed datagram joins its connection's [`QuicSender`] queue, which
 //!   hands everything queued to quinn in one go once the runtime has run the other ready tasks,
 //!   so that quinn packs several datagrams into one QUIC packet (one seal, one `sendmsg`) instead
 //!   of sending a packet per datagram.
 //!
-//! Locks: `routes` is taken before any per-call lock, never the other way round; the UDP tasks
-//! only take per-call locks. All locks are std mutexes held for a few instructions, never across
+//! Locks: `routes` is taken before any per-call lock, never the other way round; the poller's
+//! handler and the per-call timer tasks only take per-call locks. All locks are std mutexes held for a few instructions, never across
 //! an `.await`.
 
 use super::dtls::DtlsIdentity;
 use super::leg::{LegacyLeg, Recv, Transmit};
+use super::poller::{self, Poller, Registration};
 use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
 use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
@@ -23,20 +25,13 @@ use crate::metrics::{DropReason, Metrics};
 use crate::CallKey;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Instant;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-
-/// Largest UDP datagram we read from the legacy side; bigger RTP does not fit a QUIC datagram anyway.
-const UDP_RECV_BUF: usize = 2048;
-
-/// Datagrams one socket task reads per poll before it lets other tasks run.
-const READ_BATCH: usize = 32;
 
 /// RTP from the legacy peer that arrives before the call's QUIC media stream is bound (a
 /// callee that answers and talks at once) is held this long, at most this many packets, and
@@ -64,6 +59,16 @@ struct Inner {
     routes: RwLock<HashMap<RouteKey, Arc<CallMedia>>>,
     /// The batching sender of each QUIC connection that carries media, by `stable_id`.
     senders: Mutex<HashMap<usize, Weak<QuicSender>>>,
+    /// Reads the legacy sockets; made with the first one (it needs the runtime).
+    poller: Mutex<Option<Arc<Poller<LegacySocket>>>>,
+}
+
+/// What the poller knows of a legacy socket.
+#[derive(Clone)]
+struct LegacySocket {
+    call: Weak<CallMedia>,
+    /// The RTCP port (`port + 1`) of a leg without rtcp-mux.
+    rtcp: bool,
 }
 
 /// The datagrams queued for one QUIC connection.
@@ -179,17 +184,19 @@ struct CallMedia {
     rtp: Mutex<Option<Arc<UdpSocket>>>,
     /// RTCP socket (port + 1), for reports on legs without rtcp-mux.
     rtcp: Mutex<Option<Arc<UdpSocket>>>,
+    /// The two sockets' places in the poller; dropping them stops the reading.
+    rtp_reg: Mutex<Option<Registration<LegacySocket>>>,
+    rtcp_reg: Mutex<Option<Registration<LegacySocket>>>,
     /// Addressing, ICE, DTLS and SRTP of the legacy side.
     leg: Mutex<LegacyLeg>,
-    /// Wakes the call's socket task after a command changed the leg (new timers, queued STUN
+    /// Wakes the call's timer task after something changed the leg (new timers, queued STUN
     /// or DTLS to send).
     wake: Arc<Notify>,
     quic: Mutex<Option<QuicBinding>>,
     /// RTP held while `quic` is empty (see [`EARLY_MAX_PACKETS`]). Locked after `quic`.
     early: Mutex<Vec<(Instant, Vec<u8>)>>,
-    /// Reader tasks of this call's sockets; aborted on close so the ports are released.
-    rtp_task: Mutex<Option<JoinHandle<()>>>,
-    rtcp_task: Mutex<Option<JoinHandle<()>>>,
+    /// Drives the leg's timers (ICE, DTLS, RTCP reports); aborted on close.
+    timer_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct QuicBinding {
@@ -211,6 +218,8 @@ impl CallMedia {
             echo: AtomicBool::new(false),
             rtp: Mutex::new(None),
             rtcp: Mutex::new(None),
+            rtp_reg: Mutex::new(None),
+            rtcp_reg: Mutex::new(None),
             leg: Mutex::new(LegacyLeg::new(
                 latching,
                 Instant::now(),
@@ -219,8 +228,7 @@ impl CallMedia {
             wake: Arc::new(Notify::new()),
             quic: Mutex::new(None),
             early: Mutex::new(Vec::new()),
-            rtp_task: Mutex::new(None),
-            rtcp_task: Mutex::new(None),
+            timer_task: Mutex::new(None),
         }
     }
 
@@ -228,14 +236,21 @@ impl CallMedia {
         lock(&self.rtp).is_some()
     }
 
+    /// Stops reading the legacy sockets and driving the leg; the sockets close (the ports are
+    /// free again) once the last packet in flight on the poller is handled.
     fn stop_tasks(&self) {
-        if let Some(t) = lock(&self.rtp_task).take() {
+        if let Some(t) = lock(&self.timer_task).take() {
             t.abort();
         }
-        if let Some(t) = lock(&self.rtcp_task).take() {
-            t.abort();
-        }
+        lock(&self.rtp_reg).take();
+        lock(&self.rtcp_reg).take();
         lock(&self.rtp).take();
+        lock(&self.rtcp).take();
+    }
+
+    /// Closes the RTCP port (`port + 1`): under rtcp-mux RTCP arrives on the RTP port.
+    fn close_rtcp(&self) {
+        lock(&self.rtcp_reg).take();
         lock(&self.rtcp).take();
     }
 }
@@ -256,6 +271,7 @@ impl MediaHub {
                 calls: Mutex::new(HashMap::new()),
                 routes: RwLock::new(HashMap::new()),
                 senders: Mutex::new(HashMap::new()),
+                poller: Mutex::new(None),
             }),
         }
     }
@@ -295,10 +311,7 @@ impl MediaHub {
                 m.wake.notify_one();
                 if rtcp_mux {
                     // RTCP now arrives on the RTP port (and is consumed there); release port+1.
-                    if let Some(t) = lock(&m.rtcp_task).take() {
-                        t.abort();
-                    }
-                    lock(&m.rtcp).take();
+                    m.close_rtcp();
                 }
             }
             MediaCmd::Secure { call, negotiated } => {
@@ -415,24 +428,34 @@ impl MediaHub {
             Ok(s) => Arc::new(s),
             Err(e) => return fail(format!("RTCP port {rtcp_port}: {e}")),
         };
+        let poller = match self.poller() {
+            Ok(p) => p,
+            Err(e) => return fail(format!("media poller: {e}")),
+        };
         let m = self.call(call);
         m.stop_tasks();
-        *lock(&m.rtp) = Some(rtp.clone());
-        *lock(&m.rtcp) = Some(rtcp.clone());
-        let rtp_task = tokio::spawn(legacy_rtp_task(
-            rtp,
+        let item = |rtcp| LegacySocket {
+            call: Arc::downgrade(&m),
+            rtcp,
+        };
+        let regs = poller
+            .register(rtp.clone(), item(false))
+            .and_then(|r| Ok((r, poller.register(rtcp.clone(), item(true))?)));
+        let (rtp_reg, rtcp_reg) = match regs {
+            Ok(r) => r,
+            Err(e) => return fail(format!("media poller: {e}")),
+        };
+        *lock(&m.rtp) = Some(rtp);
+        *lock(&m.rtcp) = Some(rtcp);
+        *lock(&m.rtp_reg) = Some(rtp_reg);
+        *lock(&m.rtcp_reg) = Some(rtcp_reg);
+        let timer_task = tokio::spawn(leg_timer_task(
             Arc::downgrade(&m),
             m.wake.clone(),
             self.inner.metrics.clone(),
             self.inner.events.clone(),
         ));
-        let rtcp_task = tokio::spawn(legacy_rtcp_task(
-            rtcp,
-            Arc::downgrade(&m),
-            self.inner.metrics.clone(),
-        ));
-        *lock(&m.rtp_task) = Some(rtp_task);
-        *lock(&m.rtcp_task) = Some(rtcp_task);
+        *lock(&m.timer_task) = Some(timer_task);
     }
 
     fn bind(&self, port: u16) -> io::Result<UdpSocket> {
@@ -441,9 +464,24 @@ impl MediaHub {
                 "no tokio runtime to register the socket with",
             ));
         }
-        let s = std::net::UdpSocket::bind(SocketAddr::new(self.inner.ip, port))?;
+        let s = UdpSocket::bind(SocketAddr::new(self.inner.ip, port))?;
         s.set_nonblocking(true)?;
-        UdpSocket::from_std(s)
+        Ok(s)
+    }
+
+    /// The legacy socket poller, made on first use: one shard per runtime worker.
+    fn poller(&self) -> io::Result<Arc<Poller<LegacySocket>>> {
+        let mut p = lock(&self.inner.poller);
+        if let Some(p) = p.as_ref() {
+            return Ok(p.clone());
+        }
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let (metrics, events) = (&self.inner.metrics, &self.inner.events);
+        let made = Arc::new(Poller::new(workers, || {
+            legacy_handler(metrics.clone(), events.clone())
+        })?);
+        *p = Some(made.clone());
+        Ok(made)
     }
 
     /// The local address of the call's legacy RTP socket, once bound.
@@ -565,7 +603,7 @@ impl MediaHub {
         let sender = self.sender(&conn);
         let metrics = &self.inner.metrics;
         // SRTP toward the legacy side is written here (one buffer per connection, reused).
-        let mut srtp = Vec::with_capacity(UDP_RECV_BUF);
+        let mut srtp = Vec::with_capacity(poller::RECV_BUF);
         while let Ok(d) = conn.read_datagram().await {
             let Some(h) = rtp::parse_datagram(&d) else {
                 metrics.media_drop(DropReason::Malformed);
@@ -593,7 +631,7 @@ impl MediaHub {
                         let sent =
                             leg.on_send(Instant::now(), pkt, &mut srtp)
                                 .map(|(to, bytes)| {
-                                    sock.try_send_to(bytes, to).map_err(|_| DropReason::UdpSend)
+                                    sock.send_to(bytes, to).map_err(|_| DropReason::UdpSend)
                                 });
                         (sent, leg.take_digits())
                     };
@@ -642,7 +680,7 @@ fn send_transmit(rtp: &UdpSocket, rtcp: Option<&UdpSocket>, t: &Transmit) -> boo
     } else {
         rtp
     };
-    match sock.try_send_to(&t.bytes, t.to) {
+    match sock.send_to(&t.bytes, t.to) {
         Ok(_) => true,
         Err(e) => {
             tracing::debug!(to = %t.to, error = %e, "STUN/DTLS/RTCP send failed");
@@ -677,22 +715,7 @@ fn flush(
     }
 }
 
-/// Per worker thread: the receive buffer and the datagram arena of every legacy socket task that
-/// runs on it. A task only uses them between two awaits, so one set per thread serves all calls
-/// instead of one per call (the set is 6 KiB; see [`ARENA_CHUNK`](super::rtp::ARENA_CHUNK)).
-struct Scratch {
-    buf: Vec<u8>,
-    arena: DatagramArena,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch {
-        buf: vec![0u8; UDP_RECV_BUF],
-        arena: DatagramArena::default(),
-    });
-}
-
-/// What the socket task does after one datagram.
+/// What the poller's handler does after one datagram.
 enum Next {
     Read,
     /// The leg queued something to send (STUN answer, DTLS flight).
@@ -751,21 +774,55 @@ fn on_legacy_datagram(
     Next::Read
 }
 
-/// Reads the call's RTP socket (see [`on_legacy_datagram`]) until nothing is queued, and drives
-/// the leg's timers (ICE checks and consent, DTLS retransmissions, RTCP reports). Holds the call
-/// weakly so that `Close` (which drops the strong references) ends it too.
-async fn legacy_rtp_task(
-    sock: Arc<UdpSocket>,
-    call: std::sync::Weak<CallMedia>,
+/// The poller's handler (one per shard): RTP ports go to [`on_legacy_datagram`]; the RTCP port of
+/// a leg without rtcp-mux feeds the leg's statistics (RTCP is terminated per leg, not relayed).
+fn legacy_handler(
+    metrics: Arc<Metrics>,
+    events: UnboundedSender<MediaEvent>,
+) -> impl poller::Handler<LegacySocket> {
+    let mut arena = DatagramArena::default();
+    move |item: &LegacySocket, sock: &UdpSocket, pkt: &mut [u8], src: SocketAddr| {
+        let Some(m) = item.call.upgrade() else { return };
+        let now = Instant::now();
+        if !item.rtcp {
+            if let Next::Flush =
+                on_legacy_datagram(&m, now, src, pkt, &mut arena, &metrics, &events)
+            {
+                flush(sock, &m, &metrics, &events, now);
+                // The leg's deadlines may have moved (ICE checks, DTLS retransmissions).
+                m.wake.notify_one();
+            }
+            return;
+        }
+        if rtp::classify(pkt) != PacketKind::Rtcp {
+            metrics.media_drop(DropReason::Malformed);
+            return;
+        }
+        let mut leg = lock(&m.leg);
+        match leg.on_recv(now, src, pkt) {
+            Recv::Rtcp(_) => {
+                metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
+            }
+            Recv::Drop(r) => metrics.media_drop(r),
+            Recv::Rtp(_) | Recv::Consumed => metrics.media_drop(DropReason::Malformed),
+        }
+    }
+}
+
+/// Drives the leg's timers (ICE checks and consent, DTLS retransmissions, RTCP reports) and sends
+/// what commands queued on it. Holds the call weakly so that `Close` (which drops the strong
+/// references) ends it too.
+async fn leg_timer_task(
+    call: Weak<CallMedia>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     events: UnboundedSender<MediaEvent>,
 ) {
     // "No timer": a fixed instant far enough away, so that an idle leg does not move its
-    // deadline (and re-arm the timer) on every packet.
+    // deadline (and re-arm the timer) each time round.
     let never = Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     // One timer for the task's life, moved only when the leg's deadline changes (RTCP reports
-    // every few seconds; ICE and DTLS during setup), not once per packet.
+    // every few seconds; ICE and DTLS during setup).
     let timer = tokio::time::sleep_until(never.into());
     tokio::pin!(timer);
     loop {
@@ -777,101 +834,19 @@ async fn legacy_rtp_task(
         if timer.deadline() != deadline.into() || timer.is_elapsed() {
             timer.as_mut().reset(deadline.into());
         }
-        let readable = tokio::select! {
-            r = sock.readable() => r,
-            _ = &mut timer => {
-                let Some(m) = call.upgrade() else { return };
-                let now = Instant::now();
-                lock(&m.leg).handle_timeout(now);
-                flush(&sock, &m, &metrics, &events, now);
-                continue;
-            }
-            _ = wake.notified() => {
-                let Some(m) = call.upgrade() else { return };
-                flush(&sock, &m, &metrics, &events, Instant::now());
-                continue;
-            }
+        let fired = tokio::select! {
+            _ = &mut timer => true,
+            _ = wake.notified() => false,
         };
-        if let Err(e) = readable {
-            tracing::warn!(error = %e, "legacy RTP socket failed");
-            return;
-        }
         let Some(m) = call.upgrade() else { return };
-        let drained = drain(&sock, |pkt, src, arena| {
-            let now = Instant::now();
-            if let Next::Flush = on_legacy_datagram(&m, now, src, pkt, arena, &metrics, &events) {
-                flush(&sock, &m, &metrics, &events, now);
-            }
-        });
-        match drained {
-            Ok(true) => {}
-            // A flood: let the other calls run (the socket stays readable, so this comes back).
-            Ok(false) => tokio::task::yield_now().await,
-            Err(e) => {
-                tracing::warn!(error = %e, "legacy RTP socket failed");
-                return;
-            }
-        }
-    }
-}
-
-/// Reads what is queued on `sock` into the thread's [`Scratch`] and hands each datagram to `f`,
-/// at most [`READ_BATCH`] of them. `Ok(true)`: the queue is empty (and the socket's readiness
-/// cleared); `Ok(false)`: the batch ran out first.
-fn drain(
-    sock: &UdpSocket,
-    mut f: impl FnMut(&mut [u8], SocketAddr, &mut DatagramArena),
-) -> io::Result<bool> {
-    SCRATCH.with_borrow_mut(|s| {
-        let Scratch { buf, arena } = s;
-        for _ in 0..READ_BATCH {
-            match sock.try_recv_from(buf) {
-                Ok((n, src)) => f(&mut buf[..n], src, arena),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                // ICMP port unreachable from an earlier send surfaces here on some platforms;
-                // the socket itself is fine.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(false)
-    })
-}
-
-/// Reads the RTCP port (`port + 1`) of a leg without rtcp-mux: RTCP is terminated per leg, so
-/// packets feed the leg's statistics and are not relayed.
-async fn legacy_rtcp_task(
-    sock: Arc<UdpSocket>,
-    call: std::sync::Weak<CallMedia>,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        if let Err(e) = sock.readable().await {
-            tracing::warn!(error = %e, "legacy RTCP socket failed");
+        let Some(sock) = lock(&m.rtp).clone() else {
             return;
+        };
+        let now = Instant::now();
+        if fired {
+            lock(&m.leg).handle_timeout(now);
         }
-        let Some(m) = call.upgrade() else { return };
-        let drained = drain(&sock, |pkt, src, _| {
-            if rtp::classify(pkt) != PacketKind::Rtcp {
-                metrics.media_drop(DropReason::Malformed);
-                return;
-            }
-            match lock(&m.leg).on_recv(Instant::now(), src, pkt) {
-                Recv::Rtcp(_) => {
-                    metrics.rtcp_received.fetch_add(1, Ordering::Relaxed);
-                }
-                Recv::Drop(r) => metrics.media_drop(r),
-                Recv::Rtp(_) | Recv::Consumed => metrics.media_drop(DropReason::Malformed),
-            }
-        });
-        match drained {
-            Ok(true) => {}
-            Ok(false) => tokio::task::yield_now().await,
-            Err(e) => {
-                tracing::warn!(error = %e, "legacy RTCP socket failed");
-                return;
-            }
-        }
+        flush(&sock, &m, &metrics, &events, now);
     }
 }
 

@@ -11,6 +11,8 @@ pub mod ice;
 pub mod leg;
 #[doc(hidden)]
 pub mod loopback;
+#[doc(hidden)]
+pub mod poller;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
