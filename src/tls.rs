@@ -374,7 +374,22 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write key file", path.display()))
 }
 
-fn transport_config() -> anyhow::Result<Arc<quinn::TransportConfig>> {
+/// Request streams a client may have open at once on a new connection to our server. quinn sets
+/// up the state of every stream the limit allows when the connection starts (about 85 bytes each,
+/// over 5 MB at 65 536), so the server starts here and raises the limit as a connection fills
+/// (see `ript::server`), instead of paying for the most any peer could ever use.
+pub const INITIAL_REQUEST_STREAMS: u32 = 1024;
+
+/// Bidirectional streams a server may open toward our client: HTTP/3 servers open none (RFC 9114
+/// §6.1), and riptide's client carries no WebTransport sessions.
+const CLIENT_PEER_BIDI_STREAMS: u32 = 16;
+
+/// Unidirectional streams a peer may open: HTTP/3 control and QPACK streams (3 each way), plus a
+/// browser's WebTransport streams toward the server.
+const SERVER_PEER_UNI_STREAMS: u32 = 1024;
+const CLIENT_PEER_UNI_STREAMS: u32 = 64;
+
+fn transport_config(bidi: u32, uni: u32) -> anyhow::Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
     t.datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20)
@@ -383,8 +398,8 @@ fn transport_config() -> anyhow::Result<Arc<quinn::TransportConfig>> {
             quinn::IdleTimeout::try_from(Duration::from_secs(60))
                 .context("idle timeout out of range")?,
         ))
-        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(65536))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(1024));
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(bidi))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(uni));
     Ok(Arc::new(t))
 }
 
@@ -569,7 +584,10 @@ pub fn quic_server_config(certs: Arc<CertSlot>) -> anyhow::Result<quinn::ServerC
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .context("building the QUIC server TLS configuration")?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config()?);
+    cfg.transport_config(transport_config(
+        INITIAL_REQUEST_STREAMS,
+        SERVER_PEER_UNI_STREAMS,
+    )?);
     Ok(cfg)
 }
 /// The TLS name to verify for a peer: `server_name` if set, else the host of its URL.
@@ -642,7 +660,10 @@ fn client_config(verifier: PeerVerifier) -> anyhow::Result<quinn::ClientConfig> 
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .context("building the QUIC client TLS configuration")?;
     let mut qc = quinn::ClientConfig::new(Arc::new(crypto));
-    qc.transport_config(transport_config()?);
+    qc.transport_config(transport_config(
+        CLIENT_PEER_BIDI_STREAMS,
+        CLIENT_PEER_UNI_STREAMS,
+    )?);
     Ok(qc)
 }
 

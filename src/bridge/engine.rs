@@ -519,7 +519,9 @@ pub struct Engine {
     cfg: EngineConfig,
     metrics: Arc<Metrics>,
     txn: TxnLayer,
-    calls: HashMap<CallKey, Call>,
+    // Boxed: a `Call` is over a kilobyte, and the table's spare capacity (up to half of it after
+    // each growth) would otherwise cost that much per empty slot.
+    calls: HashMap<CallKey, Box<Call>>,
     /// In-dialog request matching: (Call-ID, our tag).
     dialogs: HashMap<(String, String), CallKey>,
     /// Initial INVITE server transactions, for CANCEL.
@@ -1467,7 +1469,7 @@ impl Engine {
         self.dialogs.insert((m.info.call_id.clone(), to_tag), key);
         self.invites
             .insert(Self::server_key(&m, &Method::Invite), key);
-        self.calls.insert(key, call);
+        self.calls.insert(key, Box::new(call));
         self.out
             .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
         // Keys before the address: nothing is sent to the peer unprotected in between.
@@ -2681,7 +2683,7 @@ impl Engine {
         let proposal = match proposal {
             Ok(p) => p,
             Err(e) => {
-                self.calls.insert(key, call);
+                self.calls.insert(key, Box::new(call));
                 let mut ev = Event::failed(488, "Not Acceptable Here");
                 ev.reason = Some(format!("Not Acceptable Here: {e}"));
                 self.send_event(key, ev);
@@ -2694,7 +2696,7 @@ impl Engine {
             TgTarget::Echo => {
                 call.phase = Phase::Answered;
                 call.answered_at = Some(now);
-                self.calls.insert(key, call);
+                self.calls.insert(key, Box::new(call));
                 self.out
                     .push_back(Output::Media(MediaCmd::Echo { call: key }));
                 self.send_event(key, Event::new(EventName::Answered));
@@ -2708,7 +2710,7 @@ impl Engine {
             }
             TgTarget::Trunk(t) => {
                 let Some(port) = self.ports.take(now) else {
-                    self.calls.insert(key, call);
+                    self.calls.insert(key, Box::new(call));
                     self.send_event(key, Event::failed(503, "Service Unavailable"));
                     self.end_server_call(key);
                     self.finish(now, key, CallOutcome::Failed);
@@ -2725,7 +2727,7 @@ impl Engine {
                 );
                 if let Err(e) = sec.offer() {
                     warn!(call = %key, error = %e, "no SRTP keys for the offer");
-                    self.calls.insert(key, call);
+                    self.calls.insert(key, Box::new(call));
                     self.send_event(key, Event::failed(500, "Server Internal Error"));
                     self.end_server_call(key);
                     self.finish(now, key, CallOutcome::Failed);
@@ -2818,7 +2820,7 @@ impl Engine {
                 };
                 call.span.record("sip_call_id", sip.call_id.as_str());
                 call.sip = Some(sip);
-                self.calls.insert(key, call);
+                self.calls.insert(key, Box::new(call));
                 self.out
                     .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
                 self.invite_or_preflight(now, key, t, origin.as_deref());

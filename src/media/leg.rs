@@ -78,10 +78,12 @@ enum Keys {
 pub struct LegacyLeg {
     remote: Remote,
     /// The security last applied, to tell a repeated command from a change.
-    applied: Option<(LegCrypto, Option<LegIce>)>,
+    applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     keys: Keys,
-    dtls: Option<DtlsEndpoint>,
-    ice: Option<IceAgent>,
+    // Boxed, like `applied`: most legs have neither, and inline they would cost every call
+    // their full size (about 1.3 KiB together).
+    dtls: Option<Box<DtlsEndpoint>>,
+    ice: Option<Box<IceAgent>>,
     /// A security failure not yet reported to the engine.
     failure: Option<String>,
     failed: bool,
@@ -256,10 +258,14 @@ impl LegacyLeg {
         ice: Option<LegIce>,
         identity: Option<&DtlsIdentity>,
     ) {
-        if self.applied.as_ref() == Some(&(crypto.clone(), ice.clone())) {
+        if self
+            .applied
+            .as_deref()
+            .is_some_and(|(c, i)| *c == crypto && *i == ice)
+        {
             return;
         }
-        let (old_crypto, old_ice) = match self.applied.take() {
+        let (old_crypto, old_ice) = match self.applied.take().map(|b| *b) {
             Some((c, i)) => (Some(c), i),
             None => (None, None),
         };
@@ -280,7 +286,7 @@ impl LegacyLeg {
                 } => {
                     self.keys = Keys::Pending;
                     match start_dtls(identity, *client, fingerprints, now) {
-                        Ok(d) => self.dtls = Some(d),
+                        Ok(d) => self.dtls = Some(Box::new(d)),
                         Err(e) => self.fail(e),
                     }
                 }
@@ -308,7 +314,7 @@ impl LegacyLeg {
                         controlling: new.controlling,
                     }
                 };
-                self.ice = Some(IceAgent::new(
+                self.ice = Some(Box::new(IceAgent::new(
                     mode,
                     IceCredentials {
                         ufrag: new.local_ufrag.clone(),
@@ -320,11 +326,11 @@ impl LegacyLeg {
                     },
                     new.remote_candidates.clone(),
                     now,
-                ));
+                )));
                 self.ice_state = None;
             }
         }
-        self.applied = Some((crypto, ice));
+        self.applied = Some(Box::new((crypto, ice)));
     }
 
     fn fail(&mut self, why: String) {
@@ -577,7 +583,7 @@ impl LegacyLeg {
 
     /// The label of the security in force, for logs.
     pub fn security_label(&self) -> &'static str {
-        self.applied.as_ref().map_or("rtp", |(c, _)| c.label())
+        self.applied.as_deref().map_or("rtp", |(c, _)| c.label())
     }
 }
 

@@ -15,7 +15,7 @@
 //! handle MKIs, it is removed before decryption. riptide never declares an MKI in what it sends.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
-use aes::{Aes128, Aes256, Block};
+use aes::{Aes128Enc, Aes256Enc, Block};
 use base64::Engine as _;
 use bytes::BytesMut;
 use hmac::{Hmac, Mac};
@@ -453,19 +453,19 @@ const CM_SALT_LEN: usize = 14;
 
 /// An expanded AES key, for AES in counter mode (RFC 3711 §4.1.1; AES-256 per RFC 6188).
 enum CmCipher {
-    // Boxed: the expanded keys are 0.7 and 1 KB.
-    Aes128(Box<Aes128>),
-    Aes256(Box<Aes256>),
+    // Encryption-only key schedules (counter mode never decrypts a block), boxed.
+    Aes128(Box<Aes128Enc>),
+    Aes256(Box<Aes256Enc>),
 }
 
 impl CmCipher {
     fn new(key: &[u8]) -> Result<CmCipher, SdesError> {
         let bad = |_| SdesError::BadKey(format!("AES key of {} bytes", key.len()));
         match key.len() {
-            16 => <Aes128 as KeyInit>::new_from_slice(key)
+            16 => <Aes128Enc as KeyInit>::new_from_slice(key)
                 .map(|c| CmCipher::Aes128(Box::new(c)))
                 .map_err(bad),
-            32 => <Aes256 as KeyInit>::new_from_slice(key)
+            32 => <Aes256Enc as KeyInit>::new_from_slice(key)
                 .map(|c| CmCipher::Aes256(Box::new(c)))
                 .map_err(bad),
             n => Err(SdesError::BadKey(format!("AES key of {n} bytes"))),

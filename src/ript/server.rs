@@ -682,6 +682,50 @@ async fn run_commands(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<RiptC
     }
 }
 
+/// How many request streams of one connection are open, and the limit the peer was given: the
+/// limit doubles once half of it is in use, so that a busy peer never waits for stream credit
+/// while a quiet one costs little (see `tls::INITIAL_REQUEST_STREAMS`).
+struct StreamBudget {
+    open: std::sync::atomic::AtomicU32,
+    limit: std::sync::atomic::AtomicU32,
+}
+
+/// Ceiling of the request stream limit (a third of it is about 350 000 calls on one connection).
+const MAX_REQUEST_STREAMS: u32 = 1 << 20;
+
+impl StreamBudget {
+    fn new(limit: u32) -> Self {
+        StreamBudget {
+            open: 0.into(),
+            limit: limit.into(),
+        }
+    }
+
+    /// Counts a new request; `Some(limit)` when the limit must be raised to it.
+    fn opened(&self) -> Option<u32> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        let limit = self.limit.load(Relaxed);
+        if open.saturating_mul(2) < limit || limit >= MAX_REQUEST_STREAMS {
+            return None;
+        }
+        let raised = limit.saturating_mul(2).min(MAX_REQUEST_STREAMS);
+        self.limit.store(raised, Relaxed);
+        Some(raised)
+    }
+}
+
+/// One open request stream of a [`StreamBudget`], counted until dropped.
+struct OpenRequest(Arc<StreamBudget>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(serve_connection(incoming, shared.clone()));
@@ -713,20 +757,30 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let budget = Arc::new(StreamBudget::new(crate::tls::INITIAL_REQUEST_STREAMS));
     loop {
         match h3c.accept().await {
             Ok(Some(resolver)) => {
                 let shared = shared.clone();
+                if let Some(limit) = budget.opened() {
+                    tracing::debug!(%remote, limit, "request stream limit raised");
+                    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
+                }
+                let open = OpenRequest(budget.clone());
                 let conn = conn.clone();
                 // Every step is boxed, so that a request that lives as long as its call (events,
                 // media) holds only its own state, not room for the largest route's.
                 tokio::spawn(async move {
-                    match Box::pin(resolver.resolve_request()).await {
+                    // Not the match's scrutinee: that temporary (the finished future's box)
+                    // would live as long as the request, the call's lifetime for events and media.
+                    let resolved = Box::pin(resolver.resolve_request()).await;
+                    match resolved {
                         Ok((req, stream)) => {
                             Box::pin(handle_request(&shared, conn, req, stream)).await
                         }
                         Err(e) => tracing::debug!(%remote, error = %e, "bad request stream"),
                     }
+                    drop(open);
                 });
             }
             Ok(None) => break,
@@ -957,7 +1011,13 @@ async fn handle_request(
                 .and_then(|v| v.to_str().ok());
             let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
             return match redeemed {
-                Ok(()) => Box::pin(media_connect(shared, conn, &req, tg, id, stream, &cors)).await,
+                Ok(()) => {
+                    let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
+                    // The media stream lives as long as the call: keep none of the request's
+                    // headers for that long (about 1 KiB each).
+                    drop(req);
+                    Box::pin(media_connect(shared, conn, protocol, tg, id, stream, cors)).await
+                }
                 Err(why) => {
                     shared.ctx.metrics.auth_failures();
                     tracing::debug!(%tg, call = %id, why, "media CONNECT refused");
@@ -1075,15 +1135,21 @@ async fn handle_request(
             r if r.status == StatusCode::OK => Reply::method_not_allowed("GET, POST"),
             r => r,
         },
+        // The events and media streams live as long as the call: what they do not need of the
+        // request (headers, principal) is dropped first, not kept for the call's duration.
         (Route::Events(tg, id), &Method::GET) => {
-            return Box::pin(events_get(shared, &conn, tg, id, stream, &cors)).await
+            drop((req, principal));
+            return Box::pin(events_get(shared, &conn, tg, id, stream, cors)).await;
         }
         (Route::Events(tg, id), &Method::PUT) => {
-            return Box::pin(events_put(shared, &conn, tg, id, stream, &cors)).await
+            drop((req, principal));
+            return Box::pin(events_put(shared, &conn, tg, id, stream, cors)).await;
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            return Box::pin(media_connect(shared, conn, &req, tg, id, stream, &cors)).await
+            let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
+            drop((req, principal));
+            return Box::pin(media_connect(shared, conn, protocol, tg, id, stream, cors)).await;
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
         (Route::NotFound, _) => Reply::not_found("no such resource"),
@@ -1623,7 +1689,7 @@ async fn events_get(
     tg: &str,
     id: &str,
     mut stream: Stream,
-    cors: &[(header::HeaderName, String)],
+    cors: Vec<(header::HeaderName, String)>,
 ) {
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     // Subscribing and reading the last state under one lock: no event is missed or doubled.
@@ -1649,7 +1715,7 @@ async fn events_get(
             // Ended moments ago: give the final event and close, instead of a bare 404 that
             // would leave the client not knowing how the call ended.
             if let Some(last) = shared.final_event(tg, id) {
-                if send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
+                if send_head(shared, &mut stream, Reply::event_stream().with_all(&cors)).await {
                     let mut enc = EventEncoder::new();
                     let mut body = BytesMut::from(&EventEncoder::open()[..]);
                     if let Some(ev) = &last {
@@ -1662,7 +1728,7 @@ async fn events_get(
                 }
                 return;
             }
-            return send_reply(shared, &mut stream, reply.with_all(cors)).await;
+            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
         }
     };
     let _ = shared
@@ -1670,7 +1736,9 @@ async fn events_get(
         .events
         .send(RiptEvent::ServerEventsOpened { call: key })
         .await;
-    if send_head(shared, &mut stream, Reply::event_stream().with_all(cors)).await {
+    if send_head(shared, &mut stream, Reply::event_stream().with_all(&cors)).await {
+        // Not needed for the rest of the call.
+        drop(cors);
         pump_events(&mut stream, conn, last.as_ref(), rx, None).await;
     }
     shared.close_stream(id, key).await;
@@ -1682,10 +1750,10 @@ async fn events_put(
     tg: &str,
     id: &str,
     mut stream: Stream,
-    cors: &[(header::HeaderName, String)],
+    cors: Vec<(header::HeaderName, String)>,
 ) {
     let Some((key, mut ended)) = shared.open_stream(tg, id) else {
-        let reply = Reply::not_found("no such call").with_all(cors);
+        let reply = Reply::not_found("no such call").with_all(&cors);
         return send_reply(shared, &mut stream, reply).await;
     };
     let _ = shared
@@ -1698,7 +1766,9 @@ async fn events_put(
         headers: Vec::new(),
         body: None,
     };
-    if send_head(shared, &mut stream, ok.with_all(cors)).await {
+    if send_head(shared, &mut stream, ok.with_all(&cors)).await {
+        // Not needed for the rest of the call.
+        drop(cors);
         let mut dec = EventDecoder::new();
         'read: loop {
             tokio::select! {
@@ -1748,18 +1818,18 @@ async fn events_put(
 async fn media_connect(
     shared: &Arc<Shared>,
     conn: quinn::Connection,
-    req: &Request<()>,
+    protocol: Option<h3::ext::Protocol>,
     tg: &str,
     id: &str,
     mut stream: Stream,
-    cors: &[(header::HeaderName, String)],
+    cors: Vec<(header::HeaderName, String)>,
 ) {
     // Extended CONNECT with `:protocol webtransport` (browsers) or plain CONNECT (gateways).
     // The origin was checked in `CorsPolicy::gate` and the token in `authenticate`.
-    if let Some(p) = req.extensions().get::<h3::ext::Protocol>() {
-        if *p != h3::ext::Protocol::WEB_TRANSPORT {
+    if let Some(p) = protocol {
+        if p != h3::ext::Protocol::WEB_TRANSPORT {
             let reply = Reply::bad_request(format!("unsupported :protocol {}", p.as_str()));
-            return send_reply(shared, &mut stream, reply.with_all(cors)).await;
+            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
         }
     }
     let found = {
@@ -1770,7 +1840,7 @@ async fn media_connect(
             .map(|e| (e.key, e.ended.subscribe()))
     };
     let Some((key, mut ended)) = found else {
-        let reply = Reply::not_found("no such call").with_all(cors);
+        let reply = Reply::not_found("no such call").with_all(&cors);
         return send_reply(shared, &mut stream, reply).await;
     };
     let ok = Reply {
@@ -1781,7 +1851,9 @@ async fn media_connect(
         )],
         body: None,
     }
-    .with_all(cors);
+    .with_all(&cors);
+    // Not needed for the rest of the call.
+    drop(cors);
     if !send_head(shared, &mut stream, ok).await {
         return;
     }
@@ -1807,6 +1879,30 @@ async fn media_connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_stream_limit_doubles_at_half_use_and_not_after_streams_close() {
+        let b = Arc::new(StreamBudget::new(8));
+        let mut open = Vec::new();
+        let mut raised = Vec::new();
+        for _ in 0..20 {
+            raised.extend(b.opened());
+            open.push(OpenRequest(b.clone()));
+        }
+        // 4 open of 8: 16; 8 of 16: 32; 16 of 32: 64.
+        assert_eq!(raised, vec![16, 32, 64]);
+        open.clear();
+        assert_eq!(b.open.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Closed streams free their place: reopening as many needs no new raise.
+        for _ in 0..20 {
+            assert_eq!(b.opened(), None);
+            open.push(OpenRequest(b.clone()));
+        }
+        let top = StreamBudget::new(MAX_REQUEST_STREAMS);
+        for _ in 0..MAX_REQUEST_STREAMS / 2 + 1 {
+            assert_eq!(top.opened(), None);
+        }
+    }
 
     #[test]
     fn routes() {

@@ -314,6 +314,9 @@ impl TxnLayer {
                 }));
             }
         }
+        // Never sent again: a completed transaction only absorbs (or re-ACKs) retransmitted
+        // finals, and an INVITE's lingers 32 s after a 2xx, most of a short call.
+        t.request = Bytes::new();
         // Timer D (32 s, INVITE non-2xx), K (T4, non-INVITE); a 2xx ends an INVITE client
         // transaction at once (RFC 6026 keeps it briefly to absorb retransmissions: 64·T1).
         let linger = if reliable && !t.invite {
