@@ -768,17 +768,31 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 }
                 let open = OpenRequest(budget.clone());
                 let conn = conn.clone();
-                // Every step is boxed, so that a request that lives as long as its call (events,
-                // media) holds only its own state, not room for the largest route's.
+                // Boxed (the task would otherwise keep room for it after it was used up), like
+                // every step below: a request that lives as long as its call (events, media)
+                // holds only its own state, not room for the largest route's or the resolver's.
+                let resolver = Box::new(resolver);
                 tokio::spawn(async move {
-                    // Not the match's scrutinee: that temporary (the finished future's box)
-                    // would live as long as the request, the call's lifetime for events and media.
-                    let resolved = Box::pin(resolver.resolve_request()).await;
-                    match resolved {
-                        Ok((req, stream)) => {
-                            Box::pin(handle_request(&shared, conn, req, stream)).await
+                    // Routing and short requests run to completion here; a long-lived one comes
+                    // back and runs below, after every box of the routing step was freed.
+                    let mut long = None;
+                    {
+                        // Moved out of the task's captures so that it is freed once used.
+                        let resolver = resolver;
+                        let resolved = Box::pin((*resolver).resolve_request()).await;
+                        match resolved {
+                            Ok((req, stream)) => {
+                                let c = conn.clone();
+                                Box::pin(handle_request(&shared, c, req, stream, &mut long)).await
+                            }
+                            Err(e) => {
+                                tracing::debug!(%remote, error = %e, "bad request stream");
+                                return;
+                            }
                         }
-                        Err(e) => tracing::debug!(%remote, error = %e, "bad request stream"),
+                    }
+                    if let Some(long) = long {
+                        long.start(&shared, &conn).await;
                     }
                     drop(open);
                 });
@@ -968,11 +982,78 @@ async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Principal, R
     })
 }
 
+/// CORS headers every answer to a request carries.
+type Cors = Vec<(header::HeaderName, String)>;
+
+/// A request that lives as long as its call. [`handle_request`] hands it back instead of running
+/// it, so that the call's lifetime is spent holding this request's state only, not the routing
+/// step's (request headers, principal, room for every other route's futures).
+enum LongLived {
+    EventsGet {
+        tg: String,
+        id: String,
+        stream: Stream,
+        cors: Cors,
+    },
+    EventsPut {
+        tg: String,
+        id: String,
+        stream: Stream,
+        cors: Cors,
+    },
+    Media {
+        protocol: Option<h3::ext::Protocol>,
+        tg: String,
+        id: String,
+        stream: Stream,
+        cors: Cors,
+    },
+}
+
+impl LongLived {
+    fn start<'a>(
+        self,
+        shared: &'a Arc<Shared>,
+        conn: &'a quinn::Connection,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        match self {
+            LongLived::EventsGet {
+                tg,
+                id,
+                stream,
+                cors,
+            } => Box::pin(events_get(shared, conn, tg, id, stream, cors)),
+            LongLived::EventsPut {
+                tg,
+                id,
+                stream,
+                cors,
+            } => Box::pin(events_put(shared, conn, tg, id, stream, cors)),
+            LongLived::Media {
+                protocol,
+                tg,
+                id,
+                stream,
+                cors,
+            } => Box::pin(media_connect(
+                shared,
+                conn.clone(),
+                protocol,
+                tg,
+                id,
+                stream,
+                cors,
+            )),
+        }
+    }
+}
+
 async fn handle_request(
     shared: &Arc<Shared>,
     conn: quinn::Connection,
     req: Request<()>,
     mut stream: Stream,
+    long: &mut Option<LongLived>,
 ) {
     let cors = match shared.ctx.cors.gate(&req) {
         Ok(h) => h,
@@ -1012,11 +1093,13 @@ async fn handle_request(
             let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
             return match redeemed {
                 Ok(()) => {
-                    let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
-                    // The media stream lives as long as the call: keep none of the request's
-                    // headers for that long (about 1 KiB each).
-                    drop(req);
-                    Box::pin(media_connect(shared, conn, protocol, tg, id, stream, cors)).await
+                    *long = Some(LongLived::Media {
+                        protocol: req.extensions().get::<h3::ext::Protocol>().cloned(),
+                        tg: tg.to_owned(),
+                        id: id.to_owned(),
+                        stream,
+                        cors,
+                    });
                 }
                 Err(why) => {
                     shared.ctx.metrics.auth_failures();
@@ -1135,21 +1218,36 @@ async fn handle_request(
             r if r.status == StatusCode::OK => Reply::method_not_allowed("GET, POST"),
             r => r,
         },
-        // The events and media streams live as long as the call: what they do not need of the
-        // request (headers, principal) is dropped first, not kept for the call's duration.
+        // The events and media streams live as long as the call: handed back to run without
+        // this step's state.
         (Route::Events(tg, id), &Method::GET) => {
-            drop((req, principal));
-            return Box::pin(events_get(shared, &conn, tg, id, stream, cors)).await;
+            *long = Some(LongLived::EventsGet {
+                tg: tg.to_owned(),
+                id: id.to_owned(),
+                stream,
+                cors,
+            });
+            return;
         }
         (Route::Events(tg, id), &Method::PUT) => {
-            drop((req, principal));
-            return Box::pin(events_put(shared, &conn, tg, id, stream, cors)).await;
+            *long = Some(LongLived::EventsPut {
+                tg: tg.to_owned(),
+                id: id.to_owned(),
+                stream,
+                cors,
+            });
+            return;
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
-            drop((req, principal));
-            return Box::pin(media_connect(shared, conn, protocol, tg, id, stream, cors)).await;
+            *long = Some(LongLived::Media {
+                protocol: req.extensions().get::<h3::ext::Protocol>().cloned(),
+                tg: tg.to_owned(),
+                id: id.to_owned(),
+                stream,
+                cors,
+            });
+            return;
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
         (Route::NotFound, _) => Reply::not_found("no such resource"),
@@ -1408,9 +1506,11 @@ async fn pump_events(
     mut ping: Option<(Duration, &mut (dyn FnMut() -> Option<Event> + Send))>,
 ) {
     let mut enc = EventEncoder::new();
-    let mut res = stream.send_data(EventEncoder::open()).await;
+    // Sends are boxed: this future lives as long as the call, and h3's send futures inline would
+    // make it larger for all that time. Events are a handful per call.
+    let mut res = Box::pin(stream.send_data(EventEncoder::open())).await;
     if let (Ok(()), Some(ev)) = (&res, first) {
-        res = stream.send_data(enc.encode(ev)).await;
+        res = Box::pin(stream.send_data(enc.encode(ev))).await;
     }
     let period = ping.as_ref().map_or(Duration::from_secs(3600), |p| p.0);
     let mut tick = tokio::time::interval(period);
@@ -1418,17 +1518,17 @@ async fn pump_events(
     while res.is_ok() {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => res = stream.send_data(enc.encode(&ev)).await,
+                Some(ev) => res = Box::pin(stream.send_data(enc.encode(&ev))).await,
                 None => {
-                    if stream.send_data(EventEncoder::close()).await.is_ok() {
-                        let _ = stream.finish().await;
+                    if Box::pin(stream.send_data(EventEncoder::close())).await.is_ok() {
+                        let _ = Box::pin(stream.finish()).await;
                     }
                     break;
                 }
             },
             _ = tick.tick(), if ping.is_some() => {
                 if let Some(ev) = ping.as_mut().and_then(|p| (p.1)()) {
-                    res = stream.send_data(enc.encode(&ev)).await;
+                    res = Box::pin(stream.send_data(enc.encode(&ev))).await;
                 }
             }
             _ = conn.closed() => break,
@@ -1686,11 +1786,12 @@ fn get_call(shared: &Shared, tg: &str, id: &str) -> Reply {
 async fn events_get(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
-    tg: &str,
-    id: &str,
+    tg: String,
+    id: String,
     mut stream: Stream,
     cors: Vec<(header::HeaderName, String)>,
 ) {
+    let (tg, id) = (tg.as_str(), id.as_str());
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     // Subscribing and reading the last state under one lock: no event is missed or doubled.
     let sub = {
@@ -1715,61 +1816,69 @@ async fn events_get(
             // Ended moments ago: give the final event and close, instead of a bare 404 that
             // would leave the client not knowing how the call ended.
             if let Some(last) = shared.final_event(tg, id) {
-                if send_head(shared, &mut stream, Reply::event_stream().with_all(&cors)).await {
+                if Box::pin(send_head(
+                    shared,
+                    &mut stream,
+                    Reply::event_stream().with_all(&cors),
+                ))
+                .await
+                {
                     let mut enc = EventEncoder::new();
                     let mut body = BytesMut::from(&EventEncoder::open()[..]);
                     if let Some(ev) = &last {
                         body.extend_from_slice(&enc.encode(ev));
                     }
                     body.extend_from_slice(&EventEncoder::close());
-                    if stream.send_data(body.freeze()).await.is_ok() {
-                        let _ = stream.finish().await;
+                    if Box::pin(stream.send_data(body.freeze())).await.is_ok() {
+                        let _ = Box::pin(stream.finish()).await;
                     }
                 }
                 return;
             }
-            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
         }
     };
-    let _ = shared
-        .ctx
-        .events
-        .send(RiptEvent::ServerEventsOpened { call: key })
-        .await;
-    if send_head(shared, &mut stream, Reply::event_stream().with_all(&cors)).await {
+    let opened = RiptEvent::ServerEventsOpened { call: key };
+    let _ = Box::pin(shared.ctx.events.send(opened)).await;
+    if Box::pin(send_head(
+        shared,
+        &mut stream,
+        Reply::event_stream().with_all(&cors),
+    ))
+    .await
+    {
         // Not needed for the rest of the call.
         drop(cors);
         pump_events(&mut stream, conn, last.as_ref(), rx, None).await;
     }
-    shared.close_stream(id, key).await;
+    Box::pin(shared.close_stream(id, key)).await;
 }
 
 async fn events_put(
     shared: &Arc<Shared>,
     conn: &quinn::Connection,
-    tg: &str,
-    id: &str,
+    tg: String,
+    id: String,
     mut stream: Stream,
     cors: Vec<(header::HeaderName, String)>,
 ) {
+    let (tg, id) = (tg.as_str(), id.as_str());
     let Some((key, mut ended)) = shared.open_stream(tg, id) else {
         let reply = Reply::not_found("no such call").with_all(&cors);
-        return send_reply(shared, &mut stream, reply).await;
+        return Box::pin(send_reply(shared, &mut stream, reply)).await;
     };
-    let _ = shared
-        .ctx
-        .events
-        .send(RiptEvent::ServerEventsOpened { call: key })
-        .await;
+    let opened = RiptEvent::ServerEventsOpened { call: key };
+    let _ = Box::pin(shared.ctx.events.send(opened)).await;
     let ok = Reply {
         status: StatusCode::OK,
         headers: Vec::new(),
         body: None,
     };
-    if send_head(shared, &mut stream, ok.with_all(&cors)).await {
+    if Box::pin(send_head(shared, &mut stream, ok.with_all(&cors))).await {
         // Not needed for the rest of the call.
         drop(cors);
         let mut dec = EventDecoder::new();
+        // Awaits inside are boxed, as in `pump_events`: this loop lasts as long as the call.
         'read: loop {
             tokio::select! {
                 chunk = stream.recv_data() => match chunk {
@@ -1784,7 +1893,7 @@ async fn events_put(
                             match item {
                                 Ok(event) => {
                                     let ev = RiptEvent::ServerEvent { call: key, event };
-                                    if shared.ctx.events.send(ev).await.is_err() {
+                                    if Box::pin(shared.ctx.events.send(ev)).await.is_err() {
                                         break 'read;
                                     }
                                 }
@@ -1796,7 +1905,7 @@ async fn events_put(
                         }
                     }
                     Ok(None) => {
-                        let _ = stream.finish().await;
+                        let _ = Box::pin(stream.finish()).await;
                         break;
                     }
                     Err(e) => {
@@ -1805,31 +1914,32 @@ async fn events_put(
                     }
                 },
                 _ = ended.changed() => {
-                    let _ = stream.finish().await;
+                    let _ = Box::pin(stream.finish()).await;
                     break;
                 }
                 _ = conn.closed() => break,
             }
         }
     }
-    shared.close_stream(id, key).await;
+    Box::pin(shared.close_stream(id, key)).await;
 }
 
 async fn media_connect(
     shared: &Arc<Shared>,
     conn: quinn::Connection,
     protocol: Option<h3::ext::Protocol>,
-    tg: &str,
-    id: &str,
+    tg: String,
+    id: String,
     mut stream: Stream,
     cors: Vec<(header::HeaderName, String)>,
 ) {
+    let (tg, id) = (tg.as_str(), id.as_str());
     // Extended CONNECT with `:protocol webtransport` (browsers) or plain CONNECT (gateways).
     // The origin was checked in `CorsPolicy::gate` and the token in `authenticate`.
     if let Some(p) = protocol {
         if p != h3::ext::Protocol::WEB_TRANSPORT {
             let reply = Reply::bad_request(format!("unsupported :protocol {}", p.as_str()));
-            return send_reply(shared, &mut stream, reply.with_all(&cors)).await;
+            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
         }
     }
     let found = {
@@ -1841,7 +1951,7 @@ async fn media_connect(
     };
     let Some((key, mut ended)) = found else {
         let reply = Reply::not_found("no such call").with_all(&cors);
-        return send_reply(shared, &mut stream, reply).await;
+        return Box::pin(send_reply(shared, &mut stream, reply)).await;
     };
     let ok = Reply {
         status: StatusCode::OK,
@@ -1854,7 +1964,7 @@ async fn media_connect(
     .with_all(&cors);
     // Not needed for the rest of the call.
     drop(cors);
-    if !send_head(shared, &mut stream, ok).await {
+    if !Box::pin(send_head(shared, &mut stream, ok)).await {
         return;
     }
     let stream_id = stream.id().into_inner();
@@ -1867,7 +1977,7 @@ async fn media_connect(
                 Ok(None) | Err(_) => break,
             },
             _ = ended.changed() => {
-                let _ = stream.finish().await;
+                let _ = Box::pin(stream.finish()).await;
                 break;
             }
             _ = conn.closed() => break,
