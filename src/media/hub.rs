@@ -12,8 +12,8 @@
 //!   of sending a packet per datagram.
 //!
 //! Locks: `routes` is taken before any per-call lock, never the other way round; the poller's
-//! handler and the per-call timer tasks only take per-call locks. All locks are std mutexes held for a few instructions, never across
-//! an `.await`.
+//! handler and the per-call timer tasks only take per-call locks. All locks are std mutexes held
+//! for a few instructions, never across an `.await`.
 
 use super::dtls::DtlsIdentity;
 use super::leg::{LegacyLeg, Recv, Transmit};
@@ -180,13 +180,11 @@ async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Not
 struct CallMedia {
     key: CallKey,
     echo: AtomicBool,
-    /// RTP socket toward the legacy side, once `OpenLegacy` bound it.
-    rtp: Mutex<Option<Arc<UdpSocket>>>,
+    /// RTP socket toward the legacy side, once `OpenLegacy` bound it, as registered with the
+    /// poller: dropping the registration stops the reading and (with the last `Arc`) closes it.
+    rtp: Mutex<Option<Registration<LegacySocket>>>,
     /// RTCP socket (port + 1), for reports on legs without rtcp-mux.
-    rtcp: Mutex<Option<Arc<UdpSocket>>>,
-    /// The two sockets' places in the poller; dropping them stops the reading.
-    rtp_reg: Mutex<Option<Registration<LegacySocket>>>,
-    rtcp_reg: Mutex<Option<Registration<LegacySocket>>>,
+    rtcp: Mutex<Option<Registration<LegacySocket>>>,
     /// Addressing, ICE, DTLS and SRTP of the legacy side.
     leg: Mutex<LegacyLeg>,
     /// Wakes the call's timer task after something changed the leg (new timers, queued STUN
@@ -218,8 +216,6 @@ impl CallMedia {
             echo: AtomicBool::new(false),
             rtp: Mutex::new(None),
             rtcp: Mutex::new(None),
-            rtp_reg: Mutex::new(None),
-            rtcp_reg: Mutex::new(None),
             leg: Mutex::new(LegacyLeg::new(
                 latching,
                 Instant::now(),
@@ -236,21 +232,26 @@ impl CallMedia {
         lock(&self.rtp).is_some()
     }
 
+    fn rtp_socket(&self) -> Option<Arc<UdpSocket>> {
+        lock(&self.rtp).as_ref().map(|r| r.socket().clone())
+    }
+
+    fn rtcp_socket(&self) -> Option<Arc<UdpSocket>> {
+        lock(&self.rtcp).as_ref().map(|r| r.socket().clone())
+    }
+
     /// Stops reading the legacy sockets and driving the leg; the sockets close (the ports are
     /// free again) once the last packet in flight on the poller is handled.
     fn stop_tasks(&self) {
         if let Some(t) = lock(&self.timer_task).take() {
             t.abort();
         }
-        lock(&self.rtp_reg).take();
-        lock(&self.rtcp_reg).take();
         lock(&self.rtp).take();
         lock(&self.rtcp).take();
     }
 
     /// Closes the RTCP port (`port + 1`): under rtcp-mux RTCP arrives on the RTP port.
     fn close_rtcp(&self) {
-        lock(&self.rtcp_reg).take();
         lock(&self.rtcp).take();
     }
 }
@@ -383,7 +384,7 @@ impl MediaHub {
 
     /// Says goodbye in RTCP and records the leg's statistics (metrics and the call's media log line).
     fn close_leg(&self, m: &CallMedia) {
-        let Some(sock) = lock(&m.rtp).clone() else {
+        let Some(sock) = m.rtp_socket() else {
             return;
         };
         let (bye, stats, security) = {
@@ -391,7 +392,7 @@ impl MediaHub {
             (leg.bye(Instant::now()), leg.stats(), leg.security_label())
         };
         if let Some(t) = bye {
-            send_transmit(&sock, lock(&m.rtcp).as_deref(), &t);
+            send_transmit(&sock, m.rtcp_socket().as_deref(), &t);
         }
         self.inner.metrics.legacy_call_stats(&stats);
         tracing::info!(
@@ -439,16 +440,14 @@ impl MediaHub {
             rtcp,
         };
         let regs = poller
-            .register(rtp.clone(), item(false))
-            .and_then(|r| Ok((r, poller.register(rtcp.clone(), item(true))?)));
+            .register(rtp, item(false))
+            .and_then(|r| Ok((r, poller.register(rtcp, item(true))?)));
         let (rtp_reg, rtcp_reg) = match regs {
             Ok(r) => r,
             Err(e) => return fail(format!("media poller: {e}")),
         };
-        *lock(&m.rtp) = Some(rtp);
-        *lock(&m.rtcp) = Some(rtcp);
-        *lock(&m.rtp_reg) = Some(rtp_reg);
-        *lock(&m.rtcp_reg) = Some(rtcp_reg);
+        *lock(&m.rtp) = Some(rtp_reg);
+        *lock(&m.rtcp) = Some(rtcp_reg);
         let timer_task = tokio::spawn(leg_timer_task(
             Arc::downgrade(&m),
             m.wake.clone(),
@@ -459,11 +458,6 @@ impl MediaHub {
     }
 
     fn bind(&self, port: u16) -> io::Result<UdpSocket> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(io::Error::other(
-                "no tokio runtime to register the socket with",
-            ));
-        }
         let s = UdpSocket::bind(SocketAddr::new(self.inner.ip, port))?;
         s.set_nonblocking(true)?;
         Ok(s)
@@ -475,7 +469,9 @@ impl MediaHub {
         if let Some(p) = p.as_ref() {
             return Ok(p.clone());
         }
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| io::Error::other("no tokio runtime to read the sockets on"))?;
+        let workers = runtime.metrics().num_workers();
         let (metrics, events) = (&self.inner.metrics, &self.inner.events);
         let made = Arc::new(Poller::new(workers, || {
             legacy_handler(metrics.clone(), events.clone())
@@ -487,7 +483,7 @@ impl MediaHub {
     /// The local address of the call's legacy RTP socket, once bound.
     pub fn legacy_addr(&self, call: CallKey) -> Option<SocketAddr> {
         let m = lock(&self.inner.calls).get(&call).cloned()?;
-        let sock = lock(&m.rtp).clone()?;
+        let sock = m.rtp_socket()?;
         sock.local_addr().ok()
     }
 
@@ -622,7 +618,7 @@ impl MediaHub {
                         sender.send(d.clone(), false);
                         continue;
                     }
-                    let Some(sock) = lock(&m.rtp).clone() else {
+                    let Some(sock) = m.rtp_socket() else {
                         metrics.media_drop(DropReason::NoRoute);
                         continue;
                     };
@@ -698,7 +694,7 @@ fn flush(
     events: &UnboundedSender<MediaEvent>,
     now: Instant,
 ) {
-    let rtcp = lock(&m.rtcp).clone();
+    let rtcp = m.rtcp_socket();
     let failure = {
         let mut leg = lock(&m.leg);
         while let Some(t) = leg.poll_transmit(now) {
@@ -839,7 +835,7 @@ async fn leg_timer_task(
             _ = wake.notified() => false,
         };
         let Some(m) = call.upgrade() else { return };
-        let Some(sock) = lock(&m.rtp).clone() else {
+        let Some(sock) = m.rtp_socket() else {
             return;
         };
         let now = Instant::now();

@@ -252,6 +252,13 @@ pub struct Registration<T: Clone + Send + Sync + 'static> {
     sock: Arc<UdpSocket>,
 }
 
+impl<T: Clone + Send + Sync + 'static> Registration<T> {
+    /// The registered socket (for sending from it).
+    pub fn socket(&self) -> &Arc<UdpSocket> {
+        &self.sock
+    }
+}
+
 impl<T: Clone + Send + Sync + 'static> Drop for Registration<T> {
     fn drop(&mut self) {
         self.shard.deregister(self.token, &self.sock);
