@@ -133,6 +133,9 @@ enum OriginCheck {
     Refused,
 }
 
+/// CORS headers every answer to a request carries.
+type Cors = Vec<(header::HeaderName, String)>;
+
 impl CorsPolicy {
     pub fn from_config(c: &Http3Config) -> CorsPolicy {
         CorsPolicy {
@@ -163,7 +166,7 @@ impl CorsPolicy {
     }
 
     /// The headers every answer to a request with this origin carries.
-    fn response_headers(&self, origin: &OriginCheck) -> Vec<(header::HeaderName, String)> {
+    fn response_headers(&self, origin: &OriginCheck) -> Cors {
         let mut h = Vec::new();
         if !self.origins.is_empty() || *origin != OriginCheck::Absent {
             // The answer depends on Origin: caches must not hand one origin's answer to another.
@@ -182,7 +185,7 @@ impl CorsPolicy {
     /// The CORS step before authentication. `Err` is a complete answer of its own: a preflight
     /// (which needs no token), or 403 for an extended CONNECT (WebTransport) from an origin not
     /// on the list. `Ok` holds the headers every answer to the request must carry.
-    fn gate(&self, req: &Request<()>) -> Result<Vec<(header::HeaderName, String)>, Reply> {
+    fn gate(&self, req: &Request<()>) -> Result<Cors, Reply> {
         let origin = self.check(req.headers());
         let cors = self.response_headers(&origin);
         let preflight = req.method() == Method::OPTIONS
@@ -982,60 +985,51 @@ async fn authenticate(shared: &Shared, req: &Request<()>) -> Result<Principal, R
     })
 }
 
-/// CORS headers every answer to a request carries.
-type Cors = Vec<(header::HeaderName, String)>;
-
 /// A request that lives as long as its call. [`handle_request`] hands it back instead of running
 /// it, so that the call's lifetime is spent holding this request's state only, not the routing
 /// step's (request headers, principal, room for every other route's futures).
-enum LongLived {
-    EventsGet {
-        tg: String,
-        id: String,
-        stream: Stream,
-        cors: Cors,
-    },
-    EventsPut {
-        tg: String,
-        id: String,
-        stream: Stream,
-        cors: Cors,
-    },
-    Media {
-        protocol: Option<h3::ext::Protocol>,
-        tg: String,
-        id: String,
-        stream: Stream,
-        cors: Cors,
-    },
+struct LongLived {
+    kind: LongKind,
+    tg: String,
+    id: String,
+    stream: Stream,
+    cors: Cors,
+}
+
+enum LongKind {
+    EventsGet,
+    EventsPut,
+    /// With the CONNECT's `:protocol`, if any.
+    Media(Option<h3::ext::Protocol>),
 }
 
 impl LongLived {
+    fn new(kind: LongKind, tg: &str, id: &str, stream: Stream, cors: Cors) -> Self {
+        LongLived {
+            kind,
+            tg: tg.to_owned(),
+            id: id.to_owned(),
+            stream,
+            cors,
+        }
+    }
+
     fn start<'a>(
         self,
         shared: &'a Arc<Shared>,
         conn: &'a quinn::Connection,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        match self {
-            LongLived::EventsGet {
-                tg,
-                id,
-                stream,
-                cors,
-            } => Box::pin(events_get(shared, conn, tg, id, stream, cors)),
-            LongLived::EventsPut {
-                tg,
-                id,
-                stream,
-                cors,
-            } => Box::pin(events_put(shared, conn, tg, id, stream, cors)),
-            LongLived::Media {
-                protocol,
-                tg,
-                id,
-                stream,
-                cors,
-            } => Box::pin(media_connect(
+        let LongLived {
+            kind,
+            tg,
+            id,
+            stream,
+            cors,
+        } = self;
+        match kind {
+            LongKind::EventsGet => Box::pin(events_get(shared, conn, tg, id, stream, cors)),
+            LongKind::EventsPut => Box::pin(events_put(shared, conn, tg, id, stream, cors)),
+            LongKind::Media(protocol) => Box::pin(media_connect(
                 shared,
                 conn.clone(),
                 protocol,
@@ -1093,13 +1087,14 @@ async fn handle_request(
             let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
             return match redeemed {
                 Ok(()) => {
-                    *long = Some(LongLived::Media {
-                        protocol: req.extensions().get::<h3::ext::Protocol>().cloned(),
-                        tg: tg.to_owned(),
-                        id: id.to_owned(),
+                    let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
+                    *long = Some(LongLived::new(
+                        LongKind::Media(protocol),
+                        tg,
+                        id,
                         stream,
                         cors,
-                    });
+                    ));
                 }
                 Err(why) => {
                     shared.ctx.metrics.auth_failures();
@@ -1221,32 +1216,23 @@ async fn handle_request(
         // The events and media streams live as long as the call: handed back to run without
         // this step's state.
         (Route::Events(tg, id), &Method::GET) => {
-            *long = Some(LongLived::EventsGet {
-                tg: tg.to_owned(),
-                id: id.to_owned(),
-                stream,
-                cors,
-            });
+            *long = Some(LongLived::new(LongKind::EventsGet, tg, id, stream, cors));
             return;
         }
         (Route::Events(tg, id), &Method::PUT) => {
-            *long = Some(LongLived::EventsPut {
-                tg: tg.to_owned(),
-                id: id.to_owned(),
-                stream,
-                cors,
-            });
+            *long = Some(LongLived::new(LongKind::EventsPut, tg, id, stream, cors));
             return;
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            *long = Some(LongLived::Media {
-                protocol: req.extensions().get::<h3::ext::Protocol>().cloned(),
-                tg: tg.to_owned(),
-                id: id.to_owned(),
+            let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
+            *long = Some(LongLived::new(
+                LongKind::Media(protocol),
+                tg,
+                id,
                 stream,
                 cors,
-            });
+            ));
             return;
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
@@ -1789,7 +1775,7 @@ async fn events_get(
     tg: String,
     id: String,
     mut stream: Stream,
-    cors: Vec<(header::HeaderName, String)>,
+    cors: Cors,
 ) {
     let (tg, id) = (tg.as_str(), id.as_str());
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
@@ -1860,7 +1846,7 @@ async fn events_put(
     tg: String,
     id: String,
     mut stream: Stream,
-    cors: Vec<(header::HeaderName, String)>,
+    cors: Cors,
 ) {
     let (tg, id) = (tg.as_str(), id.as_str());
     let Some((key, mut ended)) = shared.open_stream(tg, id) else {
@@ -1931,7 +1917,7 @@ async fn media_connect(
     tg: String,
     id: String,
     mut stream: Stream,
-    cors: Vec<(header::HeaderName, String)>,
+    cors: Cors,
 ) {
     let (tg, id) = (tg.as_str(), id.as_str());
     // Extended CONNECT with `:protocol webtransport` (browsers) or plain CONNECT (gateways).
