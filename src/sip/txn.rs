@@ -87,6 +87,8 @@ enum ClientState {
 #[derive(Debug)]
 struct ClientTxn {
     invite: bool,
+    /// The request as sent, for retransmissions; emptied once a final response completes the
+    /// transaction.
     request: Bytes,
     dest: Dest,
     state: ClientState,
