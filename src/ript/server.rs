@@ -1014,6 +1014,12 @@ impl LongLived {
         }
     }
 
+    /// The media CONNECT, with its `:protocol` (WebTransport) if it has one.
+    fn media(req: &Request<()>, tg: &str, id: &str, stream: Stream, cors: Cors) -> Self {
+        let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
+        LongLived::new(LongKind::Media(protocol), tg, id, stream, cors)
+    }
+
     fn start<'a>(
         self,
         shared: &'a Arc<Shared>,
@@ -1086,16 +1092,7 @@ async fn handle_request(
                 .and_then(|v| v.to_str().ok());
             let redeemed = shared.state().redeem_ticket(ticket, tg, id, origin);
             return match redeemed {
-                Ok(()) => {
-                    let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
-                    *long = Some(LongLived::new(
-                        LongKind::Media(protocol),
-                        tg,
-                        id,
-                        stream,
-                        cors,
-                    ));
-                }
+                Ok(()) => *long = Some(LongLived::media(&req, tg, id, stream, cors)),
                 Err(why) => {
                     shared.ctx.metrics.auth_failures();
                     tracing::debug!(%tg, call = %id, why, "media CONNECT refused");
@@ -1225,14 +1222,7 @@ async fn handle_request(
         }
         (Route::Events(_, _), _) => Reply::method_not_allowed("GET, PUT"),
         (Route::Media(tg, id), &Method::CONNECT) => {
-            let protocol = req.extensions().get::<h3::ext::Protocol>().cloned();
-            *long = Some(LongLived::new(
-                LongKind::Media(protocol),
-                tg,
-                id,
-                stream,
-                cors,
-            ));
+            *long = Some(LongLived::media(&req, tg, id, stream, cors));
             return;
         }
         (Route::Media(_, _), _) => Reply::method_not_allowed("CONNECT"),
