@@ -770,32 +770,29 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                     conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(limit));
                 }
                 let open = OpenRequest(budget.clone());
-                let conn = conn.clone();
-                // Boxed (the task would otherwise keep room for it after it was used up), like
-                // every step below: a request that lives as long as its call (events, media)
-                // holds only its own state, not room for the largest route's or the resolver's.
-                let resolver = Box::new(resolver);
-                tokio::spawn(async move {
-                    // Routing and short requests run to completion here; a long-lived one comes
-                    // back and runs below, after every box of the routing step was freed.
-                    let mut long = None;
-                    {
-                        // Moved out of the task's captures so that it is freed once used.
-                        let resolver = resolver;
-                        let resolved = Box::pin((*resolver).resolve_request()).await;
-                        match resolved {
-                            Ok((req, stream)) => {
-                                let c = conn.clone();
-                                Box::pin(handle_request(&shared, c, req, stream, &mut long)).await
-                            }
+                // The routing step (request headers, principal, room for the largest route's
+                // futures) runs in its own box, freed once done. A request that lives as long as
+                // its call (events, media) comes back from it as its own boxed future, so the
+                // task holds two pointers for the call's lifetime, not the routing step's room.
+                let routing = Box::pin({
+                    let shared = shared.clone();
+                    let conn = conn.clone();
+                    async move {
+                        let (req, stream) = match resolver.resolve_request().await {
+                            Ok(r) => r,
                             Err(e) => {
                                 tracing::debug!(%remote, error = %e, "bad request stream");
-                                return;
+                                return None;
                             }
-                        }
+                        };
+                        let mut long = None;
+                        handle_request(&shared, conn.clone(), req, stream, &mut long).await;
+                        long.map(|l: LongLived| l.start(shared, conn))
                     }
-                    if let Some(long) = long {
-                        long.start(&shared, &conn).await;
+                });
+                tokio::spawn(async move {
+                    if let Some(long) = routing.await {
+                        long.await;
                     }
                     drop(open);
                 });
@@ -1020,33 +1017,22 @@ impl LongLived {
         LongLived::new(LongKind::Media(protocol), tg, id, stream, cors)
     }
 
-    fn start<'a>(
-        self,
-        shared: &'a Arc<Shared>,
-        conn: &'a quinn::Connection,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-        let LongLived {
-            kind,
-            tg,
-            id,
-            stream,
-            cors,
-        } = self;
-        match kind {
-            LongKind::EventsGet => Box::pin(events_get(shared, conn, tg, id, stream, cors)),
-            LongKind::EventsPut => Box::pin(events_put(shared, conn, tg, id, stream, cors)),
-            LongKind::Media(protocol) => Box::pin(media_connect(
-                shared,
-                conn.clone(),
-                protocol,
-                tg,
-                id,
-                stream,
-                cors,
-            )),
+    /// The request's future, run after the routing step was freed. Each one owns this record
+    /// and uses its fields in place (see [`LongFuture`]).
+    fn start(self, shared: Arc<Shared>, conn: quinn::Connection) -> LongFuture {
+        match self.kind {
+            LongKind::EventsGet => Box::pin(events_get(shared, conn, self)),
+            LongKind::EventsPut => Box::pin(events_put(shared, conn, self)),
+            LongKind::Media(_) => Box::pin(media_connect(shared, conn, self)),
         }
     }
 }
+
+/// A long-lived request's future. Its functions return an `async move` block that uses the
+/// captured [`LongLived`] in place: an `async fn` would copy its arguments into the body's own
+/// locals and so keep them twice for the call's lifetime. One-off steps (opening, replying) run
+/// in boxes of their own, so that the future kept for the call holds only what its wait needs.
+type LongFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 async fn handle_request(
     shared: &Arc<Shared>,
@@ -1466,35 +1452,47 @@ async fn handler_events(
             ev
         })
     };
-    pump_events(&mut stream, conn, None, rx, Some((HANDLER_PING, &mut ping))).await;
+    let (head, enc) = (EventEncoder::open(), EventEncoder::new());
+    pump_events(
+        &mut stream,
+        conn,
+        head,
+        enc,
+        rx,
+        Some((HANDLER_PING, &mut ping)),
+    )
+    .await;
 }
 
-/// Writes an events array on a streaming answer whose head is sent: `[`, `first`, then each
-/// event `rx` brings (and every `ping.0` the event `ping.1` makes), until `rx` closes (then
-/// `]`: the call ended, the handler was removed, or this stream was cut off as too slow), a
-/// write fails, or the connection goes (without watching it a dead client would only be
-/// noticed at the next event).
+/// Writes an events array on a streaming answer whose head is sent: `head` (`[` and whatever
+/// `enc` already encoded), then each event `rx` brings (and every `ping.0` the event `ping.1`
+/// makes), until `rx` closes (then `]`: the call ended, the handler was removed, or this stream
+/// was cut off as too slow), a write fails, or the connection goes (without watching it a dead
+/// client would only be noticed at the next event).
 async fn pump_events(
     stream: &mut Stream,
     conn: &quinn::Connection,
-    first: Option<&Event>,
+    head: Bytes,
+    mut enc: EventEncoder,
     mut rx: mpsc::Receiver<Arc<Event>>,
     mut ping: Option<(Duration, &mut (dyn FnMut() -> Option<Event> + Send))>,
 ) {
-    let mut enc = EventEncoder::new();
     // Sends are boxed: this future lives as long as the call, and h3's send futures inline would
-    // make it larger for all that time. Events are a handful per call.
-    let mut res = Box::pin(stream.send_data(EventEncoder::open())).await;
-    if let (Ok(()), Some(ev)) = (&res, first) {
-        res = Box::pin(stream.send_data(enc.encode(ev))).await;
-    }
-    let period = ping.as_ref().map_or(Duration::from_secs(3600), |p| p.0);
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    // make it larger for all that time. Events are a handful per call. Events are encoded before
+    // each send so that none is held across it.
+    let mut res = Box::pin(stream.send_data(head)).await;
+    // No timer at all without pings (a call's events stream).
+    let mut tick = ping
+        .as_ref()
+        .map(|p| tokio::time::interval_at(tokio::time::Instant::now() + p.0, p.0));
     while res.is_ok() {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => res = Box::pin(stream.send_data(enc.encode(&ev))).await,
+                Some(ev) => {
+                    let bytes = enc.encode(&ev);
+                    drop(ev);
+                    res = Box::pin(stream.send_data(bytes)).await;
+                }
                 None => {
                     if Box::pin(stream.send_data(EventEncoder::close())).await.is_ok() {
                         let _ = Box::pin(stream.finish()).await;
@@ -1502,13 +1500,24 @@ async fn pump_events(
                     break;
                 }
             },
-            _ = tick.tick(), if ping.is_some() => {
-                if let Some(ev) = ping.as_mut().and_then(|p| (p.1)()) {
-                    res = Box::pin(stream.send_data(enc.encode(&ev))).await;
+            () = next_tick(&mut tick) => {
+                let bytes = ping.as_mut().and_then(|p| (p.1)()).map(|ev| enc.encode(&ev));
+                if let Some(bytes) = bytes {
+                    res = Box::pin(stream.send_data(bytes)).await;
                 }
             }
             _ = conn.closed() => break,
         }
+    }
+}
+
+/// The next tick of `tick`; never, without one.
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -1759,21 +1768,44 @@ fn get_call(shared: &Shared, tg: &str, id: &str) -> Reply {
     }
 }
 
-async fn events_get(
-    shared: &Arc<Shared>,
-    conn: &quinn::Connection,
-    tg: String,
-    id: String,
-    mut stream: Stream,
-    cors: Cors,
-) {
-    let (tg, id) = (tg.as_str(), id.as_str());
+/// `GET {call}/events`: the call's events, from its last state on, until it ends.
+// Not an async fn, which would keep its arguments twice (see `LongFuture`).
+#[allow(clippy::manual_async_fn)]
+fn events_get(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut long: LongLived,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let opened = Box::pin(open_events_get(&shared, &mut long)).await;
+        let Some((key, rx, head, enc)) = opened else {
+            return;
+        };
+        pump_events(&mut long.stream, &conn, head, enc, rx, None).await;
+        Box::pin(shared.close_stream(&long.id, key)).await;
+    }
+}
+
+/// Subscribes a `GET {call}/events` and sends its head. Gives the subscription and the first
+/// bytes to write (`[` and the call's last state, already encoded), or `None` once it has
+/// answered on its own (no such call, or the final event of a call that just ended).
+async fn open_events_get(
+    shared: &Shared,
+    long: &mut LongLived,
+) -> Option<(CallKey, mpsc::Receiver<Arc<Event>>, Bytes, EventEncoder)> {
+    let LongLived {
+        tg,
+        id,
+        stream,
+        cors,
+        ..
+    } = long;
     let (tx, rx) = mpsc::channel(SUBSCRIBER_BACKLOG);
     // Subscribing and reading the last state under one lock: no event is missed or doubled.
     let sub = {
         let mut st = shared.state();
-        match st.calls.get_mut(id).filter(|e| e.tg == tg) {
-            None => Err(Reply::not_found("no such call")),
+        match st.calls.get_mut(id.as_str()).filter(|e| e.tg == *tg) {
+            None => None,
             Some(e) => {
                 // A GET whose client vanished is only noticed at the next write, so when the
                 // table is full the oldest subscriber is the likeliest dead one: close it.
@@ -1782,80 +1814,61 @@ async fn events_get(
                 }
                 e.subscribers.push(tx);
                 e.open_streams += 1;
-                Ok((e.key, e.last_state.clone()))
+                Some((e.key, e.last_state.clone()))
             }
         }
     };
-    let (key, last) = match sub {
-        Ok(x) => x,
-        Err(reply) => {
-            // Ended moments ago: give the final event and close, instead of a bare 404 that
-            // would leave the client not knowing how the call ended.
-            if let Some(last) = shared.final_event(tg, id) {
-                if Box::pin(send_head(
-                    shared,
-                    &mut stream,
-                    Reply::event_stream().with_all(&cors),
-                ))
-                .await
-                {
-                    let mut enc = EventEncoder::new();
-                    let mut body = BytesMut::from(&EventEncoder::open()[..]);
-                    if let Some(ev) = &last {
-                        body.extend_from_slice(&enc.encode(ev));
-                    }
-                    body.extend_from_slice(&EventEncoder::close());
-                    if Box::pin(stream.send_data(body.freeze())).await.is_ok() {
-                        let _ = Box::pin(stream.finish()).await;
-                    }
+    let cors = std::mem::take(cors);
+    let Some((key, last)) = sub else {
+        // Ended moments ago: give the final event and close, instead of a bare 404 that would
+        // leave the client not knowing how the call ended.
+        if let Some(last) = shared.final_event(tg, id) {
+            if send_head(shared, stream, Reply::event_stream().with_all(&cors)).await {
+                let mut enc = EventEncoder::new();
+                let mut body = BytesMut::from(&EventEncoder::open()[..]);
+                if let Some(ev) = &last {
+                    body.extend_from_slice(&enc.encode(ev));
                 }
-                return;
+                body.extend_from_slice(&EventEncoder::close());
+                if stream.send_data(body.freeze()).await.is_ok() {
+                    let _ = stream.finish().await;
+                }
             }
-            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
+            return None;
         }
+        let reply = Reply::not_found("no such call").with_all(&cors);
+        send_reply(shared, stream, reply).await;
+        return None;
     };
     let opened = RiptEvent::ServerEventsOpened { call: key };
-    let _ = Box::pin(shared.ctx.events.send(opened)).await;
-    if Box::pin(send_head(
-        shared,
-        &mut stream,
-        Reply::event_stream().with_all(&cors),
-    ))
-    .await
-    {
-        // Not needed for the rest of the call.
-        drop(cors);
-        pump_events(&mut stream, conn, last.as_ref(), rx, None).await;
+    let _ = shared.ctx.events.send(opened).await;
+    if !send_head(shared, stream, Reply::event_stream().with_all(&cors)).await {
+        shared.close_stream(id, key).await;
+        return None;
     }
-    Box::pin(shared.close_stream(id, key)).await;
+    let mut enc = EventEncoder::new();
+    let mut head = BytesMut::from(&EventEncoder::open()[..]);
+    if let Some(ev) = &last {
+        head.extend_from_slice(&enc.encode(ev));
+    }
+    Some((key, rx, head.freeze(), enc))
 }
 
-async fn events_put(
-    shared: &Arc<Shared>,
-    conn: &quinn::Connection,
-    tg: String,
-    id: String,
-    mut stream: Stream,
-    cors: Cors,
-) {
-    let (tg, id) = (tg.as_str(), id.as_str());
-    let Some((key, mut ended)) = shared.open_stream(tg, id) else {
-        let reply = Reply::not_found("no such call").with_all(&cors);
-        return Box::pin(send_reply(shared, &mut stream, reply)).await;
-    };
-    let opened = RiptEvent::ServerEventsOpened { call: key };
-    let _ = Box::pin(shared.ctx.events.send(opened)).await;
-    let ok = Reply {
-        status: StatusCode::OK,
-        headers: Vec::new(),
-        body: None,
-    };
-    if Box::pin(send_head(shared, &mut stream, ok.with_all(&cors))).await {
-        // Not needed for the rest of the call.
-        drop(cors);
+/// `PUT {call}/events`: the client's events, each handed to the engine, until either side ends.
+// Not an async fn, which would keep its arguments twice (see `LongFuture`).
+#[allow(clippy::manual_async_fn)]
+fn events_put(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    mut long: LongLived,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some((key, mut ended)) = Box::pin(open_events_put(&shared, &mut long)).await else {
+            return;
+        };
+        let stream = &mut long.stream;
         let mut dec = EventDecoder::new();
-        // Awaits inside are boxed, as in `pump_events`: this loop lasts as long as the call.
-        'read: loop {
+        loop {
             tokio::select! {
                 chunk = stream.recv_data() => match chunk {
                     Ok(Some(mut buf)) => {
@@ -1865,19 +1878,9 @@ async fn events_put(
                             dec.push(c);
                             buf.advance(n);
                         }
-                        while let Some(item) = dec.next_event() {
-                            match item {
-                                Ok(event) => {
-                                    let ev = RiptEvent::ServerEvent { call: key, event };
-                                    if Box::pin(shared.ctx.events.send(ev)).await.is_err() {
-                                        break 'read;
-                                    }
-                                }
-                                // The decoder resynchronises at the next object.
-                                Err(e) => {
-                                    tracing::info!(call = %key, error = %e, "undecodable event skipped");
-                                }
-                            }
+                        // Boxed: the decoded events are not kept in this call-long future.
+                        if !Box::pin(forward_events(&shared, key, &mut dec)).await {
+                            break;
                         }
                     }
                     Ok(None) => {
@@ -1896,38 +1899,114 @@ async fn events_put(
                 _ = conn.closed() => break,
             }
         }
+        Box::pin(shared.close_stream(&long.id, key)).await;
     }
-    Box::pin(shared.close_stream(id, key)).await;
 }
 
-async fn media_connect(
-    shared: &Arc<Shared>,
+/// Opens a `PUT {call}/events` and sends its `200` head; `None` once it has answered otherwise.
+async fn open_events_put(
+    shared: &Shared,
+    long: &mut LongLived,
+) -> Option<(CallKey, watch::Receiver<()>)> {
+    let cors = std::mem::take(&mut long.cors);
+    let Some((key, ended)) = shared.open_stream(&long.tg, &long.id) else {
+        let reply = Reply::not_found("no such call").with_all(&cors);
+        send_reply(shared, &mut long.stream, reply).await;
+        return None;
+    };
+    let opened = RiptEvent::ServerEventsOpened { call: key };
+    let _ = shared.ctx.events.send(opened).await;
+    let ok = Reply {
+        status: StatusCode::OK,
+        headers: Vec::new(),
+        body: None,
+    };
+    if !send_head(shared, &mut long.stream, ok.with_all(&cors)).await {
+        shared.close_stream(&long.id, key).await;
+        return None;
+    }
+    Some((key, ended))
+}
+
+/// Hands every event `dec` holds to the engine; `false` when the engine is gone.
+async fn forward_events(shared: &Shared, key: CallKey, dec: &mut EventDecoder) -> bool {
+    while let Some(item) = dec.next_event() {
+        match item {
+            Ok(event) => {
+                let ev = RiptEvent::ServerEvent { call: key, event };
+                if shared.ctx.events.send(ev).await.is_err() {
+                    return false;
+                }
+            }
+            // The decoder resynchronises at the next object.
+            Err(e) => {
+                tracing::info!(call = %key, error = %e, "undecodable event skipped");
+            }
+        }
+    }
+    true
+}
+
+/// `CONNECT {call}/media`: binds the call's QUIC datagrams to this stream for as long as it is
+/// open.
+// Not an async fn, which would keep its arguments twice (see `LongFuture`).
+#[allow(clippy::manual_async_fn)]
+fn media_connect(
+    shared: Arc<Shared>,
     conn: quinn::Connection,
-    protocol: Option<h3::ext::Protocol>,
-    tg: String,
-    id: String,
-    mut stream: Stream,
-    cors: Cors,
-) {
-    let (tg, id) = (tg.as_str(), id.as_str());
+    mut long: LongLived,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Some((key, mut ended)) = Box::pin(open_media(&shared, &mut long)).await else {
+            return;
+        };
+        let stream = &mut long.stream;
+        let stream_id = stream.id().into_inner();
+        shared.ctx.media.bind_quic(key, conn.clone(), stream_id);
+        loop {
+            tokio::select! {
+                r = stream.recv_data() => match r {
+                    // Capsules are not used; the stream only scopes the datagrams.
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                _ = ended.changed() => {
+                    let _ = Box::pin(stream.finish()).await;
+                    break;
+                }
+                _ = conn.closed() => break,
+            }
+        }
+        shared.ctx.media.unbind_quic_stream(key, &conn, stream_id);
+    }
+}
+
+/// Checks a media CONNECT and sends its `200` head; `None` once it has answered otherwise.
+async fn open_media(
+    shared: &Shared,
+    long: &mut LongLived,
+) -> Option<(CallKey, watch::Receiver<()>)> {
+    let cors = std::mem::take(&mut long.cors);
     // Extended CONNECT with `:protocol webtransport` (browsers) or plain CONNECT (gateways).
     // The origin was checked in `CorsPolicy::gate` and the token in `authenticate`.
-    if let Some(p) = protocol {
-        if p != h3::ext::Protocol::WEB_TRANSPORT {
+    if let LongKind::Media(Some(p)) = &long.kind {
+        if *p != h3::ext::Protocol::WEB_TRANSPORT {
             let reply = Reply::bad_request(format!("unsupported :protocol {}", p.as_str()));
-            return Box::pin(send_reply(shared, &mut stream, reply.with_all(&cors))).await;
+            send_reply(shared, &mut long.stream, reply.with_all(&cors)).await;
+            return None;
         }
     }
     let found = {
         let st = shared.state();
         st.calls
-            .get(id)
-            .filter(|e| e.tg == tg)
+            .get(long.id.as_str())
+            .filter(|e| e.tg == long.tg)
             .map(|e| (e.key, e.ended.subscribe()))
     };
-    let Some((key, mut ended)) = found else {
+    let Some((key, ended)) = found else {
         let reply = Reply::not_found("no such call").with_all(&cors);
-        return Box::pin(send_reply(shared, &mut stream, reply)).await;
+        send_reply(shared, &mut long.stream, reply).await;
+        return None;
     };
     let ok = Reply {
         status: StatusCode::OK,
@@ -1938,28 +2017,10 @@ async fn media_connect(
         body: None,
     }
     .with_all(&cors);
-    // Not needed for the rest of the call.
-    drop(cors);
-    if !Box::pin(send_head(shared, &mut stream, ok)).await {
-        return;
+    if !send_head(shared, &mut long.stream, ok).await {
+        return None;
     }
-    let stream_id = stream.id().into_inner();
-    shared.ctx.media.bind_quic(key, conn.clone(), stream_id);
-    loop {
-        tokio::select! {
-            r = stream.recv_data() => match r {
-                // Capsules are not used; the stream only scopes the datagrams.
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            },
-            _ = ended.changed() => {
-                let _ = Box::pin(stream.finish()).await;
-                break;
-            }
-            _ = conn.closed() => break,
-        }
-    }
-    shared.ctx.media.unbind_quic_stream(key, &conn, stream_id);
+    Some((key, ended))
 }
 
 #[cfg(test)]
