@@ -774,31 +774,34 @@ fn spawn_get(client: &Arc<Client>, target: &Target, gen: u64) -> AbortHandle {
             .get(&target.call)
             .is_some_and(|c| c.get_gen == gen);
         if current {
-            client
-                .emit(RiptEvent::ClientEventsLost { call: target.call })
-                .await;
+            let lost = RiptEvent::ClientEventsLost { call: target.call };
+            Box::pin(client.emit(lost)).await;
         }
     })
     .abort_handle()
 }
 
-/// Reads `GET {call}/events` until it ends; every decoded event goes to the engine.
+/// Reads `GET {call}/events` until it ends; every decoded event goes to the engine. Opening and
+/// handing events on run in boxes of their own: this future lasts as long as the call and holds
+/// only the stream and the decoder while it waits.
 async fn run_get(client: &Client, t: &Target) -> Result<(), String> {
-    let mut s = open_events(client, t.peer, &format!("{}/events", t.path))
+    let path = format!("{}/events", t.path);
+    let mut s = Box::pin(open_events(client, t.peer, &path))
         .await
         .map_err(|(_, reason)| reason)?;
+    drop(path);
     let mut dec = EventDecoder::new();
     while let Some(events) = recv_events(&mut s, &mut dec).await? {
-        for event in events {
-            client
-                .emit(RiptEvent::ClientEvent {
-                    call: t.call,
-                    event,
-                })
-                .await;
-        }
+        Box::pin(emit_events(client, t.call, events)).await;
     }
     Ok(())
+}
+
+/// Hands the events an events stream brought to the engine, in order.
+async fn emit_events(client: &Client, call: CallKey, events: Vec<Event>) {
+    for event in events {
+        client.emit(RiptEvent::ClientEvent { call, event }).await;
+    }
 }
 
 /// Opens an events stream (`GET {path}`) and waits for its `200`. The error is
@@ -847,31 +850,24 @@ async fn put_events(
     t: &Target,
     rx: &mut mpsc::Receiver<Box<Event>>,
 ) -> Result<(), String> {
-    let live = Box::pin(client.connection(t.peer)).await?;
-    let mut req = client.request(t.peer, Method::PUT, &format!("{}/events", t.path))?;
-    req.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    let mut send = live.send.clone();
-    let s = Box::pin(send.send_request(req))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut tx, mut resp_rx) = s.split();
+    // Opening and each send run in boxes of their own: this future lasts as long as the call.
+    let (mut tx, mut resp_rx) = Box::pin(open_put(client, t)).await?;
     let mut enc = EventEncoder::new();
-    tx.send_data(EventEncoder::open())
-        .await
-        .map_err(|e| e.to_string())?;
     let resp = resp_rx.recv_response();
     tokio::pin!(resp);
     let mut answered = false;
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(ev) => tx.send_data(enc.encode(&ev)).await.map_err(|e| e.to_string())?,
+                Some(ev) => {
+                    let bytes = enc.encode(&ev);
+                    drop(ev);
+                    Box::pin(tx.send_data(bytes)).await.map_err(|e| e.to_string())?;
+                }
                 None => {
-                    tx.send_data(EventEncoder::close()).await.map_err(|e| e.to_string())?;
-                    return tx.finish().await.map_err(|e| e.to_string());
+                    let close = tx.send_data(EventEncoder::close());
+                    Box::pin(close).await.map_err(|e| e.to_string())?;
+                    return Box::pin(tx.finish()).await.map_err(|e| e.to_string());
                 }
             },
             r = &mut resp, if !answered => {
@@ -885,38 +881,73 @@ async fn put_events(
     }
 }
 
+/// Sends `PUT {call}/events` and the array's opening `[`; gives the stream's two halves.
+async fn open_put(
+    client: &Client,
+    t: &Target,
+) -> Result<
+    (
+        h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+        h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
+    ),
+    String,
+> {
+    let live = client.connection(t.peer).await?;
+    let mut req = client.request(t.peer, Method::PUT, &format!("{}/events", t.path))?;
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let mut send = live.send.clone();
+    let s = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let (mut tx, resp_rx) = s.split();
+    tx.send_data(EventEncoder::open())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((tx, resp_rx))
+}
+
 /// Opens `CONNECT {call}/media` and binds the call's datagrams to it while it stays open.
 async fn run_media(client: Arc<Client>, t: Target) {
-    let res = async {
-        let live = Box::pin(client.connection(t.peer)).await?;
-        let mut req = client.request(t.peer, Method::CONNECT, &format!("{}/media", t.path))?;
-        req.extensions_mut()
-            .insert(h3::ext::Protocol::WEB_TRANSPORT);
-        let mut send = live.send.clone();
-        let mut s = Box::pin(send.send_request(req))
-            .await
-            .map_err(|e| e.to_string())?;
-        let resp = s.recv_response().await.map_err(|e| e.to_string())?;
-        if resp.status() != StatusCode::OK {
-            return Err(format!("media CONNECT refused with {}", resp.status()));
+    // Opening runs in a box of its own: this future lasts as long as the call and holds only the
+    // stream while it waits.
+    let (mut s, conn, stream_id) = match Box::pin(open_media(&client, &t)).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::info!(call = %t.call, error = %e, "media stream ended");
+            return;
         }
-        let stream_id = s.id().into_inner();
-        client
-            .ctx
-            .media
-            .bind_quic(t.call, live.conn.clone(), stream_id);
-        // Hold the stream: the binding lives exactly as long as it does.
-        while let Ok(Some(_)) = s.recv_data().await {}
-        client
-            .ctx
-            .media
-            .unbind_quic_stream(t.call, &live.conn, stream_id);
-        Ok(())
+    };
+    // Hold the stream: the binding lives exactly as long as it does.
+    while let Ok(Some(_)) = s.recv_data().await {}
+    client
+        .ctx
+        .media
+        .unbind_quic_stream(t.call, &conn, stream_id);
+}
+
+/// Sends `CONNECT {call}/media`, waits for its `200` and binds the call's datagrams to the
+/// stream; gives the stream, its connection and its id.
+async fn open_media(
+    client: &Client,
+    t: &Target,
+) -> Result<(Stream, quinn::Connection, u64), String> {
+    let live = client.connection(t.peer).await?;
+    let mut req = client.request(t.peer, Method::CONNECT, &format!("{}/media", t.path))?;
+    req.extensions_mut()
+        .insert(h3::ext::Protocol::WEB_TRANSPORT);
+    let mut send = live.send.clone();
+    let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = s.recv_response().await.map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!("media CONNECT refused with {}", resp.status()));
     }
-    .await;
-    if let Err(e) = res {
-        tracing::info!(call = %t.call, error = %e, "media stream ended");
-    }
+    let stream_id = s.id().into_inner();
+    client
+        .ctx
+        .media
+        .bind_quic(t.call, live.conn.clone(), stream_id);
+    Ok((s, live.conn.clone(), stream_id))
 }
 
 #[cfg(test)]
