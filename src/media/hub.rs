@@ -524,17 +524,50 @@ impl MediaHub {
         routes.insert(route, m.clone());
     }
 
+    /// Routes the datagrams that arrive on `conn` with Quarter Stream ID `stream_id / 4` to the
+    /// call before it is bound ([`MediaHub::bind_quic`]). A client calls this as soon as its media
+    /// CONNECT is sent: the peer binds on receiving it and at once sends the media it held for the
+    /// call, which can arrive before the CONNECT's `200` is read here. Nothing goes toward QUIC
+    /// until the binding; [`MediaHub::unroute_quic`] undoes this if the CONNECT fails.
+    pub fn route_quic(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
+        let m = self.call(call);
+        let route = (conn.stable_id(), stream_id / 4);
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.insert(route, m);
+    }
+
+    /// Removes a route set by [`MediaHub::route_quic`] whose CONNECT failed, unless the call was
+    /// bound to it since.
+    pub fn unroute_quic(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
+        let route = (conn.stable_id(), stream_id / 4);
+        let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = routes.get(&route).filter(|m| m.key == call).cloned() else {
+            return;
+        };
+        if lock(&m.quic).as_ref().is_some_and(|b| b.route == route) {
+            return;
+        }
+        routes.remove(&route);
+        drop(routes);
+        self.forget_if_unused(&m);
+    }
+
     /// Stops sending the call's media over QUIC. The call's legacy side stays open.
     pub fn unbind_quic(&self, call: CallKey) {
         let Some(m) = lock(&self.inner.calls).get(&call).cloned() else {
             return;
         };
         self.drop_route(&m);
-        // A call that only ever existed on the QUIC side (no socket, no echo) has nothing left.
-        if !m.has_legacy() && !m.echo.load(Ordering::Relaxed) {
+        self.forget_if_unused(&m);
+    }
+
+    /// Forgets a call that only ever existed on the QUIC side (no socket, no echo) once it has no
+    /// binding left.
+    fn forget_if_unused(&self, m: &Arc<CallMedia>) {
+        if !m.has_legacy() && !m.echo.load(Ordering::Relaxed) && lock(&m.quic).is_none() {
             let mut calls = lock(&self.inner.calls);
-            if calls.get(&call).is_some_and(|c| Arc::ptr_eq(c, &m)) {
-                calls.remove(&call);
+            if calls.get(&m.key).is_some_and(|c| Arc::ptr_eq(c, m)) {
+                calls.remove(&m.key);
             }
         }
     }
@@ -993,6 +1026,68 @@ mod tests {
             "{datagrams} datagrams took {packets} QUIC packets ({flushes} flushes)"
         );
         assert!(flushes <= 2, "{flushes} flushes for one burst");
+    }
+
+    /// The peer binds when it receives the media CONNECT and at once sends what it held for the
+    /// call; those datagrams can arrive before the CONNECT's `200` is read. A route set when the
+    /// CONNECT goes out delivers them. The route of a CONNECT that failed is taken back, one the
+    /// call was bound to is not.
+    #[tokio::test]
+    async fn datagrams_ahead_of_the_binding_follow_the_route_set_at_connect() {
+        let pair = crate::media::loopback::quic_pair().await.unwrap();
+        let (a, _rx_a, metrics_a) = hub();
+        let (b, _rx_b, _) = hub();
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let call = CallKey(7);
+        a.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        a.apply(MediaCmd::SetRemote {
+            call,
+            rtp: sink.local_addr().unwrap(),
+            rtcp: None,
+            rtcp_mux: true,
+            latching: false,
+        });
+        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        // A has sent its CONNECT (stream 0) and not yet read the answer; B has bound.
+        a.route_quic(call, &pair.client_conn, 0);
+        tokio::spawn(a.clone().run_quic_reader(pair.client_conn.clone()));
+        b.bind_quic(call, pair.server_conn.clone(), 0);
+        let to_b = b.legacy_addr(call).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            src.send_to(&rtp::pcmu_packet(1, 0x5eed), to_b).unwrap();
+        })
+        .await
+        .unwrap();
+        // A's leg may send its RTCP there too: wait for the RTP packet.
+        let got = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = sink.recv_from(&mut buf) {
+                if rtp::classify(&buf[..n]) == PacketKind::Rtp {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap();
+        assert!(
+            got,
+            "the datagram ahead of A's binding did not reach A's legacy peer"
+        );
+        assert_eq!(metrics_a.rtp_quic_to_sip.load(Ordering::Relaxed), 1);
+        assert_eq!(a.route_count(), 1);
+
+        // The CONNECT was refused: its route goes.
+        a.unroute_quic(call, &pair.client_conn, 0);
+        assert_eq!(a.route_count(), 0);
+        // A CONNECT that succeeded: the binding keeps the route.
+        a.route_quic(call, &pair.client_conn, 4);
+        a.bind_quic(call, pair.client_conn.clone(), 4);
+        a.unroute_quic(call, &pair.client_conn, 4);
+        assert_eq!(a.route_count(), 1, "a bound route stays");
     }
 
     #[test]

@@ -938,16 +938,40 @@ async fn open_media(
         .insert(h3::ext::Protocol::WEB_TRANSPORT);
     let mut send = live.send.clone();
     let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let stream_id = s.id().into_inner();
+    // The peer's first datagrams can overtake its `200`: route them from now on. The guard
+    // takes the route back if no binding follows (refused, failed, or this task aborted because
+    // the call ended meanwhile).
+    let media = &client.ctx.media;
+    media.route_quic(t.call, &live.conn, stream_id);
+    let _route = PreRoute {
+        media,
+        call: t.call,
+        conn: &live.conn,
+        stream_id,
+    };
     let resp = s.recv_response().await.map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::OK {
         return Err(format!("media CONNECT refused with {}", resp.status()));
     }
-    let stream_id = s.id().into_inner();
-    client
-        .ctx
-        .media
-        .bind_quic(t.call, live.conn.clone(), stream_id);
+    media.bind_quic(t.call, live.conn.clone(), stream_id);
     Ok((s, live.conn.clone(), stream_id))
+}
+
+/// A route set by [`MediaHub::route_quic`] for a media CONNECT in flight: dropping it undoes
+/// the route unless the call was bound to it by then.
+struct PreRoute<'a> {
+    media: &'a crate::media::MediaHub,
+    call: CallKey,
+    conn: &'a quinn::Connection,
+    stream_id: u64,
+}
+
+impl Drop for PreRoute<'_> {
+    fn drop(&mut self) {
+        self.media
+            .unroute_quic(self.call, self.conn, self.stream_id);
+    }
 }
 
 #[cfg(test)]
