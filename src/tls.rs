@@ -390,11 +390,11 @@ const SERVER_PEER_UNI_STREAMS: u32 = 1024;
 const CLIENT_PEER_UNI_STREAMS: u32 = 64;
 
 /// Bytes of QUIC datagrams queued each way, to send and received but not yet read. When a queue
-/// is full quinn drops its oldest datagrams, which is what real-time media wants: a congested or
-/// stalled path resumes with current media instead of replaying a backlog. At the 1500-call
-/// design load (about 14 MB/s of media each way) this is under 20 ms of media; with fewer calls
-/// it is more, but a queue only fills when the path or the reader falls behind.
-pub const DATAGRAM_BUFFER: usize = 256 << 10;
+/// is full quinn drops its oldest datagrams, so a stalled path or reader resumes with the newest
+/// media, at most this much behind. 256 KiB (about 50 ms at 500 calls) lost 500–850 packets per
+/// 500-call run on the 2-core test machine, silently, while the call-setup burst held up the
+/// reader; 4 MiB lost none (docs/performance.md, "Fourth round").
+pub const DATAGRAM_BUFFER: usize = 4 << 20;
 
 fn transport_config(bidi: u32, uni: u32) -> anyhow::Result<Arc<quinn::TransportConfig>> {
     let mut t = quinn::TransportConfig::default();
@@ -1268,9 +1268,10 @@ mod tests {
         assert_eq!(peer_server_name(&p).unwrap(), "::1");
     }
 
-    /// Media datagrams are real time: a reader that stalls (overloaded, descheduled) must not
-    /// find a backlog of old media when it resumes. Of 2 MiB of numbered datagrams sent while the
-    /// other side reads none, only the newest `DATAGRAM_BUFFER` bytes' worth are delivered.
+    /// Media datagrams are real time: a reader that stalls (overloaded, descheduled) finds at most
+    /// `DATAGRAM_BUFFER` of backlog when it resumes, and it is the newest media. Of four times
+    /// that in numbered datagrams, sent while the other side reads none, only the newest
+    /// `DATAGRAM_BUFFER` bytes' worth are delivered, in order.
     #[tokio::test]
     async fn a_stalled_reader_gets_only_the_newest_datagrams() {
         const SIZE: usize = 200;
@@ -1286,7 +1287,7 @@ mod tests {
             async { ep.connect(addr, "localhost").unwrap().await.unwrap() },
             async { server.accept().await.unwrap().await.unwrap() }
         );
-        let n = (2 << 20) / SIZE;
+        let n = 4 * DATAGRAM_BUFFER / SIZE;
         for i in 0..n {
             let mut b = vec![0u8; SIZE];
             b[..4].copy_from_slice(&(i as u32).to_be_bytes());
@@ -1312,7 +1313,6 @@ mod tests {
         );
         let (first, last) = (got[0], got[got.len() - 1]);
         assert!(first + kept >= n, "datagram {first} of {n} was still held");
-        // Whatever the constant says: most of a 2 MiB backlog is gone.
         assert!(
             first >= n / 2,
             "the reader was handed a backlog from datagram {first} of {n}"
