@@ -42,6 +42,12 @@ const EARLY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200)
 /// Route table key: quinn's `stable_id` of the connection and the Quarter Stream ID.
 type RouteKey = (usize, u64);
 
+/// The route of the datagrams of request stream `stream_id` on `conn`: its Quarter Stream ID is
+/// `stream_id / 4` (RFC 9297).
+fn route_key(conn: &quinn::Connection, stream_id: u64) -> RouteKey {
+    (conn.stable_id(), stream_id / 4)
+}
+
 /// A cheaply clonable handle to the media relay shared by both HTTP/3 drivers and the engine.
 #[derive(Clone)]
 pub struct MediaHub {
@@ -491,8 +497,8 @@ impl MediaHub {
     /// Replaces an earlier binding of the same call.
     pub fn bind_quic(&self, call: CallKey, conn: quinn::Connection, stream_id: u64) {
         let m = self.call(call);
-        let qsid = stream_id / 4;
-        let route = (conn.stable_id(), qsid);
+        let route = route_key(&conn, stream_id);
+        let qsid = route.1;
         let sender = self.sender(&conn);
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
         let mut q = lock(&m.quic);
@@ -531,7 +537,7 @@ impl MediaHub {
     /// until the binding; [`MediaHub::unroute_quic`] undoes this if the CONNECT fails.
     pub fn route_quic(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
         let m = self.call(call);
-        let route = (conn.stable_id(), stream_id / 4);
+        let route = route_key(conn, stream_id);
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
         routes.insert(route, m);
     }
@@ -539,7 +545,7 @@ impl MediaHub {
     /// Removes a route set by [`MediaHub::route_quic`] whose CONNECT failed, unless the call was
     /// bound to it since.
     pub fn unroute_quic(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
-        let route = (conn.stable_id(), stream_id / 4);
+        let route = route_key(conn, stream_id);
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
         let Some(m) = routes.get(&route).filter(|m| m.key == call).cloned() else {
             return;
@@ -575,7 +581,7 @@ impl MediaHub {
     /// Like [`MediaHub::unbind_quic`], but only if the call is still bound to this very stream:
     /// a media stream that ends after the call was re-bound elsewhere must not cut the new one.
     pub fn unbind_quic_stream(&self, call: CallKey, conn: &quinn::Connection, stream_id: u64) {
-        let route = (conn.stable_id(), stream_id / 4);
+        let route = route_key(conn, stream_id);
         let current = lock(&self.inner.calls).get(&call).cloned();
         if current.is_some_and(|m| lock(&m.quic).as_ref().is_some_and(|b| b.route == route)) {
             self.unbind_quic(call);
