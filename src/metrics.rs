@@ -31,6 +31,13 @@ pub enum DropReason {
     Stun,
     /// A telephone-event toward a `dtmf = "info"` leg: it went as SIP INFO instead.
     DtmfAsInfo,
+    /// quinn discarded a received datagram because its receive queue was full (the reader fell
+    /// behind): the oldest queued datagram goes first.
+    QuicRecvQueue,
+    /// quinn discarded a queued datagram to make room for a newer one (the send queue was full:
+    /// congestion control or pacing held the datagrams back). Counted once per datagram that
+    /// found the queue full; equal-sized RTP pushes out exactly one.
+    QuicSendQueue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +47,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -51,6 +58,8 @@ impl DropReason {
         DropReason::IceUnchecked,
         DropReason::Stun,
         DropReason::DtmfAsInfo,
+        DropReason::QuicRecvQueue,
+        DropReason::QuicSendQueue,
     ];
 
     pub fn label(self) -> &'static str {
@@ -65,6 +74,8 @@ impl DropReason {
             DropReason::IceUnchecked => "ice_unchecked",
             DropReason::Stun => "stun",
             DropReason::DtmfAsInfo => "dtmf_as_info",
+            DropReason::QuicRecvQueue => "quic_recv_queue",
+            DropReason::QuicSendQueue => "quic_send_queue",
         }
     }
 }
@@ -180,7 +191,11 @@ impl Metrics {
     }
 
     pub fn media_drop(&self, reason: DropReason) {
-        self.media_dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.media_drops(reason, 1);
+    }
+
+    pub fn media_drops(&self, reason: DropReason, n: u64) {
+        self.media_dropped[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// One RTP packet relayed; the media hot path, so a single relaxed add.

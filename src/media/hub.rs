@@ -39,6 +39,13 @@ use tokio::task::JoinHandle;
 const EARLY_MAX_PACKETS: usize = 10;
 const EARLY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// What quinn counts against a datagram queue per datagram beyond its payload (at most; its
+/// own figure is the size of its `Datagram`, a `Bytes`).
+const DATAGRAM_OVERHEAD: usize = 64;
+
+/// How often a QUIC reader counts the datagrams quinn dropped from its receive queue.
+const RECV_QUEUE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Route table key: quinn's `stable_id` of the connection and the Quarter Stream ID.
 type RouteKey = (usize, u64);
 
@@ -167,10 +174,22 @@ async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Not
         let Some(s) = sender.upgrade() else { break };
         std::mem::swap(&mut batch, &mut *lock(&s.queue));
         metrics.quic_flushes.fetch_add(1, Ordering::Relaxed);
+        // quinn makes room in a full send queue by dropping its oldest datagrams, silently. One
+        // look at the free space per batch tells whether that can happen; only then is each
+        // datagram checked (a datagram that fits the free space drops nothing).
+        let need: usize = batch.iter().map(|(d, _)| d.len() + DATAGRAM_OVERHEAD).sum();
+        let may_drop = need > s.conn.datagram_send_buffer_space();
         for (d, relayed) in batch.drain(..) {
+            let pushes_out = may_drop && d.len() > s.conn.datagram_send_buffer_space();
             match s.conn.send_datagram(d) {
-                Ok(()) if relayed => metrics.rtp_relayed(true),
-                Ok(()) => {}
+                Ok(()) => {
+                    if pushes_out {
+                        metrics.media_drop(DropReason::QuicSendQueue);
+                    }
+                    if relayed {
+                        metrics.rtp_relayed(true);
+                    }
+                }
                 Err(_) => metrics.media_drop(DropReason::QuicSend),
             }
         }
@@ -639,7 +658,22 @@ impl MediaHub {
         let metrics = &self.inner.metrics;
         // SRTP toward the legacy side is written here (one buffer per connection, reused).
         let mut srtp = Vec::with_capacity(poller::RECV_BUF);
-        while let Ok(d) = conn.read_datagram().await {
+        let mut queue = RecvQueueCheck::new(Instant::now());
+        // A datagram the queue check found queued: the next one to handle.
+        let mut ahead = None;
+        loop {
+            let d = match ahead.take() {
+                Some(d) => d,
+                None => match conn.read_datagram().await {
+                    Ok(d) => d,
+                    Err(_) => break,
+                },
+            };
+            queue.read += 1;
+            let now = Instant::now();
+            if now >= queue.next {
+                ahead = queue.check(&conn, now, metrics);
+            }
             let Some(h) = rtp::parse_datagram(&d) else {
                 metrics.media_drop(DropReason::Malformed);
                 continue;
@@ -663,11 +697,9 @@ impl MediaHub {
                     };
                     let (sent, digits) = {
                         let mut leg = lock(&m.leg);
-                        let sent =
-                            leg.on_send(Instant::now(), pkt, &mut srtp)
-                                .map(|(to, bytes)| {
-                                    sock.send_to(bytes, to).map_err(|_| DropReason::UdpSend)
-                                });
+                        let sent = leg.on_send(now, pkt, &mut srtp).map(|(to, bytes)| {
+                            sock.send_to(bytes, to).map_err(|_| DropReason::UdpSend)
+                        });
                         (sent, leg.take_digits())
                     };
                     for (digit, toward_legacy) in digits {
@@ -689,6 +721,9 @@ impl MediaHub {
                 _ => metrics.media_drop(DropReason::Malformed),
             }
         }
+        // Closed, and quinn hands out what it still queued before it reports that: every
+        // datagram it counted was read or dropped.
+        queue.caught_up(conn.stats().frame_rx.datagram, metrics);
         // The connection is gone: its routes can never match again.
         let mut routes = self.inner.routes.write().unwrap_or_else(|e| e.into_inner());
         routes.retain(|k, m| {
@@ -701,6 +736,63 @@ impl MediaHub {
             }
             false
         });
+    }
+}
+
+/// Counts the datagrams quinn dropped from one connection's receive queue (it drops the oldest
+/// when the reader falls behind, and keeps no count of its own). quinn counts every DATAGRAM
+/// frame it accepted. Once that count has been taken and the queue is then seen empty, each
+/// frame in the count was either read here or dropped.
+struct RecvQueueCheck {
+    /// Datagrams taken from quinn's queue.
+    read: u64,
+    /// Drops found so far.
+    dropped: u64,
+    /// When to look next.
+    next: Instant,
+}
+
+impl RecvQueueCheck {
+    fn new(now: Instant) -> Self {
+        RecvQueueCheck {
+            read: 0,
+            dropped: 0,
+            next: now + RECV_QUEUE_CHECK,
+        }
+    }
+
+    /// Counts the drops if quinn's queue is empty; otherwise returns the datagram found there
+    /// (taken, the caller handles it next) and looks again shortly.
+    fn check(
+        &mut self,
+        conn: &quinn::Connection,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> Option<bytes::Bytes> {
+        use futures_util::FutureExt;
+        let accepted = conn.stats().frame_rx.datagram;
+        match conn.read_datagram().now_or_never() {
+            None => {
+                self.caught_up(accepted, metrics);
+                self.next = now + RECV_QUEUE_CHECK;
+                None
+            }
+            Some(Ok(d)) => {
+                self.next = now + std::time::Duration::from_millis(10);
+                Some(d)
+            }
+            // Closed with nothing queued: the next read reports it.
+            Some(Err(_)) => None,
+        }
+    }
+
+    /// `accepted` frames, none of them still queued.
+    fn caught_up(&mut self, accepted: u64, metrics: &Metrics) {
+        let lost = accepted.saturating_sub(self.read);
+        if lost > self.dropped {
+            metrics.media_drops(DropReason::QuicRecvQueue, lost - self.dropped);
+            self.dropped = lost;
+        }
     }
 }
 
@@ -1094,6 +1186,106 @@ mod tests {
         a.bind_quic(call, pair.client_conn.clone(), 4);
         a.unroute_quic(call, &pair.client_conn, 4);
         assert_eq!(a.route_count(), 1, "a bound route stays");
+    }
+
+    fn dropped(metrics: &Metrics, reason: DropReason) -> u64 {
+        metrics.media_dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A 1000-byte datagram of flow RTP on Quarter Stream `qsid`.
+    fn big_datagram(qsid: u64) -> bytes::Bytes {
+        DatagramArena::default()
+            .frame(qsid, FLOW_RTP, &[0x80; 1000])
+            .unwrap()
+    }
+
+    /// quinn drops the oldest datagrams of a full receive queue and counts none of it; the
+    /// reader finds the drops, while the connection is up and exactly once it closed.
+    #[tokio::test]
+    async fn datagrams_quinn_dropped_before_the_reader_ran_are_counted() {
+        // About three times what the 1 MiB receive queue holds.
+        const SENT: u64 = 3000;
+        let pair = crate::media::loopback::quic_pair().await.unwrap();
+        let (b, _rx, metrics) = hub();
+        for _ in 0..SENT {
+            // No route for Quarter Stream 7: each datagram the reader gets is a `no_route` drop.
+            pair.client_conn
+                .send_datagram_wait(big_datagram(7))
+                .await
+                .unwrap();
+        }
+        // Wait until the receiving quinn has taken in all that will arrive (a burst this size
+        // can overflow the kernel's socket buffer: those packets are lost, not counted).
+        let mut accepted = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let now = pair.server_conn.stats().frame_rx.datagram;
+            if now == accepted && now > 0 {
+                break;
+            }
+            accepted = now;
+        }
+        assert!(
+            accepted > 2000,
+            "only {accepted} of {SENT} datagrams arrived"
+        );
+        let reader = tokio::spawn(b.clone().run_quic_reader(pair.server_conn.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        // Read after the reader's first check is due, with the connection up.
+        pair.client_conn.send_datagram(big_datagram(7)).unwrap();
+        let mut live = 0;
+        for _ in 0..200 {
+            live = dropped(&metrics, DropReason::QuicRecvQueue);
+            if live > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let read = dropped(&metrics, DropReason::NoRoute);
+        assert!(live > 0 && read < accepted, "read {read}, dropped {live}");
+        assert_eq!(
+            live + read,
+            accepted + 1,
+            "every datagram read or counted as dropped"
+        );
+        pair.client_conn.close(0u32.into(), b"done");
+        reader.await.unwrap();
+        assert_eq!(
+            dropped(&metrics, DropReason::QuicRecvQueue) + dropped(&metrics, DropReason::NoRoute),
+            accepted + 1,
+            "nothing counted twice at the close"
+        );
+    }
+
+    /// quinn makes room in a full send queue by dropping its oldest datagrams; the flush task
+    /// counts each datagram that pushed one out.
+    #[tokio::test]
+    async fn datagrams_quinn_dropped_from_a_full_send_queue_are_counted() {
+        // One batch of twice what the 1 MiB send queue holds.
+        const SENT: u64 = 2000;
+        let pair = crate::media::loopback::quic_pair().await.unwrap();
+        let (a, _rx, metrics) = hub();
+        let sender = a.sender(&pair.client_conn);
+        let before = pair.client_conn.stats().frame_tx.datagram;
+        for _ in 0..SENT {
+            sender.send(big_datagram(7), false);
+        }
+        // The flush task hands the batch over, then quinn sends what it kept.
+        let full = pair.client_conn.datagram_send_buffer_space();
+        let mut sent = 0;
+        for _ in 0..500 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            sent = pair.client_conn.stats().frame_tx.datagram - before;
+            if metrics.quic_flushes.load(Ordering::Relaxed) > 0
+                && pair.client_conn.datagram_send_buffer_space() == full
+            {
+                break;
+            }
+        }
+        let counted = dropped(&metrics, DropReason::QuicSendQueue);
+        assert!(sent < SENT, "quinn sent all {sent}: the queue never filled");
+        assert_eq!(counted, SENT - sent, "{sent} of {SENT} sent");
+        drop(sender);
     }
 
     #[test]
