@@ -43,6 +43,9 @@ const EARLY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200)
 /// own figure is the size of its `Datagram`, a `Bytes`).
 const DATAGRAM_OVERHEAD: usize = 64;
 
+/// Datagrams a QUIC reader takes from quinn ahead of the one it handles.
+const LOOKAHEAD: usize = 3;
+
 /// How often a QUIC reader counts the datagrams quinn dropped from its receive queue.
 const RECV_QUEUE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -82,6 +85,30 @@ struct LegacySocket {
     call: Weak<CallMedia>,
     /// The RTCP port (`port + 1`) of a leg without rtcp-mux.
     rtcp: bool,
+}
+
+impl poller::Prefetch for LegacySocket {
+    fn prefetch(&self) {
+        // The reference counts, just ahead of the call's state.
+        let p = Weak::as_ptr(&self.call).cast::<u8>();
+        super::prefetch(p.wrapping_sub(2 * std::mem::size_of::<usize>()), 1);
+    }
+
+    fn prefetch_deep(&self, level: u8) {
+        if level == 0 {
+            let p = Weak::as_ptr(&self.call).cast::<u8>();
+            super::prefetch(p, std::mem::size_of::<CallMedia>());
+            return;
+        }
+        if self.rtcp {
+            return;
+        }
+        if let Some(m) = self.call.upgrade() {
+            if let Ok(leg) = m.leg.try_lock() {
+                leg.prefetch_rx(level > 1);
+            }
+        }
+    }
 }
 
 /// The datagrams queued for one QUIC connection.
@@ -649,6 +676,29 @@ impl MediaHub {
         s
     }
 
+    /// Starts loading the state of the call that datagram `d` of connection `conn_id` goes to:
+    /// `level` 0 the call itself, 1 its SRTP sending half, 2 what that half points to. Each
+    /// level is asked a datagram's send (a system call) after the one before it.
+    fn prefetch_call(&self, conn_id: usize, d: &[u8], level: u8) {
+        let Some(h) = rtp::parse_datagram(d) else {
+            return;
+        };
+        let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = routes.get(&(conn_id, h.qsid)) else {
+            return;
+        };
+        if level == 0 {
+            // The reference counts and the call's state behind them.
+            let counts = 2 * std::mem::size_of::<usize>();
+            super::prefetch(
+                Arc::as_ptr(m).cast::<u8>().wrapping_sub(counts),
+                counts + std::mem::size_of::<CallMedia>(),
+            );
+        } else if let Ok(leg) = m.leg.try_lock() {
+            leg.prefetch_tx(level > 1);
+        }
+    }
+
     /// Reads every datagram of one QUIC connection until it closes. Spawn once per connection.
     pub async fn run_quic_reader(self, conn: quinn::Connection) {
         let id = conn.stable_id();
@@ -659,20 +709,41 @@ impl MediaHub {
         // SRTP toward the legacy side is written here (one buffer per connection, reused).
         let mut srtp = Vec::with_capacity(poller::RECV_BUF);
         let mut queue = RecvQueueCheck::new(Instant::now());
-        // A datagram the queue check found queued: the next one to handle.
-        let mut ahead = None;
+        // Datagrams taken from quinn before their turn, so that their calls' state is on its way
+        // into the cache while the ones before them are sent (see [`MediaHub::prefetch_call`]).
+        let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD + 1);
         loop {
-            let d = match ahead.take() {
+            let d = match ahead.pop_front() {
                 Some(d) => d,
                 None => match conn.read_datagram().await {
-                    Ok(d) => d,
+                    Ok(d) => {
+                        queue.read += 1;
+                        d
+                    }
                     Err(_) => break,
                 },
             };
-            queue.read += 1;
+            while ahead.len() < LOOKAHEAD {
+                use futures_util::FutureExt;
+                match conn.read_datagram().now_or_never() {
+                    Some(Ok(next)) => {
+                        queue.read += 1;
+                        self.prefetch_call(id, &next, 0);
+                        ahead.push_back(next);
+                    }
+                    // Nothing queued, or closed: the next read waits or reports it.
+                    _ => break,
+                }
+            }
+            if let Some(next) = ahead.get(1) {
+                self.prefetch_call(id, next, 1);
+            }
+            if let Some(next) = ahead.front() {
+                self.prefetch_call(id, next, 2);
+            }
             let now = Instant::now();
             if now >= queue.next {
-                ahead = queue.check(&conn, now, metrics);
+                ahead.extend(queue.check(&conn, now, metrics));
             }
             let Some(h) = rtp::parse_datagram(&d) else {
                 metrics.media_drop(DropReason::Malformed);
@@ -691,17 +762,23 @@ impl MediaHub {
                         sender.send(d.clone(), false);
                         continue;
                     }
-                    let Some(sock) = m.rtp_socket() else {
+                    // Held for the send: the socket stays open (and its descriptor ours) while
+                    // its registration is in place.
+                    let rtp = lock(&m.rtp);
+                    let Some(reg) = rtp.as_ref() else {
                         metrics.media_drop(DropReason::NoRoute);
                         continue;
                     };
                     let (sent, digits) = {
                         let mut leg = lock(&m.leg);
                         let sent = leg.on_send(now, pkt, &mut srtp).map(|(to, bytes)| {
-                            sock.send_to(bytes, to).map_err(|_| DropReason::UdpSend)
+                            socket2::SockRef::from(&reg.fd())
+                                .send_to(bytes, &to.into())
+                                .map_err(|_| DropReason::UdpSend)
                         });
                         (sent, leg.take_digits())
                     };
+                    drop(rtp);
                     for (digit, toward_legacy) in digits {
                         let _ = self.inner.events.send(MediaEvent::Dtmf {
                             call: m.key,
@@ -778,6 +855,7 @@ impl RecvQueueCheck {
                 None
             }
             Some(Ok(d)) => {
+                self.read += 1;
                 self.next = now + std::time::Duration::from_millis(10);
                 Some(d)
             }
@@ -1186,6 +1264,50 @@ mod tests {
         a.bind_quic(call, pair.client_conn.clone(), 4);
         a.unroute_quic(call, &pair.client_conn, 4);
         assert_eq!(a.route_count(), 1, "a bound route stays");
+    }
+
+    /// The reader takes datagrams from quinn ahead of their turn (to prefetch their calls'
+    /// state); a burst for one call still leaves toward the legacy side whole and in order.
+    #[tokio::test]
+    async fn a_burst_read_ahead_keeps_its_order() {
+        const BURST: u16 = 200;
+        let pair = crate::media::loopback::quic_pair().await.unwrap();
+        let (b, _rx, _) = hub();
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let call = CallKey(9);
+        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        b.apply(MediaCmd::SetRemote {
+            call,
+            rtp: sink.local_addr().unwrap(),
+            rtcp: None,
+            rtcp_mux: true,
+            latching: false,
+        });
+        b.bind_quic(call, pair.server_conn.clone(), 4 * 3);
+        let mut arena = DatagramArena::default();
+        for seq in 0..BURST {
+            let d = arena
+                .frame(3, FLOW_RTP, &rtp::pcmu_packet(seq, 0x5eed))
+                .unwrap();
+            pair.client_conn.send_datagram_wait(d).await.unwrap();
+        }
+        // All queued in quinn before the reader starts: it reads ahead from the first one.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::spawn(b.clone().run_quic_reader(pair.server_conn.clone()));
+        let seqs = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 2048];
+            (0..BURST)
+                .map_while(|_| {
+                    let (n, _) = sink.recv_from(&mut buf).ok()?;
+                    (n >= rtp::RTP_HEADER_LEN).then(|| u16::from_be_bytes([buf[2], buf[3]]))
+                })
+                .collect::<Vec<u16>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(seqs, (0..BURST).collect::<Vec<_>>());
     }
 
     fn dropped(metrics: &Metrics, reason: DropReason) -> u64 {

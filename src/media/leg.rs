@@ -372,6 +372,22 @@ impl LegacyLeg {
 
     /// One datagram from the legacy side. SRTP is decrypted in place: the plain RTP packet
     /// [`Recv::Rtp`] returns is a prefix of `pkt`.
+    /// Starts loading the SRTP state [`LegacyLeg::on_recv`] reads (see
+    /// [`SrtpSession::prefetch_rx`]).
+    pub fn prefetch_rx(&self, deep: bool) {
+        if let Keys::Srtp(s) = &self.keys {
+            s.prefetch_rx(deep);
+        }
+    }
+
+    /// Starts loading the SRTP state [`LegacyLeg::on_send`] reads (see
+    /// [`SrtpSession::prefetch_tx`]).
+    pub fn prefetch_tx(&self, deep: bool) {
+        if let Keys::Srtp(s) = &self.keys {
+            s.prefetch_tx(deep);
+        }
+    }
+
     pub fn on_recv<'a>(&mut self, now: Instant, src: SocketAddr, pkt: &'a mut [u8]) -> Recv<'a> {
         if super::ice::is_stun(pkt) {
             return match self.ice.as_mut() {

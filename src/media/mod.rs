@@ -19,6 +19,27 @@ pub mod srtp;
 
 pub use hub::MediaHub;
 
+/// Asks the CPU to start loading the cache lines of the `bytes` bytes at `p`, so that a later
+/// access does not wait for memory. Only a hint: it changes no result, and any address will do
+/// (a prefetch never faults).
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = (p as usize).wrapping_add(bytes);
+        let mut line = (p as usize) & !63;
+        while line < end {
+            // SAFETY: SSE is part of the x86_64 baseline, and PREFETCHT0 reads no memory
+            // architecturally: it cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            line += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
+
 pub use crate::bridge::secure::{LegCrypto, LegIce, Negotiated};
 use crate::CallKey;
 use std::net::SocketAddr;

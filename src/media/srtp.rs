@@ -377,6 +377,34 @@ impl SrtpSession {
 
     /// Authenticates, checks replay and decrypts `pkt` in place; returns the length of the plain
     /// RTP packet (a prefix of `pkt`). Errors as [`SrtpSession::unprotect_rtp`].
+    /// Starts loading what [`SrtpSession::unprotect_rtp_in_place`] reads: `deep` false, this
+    /// session's receiving half; `deep` true, what that half points to (call it once the half
+    /// itself is likely cached).
+    pub fn prefetch_rx(&self, deep: bool) {
+        if !deep {
+            // Addresses only: reading the fields here would wait for them.
+            super::prefetch(
+                std::ptr::addr_of!(self.rx_cm).cast(),
+                std::mem::size_of::<Option<CmContext>>(),
+            );
+            super::prefetch(std::ptr::addr_of!(self.rx_mki).cast(), 1);
+        } else if let Some(cm) = &self.rx_cm {
+            cm.prefetch_state();
+        }
+    }
+
+    /// As [`SrtpSession::prefetch_rx`], for the sending half ([`SrtpSession::protect_rtp_into`]).
+    pub fn prefetch_tx(&self, deep: bool) {
+        if !deep {
+            super::prefetch(
+                std::ptr::addr_of!(self.tx_cm).cast(),
+                std::mem::size_of::<Option<CmContext>>(),
+            );
+        } else if let Some(cm) = &self.tx_cm {
+            cm.prefetch_state();
+        }
+    }
+
     pub fn unprotect_rtp_in_place(&mut self, pkt: &mut [u8]) -> Result<usize, SdesError> {
         if let Some(cm) = &mut self.rx_cm {
             return cm.unprotect(pkt, self.rx_mki.as_deref());
@@ -623,6 +651,16 @@ struct CmContext {
 }
 
 impl CmContext {
+    /// Starts loading the key schedule and the most recent SSRC's state.
+    fn prefetch_state(&self) {
+        let schedule: *const u8 = match &self.cipher {
+            CmCipher::Aes128(c) => (&**c as *const Aes128Enc).cast(),
+            CmCipher::Aes256(c) => (&**c as *const Aes256Enc).cast(),
+        };
+        super::prefetch(schedule, 256);
+        super::prefetch(self.ssrcs.as_ptr().cast(), std::mem::size_of::<SsrcState>());
+    }
+
     /// The context of `attr`'s master key; `None` for a suite other than AES-CM.
     fn new(attr: &CryptoAttr) -> Result<Option<CmContext>, SdesError> {
         let suite = attr.suite;
