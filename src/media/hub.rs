@@ -711,10 +711,13 @@ impl MediaHub {
         let mut queue = RecvQueueCheck::new(Instant::now());
         // Datagrams taken from quinn before their turn, so that their calls' state is on its way
         // into the cache while the ones before them are sent (see [`MediaHub::prefetch_call`]).
-        let mut ahead = std::collections::VecDeque::with_capacity(LOOKAHEAD + 1);
+        // Each with the prefetch level it gets next: one level per datagram handled, so that
+        // each level's lines had a send's time to arrive before the next level reads them.
+        let mut ahead: std::collections::VecDeque<(bytes::Bytes, u8)> =
+            std::collections::VecDeque::with_capacity(LOOKAHEAD + 1);
         loop {
             let d = match ahead.pop_front() {
-                Some(d) => d,
+                Some((d, _)) => d,
                 None => match conn.read_datagram().await {
                     Ok(d) => {
                         queue.read += 1;
@@ -723,27 +726,32 @@ impl MediaHub {
                     Err(_) => break,
                 },
             };
-            while ahead.len() < LOOKAHEAD {
+            for (next, level) in ahead.iter_mut() {
+                if *level <= 2 {
+                    self.prefetch_call(id, next, *level);
+                    *level += 1;
+                }
+            }
+            // Two at most per datagram handled: a whole refill at once asks for more lines
+            // than the CPU keeps in flight.
+            for _ in 0..2 {
+                if ahead.len() >= LOOKAHEAD {
+                    break;
+                }
                 use futures_util::FutureExt;
                 match conn.read_datagram().now_or_never() {
                     Some(Ok(next)) => {
                         queue.read += 1;
                         self.prefetch_call(id, &next, 0);
-                        ahead.push_back(next);
+                        ahead.push_back((next, 1));
                     }
                     // Nothing queued, or closed: the next read waits or reports it.
                     _ => break,
                 }
             }
-            if let Some(next) = ahead.get(1) {
-                self.prefetch_call(id, next, 1);
-            }
-            if let Some(next) = ahead.front() {
-                self.prefetch_call(id, next, 2);
-            }
             let now = Instant::now();
             if now >= queue.next {
-                ahead.extend(queue.check(&conn, now, metrics));
+                ahead.extend(queue.check(&conn, now, metrics).map(|d| (d, 0)));
             }
             let Some(h) = rtp::parse_datagram(&d) else {
                 metrics.media_drop(DropReason::Malformed);

@@ -256,16 +256,16 @@ impl<T: Clone + Send + Sync + Prefetch + 'static> Shard<T> {
             self.passes.fetch_add(1, Ordering::Relaxed);
             for chunk in events[..n].chunks(CHUNK) {
                 self.entries(chunk, &mut ready);
-                // The first two have no reads ahead of them to hide behind.
+                // The first socket has no read ahead of it to hide behind: it is handled cold.
+                // The second gets its levels one step late.
                 if let Some((_, _, item)) = ready.get(1) {
                     item.prefetch_deep(0);
                 }
-                if let Some((_, _, item)) = ready.first() {
-                    item.prefetch_deep(0);
-                    item.prefetch_deep(1);
-                }
                 for i in 0..ready.len() {
                     for (ahead, level) in [(2, 0), (1, 1), (0, 2)] {
+                        if i + ahead == 0 {
+                            continue;
+                        }
                         if let Some((_, _, item)) = ready.get(i + ahead) {
                             item.prefetch_deep(level);
                         }
