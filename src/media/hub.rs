@@ -1081,6 +1081,26 @@ mod tests {
         (MediaHub::new(&cfg, metrics.clone(), tx), rx, metrics)
     }
 
+    /// A UDP socket standing for the legacy peer, reads timing out after `secs`.
+    fn sink(secs: u64) -> std::net::UdpSocket {
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sink.set_read_timeout(Some(std::time::Duration::from_secs(secs)))
+            .unwrap();
+        sink
+    }
+
+    /// Opens `call`'s legacy leg on `h`, sending plain RTP (rtcp-mux) to `to`.
+    fn open_toward(h: &MediaHub, call: CallKey, to: SocketAddr) {
+        h.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        h.apply(MediaCmd::SetRemote {
+            call,
+            rtp: to,
+            rtcp: None,
+            rtcp_mux: true,
+            latching: false,
+        });
+    }
+
     #[tokio::test]
     async fn bind_failure_is_reported() {
         let (hub, mut rx, _) = hub();
@@ -1156,21 +1176,12 @@ mod tests {
         let pair = crate::media::loopback::quic_pair().await.unwrap();
         let (a, _rx_a, metrics_a) = hub();
         let (b, _rx_b, _) = hub();
-        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sink.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
+        let sink = sink(5);
         let mut inputs = Vec::new();
         for i in 0..CALLS {
             let call = CallKey(100 + i);
             a.apply(MediaCmd::OpenLegacy { call, port: 0 });
-            b.apply(MediaCmd::OpenLegacy { call, port: 0 });
-            b.apply(MediaCmd::SetRemote {
-                call,
-                rtp: sink.local_addr().unwrap(),
-                rtcp: None,
-                rtcp_mux: true,
-                latching: false,
-            });
+            open_toward(&b, call, sink.local_addr().unwrap());
             a.bind_quic(call, pair.client_conn.clone(), 4 * i);
             b.bind_quic(call, pair.server_conn.clone(), 4 * i);
             inputs.push(a.legacy_addr(call).unwrap());
@@ -1221,18 +1232,9 @@ mod tests {
         let pair = crate::media::loopback::quic_pair().await.unwrap();
         let (a, _rx_a, metrics_a) = hub();
         let (b, _rx_b, _) = hub();
-        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sink.set_read_timeout(Some(std::time::Duration::from_secs(3)))
-            .unwrap();
+        let sink = sink(3);
         let call = CallKey(7);
-        a.apply(MediaCmd::OpenLegacy { call, port: 0 });
-        a.apply(MediaCmd::SetRemote {
-            call,
-            rtp: sink.local_addr().unwrap(),
-            rtcp: None,
-            rtcp_mux: true,
-            latching: false,
-        });
+        open_toward(&a, call, sink.local_addr().unwrap());
         b.apply(MediaCmd::OpenLegacy { call, port: 0 });
         // A has sent its CONNECT (stream 0) and not yet read the answer; B has bound.
         a.route_quic(call, &pair.client_conn, 0);
@@ -1281,18 +1283,9 @@ mod tests {
         const BURST: u16 = 200;
         let pair = crate::media::loopback::quic_pair().await.unwrap();
         let (b, _rx, _) = hub();
-        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sink.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
+        let sink = sink(5);
         let call = CallKey(9);
-        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
-        b.apply(MediaCmd::SetRemote {
-            call,
-            rtp: sink.local_addr().unwrap(),
-            rtcp: None,
-            rtcp_mux: true,
-            latching: false,
-        });
+        open_toward(&b, call, sink.local_addr().unwrap());
         b.bind_quic(call, pair.server_conn.clone(), 4 * 3);
         let mut arena = DatagramArena::default();
         for seq in 0..BURST {
