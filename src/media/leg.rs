@@ -75,41 +75,48 @@ enum Keys {
 }
 
 /// The legacy side of one call.
+///
+/// `repr(C)`, fields in this order: what every RTP packet touches comes first, the RTCP
+/// state's own hot part last among them ([`LegacyLeg::HOT_BYTES`]; the relay prefetches them,
+/// ADR 0017).
+#[repr(C)]
 pub struct LegacyLeg {
-    remote: Remote,
-    /// The security last applied, to tell a repeated command from a change.
-    applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     keys: Keys,
-    // Boxed, like `applied`: most legs have neither, and inline they would cost every call
+    remote: Remote,
+    ice: Option<Box<IceAgent>>,
+    // Boxed, like `applied` below: most legs have neither, and inline they would cost every call
     // their full size (about 1.3 KiB together).
     dtls: Option<Box<DtlsEndpoint>>,
-    ice: Option<Box<IceAgent>>,
-    /// A security failure not yet reported to the engine.
-    failure: Option<String>,
     failed: bool,
-    /// ICE state last seen, to log transitions once.
-    ice_state: Option<IceState>,
-    /// RTCP is terminated here: our receive statistics and reports (RFC 3550, RFC 7667 §3.2.2).
-    rtcp: LegRtcp,
-    rtcp_ssrc: u32,
-    clock_rate: u32,
-    /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
-    dtmf_pt: Option<u8>,
     /// RTCP shares the RTP port (RFC 5761).
     mux: bool,
+    /// Telephone-events toward the peer become SIP INFO (the engine sends them).
+    dtmf_as_info: bool,
+    /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
+    dtmf_pt: Option<u8>,
+    /// Keys seen, `true` when on their way to the peer.
+    digits: Vec<(Digit, bool)>,
+    /// RTCP is terminated here: our receive statistics and reports (RFC 3550, RFC 7667 §3.2.2).
+    rtcp: LegRtcp,
+
+    // Not touched per packet from here on.
+    /// The security last applied, to tell a repeated command from a change.
+    applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
+    /// A security failure not yet reported to the engine.
+    failure: Option<String>,
+    /// ICE state last seen, to log transitions once.
+    ice_state: Option<IceState>,
+    rtcp_ssrc: u32,
+    clock_rate: u32,
     /// Reports (plaintext) waiting for [`LegacyLeg::poll_transmit`].
     reports: Vec<Vec<u8>>,
     /// The wall clock at one monotonic instant, for RTCP's NTP timestamps: the leg reads no
     /// clock of its own.
     wall_anchor: (Instant, SystemTime),
-    /// Telephone-events toward the peer become SIP INFO (the engine sends them).
-    dtmf_as_info: bool,
     /// Keys in the peer's telephone-events (for `dtmf` events) ...
     detect_in: DigitDetector,
     /// ... and in those toward it when they go as INFO.
     detect_out: DigitDetector,
-    /// Keys seen, `true` when on their way to the peer.
-    digits: Vec<(Digit, bool)>,
     /// Our own telephone-event stream toward the HTTP/3 side (keys that came as SIP INFO): its
     /// own SSRC, so the relayed stream's numbering is untouched.
     dtmf_out: (u32, u16, u32),
@@ -122,6 +129,11 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
     /// Send from the call's RTCP socket (port + 1): an RTCP report on a leg without rtcp-mux.
     pub from_rtcp_port: bool,
+}
+
+impl LegacyLeg {
+    /// Bytes from the start that the per-packet paths touch.
+    pub const HOT_BYTES: usize = std::mem::offset_of!(LegacyLeg, rtcp) + LegRtcp::HOT_BYTES;
 }
 
 impl LegacyLeg {

@@ -120,32 +120,37 @@ pub struct LegStats {
 
 /// RTCP state of one leg: reception statistics of the peer's stream, transmission counts of
 /// ours, and the report timer.
+///
+/// `repr(C)`, fields in this order: what every RTP packet touches comes first, in as few cache
+/// lines as possible ([`LegRtcp::HOT_BYTES`]; the relay prefetches them, ADR 0017).
 #[derive(Debug)]
+#[repr(C)]
 pub struct LegRtcp {
-    our_ssrc: u32,
-    cname: Bytes,
-    clock_rate: u32,
-    /// Origin of the arrival clock used for jitter (any fixed instant works, A.8 only uses
-    /// differences).
-    epoch: Instant,
-    rng: SmallRng,
-    next_report_at: Instant,
-
     /// The peer's current media source; replaced when the peer changes SSRC.
     source: Option<Source>,
     /// Cumulative loss of the peer's earlier SSRCs on this leg.
     prior_sources_lost: i64,
     packets_received: u64,
-    /// Fraction lost of the last report interval, set when a report block is generated.
-    last_fraction_lost: Option<f32>,
-    /// The peer's last SR, for the LSR/DLSR of our report block about it.
-    last_sr: Option<LastSr>,
+    /// Origin of the arrival clock used for jitter (any fixed instant works, A.8 only uses
+    /// differences).
+    epoch: Instant,
+    clock_rate: u32,
 
     sender: Option<SendState>,
     /// RFC 3550 §6.4: we send an SR if we sent RTP in the current or the previous interval.
     sent_this_interval: bool,
-    sent_prev_interval: bool,
     packets_sent: u64,
+
+    // Not touched per packet from here on.
+    our_ssrc: u32,
+    cname: Bytes,
+    rng: SmallRng,
+    next_report_at: Instant,
+    /// Fraction lost of the last report interval, set when a report block is generated.
+    last_fraction_lost: Option<f32>,
+    /// The peer's last SR, for the LSR/DLSR of our report block about it.
+    last_sr: Option<LastSr>,
+    sent_prev_interval: bool,
 
     rtt_ms: Option<f64>,
     remote: Option<RemoteView>,
@@ -197,6 +202,11 @@ struct RemoteView {
     fraction_lost: f32,
     packets_lost: i64,
     jitter_ms: f64,
+}
+
+impl LegRtcp {
+    /// Bytes from the start that the per-packet paths touch.
+    pub const HOT_BYTES: usize = std::mem::offset_of!(LegRtcp, our_ssrc);
 }
 
 impl LegRtcp {
