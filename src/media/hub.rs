@@ -89,14 +89,12 @@ struct LegacySocket {
 
 impl poller::Prefetch for LegacySocket {
     fn prefetch(&self) {
-        // The reference counts, just ahead of the call's state.
-        let p = Weak::as_ptr(&self.call).cast::<u8>();
-        super::prefetch(p.wrapping_sub(2 * std::mem::size_of::<usize>()), 1);
+        CallMedia::prefetch(Weak::as_ptr(&self.call), 0);
     }
 
     fn prefetch_deep(&self, level: u8) {
         if level == 0 {
-            CallMedia::prefetch(Weak::as_ptr(&self.call));
+            CallMedia::prefetch(Weak::as_ptr(&self.call), CallMedia::HOT_BYTES);
             return;
         }
         if self.rtcp {
@@ -272,14 +270,11 @@ impl CallMedia {
     /// different layout only makes the prefetch miss a line) and the leg's hot part.
     const HOT_BYTES: usize = std::mem::offset_of!(CallMedia, leg) + 8 + LegacyLeg::HOT_BYTES;
 
-    /// Starts loading the per-packet part of the call at `p` (an `Arc`'s or `Weak`'s data
-    /// pointer) and the reference counts ahead of it. Addresses only: `p` need not be live.
-    fn prefetch(p: *const CallMedia) {
+    /// Starts loading the reference counts ahead of the call at `p` (an `Arc`'s or `Weak`'s
+    /// data pointer) and its first `bytes`. Addresses only: `p` need not be live.
+    fn prefetch(p: *const CallMedia, bytes: usize) {
         let counts = 2 * std::mem::size_of::<usize>();
-        super::prefetch(
-            p.cast::<u8>().wrapping_sub(counts),
-            counts + CallMedia::HOT_BYTES,
-        );
+        super::prefetch(p.cast::<u8>().wrapping_sub(counts), counts + bytes);
     }
 
     fn new(key: CallKey, latching: bool) -> Self {
@@ -708,7 +703,7 @@ impl MediaHub {
             return;
         };
         if level == 0 {
-            CallMedia::prefetch(Arc::as_ptr(m));
+            CallMedia::prefetch(Arc::as_ptr(m), CallMedia::HOT_BYTES);
         } else if let Ok(leg) = m.leg.try_lock() {
             leg.prefetch_tx(level > 1);
         }

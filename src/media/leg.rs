@@ -134,9 +134,7 @@ pub struct Transmit {
 impl LegacyLeg {
     /// Bytes from the start that the per-packet paths touch.
     pub const HOT_BYTES: usize = std::mem::offset_of!(LegacyLeg, rtcp) + LegRtcp::HOT_BYTES;
-}
 
-impl LegacyLeg {
     /// `now` and `wall` are the same moment on the monotonic and the wall clock.
     pub fn new(latching: bool, now: Instant, wall: SystemTime) -> LegacyLeg {
         let rtcp_ssrc = rand::random::<u32>();
@@ -382,8 +380,6 @@ impl LegacyLeg {
         }
     }
 
-    /// One datagram from the legacy side. SRTP is decrypted in place: the plain RTP packet
-    /// [`Recv::Rtp`] returns is a prefix of `pkt`.
     /// Starts loading the SRTP state [`LegacyLeg::on_recv`] reads (see
     /// [`SrtpSession::prefetch_rx`]).
     pub fn prefetch_rx(&self, deep: bool) {
@@ -400,6 +396,8 @@ impl LegacyLeg {
         }
     }
 
+    /// One datagram from the legacy side. SRTP is decrypted in place: the plain RTP packet
+    /// [`Recv::Rtp`] returns is a prefix of `pkt`.
     pub fn on_recv<'a>(&mut self, now: Instant, src: SocketAddr, pkt: &'a mut [u8]) -> Recv<'a> {
         if super::ice::is_stun(pkt) {
             return match self.ice.as_mut() {

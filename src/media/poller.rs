@@ -43,7 +43,7 @@ const CHUNK: usize = 16;
 /// needs it, so that it finds the one before it cached.
 pub trait Prefetch {
     /// Starts loading the item's first line, the one cloning it touches (addresses only: no
-    /// reads). Called for up to [`CHUNK`] ready sockets at once.
+    /// reads). Called for a chunk of up to 16 ready sockets at once.
     fn prefetch(&self) {}
     /// Starts loading what the item leads to, `level` 0 to 2 steps away: level 0 three socket
     /// reads ahead of the item's turn, level 1 two ahead, level 2 just before its own read.

@@ -207,9 +207,7 @@ struct RemoteView {
 impl LegRtcp {
     /// Bytes from the start that the per-packet paths touch.
     pub const HOT_BYTES: usize = std::mem::offset_of!(LegRtcp, our_ssrc);
-}
 
-impl LegRtcp {
     /// `our_ssrc`: SSRC used for our reports when we have not sent RTP; `cname`: SDES CNAME
     /// (truncated to 255 octets at a character boundary); `clock_rate` of the negotiated codec
     /// (8000 for G.711; 0 is treated as 8000 rather than dividing by zero).

@@ -375,36 +375,23 @@ impl SrtpSession {
         Ok(out)
     }
 
-    /// Authenticates, checks replay and decrypts `pkt` in place; returns the length of the plain
-    /// RTP packet (a prefix of `pkt`). Errors as [`SrtpSession::unprotect_rtp`].
     /// Starts loading what [`SrtpSession::unprotect_rtp_in_place`] reads: `deep` false, this
     /// session's receiving half; `deep` true, what that half points to (call it once the half
     /// itself is likely cached).
     pub fn prefetch_rx(&self, deep: bool) {
+        CmContext::prefetch(&self.rx_cm, deep);
         if !deep {
-            // Addresses only: reading the fields here would wait for them.
-            super::prefetch(
-                std::ptr::addr_of!(self.rx_cm).cast(),
-                std::mem::size_of::<Option<CmContext>>(),
-            );
             super::prefetch(std::ptr::addr_of!(self.rx_mki).cast(), 1);
-        } else if let Some(cm) = &self.rx_cm {
-            cm.prefetch_state();
         }
     }
 
     /// As [`SrtpSession::prefetch_rx`], for the sending half ([`SrtpSession::protect_rtp_into`]).
     pub fn prefetch_tx(&self, deep: bool) {
-        if !deep {
-            super::prefetch(
-                std::ptr::addr_of!(self.tx_cm).cast(),
-                std::mem::size_of::<Option<CmContext>>(),
-            );
-        } else if let Some(cm) = &self.tx_cm {
-            cm.prefetch_state();
-        }
+        CmContext::prefetch(&self.tx_cm, deep);
     }
 
+    /// Authenticates, checks replay and decrypts `pkt` in place; returns the length of the plain
+    /// RTP packet (a prefix of `pkt`). Errors as [`SrtpSession::unprotect_rtp`].
     pub fn unprotect_rtp_in_place(&mut self, pkt: &mut [u8]) -> Result<usize, SdesError> {
         if let Some(cm) = &mut self.rx_cm {
             return cm.unprotect(pkt, self.rx_mki.as_deref());
@@ -651,7 +638,20 @@ struct CmContext {
 }
 
 impl CmContext {
-    /// Starts loading the key schedule and the most recent SSRC's state.
+    /// Starts loading one half of a session: `deep` false, the half itself (its address only:
+    /// reading it here would wait for it); `deep` true, the key schedule and the most recent
+    /// SSRC's state it points to.
+    fn prefetch(half: &Option<CmContext>, deep: bool) {
+        if !deep {
+            super::prefetch(
+                (half as *const Option<CmContext>).cast(),
+                std::mem::size_of::<Option<CmContext>>(),
+            );
+        } else if let Some(cm) = half {
+            cm.prefetch_state();
+        }
+    }
+
     fn prefetch_state(&self) {
         let schedule: *const u8 = match &self.cipher {
             CmCipher::Aes128(c) => (&**c as *const Aes128Enc).cast(),
