@@ -163,6 +163,31 @@ pub struct Metrics {
     pub quic_send_space: AtomicU64,
     /// That connection's smoothed RTT in microseconds (quinn's estimate; paces its sending).
     pub quic_rtt_us: AtomicU64,
+    /// Answers from a peer gateway held until the call's media stream was bound, by outcome.
+    pub answers_held: [AtomicU64; AnswerHold::ALL.len()],
+}
+
+/// How an answer held for the call's media stream (see `ript::client`) was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerHold {
+    /// The media stream was bound meanwhile.
+    Bound,
+    /// The media stream could not be opened (refused or failed).
+    Failed,
+    /// Still unbound when the hold ran out.
+    Timeout,
+}
+
+impl AnswerHold {
+    pub const ALL: [AnswerHold; 3] = [AnswerHold::Bound, AnswerHold::Failed, AnswerHold::Timeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AnswerHold::Bound => "bound",
+            AnswerHold::Failed => "failed",
+            AnswerHold::Timeout => "timeout",
+        }
+    }
 }
 
 /// Sums over ended calls' legacy legs: a Prometheus summary without quantiles per figure.
@@ -188,6 +213,10 @@ impl Metrics {
             q.rtt_ms_sum += rtt;
             q.rtt_count += 1;
         }
+    }
+
+    pub fn answer_held(&self, outcome: AnswerHold) {
+        self.answers_held[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn media_drop(&self, reason: DropReason) {
@@ -481,6 +510,21 @@ impl Metrics {
             "",
             load(&self.quic_rtt_us),
         );
+
+        header(
+            &mut out,
+            "answers_held_total",
+            "counter",
+            "Answers from a peer gateway held back until the call's media stream was bound, by how the wait ended.",
+        );
+        for o in AnswerHold::ALL {
+            line(
+                &mut out,
+                "answers_held_total",
+                &format!("outcome=\"{}\"", o.label()),
+                load(&self.answers_held[o as usize]),
+            );
+        }
 
         header(
             &mut out,

@@ -12,7 +12,7 @@ use super::h3util::{append_limited, reason_from_body, MAX_BODY, RIPT_PREFIX};
 use super::model::{CallDescription, CallRequest, CallTake, Event, Handler};
 use super::{RiptCmd, RiptEvent};
 use crate::media::MediaHub;
-use crate::metrics::Metrics;
+use crate::metrics::{AnswerHold, Metrics};
 use crate::CallKey;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, Method, Request, StatusCode};
@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// Bound on establishing a peer connection (QUIC handshake plus HTTP/3 SETTINGS).
@@ -39,6 +39,10 @@ const HANDLER_STABLE: Duration = Duration::from_secs(10);
 /// The server pings handler streams every 15 s: three missed pings mean the stream is dead
 /// even when QUIC has not noticed (a middlebox that dropped the flow).
 const HANDLER_IDLE: Duration = Duration::from_secs(45);
+/// Longest an answer (or early media) from the peer waits for the call's media stream to be
+/// bound before it is passed on anyway. The SIP caller starts talking at our 200 OK: before the
+/// binding, its packets could only be held briefly or lost.
+const ANSWER_HOLD: Duration = Duration::from_secs(2);
 
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 type Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -155,9 +159,19 @@ struct ClientCall {
     /// Boxed: the channel's first block holds 32 of them for the call's life.
     put: Option<mpsc::Sender<Box<Event>>>,
     media: Option<AbortHandle>,
+    /// `true` once the current media stream is bound; its sender goes away with the stream's
+    /// task, so a stream that failed or ended ends any wait on it.
+    media_bound: Option<watch::Receiver<bool>>,
 }
 
 impl ClientCall {
+    /// Opens the call's media stream (again) in a task of its own.
+    fn spawn_media(&mut self, client: &Arc<Client>, target: Target) {
+        let (tx, rx) = watch::channel(false);
+        self.media_bound = Some(rx);
+        self.media = Some(tokio::spawn(run_media(client.clone(), target, tx)).abort_handle());
+    }
+
     fn abort_all(&mut self) {
         for h in [self.create.take(), self.get.take(), self.media.take()]
             .into_iter()
@@ -379,7 +393,7 @@ async fn run_setup(client: Arc<Client>, call: CallKey, peer: usize, setup: Setup
     c.get_gen += 1;
     c.get = Some(spawn_get(&client, &target, c.get_gen));
     tokio::spawn(run_put(client.clone(), target.clone(), put_rx));
-    c.media = Some(tokio::spawn(run_media(client.clone(), target)).abort_handle());
+    c.spawn_media(&client, target);
 }
 
 /// The path of an absolute or path-only RIPT URI, without a trailing `/`; `None` when it is not
@@ -757,7 +771,7 @@ fn reopen(client: &Arc<Client>, call: CallKey) {
     }
     // A connection that died took the media stream with it; bind again on the new one.
     if c.media.as_ref().is_none_or(|m| m.is_finished()) {
-        c.media = Some(tokio::spawn(run_media(client.clone(), target)).abort_handle());
+        c.spawn_media(client, target);
     }
 }
 
@@ -797,11 +811,63 @@ async fn run_get(client: &Client, t: &Target) -> Result<(), String> {
     Ok(())
 }
 
-/// Hands the events an events stream brought to the engine, in order.
+/// Hands the events an events stream brought to the engine, in order. An event that lets the
+/// SIP caller talk (an answer, or early media) waits for the call's media stream first.
 async fn emit_events(client: &Client, call: CallKey, events: Vec<Event>) {
     for event in events {
+        if opens_media(&event) {
+            hold_for_media(client, call).await;
+        }
         client.emit(RiptEvent::ClientEvent { call, event }).await;
     }
+}
+
+/// Whether `event` makes the engine answer the SIP caller or open early media toward it.
+fn opens_media(event: &Event) -> bool {
+    event.name == super::model::EventName::Answered || event.media == Some(true)
+}
+
+/// Waits up to [`ANSWER_HOLD`] for the call's media stream to be bound. Under load the peer's
+/// answer can overtake the `200` of our media `CONNECT`; passed on at once, it would let the
+/// caller talk into a call whose packets have nowhere to go yet.
+async fn hold_for_media(client: &Client, call: CallKey) {
+    let Some(rx) = client
+        .calls()
+        .get(&call)
+        .and_then(|c| c.media_bound.clone())
+    else {
+        return;
+    };
+    if let Some(outcome) = wait_bound(rx, ANSWER_HOLD).await {
+        client.ctx.metrics.answer_held(outcome);
+        match outcome {
+            AnswerHold::Bound => {
+                tracing::debug!(call = %call, "answer held until the media stream was bound")
+            }
+            AnswerHold::Failed => {
+                tracing::info!(call = %call, "answer passed on without a media stream (it failed)")
+            }
+            AnswerHold::Timeout => tracing::warn!(
+                call = %call,
+                hold_ms = ANSWER_HOLD.as_millis() as u64,
+                "answer passed on before the media stream was bound"
+            ),
+        }
+    }
+}
+
+/// `None` if `bound` is already `true` (nothing was held); otherwise how the wait ended.
+async fn wait_bound(mut bound: watch::Receiver<bool>, limit: Duration) -> Option<AnswerHold> {
+    if *bound.borrow_and_update() {
+        return None;
+    }
+    Some(
+        match tokio::time::timeout(limit, bound.wait_for(|b| *b)).await {
+            Ok(Ok(_)) => AnswerHold::Bound,
+            Ok(Err(_)) => AnswerHold::Failed,
+            Err(_) => AnswerHold::Timeout,
+        },
+    )
 }
 
 /// Opens an events stream (`GET {path}`) and waits for its `200`. The error is
@@ -907,8 +973,9 @@ async fn open_put(
     Ok((tx, resp_rx))
 }
 
-/// Opens `CONNECT {call}/media` and binds the call's datagrams to it while it stays open.
-async fn run_media(client: Arc<Client>, t: Target) {
+/// Opens `CONNECT {call}/media` and binds the call's datagrams to it while it stays open;
+/// `bound` turns `true` once they are.
+async fn run_media(client: Arc<Client>, t: Target, bound: watch::Sender<bool>) {
     // Opening runs in a box of its own: this future lasts as long as the call and holds only the
     // stream while it waits.
     let (mut s, conn, stream_id) = match Box::pin(open_media(&client, &t)).await {
@@ -918,6 +985,7 @@ async fn run_media(client: Arc<Client>, t: Target) {
             return;
         }
     };
+    bound.send_replace(true);
     // Hold the stream: the binding lives exactly as long as it does.
     while let Ok(Some(_)) = s.recv_data().await {}
     client
@@ -977,6 +1045,50 @@ impl Drop for PreRoute<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ript::model::EventName;
+
+    #[test]
+    fn answers_and_early_media_wait_for_the_media_stream() {
+        assert!(opens_media(&Event::new(EventName::Answered)));
+        let mut early = Event::new(EventName::Proceeding);
+        early.media = Some(true);
+        assert!(opens_media(&early));
+        for name in [EventName::Proceeding, EventName::Alerting, EventName::Ping] {
+            assert!(!opens_media(&Event::new(name.clone())), "{name:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_waits_for_the_binding_up_to_the_hold() {
+        let hold = Duration::from_secs(2);
+        // Bound before the answer came: nothing is held.
+        let (tx, rx) = watch::channel(true);
+        assert_eq!(wait_bound(rx, hold).await, None);
+        drop(tx);
+
+        // Bound during the wait: let through then, not at the end of the hold.
+        let (tx, rx) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        let wait = tokio::spawn(wait_bound(rx, hold));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!wait.is_finished(), "let through before the binding");
+        tx.send_replace(true);
+        assert_eq!(wait.await.unwrap(), Some(AnswerHold::Bound));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+
+        // The media stream failed (its task dropped the sender): no point in waiting on.
+        let (tx, rx) = watch::channel(false);
+        let wait = tokio::spawn(wait_bound(rx, hold));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(tx);
+        assert_eq!(wait.await.unwrap(), Some(AnswerHold::Failed));
+
+        // Never bound: let through when the hold runs out.
+        let (_tx, rx) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        assert_eq!(wait_bound(rx, hold).await, Some(AnswerHold::Timeout));
+        assert_eq!(start.elapsed(), hold);
+    }
 
     #[test]
     fn only_ript_paths_are_used_from_uris() {
