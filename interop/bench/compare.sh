@@ -27,6 +27,10 @@
 #       (A + B count every packet twice: once per hop).
 #     riptide peak RSS per call = (VmHWM at the end - VmRSS idle before the calls) / highest
 #       riptide_calls_active seen, per gateway (/proc/PID/status), at the largest N.
+# (c) floor: examples/udprelay.rs at each N, right after the two systems: one thread, epoll +
+#     recv + sendto per packet and nothing else, driven by its own generator at the same 50
+#     packets/s per call. No relay on kernel UDP sockets costs less per packet; the table gives
+#     both systems' CPU per relayed packet as a multiple of it, measured minutes apart.
 # Defaults: rates 750, 1000, 1250, ... <= 3000 in 15 s steps; 200 then 500 calls held 20 s.
 # --quick: rates 100 and 200 for 5 s, 50 calls held 5 s (checks the harness; not for figures).
 # --table-only: print the table again from the results in interop/out/bench/compare/ (give the
@@ -41,12 +45,13 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
-usage() { sed -n '2,39p' "$0" >&2; exit 2; }
+usage() { sed -n '2,43p' "$0" >&2; exit 2; }
 SELF="$INTEROP_DIR/bench/compare.sh"
 BENCH="$INTEROP_DIR/bench"
 SCN="$BENCH/scenarios"
 RIPTIDE="$REPO_ROOT/target/release/riptide"
 RTPLOAD="$REPO_ROOT/target/release/examples/rtpload"
+UDPRELAY="$REPO_ROOT/target/release/examples/udprelay"
 DIR="$OUT_DIR/bench/compare"
 
 # Every port of the anchor, chosen clear of the pair (5070/5072/5080 SIP, 4433/4434, 9070/9072,
@@ -60,6 +65,10 @@ RTPE_MAX=49999
 UAS_PORT=5080
 UAC_PORT=5090
 EPHEMERAL="50000 60999"
+# The floor relay's sockets (from 61000) and its generator's (from 62500): above the ephemeral
+# range, for up to 1500 calls.
+FLOOR_BASE=61000
+FLOOR_PEER_BASE=62500
 KAM_CHILDREN=4
 
 # ================================================================================================
@@ -498,6 +507,27 @@ media_run() {
     grep -h 'call(s) failed' "$d/uac.stderr" "$d/uas.stderr" | sed 's/^/  /' || true
 }
 
+# floor_run N: examples/udprelay.rs relaying N calls' worth of packets (see (c) above).
+floor_run() {
+    local calls="$1" d="$DIR/media/floor-$1" gen_pid out gen
+    mkdir -p "$d"
+    [ "$calls" -le 1500 ] || { echo "floor: skipped at $calls calls (ports for 1500 at most)"; return 0; }
+    log "floor: bare UDP relay, $calls calls, ${MEDIA_HOLD}s measured after 3 s"
+    "$UDPRELAY" gen --calls "$calls" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
+        --secs $((MEDIA_HOLD + 5)) >"$d/gen.stdout" 2>"$d/gen.stderr" &
+    gen_pid=$!
+    out="$("$UDPRELAY" relay --calls "$calls" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
+        --warm 3 --secs "$MEDIA_HOLD" 2>"$d/relay.stderr")" || true
+    wait "$gen_pid" || true
+    gen="$(cat "$d/gen.stdout")"
+    [ -n "$out" ] || { echo "floor: udprelay printed nothing ($(tail -n 3 "$d/relay.stderr" "$d/gen.stderr"))"; return 0; }
+    {
+        echo "sys=floor"; echo "calls=$calls"; echo "cpu_us=$(kv "$out" cpu_us)"
+        echo "packets=$(kv "$out" packets)"; echo "cpu_per_packet=$(kv "$out" us_per_packet)"
+    } >"$d/result"
+    echo "media floor calls=$calls $out; $gen"
+}
+
 phase_media() {
     local calls i=0
     for calls in $CALLS_LIST; do
@@ -506,6 +536,7 @@ phase_media() {
         else
             media_run riptide "$calls"; media_run anchor "$calls"
         fi
+        floor_run "$calls"
         i=$((i + 1))
     done
 }
@@ -526,7 +557,7 @@ per_packet() {
 ratio() { awk -v r="$1" -v a="$2" 'BEGIN { if (a + 0 > 0 && r + 0 > 0) printf "%.2fx\n", r / a; else print "n/a" }'; }
 
 print_table() {
-    local a r fa fr cpsa cpsr calls d
+    local a r f fa fr cpsa cpsr calls d
     echo
     echo "== compare.sh: riptide pair vs Kamailio+rtpengine, one run, $(date -u -r "$DIR/environment" +%Y-%m-%dT%H:%MZ), $(nproc) cores, riptide built $(sed -n 's/^riptide: .* built \([^,]*\),.*/\1/p' "$DIR/bin/versions") =="
     printf '%-44s %20s %20s %15s\n' "" "Kamailio+rtpengine" "riptide pair" "riptide/anchor"
@@ -552,6 +583,12 @@ print_table() {
             a="$(per_packet "$fa" inout)"; r="$(per_packet "$fr" inout)"
             printf '%-44s %20s %20s %15s\n' "CPU us per packet in or out, $calls calls" "$a" "$r" "$(ratio "$r" "$a")"
         done
+        for calls in $CALLS_LIST; do
+            f="$(res "$DIR/media/floor-$calls/result" cpu_per_packet)"
+            [ -n "$f" ] || continue
+            a="$(per_packet "$DIR/media/anchor-$calls/result" relayed)"; r="$(per_packet "$DIR/media/riptide-$calls/result" relayed)"
+            printf '%-44s %20s %20s\n' "per relayed packet / floor ($f us), $calls calls" "$(ratio "$a" "$f")" "$(ratio "$r" "$f")"
+        done
         calls="${CALLS_LIST##* }"; d="$DIR/media/riptide-$calls/result"
         printf '%-44s %20s %20s\n' "riptide peak RSS per call, $calls calls" "" \
             "$(res "$d" rss_pair) KB"
@@ -564,7 +601,7 @@ print_table() {
     fi
     local how="how:"
     [ "$ONLY" = media ] || how="$how call rate = SIPp cmp_call_uac.xml -> cmp_call_uas.xml (INVITE with PCMU SDP, 200 with SDP, ACK, 1 s hold, BYE; no RTP), highest rate of ${CPS_START}+k*${CPS_STEP}/s with 0 failed calls (attempted - SuccessfulCall(C));"
-    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s; anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B;"
+    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s; anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B; floor = examples/udprelay.rs (one thread: epoll, recv, sendto per packet, nothing else; its own generator at 50 packets/s per call), CPU per packet it relayed;"
     echo "$how logging warnings only on all three. Raw logs: $DIR"
 }
 
@@ -604,7 +641,7 @@ inner() {
 # ================================================================================================
 
 if [ "${1:-}" = --inner ]; then
-    RIPTIDE="$DIR/bin/riptide"; RTPLOAD="$DIR/bin/rtpload"
+    RIPTIDE="$DIR/bin/riptide"; RTPLOAD="$DIR/bin/rtpload"; UDPRELAY="$DIR/bin/udprelay"
     inner
     exit 0
 fi
@@ -672,21 +709,25 @@ if [ "$BUILD" = 1 ]; then
         newer="$(find "$REPO_ROOT/examples/rtpload.rs" "$REPO_ROOT/src/media/srtp.rs" "$REPO_ROOT/src/sip/msg.rs" \
             "$REPO_ROOT/Cargo.toml" "$REPO_ROOT/Cargo.lock" -newer "$RTPLOAD" -print -quit 2>/dev/null || true)"
     fi
-    if [ ! -x "$RTPLOAD" ] || [ -n "$newer" ]; then
-        log "building rtpload (cargo build --release --locked --example rtpload)"
-        (cd "$REPO_ROOT" && cargo build --release --locked --example rtpload) >"$OUT_DIR/build-rtpload.log" 2>&1 || {
+    if [ -x "$UDPRELAY" ] && [ -z "$newer" ]; then
+        newer="$(find "$REPO_ROOT/examples/udprelay.rs" -newer "$UDPRELAY" -print -quit 2>/dev/null || true)"
+    fi
+    if [ ! -x "$RTPLOAD" ] || [ ! -x "$UDPRELAY" ] || [ -n "$newer" ]; then
+        log "building rtpload and udprelay (cargo build --release --locked --example rtpload --example udprelay)"
+        (cd "$REPO_ROOT" && cargo build --release --locked --example rtpload --example udprelay) >"$OUT_DIR/build-rtpload.log" 2>&1 || {
             tail -n 40 "$OUT_DIR/build-rtpload.log" >&2
-            die "cargo build --release --example rtpload failed (full log: $OUT_DIR/build-rtpload.log)"
+            die "cargo build --release --example rtpload --example udprelay failed (full log: $OUT_DIR/build-rtpload.log)"
         }
     fi
 fi
 [ -x "$RIPTIDE" ] || die "no riptide binary at $RIPTIDE (run without --no-build, or cargo build --release)"
 [ -x "$RTPLOAD" ] || die "no rtpload binary at $RTPLOAD (run without --no-build, or cargo build --release --example rtpload)"
+[ -x "$UDPRELAY" ] || die "no udprelay binary at $UDPRELAY (run without --no-build, or cargo build --release --example udprelay)"
 
 rm -rf "$DIR"; mkdir -p "$DIR/bin"
 # Run private copies: a cargo build by someone else during the run would otherwise swap the
 # binary between steps, and the steps must all measure the same build.
-cp "$RIPTIDE" "$DIR/bin/riptide"; cp "$RTPLOAD" "$DIR/bin/rtpload"
+cp "$RIPTIDE" "$DIR/bin/riptide"; cp "$RTPLOAD" "$DIR/bin/rtpload"; cp "$UDPRELAY" "$DIR/bin/udprelay"
 {
     echo "riptide: $RIPTIDE built $(date -u -r "$RIPTIDE" +%FT%TZ), sha256 $(sha256sum "$RIPTIDE" | cut -c1-16)"
     echo "rtpload: $RTPLOAD built $(date -u -r "$RTPLOAD" +%FT%TZ), sha256 $(sha256sum "$RTPLOAD" | cut -c1-16)"
