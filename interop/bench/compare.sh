@@ -28,9 +28,10 @@
 #     riptide peak RSS per call = (VmHWM at the end - VmRSS idle before the calls) / highest
 #       riptide_calls_active seen, per gateway (/proc/PID/status), at the largest N.
 # (c) floor: examples/udprelay.rs at each N, right after the two systems: one thread, epoll +
-#     recv + sendto per packet and nothing else, driven by its own generator at the same 50
-#     packets/s per call. No relay on kernel UDP sockets costs less per packet; the table gives
-#     both systems' CPU per relayed packet as a multiple of it, measured minutes apart.
+#     recv + sendto per packet and nothing else, on 2N sockets at 50 packets/s each (the packet
+#     rate both systems relay for N calls), driven by its own generator. No relay on kernel UDP
+#     sockets costs less per packet; the table gives both systems' CPU per relayed packet as a
+#     multiple of it, measured minutes apart.
 # Defaults: rates 750, 1000, 1250, ... <= 3000 in 15 s steps; 200 then 500 calls held 20 s.
 # --quick: rates 100 and 200 for 5 s, 50 calls held 5 s (checks the harness; not for figures).
 # --table-only: print the table again from the results in interop/out/bench/compare/ (give the
@@ -45,7 +46,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
-usage() { sed -n '2,43p' "$0" >&2; exit 2; }
+usage() { sed -n '2,44p' "$0" >&2; exit 2; }
 SELF="$INTEROP_DIR/bench/compare.sh"
 BENCH="$INTEROP_DIR/bench"
 SCN="$BENCH/scenarios"
@@ -65,10 +66,10 @@ RTPE_MAX=49999
 UAS_PORT=5080
 UAC_PORT=5090
 EPHEMERAL="50000 60999"
-# The floor relay's sockets (from 61000) and its generator's (from 62500): above the ephemeral
-# range, for up to 1500 calls.
-FLOOR_BASE=61000
-FLOOR_PEER_BASE=62500
+# The floor relay's sockets (from 20000) and its generator's (from 30000): the two systems'
+# media ranges, free while the floor runs alone; room for 2N = 10000 sockets.
+FLOOR_BASE=20000
+FLOOR_PEER_BASE=30000
 KAM_CHILDREN=4
 
 # ================================================================================================
@@ -509,14 +510,14 @@ media_run() {
 
 # floor_run N: examples/udprelay.rs relaying N calls' worth of packets (see (c) above).
 floor_run() {
-    local calls="$1" d="$DIR/media/floor-$1" gen_pid out gen
+    local calls="$1" d="$DIR/media/floor-$1" gen_pid out gen socks=$((2 * $1))
     mkdir -p "$d"
-    [ "$calls" -le 1500 ] || { echo "floor: skipped at $calls calls (ports for 1500 at most)"; return 0; }
-    log "floor: bare UDP relay, $calls calls, ${MEDIA_HOLD}s measured after 3 s"
-    "$UDPRELAY" gen --calls "$calls" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
+    [ "$socks" -le 10000 ] || { echo "floor: skipped at $calls calls (ports for 5000 at most)"; return 0; }
+    log "floor: bare UDP relay, $socks sockets (the packet rate of $calls calls), ${MEDIA_HOLD}s measured after 3 s"
+    "$UDPRELAY" gen --calls "$socks" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
         --secs $((MEDIA_HOLD + 5)) >"$d/gen.stdout" 2>"$d/gen.stderr" &
     gen_pid=$!
-    out="$("$UDPRELAY" relay --calls "$calls" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
+    out="$("$UDPRELAY" relay --calls "$socks" --base "$FLOOR_BASE" --peer-base "$FLOOR_PEER_BASE" \
         --warm 3 --secs "$MEDIA_HOLD" 2>"$d/relay.stderr")" || true
     wait "$gen_pid" || true
     gen="$(cat "$d/gen.stdout")"
@@ -601,7 +602,7 @@ print_table() {
     fi
     local how="how:"
     [ "$ONLY" = media ] || how="$how call rate = SIPp cmp_call_uac.xml -> cmp_call_uas.xml (INVITE with PCMU SDP, 200 with SDP, ACK, 1 s hold, BYE; no RTP), highest rate of ${CPS_START}+k*${CPS_STEP}/s with 0 failed calls (attempted - SuccessfulCall(C));"
-    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s; anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B; floor = examples/udprelay.rs (one thread: epoll, recv, sendto per packet, nothing else; its own generator at 50 packets/s per call), CPU per packet it relayed;"
+    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s; anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B; floor = examples/udprelay.rs (one thread: epoll, recv, sendto per packet, nothing else) on 2N sockets at 50 packets/s each from its own generator, CPU per packet it relayed;"
     echo "$how logging warnings only on all three. Raw logs: $DIR"
 }
 
