@@ -101,6 +101,14 @@ dropped() {
         END { for (r in d) print r, d[r] }' || true
 }
 
+# held GW: riptide_answers_held_total as "outcome=N ..." (answers held until the media stream
+# was bound; each gateway starts fresh with its run, so these are the run's own).
+held() {
+    curl -fsS --max-time 3 "$(metrics_url "$1")" 2>/dev/null | awk '
+        /^riptide_answers_held_total\{/ { if (match($1, /outcome="[^"]*"/)) { printf "%s%s=%.0f", sep, substr($1, RSTART + 9, RLENGTH - 10), $NF; sep = " " } }
+        END { print "" }' || true
+}
+
 # drop_delta BEFORE AFTER: "reason=delta ..." for the reasons that moved, or "none".
 drop_delta() {
     awk 'NR == FNR { b[$1] = $2; next } { v = $2 - b[$1]; if (v != 0) { printf "%s%s=%.0f", sep, $1, v; sep = " " } }
@@ -479,6 +487,7 @@ media_run() {
             dropped "$g" >"$d/dropped-$g.after"
             own_how="$own_how; riptide_media_packets_dropped_total $g: $(drop_delta "$d/dropped-$g.before" "$d/dropped-$g.after")"
         done
+        own_how="$own_how; riptide_answers_held_total a: $(held a)"
         rss_line="riptide RSS:"
         for g in a b; do
             hwm="$(status_kb "$(pair_pid "$g")" VmHWM)"
