@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 
 /// Bound on establishing a peer connection (QUIC handshake plus HTTP/3 SETTINGS).
@@ -159,15 +159,16 @@ struct ClientCall {
     /// Boxed: the channel's first block holds 32 of them for the call's life.
     put: Option<mpsc::Sender<Box<Event>>>,
     media: Option<AbortHandle>,
-    /// `true` once the current media stream is bound; its sender goes away with the stream's
-    /// task, so a stream that failed or ended ends any wait on it.
-    media_bound: Option<watch::Receiver<bool>>,
+    /// Fires once the current media stream is bound; its sender goes away with the stream's
+    /// task, so a stream that failed ends any wait on it. Taken by the first event that waits
+    /// on it (one oneshot per stream: nothing stays allocated once the call is answered).
+    media_bound: Option<oneshot::Receiver<()>>,
 }
 
 impl ClientCall {
     /// Opens the call's media stream (again) in a task of its own.
     fn spawn_media(&mut self, client: &Arc<Client>, target: Target) {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = oneshot::channel();
         self.media_bound = Some(rx);
         self.media = Some(tokio::spawn(run_media(client.clone(), target, tx)).abort_handle());
     }
@@ -833,8 +834,8 @@ fn opens_media(event: &Event) -> bool {
 async fn hold_for_media(client: &Client, call: CallKey) {
     let Some(rx) = client
         .calls()
-        .get(&call)
-        .and_then(|c| c.media_bound.clone())
+        .get_mut(&call)
+        .and_then(|c| c.media_bound.take())
     else {
         return;
     };
@@ -856,18 +857,18 @@ async fn hold_for_media(client: &Client, call: CallKey) {
     }
 }
 
-/// `None` if `bound` is already `true` (nothing was held); otherwise how the wait ended.
-async fn wait_bound(mut bound: watch::Receiver<bool>, limit: Duration) -> Option<AnswerHold> {
-    if *bound.borrow_and_update() {
-        return None;
+/// `None` if nothing was held: the stream was bound already, or had already failed.
+/// Otherwise how the wait ended.
+async fn wait_bound(mut bound: oneshot::Receiver<()>, limit: Duration) -> Option<AnswerHold> {
+    match bound.try_recv() {
+        Ok(()) | Err(oneshot::error::TryRecvError::Closed) => return None,
+        Err(oneshot::error::TryRecvError::Empty) => {}
     }
-    Some(
-        match tokio::time::timeout(limit, bound.wait_for(|b| *b)).await {
-            Ok(Ok(_)) => AnswerHold::Bound,
-            Ok(Err(_)) => AnswerHold::Failed,
-            Err(_) => AnswerHold::Timeout,
-        },
-    )
+    Some(match tokio::time::timeout(limit, bound).await {
+        Ok(Ok(())) => AnswerHold::Bound,
+        Ok(Err(_)) => AnswerHold::Failed,
+        Err(_) => AnswerHold::Timeout,
+    })
 }
 
 /// Opens an events stream (`GET {path}`) and waits for its `200`. The error is
@@ -974,8 +975,8 @@ async fn open_put(
 }
 
 /// Opens `CONNECT {call}/media` and binds the call's datagrams to it while it stays open;
-/// `bound` turns `true` once they are.
-async fn run_media(client: Arc<Client>, t: Target, bound: watch::Sender<bool>) {
+/// `bound` fires once they are.
+async fn run_media(client: Arc<Client>, t: Target, bound: oneshot::Sender<()>) {
     // Opening runs in a box of its own: this future lasts as long as the call and holds only the
     // stream while it waits.
     let (mut s, conn, stream_id) = match Box::pin(open_media(&client, &t)).await {
@@ -985,7 +986,8 @@ async fn run_media(client: Arc<Client>, t: Target, bound: watch::Sender<bool>) {
             return;
         }
     };
-    bound.send_replace(true);
+    // The answer may have stopped waiting (timed out) already.
+    let _ = bound.send(());
     // Hold the stream: the binding lives exactly as long as it does.
     while let Ok(Some(_)) = s.recv_data().await {}
     client
@@ -1058,33 +1060,97 @@ mod tests {
         }
     }
 
+    /// The events reader hands the engine an answer only once the call's media stream is
+    /// bound; events that do not let the caller talk are not held.
+    #[tokio::test(start_paused = true)]
+    async fn the_engine_gets_the_answer_once_the_media_stream_is_bound() {
+        let metrics = Arc::new(Metrics::default());
+        let (media_tx, _media_rx) = mpsc::unbounded_channel();
+        let media = MediaHub::new(
+            &crate::config::MediaConfig::default(),
+            metrics.clone(),
+            media_tx,
+        );
+        let (events, mut engine) = mpsc::channel(8);
+        let client = Arc::new(Client {
+            ctx: ClientCtx {
+                peers: Vec::new(),
+                media,
+                metrics: metrics.clone(),
+                events,
+            },
+            endpoint: quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
+            peers: Vec::new(),
+            calls: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
+        });
+        let call = CallKey(7);
+        let (bound, rx) = oneshot::channel();
+        client.calls().insert(
+            call,
+            ClientCall {
+                media_bound: Some(rx),
+                ..ClientCall::default()
+            },
+        );
+        let c = client.clone();
+        let reader = tokio::spawn(async move {
+            let evs = vec![
+                Event::new(EventName::Alerting),
+                Event::new(EventName::Answered),
+            ];
+            emit_events(&c, call, evs).await;
+        });
+        let name = |e: RiptEvent| match e {
+            RiptEvent::ClientEvent { event, .. } => event.name,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(name(engine.recv().await.unwrap()), EventName::Alerting);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            engine.try_recv().is_err(),
+            "answer passed on before the binding"
+        );
+        bound.send(()).unwrap();
+        assert_eq!(name(engine.recv().await.unwrap()), EventName::Answered);
+        reader.await.unwrap();
+        let held = |o: AnswerHold| {
+            metrics.answers_held[o as usize].load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!((held(AnswerHold::Bound), held(AnswerHold::Timeout)), (1, 0));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_answer_waits_for_the_binding_up_to_the_hold() {
         let hold = Duration::from_secs(2);
-        // Bound before the answer came: nothing is held.
-        let (tx, rx) = watch::channel(true);
+        // Bound before the answer came, or failed before it: nothing is held.
+        let (tx, rx) = oneshot::channel();
+        tx.send(()).unwrap();
         assert_eq!(wait_bound(rx, hold).await, None);
+        let (tx, rx) = oneshot::channel::<()>();
         drop(tx);
+        assert_eq!(wait_bound(rx, hold).await, None);
 
         // Bound during the wait: let through then, not at the end of the hold.
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = oneshot::channel();
         let start = tokio::time::Instant::now();
         let wait = tokio::spawn(wait_bound(rx, hold));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!wait.is_finished(), "let through before the binding");
-        tx.send_replace(true);
+        tx.send(()).unwrap();
         assert_eq!(wait.await.unwrap(), Some(AnswerHold::Bound));
         assert_eq!(start.elapsed(), Duration::from_millis(300));
 
-        // The media stream failed (its task dropped the sender): no point in waiting on.
-        let (tx, rx) = watch::channel(false);
+        // The media stream failed during the wait (its task dropped the sender): no point in
+        // waiting on.
+        let (tx, rx) = oneshot::channel::<()>();
         let wait = tokio::spawn(wait_bound(rx, hold));
         tokio::time::sleep(Duration::from_millis(10)).await;
         drop(tx);
         assert_eq!(wait.await.unwrap(), Some(AnswerHold::Failed));
 
         // Never bound: let through when the hold runs out.
-        let (_tx, rx) = watch::channel(false);
+        let (_tx, rx) = oneshot::channel::<()>();
         let start = tokio::time::Instant::now();
         assert_eq!(wait_bound(rx, hold).await, Some(AnswerHold::Timeout));
         assert_eq!(start.elapsed(), hold);
