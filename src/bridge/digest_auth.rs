@@ -186,6 +186,8 @@ impl Engine {
         let secs = self.digest.secs(now);
         let request_uri = req.uri.to_string();
         let verdict = match &creds {
+            // A locked address gets no new nonce either.
+            None if self.digest.server.source_locked(m.src.ip(), secs) => Check::SourceLocked,
             None => Check::Challenge {
                 stale: false,
                 why: "no credentials",
@@ -223,6 +225,13 @@ impl Engine {
             }
             Check::Locked { user } => {
                 warn!(src = %m.src, %trunk, %user, "digest: user locked out after repeated failures: 403");
+                self.respond(now, m, 403, "Forbidden", Some(&tag), &Extra::none());
+                self.count_rejected();
+                false
+            }
+            Check::SourceLocked => {
+                let user = creds.as_ref().map_or("-", |c| c.username.as_str());
+                warn!(src = %m.src, %trunk, %user, "digest: source address locked out after repeated failures: 403");
                 self.respond(now, m, 403, "Forbidden", Some(&tag), &Extra::none());
                 self.count_rejected();
                 false

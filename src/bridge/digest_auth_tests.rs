@@ -269,6 +269,51 @@ fn a_wrong_password_is_challenged_again_and_ten_lock_the_user_out() {
 }
 
 #[test]
+fn an_address_that_tries_many_names_is_locked_out_whatever_it_sends() {
+    let mut s = Sim::with(cfg());
+    let mut call = 0;
+    let mut attempt = |s: &mut Sim, user: &str, pw: &str| -> String {
+        call += 1;
+        let (b1, b2, cid) = (
+            format!("z9hG4bKs{call}a"),
+            format!("z9hG4bKs{call}b"),
+            format!("cid-s{call}"),
+        );
+        let resp = challenged(s, &b1, &cid);
+        let auth = authorization(&resp, Algorithm::Sha256, user, pw, 1);
+        s.sip(&invite(&b2, &cid, 2, &[auth]), CALLER);
+        let out = s.take();
+        if created(&out) {
+            return "call".into();
+        }
+        let msgs = sip_texts(&out);
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        msgs[0].lines().next().unwrap().to_string()
+    };
+    // One wrong guess each for 29 names: no name reaches its own lockout.
+    for i in 1..digest::MAX_SOURCE_FAILURES {
+        assert_eq!(
+            attempt(&mut s, &format!("user{i}"), "guess"),
+            "SIP/2.0 401 Unauthorized",
+            "try {i}"
+        );
+    }
+    assert_eq!(
+        attempt(&mut s, "user30", "guess"),
+        "SIP/2.0 403 Forbidden",
+        "the 30th"
+    );
+    // Locked: no new challenge, and a configured user's right password gets 403 too.
+    s.sip(&invite("z9hG4bKs-none", "cid-s-none", 1, &[]), CALLER);
+    let msgs = sip_texts(&s.take());
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].starts_with("SIP/2.0 403 Forbidden"), "{}", msgs[0]);
+    s.advance(Duration::from_secs(LOCKOUT + 1));
+    s.take(); // retransmitted 401s nobody ACKed
+    assert_eq!(attempt(&mut s, "alice", "s3cret"), "call");
+}
+
+#[test]
 fn a_replayed_nc_is_challenged_again() {
     let mut s = Sim::with(cfg());
     let resp = challenged(&mut s, "z9hG4bKa1", "cid-1");

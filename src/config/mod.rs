@@ -107,7 +107,8 @@ pub struct SipConfig {
     /// own. Default: none.
     pub digest_realm: Option<String>,
     /// Seconds a user stays locked out (403) after 10 wrong Digest responses within this
-    /// time of each other. Default: 300.
+    /// time of each other, and a source address after 30 (whatever users they name).
+    /// Default: 300.
     pub digest_lockout_secs: u64,
 }
 

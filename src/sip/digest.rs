@@ -33,6 +33,13 @@ const MAX_FAILING_USERS: usize = 16_384;
 
 /// Wrong responses for one user, within the lockout time of each other, that lock it (IN-04).
 pub const MAX_FAILURES: u32 = 10;
+/// Wrong responses from one source address, within the lockout time of each other, that lock
+/// the address (IN-04): a client that tries many user names stays under each name's
+/// [`MAX_FAILURES`], not under this.
+pub const MAX_SOURCE_FAILURES: u32 = 30;
+/// Source addresses whose failures are tracked at most; past it, new addresses are not tracked
+/// until old records expire.
+const MAX_FAILING_SOURCES: usize = 16_384;
 /// Nonces whose highest `nc` is remembered at most.
 pub const NC_TABLE_SIZE: usize = 8192;
 
@@ -692,6 +699,9 @@ pub enum Check {
     Challenge { stale: bool, why: &'static str },
     /// The user is locked out (403); from the attempt that reached [`MAX_FAILURES`] on.
     Locked { user: String },
+    /// The client's address is locked out (403), whatever user it names; from the attempt that
+    /// reached [`MAX_SOURCE_FAILURES`] on.
+    SourceLocked,
 }
 
 #[derive(Debug)]
@@ -699,6 +709,43 @@ struct Failures {
     count: u32,
     since: u64,
     locked_until: Option<u64>,
+}
+
+impl Failures {
+    /// Counts one more failure at `now`, the count starting over once `lockout` has passed
+    /// since its first; true when it reaches `max` (and locks for `lockout`).
+    fn add(&mut self, now: u64, lockout: u64, max: u32) -> bool {
+        if now.saturating_sub(self.since) > lockout {
+            self.count = 0;
+            self.since = now;
+        }
+        self.count += 1;
+        if self.count >= max {
+            self.locked_until = Some(now.saturating_add(lockout));
+        }
+        self.count >= max
+    }
+
+    /// Whether the record still matters at `now`: a lock in force, or failures that can still
+    /// add up to one.
+    fn live(&self, now: u64, lockout: u64) -> bool {
+        match self.locked_until {
+            Some(until) => now < until,
+            None => now.saturating_sub(self.since) <= lockout,
+        }
+    }
+}
+
+/// The lock of `key` in `map` if one is in force at `now`; an expired lock is forgotten.
+fn locked<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Failures>, key: &K, now: u64) -> bool {
+    match map.get(key).and_then(|f| f.locked_until) {
+        Some(until) if now < until => true,
+        Some(_) => {
+            map.remove(key);
+            false
+        }
+        None => false,
+    }
 }
 
 /// Server side: nonce minting and checking, nc tracking and lockouts. One per process.
@@ -713,6 +760,8 @@ pub struct Server {
     nc_floor: Option<u64>,
     /// (realm, user) → recent failures.
     failures: HashMap<(String, String), Failures>,
+    /// Client address → recent failures, whatever user they named.
+    source_failures: HashMap<IpAddr, Failures>,
 }
 
 impl fmt::Debug for Server {
@@ -720,6 +769,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("nonces", &self.nc.len())
             .field("failing_users", &self.failures.len())
+            .field("failing_sources", &self.source_failures.len())
             .finish_non_exhaustive()
     }
 }
@@ -736,6 +786,7 @@ impl Server {
             nc_capacity: NC_TABLE_SIZE,
             nc_floor: None,
             failures: HashMap::new(),
+            source_failures: HashMap::new(),
         }
     }
 
@@ -821,30 +872,31 @@ impl Server {
         client: IpAddr,
     ) -> Check {
         let challenge = |why| Check::Challenge { stale: false, why };
+        // A locked address is answered before its credentials are looked at: its attempts no
+        // longer count against the users it names.
+        if locked(&mut self.source_failures, &client, now) {
+            return Check::SourceLocked;
+        }
         // Unknown names fail and lock exactly like known ones, so the answers do not tell
         // which user names exist.
         let fkey = (db.realm.clone(), creds.username.clone());
-        if let Some(f) = self.failures.get(&fkey) {
-            match f.locked_until {
-                Some(until) if now < until => {
-                    return Check::Locked {
-                        user: creds.username.clone(),
-                    }
-                }
-                Some(_) => {
-                    self.failures.remove(&fkey);
-                }
-                None => {}
-            }
+        if locked(&mut self.failures, &fkey, now) {
+            return Check::Locked {
+                user: creds.username.clone(),
+            };
         }
         let Some(user) = db.user(&creds.username) else {
             if self.failures.len() >= MAX_FAILING_USERS && !self.failures.contains_key(&fkey) {
-                self.forget_old_failures(now, db.lockout_secs);
+                self.failures.retain(|_, f| f.live(now, db.lockout_secs));
             }
             if self.failures.len() >= MAX_FAILING_USERS && !self.failures.contains_key(&fkey) {
+                // Not tracked by name: the address still counts it.
+                if self.source_failed(client, now, db.lockout_secs) {
+                    return Check::SourceLocked;
+                }
                 return challenge("unknown user");
             }
-            return self.failed(fkey, now, db.lockout_secs);
+            return self.failed(fkey, client, now, db.lockout_secs);
         };
         let Some(alg) = creds.algorithm().filter(|a| db.offered.contains(a)) else {
             return challenge("algorithm not offered");
@@ -873,7 +925,7 @@ impl Server {
         );
         let given = creds.response.to_ascii_lowercase();
         if !ct_eq(expected.as_bytes(), given.as_bytes()) {
-            return self.failed(fkey, now, db.lockout_secs);
+            return self.failed(fkey, client, now, db.lockout_secs);
         }
         // The response is right; the nonce must be ours, fresh and its nc new.
         let stale = |why| Check::Challenge { stale: true, why };
@@ -897,34 +949,48 @@ impl Server {
         }
     }
 
-    /// Drops failure records that neither lock a user nor can still add up to a lock.
-    fn forget_old_failures(&mut self, now: u64, lockout: u64) {
-        self.failures.retain(|_, f| match f.locked_until {
-            Some(until) => now < until,
-            None => now.saturating_sub(f.since) <= lockout,
-        });
+    /// Whether `client`'s address is locked out at `now` (it gets 403 whatever it sends).
+    pub fn source_locked(&mut self, client: IpAddr, now: u64) -> bool {
+        locked(&mut self.source_failures, &client, now)
     }
 
-    fn failed(&mut self, fkey: (String, String), now: u64, lockout: u64) -> Check {
+    /// A wrong response for `fkey` from `client`: counted against both.
+    fn failed(&mut self, fkey: (String, String), client: IpAddr, now: u64, lockout: u64) -> Check {
+        let source_locked = self.source_failed(client, now, lockout);
         let user = fkey.1.clone();
         let f = self.failures.entry(fkey).or_insert(Failures {
             count: 0,
             since: now,
             locked_until: None,
         });
-        if now.saturating_sub(f.since) > lockout {
-            f.count = 0;
-            f.since = now;
-        }
-        f.count += 1;
-        if f.count >= MAX_FAILURES {
-            f.locked_until = Some(now.saturating_add(lockout));
+        if f.add(now, lockout, MAX_FAILURES) {
             return Check::Locked { user };
+        }
+        if source_locked {
+            return Check::SourceLocked;
         }
         Check::Challenge {
             stale: false,
             why: "wrong response",
         }
+    }
+
+    /// Counts a wrong response from `client`; true when it locks the address.
+    fn source_failed(&mut self, client: IpAddr, now: u64, lockout: u64) -> bool {
+        let map = &mut self.source_failures;
+        if map.len() >= MAX_FAILING_SOURCES && !map.contains_key(&client) {
+            map.retain(|_, f| f.live(now, lockout));
+            if map.len() >= MAX_FAILING_SOURCES {
+                return false;
+            }
+        }
+        map.entry(client)
+            .or_insert(Failures {
+                count: 0,
+                since: now,
+                locked_until: None,
+            })
+            .add(now, lockout, MAX_SOURCE_FAILURES)
     }
 
     fn remember_nc(&mut self, nonce: &str, ts: u64, nc: u32, now: u64) {
@@ -1432,6 +1498,54 @@ mod tests {
                 user: "nobody".into()
             }
         );
+    }
+
+    #[test]
+    fn thirty_failures_from_one_address_lock_it_whatever_user_it_names() {
+        let mut s = server();
+        let d = db();
+        let chs = s.challenges(&d, 0, CLIENT, false);
+        // A spray over five names, known and unknown: none reaches its own MAX_FAILURES.
+        for i in 1..MAX_SOURCE_FAILURES {
+            let name = ["pbx", "old", "admin", "root", "sip"][i as usize % 5];
+            let wrong = creds(&chs, Algorithm::Sha256, name, "guess", 1);
+            assert!(
+                matches!(
+                    s.check(&d, &wrong, "INVITE", 1, CLIENT),
+                    Check::Challenge { stale: false, .. }
+                ),
+                "failure {i}"
+            );
+        }
+        let wrong = creds(&chs, Algorithm::Sha256, "nobody", "guess", 1);
+        assert_eq!(
+            s.check(&d, &wrong, "INVITE", 2, CLIENT),
+            Check::SourceLocked
+        );
+        // Locked: a real user's right password gets 403 from this address, and another
+        // address is unaffected, for the same user.
+        let right = creds(&chs, Algorithm::Sha256, "pbx", "s3cret", 1);
+        assert_eq!(
+            s.check(&d, &right, "INVITE", 3, CLIENT),
+            Check::SourceLocked
+        );
+        assert!(s.source_locked(CLIENT, 3));
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 8));
+        assert!(!s.source_locked(other, 3));
+        let theirs = s.challenges(&d, 3, other, false);
+        let right = creds(&theirs, Algorithm::Sha256, "pbx", "s3cret", 1);
+        assert!(matches!(
+            s.check(&d, &right, "INVITE", 3, other),
+            Check::Ok { .. }
+        ));
+        // After the lockout time (600 s from the 30th failure) the address may call again.
+        assert!(s.source_locked(CLIENT, 601));
+        let chs = s.challenges(&d, 602, CLIENT, false);
+        let right = creds(&chs, Algorithm::Sha256, "pbx", "s3cret", 1);
+        assert!(matches!(
+            s.check(&d, &right, "INVITE", 602, CLIENT),
+            Check::Ok { .. }
+        ));
     }
 
     #[test]
