@@ -224,27 +224,34 @@ fn the_challenge_comes_before_routing() {
     );
 }
 
+/// One call attempt (number `n`, for unique branches and Call-IDs) from [`CALLER`]: an INVITE,
+/// its challenge, the INVITE again answering it as `user`/`pw`. Gives "call" when the call went
+/// on, else the status line of the one answer.
+fn attempt(s: &mut Sim, n: u32, user: &str, pw: &str) -> String {
+    let (b1, b2, cid) = (
+        format!("z9hG4bKw{n}a"),
+        format!("z9hG4bKw{n}b"),
+        format!("cid-w{n}"),
+    );
+    let resp = challenged(s, &b1, &cid);
+    let auth = authorization(&resp, Algorithm::Sha256, user, pw, 1);
+    s.sip(&invite(&b2, &cid, 2, &[auth]), CALLER);
+    let out = s.take();
+    if created(&out) {
+        return "call".into();
+    }
+    let msgs = sip_texts(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    msgs[0].lines().next().unwrap().to_string()
+}
+
 #[test]
 fn a_wrong_password_is_challenged_again_and_ten_lock_the_user_out() {
     let mut s = Sim::with(cfg());
     let mut call = 0;
     let mut attempt = |s: &mut Sim, pw: &str| -> String {
         call += 1;
-        let (b1, b2, cid) = (
-            format!("z9hG4bKw{call}a"),
-            format!("z9hG4bKw{call}b"),
-            format!("cid-w{call}"),
-        );
-        let resp = challenged(s, &b1, &cid);
-        let auth = authorization(&resp, Algorithm::Sha256, "alice", pw, 1);
-        s.sip(&invite(&b2, &cid, 2, &[auth]), CALLER);
-        let out = s.take();
-        if created(&out) {
-            return "call".into();
-        }
-        let msgs = sip_texts(&out);
-        assert_eq!(msgs.len(), 1, "{msgs:?}");
-        msgs[0].lines().next().unwrap().to_string()
+        attempt(s, call, "alice", pw)
     };
     for i in 1..10 {
         assert_eq!(
@@ -274,21 +281,7 @@ fn an_address_that_tries_many_names_is_locked_out_whatever_it_sends() {
     let mut call = 0;
     let mut attempt = |s: &mut Sim, user: &str, pw: &str| -> String {
         call += 1;
-        let (b1, b2, cid) = (
-            format!("z9hG4bKs{call}a"),
-            format!("z9hG4bKs{call}b"),
-            format!("cid-s{call}"),
-        );
-        let resp = challenged(s, &b1, &cid);
-        let auth = authorization(&resp, Algorithm::Sha256, user, pw, 1);
-        s.sip(&invite(&b2, &cid, 2, &[auth]), CALLER);
-        let out = s.take();
-        if created(&out) {
-            return "call".into();
-        }
-        let msgs = sip_texts(&out);
-        assert_eq!(msgs.len(), 1, "{msgs:?}");
-        msgs[0].lines().next().unwrap().to_string()
+        attempt(s, call, user, pw)
     };
     // One wrong guess each for 29 names: no name reaches its own lockout.
     for i in 1..digest::MAX_SOURCE_FAILURES {
