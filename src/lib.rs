@@ -5,7 +5,7 @@
 //!   layer, and the tokio UDP/TCP/TLS transport driver;
 //! - [`ript`]: the HTTP/3 side: the JSON model of the RIPT API and the quinn/h3 server and client
 //!   drivers;
-//! - [`bridge`]: the sans-IO [`bridge::Engine`] that owns every call (both legs, timers, codec
+//! - [`bridge`]: the sans-IO [`bridge::engine::Engine`] that owns every call (both legs, timers, codec
 //!   negotiation) and the tokio driver that feeds it;
 //! - [`media`]: the RTP ⇄ QUIC-datagram relay;
 //! - around them: [`config`], [`sdp`], [`auth`], [`tls`], [`metrics`], [`admin`] and [`gateway`],

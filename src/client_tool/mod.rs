@@ -6,7 +6,7 @@
 //! handler registration and the take), the events streams and the `{call}/media` CONNECT; the
 //! [`MediaHub`] carries the RTP between a loopback UDP socket of this tool and the call's HTTP
 //! datagrams, exactly as it does for a SIP caller's RTP. The tool itself is then a small RTP
-//! endpoint ([`run`]): PCMU 8 kHz, 20 ms packets.
+//! endpoint (`run`): PCMU 8 kHz, 20 ms packets.
 
 pub mod answer;
 pub mod g711;

@@ -6,7 +6,7 @@
 //!   RTP packet (a slice of quinn's own `Bytes`) to the call's UDP socket with a non-blocking send.
 //! - legacy → QUIC: the calls' sockets are read by a few shared tasks ([`super::poller`], one per
 //!   runtime worker) into a reused buffer, and each packet is framed into a [`DatagramArena`]; the
-//!   framed datagram joins its connection's [`QuicSender`] queue, which
+//!   framed datagram joins its connection's `QuicSender` queue, which
 //!   hands everything queued to quinn in one go once the runtime has run the other ready tasks,
 //!   so that quinn packs several datagrams into one QUIC packet (one seal, one `sendmsg`) instead
 //!   of sending a packet per datagram.
