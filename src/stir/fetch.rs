@@ -64,7 +64,8 @@ pub type CertChain = Arc<[CertificateDer<'static>]>;
 /// Name resolution hook: `host` (a DNS name, never an IP literal) and port to addresses.
 ///
 /// Tests map names to loopback or to private addresses; production leaves
-/// [`GuardConfig::resolver`] (in [`FetchConfig::guard`]) at `None`, which uses `tokio::net::lookup_host`.
+/// [`GuardConfig::resolver`] (in [`FetchConfig::guard`]) at `None`, which uses
+/// `tokio::net::lookup_host`.
 pub trait Resolve: Send + Sync + 'static {
     fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
 }
