@@ -692,7 +692,8 @@ fn digest_users(
         users.push((u.name.clone(), secret));
     }
     let db = UserDb::new(realm, users, cfg.sip.digest_lockout_secs.max(1))
-        .map_err(|e| anyhow!("sip_trunk {}: {e}", t.name))?;
+        .map_err(|e| anyhow!("sip_trunk {}: {e}", t.name))?
+        .with_source_failures(cfg.sip.digest_source_failures);
     Ok(Some(Arc::new(db)))
 }
 

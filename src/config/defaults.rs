@@ -47,6 +47,7 @@ impl Default for SipConfig {
             options_burst: 40,
             digest_realm: None,
             digest_lockout_secs: 300,
+            digest_source_failures: crate::sip::digest::MAX_SOURCE_FAILURES,
         }
     }
 }

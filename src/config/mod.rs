@@ -107,9 +107,13 @@ pub struct SipConfig {
     /// own. Default: none.
     pub digest_realm: Option<String>,
     /// Seconds a user stays locked out (403) after 10 wrong Digest responses within this
-    /// time of each other, and a source address after 30 (whatever users they name).
+    /// time of each other, and a source address after `digest_source_failures`.
     /// Default: 300.
     pub digest_lockout_secs: u64,
+    /// Wrong Digest responses from one source address, whatever users they name, within
+    /// `digest_lockout_secs` of each other, that lock the address out (403 to every INVITE
+    /// toward a Digest trunk). 0: addresses are not locked. Default: 30.
+    pub digest_source_failures: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

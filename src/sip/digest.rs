@@ -34,8 +34,8 @@ const MAX_FAILING_USERS: usize = 16_384;
 /// Wrong responses for one user, within the lockout time of each other, that lock it (IN-04).
 pub const MAX_FAILURES: u32 = 10;
 /// Wrong responses from one source address, within the lockout time of each other, that lock
-/// the address (IN-04): a client that tries many user names stays under each name's
-/// [`MAX_FAILURES`], not under this.
+/// the address (IN-04), unless [`UserDb::with_source_failures`] says otherwise: a client that
+/// tries many user names stays under each name's [`MAX_FAILURES`], not under this.
 pub const MAX_SOURCE_FAILURES: u32 = 30;
 /// Source addresses whose failures are tracked at most; past it, new addresses are not tracked
 /// until old records expire.
@@ -605,6 +605,8 @@ pub struct UserDb {
     users: Vec<User>,
     offered: Vec<Algorithm>,
     lockout_secs: u64,
+    /// Wrong responses that lock a source address; 0: addresses are not locked.
+    source_failures: u32,
 }
 
 impl fmt::Debug for UserDb {
@@ -615,6 +617,7 @@ impl fmt::Debug for UserDb {
             .field("users", &names)
             .field("offered", &self.offered)
             .field("lockout_secs", &self.lockout_secs)
+            .field("source_failures", &self.source_failures)
             .finish()
     }
 }
@@ -671,7 +674,15 @@ impl UserDb {
             users: out,
             offered,
             lockout_secs,
+            source_failures: MAX_SOURCE_FAILURES,
         })
+    }
+
+    /// Wrong responses from one address that lock it out ([`MAX_SOURCE_FAILURES`] unless set
+    /// here); 0 turns the lockout per address off.
+    pub fn with_source_failures(mut self, n: u32) -> UserDb {
+        self.source_failures = n;
+        self
     }
 
     pub fn realm(&self) -> &str {
@@ -891,12 +902,12 @@ impl Server {
             }
             if self.failures.len() >= MAX_FAILING_USERS && !self.failures.contains_key(&fkey) {
                 // Not tracked by name: the address still counts it.
-                if self.source_failed(client, now, db.lockout_secs) {
+                if self.source_failed(db, client, now) {
                     return Check::SourceLocked;
                 }
                 return challenge("unknown user");
             }
-            return self.failed(fkey, client, now, db.lockout_secs);
+            return self.failed(db, fkey, client, now);
         };
         let Some(alg) = creds.algorithm().filter(|a| db.offered.contains(a)) else {
             return challenge("algorithm not offered");
@@ -925,7 +936,7 @@ impl Server {
         );
         let given = creds.response.to_ascii_lowercase();
         if !ct_eq(expected.as_bytes(), given.as_bytes()) {
-            return self.failed(fkey, client, now, db.lockout_secs);
+            return self.failed(db, fkey, client, now);
         }
         // The response is right; the nonce must be ours, fresh and its nc new.
         let stale = |why| Check::Challenge { stale: true, why };
@@ -955,8 +966,9 @@ impl Server {
     }
 
     /// A wrong response for `fkey` from `client`: counted against both.
-    fn failed(&mut self, fkey: (String, String), client: IpAddr, now: u64, lockout: u64) -> Check {
-        let source_locked = self.source_failed(client, now, lockout);
+    fn failed(&mut self, db: &UserDb, fkey: (String, String), client: IpAddr, now: u64) -> Check {
+        let lockout = db.lockout_secs;
+        let source_locked = self.source_failed(db, client, now);
         let user = fkey.1.clone();
         let f = self.failures.entry(fkey).or_insert(Failures {
             count: 0,
@@ -976,7 +988,11 @@ impl Server {
     }
 
     /// Counts a wrong response from `client`; true when it locks the address.
-    fn source_failed(&mut self, client: IpAddr, now: u64, lockout: u64) -> bool {
+    fn source_failed(&mut self, db: &UserDb, client: IpAddr, now: u64) -> bool {
+        if db.source_failures == 0 {
+            return false;
+        }
+        let lockout = db.lockout_secs;
         let map = &mut self.source_failures;
         if map.len() >= MAX_FAILING_SOURCES && !map.contains_key(&client) {
             map.retain(|_, f| f.live(now, lockout));
@@ -990,7 +1006,7 @@ impl Server {
                 since: now,
                 locked_until: None,
             })
-            .add(now, lockout, MAX_SOURCE_FAILURES)
+            .add(now, lockout, db.source_failures)
     }
 
     fn remember_nc(&mut self, nonce: &str, ts: u64, nc: u32, now: u64) {
@@ -1544,6 +1560,29 @@ mod tests {
         let right = creds(&chs, Algorithm::Sha256, "pbx", "s3cret", 1);
         assert!(matches!(
             s.check(&d, &right, "INVITE", 602, CLIENT),
+            Check::Ok { .. }
+        ));
+    }
+
+    #[test]
+    fn with_no_source_limit_only_users_lock() {
+        let mut s = server();
+        let d = db().with_source_failures(0);
+        let chs = s.challenges(&d, 0, CLIENT, false);
+        for i in 1..=3 * MAX_SOURCE_FAILURES {
+            let wrong = creds(&chs, Algorithm::Sha256, &format!("u{i}"), "guess", 1);
+            assert!(
+                matches!(
+                    s.check(&d, &wrong, "INVITE", 1, CLIENT),
+                    Check::Challenge { stale: false, .. }
+                ),
+                "failure {i}"
+            );
+        }
+        assert!(!s.source_locked(CLIENT, 1));
+        let right = creds(&chs, Algorithm::Sha256, "pbx", "s3cret", 1);
+        assert!(matches!(
+            s.check(&d, &right, "INVITE", 2, CLIENT),
             Check::Ok { .. }
         ));
     }
