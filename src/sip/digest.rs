@@ -1565,6 +1565,30 @@ mod tests {
     }
 
     #[test]
+    fn attempts_for_a_locked_user_do_not_count_against_the_address() {
+        let mut s = server();
+        let d = db();
+        let chs = s.challenges(&d, 0, CLIENT, false);
+        let wrong = creds(&chs, Algorithm::Sha256, "pbx", "guess", 1);
+        for _ in 1..MAX_FAILURES {
+            s.check(&d, &wrong, "INVITE", 1, CLIENT);
+        }
+        // The 10th locks the user; a misconfigured account retrying on adds nothing more.
+        for _ in 0..3 * MAX_SOURCE_FAILURES {
+            assert_eq!(
+                s.check(&d, &wrong, "INVITE", 2, CLIENT),
+                Check::Locked { user: "pbx".into() }
+            );
+        }
+        assert!(!s.source_locked(CLIENT, 2));
+        let other = creds(&chs, Algorithm::Sha256, "old", "pw", 1);
+        assert!(matches!(
+            s.check(&d, &other, "INVITE", 3, CLIENT),
+            Check::Ok { .. }
+        ));
+    }
+
+    #[test]
     fn with_no_source_limit_only_users_lock() {
         let mut s = server();
         let d = db().with_source_failures(0);
