@@ -723,6 +723,15 @@ struct Failures {
 }
 
 impl Failures {
+    /// No failure yet; the window starts at `now`.
+    fn start(now: u64) -> Failures {
+        Failures {
+            count: 0,
+            since: now,
+            locked_until: None,
+        }
+    }
+
     /// Counts one more failure at `now`, the count starting over once `lockout` has passed
     /// since its first; true when it reaches `max` (and locks for `lockout`).
     fn add(&mut self, now: u64, lockout: u64, max: u32) -> bool {
@@ -970,11 +979,10 @@ impl Server {
         let lockout = db.lockout_secs;
         let source_locked = self.source_failed(db, client, now);
         let user = fkey.1.clone();
-        let f = self.failures.entry(fkey).or_insert(Failures {
-            count: 0,
-            since: now,
-            locked_until: None,
-        });
+        let f = self
+            .failures
+            .entry(fkey)
+            .or_insert_with(|| Failures::start(now));
         if f.add(now, lockout, MAX_FAILURES) {
             return Check::Locked { user };
         }
@@ -1001,11 +1009,7 @@ impl Server {
             }
         }
         map.entry(client)
-            .or_insert(Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            })
+            .or_insert_with(|| Failures::start(now))
             .add(now, lockout, db.source_failures)
     }
 
