@@ -30,7 +30,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Registered before anything listens, so a SIGHUP never finds the default action (exit).
     let reload_signal = reload_signal()?;
     let rt = start(cfg).await?;
-    tokio::spawn(reload_on_signal(reload_signal, rt.certs.clone()));
+    tokio::spawn(reload_on_signal(reload_signal, rt.reloader.clone()));
     info!(
         sip = ?rt.sip_addrs,
         http3 = %rt.http3_addr,
@@ -46,8 +46,9 @@ pub struct Running {
     pub sip_addrs: Vec<SocketAddr>,
     pub http3_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    /// The TLS certificates of the HTTP/3 and SIP-TLS listeners, reloadable while running.
-    pub certs: Arc<tls::CertReloader>,
+    /// What SIGHUP and `POST /reload` re-read: the TLS certificates of the HTTP/3 and SIP-TLS
+    /// listeners, and the STIR trust list and CRLs.
+    pub reloader: Arc<Reloader>,
 }
 
 /// Starts every listener and task; fails fast (naming the address or file) if one cannot start.
@@ -208,12 +209,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, %x5u, "publishing the STIR certificate chain");
     }
 
+    let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
+    let reloader = Arc::new(Reloader {
+        certs,
+        stir: StirFiles::from_config(&cfg).zip(ecfg.stir_verify.clone()),
+    });
+
     if let Some(a) = cfg.admin.listen {
         let l = admin::bind(a).await?;
         let m = metrics.clone();
         let reload: admin::ReloadHook = {
-            let certs = certs.clone();
-            Arc::new(move || certs.reload())
+            let reloader = reloader.clone();
+            Arc::new(move || reloader.reload())
         };
         // The demo page under /web/, told the API's address and the live certificate hash.
         let web = admin::WebSettings::from_config(&cfg, &authority, http3_certs.clone());
@@ -224,7 +231,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         });
     }
 
-    let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
     sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks)?);
     let engine = Engine::new(ecfg, metrics.clone());
     let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -249,8 +255,41 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip_addrs,
         http3_addr,
         metrics,
-        certs,
+        reloader,
     })
+}
+
+/// What SIGHUP and `POST /reload` re-read. Each part keeps what it had when its files do not
+/// load; the others are reloaded anyway.
+pub struct Reloader {
+    certs: Arc<tls::CertReloader>,
+    /// The verification service's files, and the service whose trust list and CRLs they replace.
+    stir: Option<(StirFiles, Arc<crate::bridge::engine::StirVerify>)>,
+}
+
+impl Reloader {
+    /// Reloads everything and logs each outcome. `Ok` holds one line per item; `Err` when any
+    /// item failed.
+    pub fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let (mut lines, mut failed) = match self.certs.reload() {
+            Ok(lines) => (lines, false),
+            Err(lines) => (lines, true),
+        };
+        if let Some((files, stir)) = &self.stir {
+            match files.reload(&stir.verifier, unix_now()) {
+                Ok(line) => lines.push(line),
+                Err(line) => {
+                    failed = true;
+                    lines.push(line);
+                }
+            }
+        }
+        if failed {
+            Err(lines)
+        } else {
+            Ok(lines)
+        }
+    }
 }
 
 /// SIGHUP, where there are signals.
@@ -265,19 +304,20 @@ fn reload_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the TLS certificates on every SIGHUP: new handshakes use the new files, existing
-/// connections and calls go on; a file that does not load is logged and the old one stays.
+/// Reloads on every SIGHUP ([`Reloader`]): new handshakes and verifications use the new files,
+/// existing connections and calls go on; a file that does not load is logged and the old one
+/// stays.
 #[cfg(unix)]
-async fn reload_on_signal(mut hup: tokio::signal::unix::Signal, certs: Arc<tls::CertReloader>) {
+async fn reload_on_signal(mut hup: tokio::signal::unix::Signal, reloader: Arc<Reloader>) {
     while hup.recv().await.is_some() {
-        info!("SIGHUP: reloading TLS certificates");
+        info!("SIGHUP: reloading TLS certificates and STIR trust material");
         // Each outcome is logged by the reloader.
-        let _ = certs.reload();
+        let _ = reloader.reload();
     }
 }
 
 #[cfg(not(unix))]
-async fn reload_on_signal(_: (), _: Arc<tls::CertReloader>) {}
+async fn reload_on_signal(_: (), _: Arc<Reloader>) {}
 
 /// Renews the generated development certificate once a day when it is near its end, so a
 /// long-running gateway never serves an expired one. Operator files are left to reloads.
@@ -376,37 +416,112 @@ fn stir_signer(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engine:
     })))
 }
 
+/// The files STIR verification trusts (`[stir] trust_anchors` and `crls`), read at start and on
+/// every reload.
+#[derive(Debug, Clone)]
+struct StirFiles {
+    anchors: std::path::PathBuf,
+    /// `(crl, signer)`.
+    crls: Vec<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl StirFiles {
+    /// `None` when verification is off or has no trust anchors (nothing is verified then).
+    fn from_config(cfg: &Config) -> Option<StirFiles> {
+        let st = &cfg.stir;
+        if st.verify == crate::config::StirVerifyMode::Off {
+            return None;
+        }
+        Some(StirFiles {
+            anchors: cfg.resolve_path(st.trust_anchors.as_ref()?),
+            crls: st
+                .crls
+                .iter()
+                .map(|c| (cfg.resolve_path(&c.crl), cfg.resolve_path(&c.signer)))
+                .collect(),
+        })
+    }
+
+    /// Reads and checks every file; the error names the key and the file.
+    fn load(&self) -> anyhow::Result<(crate::stir::TrustStore, Vec<crate::stir::StiCrl>)> {
+        let path = &self.anchors;
+        let pem = std::fs::read(path)
+            .with_context(|| format!("stir.trust_anchors {}", path.display()))?;
+        let trust = crate::stir::TrustStore::from_pem(&pem)
+            .map_err(|e| anyhow!("stir.trust_anchors {}: {e}", path.display()))?;
+        let mut crls = Vec::with_capacity(self.crls.len());
+        for (crl_path, signer_path) in &self.crls {
+            let crl = std::fs::read(crl_path)
+                .with_context(|| format!("stir.crls crl {}", crl_path.display()))?;
+            let signer = std::fs::read(signer_path)
+                .with_context(|| format!("stir.crls signer {}", signer_path.display()))?;
+            let crl = crate::stir::StiCrl::from_pem(&crl, &signer).map_err(|e| {
+                anyhow!(
+                    "stir.crls {} (signer {}): {e}",
+                    crl_path.display(),
+                    signer_path.display()
+                )
+            })?;
+            crls.push(crl);
+        }
+        Ok((trust, crls))
+    }
+
+    /// Loads the files into `verifier`, all or nothing, and logs the outcome. The line (`Ok`
+    /// or `Err`) says what is in use afterwards.
+    fn reload(&self, verifier: &crate::stir::verify::Verifier, now: u64) -> Result<String, String> {
+        match self.load() {
+            Ok((trust, crls)) => {
+                let line = format!("stir: now {}", self.describe(&trust, &crls, now));
+                for ((path, _), crl) in self.crls.iter().zip(&crls) {
+                    let fresh = crl.freshness(now);
+                    if fresh != crate::stir::cert::CrlFreshness::Current {
+                        tracing::warn!(crl = %path.display(), freshness = %fresh, "STIR CRL reloaded, but it does not cover the current time");
+                    }
+                }
+                verifier.replace_material(trust, crls);
+                tracing::info!(%line, "STIR trust list and CRLs reloaded: new verifications use them");
+                Ok(line)
+            }
+            Err(e) => {
+                let m = verifier.material();
+                let kept = self.describe(&m.trust, &m.crls, now);
+                tracing::error!(error = %format!("{e:#}"), %kept, "STIR reload failed; the trust list and CRLs in use stay");
+                Err(format!("stir: reload failed, keeping {kept}: {e:#}"))
+            }
+        }
+    }
+
+    fn describe(
+        &self,
+        trust: &crate::stir::TrustStore,
+        crls: &[crate::stir::StiCrl],
+        now: u64,
+    ) -> String {
+        let mut out = format!("{} trust anchor(s)", trust.len());
+        for ((path, _), crl) in self.crls.iter().zip(crls) {
+            let name = path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy();
+            out.push_str(&format!(
+                ", CRL {name}: {} revoked, {}",
+                crl.len(),
+                crl.freshness(now)
+            ));
+        }
+        out
+    }
+}
+
 /// The verification service from `[stir]`, when `verify` is on.
 fn stir_verifier(cfg: &Config) -> anyhow::Result<Option<Arc<crate::bridge::engine::StirVerify>>> {
     use crate::config::StirVerifyMode;
     let st = &cfg.stir;
-    if st.verify == StirVerifyMode::Off {
-        return Ok(None);
-    }
-    let Some(anchors) = &st.trust_anchors else {
+    let Some(files) = StirFiles::from_config(cfg) else {
         return Ok(None);
     };
-    let path = cfg.resolve_path(anchors);
-    let pem =
-        std::fs::read(&path).with_context(|| format!("stir.trust_anchors {}", path.display()))?;
-    let trust = crate::stir::TrustStore::from_pem(&pem)
-        .map_err(|e| anyhow!("stir.trust_anchors {}: {e}", path.display()))?;
-    let mut crls = Vec::with_capacity(st.crls.len());
-    for c in &st.crls {
-        let (crl_path, signer_path) = (cfg.resolve_path(&c.crl), cfg.resolve_path(&c.signer));
-        let crl = std::fs::read(&crl_path)
-            .with_context(|| format!("stir.crls crl {}", crl_path.display()))?;
-        let signer = std::fs::read(&signer_path)
-            .with_context(|| format!("stir.crls signer {}", signer_path.display()))?;
-        let crl = crate::stir::StiCrl::from_pem(&crl, &signer).map_err(|e| {
-            anyhow!(
-                "stir.crls {} (signer {}): {e}",
-                crl_path.display(),
-                signer_path.display()
-            )
-        })?;
-        crls.push(crl);
-    }
+    let (trust, crls) = files.load()?;
     let policy = crate::stir::verify::VerifyPolicy {
         require_identity: st.require_identity,
         revocation: match st.revocation_policy {
@@ -775,77 +890,161 @@ mod tests {
         assert!(resolve_sip_uri("http://x").await.is_err());
     }
 
-    /// `[stir] crls` reaches the verifier: a CRL revoking our test leaf makes its PASSporT
-    /// fail with 437, an empty one does not, and a CRL that is not one is a start-up error
-    /// naming the key.
-    #[test]
-    fn stir_crls_from_the_config_revoke_certificates() {
-        use base64::Engine as _;
-        let now = 1_800_000_000;
-        let pki = crate::stir::TestPki::generate("1234", now).unwrap();
-        let dir = std::env::temp_dir().join(format!("riptide-crl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let pem = |der: &[u8]| {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-            let lines: Vec<&str> = b64
-                .as_bytes()
-                .chunks(64)
-                .map(|c| std::str::from_utf8(c).unwrap())
-                .collect();
-            format!(
-                "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
-                lines.join("\n")
-            )
-        };
-        std::fs::write(dir.join("root.pem"), &pki.root.pem).unwrap();
-        std::fs::write(dir.join("signer.pem"), &pki.crl_signer.pem).unwrap();
-        let revoking = pki.crl(&[&pki.leaf.serial], now - 60, now + 3600).unwrap();
-        std::fs::write(dir.join("revoking.crl"), pem(&revoking)).unwrap();
-        let empty = pki.crl(&[], now - 60, now + 3600).unwrap();
-        std::fs::write(dir.join("empty.crl"), pem(&empty)).unwrap();
-        std::fs::write(dir.join("garbage.crl"), "not a CRL").unwrap();
-        let config = |crl: &str| {
+    /// A test STI PKI in a temporary folder: `root.pem`, the CRL `signer.pem`, and the CRLs
+    /// `revoking.crl` (the leaf), `empty.crl` and `garbage.crl` (not a CRL); a PASSporT signed
+    /// by the leaf.
+    struct StirPki {
+        dir: std::path::PathBuf,
+        pki: crate::stir::TestPki,
+        now: u64,
+        identity: String,
+    }
+
+    impl StirPki {
+        fn new(tag: &str) -> StirPki {
+            use base64::Engine as _;
+            let now = unix_now();
+            let pki = crate::stir::TestPki::generate("1234", now).unwrap();
+            let dir = std::env::temp_dir().join(format!("riptide-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let pem = |der: &[u8]| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> = b64
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect();
+                format!(
+                    "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+                    lines.join("\n")
+                )
+            };
+            std::fs::write(dir.join("root.pem"), &pki.root.pem).unwrap();
+            std::fs::write(dir.join("signer.pem"), &pki.crl_signer.pem).unwrap();
+            let revoking = pki.crl(&[&pki.leaf.serial], now - 60, now + 3600).unwrap();
+            std::fs::write(dir.join("revoking.crl"), pem(&revoking)).unwrap();
+            let empty = pki.crl(&[], now - 60, now + 3600).unwrap();
+            std::fs::write(dir.join("empty.crl"), pem(&empty)).unwrap();
+            std::fs::write(dir.join("garbage.crl"), "not a CRL").unwrap();
+            let claims = crate::stir::ShakenClaims {
+                attest: crate::stir::Attestation::A,
+                dest_tns: vec!["12155551213".into()],
+                iat: now,
+                orig_tn: "12155551212".into(),
+                origid: "o".into(),
+            };
+            let x5u = "https://cert.example.net/sp.pem";
+            let identity =
+                crate::stir::verify::sign(&claims, &pki.signing_key().unwrap(), x5u).unwrap();
+            StirPki {
+                dir,
+                pki,
+                now,
+                identity,
+            }
+        }
+
+        /// Verification that rejects, trusting `root.pem` and the CRL file `crl`.
+        fn config(&self, crl: &str) -> Config {
             let text = format!(
                 "[stir]\nverify = \"reject\"\ntrust_anchors = \"root.pem\"\nx5u_ca = \"root.pem\"\n\
                  crls = [{{ crl = \"{crl}\", signer = \"signer.pem\" }}]\n"
             );
             let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
-            cfg.base_dir = dir.clone();
+            cfg.base_dir = self.dir.clone();
             cfg
-        };
-        let claims = crate::stir::ShakenClaims {
-            attest: crate::stir::Attestation::A,
-            dest_tns: vec!["12155551213".into()],
-            iat: now,
-            orig_tn: "12155551212".into(),
-            origid: "o".into(),
-        };
-        let x5u = "https://cert.example.net/sp.pem";
-        let id = crate::stir::verify::sign(&claims, &pki.signing_key().unwrap(), x5u).unwrap();
-        let status = |crl: &str| {
-            let v = stir_verifier(&config(crl)).unwrap().unwrap();
+        }
+
+        /// The status the PASSporT fails with (`None`: it passed).
+        fn status(&self, v: &crate::bridge::engine::StirVerify) -> Option<u16> {
             let ctx = crate::stir::verify::VerifyContext {
-                now_unix: now,
+                now_unix: self.now,
                 canonical_orig: Some("12155551212".into()),
                 canonical_dest: vec!["12155551213".into()],
                 call_id: "c".into(),
             };
             let mut replay = crate::stir::verify::ReplayCache::default();
-            let prepared = v.verifier.prepare(&[id.as_str()], &ctx, &replay);
-            let chain = pki.chain();
+            let prepared = v.verifier.prepare(&[self.identity.as_str()], &ctx, &replay);
+            let chain = self.pki.chain();
             v.verifier
                 .finish(prepared, &mut replay, |_| Ok::<_, String>(chain.clone()))
                 .code
                 .map(|c| c.status())
-        };
-        assert_eq!(status("empty.crl"), None);
-        assert_eq!(status("revoking.crl"), Some(437));
-        let err = format!("{:#}", stir_verifier(&config("garbage.crl")).unwrap_err());
+        }
+
+        fn copy(&self, from: &str, to: &str) {
+            std::fs::copy(self.dir.join(from), self.dir.join(to)).unwrap();
+        }
+    }
+
+    impl Drop for StirPki {
+        fn drop(&mut self) {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+
+    /// `[stir] crls` reaches the verifier: a CRL revoking our test leaf makes its PASSporT
+    /// fail with 437, an empty one does not, and a CRL that is not one is a start-up error
+    /// naming the key.
+    #[test]
+    fn stir_crls_from_the_config_revoke_certificates() {
+        let f = StirPki::new("crl");
+        let verifier = |crl: &str| stir_verifier(&f.config(crl)).unwrap().unwrap();
+        assert_eq!(f.status(&verifier("empty.crl")), None);
+        assert_eq!(f.status(&verifier("revoking.crl")), Some(437));
+        let err = format!("{:#}", stir_verifier(&f.config("garbage.crl")).unwrap_err());
         assert!(
             err.contains("stir.crls") && err.contains("garbage.crl"),
             "{err}"
         );
-        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A reload (SIGHUP, `POST /reload`) gives the running verifier a new CRL: the leaf it
+    /// revokes fails from then on. A file that does not load fails the reload, names the file,
+    /// and the CRL in use stays; a missing trust list too.
+    #[test]
+    fn a_reload_replaces_the_stir_crls_all_or_nothing() {
+        let f = StirPki::new("crl-reload");
+        f.copy("empty.crl", "live.crl");
+        let cfg = f.config("live.crl");
+        let v = stir_verifier(&cfg).unwrap().unwrap();
+        let reloader = Reloader {
+            certs: Arc::new(tls::CertReloader::default()),
+            stir: StirFiles::from_config(&cfg).map(|files| (files, v.clone())),
+        };
+        assert_eq!(f.status(&v), None);
+
+        f.copy("revoking.crl", "live.crl");
+        let lines = reloader.reload().unwrap();
+        assert_eq!(
+            lines,
+            ["stir: now 1 trust anchor(s), CRL live.crl: 1 revoked, current"]
+        );
+        assert_eq!(f.status(&v), Some(437));
+
+        f.copy("garbage.crl", "live.crl");
+        let lines = reloader.reload().unwrap_err();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "stir: reload failed, keeping 1 trust anchor(s), CRL live.crl: 1 revoked, current: stir.crls "
+            ) && lines[0].contains("live.crl (signer "),
+            "{lines:?}"
+        );
+        assert_eq!(f.status(&v), Some(437), "the CRL in use stays");
+
+        f.copy("empty.crl", "live.crl");
+        std::fs::remove_file(f.dir.join("root.pem")).unwrap();
+        let lines = reloader.reload().unwrap_err();
+        assert!(lines[0].contains("stir.trust_anchors"), "{lines:?}");
+        assert_eq!(f.status(&v), Some(437), "nothing is replaced");
+
+        std::fs::write(f.dir.join("root.pem"), &f.pki.root.pem).unwrap();
+        assert_eq!(
+            reloader.reload().unwrap(),
+            ["stir: now 1 trust anchor(s), CRL live.crl: 0 revoked, current"]
+        );
+        assert_eq!(f.status(&v), None);
     }
 
     /// The digest keys of a `[[sip_trunk]]` become its user database and our login:

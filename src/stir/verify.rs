@@ -30,6 +30,7 @@ use super::passport::{
 use super::{StirCode, Verstat};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 /// ATIS-1000074 §5.3.1 freshness: a PASSporT older than this is stale (403).
 pub const DEFAULT_MAX_AGE_SECS: u64 = 60;
@@ -471,12 +472,20 @@ impl ReplayCache {
 // ---------------------------------------------------------------------------------------------
 // The verifier
 
-/// Long-lived verification configuration: the STI-PA trust list, STI-PA CRLs, policy.
-#[derive(Debug, Clone)]
+/// Long-lived verification configuration: the STI-PA trust list, STI-PA CRLs, policy. The trust
+/// list and CRLs can be replaced while calls are verified ([`Verifier::replace_material`]).
+#[derive(Debug)]
 pub struct Verifier {
-    trust: TrustStore,
-    crls: Vec<StiCrl>,
+    material: RwLock<Arc<TrustMaterial>>,
     policy: VerifyPolicy,
+}
+
+/// What a certificate chain is checked against; replaced whole, so that a verification never
+/// sees a new trust list with old CRLs.
+#[derive(Debug)]
+pub struct TrustMaterial {
+    pub trust: TrustStore,
+    pub crls: Vec<StiCrl>,
 }
 
 /// A header that passed every local check and waits for its certificate chain.
@@ -520,10 +529,24 @@ impl Prepared {
 impl Verifier {
     pub fn new(trust: TrustStore, crls: Vec<StiCrl>, policy: VerifyPolicy) -> Verifier {
         Verifier {
-            trust,
-            crls,
+            material: RwLock::new(Arc::new(TrustMaterial { trust, crls })),
             policy,
         }
+    }
+
+    /// The trust list and CRLs in use now.
+    pub fn material(&self) -> Arc<TrustMaterial> {
+        self.material
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Verifications that start from now on use `trust` and `crls`; one already past its chain
+    /// check keeps what it was checked against.
+    pub fn replace_material(&self, trust: TrustStore, crls: Vec<StiCrl>) {
+        *self.material.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(TrustMaterial { trust, crls });
     }
 
     pub fn policy(&self) -> &VerifyPolicy {
@@ -641,16 +664,21 @@ impl Verifier {
             .as_ref();
         let leaf_der = chain.first().ok_or(Failure::EmptyChain)?;
         let leaf = StiCertificate::from_der(leaf_der.as_ref()).map_err(Failure::Certificate)?;
-        let validated = self
+        let material = self.material();
+        let validated = material
             .trust
             .validate(chain, ctx.now_unix)
             .map_err(Failure::Chain)?;
-        let mut warnings: Vec<Warning> =
-            check_revocation(&validated, &self.crls, ctx.now_unix, self.policy.revocation)
-                .map_err(Failure::Revocation)?
-                .into_iter()
-                .map(Warning::Revocation)
-                .collect();
+        let mut warnings: Vec<Warning> = check_revocation(
+            &validated,
+            &material.crls,
+            ctx.now_unix,
+            self.policy.revocation,
+        )
+        .map_err(Failure::Revocation)?
+        .into_iter()
+        .map(Warning::Revocation)
+        .collect();
         let profile = leaf.profile();
         if !profile.hard.is_empty() {
             return Err(Failure::Profile(profile.hard));
@@ -1392,6 +1420,47 @@ mod tests {
             assert_eq!(o.code, Some(StirCode::UnsupportedCredential));
             assert_eq!(failed(&o), &Failure::Chain(want));
         }
+    }
+
+    /// A reload replaces the trust list and CRLs of a verifier in use: the next verification
+    /// sees a CRL that revokes the leaf, then a trust list without its root.
+    #[test]
+    fn replaced_material_applies_to_the_next_verification() {
+        let f = fixture();
+        let id = f.sign(Attestation::A, NOW);
+        let c = ctx(NOW, "c");
+        let run = || {
+            f.verifier
+                .verify(&[&id], &c, &mut ReplayCache::default(), |_| {
+                    Ok::<_, Infallible>(f.pki.chain())
+                })
+        };
+        assert_eq!(run().verstat, Verstat::TnValidationPassed);
+        let root = || TrustStore::from_der_certs([&f.pki.root.der]).unwrap();
+
+        let crl_der = f
+            .pki
+            .crl(&[&f.pki.leaf.serial], NOW - 60, NOW + 3600)
+            .unwrap();
+        let crl = StiCrl::from_der(&crl_der, &f.pki.crl_signer.der).unwrap();
+        f.verifier.replace_material(root(), vec![crl]);
+        let o = run();
+        assert_eq!(o.code, Some(StirCode::UnsupportedCredential));
+        assert!(matches!(
+            failed(&o),
+            Failure::Revocation(RevocationError::Revoked(_))
+        ));
+
+        let other = TestPki::generate("1234", NOW).unwrap();
+        f.verifier.replace_material(
+            TrustStore::from_der_certs([&other.root.der]).unwrap(),
+            vec![],
+        );
+        assert!(matches!(failed(&run()), Failure::Chain(_)), "{:?}", run());
+
+        f.verifier.replace_material(root(), vec![]);
+        assert_eq!(run().verstat, Verstat::TnValidationPassed);
+        assert_eq!(f.verifier.material().crls.len(), 0);
     }
 
     /// STIR-11: the STI-PA CRL, signed by a separate CRL signer.
