@@ -38,6 +38,9 @@ pub enum DropReason {
     /// congestion control or pacing held the datagrams back). Counted once per datagram that
     /// found the queue full; equal-sized RTP pushes out exactly one.
     QuicSendQueue,
+    /// The QUIC path sent slower than media came, and the datagram waited longer than
+    /// `media::stale::MAX_QUEUE_DELAY` for it: dropped rather than delivered late.
+    QuicStale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -60,6 +63,7 @@ impl DropReason {
         DropReason::DtmfAsInfo,
         DropReason::QuicRecvQueue,
         DropReason::QuicSendQueue,
+        DropReason::QuicStale,
     ];
 
     pub fn label(self) -> &'static str {
@@ -76,6 +80,7 @@ impl DropReason {
             DropReason::DtmfAsInfo => "dtmf_as_info",
             DropReason::QuicRecvQueue => "quic_recv_queue",
             DropReason::QuicSendQueue => "quic_send_queue",
+            DropReason::QuicStale => "quic_stale",
         }
     }
 }

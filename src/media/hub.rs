@@ -19,6 +19,7 @@ use super::dtls::DtlsIdentity;
 use super::leg::{LegacyLeg, Recv, Transmit};
 use super::poller::{self, Poller, Registration};
 use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
+use super::stale::StaleGate;
 use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
 use crate::metrics::{DropReason, Metrics};
@@ -156,8 +157,7 @@ struct PathSample {
 
 impl PathSample {
     /// Adds what changed since the last sample to the media QUIC counters, at most once a second.
-    fn sample(&mut self, conn: &quinn::Connection, metrics: &Metrics) {
-        let now = Instant::now();
+    fn sample(&mut self, conn: &quinn::Connection, metrics: &Metrics, now: Instant) {
         if self
             .at
             .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
@@ -185,11 +185,14 @@ impl PathSample {
 }
 
 /// Flushes one connection's [`QuicSender`] until the sender is dropped (no call and no reader
-/// uses the connection any more).
+/// uses the connection any more). What goes to quinn passes a [`StaleGate`]: while the path
+/// sends slower than media comes, what would wait in quinn's queue longer than
+/// [`super::stale::MAX_QUEUE_DELAY`] is dropped instead (ADR 0019).
 async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Notify>, id: usize) {
     let metrics = hub.inner.metrics.clone();
     let mut batch = Vec::new();
     let mut path = PathSample::default();
+    let mut gate = StaleGate::default();
     loop {
         ready.notified().await;
         // Behind every task that is ready now (deferred until the worker next polls for I/O),
@@ -198,26 +201,38 @@ async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Not
         let Some(s) = sender.upgrade() else { break };
         std::mem::swap(&mut batch, &mut *lock(&s.queue));
         metrics.quic_flushes.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let space = s.conn.datagram_send_buffer_space();
         // quinn makes room in a full send queue by dropping its oldest datagrams, silently. One
         // look at the free space per batch tells whether that can happen; only then is each
         // datagram checked (a datagram that fits the free space drops nothing).
         let need: usize = batch.iter().map(|(d, _)| d.len() + DATAGRAM_OVERHEAD).sum();
-        let may_drop = need > s.conn.datagram_send_buffer_space();
-        for (d, relayed) in batch.drain(..) {
-            let pushes_out = may_drop && d.len() > s.conn.datagram_send_buffer_space();
-            match s.conn.send_datagram(d) {
-                Ok(()) => {
-                    if pushes_out {
-                        metrics.media_drop(DropReason::QuicSendQueue);
+        let may_drop = need > space;
+        gate.flush(
+            space,
+            &mut batch,
+            // What the congestion controller lets through: a window per round trip.
+            || {
+                let p = s.conn.stats().path;
+                p.cwnd as f64 / p.rtt.as_secs_f64().max(1e-3)
+            },
+            |d, relayed| {
+                let pushes_out = may_drop && d.len() > s.conn.datagram_send_buffer_space();
+                match s.conn.send_datagram(d) {
+                    Ok(()) => {
+                        if pushes_out {
+                            metrics.media_drop(DropReason::QuicSendQueue);
+                        }
+                        if relayed {
+                            metrics.rtp_relayed(true);
+                        }
                     }
-                    if relayed {
-                        metrics.rtp_relayed(true);
-                    }
+                    Err(_) => metrics.media_drop(DropReason::QuicSend),
                 }
-                Err(_) => metrics.media_drop(DropReason::QuicSend),
-            }
-        }
-        path.sample(&s.conn, &metrics);
+            },
+            |_| metrics.media_drop(DropReason::QuicStale),
+        );
+        path.sample(&s.conn, &metrics, now);
     }
     let mut senders = lock(&hub.inner.senders);
     if senders.get(&id).is_some_and(|w| w.strong_count() == 0) {
@@ -1428,6 +1443,128 @@ mod tests {
         let counted = dropped(&metrics, DropReason::QuicSendQueue);
         assert!(sent < SENT, "quinn sent all {sent}: the queue never filled");
         assert_eq!(counted, SENT - sent, "{sent} of {SENT} sent");
+        drop(sender);
+    }
+
+    /// A congestion controller whose window the test sets.
+    #[derive(Clone)]
+    struct SetWindow(Arc<std::sync::atomic::AtomicU64>);
+
+    impl quinn::congestion::Controller for SetWindow {
+        fn on_congestion_event(&mut self, _: Instant, _: Instant, _: bool, _: u64) {}
+        fn on_mtu_update(&mut self, _: u16) {}
+        fn window(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+        fn clone_box(&self) -> Box<dyn quinn::congestion::Controller> {
+            Box::new(self.clone())
+        }
+        fn initial_window(&self) -> u64 {
+            self.window()
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+            self
+        }
+    }
+
+    impl quinn::congestion::ControllerFactory for SetWindow {
+        fn build(self: Arc<Self>, _: Instant, _: u16) -> Box<dyn quinn::congestion::Controller> {
+            Box::new((*self).clone())
+        }
+    }
+
+    /// Forwards UDP between a client and `server` with `delay` each way, as a long path does.
+    /// Returns the address the client sends to.
+    async fn delaying_path(server: SocketAddr, delay: std::time::Duration) -> SocketAddr {
+        let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = sock.local_addr().unwrap();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, SocketAddr, Vec<u8>)>();
+        let out = sock.clone();
+        tokio::spawn(async move {
+            while let Some((at, to, d)) = rx.recv().await {
+                tokio::time::sleep_until(at).await;
+                let _ = out.send_to(&d, to).await;
+            }
+        });
+        tokio::spawn(async move {
+            let mut client = None;
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let to = if from == server {
+                    match client {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                } else {
+                    client = Some(from);
+                    server
+                };
+                let _ = tx.send((tokio::time::Instant::now() + delay, to, buf[..n].to_vec()));
+            }
+        });
+        addr
+    }
+
+    /// A path that carries about 40 % of the media (a congestion window of 6000 bytes over a
+    /// 40 ms round trip; 1100-byte datagrams every 2–3 ms): no datagram arrives much later than
+    /// the path's own delay plus the gate's limit, the path carries what it can (about 120 in
+    /// the second), and the rest is dropped as stale. Without the gate the same run delivers
+    /// datagrams 0.7 s late, and later the longer it runs. ADR 0019.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_quic_path_gets_fresh_media_or_none() {
+        const ONE_WAY: std::time::Duration = std::time::Duration::from_millis(20);
+        let window = Arc::new(std::sync::atomic::AtomicU64::new(1 << 24));
+        let cc = Arc::new(SetWindow(window.clone()));
+        let pair = crate::media::loopback::quic_pair_with(
+            |t| {
+                t.congestion_controller_factory(cc);
+            },
+            async |server| delaying_path(server, ONE_WAY).await,
+        )
+        .await
+        .unwrap();
+        window.store(6000, Ordering::Relaxed);
+        let (a, _rx, metrics) = hub();
+        let sender = a.sender(&pair.client_conn);
+        let t0 = tokio::time::Instant::now();
+        let far = pair.server_conn.clone();
+        let reader = tokio::spawn(async move {
+            let mut delays = Vec::new();
+            while let Ok(d) = far.read_datagram().await {
+                let made = u64::from_be_bytes(d[..8].try_into().unwrap());
+                delays.push(t0.elapsed().as_micros() as u64 - made);
+            }
+            delays
+        });
+        let mut made = 0;
+        while t0.elapsed() < std::time::Duration::from_secs(1) {
+            // Each datagram carries the microsecond it was made.
+            let mut d = vec![0u8; 1100];
+            d[..8].copy_from_slice(&(t0.elapsed().as_micros() as u64).to_be_bytes());
+            sender.send(bytes::Bytes::from(d), true);
+            made += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(ONE_WAY * 4).await;
+        pair.server_conn.close(0u32.into(), b"done");
+        let delays = reader.await.unwrap();
+
+        let stale = dropped(&metrics, DropReason::QuicStale);
+        let worst = delays.iter().max().copied().unwrap_or(0);
+        // The path's one-way delay, a round trip waiting for the window to open, the gate's
+        // 60 ms, and as much again for the rate estimate's lag.
+        assert!(
+            worst < 20_000 + 40_000 + 60_000 + 60_000,
+            "a datagram arrived {worst} µs after it was made ({} delivered, {stale} stale, {made} made)",
+            delays.len()
+        );
+        assert!(delays.len() >= 80, "the path carried only {}", delays.len());
+        assert!(
+            stale as usize >= made / 2,
+            "{stale} of {made} dropped as stale, {} delivered",
+            delays.len()
+        );
         drop(sender);
     }
 

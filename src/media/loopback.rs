@@ -6,14 +6,29 @@ use std::sync::Arc;
 /// Both ends of one QUIC connection on 127.0.0.1 (self-signed certificate, ALPN `h3`, 1 MiB
 /// datagram buffers). The endpoints are returned too: dropping one closes the connection.
 pub async fn quic_pair() -> anyhow::Result<QuicPair> {
+    quic_pair_with(|_| {}, async |server| server).await
+}
+
+/// [`quic_pair`], with `tune` applied to the client's transport settings (a test's congestion
+/// controller, say), and the client dialling the address `path` gives for the server's (a
+/// relay that delays packets, say).
+pub async fn quic_pair_with(
+    tune: impl FnOnce(&mut quinn::TransportConfig),
+    path: impl AsyncFnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
+) -> anyhow::Result<QuicPair> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let mut transport = quinn::TransportConfig::default();
-    transport.datagram_receive_buffer_size(Some(1 << 20));
-    transport.datagram_send_buffer_size(1 << 20);
-    let transport = Arc::new(transport);
+    let base = || {
+        let mut t = quinn::TransportConfig::default();
+        t.datagram_receive_buffer_size(Some(1 << 20));
+        t.datagram_send_buffer_size(1 << 20);
+        t
+    };
+    let transport = Arc::new(base());
+    let mut client_transport = base();
+    tune(&mut client_transport);
 
     let mut s = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -35,7 +50,7 @@ pub async fn quic_pair() -> anyhow::Result<QuicPair> {
     let mut cc = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(c)?,
     ));
-    cc.transport_config(transport);
+    cc.transport_config(Arc::new(client_transport));
 
     let server = quinn::Endpoint::server(sc, "127.0.0.1:0".parse()?)?;
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -50,7 +65,7 @@ pub async fn quic_pair() -> anyhow::Result<QuicPair> {
             }
         })
     };
-    let client_conn = client.connect(addr, "localhost")?.await?;
+    let client_conn = client.connect(path(addr).await, "localhost")?.await?;
     let server_conn = accept.await??;
     Ok(QuicPair {
         client_conn,

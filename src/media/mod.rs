@@ -16,6 +16,7 @@ pub mod poller;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
+pub mod stale;
 
 pub use hub::MediaHub;
 
