@@ -390,10 +390,11 @@ const SERVER_PEER_UNI_STREAMS: u32 = 1024;
 const CLIENT_PEER_UNI_STREAMS: u32 = 64;
 
 /// Bytes of QUIC datagrams queued each way, to send and received but not yet read. When a queue
-/// is full quinn drops its oldest datagrams, so a stalled path or reader resumes with the newest
-/// media, at most this much behind. 256 KiB (about 50 ms at 500 calls) lost 500–850 packets per
-/// 500-call run on the 2-core test machine, silently, while the call-setup burst held up the
-/// reader; 4 MiB lost none (docs/performance.md, "Fourth round").
+/// is full quinn drops its oldest datagrams. 256 KiB (about 50 ms at 500 calls) lost 500–850
+/// packets per 500-call run on the 2-core test machine, silently, while the call-setup burst
+/// held up the reader; 4 MiB lost none (docs/performance.md, "Fourth round"). On the send side
+/// the media hub keeps quinn's queue to about 60 ms at the path's rate (`media::stale`, ADR
+/// 0019), so this size only bounds memory there.
 pub const DATAGRAM_BUFFER: usize = 4 << 20;
 
 fn transport_config(bidi: u32, uni: u32) -> anyhow::Result<Arc<quinn::TransportConfig>> {
