@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn a_slow_path_sends_no_datagram_later_than_the_limit() {
         let (worst, sent, dropped) = run(10, 1.16e6, 3000);
-        // One millisecond of step, one of rate estimate at the start of the backlog.
+        // The model moves in 1 ms steps, and counts a datagram that leaves within a step at its end.
         assert!(
             worst <= MAX_QUEUE_DELAY + Duration::from_millis(2),
             "a datagram left {worst:?} after it came"
