@@ -41,6 +41,10 @@ pub enum DropReason {
     /// The QUIC path sent slower than media came, and the datagram waited longer than
     /// `media::stale::MAX_QUEUE_DELAY` for it: dropped rather than delivered late.
     QuicStale,
+    /// A datagram for a media route that closed shortly before (`media::hub`'s memory of closed
+    /// routes, 10 s): packets still in flight when the call ended. `NoRoute` is then left for
+    /// datagrams no call ever had.
+    Closed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +54,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -64,6 +68,7 @@ impl DropReason {
         DropReason::QuicRecvQueue,
         DropReason::QuicSendQueue,
         DropReason::QuicStale,
+        DropReason::Closed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,6 +86,7 @@ impl DropReason {
             DropReason::QuicRecvQueue => "quic_recv_queue",
             DropReason::QuicSendQueue => "quic_send_queue",
             DropReason::QuicStale => "quic_stale",
+            DropReason::Closed => "closed",
         }
     }
 }

@@ -53,6 +53,49 @@ const RECV_QUEUE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Route table key: quinn's `stable_id` of the connection and the Quarter Stream ID.
 type RouteKey = (usize, u64);
 
+/// How long a closed route is remembered, so that datagrams still in flight for an ended call
+/// count as `closed`, not `no_route`; and how many are remembered at most.
+const CLOSED_MEMORY: std::time::Duration = std::time::Duration::from_secs(10);
+const CLOSED_MAX: usize = 65_536;
+
+/// Routes closed in the last [`CLOSED_MEMORY`] (a route is never reused: its QUIC stream is
+/// not).
+#[derive(Default)]
+struct ClosedRoutes {
+    keys: std::collections::HashSet<RouteKey>,
+    /// When each was closed, oldest first.
+    order: std::collections::VecDeque<(Instant, RouteKey)>,
+}
+
+impl ClosedRoutes {
+    fn insert(&mut self, now: Instant, key: RouteKey) {
+        self.expire(now);
+        if self.order.len() >= CLOSED_MAX {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        if self.keys.insert(key) {
+            self.order.push_back((now, key));
+        }
+    }
+
+    fn contains(&mut self, now: Instant, key: &RouteKey) -> bool {
+        self.expire(now);
+        self.keys.contains(key)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.front() {
+            if now.saturating_duration_since(at) < CLOSED_MEMORY {
+                break;
+            }
+            self.order.pop_front();
+            self.keys.remove(&key);
+        }
+    }
+}
+
 /// The route of the datagrams of request stream `stream_id` on `conn`: its Quarter Stream ID is
 /// `stream_id / 4` (RFC 9297).
 fn route_key(conn: &quinn::Connection, stream_id: u64) -> RouteKey {
@@ -74,6 +117,9 @@ struct Inner {
     dtls: Option<Arc<DtlsIdentity>>,
     calls: Mutex<HashMap<CallKey, Arc<CallMedia>>>,
     routes: RwLock<HashMap<RouteKey, Arc<CallMedia>>>,
+    /// Routes closed a short while ago (see [`ClosedRoutes`]). Taken only when a route closes
+    /// and when a datagram finds no route.
+    closed: Mutex<ClosedRoutes>,
     /// The batching sender of each QUIC connection that carries media, by `stable_id`.
     senders: Mutex<HashMap<usize, Weak<QuicSender>>>,
     /// Reads the legacy sockets; made with the first one (it needs the runtime).
@@ -353,6 +399,7 @@ impl MediaHub {
                 dtls: None,
                 calls: Mutex::new(HashMap::new()),
                 routes: RwLock::new(HashMap::new()),
+                closed: Mutex::new(ClosedRoutes::default()),
                 senders: Mutex::new(HashMap::new()),
                 poller: Mutex::new(None),
             }),
@@ -601,6 +648,7 @@ impl MediaHub {
         if let Some(old) = old {
             if old.route != route {
                 routes.remove(&old.route);
+                lock(&self.inner.closed).insert(now, old.route);
             }
         }
         routes.insert(route, m.clone());
@@ -669,6 +717,8 @@ impl MediaHub {
         if let Some(b) = lock(&m.quic).take() {
             if routes.get(&b.route).is_some_and(|c| Arc::ptr_eq(c, m)) {
                 routes.remove(&b.route);
+                drop(routes);
+                lock(&self.inner.closed).insert(Instant::now(), b.route);
             }
         }
     }
@@ -784,7 +834,12 @@ impl MediaHub {
             };
             let routes = self.inner.routes.read().unwrap_or_else(|e| e.into_inner());
             let Some(m) = routes.get(&(id, h.qsid)) else {
-                metrics.media_drop(DropReason::NoRoute);
+                drop(routes);
+                metrics.media_drop(if lock(&self.inner.closed).contains(now, &(id, h.qsid)) {
+                    DropReason::Closed
+                } else {
+                    DropReason::NoRoute
+                });
                 continue;
             };
             let pkt = &d[h.payload_offset..];
@@ -1444,6 +1499,60 @@ mod tests {
         assert!(sent < SENT, "quinn sent all {sent}: the queue never filled");
         assert_eq!(counted, SENT - sent, "{sent} of {SENT} sent");
         drop(sender);
+    }
+
+    /// A datagram for a call that has just closed counts as `closed`; one for a Quarter Stream
+    /// ID no call had counts as `no_route`.
+    #[tokio::test]
+    async fn datagrams_for_a_call_that_just_closed_count_as_closed() {
+        let pair = crate::media::loopback::quic_pair().await.unwrap();
+        let (b, _rx, metrics) = hub();
+        let call = CallKey(9);
+        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        b.bind_quic(call, pair.server_conn.clone(), 8);
+        tokio::spawn(b.clone().run_quic_reader(pair.server_conn.clone()));
+        b.apply(MediaCmd::Close { call });
+        let rtp = rtp::pcmu_packet(1, 0x5eed);
+        let mut arena = DatagramArena::default();
+        pair.client_conn
+            .send_datagram(arena.frame(2, FLOW_RTP, &rtp).unwrap())
+            .unwrap();
+        pair.client_conn
+            .send_datagram(arena.frame(3, FLOW_RTP, &rtp).unwrap())
+            .unwrap();
+        for _ in 0..200 {
+            if dropped(&metrics, DropReason::Closed) + dropped(&metrics, DropReason::NoRoute) == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            dropped(&metrics, DropReason::Closed),
+            1,
+            "QSID 2, the closed call"
+        );
+        assert_eq!(
+            dropped(&metrics, DropReason::NoRoute),
+            1,
+            "QSID 3, never a call"
+        );
+    }
+
+    /// Closed routes are remembered for 10 s, and at most 65 536 of them.
+    #[test]
+    fn closed_routes_are_forgotten_after_a_while_or_when_too_many() {
+        let t0 = Instant::now();
+        let mut c = ClosedRoutes::default();
+        c.insert(t0, (1, 2));
+        assert!(c.contains(t0 + CLOSED_MEMORY / 2, &(1, 2)));
+        assert!(!c.contains(t0 + CLOSED_MEMORY / 2, &(1, 3)));
+        assert!(!c.contains(t0 + CLOSED_MEMORY, &(1, 2)));
+        for q in 0..=CLOSED_MAX as u64 {
+            c.insert(t0 + CLOSED_MEMORY, (7, q));
+        }
+        assert_eq!(c.order.len(), CLOSED_MAX);
+        assert!(!c.contains(t0 + CLOSED_MEMORY, &(7, 0)), "the oldest went");
+        assert!(c.contains(t0 + CLOSED_MEMORY, &(7, CLOSED_MAX as u64)));
     }
 
     /// A congestion controller whose window the test sets.
