@@ -902,23 +902,11 @@ mod tests {
 
     impl StirPki {
         fn new(tag: &str) -> StirPki {
-            use base64::Engine as _;
             let now = unix_now();
             let pki = crate::stir::TestPki::generate("1234", now).unwrap();
             let dir = std::env::temp_dir().join(format!("riptide-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
-            let pem = |der: &[u8]| {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-                let lines: Vec<&str> = b64
-                    .as_bytes()
-                    .chunks(64)
-                    .map(|c| std::str::from_utf8(c).unwrap())
-                    .collect();
-                format!(
-                    "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
-                    lines.join("\n")
-                )
-            };
+            let pem = |der: &[u8]| crate::stir::testpki::pem_block("X509 CRL", der);
             std::fs::write(dir.join("root.pem"), &pki.root.pem).unwrap();
             std::fs::write(dir.join("signer.pem"), &pki.crl_signer.pem).unwrap();
             let revoking = pki.crl(&[&pki.leaf.serial], now - 60, now + 3600).unwrap();

@@ -442,7 +442,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+/// `der` as one PEM block labelled `label`, 64 characters a line.
+pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
