@@ -38,8 +38,9 @@ pub enum DropReason {
     /// congestion control or pacing held the datagrams back). Counted once per datagram that
     /// found the queue full; equal-sized RTP pushes out exactly one.
     QuicSendQueue,
-    /// The QUIC path sent slower than media came, and the datagram waited longer than
-    /// `media::stale::MAX_QUEUE_DELAY` for it: dropped rather than delivered late.
+    /// The QUIC path sends slower than media comes, and the datagram would have waited longer
+    /// than `media::stale::MAX_QUEUE_DELAY` in quinn's queue at the congestion controller's
+    /// rate: dropped at once rather than delivered late.
     QuicStale,
     /// A datagram for a media route that closed shortly before (`media::hub`'s memory of closed
     /// routes, 10 s): packets still in flight when the call ended. `NoRoute` is then left for
@@ -728,5 +729,18 @@ mod tests {
             s["riptide_sip_messages_total{dir=\"in\",kind=\"other\"}"],
             50.0
         );
+    }
+
+    /// docs/architecture.md explains every drop reason an operator can see.
+    #[test]
+    fn every_drop_reason_is_explained_in_the_architecture_doc() {
+        let doc = include_str!("../docs/architecture.md");
+        for r in DropReason::ALL {
+            assert!(
+                doc.contains(&format!("| `{}` |", r.label())),
+                "docs/architecture.md has no row for reason=\"{}\"",
+                r.label()
+            );
+        }
     }
 }
