@@ -19,7 +19,7 @@ use super::dtls::DtlsIdentity;
 use super::leg::{LegacyLeg, Recv, Transmit};
 use super::poller::{self, Poller, Registration};
 use super::rtp::{self, DatagramArena, PacketKind, FLOW_RTCP, FLOW_RTP};
-use super::stale::StaleGate;
+use super::stale::{StaleGate, QUINN_PER_DATAGRAM};
 use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
 use crate::metrics::{DropReason, Metrics};
@@ -39,10 +39,6 @@ use tokio::task::JoinHandle;
 /// sent when the binding comes, instead of being lost.
 const EARLY_MAX_PACKETS: usize = 10;
 const EARLY_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// What quinn counts against a datagram queue per datagram beyond its payload (at most; its
-/// own figure is the size of its `Datagram`, a `Bytes`).
-const DATAGRAM_OVERHEAD: usize = 64;
 
 /// Datagrams a QUIC reader takes from quinn ahead of the one it handles.
 const LOOKAHEAD: usize = 3;
@@ -252,7 +248,10 @@ async fn run_quic_sender(hub: MediaHub, sender: Weak<QuicSender>, ready: Arc<Not
         // quinn makes room in a full send queue by dropping its oldest datagrams, silently. One
         // look at the free space per batch tells whether that can happen; only then is each
         // datagram checked (a datagram that fits the free space drops nothing).
-        let need: usize = batch.iter().map(|(d, _)| d.len() + DATAGRAM_OVERHEAD).sum();
+        let need: usize = batch
+            .iter()
+            .map(|(d, _)| d.len() + QUINN_PER_DATAGRAM)
+            .sum();
         let may_drop = need > space;
         gate.flush(
             space,

@@ -29,7 +29,7 @@ pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(60);
 
 /// What quinn counts against its queue for each datagram beyond the payload: its `Datagram`,
 /// one `Bytes` (quinn-proto `DatagramBuffer::memory_used`).
-const QUINN_PER_DATAGRAM: usize = std::mem::size_of::<Bytes>();
+pub(super) const QUINN_PER_DATAGRAM: usize = std::mem::size_of::<Bytes>();
 
 /// One QUIC connection's gate; see the module documentation.
 #[derive(Default)]
