@@ -3,7 +3,7 @@
 use crate::auth::LocalIssuer;
 use crate::bridge::driver::{self, Sinks};
 use crate::bridge::engine::{
-    Engine, EngineConfig, PeerInfo, SipTarget, TgInfo, TgRoute, TgTarget, TrunkInfo,
+    Engine, EngineConfig, Input, PeerInfo, SipTarget, TgInfo, TgRoute, TgTarget, TrunkInfo,
 };
 use crate::bridge::secure::MediaPolicy;
 use crate::config::{Config, RiptPeerConfig};
@@ -232,8 +232,42 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks)?);
+    let named = trunk_names(&cfg, &ecfg.trunks);
+    let mut trunks = ecfg.trunks.clone();
     let engine = Engine::new(ecfg, metrics.clone());
     let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
+    let on_change = {
+        let (engine, sip, cfg) = (stir_back.clone(), sip.clone(), cfg.clone());
+        move |trunk: usize, addrs: &[SocketAddr]| {
+            let Some(t) = trunks.get_mut(trunk) else {
+                return true;
+            };
+            t.dest.addr = addrs[0];
+            t.alternates = addrs[1..].to_vec();
+            // SIP-TLS settings are found by address: the new ones get theirs before any call
+            // can be sent there.
+            if t.dest.transport == Transport::Tls {
+                match sip_tls_peers(&cfg, &trunks) {
+                    Ok(peers) => sip.set_tls_peers(peers),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "SIP-TLS settings for the new trunk addresses failed; TLS toward them will not be set up")
+                    }
+                }
+            }
+            engine
+                .send(Input::TrunkAddrs {
+                    trunk,
+                    addrs: addrs.to_vec(),
+                })
+                .is_ok()
+        }
+    };
+    tokio::spawn(refresh_trunk_addrs(
+        named,
+        Duration::from_secs(cfg.sip.dns_refresh_secs),
+        |uri| async move { resolve_sip_uri(&uri).await.map(|(a, _)| a) },
+        on_change,
+    ));
     tokio::spawn(driver::run(
         engine,
         sip_rx,
@@ -585,17 +619,18 @@ pub async fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
-        let (addr, transport) = resolve_sip_uri(via)
+        let (addrs, transport) = resolve_sip_uri(via)
             .await
             .with_context(|| format!("sip_trunk {}", t.name))?;
         trunks.push(TrunkInfo {
             name: t.name.clone(),
             host,
             dest: Dest {
-                addr,
+                addr: addrs[0],
                 transport,
                 conn: None,
             },
+            alternates: addrs[1..].to_vec(),
             proxy_route: t
                 .outbound_proxy
                 .as_ref()
@@ -725,28 +760,35 @@ fn sip_tls_peers(
         if info.dest.transport != Transport::Tls {
             continue;
         }
-        let addr = info.dest.addr;
         let settings = (
             tls::sip_trunk_domain(t)?,
             t.tls_ca.as_ref(),
             t.tls_client_cert.as_ref(),
             t.tls_client_key.as_ref(),
         );
-        if let Some((other, s)) = seen.get(&addr) {
-            if *s != settings {
-                bail!(
-                    "sip_trunk {} and sip_trunk {other} are both reached over TLS at {addr} but \
-                     differ in their TLS settings (domain, tls_ca, tls_client_cert, \
-                     tls_client_key); SIP-TLS connections are shared by address",
-                    t.name
-                );
+        // Every address the trunk's name has: a failover or a refreshed address is reached
+        // with the same settings.
+        let mut client = None;
+        for addr in std::iter::once(info.dest.addr).chain(info.alternates.iter().copied()) {
+            if let Some((other, s)) = seen.get(&addr) {
+                if *s != settings {
+                    bail!(
+                        "sip_trunk {} and sip_trunk {other} are both reached over TLS at {addr} \
+                         but differ in their TLS settings (domain, tls_ca, tls_client_cert, \
+                         tls_client_key); SIP-TLS connections are shared by address",
+                        t.name
+                    );
+                }
+                continue;
             }
-            continue;
+            let c = match &client {
+                Some(c) => c,
+                None => client.insert(tls::sip_trunk_tls(cfg, t)?),
+            };
+            info!(trunk = %t.name, dest = %addr, domain = %settings.0, "SIP-TLS toward this trunk (RFC 5922 identity check)");
+            out.insert(addr, c.clone());
+            seen.insert(addr, (t.name.as_str(), settings.clone()));
         }
-        let client = tls::sip_trunk_tls(cfg, t)?;
-        info!(trunk = %t.name, dest = %addr, domain = %settings.0, "SIP-TLS toward this trunk (RFC 5922 identity check)");
-        out.insert(addr, client);
-        seen.insert(addr, (t.name.as_str(), settings));
     }
     Ok(out)
 }
@@ -826,12 +868,12 @@ fn digest_login(
     Ok(Some(Arc::new(crate::sip::digest::Login::new(user, pw))))
 }
 
-/// Where to send requests for a SIP URI: an IP literal as is, a host name by its A/AAAA
-/// records (resolved once, at start). RFC 3263 NAPTR/SRV selection is not done: the URI's port
-/// (or 5060/5061) is used.
-async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(SocketAddr, Transport)> {
-    if let Some(r) = msg::uri_socket(uri) {
-        return Ok(r);
+/// Where to send requests for a SIP URI: an IP literal as is, a host name by all its A/AAAA
+/// records, in the resolver's order, each once (never empty). RFC 3263 NAPTR/SRV selection is not
+/// done: the URI's port (or 5060/5061) is used.
+async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(Vec<SocketAddr>, Transport)> {
+    if let Some((addr, transport)) = msg::uri_socket(uri) {
+        return Ok((vec![addr], transport));
     }
     let (host, port, transport) =
         msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
@@ -840,12 +882,90 @@ async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(SocketAddr, Transport)> {
     } else {
         5060
     });
-    let addr = tokio::net::lookup_host((host.as_str(), port))
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} has no address"))?;
-    Ok((addr, transport))
+    {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(anyhow!("{host} has no address"));
+    }
+    Ok((addrs, transport))
+}
+
+/// A `[[sip_trunk]]` whose next hop (outbound proxy, else target) is a host name.
+#[derive(Debug, Clone, PartialEq)]
+struct NamedTrunk {
+    /// Its place in the engine's list.
+    trunk: usize,
+    uri: String,
+    /// What the name resolved to last, in order.
+    addrs: Vec<SocketAddr>,
+}
+
+/// The trunks of `cfg` named by host name, with the addresses `trunks` (the engine's list,
+/// resolved at start) has for them.
+fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
+    cfg.sip_trunks
+        .iter()
+        .zip(trunks)
+        .enumerate()
+        .filter_map(|(i, (t, info))| {
+            let uri = t.outbound_proxy.as_deref().unwrap_or(&t.target);
+            msg::uri_socket(uri).is_none().then(|| NamedTrunk {
+                trunk: i,
+                uri: uri.to_string(),
+                addrs: std::iter::once(info.dest.addr)
+                    .chain(info.alternates.iter().copied())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// Looks the trunks' host names up again every `every` (ADR 0020) and calls `changed(trunk,
+/// addresses)` when a lookup finds addresses other than the last ones. A lookup that fails, or
+/// finds nothing, leaves the trunk's addresses as they were. Ends when `changed` returns false
+/// (the engine is gone).
+async fn refresh_trunk_addrs<F, Fut>(
+    mut names: Vec<NamedTrunk>,
+    every: Duration,
+    resolve: F,
+    mut changed: impl FnMut(usize, &[SocketAddr]) -> bool,
+) where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<SocketAddr>>>,
+{
+    if names.is_empty() || every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for t in &mut names {
+            match resolve(t.uri.clone()).await {
+                Ok(addrs) if !addrs.is_empty() => {
+                    if addrs != t.addrs {
+                        t.addrs = addrs;
+                        if !changed(t.trunk, &t.addrs) {
+                            return;
+                        }
+                    }
+                }
+                Ok(_) => {
+                    tracing::warn!(uri = %t.uri, "trunk host name has no address now; keeping the last ones")
+                }
+                Err(e) => {
+                    tracing::warn!(uri = %t.uri, error = %format!("{e:#}"), "trunk host name lookup failed; keeping the last addresses")
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -880,14 +1000,147 @@ mod tests {
         let (a, t) = resolve_sip_uri("sip:127.0.0.1:5080;transport=tcp")
             .await
             .unwrap();
-        assert_eq!((a, t), ("127.0.0.1:5080".parse().unwrap(), Transport::Tcp));
+        assert_eq!(
+            (a, t),
+            (vec!["127.0.0.1:5080".parse().unwrap()], Transport::Tcp)
+        );
         let (a, t) = resolve_sip_uri("sip:localhost:5090").await.unwrap();
-        assert!(a.ip().is_loopback(), "{a}");
-        assert_eq!((a.port(), t), (5090, Transport::Udp));
+        assert!(
+            !a.is_empty() && a.iter().all(|a| a.ip().is_loopback() && a.port() == 5090),
+            "{a:?}"
+        );
+        assert_eq!(t, Transport::Udp);
+        let mut unique = a.clone();
+        unique.dedup();
+        assert_eq!(unique, a, "each address once");
         let (a, _) = resolve_sip_uri("sip:pbx@localhost").await.unwrap();
-        assert_eq!(a.port(), 5060, "default port");
+        assert_eq!(a[0].port(), 5060, "default port");
         assert!(resolve_sip_uri("sip:no-such-host.invalid").await.is_err());
         assert!(resolve_sip_uri("http://x").await.is_err());
+    }
+
+    #[test]
+    fn trunks_named_by_host_name_are_the_ones_looked_up_again() {
+        let cfg = crate::config::load_str(
+            r#"
+[[sip_trunk]]
+name = "literal"
+target = "sip:192.0.2.1:5060"
+
+[[sip_trunk]]
+name = "named"
+target = "sip:pbx.example.net;transport=tcp"
+
+[[sip_trunk]]
+name = "named-behind-a-literal-proxy"
+target = "sip:pbx.example.net"
+outbound_proxy = "sip:192.0.2.2"
+
+[[sip_trunk]]
+name = "literal-behind-a-named-proxy"
+target = "sip:192.0.2.3"
+outbound_proxy = "sip:proxy.example.net:5070"
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // What engine_config would have found at start.
+        let mut trunks = vec![EngineConfig::example().trunks[0].clone(); 4];
+        trunks[1].dest.addr = addr("192.0.2.20:5060");
+        trunks[1].alternates = vec![addr("192.0.2.21:5060")];
+        trunks[3].dest.addr = addr("192.0.2.30:5070");
+        assert_eq!(
+            trunk_names(&cfg, &trunks),
+            vec![
+                NamedTrunk {
+                    trunk: 1,
+                    uri: "sip:pbx.example.net;transport=tcp".into(),
+                    addrs: vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")],
+                },
+                NamedTrunk {
+                    trunk: 3,
+                    uri: "sip:proxy.example.net:5070".into(),
+                    addrs: vec![addr("192.0.2.30:5070")],
+                },
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trunk_names_are_looked_up_every_period_and_only_changes_are_passed_on() {
+        let a: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+        let b: SocketAddr = "192.0.2.11:5060".parse().unwrap();
+        let answers = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([
+            Ok(vec![a]),
+            Err(anyhow!("SERVFAIL")),
+            Ok(vec![]),
+            Ok(vec![a]),
+            Ok(vec![b, a]),
+            Ok(vec![a]),
+        ])));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn(refresh_trunk_addrs(
+            vec![NamedTrunk {
+                trunk: 2,
+                uri: "sip:pbx.example.net".into(),
+                addrs: vec![b],
+            }],
+            Duration::from_secs(60),
+            {
+                let (asked, answers) = (asked.clone(), answers.clone());
+                move |uri: String| {
+                    asked.lock().unwrap().push(uri);
+                    let answer = answers
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .expect("asked too often");
+                    async move { answer }
+                }
+            },
+            {
+                let changes = changes.clone();
+                let mut n = 0;
+                move |trunk: usize, addrs: &[SocketAddr]| {
+                    changes.lock().unwrap().push((trunk, addrs.to_vec()));
+                    n += 1;
+                    // The engine is gone after the third change.
+                    n < 3
+                }
+            },
+        ));
+        let seen = || std::mem::take(&mut *changes.lock().unwrap());
+        // The lookup at start belongs to engine_config; the first refresh is a period later.
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(seen(), vec![]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(seen(), vec![(2, vec![a])]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(seen(), vec![], "a failed lookup keeps the last addresses");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(seen(), vec![], "so does one that found nothing");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(seen(), vec![], "the same addresses again are no change");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            seen(),
+            vec![(2, vec![b, a])],
+            "an order of its own is a change"
+        );
+        assert!(!task.is_finished());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(seen(), vec![(2, vec![a])]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(task.is_finished(), "ends once the engine is gone");
+        task.await.expect("ended, not panicked");
+        assert_eq!(asked.lock().unwrap().len(), 6);
+        assert!(asked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|u| u == "sip:pbx.example.net"));
     }
 
     /// A test STI PKI in a temporary folder: `root.pem`, the CRL `signer.pem`, and the CRLs
@@ -1133,6 +1386,21 @@ mod tests {
         assert_eq!(peers.len(), 1, "one address, over TLS once: {peers:?}");
         let p = &peers[&"127.0.0.1:5061".parse().unwrap()];
         assert_eq!(p.server_name.to_str(), "a.example");
+
+        // Every address of a trunk's name is reached with its settings (a failover, or what a
+        // later lookup found); one of them shared with a trunk of other settings is refused.
+        let mut ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        ecfg.trunks[0].alternates = vec!["127.0.0.2:5061".parse().unwrap()];
+        let peers = sip_tls_peers(&cfg, &ecfg.trunks).unwrap();
+        assert_eq!(peers.len(), 2, "{peers:?}");
+        let p = &peers[&"127.0.0.2:5061".parse().unwrap()];
+        assert_eq!(p.server_name.to_str(), "a.example");
+        let clash = trunks("b.example");
+        let mut ecfg = engine_config(&clash, &[], "x", "fp").await.unwrap();
+        ecfg.trunks[1].dest.addr = "127.0.0.3:5061".parse().unwrap();
+        ecfg.trunks[1].alternates = vec!["127.0.0.1:5061".parse().unwrap()];
+        let err = sip_tls_peers(&clash, &ecfg.trunks).unwrap_err().to_string();
+        assert!(err.contains("127.0.0.1:5061"), "{err}");
 
         let cfg = trunks("b.example");
         let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();

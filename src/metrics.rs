@@ -177,6 +177,28 @@ pub struct Metrics {
     pub quic_rtt_us: AtomicU64,
     /// Answers from a peer gateway held until the call's media stream was bound, by outcome.
     pub answers_held: [AtomicU64; AnswerHold::ALL.len()],
+    /// INVITEs that went on to a trunk's next address, by why.
+    pub trunk_failovers: [AtomicU64; Failover::ALL.len()],
+}
+
+/// Why an INVITE went on to a trunk's next address (ADR 0020).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// No response at all before Timer B.
+    Timeout,
+    /// 503 Service Unavailable.
+    Unavailable,
+}
+
+impl Failover {
+    pub const ALL: [Failover; 2] = [Failover::Timeout, Failover::Unavailable];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failover::Timeout => "timeout",
+            Failover::Unavailable => "503",
+        }
+    }
 }
 
 /// How an answer held for the call's media stream (see `ript::client`) was let through.
@@ -225,6 +247,10 @@ impl Metrics {
             q.rtt_ms_sum += rtt;
             q.rtt_count += 1;
         }
+    }
+
+    pub fn trunk_failover(&self, why: Failover) {
+        self.trunk_failovers[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn answer_held(&self, outcome: AnswerHold) {
@@ -535,6 +561,21 @@ impl Metrics {
                 "answers_held_total",
                 &format!("outcome=\"{}\"", o.label()),
                 load(&self.answers_held[o as usize]),
+            );
+        }
+
+        header(
+            &mut out,
+            "sip_trunk_failovers_total",
+            "counter",
+            "INVITEs sent on to a trunk's next address (ADR 0020), by why the one before failed.",
+        );
+        for w in Failover::ALL {
+            line(
+                &mut out,
+                "sip_trunk_failovers_total",
+                &format!("reason=\"{}\"", w.label()),
+                load(&self.trunk_failovers[w as usize]),
             );
         }
 

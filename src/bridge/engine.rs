@@ -13,7 +13,7 @@
 use super::negotiate;
 use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use crate::media::{MediaCmd, MediaEvent};
-use crate::metrics::{CallOutcome, Metrics};
+use crate::metrics::{CallOutcome, Failover, Metrics};
 use crate::ript::model::{
     self, CallDescription, CallDirection, CallRequest, CallState, Direction, Event, EventName,
     Proposal,
@@ -56,6 +56,12 @@ pub enum Input {
     StirChains {
         call: CallKey,
         chains: FetchedChains,
+    },
+    /// The addresses `trunks[trunk]`'s host name resolves to now, in the order to try them
+    /// (first one first). Calls placed from now on use them; calls under way keep theirs.
+    TrunkAddrs {
+        trunk: usize,
+        addrs: Vec<SocketAddr>,
     },
 }
 
@@ -109,6 +115,9 @@ pub struct TrunkInfo {
     /// Request-URI host part (`host:port`) for calls to this trunk.
     pub host: String,
     pub dest: Dest,
+    /// Further addresses of the same host name (or outbound proxy), tried in order when an
+    /// INVITE to the one before it times out or gets 503 (RFC 3263 §4.3, RFC 3261 §21.5.4).
+    pub alternates: Vec<SocketAddr>,
     /// Outbound proxy: requests go there with a Route header for it.
     pub proxy_route: Option<String>,
     pub codecs: Vec<String>,
@@ -267,6 +276,7 @@ impl EngineConfig {
                     transport: Transport::Udp,
                     conn: None,
                 },
+                alternates: vec![],
                 proxy_route: None,
                 codecs: crate::config::default_codecs(),
                 max_redirects: 3,
@@ -408,6 +418,9 @@ struct SipLeg {
     cancel_wanted: Option<String>,
     cancel_sent: bool,
     redirects: u8,
+    /// The trunk's further addresses this INVITE has yet to try, in order (see
+    /// [`TrunkInfo::alternates`]); emptied by a redirect, which names its own target.
+    failover: Vec<SocketAddr>,
     /// The trunk a UAC leg was placed on.
     trunk: Option<usize>,
     /// The ACK for the last 2xx-answered (re-)INVITE and its CSeq, re-sent when that 2xx is
@@ -528,6 +541,9 @@ pub struct Engine {
     invites: HashMap<ServerKey, CallKey>,
     /// Our client transactions.
     branches: HashMap<String, (CallKey, Purpose)>,
+    /// Trunk addresses that timed out on an INVITE or answered 503 with Retry-After, until
+    /// when new calls try them only after the trunk's other addresses.
+    avoid: HashMap<SocketAddr, Instant>,
     /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
     /// send once the peer answers: the far side must not keep ringing a call nobody holds.
     orphans: HashMap<CallKey, String>,
@@ -576,6 +592,20 @@ struct PortPool {
 
 /// How long a released media port rests before it is handed out again.
 const PORT_COOLING: Duration = Duration::from_millis(250);
+
+/// How long new calls try a trunk address last after an INVITE to it got no response at all.
+const AVOID_AFTER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest Retry-After of a 503 honoured when ordering a trunk's addresses.
+const MAX_AVOID_SECS: u64 = 3600;
+
+/// The delta-seconds of a Retry-After value (RFC 3261 §20.33: `delta-seconds [comment]
+/// *(;param)`).
+fn retry_after_secs(v: &str) -> Option<u64> {
+    let v = v.trim_start();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    v[..digits].parse().ok()
+}
 
 impl PortPool {
     fn new(min: u16, max: u16) -> Self {
@@ -636,6 +666,7 @@ impl Engine {
             dialogs: HashMap::new(),
             invites: HashMap::new(),
             branches: HashMap::new(),
+            avoid: HashMap::new(),
             orphans: HashMap::new(),
             per_client: HashMap::new(),
             preflight_ok: HashMap::new(),
@@ -770,6 +801,7 @@ impl Engine {
                 toward_legacy,
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
+            Input::TrunkAddrs { trunk, addrs } => self.set_trunk_addrs(trunk, addrs),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
                 warn!(%call, %reason, "ending the call: legacy media security failed");
@@ -1389,6 +1421,7 @@ impl Engine {
             cancel_wanted: None,
             cancel_sent: false,
             redirects: 0,
+            failover: vec![],
             trunk: None,
             ack: None,
             final_done: false,
@@ -2177,6 +2210,14 @@ impl Engine {
         if matches!(code, 401 | 407) && self.digest_retry(now, key, resp, code) {
             return;
         }
+        if code == 503 {
+            let retry_after = msg::first_header(&resp.headers, "Retry-After")
+                .and_then(|v| retry_after_secs(&v))
+                .map(|s| Duration::from_secs(s.min(MAX_AVOID_SECS)));
+            if self.fail_over(now, key, retry_after, Failover::Unavailable) {
+                return;
+            }
+        }
         // 3xx: follow the first Contact when allowed.
         if (300..400).contains(&code) {
             let contact = msg::first_header(&resp.headers, "Contact")
@@ -2197,6 +2238,7 @@ impl Engine {
                 {
                     if let Some((addr, transport)) = msg::uri_socket(&target) {
                         sip.redirects += 1;
+                        sip.failover.clear();
                         sip.invite_uri = target.clone();
                         sip.dest = Dest {
                             addr,
@@ -2431,6 +2473,9 @@ impl Engine {
         match purpose {
             Purpose::Invite => {
                 // Timer B: nobody answered at all.
+                if self.fail_over(now, key, Some(AVOID_AFTER_TIMEOUT), Failover::Timeout) {
+                    return;
+                }
                 let mut ev = Event::failed(408, "Request Timeout");
                 ev.name = EventName::Failed;
                 self.send_event(key, ev);
@@ -2718,6 +2763,12 @@ impl Engine {
                 };
                 call.port = Some(port);
                 let trunk = self.cfg.trunks[t].clone();
+                let (first, mut failover) = self.trunk_order(now, &trunk);
+                // A browser's call reaches a preflight trunk only at an address that allowed its
+                // origin (ADR 0009): it is not failed over to one that was not asked.
+                if origin.is_some() && trunk.preflight {
+                    failover.clear();
+                }
                 let (formats, ptime) = negotiate::proposal_to_formats(&proposal, Direction::S2c);
                 let mut sec = LegSecurity::new(
                     trunk.media,
@@ -2791,7 +2842,10 @@ impl Engine {
                     remote_addr: format!("<{invite_uri}>"),
                     remote_target: invite_uri.clone(),
                     route_set: vec![],
-                    dest: trunk.dest,
+                    dest: Dest {
+                        addr: first,
+                        ..trunk.dest
+                    },
                     transport: trunk.dest.transport,
                     local_cseq: 0,
                     remote_cseq: 0,
@@ -2805,6 +2859,7 @@ impl Engine {
                     cancel_wanted: None,
                     cancel_sent: false,
                     redirects: 0,
+                    failover,
                     trunk: Some(t),
                     ack: None,
                     final_done: false,
@@ -3363,7 +3418,15 @@ impl Engine {
         let Some(origin) = origin.filter(|_| self.cfg.trunks[trunk].preflight) else {
             return self.send_invite(now, key);
         };
-        let target = self.cfg.trunks[trunk].dest.addr;
+        // The address this call's INVITE would go to (the trunk's first one not being avoided).
+        let Some(target) = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .map(|s| s.dest.addr)
+        else {
+            return;
+        };
         if self
             .preflight_bad
             .get(&target)
@@ -3456,6 +3519,64 @@ impl Engine {
         self.send_event(key, ev);
         self.end_server_call(key);
         self.finish(now, key, CallOutcome::Failed);
+    }
+
+    /// The trunk's addresses in the order a new call tries them: those not being avoided
+    /// first, each group in the trunk's own order. An address that timed out or sent 503 with
+    /// Retry-After is still tried, last, rather than the call failing without a try.
+    fn trunk_order(&mut self, now: Instant, trunk: &TrunkInfo) -> (SocketAddr, Vec<SocketAddr>) {
+        self.avoid.retain(|_, until| *until > now);
+        let all = std::iter::once(trunk.dest.addr).chain(trunk.alternates.iter().copied());
+        let (mut order, avoided): (Vec<_>, Vec<_>) = all.partition(|a| !self.avoid.contains_key(a));
+        order.extend(avoided);
+        let first = order.remove(0);
+        (first, order)
+    }
+
+    fn set_trunk_addrs(&mut self, trunk: usize, addrs: Vec<SocketAddr>) {
+        let (Some(t), Some((&first, rest))) = (self.cfg.trunks.get_mut(trunk), addrs.split_first())
+        else {
+            return;
+        };
+        if t.dest.addr != first || t.alternates != rest {
+            info!(trunk = %t.name, addresses = ?addrs, "trunk addresses changed");
+            t.dest.addr = first;
+            t.alternates = rest.to_vec();
+        }
+    }
+
+    /// RFC 3263 §4.3 / RFC 3261 §21.5.4: an INVITE that timed out or got 503 goes to the
+    /// trunk's next address, as a new transaction, unless the caller has given up. `avoid_for`:
+    /// how long new calls try the failed address last. False when there is no address left.
+    fn fail_over(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        avoid_for: Option<Duration>,
+        why: Failover,
+    ) -> bool {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return false;
+        };
+        let failed = sip.dest.addr;
+        if let Some(d) = avoid_for {
+            self.avoid.insert(failed, now + d);
+        }
+        if sip.failover.is_empty() || sip.cancel_wanted.is_some() || sip.cancel_sent {
+            return false;
+        }
+        let next = sip.failover.remove(0);
+        sip.dest = Dest {
+            addr: next,
+            transport: sip.dest.transport,
+            conn: None,
+        };
+        // Early dialogs of the failed attempt ended with it.
+        sip.remote_tag = None;
+        info!(call = %key, %failed, %next, why = why.label(), "INVITE failing over to the trunk's next address");
+        self.metrics.trunk_failover(why);
+        self.send_invite(now, key);
+        true
     }
 
     fn send_invite(&mut self, now: Instant, key: CallKey) {

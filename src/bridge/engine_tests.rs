@@ -2771,3 +2771,296 @@ fn a_released_port_cools_before_it_is_handed_out_again() {
     assert_eq!(pool.take(t0 + ms(501)), Some(20004));
     assert_eq!(pool.take(t0 + ms(502)), None);
 }
+
+// ------------------------------------------------------------ trunk address failover (ADR 0020)
+
+const SECOND: &str = "127.0.0.2:5080";
+
+fn first_addr() -> SocketAddr {
+    TRUNK.parse().unwrap()
+}
+
+fn second_addr() -> SocketAddr {
+    SECOND.parse().unwrap()
+}
+
+/// The INVITEs among `out`: `(destination, text)`.
+fn invites_to(out: &[Output]) -> Vec<(SocketAddr, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Sip(s) if s.bytes.starts_with(b"INVITE ") => {
+                Some((s.dest.addr, String::from_utf8_lossy(&s.bytes).into_owned()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn header<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+}
+
+/// A trunk whose host name has two addresses: 127.0.0.1:5080, then `SECOND`.
+fn two_address_sim() -> Sim {
+    let mut s = Sim::with(EngineConfig {
+        // Longer than two Timer B's, as the default (180 s) is.
+        no_answer_timeout: Duration::from_secs(180),
+        ..cfg()
+    });
+    s.e.cfg.trunks[0].alternates = vec![second_addr()];
+    s
+}
+
+/// `riptide_sip_trunk_failovers_total`: `[timeout, 503]`.
+fn failovers(s: &Sim) -> [u64; 2] {
+    crate::metrics::Failover::ALL
+        .map(|w| s.e.metrics.trunk_failovers[w as usize].load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// A new call's first INVITE: its destination.
+fn next_call_goes_to(s: &mut Sim, req: u64) -> SocketAddr {
+    s.ript(incoming_call(ReqId(req), Some("+12155551212"), "gateway-a"));
+    let sent = invites_to(&s.take());
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    sent[0].0
+}
+
+#[test]
+fn an_invite_nobody_answers_goes_to_the_trunks_next_address() {
+    let mut s = two_address_sim();
+    let (key, first) = b_invite_sent(&mut s);
+    // Timer A retransmits to the first address until Timer B (64 × T1 = 32 s).
+    s.advance(Duration::from_millis(31_900));
+    let retrans = invites_to(&s.take());
+    assert_eq!(retrans.len(), 6);
+    assert!(retrans.iter().all(|(to, _)| *to == first_addr()));
+    s.advance(Duration::from_millis(200));
+    let out = s.take();
+    assert!(
+        server_events(&out).is_empty(),
+        "the caller is not told of it"
+    );
+    let sent = invites_to(&out);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (to, second) = &sent[0];
+    assert_eq!(*to, second_addr());
+    // A new transaction of the same call: same Call-ID and From tag, new branch, next CSeq;
+    // the Request-URI still names the trunk's host.
+    assert_eq!(header(second, "Call-ID"), header(&first, "Call-ID"));
+    assert_eq!(header(second, "From"), header(&first, "From"));
+    assert_ne!(header(second, "Via"), header(&first, "Via"));
+    assert_eq!(header(&first, "CSeq"), "1 INVITE");
+    assert_eq!(header(second, "CSeq"), "2 INVITE");
+    assert!(
+        second.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
+        "{second}"
+    );
+    assert_eq!(failovers(&s), [1, 0]);
+    // The second address answers: the call is set up as usual.
+    s.sip(&reply(second, 200, "OK", "callee2", Some(ANSWER)), SECOND);
+    let out = s.take();
+    assert!(
+        sip_texts(&out)
+            .iter()
+            .any(|m| m.starts_with("ACK sip:callee@127.0.0.1:5080")),
+        "the 200 is acknowledged"
+    );
+    assert!(server_events(&out)
+        .iter()
+        .any(|e| e.name == EventName::Answered));
+    assert_eq!(s.e.active_calls(), 1);
+    let _ = key;
+    // For a minute, new calls try the address that did not answer last.
+    assert_eq!(next_call_goes_to(&mut s, 2), second_addr());
+    s.advance(Duration::from_secs(61));
+    s.take();
+    assert_eq!(next_call_goes_to(&mut s, 3), first_addr());
+}
+
+#[test]
+fn a_503_goes_to_the_next_address_at_once_and_its_retry_after_orders_new_calls() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.sip(&reply(&first, 100, "Trying", "", None), TRUNK);
+    s.take();
+    let busy = reply(&first, 503, "Service Unavailable", "t503", None).replace(
+        "Content-Length: 0",
+        "Retry-After: 120 (maintenance);duration=60\r\nContent-Length: 0",
+    );
+    s.sip(&busy, TRUNK);
+    let out = s.take();
+    let lines = start_lines(&sip_texts(&out));
+    assert_eq!(
+        lines,
+        vec![
+            "ACK sip:answer@127.0.0.1:5080 SIP/2.0",
+            "INVITE sip:answer@127.0.0.1:5080 SIP/2.0"
+        ],
+        "the 503 is acknowledged and the INVITE goes on"
+    );
+    assert_eq!(invites_to(&out)[0].0, second_addr());
+    assert!(server_events(&out).is_empty());
+    assert_eq!(failovers(&s), [0, 1]);
+    // For its Retry-After, the address that sent 503 is tried last.
+    assert_eq!(next_call_goes_to(&mut s, 2), second_addr());
+    s.advance(Duration::from_secs(100));
+    s.take();
+    assert_eq!(next_call_goes_to(&mut s, 3), second_addr());
+    s.advance(Duration::from_secs(21));
+    s.take();
+    assert_eq!(next_call_goes_to(&mut s, 4), first_addr());
+}
+
+#[test]
+fn a_503_without_retry_after_fails_over_but_leaves_the_order_alone() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.sip(
+        &reply(&first, 503, "Service Unavailable", "t503", None),
+        TRUNK,
+    );
+    assert_eq!(invites_to(&s.take())[0].0, second_addr());
+    assert_eq!(next_call_goes_to(&mut s, 2), first_addr());
+}
+
+#[test]
+fn when_the_last_address_fails_the_call_fails_as_it_would_with_one() {
+    let mut s = two_address_sim();
+    let (key, first) = b_invite_sent(&mut s);
+    s.sip(
+        &reply(&first, 503, "Service Unavailable", "t503", None),
+        TRUNK,
+    );
+    let second = invites_to(&s.take()).remove(0).1;
+    s.sip(
+        &reply(&second, 503, "Service Unavailable", "t503b", None),
+        SECOND,
+    );
+    let out = s.take();
+    assert!(invites_to(&out).is_empty(), "no third try");
+    let evs = server_events(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(503))
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 0);
+
+    // Both addresses silent: two Timer B's, then 408 as with one address.
+    let (_key, _inv) = b_invite_sent(&mut s);
+    s.advance(Duration::from_millis(32_100));
+    assert_eq!(invites_to(&s.take()).last().unwrap().0, second_addr());
+    s.advance(Duration::from_millis(32_000));
+    let evs = server_events(&s.take());
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(408))
+    );
+}
+
+#[test]
+fn a_caller_who_gave_up_is_not_failed_over() {
+    let mut s = two_address_sim();
+    let (key, _inv) = b_invite_sent(&mut s);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    s.take();
+    s.advance(Duration::from_millis(32_100));
+    let out = s.take();
+    assert!(
+        !invites_to(&out).iter().any(|(to, _)| *to == second_addr()),
+        "no INVITE for a call that is over"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn a_redirect_ends_the_failover_list() {
+    let mut s = two_address_sim();
+    let (_key, inv) = b_invite_sent(&mut s);
+    let moved = reply(&inv, 302, "Moved Temporarily", "callee1", None).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        "Contact: <sip:other@127.0.0.1:5090>",
+    );
+    s.sip(&moved, TRUNK);
+    let redirected = invites_to(&s.take()).remove(0).1;
+    s.sip(
+        &reply(&redirected, 503, "Service Unavailable", "t", None),
+        "127.0.0.1:5090",
+    );
+    let out = s.take();
+    assert!(
+        invites_to(&out).is_empty(),
+        "the redirect's target has no alternates"
+    );
+    assert_eq!(server_events(&out)[0].code, Some(503));
+}
+
+#[test]
+fn addresses_from_a_new_lookup_apply_to_calls_placed_after_it() {
+    let mut s = Sim::new();
+    let (_key, _inv) = b_invite_sent(&mut s);
+    let third: SocketAddr = "127.0.0.3:5080".parse().unwrap();
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        addrs: vec![third, second_addr()],
+    });
+    // Nothing changes for the call under way: its retransmission stays with its address.
+    s.advance(Duration::from_millis(600));
+    let retrans: Vec<SocketAddr> = invites_to(&s.take())
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    assert_eq!(retrans, vec![first_addr()]);
+    assert_eq!(next_call_goes_to(&mut s, 2), third);
+    // An empty answer and an unknown trunk are ignored.
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        addrs: vec![],
+    });
+    s.input(Input::TrunkAddrs {
+        trunk: 7,
+        addrs: vec![second_addr()],
+    });
+    assert_eq!(next_call_goes_to(&mut s, 3), third);
+}
+
+#[test]
+fn a_browser_call_stays_at_the_address_its_preflight_allowed() {
+    let mut s = preflight_sim();
+    s.e.cfg.trunks[0].alternates = vec![second_addr()];
+    s.ript(browser_call(ReqId(1), PAGE));
+    let msgs = s.sip_out();
+    let ok = reply(&msgs[0], 200, "OK", "t1", None).replace(
+        "Content-Length: 0",
+        "Access-Control-Allow-Origin: https://allowed.example\r\nContent-Length: 0",
+    );
+    s.sip(&ok, TRUNK);
+    let invite = invites_to(&s.take()).remove(0).1;
+    s.sip(
+        &reply(&invite, 503, "Service Unavailable", "t503", None),
+        TRUNK,
+    );
+    let out = s.take();
+    assert!(
+        invites_to(&out).is_empty(),
+        "no INVITE to an address that was not preflighted"
+    );
+    assert_eq!(server_events(&out)[0].code, Some(503));
+    // A gateway's call on the same trunk does fail over.
+    let (_key, inv) = b_invite_sent(&mut s);
+    s.sip(
+        &reply(&inv, 503, "Service Unavailable", "t503", None),
+        TRUNK,
+    );
+    assert_eq!(invites_to(&s.take())[0].0, second_addr());
+}

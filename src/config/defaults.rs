@@ -42,6 +42,7 @@ impl Default for SipConfig {
             max_calls: 10_000,
             no_answer_timeout_secs: 180,
             t1_ms: 500,
+            dns_refresh_secs: 60,
             cors_origins: vec![],
             options_rate: 20,
             options_burst: 40,

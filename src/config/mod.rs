@@ -94,6 +94,9 @@ pub struct SipConfig {
     pub no_answer_timeout_secs: u64,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// Seconds between lookups of the `[[sip_trunk]]` host names (target or outbound proxy);
+    /// calls placed after a lookup use the addresses it found. 0: looked up once, at start.
+    pub dns_refresh_secs: u64,
     /// Browser origins (`scheme://host[:port]`) an out-of-dialog `OPTIONS` carrying `Origin` may
     /// name and get `Access-Control-Allow-Origin` back (the SIP "CORS" preflight of
     /// draft-jennings-rtcweb-api-00). Any other origin gets 403. Default: none.

@@ -392,8 +392,9 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
     Some((host, port, transport))
 }
 
-/// Resolves a SIP URI to a socket address. Only IP literals are resolved here; names need the
-/// RFC 3263 resolver, which the transport layer does not have yet.
+/// Resolves a SIP URI to a socket address. Only IP literals are resolved here: trunk host names
+/// are resolved by the gateway (ADR 0020); names in Contact, Record-Route and redirect targets are
+/// not resolved.
 pub fn uri_socket(uri: &str) -> Option<(SocketAddr, Transport)> {
     let (host, port, transport) = uri_target(uri)?;
     let ip: std::net::IpAddr = host.parse().ok()?;

@@ -97,6 +97,17 @@ pub struct Gateway {
 /// Starts `riptide serve` with `extra` (its `[[tg]]`s and routes) appended to a configuration
 /// of free loopback ports.
 pub fn start_server(dir: &Path, extra: &str) -> Gateway {
+    start_server_with(dir, "", extra, Command::new(BIN))
+}
+
+/// As [`start_server`], with `sip_extra` added to its `[sip]` table, run by `command` (the
+/// binary, or a wrapper that ends by running the arguments given to it).
+pub fn start_server_with(
+    dir: &Path,
+    sip_extra: &str,
+    extra: &str,
+    mut command: Command,
+) -> Gateway {
     let data = dir.join("server");
     let (sip, h3, admin) = (free_port(), free_port(), free_port());
     let media = 30000 + (rand::random::<u16>() % 2000) * 10;
@@ -110,6 +121,7 @@ data_dir = "{data}"
 [sip]
 udp = ["127.0.0.1:{sip}"]
 tcp = ["127.0.0.1:{sip}"]
+{sip_extra}
 
 [http3]
 listen = "127.0.0.1:{h3}"
@@ -129,7 +141,7 @@ port_max = {}
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
+    let child = command
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log")).unwrap())

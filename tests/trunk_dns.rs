@@ -1,0 +1,252 @@
+//! A `[[sip_trunk]]` named by a host name (ADR 0020): every address of the name is tried in
+//! turn, and a name that now resolves elsewhere is followed without a restart.
+//!
+//! `riptide serve` runs in a mount namespace of its own (`unshare -m`) whose `/etc/hosts` is this
+//! test's file, bind-mounted, so that the test decides what `pbx.test` resolves to and can change
+//! it while the gateway runs. The SIP peers are plain UDP sockets on 127.0.0.2–4 answering as a
+//! trunk would.
+
+mod cli_support;
+
+use cli_support::{client_config, free_port, start_server_with, temp_dir, text, tone_wav, BIN};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A trunk address: answers each INVITE with `code` (200 with an SDP answer, or 503 with
+/// Retry-After), takes ACKs, answers BYE with 200, and keeps the CSeq of every INVITE it got.
+struct Peer {
+    invites: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Where the gateway's RTP for an answered call goes (read and dropped by the kernel).
+    _media: UdpSocket,
+}
+
+impl Peer {
+    fn start(ip: &str, port: u16, code: u16) -> Peer {
+        let sock = UdpSocket::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let media = UdpSocket::bind((ip, 0)).unwrap();
+        let media_port = media.local_addr().unwrap().port();
+        let addr = sock.local_addr().unwrap();
+        let invites = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (invites, stop, ip) = (invites.clone(), stop.clone(), ip.to_string());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65535];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let reply = if req.starts_with("INVITE ") {
+                        invites.lock().unwrap().push(header(&req, "CSeq"));
+                        if code == 200 {
+                            let sdp = format!(
+                                "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+                                 m=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+                                 a=sendrecv\r\n"
+                            );
+                            response(&req, "200 OK", &format!("<sip:pbx@{addr}>"), "", &sdp)
+                        } else {
+                            response(
+                                &req,
+                                "503 Service Unavailable",
+                                "",
+                                "Retry-After: 300\r\n",
+                                "",
+                            )
+                        }
+                    } else if req.starts_with("BYE ") {
+                        response(&req, "200 OK", "", "", "")
+                    } else {
+                        continue;
+                    };
+                    let _ = sock.send_to(reply.as_bytes(), from);
+                }
+            })
+        };
+        Peer {
+            invites,
+            stop,
+            thread: Some(thread),
+            _media: media,
+        }
+    }
+
+    fn invites(&self) -> Vec<String> {
+        self.invites.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn header(msg: &str, name: &str) -> String {
+    msg.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {msg}"))
+}
+
+fn response(req: &str, status: &str, contact: &str, extra: &str, sdp: &str) -> String {
+    let to = header(req, "To");
+    let to = if to.contains(";tag=") {
+        to
+    } else {
+        format!("{to};tag=pbx1")
+    };
+    let contact = if contact.is_empty() {
+        String::new()
+    } else {
+        format!("Contact: {contact}\r\n")
+    };
+    let ct = if sdp.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "SIP/2.0 {status}\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+         {contact}{extra}{ct}Content-Length: {}\r\n\r\n{sdp}",
+        header(req, "Via"),
+        header(req, "From"),
+        header(req, "Call-ID"),
+        header(req, "CSeq"),
+        sdp.len()
+    )
+}
+
+/// `riptide serve` in a mount namespace whose /etc/hosts is `hosts`.
+fn in_own_hosts(hosts: &Path) -> Command {
+    let mut c = Command::new("unshare");
+    c.args([
+        "-m",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+    ])
+    .arg(hosts)
+    .arg(BIN);
+    c
+}
+
+fn call(cfg: &Path, tone: &Path) -> Output {
+    Command::new(BIN)
+        .args(["call", "--config", cfg.to_str().unwrap(), "--play"])
+        .arg(tone)
+        .args(["--duration", "1", "sip:answer@pbx.test"])
+        .output()
+        .expect("riptide call runs")
+}
+
+#[test]
+fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
+    // The namespace needs what root has on the test machines; say so plainly where it is missing.
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert!(
+        probe.status.success(),
+        "this test needs `unshare -m` (root, or user namespaces): {}",
+        text(&probe.stderr)
+    );
+    let dir = temp_dir("trunk-dns");
+    let port = free_port();
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n127.0.0.2 pbx.test\n127.0.0.3 pbx.test\n",
+    )
+    .unwrap();
+    let refusing = Peer::start("127.0.0.2", port, 503);
+    let answering = Peer::start("127.0.0.3", port, 200);
+    let gw = start_server_with(
+        &dir,
+        "dns_refresh_secs = 1",
+        &format!(
+            r#"[[tg]]
+name = "local"
+
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "pbx"
+
+[[sip_trunk]]
+name = "pbx"
+target = "sip:pbx.test:{port}"
+security = "rtp"
+ice = "off"
+"#
+        ),
+        in_own_hosts(&hosts),
+    );
+    let cfg = client_config(&dir, &gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+
+    // The first address refuses with 503: the INVITE goes on to the second, which answers.
+    let out = call(&cfg, &tone);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        log()
+    );
+    assert_eq!(refusing.invites(), vec!["1 INVITE"], "{}", log());
+    assert_eq!(answering.invites(), vec!["2 INVITE"], "{}", log());
+    assert!(log().contains("failing over"), "{}", log());
+
+    // The name moves to a third address; the gateway follows it within its refresh period.
+    let moved = Peer::start("127.0.0.4", port, 200);
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.4 pbx.test\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log().contains("trunk addresses changed") {
+        assert!(
+            Instant::now() < deadline,
+            "the new address was not picked up: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = call(&cfg, &tone);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        log()
+    );
+    assert_eq!(moved.invites(), vec!["1 INVITE"], "{}", log());
+    assert_eq!(
+        refusing.invites().len(),
+        1,
+        "the old addresses got nothing more"
+    );
+    assert_eq!(
+        answering.invites().len(),
+        1,
+        "the old addresses got nothing more"
+    );
+    drop(gw);
+}
