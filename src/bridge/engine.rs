@@ -2062,11 +2062,16 @@ impl Engine {
     fn reack(&mut self, now: Instant, m: &SipInbound, resp: &Response) {
         let tag = m.info.from_tag.clone().unwrap_or_default();
         if let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
+            // Another fork's answer, or a late answer to an attempt the call has moved on from
+            // (a trunk address that had timed out, ADR 0020): acknowledged, then ended.
             let other_fork = self
                 .calls
                 .get(&key)
                 .and_then(|c| c.sip.as_ref())
-                .map(|s| s.remote_tag.is_some() && s.remote_tag != m.info.to_tag)
+                .map(|s| {
+                    (s.remote_tag.is_some() && s.remote_tag != m.info.to_tag)
+                        || (!s.final_done && m.info.cseq != s.local_cseq)
+                })
                 .unwrap_or(false);
             if other_fork {
                 self.end_other_fork(now, key, m, resp);

@@ -3064,3 +3064,40 @@ fn a_browser_call_stays_at_the_address_its_preflight_allowed() {
     );
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
 }
+
+#[test]
+fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.advance(Duration::from_millis(32_100));
+    let second = invites_to(&s.take()).pop().unwrap().1;
+    // The first address was only slow: its 200 comes after the call moved on.
+    let late = reply(&first, 200, "OK", "slow1", Some(ANSWER));
+    s.sip(&late, TRUNK);
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec![
+            "ACK sip:callee@127.0.0.1:5080 SIP/2.0",
+            "BYE sip:callee@127.0.0.1:5080 SIP/2.0"
+        ],
+        "{msgs:?}"
+    );
+    assert!(msgs
+        .iter()
+        .all(|m| m.contains("To: ") && m.contains("tag=slow1")));
+    assert!(
+        server_events(&s.take()).is_empty(),
+        "the call is still waiting for the second address"
+    );
+    // The second address answers: that is the call.
+    s.sip(&reply(&second, 200, "OK", "callee2", Some(ANSWER)), SECOND);
+    let out = s.take();
+    assert!(server_events(&out)
+        .iter()
+        .any(|e| e.name == EventName::Answered));
+    assert_eq!(
+        start_lines(&sip_texts(&out)),
+        vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
+    );
+}
