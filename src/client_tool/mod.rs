@@ -362,7 +362,8 @@ impl Tool {
         // Let the PUT streams carry their closing `]` before the connection goes.
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.client.abort();
-        self.endpoint.close(0u32.into(), b"done");
+        // RFC 9114 §8.1: H3_NO_ERROR, the connection is closed with nothing wrong.
+        self.endpoint.close(0x100u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
