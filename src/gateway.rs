@@ -239,33 +239,52 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let on_change = {
         let (engine, sip, cfg) = (stir_back.clone(), sip.clone(), cfg.clone());
         move |trunk: usize, addrs: &[SocketAddr]| {
-            let Some(t) = trunks.get_mut(trunk) else {
-                return true;
+            let Some(t) = trunks.get(trunk) else {
+                return Taken::No;
             };
-            t.dest.addr = addrs[0];
-            t.alternates = addrs[1..].to_vec();
-            // SIP-TLS settings are found by address: the new ones get theirs before any call
-            // can be sent there.
+            // SIP-TLS settings are found by address: the new addresses get theirs before any
+            // call can be sent there, and the old ones keep theirs for calls under way.
             if t.dest.transport == Transport::Tls {
-                match sip_tls_peers(&cfg, &trunks) {
-                    Ok(peers) => sip.set_tls_peers(peers),
+                let mut next = trunks.clone();
+                next[trunk].dest.addr = addrs[0];
+                next[trunk].alternates = addrs[1..].to_vec();
+                match sip_tls_peers(&cfg, &next) {
+                    Ok(peers) => sip.add_tls_peers(peers),
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "SIP-TLS settings for the new trunk addresses failed; TLS toward them will not be set up")
+                        tracing::warn!(trunk = %t.name, addresses = ?addrs, error = %format!("{e:#}"), "new trunk addresses not taken: their SIP-TLS settings failed");
+                        return Taken::No;
                     }
                 }
             }
-            engine
+            if engine
                 .send(Input::TrunkAddrs {
                     trunk,
                     addrs: addrs.to_vec(),
                 })
-                .is_ok()
+                .is_err()
+            {
+                return Taken::EngineGone;
+            }
+            let t = &mut trunks[trunk];
+            t.dest.addr = addrs[0];
+            t.alternates = addrs[1..].to_vec();
+            Taken::Yes
         }
     };
     tokio::spawn(refresh_trunk_addrs(
         named,
         Duration::from_secs(cfg.sip.dns_refresh_secs),
-        |uri| async move { resolve_sip_uri(&uri).await.map(|(a, _)| a) },
+        {
+            let cfg = cfg.clone();
+            move |uri: String| {
+                let cfg = cfg.clone();
+                async move {
+                    resolve_sip_uri(&uri)
+                        .await
+                        .map(|(a, transport)| sendable(a, transport, &cfg))
+                }
+            }
+        },
         on_change,
     ));
     tokio::spawn(driver::run(
@@ -622,6 +641,7 @@ pub async fn engine_config(
         let (addrs, transport) = resolve_sip_uri(via)
             .await
             .with_context(|| format!("sip_trunk {}", t.name))?;
+        let addrs = sendable(addrs, transport, cfg);
         trunks.push(TrunkInfo {
             name: t.name.clone(),
             host,
@@ -897,6 +917,26 @@ async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(Vec<SocketAddr>, Transpor
     Ok((addrs, transport))
 }
 
+/// The addresses UDP requests can go to: those of a family a `[sip] udp` listener has (requests
+/// leave from a listener). A name with AAAA records, on a gateway listening on IPv4 only, would
+/// otherwise cost each call a Timer B per IPv6 address. All of them when none fits, so that the
+/// failure shows where the messages are sent. TCP and TLS connect from any local address.
+fn sendable(addrs: Vec<SocketAddr>, transport: Transport, cfg: &Config) -> Vec<SocketAddr> {
+    if transport != Transport::Udp {
+        return addrs;
+    }
+    let fits: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| cfg.sip.udp.iter().any(|l| l.is_ipv4() == a.is_ipv4()))
+        .collect();
+    if fits.is_empty() {
+        addrs
+    } else {
+        fits
+    }
+}
+
 /// A `[[sip_trunk]]` whose next hop (outbound proxy, else target) is a host name.
 #[derive(Debug, Clone, PartialEq)]
 struct NamedTrunk {
@@ -927,15 +967,25 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
         .collect()
 }
 
+/// What became of the addresses a lookup found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    Yes,
+    /// Not usable now (their TLS settings failed): the next lookup offers them again.
+    No,
+    /// The engine's driver has ended.
+    EngineGone,
+}
+
 /// Looks the trunks' host names up again every `every` (ADR 0020) and calls `changed(trunk,
-/// addresses)` when a lookup finds addresses other than the last ones. A lookup that fails, or
-/// finds nothing, leaves the trunk's addresses as they were. Ends when `changed` returns false
-/// (the engine is gone).
+/// addresses)` when a lookup finds addresses other than the last ones taken. A lookup that
+/// fails, or finds nothing, leaves the trunk's addresses as they were. Ends when the engine is
+/// gone.
 async fn refresh_trunk_addrs<F, Fut>(
     mut names: Vec<NamedTrunk>,
     every: Duration,
     resolve: F,
-    mut changed: impl FnMut(usize, &[SocketAddr]) -> bool,
+    mut changed: impl FnMut(usize, &[SocketAddr]) -> Taken,
 ) where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Vec<SocketAddr>>>,
@@ -949,14 +999,14 @@ async fn refresh_trunk_addrs<F, Fut>(
         tick.tick().await;
         for t in &mut names {
             match resolve(t.uri.clone()).await {
-                Ok(addrs) if !addrs.is_empty() => {
-                    if addrs != t.addrs {
-                        t.addrs = addrs;
-                        if !changed(t.trunk, &t.addrs) {
-                            return;
-                        }
+                Ok(addrs) if !addrs.is_empty() && addrs != t.addrs => {
+                    match changed(t.trunk, &addrs) {
+                        Taken::Yes => t.addrs = addrs,
+                        Taken::No => {}
+                        Taken::EngineGone => return,
                     }
                 }
+                Ok(addrs) if !addrs.is_empty() => {}
                 Ok(_) => {
                     tracing::warn!(uri = %t.uri, "trunk host name has no address now; keeping the last ones")
                 }
@@ -1011,12 +1061,30 @@ mod tests {
         );
         assert_eq!(t, Transport::Udp);
         let mut unique = a.clone();
+        unique.sort();
         unique.dedup();
-        assert_eq!(unique, a, "each address once");
+        assert_eq!(unique.len(), a.len(), "each address once: {a:?}");
         let (a, _) = resolve_sip_uri("sip:pbx@localhost").await.unwrap();
         assert_eq!(a[0].port(), 5060, "default port");
         assert!(resolve_sip_uri("sip:no-such-host.invalid").await.is_err());
         assert!(resolve_sip_uri("http://x").await.is_err());
+    }
+
+    #[test]
+    fn udp_trunk_addresses_are_those_of_a_family_we_listen_on() {
+        let v4: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
+        let mut cfg =
+            crate::config::load_str("[sip]\nudp = [\"127.0.0.1:5060\"]\n", "t.toml").unwrap();
+        assert_eq!(sendable(vec![v6, v4], Transport::Udp, &cfg), vec![v4]);
+        assert_eq!(sendable(vec![v6, v4], Transport::Tcp, &cfg), vec![v6, v4]);
+        assert_eq!(
+            sendable(vec![v6], Transport::Udp, &cfg),
+            vec![v6],
+            "none fits: all, so that the failure shows"
+        );
+        cfg.sip.udp.push("[::1]:5060".parse().unwrap());
+        assert_eq!(sendable(vec![v6, v4], Transport::Udp, &cfg), vec![v6, v4]);
     }
 
     #[test]
@@ -1077,10 +1145,14 @@ outbound_proxy = "sip:proxy.example.net:5070"
             Ok(vec![]),
             Ok(vec![a]),
             Ok(vec![b, a]),
+            Ok(vec![b, a]),
             Ok(vec![a]),
         ])));
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // What the wiring answers, change after change: taken; not taken (TLS settings
+        // failed); taken; the engine is gone.
+        let mut takes = vec![Taken::Yes, Taken::No, Taken::Yes, Taken::EngineGone].into_iter();
         let task = tokio::spawn(refresh_trunk_addrs(
             vec![NamedTrunk {
                 trunk: 2,
@@ -1102,40 +1174,40 @@ outbound_proxy = "sip:proxy.example.net:5070"
             },
             {
                 let changes = changes.clone();
-                let mut n = 0;
                 move |trunk: usize, addrs: &[SocketAddr]| {
                     changes.lock().unwrap().push((trunk, addrs.to_vec()));
-                    n += 1;
-                    // The engine is gone after the third change.
-                    n < 3
+                    takes.next().expect("called too often")
                 }
             },
         ));
         let seen = || std::mem::take(&mut *changes.lock().unwrap());
+        let period = || tokio::time::sleep(Duration::from_secs(60));
         // The lookup at start belongs to engine_config; the first refresh is a period later.
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert_eq!(seen(), vec![]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(seen(), vec![(2, vec![a])]);
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        period().await;
         assert_eq!(seen(), vec![], "a failed lookup keeps the last addresses");
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        period().await;
         assert_eq!(seen(), vec![], "so does one that found nothing");
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        period().await;
         assert_eq!(seen(), vec![], "the same addresses again are no change");
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        period().await;
         assert_eq!(
             seen(),
             vec![(2, vec![b, a])],
             "an order of its own is a change"
         );
+        period().await;
+        assert_eq!(seen(), vec![(2, vec![b, a])], "not taken: offered again");
         assert!(!task.is_finished());
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        period().await;
         assert_eq!(seen(), vec![(2, vec![a])]);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(task.is_finished(), "ends once the engine is gone");
         task.await.expect("ended, not panicked");
-        assert_eq!(asked.lock().unwrap().len(), 6);
+        assert_eq!(asked.lock().unwrap().len(), 7);
         assert!(asked
             .lock()
             .unwrap()

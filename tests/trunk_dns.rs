@@ -157,14 +157,15 @@ fn call(cfg: &Path, tone: &Path) -> Output {
 
 #[test]
 fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
-    // The namespace needs what root has on the test machines; say so plainly where it is missing.
+    // A mount namespace with a bind mount needs root (as the test machines run); say so plainly
+    // where it is missing rather than pass without testing anything.
     let probe = Command::new("unshare")
         .args(["-m", "true"])
         .output()
         .expect("unshare (util-linux) runs");
     assert!(
         probe.status.success(),
-        "this test needs `unshare -m` (root, or user namespaces): {}",
+        "this test needs `unshare -m` and `mount --bind` (root): {}",
         text(&probe.stderr)
     );
     let dir = temp_dir("trunk-dns");
@@ -175,6 +176,8 @@ fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
         "127.0.0.1 localhost\n127.0.0.2 pbx.test\n127.0.0.3 pbx.test\n",
     )
     .unwrap();
+    // getaddrinfo gives both in file order (RFC 6724's rules do not tell them apart from
+    // 127.0.0.1); the system resolver reads the file each time (no caching daemon here).
     let refusing = Peer::start("127.0.0.2", port, 503);
     let answering = Peer::start("127.0.0.3", port, 200);
     let gw = start_server_with(
@@ -218,6 +221,7 @@ ice = "off"
 
     // The name moves to a third address; the gateway follows it within its refresh period.
     let moved = Peer::start("127.0.0.4", port, 200);
+    // Rewritten in place (same inode): the bind mount shows the new text. A rename would not.
     std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.4 pbx.test\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while !log().contains("trunk addresses changed") {

@@ -421,6 +421,8 @@ struct SipLeg {
     /// The trunk's further addresses this INVITE has yet to try, in order (see
     /// [`TrunkInfo::alternates`]); emptied by a redirect, which names its own target.
     failover: Vec<SocketAddr>,
+    /// A provisional response to our INVITE carried SDP (whether or not it was accepted).
+    early_answer: bool,
     /// The trunk a UAC leg was placed on.
     trunk: Option<usize>,
     /// The ACK for the last 2xx-answered (re-)INVITE and its CSeq, re-sent when that 2xx is
@@ -1422,6 +1424,7 @@ impl Engine {
             cancel_sent: false,
             redirects: 0,
             failover: vec![],
+            early_answer: false,
             trunk: None,
             ack: None,
             final_done: false,
@@ -2102,13 +2105,19 @@ impl Engine {
         let target = msg::first_header(&resp.headers, "Contact")
             .map(|c| msg::addr_uri(&c).to_string())
             .unwrap_or_else(|| sip.invite_uri.clone());
+        // A Contact that is not an IP literal: back where the 2xx came from (after a failover,
+        // the call's own destination is another server).
         let dest = msg::uri_socket(&target)
             .map(|(addr, transport)| Dest {
                 addr,
                 transport,
                 conn: None,
             })
-            .unwrap_or(sip.dest);
+            .unwrap_or(Dest {
+                addr: m.src,
+                transport: m.transport,
+                conn: m.conn,
+            });
         let via_host = self.cfg.via_host(sip.transport);
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         let send = |method: &str, cseq: u32, extra: &Extra<'_>| {
@@ -2171,6 +2180,7 @@ impl Engine {
             }
             let mut media = false;
             if !resp.body.is_empty() {
+                sip.early_answer = true;
                 if let Ok(ans) = sdp::parse(&resp.body) {
                     if let (Some(addr), Some((_, audio))) = (ans.audio_addr(), ans.audio()) {
                         match self.secure_answer(key, &ans, audio) {
@@ -2865,6 +2875,7 @@ impl Engine {
                     cancel_sent: false,
                     redirects: 0,
                     failover,
+                    early_answer: false,
                     trunk: Some(t),
                     ack: None,
                     final_done: false,
@@ -3564,10 +3575,17 @@ impl Engine {
             return false;
         };
         let failed = sip.dest.addr;
-        if let Some(d) = avoid_for {
+        // Only the trunk's own addresses are remembered: a redirect's target is not one.
+        if let (Some(d), 0) = (avoid_for, sip.redirects) {
             self.avoid.insert(failed, now + d);
         }
-        if sip.failover.is_empty() || sip.cancel_wanted.is_some() || sip.cancel_sent {
+        // An attempt that brought an SDP answer (early media) has changed the call's offer and
+        // media to fit it: the call ends with it rather than offer that to another server.
+        if sip.failover.is_empty()
+            || sip.cancel_wanted.is_some()
+            || sip.cancel_sent
+            || sip.early_answer
+        {
             return false;
         }
         let next = sip.failover.remove(0);
@@ -3576,8 +3594,8 @@ impl Engine {
             transport: sip.dest.transport,
             conn: None,
         };
-        // Early dialogs of the failed attempt ended with it.
-        sip.remote_tag = None;
+        // Credentials answered the failed server's challenge; the next server gets its own.
+        self.digest.forget(key);
         info!(call = %key, %failed, %next, why = why.label(), "INVITE failing over to the trunk's next address");
         self.metrics.trunk_failover(why);
         self.send_invite(now, key);

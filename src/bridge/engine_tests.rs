@@ -2831,7 +2831,7 @@ fn next_call_goes_to(s: &mut Sim, req: u64) -> SocketAddr {
 #[test]
 fn an_invite_nobody_answers_goes_to_the_trunks_next_address() {
     let mut s = two_address_sim();
-    let (key, first) = b_invite_sent(&mut s);
+    let (_key, first) = b_invite_sent(&mut s);
     // Timer A retransmits to the first address until Timer B (64 × T1 = 32 s).
     s.advance(Duration::from_millis(31_900));
     let retrans = invites_to(&s.take());
@@ -2872,7 +2872,6 @@ fn an_invite_nobody_answers_goes_to_the_trunks_next_address() {
         .iter()
         .any(|e| e.name == EventName::Answered));
     assert_eq!(s.e.active_calls(), 1);
-    let _ = key;
     // For a minute, new calls try the address that did not answer last.
     assert_eq!(next_call_goes_to(&mut s, 2), second_addr());
     s.advance(Duration::from_secs(61));
@@ -3006,6 +3005,18 @@ fn a_redirect_ends_the_failover_list() {
 }
 
 #[test]
+fn a_call_under_way_keeps_the_addresses_it_started_with() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        addrs: vec!["127.0.0.3:5080".parse().unwrap()],
+    });
+    s.sip(&reply(&first, 503, "Service Unavailable", "t", None), TRUNK);
+    assert_eq!(invites_to(&s.take())[0].0, second_addr());
+}
+
+#[test]
 fn addresses_from_a_new_lookup_apply_to_calls_placed_after_it() {
     let mut s = Sim::new();
     let (_key, _inv) = b_invite_sent(&mut s);
@@ -3014,13 +3025,6 @@ fn addresses_from_a_new_lookup_apply_to_calls_placed_after_it() {
         trunk: 0,
         addrs: vec![third, second_addr()],
     });
-    // Nothing changes for the call under way: its retransmission stays with its address.
-    s.advance(Duration::from_millis(600));
-    let retrans: Vec<SocketAddr> = invites_to(&s.take())
-        .into_iter()
-        .map(|(to, _)| to)
-        .collect();
-    assert_eq!(retrans, vec![first_addr()]);
     assert_eq!(next_call_goes_to(&mut s, 2), third);
     // An empty answer and an unknown trunk are ignored.
     s.input(Input::TrunkAddrs {
@@ -3099,5 +3103,83 @@ fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
     assert_eq!(
         start_lines(&sip_texts(&out)),
         vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn an_attempt_that_brought_early_media_is_not_failed_over() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.sip(
+        &reply(&first, 183, "Session Progress", "early1", Some(ANSWER)),
+        TRUNK,
+    );
+    s.take();
+    s.sip(
+        &reply(&first, 503, "Service Unavailable", "early1", None),
+        TRUNK,
+    );
+    let out = s.take();
+    assert!(
+        invites_to(&out).is_empty(),
+        "the offer was already fitted to this server's answer"
+    );
+    assert_eq!(server_events(&out).last().unwrap().code, Some(503));
+    // A provisional without SDP changes nothing: that call does fail over.
+    let (_key, first) = b_invite_sent(&mut s);
+    s.sip(&reply(&first, 180, "Ringing", "r1", None), TRUNK);
+    s.take();
+    s.sip(
+        &reply(&first, 503, "Service Unavailable", "r1", None),
+        TRUNK,
+    );
+    assert_eq!(invites_to(&s.take())[0].0, second_addr());
+}
+
+#[test]
+fn a_cancelled_attempt_is_not_failed_over() {
+    let mut s = two_address_sim();
+    let (key, first) = b_invite_sent(&mut s);
+    s.sip(&reply(&first, 180, "Ringing", "r1", None), TRUNK);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    // The server was going down anyway: 503 instead of 487.
+    s.sip(
+        &reply(&first, 503, "Service Unavailable", "r1", None),
+        TRUNK,
+    );
+    assert!(invites_to(&s.take()).is_empty());
+}
+
+#[test]
+fn credentials_for_one_address_are_not_sent_to_the_next() {
+    let mut s = two_address_sim();
+    s.e.cfg.trunks[0].digest_login = Some(Arc::new(crate::sip::digest::Login::new(
+        "riptide", "trunk-pw",
+    )));
+    let (_key, first) = b_invite_sent(&mut s);
+    let challenge = reply(&first, 401, "Unauthorized", "c1", None).replace(
+        "Content-Length: 0",
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\nContent-Length: 0",
+    );
+    s.sip(&challenge, TRUNK);
+    let retry = invites_to(&s.take()).remove(0).1;
+    assert!(retry.contains("\r\nAuthorization: Digest"), "{retry}");
+    s.sip(
+        &reply(&retry, 503, "Service Unavailable", "c1", None),
+        TRUNK,
+    );
+    let (to, next) = invites_to(&s.take()).remove(0);
+    assert_eq!(to, second_addr());
+    assert_eq!(header(&next, "CSeq"), "3 INVITE");
+    assert!(
+        !next.contains("Authorization:"),
+        "the first server's nonce is not the second's: {next}"
     );
 }

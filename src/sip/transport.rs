@@ -331,6 +331,16 @@ impl SipSender {
             .unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
+    /// Adds (or replaces) TLS settings by address, keeping the others: a call under way may
+    /// still need an address a trunk's name no longer has.
+    pub fn add_tls_peers(&self, peers: HashMap<SocketAddr, SipTlsClient>) {
+        self.inner
+            .tls_peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(peers);
+    }
+
     fn tls_peer(&self, addr: SocketAddr) -> Option<SipTlsClient> {
         self.inner
             .tls_peers
