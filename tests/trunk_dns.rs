@@ -146,13 +146,22 @@ fn in_own_hosts(hosts: &Path) -> Command {
     c
 }
 
-fn call(cfg: &Path, tone: &Path) -> Output {
-    Command::new(BIN)
+/// `riptide call` to the trunk, which must answer (`log` tells the gateway's side if not).
+fn answered_call(cfg: &Path, tone: &Path, log: &dyn Fn() -> String) {
+    let out: Output = Command::new(BIN)
         .args(["call", "--config", cfg.to_str().unwrap(), "--play"])
         .arg(tone)
         .args(["--duration", "1", "sip:answer@pbx.test"])
         .output()
-        .expect("riptide call runs")
+        .expect("riptide call runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        log()
+    );
 }
 
 #[test]
@@ -206,15 +215,7 @@ ice = "off"
     let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
 
     // The first address refuses with 503: the INVITE goes on to the second, which answers.
-    let out = call(&cfg, &tone);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        log()
-    );
+    answered_call(&cfg, &tone, &log);
     assert_eq!(refusing.invites(), vec!["1 INVITE"], "{}", log());
     assert_eq!(answering.invites(), vec!["2 INVITE"], "{}", log());
     assert!(log().contains("failing over"), "{}", log());
@@ -232,15 +233,7 @@ ice = "off"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = call(&cfg, &tone);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr),
-        log()
-    );
+    answered_call(&cfg, &tone, &log);
     assert_eq!(moved.invites(), vec!["1 INVITE"], "{}", log());
     assert_eq!(
         refusing.invites().len(),
