@@ -627,15 +627,18 @@ impl MediaHub {
         // What the legacy peer sent before this binding existed, if still fresh.
         let early = std::mem::take(&mut *lock(&m.early));
         let now = Instant::now();
-        let mut arena = DatagramArena::default();
-        for (at, pkt) in early {
-            if now.duration_since(at) > EARLY_MAX_AGE {
-                self.inner.metrics.media_drop(DropReason::NoRoute);
-                continue;
-            }
-            match arena.frame(qsid, FLOW_RTP, &pkt) {
-                Some(d) => sender.send(d, true),
-                None => self.inner.metrics.media_drop(DropReason::QuicSend),
+        // Most calls have nothing held: the arena (a 4 KiB buffer) is made only for those that do.
+        if !early.is_empty() {
+            let mut arena = DatagramArena::default();
+            for (at, pkt) in early {
+                if now.duration_since(at) > EARLY_MAX_AGE {
+                    self.inner.metrics.media_drop(DropReason::NoRoute);
+                    continue;
+                }
+                match arena.frame(qsid, FLOW_RTP, &pkt) {
+                    Some(d) => sender.send(d, true),
+                    None => self.inner.metrics.media_drop(DropReason::QuicSend),
+                }
             }
         }
         let old = q.replace(QuicBinding {
