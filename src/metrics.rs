@@ -188,15 +188,22 @@ pub enum Failover {
     Timeout,
     /// 503 Service Unavailable.
     Unavailable,
+    /// The request could not be sent (a refused or timed-out connect, a failed TLS handshake).
+    Transport,
 }
 
 impl Failover {
-    pub const ALL: [Failover; 2] = [Failover::Timeout, Failover::Unavailable];
+    pub const ALL: [Failover; 3] = [
+        Failover::Timeout,
+        Failover::Unavailable,
+        Failover::Transport,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Failover::Timeout => "timeout",
             Failover::Unavailable => "503",
+            Failover::Transport => "transport",
         }
     }
 }

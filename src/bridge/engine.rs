@@ -57,6 +57,12 @@ pub enum Input {
         call: CallKey,
         chains: FetchedChains,
     },
+    /// Messages to `addr` over `transport` could not be sent (a stream transport's connect or
+    /// TLS handshake failed): INVITEs waiting there without any response are given up at once.
+    Unreachable {
+        addr: SocketAddr,
+        transport: Transport,
+    },
     /// The addresses `trunks[trunk]`'s host name resolves to now, in the order to try them
     /// (first one first). Calls placed from now on use them; calls under way keep theirs.
     TrunkAddrs {
@@ -804,6 +810,7 @@ impl Engine {
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
             Input::TrunkAddrs { trunk, addrs } => self.set_trunk_addrs(trunk, addrs),
+            Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
                 warn!(%call, %reason, "ending the call: legacy media security failed");
@@ -2478,6 +2485,42 @@ impl Engine {
                 rand_ms(2000)
             };
             self.arm(now, key, CallTimer::GlareRetry, Duration::from_millis(ms));
+        }
+    }
+
+    /// A transport error toward `addr` (RFC 3263 §4.3, RFC 3261 §8.1.3.1): each INVITE of ours
+    /// that was waiting there with no response at all goes to the trunk's next address, or the
+    /// call fails as with a 503, instead of waiting for Timer B.
+    fn on_unreachable(&mut self, now: Instant, addr: SocketAddr, transport: Transport) {
+        let hit: Vec<(CallKey, String)> = self
+            .calls
+            .iter()
+            .filter_map(|(k, c)| {
+                let s = c.sip.as_ref()?;
+                let waiting = s.role == SipRole::Uac
+                    && s.dest.addr == addr
+                    && s.dest.transport == transport
+                    && !s.got_provisional
+                    && !s.final_done;
+                Some((*k, s.invite_branch.clone().filter(|_| waiting)?))
+            })
+            .filter(|(_, b)| {
+                self.branches
+                    .get(b)
+                    .is_some_and(|(_, p)| *p == Purpose::Invite)
+            })
+            .collect();
+        for (key, branch) in hit {
+            let _g = self.span(key).entered();
+            self.txn.forget_client(&branch);
+            self.branches.remove(&branch);
+            if self.fail_over(now, key, Some(AVOID_AFTER_TIMEOUT), Failover::Transport) {
+                continue;
+            }
+            warn!(call = %key, %addr, "INVITE could not be sent and no address is left");
+            self.send_event(key, Event::failed(503, "Service Unavailable"));
+            self.end_server_call(key);
+            self.finish(now, key, CallOutcome::Failed);
         }
     }
 

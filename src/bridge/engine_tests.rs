@@ -2814,8 +2814,8 @@ fn two_address_sim() -> Sim {
     s
 }
 
-/// `riptide_sip_trunk_failovers_total`: `[timeout, 503]`.
-fn failovers(s: &Sim) -> [u64; 2] {
+/// `riptide_sip_trunk_failovers_total`: `[timeout, 503, transport]`.
+fn failovers(s: &Sim) -> [u64; 3] {
     crate::metrics::Failover::ALL
         .map(|w| s.e.metrics.trunk_failovers[w as usize].load(std::sync::atomic::Ordering::Relaxed))
 }
@@ -2858,7 +2858,7 @@ fn an_invite_nobody_answers_goes_to_the_trunks_next_address() {
         second.starts_with("INVITE sip:answer@127.0.0.1:5080 SIP/2.0"),
         "{second}"
     );
-    assert_eq!(failovers(&s), [1, 0]);
+    assert_eq!(failovers(&s), [1, 0, 0]);
     // The second address answers: the call is set up as usual.
     s.sip(&reply(second, 200, "OK", "callee2", Some(ANSWER)), SECOND);
     let out = s.take();
@@ -2902,7 +2902,7 @@ fn a_503_goes_to_the_next_address_at_once_and_its_retry_after_orders_new_calls()
     );
     assert_eq!(invites_to(&out)[0].0, second_addr());
     assert!(server_events(&out).is_empty());
-    assert_eq!(failovers(&s), [0, 1]);
+    assert_eq!(failovers(&s), [0, 1, 0]);
     // For its Retry-After, the address that sent 503 is tried last.
     assert_eq!(next_call_goes_to(&mut s, 2), second_addr());
     s.advance(Duration::from_secs(100));
@@ -3182,4 +3182,80 @@ fn credentials_for_one_address_are_not_sent_to_the_next() {
         !next.contains("Authorization:"),
         "the first server's nonce is not the second's: {next}"
     );
+}
+
+/// As [`two_address_sim`], over TCP.
+fn tcp_trunk_sim(alternates: Vec<SocketAddr>) -> Sim {
+    let mut s = two_address_sim();
+    s.e.cfg.trunks[0].dest.transport = Transport::Tcp;
+    s.e.cfg.trunks[0].alternates = alternates;
+    s
+}
+
+#[test]
+fn an_invite_that_could_not_be_sent_goes_to_the_next_address_at_once() {
+    let mut s = tcp_trunk_sim(vec![second_addr()]);
+    let (_key, first) = b_invite_sent(&mut s);
+    assert!(header(&first, "Via").starts_with("SIP/2.0/TCP"), "{first}");
+    // Another address, or the same one over another transport, is not this call's.
+    s.input(Input::Unreachable {
+        addr: second_addr(),
+        transport: Transport::Tcp,
+    });
+    s.input(Input::Unreachable {
+        addr: first_addr(),
+        transport: Transport::Udp,
+    });
+    assert!(invites_to(&s.take()).is_empty());
+    // The connect to the first address failed: the INVITE goes on now, not after Timer B.
+    s.input(Input::Unreachable {
+        addr: first_addr(),
+        transport: Transport::Tcp,
+    });
+    let out = s.take();
+    let sent = invites_to(&out);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, second_addr());
+    assert_eq!(header(&sent[0].1, "CSeq"), "2 INVITE");
+    assert!(server_events(&out).is_empty());
+    assert_eq!(failovers(&s), [0, 0, 1]);
+    // The abandoned transaction is gone: no Timer B of its own later.
+    s.sip(&reply(&sent[0].1, 180, "Ringing", "r2", None), SECOND);
+    s.take();
+    s.advance(Duration::from_secs(40));
+    let out = s.take();
+    assert!(invites_to(&out).is_empty(), "{:?}", sip_texts(&out));
+    assert!(server_events(&out).is_empty(), "still ringing");
+    assert_eq!(s.e.active_calls(), 1);
+}
+
+#[test]
+fn an_invite_that_could_not_be_sent_with_no_address_left_fails_at_once() {
+    let mut s = tcp_trunk_sim(vec![]);
+    let (key, _inv) = b_invite_sent(&mut s);
+    s.input(Input::Unreachable {
+        addr: first_addr(),
+        transport: Transport::Tcp,
+    });
+    let out = s.take();
+    let evs = server_events(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(503))
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 0);
+    // A call the server already answered with a provisional is not touched.
+    let (_key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 100, "Trying", "", None), TRUNK);
+    s.take();
+    s.input(Input::Unreachable {
+        addr: first_addr(),
+        transport: Transport::Tcp,
+    });
+    assert!(server_events(&s.take()).is_empty());
+    assert_eq!(s.e.active_calls(), 1);
 }

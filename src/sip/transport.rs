@@ -350,12 +350,22 @@ impl SipSender {
             .cloned()
     }
 
+    /// Tells the engine that messages to `addr` over `transport` could not be sent (a transport
+    /// error, RFC 3263 §4.3): a pending INVITE there need not wait for Timer B. Best effort: with
+    /// the engine's queue full, the timers still end what the messages belonged to.
+    fn unreachable(&self, addr: SocketAddr, transport: Transport) {
+        let _ = self
+            .inner
+            .engine
+            .try_send(Input::Unreachable { addr, transport });
+    }
+
     /// Opens a TCP connection to the destination (and with `tls`, runs the TLS client
     /// handshake on it) and queues the message on it. The connection is registered before the
     /// connect completes, so messages sent meanwhile queue behind this one in order instead of
     /// each opening a connection of its own. When the connection cannot be made, the reason is
-    /// logged and the queued messages are dropped: the transaction layer's timers (B, F) end
-    /// what they belonged to.
+    /// logged, the queued messages are dropped and the engine is told ([`Input::Unreachable`]);
+    /// the transaction layer's timers (B, F) end what else they belonged to.
     fn connect_and_send(&self, out: SipOut, tls: Option<SipTlsClient>) {
         let transport = if tls.is_some() {
             Transport::Tls
@@ -393,20 +403,24 @@ impl SipSender {
                         }
                         Ok(Err(e)) => {
                             warn!(dest = %addr, server_name = %name, error = %e, "SIP TLS handshake failed; queued messages dropped");
+                            s.unreachable(addr, transport);
                             Ok(())
                         }
                         Err(_) => {
                             warn!(dest = %addr, server_name = %name, "SIP TLS handshake timed out; queued messages dropped");
+                            s.unreachable(addr, transport);
                             Ok(())
                         }
                     }
                 }
                 (Ok(Err(e)), _) => {
                     warn!(dest = %addr, error = %e, "SIP {} connect failed", transport.via_name());
+                    s.unreachable(addr, transport);
                     Ok(())
                 }
                 (Err(_), _) => {
                     warn!(dest = %addr, "SIP {} connect timed out", transport.via_name());
+                    s.unreachable(addr, transport);
                     Ok(())
                 }
             };
@@ -483,6 +497,7 @@ impl SipSender {
                         Some(tls) => self.connect_and_send(out, Some(tls)),
                         None => {
                             warn!(dest = %out.dest.addr, "no SIP TLS connection to this address and no [[sip_trunk]] reached over TLS there; message dropped");
+                            self.unreachable(out.dest.addr, Transport::Tls);
                         }
                     },
                 }
@@ -678,6 +693,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_connect_or_an_address_without_tls_settings_is_reported_to_the_engine() {
+        // A port nobody listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let sender = udp_only(vec!["127.0.0.1:0".parse().unwrap()], tx).await;
+        let invite = Bytes::from_static(b"INVITE sip:a SIP/2.0\r\nl: 0\r\n\r\n");
+        for transport in [Transport::Tcp, Transport::Tls] {
+            sender.send(SipOut {
+                dest: Dest {
+                    addr: closed,
+                    transport,
+                    conn: None,
+                },
+                bytes: invite.clone(),
+            });
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("reported within the connect timeout");
+            match got {
+                Some(Input::Unreachable { addr, transport: t }) => {
+                    assert_eq!((addr, t), (closed, transport))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn udp_replies_leave_from_the_socket_the_request_came_in_on() {
         let (tx, mut rx) = mpsc::channel(16);
         let a = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -780,6 +826,10 @@ mod tests {
         assert!(
             none.is_err(),
             "no connection without TLS settings for the address"
+        );
+        assert!(
+            matches!(rx.try_recv(), Ok(Input::Unreachable { addr: a, transport: Transport::Tls }) if a == addr),
+            "and the engine is told the message could not go"
         );
 
         sender.set_tls_peers(HashMap::from([(addr, client)]));
