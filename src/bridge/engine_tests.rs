@@ -2820,6 +2820,20 @@ fn failovers(s: &Sim) -> [u64; 3] {
         .map(|w| s.e.metrics.trunk_failovers[w as usize].load(std::sync::atomic::Ordering::Relaxed))
 }
 
+/// `out` tells the RIPT side that call `key` failed with `code` and ends it; no call is left.
+fn assert_failed_and_ended(s: &Sim, out: &[Output], key: CallKey, code: u16) {
+    let evs = server_events(out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(code))
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
 /// A new call's first INVITE: its destination.
 fn next_call_goes_to(s: &mut Sim, req: u64) -> SocketAddr {
     s.ript(incoming_call(ReqId(req), Some("+12155551212"), "gateway-a"));
@@ -2940,16 +2954,7 @@ fn when_the_last_address_fails_the_call_fails_as_it_would_with_one() {
     );
     let out = s.take();
     assert!(invites_to(&out).is_empty(), "no third try");
-    let evs = server_events(&out);
-    assert_eq!(evs.len(), 1, "{evs:?}");
-    assert_eq!(
-        (evs[0].name.clone(), evs[0].code),
-        (EventName::Failed, Some(503))
-    );
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
-    assert_eq!(s.e.active_calls(), 0);
+    assert_failed_and_ended(&s, &out, key, 503);
 
     // Both addresses silent: two Timer B's, then 408 as with one address.
     let (_key, _inv) = b_invite_sent(&mut s);
@@ -3238,16 +3243,7 @@ fn an_invite_that_could_not_be_sent_with_no_address_left_fails_at_once() {
         transport: Transport::Tcp,
     });
     let out = s.take();
-    let evs = server_events(&out);
-    assert_eq!(evs.len(), 1, "{evs:?}");
-    assert_eq!(
-        (evs[0].name.clone(), evs[0].code),
-        (EventName::Failed, Some(503))
-    );
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)));
-    assert_eq!(s.e.active_calls(), 0);
+    assert_failed_and_ended(&s, &out, key, 503);
     // A call the server already answered with a provisional is not touched.
     let (_key, inv) = b_invite_sent(&mut s);
     s.sip(&reply(&inv, 100, "Trying", "", None), TRUNK);
