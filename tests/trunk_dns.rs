@@ -9,7 +9,8 @@
 mod cli_support;
 
 use cli_support::{client_config, free_port, start_server_with, temp_dir, text, tone_wav, BIN};
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 /// A trunk address: answers each INVITE with `code` (200 with an SDP answer, or 503 with
 /// Retry-After), takes ACKs, answers BYE with 200, and keeps the CSeq of every INVITE it got.
+/// Over UDP, or over TCP (one thread per connection).
 struct Peer {
     invites: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -27,51 +29,106 @@ struct Peer {
     _media: UdpSocket,
 }
 
+/// What a [`Peer`] at `addr` answers to `req`, if anything.
+struct Answers {
+    code: u16,
+    ip: String,
+    contact: String,
+    media_port: u16,
+    invites: Arc<Mutex<Vec<String>>>,
+}
+
+impl Answers {
+    fn to(&self, req: &str) -> Option<String> {
+        let ip = &self.ip;
+        if req.starts_with("INVITE ") {
+            self.invites.lock().unwrap().push(header(req, "CSeq"));
+            if self.code == 200 {
+                let sdp = format!(
+                    "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+                     m=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n",
+                    self.media_port
+                );
+                Some(response(req, "200 OK", &self.contact, "", &sdp))
+            } else {
+                Some(response(
+                    req,
+                    "503 Service Unavailable",
+                    "",
+                    "Retry-After: 300\r\n",
+                    "",
+                ))
+            }
+        } else if req.starts_with("BYE ") {
+            Some(response(req, "200 OK", "", "", ""))
+        } else {
+            None
+        }
+    }
+}
+
 impl Peer {
     fn start(ip: &str, port: u16, code: u16) -> Peer {
         let sock = UdpSocket::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let media = UdpSocket::bind((ip, 0)).unwrap();
-        let media_port = media.local_addr().unwrap().port();
         let addr = sock.local_addr().unwrap();
-        let invites = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (invites, stop, ip) = (invites.clone(), stop.clone(), ip.to_string());
-            std::thread::spawn(move || {
+        Peer::run(
+            ip,
+            code,
+            format!("<sip:pbx@{addr}>"),
+            move |answers, stop| {
                 let mut buf = [0u8; 65535];
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((n, from)) = sock.recv_from(&mut buf) else {
                         continue;
                     };
-                    let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let reply = if req.starts_with("INVITE ") {
-                        invites.lock().unwrap().push(header(&req, "CSeq"));
-                        if code == 200 {
-                            let sdp = format!(
-                                "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-                                 m=audio {media_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
-                                 a=sendrecv\r\n"
-                            );
-                            response(&req, "200 OK", &format!("<sip:pbx@{addr}>"), "", &sdp)
-                        } else {
-                            response(
-                                &req,
-                                "503 Service Unavailable",
-                                "",
-                                "Retry-After: 300\r\n",
-                                "",
-                            )
-                        }
-                    } else if req.starts_with("BYE ") {
-                        response(&req, "200 OK", "", "", "")
-                    } else {
-                        continue;
-                    };
-                    let _ = sock.send_to(reply.as_bytes(), from);
+                    if let Some(reply) = answers.to(&String::from_utf8_lossy(&buf[..n])) {
+                        let _ = sock.send_to(reply.as_bytes(), from);
+                    }
                 }
-            })
+            },
+        )
+    }
+
+    fn start_tcp(ip: &str, port: u16, code: u16) -> Peer {
+        let listener =
+            TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let contact = format!("<sip:pbx@{addr};transport=tcp>");
+        Peer::run(ip, code, contact, move |answers, stop| {
+            let answers = Arc::new(answers);
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let (answers, stop) = (answers.clone(), stop.clone());
+                std::thread::spawn(move || serve_tcp(conn, &answers, &stop));
+            }
+        })
+    }
+
+    fn run(
+        ip: &str,
+        code: u16,
+        contact: String,
+        serve: impl FnOnce(Answers, Arc<AtomicBool>) + Send + 'static,
+    ) -> Peer {
+        let media = UdpSocket::bind((ip, 0)).unwrap();
+        let invites = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Answers {
+            code,
+            ip: ip.to_string(),
+            contact,
+            media_port: media.local_addr().unwrap().port(),
+            invites: invites.clone(),
+        };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || serve(answers, stop))
         };
         Peer {
             invites,
@@ -83,6 +140,39 @@ impl Peer {
 
     fn invites(&self) -> Vec<String> {
         self.invites.lock().unwrap().clone()
+    }
+}
+
+/// Reads SIP messages from one TCP connection (framed by Content-Length) and answers them on it.
+fn serve_tcp(mut conn: TcpStream, answers: &Answers, stop: &AtomicBool) {
+    conn.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => continue,
+        }
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            let body = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    (n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("l"))
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + body {
+                break;
+            }
+            let msg: Vec<u8> = buf.drain(..end + 4 + body).collect();
+            if let Some(reply) = answers.to(&String::from_utf8_lossy(&msg)) {
+                let _ = conn.write_all(reply.as_bytes());
+            }
+        }
     }
 }
 
@@ -146,12 +236,12 @@ fn in_own_hosts(hosts: &Path) -> Command {
     c
 }
 
-/// `riptide call` to the trunk, which must answer (`log` tells the gateway's side if not).
-fn answered_call(cfg: &Path, tone: &Path, log: &dyn Fn() -> String) {
+/// `riptide call` to `target`, which must answer (`log` tells the gateway's side if not).
+fn answered_call(cfg: &Path, tone: &Path, target: &str, log: &dyn Fn() -> String) {
     let out: Output = Command::new(BIN)
         .args(["call", "--config", cfg.to_str().unwrap(), "--play"])
         .arg(tone)
-        .args(["--duration", "1", "sip:answer@pbx.test"])
+        .args(["--duration", "1", target])
         .output()
         .expect("riptide call runs");
     assert_eq!(
@@ -182,7 +272,8 @@ fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
     let hosts = dir.join("hosts");
     std::fs::write(
         &hosts,
-        "127.0.0.1 localhost\n127.0.0.2 pbx.test\n127.0.0.3 pbx.test\n",
+        "127.0.0.1 localhost\n127.0.0.2 pbx.test\n127.0.0.3 pbx.test\n\
+         127.0.0.5 pbx-tcp.test\n127.0.0.6 pbx-tcp.test\n",
     )
     .unwrap();
     // getaddrinfo gives both in file order (RFC 6724's rules do not tell them apart from
@@ -200,9 +291,19 @@ name = "local"
   prefix = ""
   sip_trunk = "pbx"
 
+  [[tg.route]]
+  prefix = "tcp"
+  sip_trunk = "pbx-tcp"
+
 [[sip_trunk]]
 name = "pbx"
 target = "sip:pbx.test:{port}"
+security = "rtp"
+ice = "off"
+
+[[sip_trunk]]
+name = "pbx-tcp"
+target = "sip:pbx-tcp.test:{port};transport=tcp"
 security = "rtp"
 ice = "off"
 "#
@@ -215,10 +316,23 @@ ice = "off"
     let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
 
     // The first address refuses with 503: the INVITE goes on to the second, which answers.
-    answered_call(&cfg, &tone, &log);
+    answered_call(&cfg, &tone, "sip:answer@pbx.test", &log);
     assert_eq!(refusing.invites(), vec!["1 INVITE"], "{}", log());
     assert_eq!(answering.invites(), vec!["2 INVITE"], "{}", log());
     assert!(log().contains("failing over"), "{}", log());
+
+    // Over TCP, nothing listens at the first address: the refused connect sends the INVITE on
+    // to the second at once (not after Timer B).
+    let tcp_answering = Peer::start_tcp("127.0.0.6", port, 200);
+    answered_call(&cfg, &tone, "sip:tcp1@pbx-tcp.test", &log);
+    assert_eq!(tcp_answering.invites(), vec!["2 INVITE"], "{}", log());
+    assert!(
+        log()
+            .lines()
+            .any(|l| l.contains("failing over") && l.contains("transport")),
+        "{}",
+        log()
+    );
 
     // The name moves to a third address; the gateway follows it within its refresh period.
     let moved = Peer::start("127.0.0.4", port, 200);
@@ -233,7 +347,7 @@ ice = "off"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    answered_call(&cfg, &tone, &log);
+    answered_call(&cfg, &tone, "sip:answer@pbx.test", &log);
     assert_eq!(moved.invites(), vec!["1 INVITE"], "{}", log());
     assert_eq!(
         refusing.invites().len(),
