@@ -341,21 +341,13 @@ impl Metrics {
             self.calls_active.load(Ordering::Relaxed),
         );
 
-        header(
+        counters(
             &mut out,
             "calls_total",
-            "counter",
             "Calls ended, by outcome.",
+            "outcome",
+            CallOutcome::ALL.map(|o| (o.label(), load(&self.calls_total[o as usize]))),
         );
-        for o in CallOutcome::ALL {
-            let labels = format!("outcome=\"{}\"", o.label());
-            line(
-                &mut out,
-                "calls_total",
-                &labels,
-                load(&self.calls_total[o as usize]),
-            );
-        }
 
         header(
             &mut out,
@@ -556,35 +548,21 @@ impl Metrics {
             load(&self.quic_rtt_us),
         );
 
-        header(
+        counters(
             &mut out,
             "answers_held_total",
-            "counter",
             "Answers from a peer gateway held back until the call's media stream was bound, by how the wait ended.",
+            "outcome",
+            AnswerHold::ALL.map(|o| (o.label(), load(&self.answers_held[o as usize]))),
         );
-        for o in AnswerHold::ALL {
-            line(
-                &mut out,
-                "answers_held_total",
-                &format!("outcome=\"{}\"", o.label()),
-                load(&self.answers_held[o as usize]),
-            );
-        }
 
-        header(
+        counters(
             &mut out,
             "sip_trunk_failovers_total",
-            "counter",
             "INVITEs sent on to a trunk's next address (ADR 0020), by why the one before failed.",
+            "reason",
+            Failover::ALL.map(|w| (w.label(), load(&self.trunk_failovers[w as usize]))),
         );
-        for w in Failover::ALL {
-            line(
-                &mut out,
-                "sip_trunk_failovers_total",
-                &format!("reason=\"{}\"", w.label()),
-                load(&self.trunk_failovers[w as usize]),
-            );
-        }
 
         header(
             &mut out,
@@ -599,21 +577,13 @@ impl Metrics {
             load(&self.rtcp_received),
         );
 
-        header(
+        counters(
             &mut out,
             "media_packets_dropped_total",
-            "counter",
             "Media packets not relayed, by reason.",
+            "reason",
+            DropReason::ALL.map(|r| (r.label(), load(&self.media_dropped[r as usize]))),
         );
-        for r in DropReason::ALL {
-            let labels = format!("reason=\"{}\"", r.label());
-            line(
-                &mut out,
-                "media_packets_dropped_total",
-                &labels,
-                load(&self.media_dropped[r as usize]),
-            );
-        }
         out
     }
 }
@@ -630,6 +600,20 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
         out,
         "# HELP riptide_{name} {help}\n# TYPE riptide_{name} {kind}"
     );
+}
+
+/// A counter with one line per value of a fixed label set: `key="label" value`.
+fn counters<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    key: &str,
+    rows: [(&str, u64); N],
+) {
+    header(out, name, "counter", help);
+    for (label, value) in rows {
+        line(out, name, &format!("{key}=\"{label}\""), value);
+    }
 }
 
 fn line(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
