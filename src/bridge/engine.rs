@@ -3585,6 +3585,10 @@ impl Engine {
     /// Retry-After is still tried, last, rather than the call failing without a try.
     fn trunk_order(&mut self, now: Instant, trunk: &TrunkInfo) -> (SocketAddr, Vec<SocketAddr>) {
         self.avoid.retain(|_, until| *until > now);
+        // Most trunks have one address: nothing to order, nothing to allocate per call.
+        if trunk.alternates.is_empty() {
+            return (trunk.dest.addr, Vec::new());
+        }
         let all = std::iter::once(trunk.dest.addr).chain(trunk.alternates.iter().copied());
         let (mut order, avoided): (Vec<_>, Vec<_>) = all.partition(|a| !self.avoid.contains_key(a));
         order.extend(avoided);
