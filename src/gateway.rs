@@ -233,43 +233,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks)?);
     let named = trunk_names(&cfg, &ecfg.trunks);
-    let mut trunks = ecfg.trunks.clone();
+    let trunks = ecfg.trunks.clone();
     let engine = Engine::new(ecfg, metrics.clone());
     let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
-    let on_change = {
-        let (engine, sip, cfg) = (stir_back.clone(), sip.clone(), cfg.clone());
-        move |trunk: usize, addrs: &[SocketAddr]| {
-            let Some(t) = trunks.get(trunk) else {
-                return Taken::No;
-            };
-            // SIP-TLS settings are found by address: the new addresses get theirs before any
-            // call can be sent there, and the old ones keep theirs for calls under way.
-            if t.dest.transport == Transport::Tls {
-                let mut next = trunks.clone();
-                next[trunk].dest.addr = addrs[0];
-                next[trunk].alternates = addrs[1..].to_vec();
-                match sip_tls_peers(&cfg, &next) {
-                    Ok(peers) => sip.add_tls_peers(peers),
-                    Err(e) => {
-                        tracing::warn!(trunk = %t.name, addresses = ?addrs, error = %format!("{e:#}"), "new trunk addresses not taken: their SIP-TLS settings failed");
-                        return Taken::No;
-                    }
-                }
-            }
-            if engine
-                .send(Input::TrunkAddrs {
-                    trunk,
-                    addrs: addrs.to_vec(),
-                })
-                .is_err()
-            {
-                return Taken::EngineGone;
-            }
-            let t = &mut trunks[trunk];
-            t.dest.addr = addrs[0];
-            t.alternates = addrs[1..].to_vec();
-            Taken::Yes
-        }
+    let mut taker = TrunkAddrTaker {
+        cfg: cfg.clone(),
+        trunks,
+        sip: sip.clone(),
+        engine: stir_back.clone(),
     };
     tokio::spawn(refresh_trunk_addrs(
         named,
@@ -285,7 +256,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 }
             }
         },
-        on_change,
+        move |trunk: usize, addrs: &[SocketAddr]| taker.take(trunk, addrs),
     ));
     tokio::spawn(driver::run(
         engine,
@@ -967,6 +938,48 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
         .collect()
 }
 
+/// Hands a trunk's newly looked-up addresses on (ADR 0020): SIP-TLS settings are found by
+/// address, so the new addresses get theirs before any call can be sent there (the old ones keep
+/// theirs for calls under way), then the engine is told.
+struct TrunkAddrTaker {
+    cfg: Config,
+    /// The trunks as the engine has them, kept up to date with what was taken.
+    trunks: Vec<TrunkInfo>,
+    sip: transport::SipSender,
+    engine: tokio::sync::mpsc::UnboundedSender<Input>,
+}
+
+impl TrunkAddrTaker {
+    fn take(&mut self, trunk: usize, addrs: &[SocketAddr]) -> Taken {
+        let (Some(t), Some((&first, rest))) = (self.trunks.get(trunk), addrs.split_first()) else {
+            return Taken::No;
+        };
+        if t.dest.transport == Transport::Tls {
+            let mut next = self.trunks.clone();
+            next[trunk].dest.addr = first;
+            next[trunk].alternates = rest.to_vec();
+            match sip_tls_peers(&self.cfg, &next) {
+                Ok(peers) => self.sip.add_tls_peers(peers),
+                Err(e) => {
+                    tracing::warn!(trunk = %t.name, addresses = ?addrs, error = %format!("{e:#}"), "new trunk addresses not taken: their SIP-TLS settings failed");
+                    return Taken::No;
+                }
+            }
+        }
+        let input = Input::TrunkAddrs {
+            trunk,
+            addrs: addrs.to_vec(),
+        };
+        if self.engine.send(input).is_err() {
+            return Taken::EngineGone;
+        }
+        let t = &mut self.trunks[trunk];
+        t.dest.addr = first;
+        t.alternates = rest.to_vec();
+        Taken::Yes
+    }
+}
+
 /// What became of the addresses a lookup found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Taken {
@@ -1215,6 +1228,104 @@ outbound_proxy = "sip:proxy.example.net:5070"
             .all(|u| u == "sip:pbx.example.net"));
     }
 
+    /// A temporary folder holding `ca.pem`, a self-signed certificate for a.example.
+    fn dir_with_a_ca(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "riptide-gw-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["a.example".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        dir
+    }
+
+    /// Trunks trusting `dir`'s `ca.pem`: `a` over TLS at 127.0.0.1:5061 (server name
+    /// a.example), `b` over TLS at `b_target` (server name `b_name`), and `plain` over UDP.
+    fn tls_trunks(dir: &std::path::Path, b_target: &str, b_name: &str) -> Config {
+        let text = format!(
+            "[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:127.0.0.1:5061;transport=tls\"\n\
+             tls_ca = \"ca.pem\"\ntls_server_name = \"a.example\"\n\
+             [[sip_trunk]]\nname = \"b\"\ntarget = \"{b_target}\"\n\
+             tls_ca = \"ca.pem\"\ntls_server_name = \"{b_name}\"\n\
+             [[sip_trunk]]\nname = \"plain\"\ntarget = \"sip:127.0.0.1:5061\"\n"
+        );
+        let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
+        cfg.base_dir = dir.to_path_buf();
+        cfg
+    }
+
+    #[tokio::test]
+    async fn new_tls_trunk_addresses_get_their_settings_first_or_are_not_taken() {
+        let dir = dir_with_a_ca("taker");
+        let cfg = tls_trunks(&dir, "sip:127.0.0.2:5061;transport=tls", "b.example");
+        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let (sip_tx, _sip_rx) = mpsc::channel(16);
+        let listeners = Listeners {
+            udp: vec!["127.0.0.1:0".parse().unwrap()],
+            tcp: vec![],
+            tls: vec![],
+            tls_acceptor: None,
+        };
+        let sip = transport::start(listeners, sip_tx, Arc::new(Metrics::default()))
+            .await
+            .unwrap();
+        sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks).unwrap());
+        let (engine, mut told) = mpsc::unbounded_channel();
+        let mut taker = TrunkAddrTaker {
+            cfg,
+            trunks: ecfg.trunks,
+            sip: sip.clone(),
+            engine,
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let name_at = |a: &str| {
+            sip.tls_peer(addr(a))
+                .map(|c| c.server_name.to_str().into_owned())
+        };
+        let told_now = |told: &mut mpsc::UnboundedReceiver<Input>| match told.try_recv() {
+            Ok(Input::TrunkAddrs { trunk, addrs }) => Some((trunk, addrs)),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => None,
+        };
+
+        // Taken: the new address has a's settings, the old one keeps them, the engine is told.
+        let new = [addr("127.0.0.3:5061"), addr("127.0.0.1:5061")];
+        assert_eq!(taker.take(0, &new), Taken::Yes);
+        assert_eq!(name_at("127.0.0.3:5061").as_deref(), Some("a.example"));
+        assert_eq!(name_at("127.0.0.1:5061").as_deref(), Some("a.example"));
+        assert_eq!(told_now(&mut told), Some((0, new.to_vec())));
+        let moved = [addr("127.0.0.4:5061")];
+        assert_eq!(taker.take(0, &moved), Taken::Yes);
+        assert_eq!(
+            name_at("127.0.0.3:5061").as_deref(),
+            Some("a.example"),
+            "a call under way may still use an address the name no longer has"
+        );
+        told_now(&mut told);
+
+        // b's address with a's settings would mix them up: not taken, the engine is not told,
+        // and b keeps its settings there.
+        assert_eq!(taker.take(0, &[addr("127.0.0.2:5061")]), Taken::No);
+        assert_eq!(told_now(&mut told), None);
+        assert_eq!(name_at("127.0.0.2:5061").as_deref(), Some("b.example"));
+
+        // A UDP trunk needs no TLS settings; no addresses at all are never taken.
+        assert_eq!(taker.take(2, &[addr("127.0.0.5:5061")]), Taken::Yes);
+        assert!(told_now(&mut told).is_some());
+        assert_eq!(taker.take(2, &[]), Taken::No);
+        assert_eq!(taker.take(9, &[addr("127.0.0.5:5061")]), Taken::No);
+
+        drop(told);
+        assert_eq!(taker.take(0, &[addr("127.0.0.6:5061")]), Taken::EngineGone);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// A test STI PKI in a temporary folder: `root.pem`, the CRL `signer.pem`, and the CRLs
     /// `revoking.crl` (the leaf), `empty.crl` and `garbage.crl` (not a CRL); a PASSporT signed
     /// by the leaf.
@@ -1428,30 +1539,8 @@ outbound_proxy = "sip:proxy.example.net:5070"
     /// on them, since they share connections.
     #[tokio::test]
     async fn tls_trunks_sharing_an_address_must_agree() {
-        let dir = std::env::temp_dir().join(format!(
-            "riptide-gw-tls-peers-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let ca = rcgen::CertificateParams::new(vec!["a.example".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        let trunks = |second_name: &str| {
-            let text = format!(
-                "[[sip_trunk]]\nname = \"a\"\ntarget = \"sip:127.0.0.1:5061;transport=tls\"\n\
-                 tls_ca = \"ca.pem\"\ntls_server_name = \"a.example\"\n\
-                 [[sip_trunk]]\nname = \"b\"\ntarget = \"sips:127.0.0.1\"\n\
-                 tls_ca = \"ca.pem\"\ntls_server_name = \"{second_name}\"\n\
-                 [[sip_trunk]]\nname = \"plain\"\ntarget = \"sip:127.0.0.1:5061\"\n"
-            );
-            let mut cfg = crate::config::load_str(&text, "t.toml").unwrap();
-            cfg.base_dir = dir.clone();
-            cfg
-        };
+        let dir = dir_with_a_ca("tls-peers");
+        let trunks = |second_name: &str| tls_trunks(&dir, "sips:127.0.0.1", second_name);
         let cfg = trunks("a.example");
         let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
         let peers = sip_tls_peers(&cfg, &ecfg.trunks).unwrap();

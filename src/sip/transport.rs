@@ -341,7 +341,7 @@ impl SipSender {
             .extend(peers);
     }
 
-    fn tls_peer(&self, addr: SocketAddr) -> Option<SipTlsClient> {
+    pub(crate) fn tls_peer(&self, addr: SocketAddr) -> Option<SipTlsClient> {
         self.inner
             .tls_peers
             .read()
