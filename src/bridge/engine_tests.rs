@@ -2796,6 +2796,11 @@ fn invites_to(out: &[Output]) -> Vec<(SocketAddr, String)> {
         .collect()
 }
 
+/// A 503 answer to `req`.
+fn unavailable(req: &str, to_tag: &str) -> String {
+    reply(req, 503, "Service Unavailable", to_tag, None)
+}
+
 fn header<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
@@ -2899,7 +2904,7 @@ fn a_503_goes_to_the_next_address_at_once_and_its_retry_after_orders_new_calls()
     let (_key, first) = b_invite_sent(&mut s);
     s.sip(&reply(&first, 100, "Trying", "", None), TRUNK);
     s.take();
-    let busy = reply(&first, 503, "Service Unavailable", "t503", None).replace(
+    let busy = unavailable(&first, "t503").replace(
         "Content-Length: 0",
         "Retry-After: 120 (maintenance);duration=60\r\nContent-Length: 0",
     );
@@ -2931,10 +2936,7 @@ fn a_503_goes_to_the_next_address_at_once_and_its_retry_after_orders_new_calls()
 fn a_503_without_retry_after_fails_over_but_leaves_the_order_alone() {
     let mut s = two_address_sim();
     let (_key, first) = b_invite_sent(&mut s);
-    s.sip(
-        &reply(&first, 503, "Service Unavailable", "t503", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&first, "t503"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
     assert_eq!(next_call_goes_to(&mut s, 2), first_addr());
 }
@@ -2943,15 +2945,9 @@ fn a_503_without_retry_after_fails_over_but_leaves_the_order_alone() {
 fn when_the_last_address_fails_the_call_fails_as_it_would_with_one() {
     let mut s = two_address_sim();
     let (key, first) = b_invite_sent(&mut s);
-    s.sip(
-        &reply(&first, 503, "Service Unavailable", "t503", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&first, "t503"), TRUNK);
     let second = invites_to(&s.take()).remove(0).1;
-    s.sip(
-        &reply(&second, 503, "Service Unavailable", "t503b", None),
-        SECOND,
-    );
+    s.sip(&unavailable(&second, "t503b"), SECOND);
     let out = s.take();
     assert!(invites_to(&out).is_empty(), "no third try");
     assert_failed_and_ended(&s, &out, key, 503);
@@ -2997,10 +2993,7 @@ fn a_redirect_ends_the_failover_list() {
     );
     s.sip(&moved, TRUNK);
     let redirected = invites_to(&s.take()).remove(0).1;
-    s.sip(
-        &reply(&redirected, 503, "Service Unavailable", "t", None),
-        "127.0.0.1:5090",
-    );
+    s.sip(&unavailable(&redirected, "t"), "127.0.0.1:5090");
     let out = s.take();
     assert!(
         invites_to(&out).is_empty(),
@@ -3017,7 +3010,7 @@ fn a_call_under_way_keeps_the_addresses_it_started_with() {
         trunk: 0,
         addrs: vec!["127.0.0.3:5080".parse().unwrap()],
     });
-    s.sip(&reply(&first, 503, "Service Unavailable", "t", None), TRUNK);
+    s.sip(&unavailable(&first, "t"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
 }
 
@@ -3055,10 +3048,7 @@ fn a_browser_call_stays_at_the_address_its_preflight_allowed() {
     );
     s.sip(&ok, TRUNK);
     let invite = invites_to(&s.take()).remove(0).1;
-    s.sip(
-        &reply(&invite, 503, "Service Unavailable", "t503", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&invite, "t503"), TRUNK);
     let out = s.take();
     assert!(
         invites_to(&out).is_empty(),
@@ -3067,10 +3057,7 @@ fn a_browser_call_stays_at_the_address_its_preflight_allowed() {
     assert_eq!(server_events(&out)[0].code, Some(503));
     // A gateway's call on the same trunk does fail over.
     let (_key, inv) = b_invite_sent(&mut s);
-    s.sip(
-        &reply(&inv, 503, "Service Unavailable", "t503", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&inv, "t503"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
 }
 
@@ -3120,10 +3107,7 @@ fn an_attempt_that_brought_early_media_is_not_failed_over() {
         TRUNK,
     );
     s.take();
-    s.sip(
-        &reply(&first, 503, "Service Unavailable", "early1", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&first, "early1"), TRUNK);
     let out = s.take();
     assert!(
         invites_to(&out).is_empty(),
@@ -3134,10 +3118,7 @@ fn an_attempt_that_brought_early_media_is_not_failed_over() {
     let (_key, first) = b_invite_sent(&mut s);
     s.sip(&reply(&first, 180, "Ringing", "r1", None), TRUNK);
     s.take();
-    s.sip(
-        &reply(&first, 503, "Service Unavailable", "r1", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&first, "r1"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
 }
 
@@ -3155,10 +3136,7 @@ fn a_cancelled_attempt_is_not_failed_over() {
         vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
     );
     // The server was going down anyway: 503 instead of 487.
-    s.sip(
-        &reply(&first, 503, "Service Unavailable", "r1", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&first, "r1"), TRUNK);
     assert!(invites_to(&s.take()).is_empty());
 }
 
@@ -3176,10 +3154,7 @@ fn credentials_for_one_address_are_not_sent_to_the_next() {
     s.sip(&challenge, TRUNK);
     let retry = invites_to(&s.take()).remove(0).1;
     assert!(retry.contains("\r\nAuthorization: Digest"), "{retry}");
-    s.sip(
-        &reply(&retry, 503, "Service Unavailable", "c1", None),
-        TRUNK,
-    );
+    s.sip(&unavailable(&retry, "c1"), TRUNK);
     let (to, next) = invites_to(&s.take()).remove(0);
     assert_eq!(to, second_addr());
     assert_eq!(header(&next, "CSeq"), "3 INVITE");
