@@ -9,7 +9,8 @@
 #      (interop/browser/run.sh)
 #   5. the baresip run: one call per media mode (rtp sdes dtls ice-sdes ice-dtls) between two real
 #      baresip UAs through the pair, after a self-test of its checker (interop/baresip/run.sh)
-# Installs what it needs (sip-tester for SIPp, and the tools the SIPp suite uses) when missing;
+# Installs what it needs (sip-tester for SIPp, the tools the SIPp suite uses, dnsmasq for the SRV
+# tests) when missing;
 # the browser checks install their own (chromium, nodejs, npm, sip-tester; playwright-core with
 # npm ci) and
 # so does the baresip run (baresip-core, sox, tcpdump).
@@ -23,6 +24,7 @@ need_cmd python3 python3
 need_cmd curl curl
 need_cmd ss iproute2
 need_cmd openssl openssl   # tests/tls.rs: an independent TLS client
+need_cmd dnsmasq dnsmasq-base   # SRV lookups: a real DNS server (src/sip/dns.rs, tests/trunk_dns.rs)
 # The SIPp k-stir check verifies riptide's PASSporT with an independent implementation.
 python3 -c 'import cryptography' 2>/dev/null || {
     log "installing the Python cryptography package (pip)"

@@ -11,7 +11,9 @@ use crate::media::MediaHub;
 use crate::metrics::Metrics;
 use crate::ript::client::{spawn_client, ClientCtx, PeerRuntime};
 use crate::ript::server::{spawn_server, ServerCtx};
+use crate::sip::dns::{OnSrvFailure, SipResolver};
 use crate::sip::msg::{self, Transport};
+use crate::sip::srv::HopAddrs;
 use crate::sip::transport::{self, Listeners};
 use crate::sip::txn::Dest;
 use crate::{admin, tls};
@@ -209,7 +211,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, %x5u, "publishing the STIR certificate chain");
     }
 
-    let ecfg = engine_config(&cfg, &peer_cfgs, &authority, &dtls_fingerprint).await?;
+    // One resolver (and cache) for the lookups at start and the refreshes.
+    let dns = SipResolver::new(&cfg.sip.dns_servers)?;
+    let ecfg = engine_config(&cfg, &dns, &peer_cfgs, &authority, &dtls_fingerprint).await?;
     let reloader = Arc::new(Reloader {
         certs,
         stir: StirFiles::from_config(&cfg).zip(ecfg.stir_verify.clone()),
@@ -248,15 +252,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         {
             let cfg = cfg.clone();
             move |uri: String| {
-                let cfg = cfg.clone();
+                let (cfg, dns) = (cfg.clone(), dns.clone());
                 async move {
-                    resolve_sip_uri(&uri)
+                    dns.resolve(&uri, OnSrvFailure::Fail)
                         .await
-                        .map(|(a, transport)| sendable(a, transport, &cfg))
+                        .map(|(hop, transport)| sendable(hop, transport, &cfg))
                 }
             }
         },
-        move |trunk: usize, addrs: &[SocketAddr]| taker.take(trunk, addrs),
+        move |trunk: usize, hop: &HopAddrs| taker.take(trunk, hop),
     ));
     tokio::spawn(driver::run(
         engine,
@@ -577,6 +581,7 @@ pub fn stir_fetcher(cfg: &Config) -> anyhow::Result<Option<crate::stir::fetch::X
 /// Resolves names and URIs of the configuration into what the engine works with.
 pub async fn engine_config(
     cfg: &Config,
+    dns: &SipResolver,
     peers: &[RiptPeerConfig],
     authority: &str,
     dtls_fingerprint: &str,
@@ -609,19 +614,21 @@ pub async fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
-        let (addrs, transport) = resolve_sip_uri(via)
+        let (hop, transport) = dns
+            .resolve(via, OnSrvFailure::UseAddressRecords)
             .await
             .with_context(|| format!("sip_trunk {}", t.name))?;
-        let addrs = sendable(addrs, transport, cfg);
+        let hop = sendable(hop, transport, cfg);
         trunks.push(TrunkInfo {
             name: t.name.clone(),
             host,
             dest: Dest {
-                addr: addrs[0],
+                addr: hop.addrs[0],
                 transport,
                 conn: None,
             },
-            alternates: addrs[1..].to_vec(),
+            alternates: hop.addrs[1..].to_vec(),
+            ranks: hop.ranks,
             proxy_route: t
                 .outbound_proxy
                 .as_ref()
@@ -859,50 +866,18 @@ fn digest_login(
     Ok(Some(Arc::new(crate::sip::digest::Login::new(user, pw))))
 }
 
-/// Where to send requests for a SIP URI: an IP literal as is, a host name by all its A/AAAA
-/// records, in the resolver's order, each once (never empty). RFC 3263 NAPTR/SRV selection is not
-/// done: the URI's port (or 5060/5061) is used.
-async fn resolve_sip_uri(uri: &str) -> anyhow::Result<(Vec<SocketAddr>, Transport)> {
-    if let Some((addr, transport)) = msg::uri_socket(uri) {
-        return Ok((vec![addr], transport));
-    }
-    let (host, port, transport) =
-        msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
-    let port = port.unwrap_or(if transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    });
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for a in tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-    {
-        if !addrs.contains(&a) {
-            addrs.push(a);
-        }
-    }
-    if addrs.is_empty() {
-        return Err(anyhow!("{host} has no address"));
-    }
-    Ok((addrs, transport))
-}
-
 /// The addresses UDP requests can go to: those of a family a `[sip] udp` listener has (requests
 /// leave from a listener). A name with AAAA records, on a gateway listening on IPv4 only, would
 /// otherwise cost each call a Timer B per IPv6 address. All of them when none fits, so that the
 /// failure shows where the messages are sent. TCP and TLS connect from any local address.
-fn sendable(addrs: Vec<SocketAddr>, transport: Transport, cfg: &Config) -> Vec<SocketAddr> {
+fn sendable(hop: HopAddrs, transport: Transport, cfg: &Config) -> HopAddrs {
     if transport != Transport::Udp {
-        return addrs;
+        return hop;
     }
-    let fits: Vec<SocketAddr> = addrs
-        .iter()
-        .copied()
-        .filter(|a| cfg.sip.udp.iter().any(|l| l.is_ipv4() == a.is_ipv4()))
-        .collect();
-    if fits.is_empty() {
-        addrs
+    let mut fits = hop.clone();
+    fits.retain(|a| cfg.sip.udp.iter().any(|l| l.is_ipv4() == a.is_ipv4()));
+    if fits.addrs.is_empty() {
+        hop
     } else {
         fits
     }
@@ -914,8 +889,8 @@ struct NamedTrunk {
     /// Its place in the engine's list.
     trunk: usize,
     uri: String,
-    /// What the name resolved to last, in order.
-    addrs: Vec<SocketAddr>,
+    /// What the name resolved to last.
+    hop: HopAddrs,
 }
 
 /// The trunks of `cfg` named by host name, with the addresses `trunks` (the engine's list,
@@ -930,9 +905,12 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
             msg::uri_socket(uri).is_none().then(|| NamedTrunk {
                 trunk: i,
                 uri: uri.to_string(),
-                addrs: std::iter::once(info.dest.addr)
-                    .chain(info.alternates.iter().copied())
-                    .collect(),
+                hop: HopAddrs {
+                    addrs: std::iter::once(info.dest.addr)
+                        .chain(info.alternates.iter().copied())
+                        .collect(),
+                    ranks: info.ranks.clone(),
+                },
             })
         })
         .collect()
@@ -950,8 +928,9 @@ struct TrunkAddrTaker {
 }
 
 impl TrunkAddrTaker {
-    fn take(&mut self, trunk: usize, addrs: &[SocketAddr]) -> Taken {
-        let (Some(t), Some((&first, rest))) = (self.trunks.get(trunk), addrs.split_first()) else {
+    fn take(&mut self, trunk: usize, hop: &HopAddrs) -> Taken {
+        let (Some(t), Some((&first, rest))) = (self.trunks.get(trunk), hop.addrs.split_first())
+        else {
             return Taken::No;
         };
         if t.dest.transport == Transport::Tls {
@@ -961,14 +940,14 @@ impl TrunkAddrTaker {
             match sip_tls_peers(&self.cfg, &next) {
                 Ok(peers) => self.sip.add_tls_peers(peers),
                 Err(e) => {
-                    tracing::warn!(trunk = %t.name, addresses = ?addrs, error = %format!("{e:#}"), "new trunk addresses not taken: their SIP-TLS settings failed");
+                    tracing::warn!(trunk = %t.name, addresses = ?hop.addrs, error = %format!("{e:#}"), "new trunk addresses not taken: their SIP-TLS settings failed");
                     return Taken::No;
                 }
             }
         }
         let input = Input::TrunkAddrs {
             trunk,
-            addrs: addrs.to_vec(),
+            hop: hop.clone(),
         };
         if self.engine.send(input).is_err() {
             return Taken::EngineGone;
@@ -976,6 +955,7 @@ impl TrunkAddrTaker {
         let t = &mut self.trunks[trunk];
         t.dest.addr = first;
         t.alternates = rest.to_vec();
+        t.ranks = hop.ranks.clone();
         Taken::Yes
     }
 }
@@ -998,10 +978,10 @@ async fn refresh_trunk_addrs<F, Fut>(
     mut names: Vec<NamedTrunk>,
     every: Duration,
     resolve: F,
-    mut changed: impl FnMut(usize, &[SocketAddr]) -> Taken,
+    mut changed: impl FnMut(usize, &HopAddrs) -> Taken,
 ) where
     F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Vec<SocketAddr>>>,
+    Fut: std::future::Future<Output = anyhow::Result<HopAddrs>>,
 {
     if names.is_empty() || every.is_zero() {
         return;
@@ -1012,14 +992,12 @@ async fn refresh_trunk_addrs<F, Fut>(
         tick.tick().await;
         for t in &mut names {
             match resolve(t.uri.clone()).await {
-                Ok(addrs) if !addrs.is_empty() && addrs != t.addrs => {
-                    match changed(t.trunk, &addrs) {
-                        Taken::Yes => t.addrs = addrs,
-                        Taken::No => {}
-                        Taken::EngineGone => return,
-                    }
-                }
-                Ok(addrs) if !addrs.is_empty() => {}
+                Ok(hop) if !hop.addrs.is_empty() && hop != t.hop => match changed(t.trunk, &hop) {
+                    Taken::Yes => t.hop = hop,
+                    Taken::No => {}
+                    Taken::EngineGone => return,
+                },
+                Ok(hop) if !hop.addrs.is_empty() => {}
                 Ok(_) => {
                     tracing::warn!(uri = %t.uri, "trunk host name has no address now; keeping the last ones")
                 }
@@ -1058,29 +1036,8 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn sip_targets_resolve_literals_and_names() {
-        let (a, t) = resolve_sip_uri("sip:127.0.0.1:5080;transport=tcp")
-            .await
-            .unwrap();
-        assert_eq!(
-            (a, t),
-            (vec!["127.0.0.1:5080".parse().unwrap()], Transport::Tcp)
-        );
-        let (a, t) = resolve_sip_uri("sip:localhost:5090").await.unwrap();
-        assert!(
-            !a.is_empty() && a.iter().all(|a| a.ip().is_loopback() && a.port() == 5090),
-            "{a:?}"
-        );
-        assert_eq!(t, Transport::Udp);
-        let mut unique = a.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), a.len(), "each address once: {a:?}");
-        let (a, _) = resolve_sip_uri("sip:pbx@localhost").await.unwrap();
-        assert_eq!(a[0].port(), 5060, "default port");
-        assert!(resolve_sip_uri("sip:no-such-host.invalid").await.is_err());
-        assert!(resolve_sip_uri("http://x").await.is_err());
+    fn system_dns() -> SipResolver {
+        SipResolver::new(&[]).unwrap()
     }
 
     #[test]
@@ -1089,15 +1046,42 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::1]:5060".parse().unwrap();
         let mut cfg =
             crate::config::load_str("[sip]\nudp = [\"127.0.0.1:5060\"]\n", "t.toml").unwrap();
-        assert_eq!(sendable(vec![v6, v4], Transport::Udp, &cfg), vec![v4]);
-        assert_eq!(sendable(vec![v6, v4], Transport::Tcp, &cfg), vec![v6, v4]);
+        let plain = |a: Vec<SocketAddr>| HopAddrs::plain(a);
         assert_eq!(
-            sendable(vec![v6], Transport::Udp, &cfg),
-            vec![v6],
+            sendable(plain(vec![v6, v4]), Transport::Udp, &cfg),
+            plain(vec![v4])
+        );
+        assert_eq!(
+            sendable(plain(vec![v6, v4]), Transport::Tcp, &cfg),
+            plain(vec![v6, v4])
+        );
+        assert_eq!(
+            sendable(plain(vec![v6]), Transport::Udp, &cfg),
+            plain(vec![v6]),
             "none fits: all, so that the failure shows"
         );
+        // Addresses from SRV keep their ranks.
+        let rank = |target| crate::sip::srv::SrvRank {
+            priority: 10,
+            weight: 0,
+            target,
+        };
+        let ranked = HopAddrs {
+            addrs: vec![v6, v4],
+            ranks: vec![rank(0), rank(1)],
+        };
+        assert_eq!(
+            sendable(ranked, Transport::Udp, &cfg),
+            HopAddrs {
+                addrs: vec![v4],
+                ranks: vec![rank(1)],
+            }
+        );
         cfg.sip.udp.push("[::1]:5060".parse().unwrap());
-        assert_eq!(sendable(vec![v6, v4], Transport::Udp, &cfg), vec![v6, v4]);
+        assert_eq!(
+            sendable(plain(vec![v6, v4]), Transport::Udp, &cfg),
+            plain(vec![v6, v4])
+        );
     }
 
     #[test]
@@ -1137,12 +1121,12 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 NamedTrunk {
                     trunk: 1,
                     uri: "sip:pbx.example.net;transport=tcp".into(),
-                    addrs: vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")],
+                    hop: HopAddrs::plain(vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")]),
                 },
                 NamedTrunk {
                     trunk: 3,
                     uri: "sip:proxy.example.net:5070".into(),
-                    addrs: vec![addr("192.0.2.30:5070")],
+                    hop: HopAddrs::plain(vec![addr("192.0.2.30:5070")]),
                 },
             ]
         );
@@ -1152,25 +1136,43 @@ outbound_proxy = "sip:proxy.example.net:5070"
     async fn trunk_names_are_looked_up_every_period_and_only_changes_are_passed_on() {
         let a: SocketAddr = "192.0.2.10:5060".parse().unwrap();
         let b: SocketAddr = "192.0.2.11:5060".parse().unwrap();
+        let plain = |a: Vec<SocketAddr>| HopAddrs::plain(a);
+        let rank = |priority, target| crate::sip::srv::SrvRank {
+            priority,
+            weight: 0,
+            target,
+        };
+        let ranked = HopAddrs {
+            addrs: vec![b, a],
+            ranks: vec![rank(20, 0), rank(10, 1)],
+        };
         let answers = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([
-            Ok(vec![a]),
+            Ok(plain(vec![a])),
             Err(anyhow!("SERVFAIL")),
-            Ok(vec![]),
-            Ok(vec![a]),
-            Ok(vec![b, a]),
-            Ok(vec![b, a]),
-            Ok(vec![a]),
+            Ok(plain(vec![])),
+            Ok(plain(vec![a])),
+            Ok(plain(vec![b, a])),
+            Ok(plain(vec![b, a])),
+            Ok(ranked.clone()),
+            Ok(plain(vec![a])),
         ])));
         let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
         let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
         // What the wiring answers, change after change: taken; not taken (TLS settings
         // failed); taken; the engine is gone.
-        let mut takes = vec![Taken::Yes, Taken::No, Taken::Yes, Taken::EngineGone].into_iter();
+        let mut takes = vec![
+            Taken::Yes,
+            Taken::No,
+            Taken::Yes,
+            Taken::Yes,
+            Taken::EngineGone,
+        ]
+        .into_iter();
         let task = tokio::spawn(refresh_trunk_addrs(
             vec![NamedTrunk {
                 trunk: 2,
                 uri: "sip:pbx.example.net".into(),
-                addrs: vec![b],
+                hop: plain(vec![b]),
             }],
             Duration::from_secs(60),
             {
@@ -1187,8 +1189,8 @@ outbound_proxy = "sip:proxy.example.net:5070"
             },
             {
                 let changes = changes.clone();
-                move |trunk: usize, addrs: &[SocketAddr]| {
-                    changes.lock().unwrap().push((trunk, addrs.to_vec()));
+                move |trunk: usize, hop: &HopAddrs| {
+                    changes.lock().unwrap().push((trunk, hop.clone()));
                     takes.next().expect("called too often")
                 }
             },
@@ -1199,7 +1201,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
         tokio::time::sleep(Duration::from_secs(59)).await;
         assert_eq!(seen(), vec![]);
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(seen(), vec![(2, vec![a])]);
+        assert_eq!(seen(), vec![(2, plain(vec![a]))]);
         period().await;
         assert_eq!(seen(), vec![], "a failed lookup keeps the last addresses");
         period().await;
@@ -1209,18 +1211,28 @@ outbound_proxy = "sip:proxy.example.net:5070"
         period().await;
         assert_eq!(
             seen(),
-            vec![(2, vec![b, a])],
+            vec![(2, plain(vec![b, a]))],
             "an order of its own is a change"
         );
         period().await;
-        assert_eq!(seen(), vec![(2, vec![b, a])], "not taken: offered again");
+        assert_eq!(
+            seen(),
+            vec![(2, plain(vec![b, a]))],
+            "not taken: offered again"
+        );
+        period().await;
+        assert_eq!(
+            seen(),
+            vec![(2, ranked)],
+            "the same addresses with SRV ranks are a change"
+        );
         assert!(!task.is_finished());
         period().await;
-        assert_eq!(seen(), vec![(2, vec![a])]);
+        assert_eq!(seen(), vec![(2, plain(vec![a]))]);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(task.is_finished(), "ends once the engine is gone");
         task.await.expect("ended, not panicked");
-        assert_eq!(asked.lock().unwrap().len(), 7);
+        assert_eq!(asked.lock().unwrap().len(), 8);
         assert!(asked
             .lock()
             .unwrap()
@@ -1264,7 +1276,9 @@ outbound_proxy = "sip:proxy.example.net:5070"
     async fn new_tls_trunk_addresses_get_their_settings_first_or_are_not_taken() {
         let dir = dir_with_a_ca("taker");
         let cfg = tls_trunks(&dir, "sip:127.0.0.2:5061;transport=tls", "b.example");
-        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let ecfg = engine_config(&cfg, &system_dns(), &[], "x", "fp")
+            .await
+            .unwrap();
         let (sip_tx, _sip_rx) = mpsc::channel(16);
         let listeners = Listeners {
             udp: vec!["127.0.0.1:0".parse().unwrap()],
@@ -1289,19 +1303,19 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 .map(|c| c.server_name.to_str().into_owned())
         };
         let told_now = |told: &mut mpsc::UnboundedReceiver<Input>| match told.try_recv() {
-            Ok(Input::TrunkAddrs { trunk, addrs }) => Some((trunk, addrs)),
+            Ok(Input::TrunkAddrs { trunk, hop }) => Some((trunk, hop.addrs)),
             Ok(other) => panic!("{other:?}"),
             Err(_) => None,
         };
 
         // Taken: the new address has a's settings, the old one keeps them, the engine is told.
         let new = [addr("127.0.0.3:5061"), addr("127.0.0.1:5061")];
-        assert_eq!(taker.take(0, &new), Taken::Yes);
+        assert_eq!(taker.take(0, &HopAddrs::plain(new.to_vec())), Taken::Yes);
         assert_eq!(name_at("127.0.0.3:5061").as_deref(), Some("a.example"));
         assert_eq!(name_at("127.0.0.1:5061").as_deref(), Some("a.example"));
         assert_eq!(told_now(&mut told), Some((0, new.to_vec())));
         let moved = [addr("127.0.0.4:5061")];
-        assert_eq!(taker.take(0, &moved), Taken::Yes);
+        assert_eq!(taker.take(0, &HopAddrs::plain(moved.to_vec())), Taken::Yes);
         assert_eq!(
             name_at("127.0.0.3:5061").as_deref(),
             Some("a.example"),
@@ -1311,18 +1325,30 @@ outbound_proxy = "sip:proxy.example.net:5070"
 
         // b's address with a's settings would mix them up: not taken, the engine is not told,
         // and b keeps its settings there.
-        assert_eq!(taker.take(0, &[addr("127.0.0.2:5061")]), Taken::No);
+        assert_eq!(
+            taker.take(0, &HopAddrs::plain(vec![addr("127.0.0.2:5061")])),
+            Taken::No
+        );
         assert_eq!(told_now(&mut told), None);
         assert_eq!(name_at("127.0.0.2:5061").as_deref(), Some("b.example"));
 
         // A UDP trunk needs no TLS settings; no addresses at all are never taken.
-        assert_eq!(taker.take(2, &[addr("127.0.0.5:5061")]), Taken::Yes);
+        assert_eq!(
+            taker.take(2, &HopAddrs::plain(vec![addr("127.0.0.5:5061")])),
+            Taken::Yes
+        );
         assert!(told_now(&mut told).is_some());
-        assert_eq!(taker.take(2, &[]), Taken::No);
-        assert_eq!(taker.take(9, &[addr("127.0.0.5:5061")]), Taken::No);
+        assert_eq!(taker.take(2, &HopAddrs::plain(vec![])), Taken::No);
+        assert_eq!(
+            taker.take(9, &HopAddrs::plain(vec![addr("127.0.0.5:5061")])),
+            Taken::No
+        );
 
         drop(told);
-        assert_eq!(taker.take(0, &[addr("127.0.0.6:5061")]), Taken::EngineGone);
+        assert_eq!(
+            taker.take(0, &HopAddrs::plain(vec![addr("127.0.0.6:5061")])),
+            Taken::EngineGone
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -1542,7 +1568,9 @@ outbound_proxy = "sip:proxy.example.net:5070"
         let dir = dir_with_a_ca("tls-peers");
         let trunks = |second_name: &str| tls_trunks(&dir, "sips:127.0.0.1", second_name);
         let cfg = trunks("a.example");
-        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let ecfg = engine_config(&cfg, &system_dns(), &[], "x", "fp")
+            .await
+            .unwrap();
         let peers = sip_tls_peers(&cfg, &ecfg.trunks).unwrap();
         assert_eq!(peers.len(), 1, "one address, over TLS once: {peers:?}");
         let p = &peers[&"127.0.0.1:5061".parse().unwrap()];
@@ -1550,21 +1578,27 @@ outbound_proxy = "sip:proxy.example.net:5070"
 
         // Every address of a trunk's name is reached with its settings (a failover, or what a
         // later lookup found); one of them shared with a trunk of other settings is refused.
-        let mut ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let mut ecfg = engine_config(&cfg, &system_dns(), &[], "x", "fp")
+            .await
+            .unwrap();
         ecfg.trunks[0].alternates = vec!["127.0.0.2:5061".parse().unwrap()];
         let peers = sip_tls_peers(&cfg, &ecfg.trunks).unwrap();
         assert_eq!(peers.len(), 2, "{peers:?}");
         let p = &peers[&"127.0.0.2:5061".parse().unwrap()];
         assert_eq!(p.server_name.to_str(), "a.example");
         let clash = trunks("b.example");
-        let mut ecfg = engine_config(&clash, &[], "x", "fp").await.unwrap();
+        let mut ecfg = engine_config(&clash, &system_dns(), &[], "x", "fp")
+            .await
+            .unwrap();
         ecfg.trunks[1].dest.addr = "127.0.0.3:5061".parse().unwrap();
         ecfg.trunks[1].alternates = vec!["127.0.0.1:5061".parse().unwrap()];
         let err = sip_tls_peers(&clash, &ecfg.trunks).unwrap_err().to_string();
         assert!(err.contains("127.0.0.1:5061"), "{err}");
 
         let cfg = trunks("b.example");
-        let ecfg = engine_config(&cfg, &[], "x", "fp").await.unwrap();
+        let ecfg = engine_config(&cfg, &system_dns(), &[], "x", "fp")
+            .await
+            .unwrap();
         let err = sip_tls_peers(&cfg, &ecfg.trunks).unwrap_err().to_string();
         assert!(
             err.contains("sip_trunk b and sip_trunk a") && err.contains("127.0.0.1:5061"),

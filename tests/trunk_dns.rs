@@ -1,10 +1,11 @@
 //! A `[[sip_trunk]]` named by a host name (ADR 0020): every address of the name is tried in
 //! turn, and a name that now resolves elsewhere is followed without a restart.
 //!
-//! `riptide serve` runs in a mount namespace of its own (`unshare -m`) whose `/etc/hosts` is this
-//! test's file, bind-mounted, so that the test decides what `pbx.test` resolves to and can change
-//! it while the gateway runs. The SIP peers are plain UDP sockets on 127.0.0.2–4 answering as a
-//! trunk would.
+//! In the first test `riptide serve` runs in a mount namespace of its own (`unshare -m`) whose
+//! `/etc/hosts` is this test's file, bind-mounted, so that the test decides what `pbx.test`
+//! resolves to and can change it while the gateway runs. In the second, a name without a port is
+//! looked up for SRV records (RFC 3263) at a dnsmasq of the test's own (`[sip] dns_servers`). The
+//! SIP peers are plain sockets on 127.0.0.2–6 answering as a trunk would.
 
 mod cli_support;
 
@@ -12,7 +13,7 @@ use cli_support::{client_config, free_port, start_server_with, temp_dir, text, t
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -359,5 +360,137 @@ ice = "off"
         1,
         "the old addresses got nothing more"
     );
+    drop(gw);
+}
+
+/// dnsmasq answering from `records` (`--srv-host` / `--host-record` options) for `srv.test`, on
+/// 127.0.0.1:`port`; stopped when dropped.
+struct Dnsmasq(Child);
+
+impl Dnsmasq {
+    fn start(port: u16, records: &[String]) -> Dnsmasq {
+        // Debian puts it in /usr/sbin, which is not on every user's PATH.
+        let bin = ["/usr/sbin/dnsmasq", "dnsmasq"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").output().is_ok())
+            .expect("dnsmasq is installed (package dnsmasq-base; interop/test-all.sh installs it)");
+        let child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/srv.test/",
+                "--user=root",
+                "--pid-file=",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq starts");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dnsmasq(child)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn srv_records_name_a_trunks_servers_in_priority_order_and_changes_are_followed() {
+    let dir = temp_dir("trunk-srv");
+    let (sip_port, dns_port) = (free_port(), free_port());
+    let srv = |target: &str, priority: u16| {
+        format!("--srv-host=_sip._udp.pbx.srv.test,{target}.srv.test,{sip_port},{priority},0")
+    };
+    let host = |name: &str, ip: &str| format!("--host-record={name}.srv.test,{ip}");
+    // Priority 10 refuses with 503, priority 20 answers. The name itself has an A record too,
+    // where nothing listens: it must not be used while SRV records exist.
+    let dns = Dnsmasq::start(
+        dns_port,
+        &[
+            srv("first", 10),
+            srv("second", 20),
+            host("first", "127.0.0.2"),
+            host("second", "127.0.0.3"),
+            host("pbx", "127.0.0.5"),
+        ],
+    );
+    let refusing = Peer::start("127.0.0.2", sip_port, 503);
+    let answering = Peer::start("127.0.0.3", sip_port, 200);
+    let gw = start_server_with(
+        &dir,
+        &format!("dns_refresh_secs = 1\ndns_servers = [\"127.0.0.1:{dns_port}\"]"),
+        r#"[[tg]]
+name = "local"
+
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "pbx"
+
+[[sip_trunk]]
+name = "pbx"
+target = "sip:pbx.srv.test"
+security = "rtp"
+ice = "off"
+"#,
+        Command::new(BIN),
+    );
+    let cfg = client_config(&dir, &gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+
+    answered_call(&cfg, &tone, "sip:answer@pbx.srv.test", &log);
+    assert_eq!(refusing.invites(), vec!["1 INVITE"], "{}", log());
+    assert_eq!(answering.invites(), vec!["2 INVITE"], "{}", log());
+    // Lookups every second find the same records: no change to pass on.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(!log().contains("trunk addresses changed"), "{}", log());
+
+    // The provider adds a server of priority 5: the gateway follows the new answer without a
+    // restart, and the next call goes there first.
+    drop(dns);
+    let preferred = Peer::start("127.0.0.4", sip_port, 200);
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            srv("third", 5),
+            srv("first", 10),
+            srv("second", 20),
+            host("first", "127.0.0.2"),
+            host("second", "127.0.0.3"),
+            host("third", "127.0.0.4"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log()
+        .lines()
+        .any(|l| l.contains("trunk addresses changed") && l.contains("127.0.0.4"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the new SRV answer was not picked up: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    answered_call(&cfg, &tone, "sip:answer@pbx.srv.test", &log);
+    assert_eq!(preferred.invites(), vec!["1 INVITE"], "{}", log());
+    assert_eq!(refusing.invites().len(), 1, "{}", log());
+    assert_eq!(answering.invites().len(), 1, "{}", log());
     drop(gw);
 }

@@ -21,11 +21,13 @@ use crate::ript::model::{
 use crate::ript::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::sdp::{self, LocalSdp, SdpDirection};
 use crate::sip::msg::{self, Extra, RequestSpec, Transport};
+use crate::sip::srv::{srv_order, HopAddrs, SrvRank};
 use crate::sip::txn::{
     ConnId, Dest, RequestDisposition, ResponseDisposition, ServerKey, SipOut, TxnLayer, TxnOutput,
 };
 use crate::CallKey;
 use bytes::Bytes;
+use rand::Rng;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -63,11 +65,12 @@ pub enum Input {
         addr: SocketAddr,
         transport: Transport,
     },
-    /// The addresses `trunks[trunk]`'s host name resolves to now, in the order to try them
-    /// (first one first). Calls placed from now on use them; calls under way keep theirs.
+    /// The addresses `trunks[trunk]`'s host name resolves to now: in the order to try them
+    /// (first one first), or with the SRV ranks each call orders them by. Calls placed from now
+    /// on use them; calls under way keep theirs.
     TrunkAddrs {
         trunk: usize,
-        addrs: Vec<SocketAddr>,
+        hop: HopAddrs,
     },
 }
 
@@ -124,6 +127,10 @@ pub struct TrunkInfo {
     /// Further addresses of the same host name (or outbound proxy), tried in order when an
     /// INVITE to the one before it times out or gets 503 (RFC 3263 §4.3, RFC 3261 §21.5.4).
     pub alternates: Vec<SocketAddr>,
+    /// SRV ranks of `dest.addr` and the `alternates`, in that order, when the addresses came from
+    /// SRV records: each call orders them by priority and weight (RFC 2782). Empty: tried in
+    /// the order given.
+    pub ranks: Vec<SrvRank>,
     /// Outbound proxy: requests go there with a Route header for it.
     pub proxy_route: Option<String>,
     pub codecs: Vec<String>,
@@ -283,6 +290,7 @@ impl EngineConfig {
                     conn: None,
                 },
                 alternates: vec![],
+                ranks: vec![],
                 proxy_route: None,
                 codecs: crate::config::default_codecs(),
                 max_redirects: 3,
@@ -809,7 +817,7 @@ impl Engine {
                 toward_legacy,
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
-            Input::TrunkAddrs { trunk, addrs } => self.set_trunk_addrs(trunk, addrs),
+            Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
@@ -3589,22 +3597,36 @@ impl Engine {
         if trunk.alternates.is_empty() {
             return (trunk.dest.addr, Vec::new());
         }
-        let all = std::iter::once(trunk.dest.addr).chain(trunk.alternates.iter().copied());
-        let (mut order, avoided): (Vec<_>, Vec<_>) = all.partition(|a| !self.avoid.contains_key(a));
+        let all: Vec<SocketAddr> = std::iter::once(trunk.dest.addr)
+            .chain(trunk.alternates.iter().copied())
+            .collect();
+        let ranked = if trunk.ranks.len() == all.len() {
+            srv_order(&trunk.ranks, |sum| rand::rng().random_range(0..=sum))
+                .into_iter()
+                .map(|i| all[i])
+                .collect()
+        } else {
+            all
+        };
+        let (mut order, avoided): (Vec<_>, Vec<_>) = ranked
+            .into_iter()
+            .partition(|a| !self.avoid.contains_key(a));
         order.extend(avoided);
         let first = order.remove(0);
         (first, order)
     }
 
-    fn set_trunk_addrs(&mut self, trunk: usize, addrs: Vec<SocketAddr>) {
-        let (Some(t), Some((&first, rest))) = (self.cfg.trunks.get_mut(trunk), addrs.split_first())
+    fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs) {
+        let (Some(t), Some((&first, rest))) =
+            (self.cfg.trunks.get_mut(trunk), hop.addrs.split_first())
         else {
             return;
         };
-        if t.dest.addr != first || t.alternates != rest {
-            info!(trunk = %t.name, addresses = ?addrs, "trunk addresses changed");
+        if t.dest.addr != first || t.alternates != rest || t.ranks != hop.ranks {
+            info!(trunk = %t.name, addresses = ?hop.addrs, srv = !hop.ranks.is_empty(), "trunk addresses changed");
             t.dest.addr = first;
             t.alternates = rest.to_vec();
+            t.ranks = hop.ranks;
         }
     }
 
@@ -4167,7 +4189,6 @@ impl SinceOrZero for Instant {
 }
 
 fn rand_ms(max: u64) -> u64 {
-    use rand::Rng;
     rand::rng().random_range(0..=max)
 }
 

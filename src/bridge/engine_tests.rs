@@ -3008,7 +3008,7 @@ fn a_call_under_way_keeps_the_addresses_it_started_with() {
     let (_key, first) = b_invite_sent(&mut s);
     s.input(Input::TrunkAddrs {
         trunk: 0,
-        addrs: vec!["127.0.0.3:5080".parse().unwrap()],
+        hop: HopAddrs::plain(vec!["127.0.0.3:5080".parse().unwrap()]),
     });
     s.sip(&unavailable(&first, "t"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
@@ -3021,17 +3021,17 @@ fn addresses_from_a_new_lookup_apply_to_calls_placed_after_it() {
     let third: SocketAddr = "127.0.0.3:5080".parse().unwrap();
     s.input(Input::TrunkAddrs {
         trunk: 0,
-        addrs: vec![third, second_addr()],
+        hop: HopAddrs::plain(vec![third, second_addr()]),
     });
     assert_eq!(next_call_goes_to(&mut s, 2), third);
     // An empty answer and an unknown trunk are ignored.
     s.input(Input::TrunkAddrs {
         trunk: 0,
-        addrs: vec![],
+        hop: HopAddrs::plain(vec![]),
     });
     s.input(Input::TrunkAddrs {
         trunk: 7,
-        addrs: vec![second_addr()],
+        hop: HopAddrs::plain(vec![second_addr()]),
     });
     assert_eq!(next_call_goes_to(&mut s, 3), third);
 }
@@ -3229,4 +3229,98 @@ fn an_invite_that_could_not_be_sent_with_no_address_left_fails_at_once() {
     });
     assert!(server_events(&s.take()).is_empty());
     assert_eq!(s.e.active_calls(), 1);
+}
+
+fn third_addr() -> SocketAddr {
+    "127.0.0.3:5080".parse().unwrap()
+}
+
+fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
+    SrvRank {
+        priority,
+        weight,
+        target,
+    }
+}
+
+/// A trunk whose addresses came from SRV records: `first_addr()` alone at priority 20; at
+/// priority 10, `second_addr()` with weight 1 and `third_addr()` with weight 3.
+fn srv_trunk_sim() -> Sim {
+    // Room for the 90 calls of the drawing test.
+    let mut s = Sim::with(EngineConfig {
+        no_answer_timeout: Duration::from_secs(180),
+        port_max: 21000,
+        max_calls: 1000,
+        max_calls_per_client: 1000,
+        ..cfg()
+    });
+    let t = &mut s.e.cfg.trunks[0];
+    t.alternates = vec![second_addr(), third_addr()];
+    t.ranks = vec![rank(20, 0, 0), rank(10, 1, 1), rank(10, 3, 2)];
+    s
+}
+
+#[test]
+fn srv_ranked_addresses_are_drawn_per_call_by_priority_then_weight() {
+    let mut s = srv_trunk_sim();
+    let mut firsts: HashMap<SocketAddr, u32> = HashMap::new();
+    for req in 1..=90 {
+        *firsts.entry(next_call_goes_to(&mut s, req)).or_default() += 1;
+    }
+    assert_eq!(
+        firsts.get(&first_addr()),
+        None,
+        "priority 20 is never first while priority 10 has addresses: {firsts:?}"
+    );
+    // Expected 22.5 and 67.5 of 90 (weights 1 : 3); the bounds are over 4 standard deviations
+    // away, and a fixed order (all to one server) fails them.
+    let (light, heavy) = (firsts[&second_addr()], firsts[&third_addr()]);
+    assert!(light >= 5 && heavy >= 45, "{firsts:?}");
+}
+
+#[test]
+fn an_srv_trunk_fails_over_within_its_priority_before_the_next_priority() {
+    let mut s = srv_trunk_sim();
+    s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
+    let sent = invites_to(&s.take());
+    let (to, inv) = sent[0].clone();
+    assert!(to == second_addr() || to == third_addr(), "{to}");
+    s.sip(&unavailable(&inv, "t1"), &to.to_string());
+    let sent = invites_to(&s.take());
+    let (next, inv) = sent[0].clone();
+    let other = if to == second_addr() {
+        third_addr()
+    } else {
+        second_addr()
+    };
+    assert_eq!(next, other, "the other server of priority 10");
+    s.sip(&unavailable(&inv, "t2"), &next.to_string());
+    let sent = invites_to(&s.take());
+    assert_eq!(sent[0].0, first_addr(), "then priority 20");
+    assert!(
+        header(&sent[0].1, "CSeq").starts_with("3 "),
+        "{}",
+        sent[0].1
+    );
+}
+
+#[test]
+fn a_lookup_that_changes_only_the_srv_ranks_is_taken() {
+    let mut s = two_address_sim();
+    // The same two addresses, now from SRV with the second one preferred.
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        hop: HopAddrs {
+            addrs: vec![first_addr(), second_addr()],
+            ranks: vec![rank(20, 0, 0), rank(10, 0, 1)],
+        },
+    });
+    assert_eq!(next_call_goes_to(&mut s, 1), second_addr());
+    assert_eq!(s.e.cfg.trunks[0].ranks.len(), 2);
+    // Back to plain A records: their order again.
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        hop: HopAddrs::plain(vec![first_addr(), second_addr()]),
+    });
+    assert_eq!(next_call_goes_to(&mut s, 2), first_addr());
 }

@@ -43,6 +43,7 @@ impl Default for SipConfig {
             no_answer_timeout_secs: 180,
             t1_ms: 500,
             dns_refresh_secs: 60,
+            dns_servers: vec![],
             cors_origins: vec![],
             options_rate: 20,
             options_burst: 40,

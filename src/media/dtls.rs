@@ -1350,7 +1350,7 @@ mod tests {
             };
             let mut e = DtlsEndpoint::new(&id, role, fp(&id), now).unwrap();
             for _ in 0..4 {
-                let pkt = if rng.next() % 2 == 0 {
+                let pkt = if rng.next().is_multiple_of(2) {
                     framed_garbage(&mut rng)
                 } else {
                     let n = usize::from(rng.next());
