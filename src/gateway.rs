@@ -1061,11 +1061,7 @@ mod tests {
             "none fits: all, so that the failure shows"
         );
         // Addresses from SRV keep their ranks.
-        let rank = |target| crate::sip::srv::SrvRank {
-            priority: 10,
-            weight: 0,
-            target,
-        };
+        let rank = |target| crate::sip::srv::SrvRank::new(10, 0, target);
         let ranked = HopAddrs {
             addrs: vec![v6, v4],
             ranks: vec![rank(0), rank(1)],
@@ -1137,11 +1133,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
         let a: SocketAddr = "192.0.2.10:5060".parse().unwrap();
         let b: SocketAddr = "192.0.2.11:5060".parse().unwrap();
         let plain = |a: Vec<SocketAddr>| HopAddrs::plain(a);
-        let rank = |priority, target| crate::sip::srv::SrvRank {
-            priority,
-            weight: 0,
-            target,
-        };
+        let rank = |priority, target| crate::sip::srv::SrvRank::new(priority, 0, target);
         let ranked = HopAddrs {
             addrs: vec![b, a],
             ranks: vec![rank(20, 0), rank(10, 1)],

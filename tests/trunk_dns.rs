@@ -9,11 +9,13 @@
 
 mod cli_support;
 
-use cli_support::{client_config, free_port, start_server_with, temp_dir, text, tone_wav, BIN};
+use cli_support::{
+    client_config, free_port, start_server_with, temp_dir, text, tone_wav, Dnsmasq, BIN,
+};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -363,52 +365,6 @@ ice = "off"
     drop(gw);
 }
 
-/// dnsmasq answering from `records` (`--srv-host` / `--host-record` options) for `srv.test`, on
-/// 127.0.0.1:`port`; stopped when dropped.
-struct Dnsmasq(Child);
-
-impl Dnsmasq {
-    fn start(port: u16, records: &[String]) -> Dnsmasq {
-        // Debian puts it in /usr/sbin, which is not on every user's PATH.
-        let bin = ["/usr/sbin/dnsmasq", "dnsmasq"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").output().is_ok())
-            .expect("dnsmasq is installed (package dnsmasq-base; interop/test-all.sh installs it)");
-        let child = Command::new(bin)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--local=/srv.test/",
-                "--user=root",
-                "--pid-file=",
-                "--log-facility=-",
-            ])
-            .arg(format!("--port={port}"))
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq starts");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "dnsmasq did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Dnsmasq(child)
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn srv_records_name_a_trunks_servers_in_priority_order_and_changes_are_followed() {
     let dir = temp_dir("trunk-srv");
@@ -419,7 +375,7 @@ fn srv_records_name_a_trunks_servers_in_priority_order_and_changes_are_followed(
     let host = |name: &str, ip: &str| format!("--host-record={name}.srv.test,{ip}");
     // Priority 10 refuses with 503, priority 20 answers. The name itself has an A record too,
     // where nothing listens: it must not be used while SRV records exist.
-    let dns = Dnsmasq::start(
+    let dns = Dnsmasq::start_on(
         dns_port,
         &[
             srv("first", 10),
@@ -465,7 +421,7 @@ ice = "off"
     // restart, and the next call goes there first.
     drop(dns);
     let preferred = Peer::start("127.0.0.4", sip_port, 200);
-    let _dns = Dnsmasq::start(
+    let _dns = Dnsmasq::start_on(
         dns_port,
         &[
             srv("third", 5),

@@ -3600,8 +3600,12 @@ impl Engine {
         let all: Vec<SocketAddr> = std::iter::once(trunk.dest.addr)
             .chain(trunk.alternates.iter().copied())
             .collect();
+        debug_assert!(
+            trunk.ranks.is_empty() || trunk.ranks.len() == all.len(),
+            "one SRV rank per address"
+        );
         let ranked = if trunk.ranks.len() == all.len() {
-            srv_order(&trunk.ranks, |sum| rand::rng().random_range(0..=sum))
+            srv_order(&trunk.ranks, |n| rand::rng().random_range(0..n))
                 .into_iter()
                 .map(|i| all[i])
                 .collect()

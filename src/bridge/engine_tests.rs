@@ -3235,12 +3235,8 @@ fn third_addr() -> SocketAddr {
     "127.0.0.3:5080".parse().unwrap()
 }
 
-fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
-    SrvRank {
-        priority,
-        weight,
-        target,
-    }
+const fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
+    SrvRank::new(priority, weight, target)
 }
 
 /// A trunk whose addresses came from SRV records: `first_addr()` alone at priority 20; at
@@ -3272,8 +3268,9 @@ fn srv_ranked_addresses_are_drawn_per_call_by_priority_then_weight() {
         None,
         "priority 20 is never first while priority 10 has addresses: {firsts:?}"
     );
-    // Expected 22.5 and 67.5 of 90 (weights 1 : 3); the bounds are over 4 standard deviations
-    // away, and a fixed order (all to one server) fails them.
+    // Expected 22.5 and 67.5 of 90 (weights 1 : 3). Outside these bounds with probability
+    // under 1e-6 (binomial); a fixed order (all to one server) is outside them. The exact
+    // proportions are sip::srv's tests.
     let (light, heavy) = (firsts[&second_addr()], firsts[&third_addr()]);
     assert!(light >= 5 && heavy >= 45, "{firsts:?}");
 }

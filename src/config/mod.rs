@@ -97,9 +97,10 @@ pub struct SipConfig {
     /// Seconds between lookups of the `[[sip_trunk]]` host names (target or outbound proxy);
     /// calls placed after a lookup use the addresses it found. 0: looked up once, at start.
     pub dns_refresh_secs: u64,
-    /// DNS servers (`ip:port`) asked for the `[[sip_trunk]]` host names: SRV records, and the
-    /// addresses of the names. Empty: SRV from `/etc/resolv.conf`'s servers, addresses from the
-    /// system resolver (`/etc/hosts`, then DNS).
+    /// DNS servers (`ip:port`) asked for the `[[sip_trunk]]` host names: SRV records and every
+    /// address (`/etc/hosts` is then not read). Empty: SRV records and their targets' addresses
+    /// from `/etc/resolv.conf`'s servers, other names from the system resolver (`/etc/hosts`,
+    /// then DNS).
     pub dns_servers: Vec<SocketAddr>,
     /// Browser origins (`scheme://host[:port]`) an out-of-dialog `OPTIONS` carrying `Origin` may
     /// name and get `Access-Control-Allow-Origin` back (the SIP "CORS" preflight of

@@ -14,6 +14,16 @@ pub struct SrvRank {
     pub target: u16,
 }
 
+impl SrvRank {
+    pub const fn new(priority: u16, weight: u16, target: u16) -> SrvRank {
+        SrvRank {
+            priority,
+            weight,
+            target,
+        }
+    }
+}
+
 /// A next hop's addresses, in the order found, with the SRV ranks they came with. `ranks` is
 /// empty when the addresses did not come from SRV (an explicit port, or no SRV records: tried
 /// in the order given); otherwise it has one entry per address.
@@ -64,10 +74,16 @@ pub fn srv_name(host: &str, transport: Transport) -> String {
 }
 
 /// The order to try addresses ranked by SRV (RFC 2782): lower priority first; within a priority,
-/// servers drawn one after the other with a probability proportional to their weight (weight-0
-/// servers first in the list, so that they are drawn only when `pick` says 0); a server's
-/// addresses stay together. `pick(sum)` returns a uniform random number in `0..=sum`. Gives
-/// indices into `ranks`.
+/// servers drawn one after the other, each with a probability proportional to its weight. A
+/// server's addresses stay together. Gives indices into `ranks`.
+///
+/// `pick(n)` returns a uniform random number in `0..n` (`n` ≥ 1). The draw follows RFC 2782's
+/// running sums, with two corrections to its letter: a draw in `0..=sum` gives the first
+/// weighted server one chance too many (weights 1 and 3 would come first 40 % and 60 % of the
+/// time), so the draw is in `1..=sum` unless a weight-0 server is left, which then gets the one
+/// draw of 0 (the "very small chance" the RFC gives it); and servers whose weights are all 0
+/// ("no selection to do") are drawn uniformly rather than always in the answer's order, so that
+/// calls spread over them.
 pub fn srv_order(ranks: &[SrvRank], mut pick: impl FnMut(u32) -> u32) -> Vec<usize> {
     // One entry per server: its rank and its addresses' indices.
     let mut servers: Vec<(SrvRank, Vec<usize>)> = Vec::new();
@@ -90,15 +106,24 @@ pub fn srv_order(ranks: &[SrvRank], mut pick: impl FnMut(u32) -> u32) -> Vec<usi
         rest = &rest[same..];
         while !group.is_empty() {
             let sum: u32 = group.iter().map(|(r, _)| u32::from(r.weight)).sum();
-            let drawn = pick(sum).min(sum);
-            let mut running = 0u32;
-            let at = group
-                .iter()
-                .position(|(r, _)| {
-                    running += u32::from(r.weight);
-                    running >= drawn
-                })
-                .unwrap_or(group.len() - 1);
+            let at = if sum == 0 {
+                (pick(group.len() as u32) as usize).min(group.len() - 1)
+            } else {
+                let zero_left = group[0].0.weight == 0;
+                let drawn = if zero_left {
+                    pick(sum + 1)
+                } else {
+                    1 + pick(sum)
+                };
+                let mut running = 0u32;
+                group
+                    .iter()
+                    .position(|(r, _)| {
+                        running += u32::from(r.weight);
+                        running >= drawn
+                    })
+                    .unwrap_or(group.len() - 1)
+            };
             order.extend_from_slice(&group.remove(at).1);
         }
     }
@@ -109,12 +134,8 @@ pub fn srv_order(ranks: &[SrvRank], mut pick: impl FnMut(u32) -> u32) -> Vec<usi
 mod tests {
     use super::*;
 
-    fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
-        SrvRank {
-            priority,
-            weight,
-            target,
-        }
+    const fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
+        SrvRank::new(priority, weight, target)
     }
 
     /// A `pick` that returns the scripted numbers in turn and records each sum it was asked for.
@@ -159,36 +180,80 @@ mod tests {
         assert_eq!(srv_order(&ranks, pick), vec![1, 0, 2]);
     }
 
+    /// How often each server comes first, over every value `pick` can give for the first draw
+    /// (later draws 0).
+    fn first_counts(ranks: &[SrvRank]) -> Vec<u32> {
+        let mut n = None;
+        srv_order(ranks, |k| {
+            n.get_or_insert(k);
+            0
+        });
+        let n = n.expect("one draw at least");
+        let mut counts = vec![0; ranks.len()];
+        for d in 0..n {
+            let mut first = Some(d);
+            let order = srv_order(ranks, |_| first.take().unwrap_or(0));
+            counts[order[0]] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn each_server_comes_first_in_proportion_to_its_weight() {
+        assert_eq!(
+            first_counts(&[rank(10, 1, 0), rank(10, 3, 1)]),
+            vec![1, 3],
+            "weights 1 : 3, not RFC 2782's literal 2 : 3"
+        );
+        assert_eq!(first_counts(&[rank(10, 1, 0), rank(10, 1, 1)]), vec![1, 1]);
+        assert_eq!(
+            first_counts(&[rank(10, 10, 0), rank(10, 30, 1), rank(10, 60, 2)]),
+            vec![10, 30, 60]
+        );
+        // A weight-0 server: one draw of its own, the others in proportion.
+        assert_eq!(
+            first_counts(&[rank(10, 1, 0), rank(10, 0, 1), rank(10, 3, 2)]),
+            vec![1, 1, 3]
+        );
+        // All weights 0: each server as often.
+        assert_eq!(
+            first_counts(&[rank(10, 0, 0), rank(10, 0, 1), rank(10, 0, 2)]),
+            vec![1, 1, 1]
+        );
+    }
+
     #[test]
     fn within_a_priority_the_running_sum_of_weights_picks_the_server() {
-        // Weights 10, 30, 60 (sum 100). A draw of 11..=40 lands on the second; it is then
-        // removed and the sum is 70: a draw of 70 takes the last one listed (60), then the first.
+        // Weights 10, 30, 60 (sum 100): a draw of 39 (running sum 40 reached) is the second
+        // server; then the sum is 70 and a draw of 69 is the last (60); then the first.
         let ranks = [rank(10, 10, 0), rank(10, 30, 1), rank(10, 60, 2)];
-        let (pick, sums) = scripted(&[40, 70, 0]);
+        let (pick, sums) = scripted(&[39, 69, 0]);
         assert_eq!(srv_order(&ranks, pick), vec![1, 2, 0]);
         assert_eq!(*sums.borrow(), vec![100, 70, 10]);
-        // The boundaries: a draw of 10 is still the first server's (running sum >= draw).
-        let (pick, _) = scripted(&[10, 0, 0]);
+        // The boundaries: draws 0..=9 are the first server's, 10 the second's.
+        let (pick, _) = scripted(&[9, 0, 0]);
         assert_eq!(srv_order(&ranks, pick), vec![0, 1, 2]);
-        let (pick, _) = scripted(&[11, 0, 0]);
+        let (pick, _) = scripted(&[10, 0, 0]);
         assert_eq!(srv_order(&ranks, pick), vec![1, 0, 2]);
     }
 
     #[test]
     fn a_weight_0_server_is_drawn_only_on_a_draw_of_0() {
         let ranks = [rank(10, 50, 0), rank(10, 0, 1)];
-        let (pick, _) = scripted(&[0, 0]);
+        let (pick, sums) = scripted(&[0, 0]);
         assert_eq!(
             srv_order(&ranks, pick),
             vec![1, 0],
             "0 lands on the weight-0 server"
         );
+        assert_eq!(*sums.borrow(), vec![51, 50]);
         let (pick, _) = scripted(&[1, 0]);
         assert_eq!(srv_order(&ranks, pick), vec![0, 1]);
-        // All weights 0: nothing to choose, the answer's order.
+        // All weights 0: a uniform draw among them.
         let ranks = [rank(10, 0, 0), rank(10, 0, 1), rank(10, 0, 2)];
-        let (pick, _) = scripted(&[0, 0, 0]);
-        assert_eq!(srv_order(&ranks, pick), vec![0, 1, 2]);
+        let (pick, sums) = scripted(&[2, 0, 0]);
+        assert_eq!(srv_order(&ranks, pick), vec![2, 0, 1]);
+        assert_eq!(*sums.borrow(), vec![3, 2, 1]);
     }
 
     #[test]

@@ -213,3 +213,68 @@ pub fn field(summary: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number in {line:?}"))
 }
+
+/// dnsmasq answering only from `records` (its `--srv-host` / `--host-record` options) for the
+/// `srv.test` domain (NXDOMAIN for other names there), on 127.0.0.1; stopped when dropped.
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Dnsmasq {
+    /// On a free port.
+    pub fn start(records: &[String]) -> Dnsmasq {
+        Dnsmasq::start_on(free_port(), records)
+    }
+
+    /// On `port` (to stand in for one that was stopped).
+    pub fn start_on(port: u16, records: &[String]) -> Dnsmasq {
+        // Debian puts it in /usr/sbin, which is not on every user's PATH.
+        let bin = ["/usr/sbin/dnsmasq", "dnsmasq"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").output().is_ok())
+            .expect("dnsmasq is installed (package dnsmasq-base; interop/test-all.sh installs it)");
+        let log = std::env::temp_dir().join(format!("riptide-dnsmasq-{port}.log"));
+        let mut child = Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/srv.test/",
+                "--user=root",
+                "--pid-file=",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("dnsmasq's log file"))
+            .spawn()
+            .expect("dnsmasq starts");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // It listens on TCP as well once it is up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("dnsmasq exited ({status}): {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not come up on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dnsmasq { child, addr }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

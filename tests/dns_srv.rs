@@ -1,0 +1,254 @@
+//! `riptide::sip::dns`: SIP next hops looked up as RFC 3263 §4.2 says, against a real DNS
+//! server (dnsmasq) of the test's own: SRV records and their targets' addresses, the URI's
+//! transport choosing the SRV name, A/AAAA when there is a port or no SRV record, answers that
+//! rule a name out, and a server that does not answer.
+
+mod cli_support;
+
+use cli_support::Dnsmasq;
+use riptide::sip::dns::{OnSrvFailure, SipResolver};
+use riptide::sip::msg::Transport;
+use riptide::sip::srv::{HopAddrs, SrvRank};
+use std::net::SocketAddr;
+
+fn records(r: &[&str]) -> Vec<String> {
+    r.iter().map(|s| s.to_string()).collect()
+}
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
+    SrvRank::new(priority, weight, target)
+}
+
+/// The records most tests use.
+fn zone() -> Dnsmasq {
+    Dnsmasq::start(&records(&[
+        // pbx: two servers over UDP (one of them with two addresses), one over TCP, one TLS.
+        "--srv-host=_sip._udp.pbx.srv.test,a.srv.test,5071,10,5",
+        "--srv-host=_sip._udp.pbx.srv.test,b.srv.test,5072,20,0",
+        "--srv-host=_sip._tcp.pbx.srv.test,a.srv.test,5080,10,0",
+        "--srv-host=_sips._tcp.pbx.srv.test,b.srv.test,5081,10,0",
+        "--host-record=a.srv.test,127.0.0.2",
+        "--host-record=b.srv.test,127.0.0.3",
+        "--host-record=b.srv.test,127.0.0.4",
+        "--host-record=pbx.srv.test,127.0.0.8",
+        // plain: no SRV records at all.
+        "--host-record=plain.srv.test,127.0.0.9",
+        // nosip: SRV target "." (RFC 2782: no such service here).
+        "--srv-host=_sip._udp.nosip.srv.test",
+        // partly: one target without an address.
+        "--srv-host=_sip._udp.partly.srv.test,ghost.srv.test,5090,10,0",
+        "--srv-host=_sip._udp.partly.srv.test,a.srv.test,5091,20,0",
+        // gone: no target has an address.
+        "--srv-host=_sip._udp.gone.srv.test,ghost.srv.test,5090,10,0",
+        // alias: the SRV name is a CNAME of pbx's.
+        "--cname=_sip._udp.alias.srv.test,_sip._udp.pbx.srv.test",
+    ]))
+}
+
+/// `hop`'s addresses with their ranks, sorted by address (the answer's order is the
+/// server's).
+fn sorted(hop: &HopAddrs) -> Vec<(SocketAddr, Option<(u16, u16)>)> {
+    let mut v: Vec<_> = hop
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (*a, hop.ranks.get(i).map(|r| (r.priority, r.weight))))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn srv_records_give_every_targets_addresses_with_their_ranks() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let (hop, t) = r
+        .resolve("sip:+15551234@pbx.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(t, Transport::Udp);
+    assert_eq!(
+        sorted(&hop),
+        vec![
+            (a("127.0.0.2:5071"), Some((10, 5))),
+            (a("127.0.0.3:5072"), Some((20, 0))),
+            (a("127.0.0.4:5072"), Some((20, 0))),
+        ]
+    );
+    // b's two addresses are one server: the same target.
+    let b: Vec<u16> = hop
+        .addrs
+        .iter()
+        .zip(&hop.ranks)
+        .filter(|(a, _)| a.port() == 5072)
+        .map(|(_, r)| r.target)
+        .collect();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[0], b[1]);
+    let a_target = hop.ranks[hop.addrs.iter().position(|x| x.port() == 5071).unwrap()];
+    assert_ne!(a_target.target, b[0]);
+}
+
+#[tokio::test]
+async fn an_srv_name_that_is_a_cname_leads_to_the_records_of_its_target() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let (alias, _) = r
+        .resolve("sip:alias.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    let (pbx, _) = r
+        .resolve("sip:pbx.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(alias, pbx);
+    assert_eq!(alias.ranks.len(), 3, "{alias:?}");
+}
+
+#[tokio::test]
+async fn the_uris_transport_decides_which_srv_name_is_asked() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let (hop, t) = r
+        .resolve("sip:pbx.srv.test;transport=tcp", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.2:5080")], Transport::Tcp));
+    assert_eq!(hop.ranks, vec![rank(10, 0, 0)]);
+    let (hop, t) = r
+        .resolve("sips:pbx.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(t, Transport::Tls);
+    assert_eq!(
+        sorted(&hop),
+        vec![
+            (a("127.0.0.3:5081"), Some((10, 0))),
+            (a("127.0.0.4:5081"), Some((10, 0))),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_port_or_no_srv_records_means_the_names_address_records() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    // A port: no SRV lookup, even though the name has SRV records.
+    let (hop, _) = r
+        .resolve("sip:pbx.srv.test:5999", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(hop, HopAddrs::plain(vec![a("127.0.0.8:5999")]));
+    // No SRV records: A/AAAA at the transport's default port.
+    let (hop, _) = r
+        .resolve("sip:plain.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(hop, HopAddrs::plain(vec![a("127.0.0.9:5060")]));
+    let (hop, _) = r
+        .resolve("sips:plain.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(hop, HopAddrs::plain(vec![a("127.0.0.9:5061")]));
+    let e = r
+        .resolve("sip:nothing.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("cannot resolve nothing.srv.test"),
+        "{e:#}"
+    );
+}
+
+#[tokio::test]
+async fn srv_targets_that_say_no_service_or_have_no_address() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let e = r
+        .resolve("sip:nosip.srv.test", OnSrvFailure::UseAddressRecords)
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("no SIP service"), "{e:#}");
+    // One target without an address: the others are used.
+    let (hop, _) = r
+        .resolve("sip:partly.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(hop.addrs, vec![a("127.0.0.2:5091")]);
+    assert_eq!(hop.ranks.len(), 1);
+    assert_eq!((hop.ranks[0].priority, hop.ranks[0].weight), (20, 0));
+    let e = r
+        .resolve("sip:gone.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("no SRV target has an address"),
+        "{e:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_dns_server_that_does_not_answer_fails_the_lookup() {
+    // Nothing listens there.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = SipResolver::new(&[([127, 0, 0, 1], port).into()]).unwrap();
+    let e = r
+        .resolve("sip:pbx.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("SRV lookup of _sip._udp.pbx.srv.test."),
+        "{e:#}"
+    );
+    // IP literals need no DNS.
+    let (hop, _) = r
+        .resolve("sip:127.0.0.1:5080", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(hop, HopAddrs::plain(vec![a("127.0.0.1:5080")]));
+}
+
+#[tokio::test]
+async fn without_dns_servers_configured_addresses_come_from_the_system_resolver() {
+    let r = SipResolver::new(&[]).unwrap();
+    let (hop, t) = r
+        .resolve("sip:127.0.0.1:5080;transport=tcp", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(
+        (hop, t),
+        (HopAddrs::plain(vec![a("127.0.0.1:5080")]), Transport::Tcp)
+    );
+    // /etc/hosts: localhost.
+    let (hop, t) = r
+        .resolve("sip:localhost:5090", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert!(
+        !hop.addrs.is_empty()
+            && hop
+                .addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 5090),
+        "{hop:?}"
+    );
+    assert!(hop.ranks.is_empty());
+    assert_eq!(t, Transport::Udp);
+    let mut unique = hop.addrs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), hop.addrs.len(), "each address once: {hop:?}");
+    assert!(r
+        .resolve("sip:no-such-host.invalid:5060", OnSrvFailure::Fail)
+        .await
+        .is_err());
+    assert!(r.resolve("http://x", OnSrvFailure::Fail).await.is_err());
+}
