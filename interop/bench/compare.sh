@@ -56,13 +56,21 @@ UDPRELAY="$REPO_ROOT/target/release/examples/udprelay"
 DIR="$OUT_DIR/bench/compare"
 
 # Every port of the anchor, chosen clear of the pair (5070/5072/5080 SIP, 4433/4434, 9070/9072,
-# 8443, media 20000-29999), of 5060/4443 and of the namespace's ephemeral range (set to
+# 8443, media 10000-29999), of 5060/4443 and of the namespace's ephemeral range (set to
 # 50000-60999 below so the generators' sockets never land in either relay's media range).
 KAM_PORT=5066
 NG_PORT=2223
 RTPE_CLI_PORT=9923
 RTPE_MIN=30000
 RTPE_MAX=49999
+# The same media capacity on both sides: rtpengine takes two port pairs per call (one per side)
+# from its 20000 ports, 5000 calls at once; each gateway of the pair takes one pair per call
+# (its SIP leg), so each gets 10000 ports (config/pair-*.toml have 5000, 2500 calls: at 2500
+# calls/s of 1 s calls that ran out before the CPU did). SIPp's media ports (-mp) sit below.
+PAIR_A_MEDIA="10000 19999"
+PAIR_B_MEDIA="20000 29999"
+SIPP_UAC_MEDIA=6000
+SIPP_UAS_MEDIA=7000
 UAS_PORT=5080
 UAC_PORT=5090
 EPHEMERAL="50000 60999"
@@ -252,6 +260,14 @@ rtpe_total() {
         | awk -v l="$1" -F':' '{ k = $1; gsub(/^ +| +$/, "", k) } k == l { gsub(/ /, "", $2); print $2; exit }'
 }
 
+# set_media_ports FILE MIN MAX: the [media] port range of a gateway's configuration copy.
+set_media_ports() {
+    local f="$1" min="$2" max="$3"
+    sed -i -e "s/^port_min = .*/port_min = $min/" -e "s/^port_max = .*/port_max = $max/" "$f"
+    [ "$(grep -c -E "^port_(min = $min|max = $max)\$" "$f")" = 2 ] \
+        || die "could not set the media ports of $f to $min-$max"
+}
+
 # write_pair_configs NAME [SECURITY]: copies of config/pair-{a,b}.toml for this run (absolute
 # paths; security on both legacy legs when given), checked by the gateway itself.
 write_pair_configs() {
@@ -261,6 +277,8 @@ write_pair_configs() {
     python3 "$INTEROP_DIR/lib/pairconf.py" "$REPO_ROOT/config" "$d/config" --data-root "$d/data" \
         --token-file "$d/pair/a-to-b.token" "${set[@]}" >/dev/null \
         || die "lib/pairconf.py could not write the $name configs"
+    set_media_ports "$d/config/pair-a.toml" $PAIR_A_MEDIA
+    set_media_ports "$d/config/pair-b.toml" $PAIR_B_MEDIA
     for g in a b; do
         err="$("$RIPTIDE" check-config "$d/config/pair-$g.toml" 2>&1 >/dev/null)" \
             || die "gateway rejects $d/config/pair-$g.toml (riptide check-config): $err"
@@ -322,7 +340,7 @@ cps_step() {
     snmp0="$(rcvbuf_errors)"
     c1="$(cpu_of "$G1")"; c2="$(cpu_of "$G2")"
     (cd "$d" && exec timeout -k 5 $((run_timeout + 30)) sipp -sf "$SCN/cmp_call_uas.xml" -i 127.0.0.1 -p "$UAS_PORT" \
-        -mi 127.0.0.1 -mp 17000 -cp 8890 -aa -nostdin -max_socket 4096 -timeout $((run_timeout + 20))s \
+        -mi 127.0.0.1 -mp "$SIPP_UAS_MEDIA" -cp 8890 -aa -nostdin -max_socket 4096 -timeout $((run_timeout + 20))s \
         -trace_err -trace_screen) >"$d/uas.stdout" 2>&1 &
     UAS_PID=$!
     wait_port_bound udp "$UAS_PORT" 10 "$UAS_PID" || die "SIPp UAS did not bind 127.0.0.1:$UAS_PORT: $(tail -n 5 "$d/uas.stdout")"
@@ -330,7 +348,7 @@ cps_step() {
     local uac_rc start end
     start=$(date +%s.%N)
     (cd "$d" && exec timeout -k 5 $((run_timeout + 10)) sipp "$target" -sf "$SCN/cmp_call_uac.xml" -s answer \
-        -i 127.0.0.1 -p "$UAC_PORT" -mi 127.0.0.1 -mp 16000 -cp 8891 -nostdin \
+        -i 127.0.0.1 -p "$UAC_PORT" -mi 127.0.0.1 -mp "$SIPP_UAC_MEDIA" -cp 8891 -nostdin \
         -r "$rate" -rp 1000 -m "$total" -l "$limit" -d 1000 -max_socket 4096 \
         -timeout "${run_timeout}s" -recv_timeout 10s \
         -trace_stat -stf "$d/uac_stats.csv" -fd 1 -trace_err -trace_screen) >"$d/uac.stdout" 2>&1 &
