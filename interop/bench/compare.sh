@@ -32,7 +32,7 @@
 #     rate both systems relay for N calls), driven by its own generator. No relay on kernel UDP
 #     sockets costs less per packet; the table gives both systems' CPU per relayed packet as a
 #     multiple of it, measured minutes apart.
-# Defaults: rates 750, 1000, 1250, ... <= 3000 in 15 s steps; 200 then 500 calls held 20 s.
+# Defaults: rates 750, 1000, 1250, ... <= 4000 in 15 s steps; 200 then 500 calls held 20 s.
 # --quick: rates 100 and 200 for 5 s, 50 calls held 5 s (checks the harness; not for figures).
 # --table-only: print the table again from the results in interop/out/bench/compare/ (give the
 #   same options as that run).  --only cps|media: one half.  --no-build: use target/release/{riptide,examples/rtpload} as they
@@ -674,7 +674,7 @@ if [ "${1:-}" = --inner ]; then
     exit 0
 fi
 
-CPS_START=750; CPS_STEP=250; CPS_MAX=3000; CPS_SECS=15; CALLS_LIST="200 500"; MEDIA_HOLD=20
+CPS_START=750; CPS_STEP=250; CPS_MAX=4000; CPS_SECS=15; CALLS_LIST="200 500"; MEDIA_HOLD=20
 BUILD=1; ONLY=""; TABLE_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
