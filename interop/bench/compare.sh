@@ -32,8 +32,11 @@
 #     rate both systems relay for N calls), driven by its own generator. No relay on kernel UDP
 #     sockets costs less per packet; the table gives both systems' CPU per relayed packet as a
 #     multiple of it, measured minutes apart.
-# Defaults: rates 750, 1000, 1250, ... <= 4000 in 15 s steps; 200 then 500 calls held 20 s.
-# --quick: rates 100 and 200 for 5 s, 50 calls held 5 s (checks the harness; not for figures).
+# Defaults: rates 750, 1000, 1250, ... <= 4000 in 15 s steps; 200 then 500 calls held 20 s, in
+# 3 rounds (--media-rounds N): each system's (and the floor's) median round is the table's,
+# every round's figure is logged ("media median:"), one step is at the machine's mercy.
+# --quick: rates 100 and 200 for 5 s, 50 calls held 5 s, one round (checks the harness; not for
+#   figures).
 # --table-only: print the table again from the results in interop/out/bench/compare/ (give the
 #   same options as that run).  --only cps|media: one half.  --no-build: use target/release/{riptide,examples/rtpload} as they
 #   are (otherwise rebuilt when their sources are newer, as pair.sh and media.sh do); either way
@@ -41,7 +44,7 @@
 # All three log warnings only (riptide RUST_LOG=warn, rtpengine -L 4, kamailio debug=0).
 # Runs in a private network namespace (unshare --net; root), so nothing on the host's ports is
 # touched. Installs kamailio, rtpengine-daemon, rtpengine-utils and sip-tester with apt when missing.
-# Raw logs: interop/out/bench/compare/ (run.log, table, cps/<sys>-<rate>/, media/<sys>-<calls>/).
+# Raw logs: interop/out/bench/compare/ (run.log, table, cps/<sys>-<rate>/, media/r<round>/<sys>-<calls>/, and media/<sys>-<calls> linking to the median round).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
@@ -426,7 +429,7 @@ sampler() {
 
 # media_run SYS CALLS: one media run against a freshly started SYS; writes $d/result.
 media_run() {
-    local sys="$1" calls="$2" d="$DIR/media/$1-$2" target srtp=()
+    local sys="$1" calls="$2" d="${3:-$DIR/media/$1-$2}" target srtp=()
     local run_timeout=$((MEDIA_HOLD + 40))
     rm -rf "$d"; mkdir -p "$d"
     ensure_free "udp:$UAS_PORT" "udp:$UAC_PORT"
@@ -535,9 +538,9 @@ media_run() {
     grep -h 'call(s) failed' "$d/uac.stderr" "$d/uas.stderr" | sed 's/^/  /' || true
 }
 
-# floor_run N: examples/udprelay.rs relaying N calls' worth of packets (see (c) above).
+# floor_run N [DIR]: examples/udprelay.rs relaying N calls' worth of packets (see (c) above).
 floor_run() {
-    local calls="$1" d="$DIR/media/floor-$1" gen_pid out gen socks=$((2 * $1))
+    local calls="$1" d="${2:-$DIR/media/floor-$1}" gen_pid out gen socks=$((2 * $1))
     mkdir -p "$d"
     [ "$socks" -le 10000 ] || { echo "floor: skipped at $calls calls (ports for 5000 at most)"; return 0; }
     log "floor: bare UDP relay, $socks sockets (the packet rate of $calls calls), ${MEDIA_HOLD}s measured after 3 s"
@@ -556,16 +559,40 @@ floor_run() {
     echo "media floor calls=$calls $out; $gen"
 }
 
+# phase_media: MEDIA_ROUNDS rounds of every call count, the two systems in turns (which goes
+# first alternates from round to round and from one call count to the next), each followed by
+# the floor. The table reads each system's median round: media/SYS-CALLS links to it.
 phase_media() {
-    local calls i=0
+    local calls j k sys d v best
+    for ((k = 1; k <= MEDIA_ROUNDS; k++)); do
+        j=0
+        for calls in $CALLS_LIST; do
+            d="$DIR/media/r$k"
+            if (((k + j) % 2 == 1)); then
+                media_run anchor "$calls" "$d/anchor-$calls"; media_run riptide "$calls" "$d/riptide-$calls"
+            else
+                media_run riptide "$calls" "$d/riptide-$calls"; media_run anchor "$calls" "$d/anchor-$calls"
+            fi
+            floor_run "$calls" "$d/floor-$calls"
+            j=$((j + 1))
+        done
+    done
     for calls in $CALLS_LIST; do
-        if ((i % 2 == 0)); then
-            media_run anchor "$calls"; media_run riptide "$calls"
-        else
-            media_run riptide "$calls"; media_run anchor "$calls"
-        fi
-        floor_run "$calls"
-        i=$((i + 1))
+        for sys in anchor riptide floor; do
+            # "value round" per round that has a figure, sorted; the middle one (lower middle
+            # for an even count).
+            v="$(for ((k = 1; k <= MEDIA_ROUNDS; k++)); do
+                    if [ "$sys" = floor ]; then
+                        res "$DIR/media/r$k/floor-$calls/result" cpu_per_packet
+                    else
+                        per_packet "$DIR/media/r$k/$sys-$calls/result" relayed
+                    fi | awk -v k="$k" '$1 + 0 > 0 { print $1, k }'
+                done | sort -g)"
+            best="$(awk '{ r[NR] = $2 } END { if (NR) print r[int((NR + 1) / 2)] }' <<<"$v")"
+            rm -rf "$DIR/media/$sys-$calls"
+            ln -s "r${best:-1}/$sys-$calls" "$DIR/media/$sys-$calls"
+            echo "media median: $sys calls=$calls us/packet by round: $(awk '{ printf "%s%s (round %s)", (NR > 1 ? ", " : ""), $1, $2 }' <<<"$v"); median: round ${best:-none}"
+        done
     done
 }
 
@@ -629,7 +656,7 @@ print_table() {
     fi
     local how="how:"
     [ "$ONLY" = media ] || how="$how call rate = SIPp cmp_call_uac.xml -> cmp_call_uas.xml (INVITE with PCMU SDP, 200 with SDP, ACK, 1 s hold, BYE; no RTP), highest rate of ${CPS_START}+k*${CPS_STEP}/s with 0 failed calls (attempted - SuccessfulCall(C));"
-    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s; anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B; floor = examples/udprelay.rs (one thread: epoll, recv, sendto per packet, nothing else) on 2N sockets at 50 packets/s each from its own generator, CPU per packet it relayed;"
+    [ "$ONLY" = cps ] || how="$how media = rtpload, G.711 20 ms both ways, ${MEDIA_HOLD} s, median of ${MEDIA_ROUNDS} alternating rounds per system (by CPU per relayed packet; every row of a system and call count from that round); anchor plain RTP, riptide SDES-SRTP on both SIP legs + QUIC datagrams between A and B; CPU = utime+stime of rtpengine + all kamailio processes / gateways A + B, signalling included; relayed packets = RTP received by the generators (rtpload's counts), packets in or out = RTP sent by the generators + received, both at the SIP-side boundary (one rtpengine hop; two riptide hops counted as one system); RSS = (VmHWM - idle VmRSS) / peak riptide_calls_active, A + B; floor = examples/udprelay.rs (one thread: epoll, recv, sendto per packet, nothing else) on 2N sockets at 50 packets/s each from its own generator, CPU per packet it relayed;"
     echo "$how logging warnings only on all three. Raw logs: $DIR"
 }
 
@@ -675,11 +702,12 @@ if [ "${1:-}" = --inner ]; then
 fi
 
 CPS_START=750; CPS_STEP=250; CPS_MAX=4000; CPS_SECS=15; CALLS_LIST="200 500"; MEDIA_HOLD=20
+MEDIA_ROUNDS=3
 BUILD=1; ONLY=""; TABLE_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --table-only) TABLE_ONLY=1 ;;
-        --quick) CPS_START=100; CPS_STEP=100; CPS_MAX=200; CPS_SECS=5; CALLS_LIST=50; MEDIA_HOLD=5 ;;
+        --quick) CPS_START=100; CPS_STEP=100; CPS_MAX=200; CPS_SECS=5; CALLS_LIST=50; MEDIA_HOLD=5; MEDIA_ROUNDS=1 ;;
         --no-build) BUILD=0 ;;
         --only) ONLY="${2:?}"; shift ;;
         --cps-start) CPS_START="${2:?}"; shift ;;
@@ -688,18 +716,19 @@ while [ $# -gt 0 ]; do
         --cps-secs) CPS_SECS="${2:?}"; shift ;;
         --calls) CALLS_LIST="${2:?}"; shift ;;
         --hold) MEDIA_HOLD="${2:?}"; shift ;;
+        --media-rounds) MEDIA_ROUNDS="${2:?}"; shift ;;
         *) usage ;;
     esac
     shift
 done
-for v in CPS_START CPS_STEP CPS_MAX CPS_SECS MEDIA_HOLD; do
+for v in CPS_START CPS_STEP CPS_MAX CPS_SECS MEDIA_HOLD MEDIA_ROUNDS; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for c in $CALLS_LIST; do [[ "$c" =~ ^[1-9][0-9]*$ ]] || die "--calls takes positive integers (got '$c')"; done
 [ -n "$CALLS_LIST" ] || die "--calls needs at least one number"
 case "$ONLY" in ""|cps|media) ;; *) die "--only takes cps or media" ;; esac
 [ "$MEDIA_HOLD" -ge 2 ] || die "--hold must be at least 2 s (the UAS stops sending 0.5 s early)"
-export CPS_START CPS_STEP CPS_MAX CPS_SECS CALLS_LIST MEDIA_HOLD ONLY
+export CPS_START CPS_STEP CPS_MAX CPS_SECS CALLS_LIST MEDIA_HOLD MEDIA_ROUNDS ONLY
 if [ "$TABLE_ONLY" = 1 ]; then
     # The table again from the results of the last run (same options as that run), e.g. after
     # it was interrupted during the media half.
