@@ -767,7 +767,7 @@ fn sip_tls_peers(
         // Every address the trunk's name has: a failover or a refreshed address is reached
         // with the same settings.
         let mut client = None;
-        for addr in std::iter::once(info.dest.addr).chain(info.alternates.iter().copied()) {
+        for addr in info.addrs() {
             if let Some((other, s)) = seen.get(&addr) {
                 if *s != settings {
                     bail!(
@@ -905,12 +905,7 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
             msg::uri_socket(uri).is_none().then(|| NamedTrunk {
                 trunk: i,
                 uri: uri.to_string(),
-                hop: HopAddrs {
-                    addrs: std::iter::once(info.dest.addr)
-                        .chain(info.alternates.iter().copied())
-                        .collect(),
-                    ranks: info.ranks.clone(),
-                },
+                hop: info.hop(),
             })
         })
         .collect()
@@ -929,14 +924,12 @@ struct TrunkAddrTaker {
 
 impl TrunkAddrTaker {
     fn take(&mut self, trunk: usize, hop: &HopAddrs) -> Taken {
-        let (Some(t), Some((&first, rest))) = (self.trunks.get(trunk), hop.addrs.split_first())
-        else {
+        let Some(t) = self.trunks.get(trunk).filter(|_| !hop.addrs.is_empty()) else {
             return Taken::No;
         };
         if t.dest.transport == Transport::Tls {
             let mut next = self.trunks.clone();
-            next[trunk].dest.addr = first;
-            next[trunk].alternates = rest.to_vec();
+            next[trunk].set_hop(hop);
             match sip_tls_peers(&self.cfg, &next) {
                 Ok(peers) => self.sip.add_tls_peers(peers),
                 Err(e) => {
@@ -952,10 +945,7 @@ impl TrunkAddrTaker {
         if self.engine.send(input).is_err() {
             return Taken::EngineGone;
         }
-        let t = &mut self.trunks[trunk];
-        t.dest.addr = first;
-        t.alternates = rest.to_vec();
-        t.ranks = hop.ranks.clone();
+        self.trunks[trunk].set_hop(hop);
         Taken::Yes
     }
 }

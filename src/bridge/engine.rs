@@ -156,6 +156,35 @@ pub struct TrunkInfo {
     pub digest_login: Option<Arc<crate::sip::digest::Login>>,
 }
 
+impl TrunkInfo {
+    /// Every address of the trunk's next hop, `dest.addr` first.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.dest.addr).chain(self.alternates.iter().copied())
+    }
+
+    /// The next hop's addresses with their SRV ranks.
+    pub fn hop(&self) -> HopAddrs {
+        HopAddrs {
+            addrs: self.addrs().collect(),
+            ranks: self.ranks.clone(),
+        }
+    }
+
+    /// Takes `hop` as the next hop's addresses; false when it is empty or what the trunk has.
+    pub fn set_hop(&mut self, hop: &HopAddrs) -> bool {
+        let Some((&first, rest)) = hop.addrs.split_first() else {
+            return false;
+        };
+        if self.dest.addr == first && self.alternates == rest && self.ranks == hop.ranks {
+            return false;
+        }
+        self.dest.addr = first;
+        self.alternates = rest.to_vec();
+        self.ranks = hop.ranks.clone();
+        true
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub name: String,
@@ -3597,9 +3626,7 @@ impl Engine {
         if trunk.alternates.is_empty() {
             return (trunk.dest.addr, Vec::new());
         }
-        let all: Vec<SocketAddr> = std::iter::once(trunk.dest.addr)
-            .chain(trunk.alternates.iter().copied())
-            .collect();
+        let all: Vec<SocketAddr> = trunk.addrs().collect();
         debug_assert!(
             trunk.ranks.is_empty() || trunk.ranks.len() == all.len(),
             "one SRV rank per address"
@@ -3621,16 +3648,11 @@ impl Engine {
     }
 
     fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs) {
-        let (Some(t), Some((&first, rest))) =
-            (self.cfg.trunks.get_mut(trunk), hop.addrs.split_first())
-        else {
+        let Some(t) = self.cfg.trunks.get_mut(trunk) else {
             return;
         };
-        if t.dest.addr != first || t.alternates != rest || t.ranks != hop.ranks {
+        if t.set_hop(&hop) {
             info!(trunk = %t.name, addresses = ?hop.addrs, srv = !hop.ranks.is_empty(), "trunk addresses changed");
-            t.dest.addr = first;
-            t.alternates = rest.to_vec();
-            t.ranks = hop.ranks;
         }
     }
 
