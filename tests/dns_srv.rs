@@ -39,9 +39,10 @@ fn zone() -> Dnsmasq {
         "--host-record=plain.srv.test,127.0.0.9",
         // nosip: SRV target "." (RFC 2782: no such service here).
         "--srv-host=_sip._udp.nosip.srv.test",
-        // partly: one target without an address.
+        // partly: one target without an address, one record with port 0 (not usable).
         "--srv-host=_sip._udp.partly.srv.test,ghost.srv.test,5090,10,0",
         "--srv-host=_sip._udp.partly.srv.test,a.srv.test,5091,20,0",
+        "--srv-host=_sip._udp.partly.srv.test,b.srv.test,0,5,0",
         // gone: no target has an address.
         "--srv-host=_sip._udp.gone.srv.test,ghost.srv.test,5090,10,0",
         // alias: the SRV name is a CNAME of pbx's.
@@ -173,7 +174,7 @@ async fn srv_targets_that_say_no_service_or_have_no_address() {
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("no SIP service"), "{e:#}");
-    // One target without an address: the others are used.
+    // One target without an address, one with port 0: the other is used.
     let (hop, _) = r
         .resolve("sip:partly.srv.test", OnSrvFailure::Fail)
         .await

@@ -295,15 +295,8 @@ async fn srv_records(
 }
 
 /// The A/AAAA addresses of `host` from `dns`, asked as a fully qualified name (no search
-/// domains), without repeats.
+/// domains). Callers drop repeats as they pair them with a port.
 async fn dns_addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, NetError> {
     let fq = format!("{}.", host.trim_end_matches('.'));
-    let found = dns.lookup_ip(fq.as_str()).await?;
-    let mut addrs: Vec<IpAddr> = Vec::new();
-    for ip in found.iter() {
-        if !addrs.contains(&ip) {
-            addrs.push(ip);
-        }
-    }
-    Ok(addrs)
+    Ok(dns.lookup_ip(fq.as_str()).await?.iter().collect())
 }
