@@ -63,6 +63,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .with_context(|| format!("token issuer in {}", data_dir.display()))?,
     );
     let metrics = Arc::new(Metrics::default());
+    for w in crate::config::host_media_port_warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
 
     let (media_tx, media_rx) = mpsc::unbounded_channel();
     // One DTLS-SRTP certificate per gateway process (ECDSA P-256), its fingerprint in our SDP.

@@ -33,7 +33,8 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Load and validate a configuration file, then exit.
+    /// Load and validate a configuration file, then exit. What holds but may not work as meant
+    /// on this host (the media port range) is printed to stderr as warnings.
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
@@ -215,7 +216,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match config::load_file(&file) {
-            Ok(_) => {
+            Ok(cfg) => {
+                for w in config::host_media_port_warnings(&cfg) {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }

@@ -33,7 +33,7 @@ fn scenario(name: &str) -> PathBuf {
 /// A UDP port `p` with `p..p+4` free (SIPp's media and its RTCP/video neighbours).
 fn free_media_port() -> u16 {
     loop {
-        let p = 40000 + (rand::random::<u16>() % 10000) * 4;
+        let p = 40000 + (rand::random::<u16>() % 5000) * 4; // up to 59999
         if (p..p + 4).all(|q| std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()) {
             return p;
         }

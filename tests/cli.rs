@@ -1,6 +1,7 @@
 //! The `riptide` binary as a user runs it.
 
 use riptide::auth::{LocalIssuer, TokenVerifier};
+use riptide::config::KernelPorts;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -34,7 +35,62 @@ fn check_config_accepts_the_shipped_files() {
         let out = riptide(&["check-config", path.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), format!("{}: ok", path.display()));
+        // Each file's media range holds its sip.max_calls.
+        let err = text(&out.stderr);
+        assert!(!err.contains("calls with a SIP leg"), "{name}: {err}");
+        // The shipped default stays below Linux's ephemeral ports; so do the pair's ranges.
+        let kernel = KernelPorts::read().expect("this host's port settings");
+        if *kernel.ephemeral.start() >= 30000 {
+            assert_eq!(err, "", "{name}");
+        }
     }
+}
+
+#[test]
+fn check_config_warns_about_a_media_range_that_cannot_work_as_meant() {
+    let dir = temp_dir("ports");
+    let path = dir.join("ports.toml");
+    // 1000 ports from the start of this host's ephemeral range: 500 calls, below max_calls.
+    let kernel = KernelPorts::read().expect("this host's port settings");
+    let min = kernel.ephemeral.start() + kernel.ephemeral.start() % 2;
+    let max = min + 999;
+    assert!(
+        max <= *kernel.ephemeral.end(),
+        "the host's ephemeral range is tiny"
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "[sip]\nudp = [\"127.0.0.1:5060\"]\nmax_calls = 600\n\n[media]\n\
+             port_min = {min}\nport_max = {max}\n"
+        ),
+    )
+    .unwrap();
+    let out = riptide(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail the check");
+    assert_eq!(text(&out.stdout).trim(), format!("{}: ok", path.display()));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "warning: media.port_min-port_max ({min}-{max}) holds 500 calls with a SIP leg"
+        )) && lines[0].contains("fewer than sip.max_calls (600)"),
+        "{err}"
+    );
+    let reserved = kernel
+        .reserved
+        .iter()
+        .map(|r| (min..=max).filter(|p| r.contains(p)).count())
+        .sum::<usize>();
+    assert!(
+        lines[1].starts_with(&format!(
+            "warning: {} ports of media.port_min-port_max",
+            1000 - reserved
+        )) && lines[1].contains("net.ipv4.ip_local_reserved_ports"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -263,12 +263,14 @@ rtpe_total() {
         | awk -v l="$1" -F':' '{ k = $1; gsub(/^ +| +$/, "", k) } k == l { gsub(/ /, "", $2); print $2; exit }'
 }
 
-# set_media_ports FILE MIN MAX: the [media] port range of a gateway's configuration copy.
+# set_media_ports FILE MIN MAX: the [media] port range of a gateway's configuration copy, and
+# sip.max_calls to the calls it holds (a port pair each).
 set_media_ports() {
-    local f="$1" min="$2" max="$3"
-    sed -i -e "s/^port_min = .*/port_min = $min/" -e "s/^port_max = .*/port_max = $max/" "$f"
-    [ "$(grep -c -E "^port_(min = $min|max = $max)\$" "$f")" = 2 ] \
-        || die "could not set the media ports of $f to $min-$max"
+    local f="$1" min="$2" max="$3" calls=$(( ($3 - $2 + 1) / 2 ))
+    sed -i -e "s/^port_min = .*/port_min = $min/" -e "s/^port_max = .*/port_max = $max/" \
+        -e "s/^max_calls = .*/max_calls = $calls/" "$f"
+    [ "$(grep -c -E "^(port_min = $min|port_max = $max|max_calls = $calls)\$" "$f")" = 3 ] \
+        || die "could not set the media ports of $f to $min-$max ($calls calls)"
 }
 
 # write_pair_configs NAME [SECURITY]: copies of config/pair-{a,b}.toml for this run (absolute

@@ -675,7 +675,8 @@ impl PortPool {
         let span = ((self.max.saturating_sub(self.min)) / 2 + 1) as usize;
         for _ in 0..span {
             let p = self.next;
-            self.next = if p.saturating_add(3) > self.max {
+            // In u32: at a range ending at 65535, p + 2 would not fit.
+            self.next = if u32::from(p) + 3 > u32::from(self.max) {
                 self.min
             } else {
                 p + 2

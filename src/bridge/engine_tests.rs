@@ -2772,6 +2772,32 @@ fn a_released_port_cools_before_it_is_handed_out_again() {
     assert_eq!(pool.take(t0 + ms(502)), None);
 }
 
+#[test]
+fn the_pool_hands_out_exactly_the_pairs_the_config_counts() {
+    let t0 = Instant::now();
+    for (min, max) in [
+        (20000, 20008),
+        (20001, 20008),
+        (20000, 20001),
+        (20000, 20002),
+        (20001, 20004),
+        (65530, 65535),
+        (10000, 29999),
+    ] {
+        let mut pool = PortPool::new(min, max);
+        let mut got = std::collections::HashSet::new();
+        while let Some(p) = pool.take(t0) {
+            assert!(p % 2 == 0 && p >= min && p < max, "{p} from {min}-{max}");
+            assert!(got.insert(p), "{p} twice from {min}-{max}");
+        }
+        assert_eq!(
+            got.len(),
+            crate::config::port_pairs(min, max),
+            "{min}-{max}"
+        );
+    }
+}
+
 // ------------------------------------------------------------ trunk address failover (ADR 0020)
 
 const SECOND: &str = "127.0.0.2:5080";

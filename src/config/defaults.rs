@@ -96,8 +96,8 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port_min: 30000,
-            port_max: 34999,
+            port_min: 10000,
+            port_max: 29999,
             latching: true,
             security: MediaSecurity::default(),
             ice: IceMode::default(),

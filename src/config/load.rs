@@ -380,10 +380,14 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             format!("port_min {} is above port_max {}", m.port_min, m.port_max),
         ));
     }
-    if m.port_max - m.port_min < 1 {
+    if super::port_pairs(m.port_min, m.port_max) == 0 {
         return Err(err(
             vec![key("media"), key("port_max")],
-            "the port range must hold at least 2 ports (RTP and RTCP)".into(),
+            format!(
+                "the port range {}-{} holds no even port with the next one after it (a call's \
+                 RTP and RTCP)",
+                m.port_min, m.port_max
+            ),
         ));
     }
 
@@ -1471,6 +1475,10 @@ mod tests {
 
         let (key, line, _, _) = invalid("[media]\nport_min = 100\nport_max = 100\n");
         assert_eq!((key.as_str(), line), ("media.port_max", 3));
+        // Two ports, but the even one has no port after it for RTCP.
+        let (key, _, _, msg) = invalid("[media]\nport_min = 101\nport_max = 102\n");
+        assert_eq!(key, "media.port_max");
+        assert!(msg.contains("101-102 holds no even port"), "{msg}");
         let (key, _, _, _) = invalid("[media]\nport_min = 200\nport_max = 100\n");
         assert_eq!(key, "media.port_min");
 

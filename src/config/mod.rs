@@ -6,11 +6,13 @@
 
 mod defaults;
 mod load;
+mod ports;
 
 pub use defaults::embedded_default;
 pub use load::{
     check_cors_origin, load_file, load_str, normalize_origin, parse_source, ConfigError,
 };
+pub use ports::{host_media_port_warnings, media_port_warnings, port_pairs, KernelPorts};
 
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -156,7 +158,8 @@ pub struct AdminConfig {
 pub struct MediaConfig {
     /// Address RTP sockets bind to and that we put in SDP `c=`.
     pub ip: std::net::IpAddr,
-    /// Inclusive port range for legacy RTP endpoints (even ports are used for RTP).
+    /// Inclusive port range for legacy RTP endpoints: a call's SIP leg takes an even port (RTP)
+    /// and the next one (RTCP); [`port_pairs`] counts the calls it holds.
     pub port_min: u16,
     pub port_max: u16,
     /// Symmetric RTP: send to where the peer's RTP actually comes from (RFC 4961 / latching).
