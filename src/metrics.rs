@@ -150,6 +150,10 @@ pub struct Metrics {
     pub rtcp_received: AtomicU64,
     pub media_dropped: [AtomicU64; DropReason::ALL.len()],
     pub calls_active: AtomicI64,
+    /// Media port pairs (RTP + RTCP) of `[media]`'s range: the SIP legs it holds at once.
+    pub media_port_pairs: AtomicU64,
+    /// Of those, the ones calls hold now.
+    pub media_port_pairs_held: AtomicU64,
     pub calls_total: [AtomicU64; 6],
     /// (direction, method or status code) → count.
     sip_messages: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -339,6 +343,30 @@ impl Metrics {
             "calls_active",
             "",
             self.calls_active.load(Ordering::Relaxed),
+        );
+        header(
+            &mut out,
+            "media_port_pairs",
+            "gauge",
+            "Media port pairs (RTP and RTCP) in [media]'s range: the SIP legs it holds at once.",
+        );
+        line(
+            &mut out,
+            "media_port_pairs",
+            "",
+            load(&self.media_port_pairs),
+        );
+        header(
+            &mut out,
+            "media_port_pairs_held",
+            "gauge",
+            "Media port pairs held by calls now; at media_port_pairs, new calls get 503.",
+        );
+        line(
+            &mut out,
+            "media_port_pairs_held",
+            "",
+            load(&self.media_port_pairs_held),
         );
 
         counters(
@@ -695,6 +723,8 @@ mod tests {
         m.rtp_relayed(true);
         m.rtp_relayed(false);
         m.media_drop(DropReason::WrongSource);
+        m.media_port_pairs.store(10_000, Ordering::Relaxed);
+        m.media_port_pairs_held.store(3, Ordering::Relaxed);
         m.legacy_call_stats(&crate::media::rtcp::LegStats {
             packets_received: 100,
             packets_lost: 3,
@@ -704,6 +734,8 @@ mod tests {
         });
 
         let s = parse(&m.render());
+        assert_eq!(s["riptide_media_port_pairs"], 10_000.0);
+        assert_eq!(s["riptide_media_port_pairs_held"], 3.0);
         assert_eq!(s["riptide_legacy_rtp_received_total"], 100.0);
         assert_eq!(s["riptide_legacy_rtp_lost_total"], 3.0);
         assert_eq!(s["riptide_legacy_jitter_ms_sum"], 2.5);

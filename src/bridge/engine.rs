@@ -32,6 +32,7 @@ use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -653,6 +654,11 @@ fn retry_after_secs(v: &str) -> Option<u64> {
 }
 
 impl PortPool {
+    /// Ports held by calls now (cooling ones not counted).
+    fn held(&self) -> usize {
+        self.used.len() - self.cooling.len()
+    }
+
     fn new(min: u16, max: u16) -> Self {
         let min = min + (min % 2);
         PortPool {
@@ -704,6 +710,10 @@ impl Engine {
         // three per call: at 1000 calls/s that is ~100k live entries for 10k calls.
         let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(32).max(1024));
         let ports = PortPool::new(cfg.port_min, cfg.port_max);
+        metrics.media_port_pairs.store(
+            crate::config::port_pairs(cfg.port_min, cfg.port_max) as u64,
+            Ordering::Relaxed,
+        );
         Engine {
             cfg,
             metrics,
@@ -1401,7 +1411,7 @@ impl Engine {
             );
             return;
         };
-        let Some(port) = self.ports.take(now) else {
+        let Some(port) = self.take_port(now) else {
             reject(self, 503, "Service Unavailable", Some("no media port free"));
             return;
         };
@@ -1410,7 +1420,7 @@ impl Engine {
         {
             Ok(n) => n,
             Err(why) => {
-                self.ports.put(port, now);
+                self.put_port(port, now);
                 reject(self, 488, "Not Acceptable Here", Some(&why));
                 return;
             }
@@ -2850,7 +2860,7 @@ impl Engine {
                 }
             }
             TgTarget::Trunk(t) => {
-                let Some(port) = self.ports.take(now) else {
+                let Some(port) = self.take_port(now) else {
                     self.calls.insert(key, Box::new(call));
                     self.send_event(key, Event::failed(503, "Service Unavailable"));
                     self.end_server_call(key);
@@ -4135,11 +4145,30 @@ impl Engine {
         // B/C) frees it through `finish`. Media is released now.
         if let Some(c) = self.calls.get_mut(&key) {
             if let Some(p) = c.port.take() {
-                self.ports.put(p, now);
+                self.put_port(p, now);
                 self.out
                     .push_back(Output::Media(MediaCmd::Close { call: key }));
             }
         }
+    }
+
+    /// A media port for a new SIP leg, counted in `riptide_media_port_pairs_held`.
+    fn take_port(&mut self, now: Instant) -> Option<u16> {
+        let p = self.ports.take(now);
+        self.port_gauge();
+        p
+    }
+
+    /// Releases a SIP leg's media port: it cools, and no call holds it.
+    fn put_port(&mut self, p: u16, now: Instant) {
+        self.ports.put(p, now);
+        self.port_gauge();
+    }
+
+    fn port_gauge(&self) {
+        self.metrics
+            .media_port_pairs_held
+            .store(self.ports.held() as u64, Ordering::Relaxed);
     }
 
     /// Removes a call and releases everything it holds.
@@ -4149,7 +4178,7 @@ impl Engine {
         };
         self.digest.forget(key);
         if let Some(p) = call.port {
-            self.ports.put(p, now);
+            self.put_port(p, now);
             self.out
                 .push_back(Output::Media(MediaCmd::Close { call: key }));
         } else if call.ript.echo {

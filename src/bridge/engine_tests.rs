@@ -365,6 +365,29 @@ fn cancel_before_answer_gives_487_and_ends_ript_leg() {
 }
 
 #[test]
+fn the_port_gauges_count_the_range_and_the_calls_holding_a_port() {
+    let gauge = |s: &Sim| {
+        let m = &s.e.metrics;
+        (
+            m.media_port_pairs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            m.media_port_pairs_held
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    let mut s = Sim::new();
+    let pairs = crate::config::port_pairs(s.e.cfg.port_min, s.e.cfg.port_max) as u64;
+    assert!(pairs > 1);
+    assert_eq!(gauge(&s), (pairs, 0));
+    a_call_created(&mut s);
+    assert_eq!(gauge(&s), (pairs, 1));
+    s.sip(&cancel("z9hG4bKinv1"), CALLER);
+    s.take();
+    assert_eq!(s.e.active_calls(), 0);
+    assert_eq!(gauge(&s), (pairs, 0), "a cooling port is not held");
+}
+
+#[test]
 fn cancel_crossing_our_200_has_no_effect_and_the_call_continues() {
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
