@@ -242,12 +242,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let named = trunk_names(&cfg, &ecfg.trunks);
     let trunks = ecfg.trunks.clone();
     let engine = Engine::new(ecfg, metrics.clone());
-    let (stir_back, stir_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (answers, answers_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut taker = TrunkAddrTaker {
         cfg: cfg.clone(),
         trunks,
         sip: sip.clone(),
-        engine: stir_back.clone(),
+        engine: answers.clone(),
+    };
+    let hop_lookup: driver::HopLookup = {
+        let (cfg, dns) = (cfg.clone(), dns.clone());
+        Arc::new(move |uri: String| {
+            let (cfg, dns) = (cfg.clone(), dns.clone());
+            Box::pin(async move {
+                let (hop, transport) = dns
+                    .resolve(&uri, OnSrvFailure::UseAddressRecords)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                sendable(hop, transport, &cfg)
+                    .first_choice(|n| rand::random_range(0..n))
+                    .ok_or_else(|| "no address".to_string())
+            })
+        })
     };
     tokio::spawn(refresh_trunk_addrs(
         named,
@@ -270,14 +285,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip_rx,
         ript_rx,
         media_rx,
-        stir_rx,
+        answers_rx,
         Sinks {
             sip,
             ript_server: server.cmd_sender(),
             ript_client: client.cmd_sender(),
             media,
             stir: stir_fetcher(&cfg)?,
-            stir_back,
+            hop_lookup,
+            answers,
         },
     ));
     let mut sip_addrs = cfg.sip.udp.clone();

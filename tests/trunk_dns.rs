@@ -5,6 +5,7 @@
 //! `/etc/hosts` is this test's file, bind-mounted, so that the test decides what `pbx.test`
 //! resolves to and can change it while the gateway runs. In the second, a name without a port is
 //! looked up for SRV records (RFC 3263) at a dnsmasq of the test's own (`[sip] dns_servers`). The
+//! third has peers that name another host in their Contact, where the call's BYE must go. The
 //! SIP peers are plain sockets on 127.0.0.2–6 answering as a trunk would.
 
 mod cli_support;
@@ -26,6 +27,8 @@ use std::time::{Duration, Instant};
 /// Over UDP, or over TCP (one thread per connection).
 struct Peer {
     invites: Arc<Mutex<Vec<String>>>,
+    /// Every request's first line.
+    requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// Where the gateway's RTP for an answered call goes (read and dropped by the kernel).
@@ -39,11 +42,16 @@ struct Answers {
     contact: String,
     media_port: u16,
     invites: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl Answers {
     fn to(&self, req: &str) -> Option<String> {
         let ip = &self.ip;
+        if !req.starts_with("SIP/2.0 ") {
+            let line = req.lines().next().unwrap_or("").to_string();
+            self.requests.lock().unwrap().push(line);
+        }
         if req.starts_with("INVITE ") {
             self.invites.lock().unwrap().push(header(req, "CSeq"));
             if self.code == 200 {
@@ -72,6 +80,11 @@ impl Answers {
 
 impl Peer {
     fn start(ip: &str, port: u16, code: u16) -> Peer {
+        Peer::start_with_contact(ip, port, code, None)
+    }
+
+    /// As [`Peer::start`], answering with `contact` (default: its own address).
+    fn start_with_contact(ip: &str, port: u16, code: u16, contact: Option<&str>) -> Peer {
         let sock = UdpSocket::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -79,7 +92,7 @@ impl Peer {
         Peer::run(
             ip,
             code,
-            format!("<sip:pbx@{addr}>"),
+            contact.map_or_else(|| format!("<sip:pbx@{addr}>"), str::to_string),
             move |answers, stop| {
                 let mut buf = [0u8; 65535];
                 while !stop.load(Ordering::Relaxed) {
@@ -121,6 +134,7 @@ impl Peer {
     ) -> Peer {
         let media = UdpSocket::bind((ip, 0)).unwrap();
         let invites = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let answers = Answers {
             code,
@@ -128,6 +142,7 @@ impl Peer {
             contact,
             media_port: media.local_addr().unwrap().port(),
             invites: invites.clone(),
+            requests: requests.clone(),
         };
         let thread = {
             let stop = stop.clone();
@@ -135,6 +150,7 @@ impl Peer {
         };
         Peer {
             invites,
+            requests,
             stop,
             thread: Some(thread),
             _media: media,
@@ -143,6 +159,16 @@ impl Peer {
 
     fn invites(&self) -> Vec<String> {
         self.invites.lock().unwrap().clone()
+    }
+
+    /// The first lines of the requests with `method` it got.
+    fn got(&self, method: &str) -> Vec<String> {
+        let prefix = format!("{method} ");
+        let all = self.requests.lock().unwrap();
+        all.iter()
+            .filter(|l| l.starts_with(&prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -448,5 +474,98 @@ ice = "off"
     assert_eq!(preferred.invites(), vec!["1 INVITE"], "{}", log());
     assert_eq!(refusing.invites().len(), 1, "{}", log());
     assert_eq!(answering.invites().len(), 1, "{}", log());
+    drop(gw);
+}
+
+#[test]
+fn a_bye_goes_to_the_host_name_the_answers_contact_names() {
+    let dir = temp_dir("dialog-dns");
+    let (sip_port, far_port, dns_port) = (free_port(), free_port(), free_port());
+    // far.dialog.test by its A record (the Contact has a port); srv.dialog.test by SRV.
+    let _dns = Dnsmasq::start_on(
+        dns_port,
+        &[
+            "--host-record=far.dialog.test,127.0.0.3".into(),
+            format!("--srv-host=_sip._udp.srv.dialog.test,media.dialog.test,{far_port},10,0"),
+            "--host-record=media.dialog.test,127.0.0.4".into(),
+        ],
+    );
+    let by_a = Peer::start_with_contact(
+        "127.0.0.2",
+        sip_port,
+        200,
+        Some(&format!("<sip:pbx@far.dialog.test:{far_port}>")),
+    );
+    let by_srv = Peer::start_with_contact(
+        "127.0.0.5",
+        sip_port,
+        200,
+        Some("<sip:pbx@srv.dialog.test>"),
+    );
+    let far = Peer::start("127.0.0.3", far_port, 200);
+    let srv_far = Peer::start("127.0.0.4", far_port, 200);
+    let gw = start_server_with(
+        &dir,
+        &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
+        &format!(
+            r#"[[tg]]
+name = "local"
+
+  [[tg.route]]
+  prefix = "srv"
+  sip_trunk = "by-srv"
+
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "by-a"
+
+[[sip_trunk]]
+name = "by-a"
+target = "sip:127.0.0.2:{sip_port}"
+security = "rtp"
+ice = "off"
+
+[[sip_trunk]]
+name = "by-srv"
+target = "sip:127.0.0.5:{sip_port}"
+security = "rtp"
+ice = "off"
+"#
+        ),
+        Command::new(BIN),
+    );
+    let cfg = client_config(&dir, &gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+
+    // The caller hangs up after a second: the BYE goes to the Contact's host, not the trunk.
+    answered_call(&cfg, &tone, "sip:answer@127.0.0.2", &log);
+    let wait_for_bye = |peer: &Peer| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while peer.got("BYE").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_bye(&far);
+    assert_eq!(
+        far.got("BYE"),
+        vec![format!("BYE sip:pbx@far.dialog.test:{far_port} SIP/2.0")],
+        "{}",
+        log()
+    );
+    assert_eq!(by_a.invites(), vec!["1 INVITE"]);
+    assert!(by_a.got("BYE").is_empty(), "{}", log());
+
+    // A Contact without a port: its SRV records name the host and port.
+    answered_call(&cfg, &tone, "sip:srv1@127.0.0.5", &log);
+    wait_for_bye(&srv_far);
+    assert_eq!(
+        srv_far.got("BYE"),
+        vec!["BYE sip:pbx@srv.dialog.test SIP/2.0".to_string()],
+        "{}",
+        log()
+    );
+    assert!(by_srv.got("BYE").is_empty(), "{}", log());
     drop(gw);
 }

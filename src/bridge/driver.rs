@@ -17,8 +17,18 @@ pub struct Sinks {
     pub media: MediaHub,
     /// Fetches x5u chains for STIR verification; the answers come back as engine inputs.
     pub stir: Option<crate::stir::fetch::X5uFetcher>,
-    pub stir_back: mpsc::UnboundedSender<Input>,
+    /// Looks in-dialog next hops up by name.
+    pub hop_lookup: HopLookup,
+    /// Where the answers to [`Output::StirFetch`] and [`Output::ResolveHop`] go.
+    pub answers: mpsc::UnboundedSender<Input>,
 }
+
+/// The address a SIP URI's host name leads to (RFC 3263), or why none.
+pub type HopLookup = std::sync::Arc<
+    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<std::net::SocketAddr, String>>
+        + Send
+        + Sync,
+>;
 
 /// Inputs at most handled per wake-up before outputs are flushed, so one busy source cannot
 /// delay the others' outputs for long.
@@ -29,7 +39,7 @@ pub async fn run(
     mut sip_rx: mpsc::Receiver<Input>,
     mut ript_rx: mpsc::Receiver<RiptEvent>,
     mut media_rx: mpsc::UnboundedReceiver<MediaEvent>,
-    mut stir_rx: mpsc::UnboundedReceiver<Input>,
+    mut answers_rx: mpsc::UnboundedReceiver<Input>,
     sinks: Sinks,
 ) {
     // The engine reads no clock; it learns the wall clock once (PASSporT iat).
@@ -50,7 +60,7 @@ pub async fn run(
                 Some(m) => engine.handle_input(Instant::now(), Input::Media(m)),
                 None => return,
             },
-            Some(i) = stir_rx.recv() => engine.handle_input(Instant::now(), i),
+            Some(i) = answers_rx.recv() => engine.handle_input(Instant::now(), i),
             r = ript_rx.recv() => match r {
                 Some(r) => {
                     let now = Instant::now();
@@ -91,7 +101,7 @@ fn dispatch(s: &Sinks, o: Output) {
         Output::Media(cmd) => s.media.apply(cmd),
         Output::StirFetch { call, urls } => {
             let fetcher = s.stir.clone();
-            let back = s.stir_back.clone();
+            let back = s.answers.clone();
             tokio::spawn(async move {
                 let mut chains = Vec::with_capacity(urls.len());
                 for url in urls {
@@ -106,6 +116,14 @@ fn dispatch(s: &Sinks, o: Output) {
                     chains.push((url, r));
                 }
                 let _ = back.send(Input::StirChains { call, chains });
+            });
+        }
+        Output::ResolveHop { call, uri } => {
+            let lookup = (s.hop_lookup)(uri.clone());
+            let back = s.answers.clone();
+            tokio::spawn(async move {
+                let addr = lookup.await;
+                let _ = back.send(Input::HopAddr { call, uri, addr });
             });
         }
         Output::Ript(cmd) => {

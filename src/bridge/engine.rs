@@ -73,6 +73,12 @@ pub enum Input {
         trunk: usize,
         hop: HopAddrs,
     },
+    /// The answer to an [`Output::ResolveHop`]: the address `uri` resolved to, or why none.
+    HopAddr {
+        call: CallKey,
+        uri: String,
+        addr: Result<SocketAddr, String>,
+    },
 }
 
 /// Per x5u URL: the DER chain (leaf first), or why it could not be had.
@@ -88,6 +94,13 @@ pub enum Output {
     StirFetch {
         call: CallKey,
         urls: Vec<String>,
+    },
+    /// Look up the host name of `call`'s in-dialog next hop (RFC 3263: SRV without a port,
+    /// then A/AAAA); the answer is [`Input::HopAddr`]. Until it comes, the dialog's requests
+    /// go where its INVITE went.
+    ResolveHop {
+        call: CallKey,
+        uri: String,
     },
 }
 
@@ -492,7 +505,71 @@ struct SipLeg {
     bye_after_ack: Option<String>,
 }
 
+/// Where a dialog's requests go next, as far as the engine can tell without DNS.
+#[derive(Debug, PartialEq)]
+enum NextHop<'a> {
+    /// As they do now: a UAS leg without a route set (back where the INVITE came from, which
+    /// also crosses NATs), or a TLS hop named by a host name (the connection in use, whose
+    /// certificate was checked against the name it was opened for).
+    Keep,
+    /// To this IP literal's address.
+    Addr(Dest),
+    /// To what this URI's host name resolves to.
+    Lookup(&'a str),
+}
+
 impl SipLeg {
+    /// The URI in-dialog requests are sent toward (RFC 3261 §12.2.1.1): the first route, else
+    /// on a UAC leg the remote target; with whether it is a route.
+    fn hop_uri(&self) -> Option<(&str, bool)> {
+        match self.route_set.first() {
+            Some(r) => Some((msg::addr_uri(r), true)),
+            None if self.role == SipRole::Uac && !self.remote_target.is_empty() => {
+                Some((self.remote_target.as_str(), false))
+            }
+            None => None,
+        }
+    }
+
+    /// The destination for `addr` over `transport` as the next hop (`route`: a route rather
+    /// than the remote target): the current one when it is the same place (its connection
+    /// reused). A route to another place opens its own connection; a remote target keeps the
+    /// one in use, as the INVITE's connection reached that peer.
+    fn hop_dest(&self, addr: SocketAddr, transport: Transport, route: bool) -> Dest {
+        let same = addr == self.dest.addr && transport == self.dest.transport;
+        Dest {
+            addr,
+            transport,
+            conn: if same || !route { self.dest.conn } else { None },
+        }
+    }
+
+    fn next_hop(&self) -> NextHop<'_> {
+        let Some((uri, route)) = self.hop_uri() else {
+            return NextHop::Keep;
+        };
+        if let Some((addr, transport)) = msg::uri_socket(uri) {
+            return NextHop::Addr(self.hop_dest(addr, transport, route));
+        }
+        match msg::uri_target(uri) {
+            Some((_, _, transport)) if transport != Transport::Tls => NextHop::Lookup(uri),
+            _ => NextHop::Keep,
+        }
+    }
+
+    /// Points the dialog's requests at its next hop (after the route set or the remote target
+    /// was learnt): an IP literal at once, a host name through `out` (asked of the gateway).
+    fn retarget(&mut self, key: CallKey, out: &mut VecDeque<Output>) {
+        match self.next_hop() {
+            NextHop::Keep => {}
+            NextHop::Addr(d) => self.dest = d,
+            NextHop::Lookup(uri) => out.push_back(Output::ResolveHop {
+                call: key,
+                uri: uri.to_string(),
+            }),
+        }
+    }
+
     /// A request outside the dialog's route set: the INVITE of a UAC leg, and its CANCEL.
     fn initial_request<'a>(
         &'a self,
@@ -858,6 +935,7 @@ impl Engine {
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
             Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
+            Input::HopAddr { call, uri, addr } => self.on_hop_addr(call, &uri, addr),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
@@ -1496,17 +1574,7 @@ impl Engine {
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
         // set; without one, back to where the INVITE came from (which also crosses NATs).
-        if let Some(first) = sip.route_set.first() {
-            if let Some((addr, transport)) = msg::uri_socket(msg::addr_uri(first)) {
-                if addr != sip.dest.addr || transport != sip.dest.transport {
-                    sip.dest = Dest {
-                        addr,
-                        transport,
-                        conn: None,
-                    };
-                }
-            }
-        }
+        sip.retarget(key, &mut self.out);
         // A call for our handlers is a server-role call on that TG, created by us.
         let (role, ript_id, ript_uri) = match &target {
             SipTarget::Peer(peer) => (RiptRole::Client { peer: *peer }, None, None),
@@ -1941,7 +2009,11 @@ impl Engine {
         }
         // Learn the peer's new target (RFC 3261 §12.2.2).
         if let Some(c) = msg::first_header(&req.headers, "Contact") {
-            sip.remote_target = msg::addr_uri(&c).to_string();
+            let target = msg::addr_uri(&c);
+            if target != sip.remote_target {
+                sip.remote_target = target.to_string();
+                sip.retarget(key, &mut self.out);
+            }
         }
         let mut changed = None;
         if !req.body.is_empty() {
@@ -2376,21 +2448,7 @@ impl Engine {
             .collect();
         rr.reverse();
         sip.route_set = rr;
-        if let Some(first) = sip.route_set.first() {
-            if let Some((addr, transport)) = msg::uri_socket(msg::addr_uri(first)) {
-                sip.dest = Dest {
-                    addr,
-                    transport,
-                    conn: None,
-                };
-            }
-        } else if let Some((addr, transport)) = msg::uri_socket(&sip.remote_target) {
-            sip.dest = Dest {
-                addr,
-                transport,
-                conn: sip.dest.conn,
-            };
-        }
+        sip.retarget(key, &mut self.out);
         let remote_tag = sip.remote_tag.clone().unwrap_or_default();
         self.dialogs
             .insert((sip.call_id.clone(), sip.local_tag.clone()), key);
@@ -2489,7 +2547,11 @@ impl Engine {
         if (200..300).contains(&code) {
             // Target refresh (RFC 3261 §12.2.1.2) and the answer's media address.
             if let Some(c) = msg::first_header(&resp.headers, "Contact") {
-                sip.remote_target = msg::addr_uri(&c).to_string();
+                let target = msg::addr_uri(&c);
+                if target != sip.remote_target {
+                    sip.remote_target = target.to_string();
+                    sip.retarget(key, &mut self.out);
+                }
             }
             self.send_2xx_ack(key);
             if let Ok(ans) = sdp::parse(&resp.body) {
@@ -3656,6 +3718,32 @@ impl Engine {
         order.extend(avoided);
         let first = order.remove(0);
         (first, order)
+    }
+
+    /// The gateway looked up a dialog's next hop: requests go there from now on, unless the
+    /// dialog has moved on to another hop meanwhile.
+    fn on_hop_addr(&mut self, key: CallKey, uri: &str, addr: Result<SocketAddr, String>) {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        let Some((now_uri, route)) = sip.hop_uri() else {
+            return;
+        };
+        if now_uri != uri {
+            return;
+        }
+        let Some((_, _, transport)) = msg::uri_target(uri) else {
+            return;
+        };
+        match addr {
+            Ok(addr) => {
+                sip.dest = sip.hop_dest(addr, transport, route);
+                debug!(call = %key, %uri, %addr, "in-dialog requests go to the looked-up next hop");
+            }
+            Err(e) => {
+                warn!(call = %key, %uri, error = %e, dest = %sip.dest.addr, "in-dialog next hop not found in DNS; requests keep going where the INVITE went");
+            }
+        }
     }
 
     fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs) {

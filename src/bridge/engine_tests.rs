@@ -3370,3 +3370,170 @@ fn a_lookup_that_changes_only_the_srv_ranks_is_taken() {
     });
     assert_eq!(next_call_goes_to(&mut s, 2), first_addr());
 }
+
+// ------------------------------------------------ in-dialog next hops named by host name
+
+/// The URIs the engine asked the gateway to look up.
+fn lookups(out: &[Output]) -> Vec<(CallKey, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::ResolveHop { call, uri } => Some((*call, uri.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first SIP request `method` among `out`: where it went, and its text.
+fn request_to(out: &[Output], method: &str) -> (SocketAddr, String) {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Sip(m) if m.bytes.starts_with(format!("{method} ").as_bytes()) => {
+                Some((m.dest.addr, String::from_utf8_lossy(&m.bytes).into_owned()))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {method} in {:?}", sip_texts(out)))
+}
+
+/// A call placed on the trunk and answered by `ok` (built from the INVITE); the outputs of
+/// the answer.
+fn b_call_answered_with(s: &mut Sim, ok: impl Fn(&str) -> String) -> (CallKey, Vec<Output>) {
+    let (key, inv) = b_invite_sent(s);
+    s.sip(&ok(&inv), TRUNK);
+    (key, s.take())
+}
+
+fn b_hangs_up(s: &mut Sim, key: CallKey) -> (SocketAddr, String) {
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 1),
+    });
+    request_to(&s.take(), "BYE")
+}
+
+#[test]
+fn a_record_route_host_name_is_looked_up_and_the_bye_goes_to_its_address() {
+    let mut s = Sim::new();
+    let (key, out) = b_call_answered_with(&mut s, |inv| {
+        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+            "Contact:",
+            "Record-Route: <sip:edge.provider.test;lr>\r\nContact:",
+        )
+    });
+    assert_eq!(
+        lookups(&out),
+        vec![(key, "sip:edge.provider.test;lr".to_string())]
+    );
+    // The ACK leaves before the answer: toward the trunk, where the INVITE went.
+    let (to, ack) = request_to(&out, "ACK");
+    assert_eq!(to, first_addr(), "{ack}");
+    assert!(ack.contains("Route: <sip:edge.provider.test;lr>"), "{ack}");
+    let edge: SocketAddr = "192.0.2.50:5060".parse().unwrap();
+    s.input(Input::HopAddr {
+        call: key,
+        uri: "sip:edge.provider.test;lr".into(),
+        addr: Ok(edge),
+    });
+    let (to, bye) = b_hangs_up(&mut s, key);
+    assert_eq!(to, edge, "{bye}");
+    assert!(
+        bye.starts_with("BYE sip:callee@127.0.0.1:5080 SIP/2.0"),
+        "{bye}"
+    );
+    assert!(bye.contains("Route: <sip:edge.provider.test;lr>"), "{bye}");
+}
+
+#[test]
+fn a_contact_host_name_is_looked_up_and_a_failed_lookup_keeps_the_trunk() {
+    for found in [true, false] {
+        let mut s = Sim::new();
+        let (key, out) = b_call_answered_with(&mut s, |inv| {
+            reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+                &format!("Contact: <sip:callee@{TRUNK}>"),
+                "Contact: <sip:callee@pbx.provider.test:5090>",
+            )
+        });
+        let uri = "sip:callee@pbx.provider.test:5090".to_string();
+        assert_eq!(lookups(&out), vec![(key, uri.clone())]);
+        let pbx: SocketAddr = "192.0.2.60:5090".parse().unwrap();
+        s.input(Input::HopAddr {
+            call: key,
+            uri,
+            addr: if found {
+                Ok(pbx)
+            } else {
+                Err("NXDOMAIN".into())
+            },
+        });
+        let (to, bye) = b_hangs_up(&mut s, key);
+        assert!(
+            bye.starts_with("BYE sip:callee@pbx.provider.test:5090 SIP/2.0"),
+            "{bye}"
+        );
+        assert_eq!(to, if found { pbx } else { first_addr() }, "found: {found}");
+    }
+}
+
+#[test]
+fn an_answer_for_a_target_the_dialog_has_left_is_ignored() {
+    let mut s = Sim::new();
+    let (key, out) = b_call_answered_with(&mut s, |inv| {
+        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+            &format!("Contact: <sip:callee@{TRUNK}>"),
+            "Contact: <sip:callee@old.provider.test>",
+        )
+    });
+    assert_eq!(lookups(&out).len(), 1);
+    let to_tag = to_tag_of(&request_to(&out, "ACK").1);
+    // The callee refreshes its target to an IP literal before the lookup of the old one ends.
+    let reinvite = format!(
+        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre1\r\nMax-Forwards: 70\r\nFrom: <sip:answer@127.0.0.1:5080>;tag={to_tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@192.0.2.70:5062>\r\nContent-Length: 0\r\n\r\n",
+        request_to(&out, "ACK").1.lines().find(|l| l.starts_with("From:")).unwrap()[5..].trim(),
+        request_to(&out, "ACK").1.lines().find(|l| l.starts_with("Call-ID:")).unwrap()[8..].trim(),
+    );
+    s.sip(&reinvite, TRUNK);
+    let out = s.take();
+    assert!(lookups(&out).is_empty(), "an IP literal needs no lookup");
+    s.input(Input::HopAddr {
+        call: key,
+        uri: "sip:callee@old.provider.test".into(),
+        addr: Ok("192.0.2.99:5060".parse().unwrap()),
+    });
+    let (to, bye) = b_hangs_up(&mut s, key);
+    assert!(
+        bye.starts_with("BYE sip:callee@192.0.2.70:5062 SIP/2.0"),
+        "{bye}"
+    );
+    assert_eq!(to, "192.0.2.70:5062".parse::<SocketAddr>().unwrap());
+}
+
+#[test]
+fn tls_host_names_and_a_callers_contact_are_not_looked_up() {
+    // A sips: Contact: the connection in use was checked against the name it was opened for.
+    let mut s = Sim::new();
+    let (_, out) = b_call_answered_with(&mut s, |inv| {
+        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+            &format!("Contact: <sip:callee@{TRUNK}>"),
+            "Contact: <sips:callee@pbx.provider.test>",
+        )
+    });
+    assert!(lookups(&out).is_empty());
+    // A caller's Contact: answers and requests go back where its INVITE came from (NATs).
+    let mut s = Sim::new();
+    let inv = invite("z9hG4bKnm", "cid-a", OFFER).replace(
+        "Contact: <sip:caller@127.0.0.1:5061>",
+        "Contact: <sip:caller@phone.corp.test>",
+    );
+    s.sip(&inv, CALLER);
+    assert!(lookups(&s.take()).is_empty());
+    // A caller's Record-Route host name is looked up.
+    let mut s = Sim::new();
+    let inv = invite("z9hG4bKnm", "cid-a", OFFER).replace(
+        "Contact: <sip:caller@127.0.0.1:5061>",
+        "Record-Route: <sip:proxy.corp.test;lr>\r\nContact: <sip:caller@127.0.0.1:5061>",
+    );
+    s.sip(&inv, CALLER);
+    let found = lookups(&s.take());
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, "sip:proxy.corp.test;lr");
+}

@@ -393,8 +393,8 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
 }
 
 /// Resolves a SIP URI to a socket address. Only IP literals are resolved here: trunk host names
-/// are resolved by the gateway (ADR 0020); names in Contact, Record-Route and redirect targets are
-/// not resolved.
+/// (ADR 0020, 0021) and the names of a dialog's next hop (ADR 0023) are looked up by the
+/// gateway; names in redirect targets are not.
 pub fn uri_socket(uri: &str) -> Option<(SocketAddr, Transport)> {
     let (host, port, transport) = uri_target(uri)?;
     let ip: std::net::IpAddr = host.parse().ok()?;

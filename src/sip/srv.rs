@@ -42,6 +42,16 @@ impl HopAddrs {
         }
     }
 
+    /// The address a lone request goes to: the first of an SRV order drawn with `pick` (see
+    /// [`srv_order`]), else the first found.
+    pub fn first_choice(&self, pick: impl FnMut(u32) -> u32) -> Option<SocketAddr> {
+        if !self.ranks.is_empty() && self.ranks.len() == self.addrs.len() {
+            srv_order(&self.ranks, pick).first().map(|&i| self.addrs[i])
+        } else {
+            self.addrs.first().copied()
+        }
+    }
+
     /// Only the addresses `keep` accepts, each with its rank.
     pub fn retain(&mut self, mut keep: impl FnMut(&SocketAddr) -> bool) {
         if self.ranks.is_empty() {
