@@ -251,16 +251,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let hop_lookup: driver::HopLookup = {
         let (cfg, dns) = (cfg.clone(), dns.clone());
-        Arc::new(move |uri: String| {
+        Arc::new(move |uri: String, transport: Transport| {
             let (cfg, dns) = (cfg.clone(), dns.clone());
             Box::pin(async move {
                 let (hop, transport) = dns
-                    .resolve(&uri, OnSrvFailure::UseAddressRecords)
+                    .resolve_over(&uri, transport, OnSrvFailure::UseAddressRecords)
                     .await
                     .map_err(|e| format!("{e:#}"))?;
-                sendable(hop, transport, &cfg)
-                    .first_choice(|n| rand::random_range(0..n))
-                    .ok_or_else(|| "no address".to_string())
+                Ok(sendable(hop, transport, &cfg).ordered(|n| rand::random_range(0..n)))
             })
         })
     };

@@ -556,6 +556,8 @@ ice = "off"
     );
     assert_eq!(by_a.invites(), vec!["1 INVITE"]);
     assert!(by_a.got("BYE").is_empty(), "{}", log());
+    // The ACK left toward the trunk before the answer came, and went there again after it.
+    assert_eq!(far.got("ACK").len(), 1, "{}", log());
 
     // A Contact without a port: its SRV records name the host and port.
     answered_call(&cfg, &tone, "sip:srv1@127.0.0.5", &log);

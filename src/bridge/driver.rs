@@ -23,9 +23,14 @@ pub struct Sinks {
     pub answers: mpsc::UnboundedSender<Input>,
 }
 
-/// The address a SIP URI's host name leads to (RFC 3263), or why none.
+/// The addresses a SIP URI's host name leads to over a transport (RFC 3263), in the order to
+/// prefer them, or why none.
 pub type HopLookup = std::sync::Arc<
-    dyn Fn(String) -> futures_util::future::BoxFuture<'static, Result<std::net::SocketAddr, String>>
+    dyn Fn(
+            String,
+            crate::sip::msg::Transport,
+        )
+            -> futures_util::future::BoxFuture<'static, Result<Vec<std::net::SocketAddr>, String>>
         + Send
         + Sync,
 >;
@@ -118,12 +123,16 @@ fn dispatch(s: &Sinks, o: Output) {
                 let _ = back.send(Input::StirChains { call, chains });
             });
         }
-        Output::ResolveHop { call, uri } => {
-            let lookup = (s.hop_lookup)(uri.clone());
+        Output::ResolveHop {
+            call,
+            uri,
+            transport,
+        } => {
+            let lookup = (s.hop_lookup)(uri.clone(), transport);
             let back = s.answers.clone();
             tokio::spawn(async move {
-                let addr = lookup.await;
-                let _ = back.send(Input::HopAddr { call, uri, addr });
+                let addrs = lookup.await;
+                let _ = back.send(Input::HopAddr { call, uri, addrs });
             });
         }
         Output::Ript(cmd) => {

@@ -73,11 +73,12 @@ pub enum Input {
         trunk: usize,
         hop: HopAddrs,
     },
-    /// The answer to an [`Output::ResolveHop`]: the address `uri` resolved to, or why none.
+    /// The answer to an [`Output::ResolveHop`]: the addresses `uri` resolved to, in the order
+    /// to prefer them (an SRV answer's drawn by priority and weight), or why none.
     HopAddr {
         call: CallKey,
         uri: String,
-        addr: Result<SocketAddr, String>,
+        addrs: Result<Vec<SocketAddr>, String>,
     },
 }
 
@@ -101,6 +102,7 @@ pub enum Output {
     ResolveHop {
         call: CallKey,
         uri: String,
+        transport: Transport,
     },
 }
 
@@ -503,57 +505,89 @@ struct SipLeg {
     glare_retry: Option<SdpDirection>,
     /// The far side hung up before the caller ACKed our 2xx: the BYE waits for that ACK.
     bye_after_ack: Option<String>,
+    /// UAS: the route set is taken as the requests' next hop once the caller ACKed our 2xx.
+    /// Until then every response to its INVITE goes back where the INVITE came from (RFC 3261
+    /// §18.2.2), and nothing a caller could make up is looked up before it was answered.
+    route_pending: bool,
 }
 
 /// Where a dialog's requests go next, as far as the engine can tell without DNS.
 #[derive(Debug, PartialEq)]
 enum NextHop<'a> {
     /// As they do now: a UAS leg without a route set (back where the INVITE came from, which
-    /// also crosses NATs), or a TLS hop named by a host name (the connection in use, whose
-    /// certificate was checked against the name it was opened for).
+    /// also crosses NATs), or a dialog over TLS (the connection in use, whose certificate was
+    /// checked for the name it was opened to).
     Keep,
     /// To this IP literal's address.
     Addr(Dest),
-    /// To what this URI's host name resolves to.
-    Lookup(&'a str),
+    /// To what this URI's host name resolves to, over this transport.
+    Lookup(&'a str, Transport),
 }
 
 impl SipLeg {
     /// The URI in-dialog requests are sent toward (RFC 3261 §12.2.1.1): the first route, else
-    /// on a UAC leg the remote target; with whether it is a route.
-    fn hop_uri(&self) -> Option<(&str, bool)> {
+    /// on a UAC leg the remote target.
+    fn hop_uri(&self) -> Option<&str> {
         match self.route_set.first() {
-            Some(r) => Some((msg::addr_uri(r), true)),
+            Some(r) => Some(msg::addr_uri(r)),
             None if self.role == SipRole::Uac && !self.remote_target.is_empty() => {
-                Some((self.remote_target.as_str(), false))
+                Some(self.remote_target.as_str())
             }
             None => None,
         }
     }
 
-    /// The destination for `addr` over `transport` as the next hop (`route`: a route rather
-    /// than the remote target): the current one when it is the same place (its connection
-    /// reused). A route to another place opens its own connection; a remote target keeps the
-    /// one in use, as the INVITE's connection reached that peer.
-    fn hop_dest(&self, addr: SocketAddr, transport: Transport, route: bool) -> Dest {
-        let same = addr == self.dest.addr && transport == self.dest.transport;
-        Dest {
-            addr,
-            transport,
-            conn: if same || !route { self.dest.conn } else { None },
+    /// The transport toward `uri` as the dialog's next hop: the one it names (`sips:` or
+    /// `transport=`), else the dialog's own, so that a Contact or route without a transport
+    /// parameter does not move a TCP dialog to UDP. `None`: keep the dialog where it is, as a
+    /// dialog over TLS always is (it never moves to a weaker transport, or to a name its
+    /// connection's certificate was not checked for).
+    fn hop_transport(&self, uri: &str) -> Option<Transport> {
+        if self.dest.transport == Transport::Tls {
+            return None;
+        }
+        let (_, _, named) = msg::uri_target(uri)?;
+        let t = if msg::uri_names_transport(uri) {
+            named
+        } else {
+            self.dest.transport
+        };
+        (t != Transport::Tls).then_some(t)
+    }
+
+    /// The destination for `addr` over `transport`: the current one (and its connection) when
+    /// it is the same place. Over TCP the same IP is the same place: a connection the peer
+    /// opened comes from a port of its own (RFC 5923's reuse, without its alias parameter).
+    fn hop_dest(&self, addr: SocketAddr, transport: Transport) -> Dest {
+        let same = transport == self.dest.transport
+            && (addr == self.dest.addr
+                || (transport != Transport::Udp && addr.ip() == self.dest.addr.ip()));
+        if same {
+            self.dest
+        } else {
+            Dest {
+                addr,
+                transport,
+                conn: None,
+            }
         }
     }
 
     fn next_hop(&self) -> NextHop<'_> {
-        let Some((uri, route)) = self.hop_uri() else {
+        let Some(uri) = self.hop_uri() else {
             return NextHop::Keep;
         };
-        if let Some((addr, transport)) = msg::uri_socket(uri) {
-            return NextHop::Addr(self.hop_dest(addr, transport, route));
-        }
-        match msg::uri_target(uri) {
-            Some((_, _, transport)) if transport != Transport::Tls => NextHop::Lookup(uri),
-            _ => NextHop::Keep,
+        let Some(transport) = self.hop_transport(uri) else {
+            return NextHop::Keep;
+        };
+        let Some((host, port, _)) = msg::uri_target(uri) else {
+            return NextHop::Keep;
+        };
+        match host.parse::<IpAddr>() {
+            Ok(ip) => {
+                NextHop::Addr(self.hop_dest(SocketAddr::new(ip, port.unwrap_or(5060)), transport))
+            }
+            Err(_) => NextHop::Lookup(uri, transport),
         }
     }
 
@@ -563,9 +597,10 @@ impl SipLeg {
         match self.next_hop() {
             NextHop::Keep => {}
             NextHop::Addr(d) => self.dest = d,
-            NextHop::Lookup(uri) => out.push_back(Output::ResolveHop {
+            NextHop::Lookup(uri, transport) => out.push_back(Output::ResolveHop {
                 call: key,
                 uri: uri.to_string(),
+                transport,
             }),
         }
     }
@@ -935,7 +970,7 @@ impl Engine {
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
             Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
-            Input::HopAddr { call, uri, addr } => self.on_hop_addr(call, &uri, addr),
+            Input::HopAddr { call, uri, addrs } => self.on_hop_addr(call, &uri, addrs),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
@@ -1570,11 +1605,13 @@ impl Engine {
             reinvite_in_unacked: false,
             glare_retry: None,
             bye_after_ack: None,
+            route_pending: false,
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
-        // set; without one, back to where the INVITE came from (which also crosses NATs).
-        sip.retarget(key, &mut self.out);
+        // set (from the caller's ACK on); without one, back to where the INVITE came from
+        // (which also crosses NATs).
+        sip.route_pending = !sip.route_set.is_empty();
         // A call for our handlers is a server-role call on that TG, created by us.
         let (role, ript_id, ript_uri) = match &target {
             SipTarget::Peer(peer) => (RiptRole::Client { peer: *peer }, None, None),
@@ -1843,6 +1880,9 @@ impl Engine {
             {
                 sip.pending_2xx = None;
                 sip.reinvite_in_unacked = false;
+                if std::mem::take(&mut sip.route_pending) {
+                    sip.retarget(key, &mut self.out);
+                }
                 let bye = sip.bye_after_ack.take();
                 self.disarm(key, CallTimer::Retransmit2xx);
                 if let Some(reason) = bye {
@@ -2012,7 +2052,10 @@ impl Engine {
             let target = msg::addr_uri(&c);
             if target != sip.remote_target {
                 sip.remote_target = target.to_string();
-                sip.retarget(key, &mut self.out);
+                // The route set stays the dialog's next hop for its whole life.
+                if sip.route_set.is_empty() {
+                    sip.retarget(key, &mut self.out);
+                }
             }
         }
         let mut changed = None;
@@ -2550,7 +2593,9 @@ impl Engine {
                 let target = msg::addr_uri(&c);
                 if target != sip.remote_target {
                     sip.remote_target = target.to_string();
-                    sip.retarget(key, &mut self.out);
+                    if sip.route_set.is_empty() {
+                        sip.retarget(key, &mut self.out);
+                    }
                 }
             }
             self.send_2xx_ack(key);
@@ -3041,6 +3086,7 @@ impl Engine {
                     reinvite_in_unacked: false,
                     glare_retry: None,
                     bye_after_ack: None,
+                    route_pending: false,
                 };
                 call.span.record("sip_call_id", sip.call_id.as_str());
                 call.sip = Some(sip);
@@ -3721,28 +3767,43 @@ impl Engine {
     }
 
     /// The gateway looked up a dialog's next hop: requests go there from now on, unless the
-    /// dialog has moved on to another hop meanwhile.
-    fn on_hop_addr(&mut self, key: CallKey, uri: &str, addr: Result<SocketAddr, String>) {
+    /// dialog has moved on to another hop meanwhile. Where the dialog goes now is kept when the
+    /// name leads there too (the same node of a cluster, the connection in use); otherwise the
+    /// first address. The ACK of the 2xx, which left before the answer, is sent there again,
+    /// and is what a retransmitted 2xx gets from now on.
+    fn on_hop_addr(&mut self, key: CallKey, uri: &str, addrs: Result<Vec<SocketAddr>, String>) {
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
-        let Some((now_uri, route)) = sip.hop_uri() else {
-            return;
-        };
-        if now_uri != uri {
+        if sip.hop_uri() != Some(uri) {
             return;
         }
-        let Some((_, _, transport)) = msg::uri_target(uri) else {
+        let Some(transport) = sip.hop_transport(uri) else {
             return;
         };
-        match addr {
-            Ok(addr) => {
-                sip.dest = sip.hop_dest(addr, transport, route);
-                debug!(call = %key, %uri, %addr, "in-dialog requests go to the looked-up next hop");
+        let found = addrs.and_then(|a| {
+            if a.is_empty() {
+                Err("no address".to_string())
+            } else {
+                Ok(a)
             }
+        });
+        let addrs = match found {
+            Ok(a) => a,
             Err(e) => {
-                warn!(call = %key, %uri, error = %e, dest = %sip.dest.addr, "in-dialog next hop not found in DNS; requests keep going where the INVITE went");
+                warn!(call = %key, %uri, error = %e, dest = %sip.dest.addr, "in-dialog next hop not found in DNS; requests keep going where they went");
+                return;
             }
+        };
+        let dests: Vec<Dest> = addrs.iter().map(|&a| sip.hop_dest(a, transport)).collect();
+        if dests.contains(&sip.dest) {
+            return;
+        }
+        sip.dest = dests[0];
+        debug!(call = %key, %uri, addr = %sip.dest.addr, "in-dialog requests go to the looked-up next hop");
+        if let Some((_, ack)) = sip.ack.as_mut() {
+            ack.dest = sip.dest;
+            self.out.push_back(Output::Sip(ack.clone()));
         }
     }
 

@@ -3373,34 +3373,57 @@ fn a_lookup_that_changes_only_the_srv_ranks_is_taken() {
 
 // ------------------------------------------------ in-dialog next hops named by host name
 
-/// The URIs the engine asked the gateway to look up.
-fn lookups(out: &[Output]) -> Vec<(CallKey, String)> {
+/// The lookups the engine asked the gateway for: call, URI, transport.
+fn lookups(out: &[Output]) -> Vec<(CallKey, String, Transport)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::ResolveHop { call, uri } => Some((*call, uri.clone())),
+            Output::ResolveHop {
+                call,
+                uri,
+                transport,
+            } => Some((*call, uri.clone(), *transport)),
             _ => None,
         })
         .collect()
 }
 
-/// The first SIP request `method` among `out`: where it went, and its text.
-fn request_to(out: &[Output], method: &str) -> (SocketAddr, String) {
+/// Every SIP message among `out` that starts with `start`: where it went, and its text.
+fn sent_to(out: &[Output], start: &str) -> Vec<(SocketAddr, String)> {
     out.iter()
-        .find_map(|o| match o {
-            Output::Sip(m) if m.bytes.starts_with(format!("{method} ").as_bytes()) => {
+        .filter_map(|o| match o {
+            Output::Sip(m) if m.bytes.starts_with(start.as_bytes()) => {
                 Some((m.dest.addr, String::from_utf8_lossy(&m.bytes).into_owned()))
             }
             _ => None,
         })
-        .unwrap_or_else(|| panic!("no {method} in {:?}", sip_texts(out)))
+        .collect()
 }
 
-/// A call placed on the trunk and answered by `ok` (built from the INVITE); the outputs of
-/// the answer.
-fn b_call_answered_with(s: &mut Sim, ok: impl Fn(&str) -> String) -> (CallKey, Vec<Output>) {
+/// The one request `method` among `out`: where it went, and its text.
+fn request_to(out: &[Output], method: &str) -> (SocketAddr, String) {
+    let mut all = sent_to(out, &format!("{method} "));
+    assert_eq!(all.len(), 1, "one {method} in {:?}", sip_texts(out));
+    all.remove(0)
+}
+
+/// A call placed on the trunk and answered with `ok` (made from the INVITE): its key, the
+/// INVITE, and the outputs of the answer.
+fn b_call_answered_with(
+    s: &mut Sim,
+    ok: impl Fn(&str) -> String,
+) -> (CallKey, String, Vec<Output>) {
     let (key, inv) = b_invite_sent(s);
     s.sip(&ok(&inv), TRUNK);
-    (key, s.take())
+    (key, inv, s.take())
+}
+
+/// The trunk's 200 with `contact` and, if given, a Record-Route.
+fn ok_naming(inv: &str, contact: &str, record_route: Option<&str>) -> String {
+    let rr = record_route.map_or(String::new(), |r| format!("Record-Route: {r}\r\n"));
+    reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+        &format!("Contact: <sip:callee@{TRUNK}>"),
+        &format!("{rr}Contact: {contact}"),
+    )
 }
 
 fn b_hangs_up(s: &mut Sim, key: CallKey) -> (SocketAddr, String) {
@@ -3411,29 +3434,45 @@ fn b_hangs_up(s: &mut Sim, key: CallKey) -> (SocketAddr, String) {
     request_to(&s.take(), "BYE")
 }
 
+fn found(s: &mut Sim, key: CallKey, uri: &str, addrs: &[&str]) -> Vec<Output> {
+    s.input(Input::HopAddr {
+        call: key,
+        uri: uri.into(),
+        addrs: Ok(addrs.iter().map(|a| a.parse().unwrap()).collect()),
+    });
+    s.take()
+}
+
 #[test]
-fn a_record_route_host_name_is_looked_up_and_the_bye_goes_to_its_address() {
+fn a_record_route_host_name_is_looked_up_and_the_ack_and_bye_follow_the_answer() {
     let mut s = Sim::new();
-    let (key, out) = b_call_answered_with(&mut s, |inv| {
-        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
-            "Contact:",
-            "Record-Route: <sip:edge.provider.test;lr>\r\nContact:",
+    let (key, inv, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(
+            inv,
+            &format!("<sip:callee@{TRUNK}>"),
+            Some("<sip:edge.provider.test;lr>"),
         )
     });
-    assert_eq!(
-        lookups(&out),
-        vec![(key, "sip:edge.provider.test;lr".to_string())]
-    );
-    // The ACK leaves before the answer: toward the trunk, where the INVITE went.
+    let uri = "sip:edge.provider.test;lr";
+    assert_eq!(lookups(&out), vec![(key, uri.to_string(), Transport::Udp)]);
+    // The ACK leaves at once, toward the trunk, where the INVITE went.
     let (to, ack) = request_to(&out, "ACK");
     assert_eq!(to, first_addr(), "{ack}");
     assert!(ack.contains("Route: <sip:edge.provider.test;lr>"), "{ack}");
+    // Once the name is found, the same ACK goes there too, and a retransmitted 2xx gets it
+    // there.
+    let out = found(&mut s, key, uri, &["192.0.2.50:5060", "192.0.2.51:5060"]);
     let edge: SocketAddr = "192.0.2.50:5060".parse().unwrap();
-    s.input(Input::HopAddr {
-        call: key,
-        uri: "sip:edge.provider.test;lr".into(),
-        addr: Ok(edge),
-    });
+    assert_eq!(request_to(&out, "ACK"), (edge, ack.clone()));
+    s.sip(
+        &ok_naming(
+            &inv,
+            &format!("<sip:callee@{TRUNK}>"),
+            Some("<sip:edge.provider.test;lr>"),
+        ),
+        TRUNK,
+    );
+    assert_eq!(request_to(&s.take(), "ACK"), (edge, ack));
     let (to, bye) = b_hangs_up(&mut s, key);
     assert_eq!(to, edge, "{bye}");
     assert!(
@@ -3445,60 +3484,78 @@ fn a_record_route_host_name_is_looked_up_and_the_bye_goes_to_its_address() {
 
 #[test]
 fn a_contact_host_name_is_looked_up_and_a_failed_lookup_keeps_the_trunk() {
-    for found in [true, false] {
+    for lookup_works in [true, false] {
         let mut s = Sim::new();
-        let (key, out) = b_call_answered_with(&mut s, |inv| {
-            reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
-                &format!("Contact: <sip:callee@{TRUNK}>"),
-                "Contact: <sip:callee@pbx.provider.test:5090>",
-            )
+        let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+            ok_naming(inv, "<sip:callee@pbx.provider.test:5090>", None)
         });
         let uri = "sip:callee@pbx.provider.test:5090".to_string();
-        assert_eq!(lookups(&out), vec![(key, uri.clone())]);
+        assert_eq!(lookups(&out), vec![(key, uri.clone(), Transport::Udp)]);
         let pbx: SocketAddr = "192.0.2.60:5090".parse().unwrap();
         s.input(Input::HopAddr {
             call: key,
             uri,
-            addr: if found {
-                Ok(pbx)
+            addrs: if lookup_works {
+                Ok(vec![pbx])
             } else {
                 Err("NXDOMAIN".into())
             },
         });
+        s.take();
         let (to, bye) = b_hangs_up(&mut s, key);
         assert!(
             bye.starts_with("BYE sip:callee@pbx.provider.test:5090 SIP/2.0"),
             "{bye}"
         );
-        assert_eq!(to, if found { pbx } else { first_addr() }, "found: {found}");
+        assert_eq!(to, if lookup_works { pbx } else { first_addr() });
     }
+}
+
+#[test]
+fn a_name_that_also_leads_where_the_dialog_goes_keeps_it_there() {
+    let mut s = Sim::new();
+    let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(inv, "<sip:callee@cluster.provider.test:5080>", None)
+    });
+    assert_eq!(lookups(&out).len(), 1);
+    // The trunk is one of the name's nodes, though not the first: the dialog stays on it, and
+    // no ACK goes out again.
+    let out = found(
+        &mut s,
+        key,
+        "sip:callee@cluster.provider.test:5080",
+        &["192.0.2.70:5080", TRUNK],
+    );
+    assert!(sip_texts(&out).is_empty(), "{:?}", sip_texts(&out));
+    assert_eq!(b_hangs_up(&mut s, key).0, first_addr());
 }
 
 #[test]
 fn an_answer_for_a_target_the_dialog_has_left_is_ignored() {
     let mut s = Sim::new();
-    let (key, out) = b_call_answered_with(&mut s, |inv| {
-        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
-            &format!("Contact: <sip:callee@{TRUNK}>"),
-            "Contact: <sip:callee@old.provider.test>",
-        )
+    let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(inv, "<sip:callee@old.provider.test>", None)
     });
     assert_eq!(lookups(&out).len(), 1);
-    let to_tag = to_tag_of(&request_to(&out, "ACK").1);
+    let ack = request_to(&out, "ACK").1;
     // The callee refreshes its target to an IP literal before the lookup of the old one ends.
     let reinvite = format!(
-        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre1\r\nMax-Forwards: 70\r\nFrom: <sip:answer@127.0.0.1:5080>;tag={to_tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@192.0.2.70:5062>\r\nContent-Length: 0\r\n\r\n",
-        request_to(&out, "ACK").1.lines().find(|l| l.starts_with("From:")).unwrap()[5..].trim(),
-        request_to(&out, "ACK").1.lines().find(|l| l.starts_with("Call-ID:")).unwrap()[8..].trim(),
+        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre1\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@192.0.2.70:5062>\r\nContent-Length: 0\r\n\r\n",
+        header(&ack, "To"),
+        header(&ack, "From"),
+        header(&ack, "Call-ID"),
     );
     s.sip(&reinvite, TRUNK);
-    let out = s.take();
-    assert!(lookups(&out).is_empty(), "an IP literal needs no lookup");
-    s.input(Input::HopAddr {
-        call: key,
-        uri: "sip:callee@old.provider.test".into(),
-        addr: Ok("192.0.2.99:5060".parse().unwrap()),
-    });
+    assert!(
+        lookups(&s.take()).is_empty(),
+        "an IP literal needs no lookup"
+    );
+    found(
+        &mut s,
+        key,
+        "sip:callee@old.provider.test",
+        &["192.0.2.99:5060"],
+    );
     let (to, bye) = b_hangs_up(&mut s, key);
     assert!(
         bye.starts_with("BYE sip:callee@192.0.2.70:5062 SIP/2.0"),
@@ -3508,17 +3565,160 @@ fn an_answer_for_a_target_the_dialog_has_left_is_ignored() {
 }
 
 #[test]
-fn tls_host_names_and_a_callers_contact_are_not_looked_up() {
-    // A sips: Contact: the connection in use was checked against the name it was opened for.
+fn a_dialog_keeps_its_transport_and_a_tls_dialog_stays_on_its_connection() {
+    // TCP: a name without a transport parameter is looked up for TCP, not moved to UDP.
     let mut s = Sim::new();
-    let (_, out) = b_call_answered_with(&mut s, |inv| {
-        reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
-            &format!("Contact: <sip:callee@{TRUNK}>"),
-            "Contact: <sips:callee@pbx.provider.test>",
-        )
+    s.e.cfg.trunks[0].dest.transport = Transport::Tcp;
+    let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(inv, "<sip:callee@pbx.provider.test>", None)
     });
-    assert!(lookups(&out).is_empty());
-    // A caller's Contact: answers and requests go back where its INVITE came from (NATs).
+    let uri = "sip:callee@pbx.provider.test";
+    assert_eq!(lookups(&out), vec![(key, uri.to_string(), Transport::Tcp)]);
+    found(&mut s, key, uri, &["192.0.2.60:5060"]);
+    let (to, bye) = b_hangs_up(&mut s, key);
+    assert_eq!(to, "192.0.2.60:5060".parse::<SocketAddr>().unwrap());
+    assert!(header(&bye, "Via").starts_with("SIP/2.0/TCP"), "{bye}");
+    // TCP, an IP literal without a transport parameter: still TCP.
+    let mut s = Sim::new();
+    s.e.cfg.trunks[0].dest.transport = Transport::Tcp;
+    let (key, _, _) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(inv, "<sip:callee@192.0.2.61:5070>", None)
+    });
+    let out = {
+        s.ript(RiptEvent::ServerEvent {
+            call: key,
+            event: ev(EventName::End, 1),
+        });
+        s.take()
+    };
+    let bye = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Sip(m) if m.bytes.starts_with(b"BYE ") => Some(m.dest),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        (bye.addr, bye.transport),
+        ("192.0.2.61:5070".parse().unwrap(), Transport::Tcp)
+    );
+    // TLS: neither a sip: name nor a sips: one moves the dialog off its connection.
+    for contact in [
+        "<sip:callee@pbx.provider.test>",
+        "<sips:callee@pbx.provider.test>",
+        "<sip:callee@192.0.2.62>",
+    ] {
+        let mut s = Sim::new();
+        s.e.cfg.trunks[0].dest.transport = Transport::Tls;
+        let (key, _, out) = b_call_answered_with(&mut s, |inv| ok_naming(inv, contact, None));
+        assert!(lookups(&out).is_empty(), "{contact}");
+        s.ript(RiptEvent::ServerEvent {
+            call: key,
+            event: ev(EventName::End, 1),
+        });
+        let bye = s
+            .take()
+            .iter()
+            .find_map(|o| match o {
+                Output::Sip(m) if m.bytes.starts_with(b"BYE ") => Some(m.dest),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            (bye.addr, bye.transport),
+            (first_addr(), Transport::Tls),
+            "{contact}"
+        );
+    }
+}
+
+/// A caller's INVITE with `record_route`, answered by the RIPT side: the key, and the 200's
+/// text and destination.
+fn a_call_in_answered_with_route(
+    s: &mut Sim,
+    record_route: &str,
+) -> (CallKey, (SocketAddr, String)) {
+    let inv = invite("z9hG4bKrr", "cid-a", OFFER).replace(
+        "Contact: <sip:caller@127.0.0.1:5061>",
+        &format!("Record-Route: {record_route}\r\nContact: <sip:caller@127.0.0.1:5061>"),
+    );
+    s.sip(&inv, CALLER);
+    let out = s.take();
+    assert!(
+        lookups(&out).is_empty(),
+        "nothing is looked up before the call is answered"
+    );
+    let (key, adv) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                Some((*call, request.advertisement.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let p = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(p),
+    });
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let mut oks = sent_to(&s.take(), "SIP/2.0 200");
+    assert_eq!(oks.len(), 1);
+    (key, oks.remove(0))
+}
+
+#[test]
+fn a_callers_responses_go_back_along_via_and_its_route_is_taken_from_its_ack() {
+    for (route, ip_literal) in [
+        ("<sip:proxy.corp.test;lr>", false),
+        ("<sip:192.0.2.80:5099;lr>", true),
+    ] {
+        let mut s = Sim::new();
+        let (key, (to, ok)) = a_call_in_answered_with_route(&mut s, route);
+        assert_eq!(
+            to,
+            CALLER.parse::<SocketAddr>().unwrap(),
+            "the 200 goes back: {ok}"
+        );
+        // Retransmissions of the 200 too.
+        s.advance(Duration::from_millis(600));
+        let again = sent_to(&s.take(), "SIP/2.0 200");
+        assert!(!again.is_empty());
+        assert!(again
+            .iter()
+            .all(|(a, _)| *a == CALLER.parse::<SocketAddr>().unwrap()));
+        let tag = to_tag_of(&ok);
+        s.sip(&in_dialog("ACK", "z9hG4bKack", 1, &tag, None), CALLER);
+        let out = s.take();
+        let proxy: SocketAddr = "192.0.2.80:5099".parse().unwrap();
+        if ip_literal {
+            assert!(lookups(&out).is_empty());
+        } else {
+            let uri = "sip:proxy.corp.test;lr";
+            assert_eq!(lookups(&out), vec![(key, uri.to_string(), Transport::Udp)]);
+            // No ACK of ours to send again on a UAS leg.
+            assert!(sip_texts(&found(&mut s, key, uri, &["192.0.2.80:5099"])).is_empty());
+        }
+        s.ript(RiptEvent::ClientEvent {
+            call: key,
+            event: ev(EventName::End, 1),
+        });
+        let (to, bye) = request_to(&s.take(), "BYE");
+        assert_eq!(to, proxy, "{route}: {bye}");
+        assert!(
+            bye.starts_with("BYE sip:caller@127.0.0.1:5061 SIP/2.0"),
+            "{bye}"
+        );
+    }
+}
+
+#[test]
+fn a_callers_contact_is_not_looked_up_and_a_refresh_does_not_ask_again_for_the_route() {
+    // A caller's Contact: requests go back where its INVITE came from (NATs).
     let mut s = Sim::new();
     let inv = invite("z9hG4bKnm", "cid-a", OFFER).replace(
         "Contact: <sip:caller@127.0.0.1:5061>",
@@ -3526,14 +3726,32 @@ fn tls_host_names_and_a_callers_contact_are_not_looked_up() {
     );
     s.sip(&inv, CALLER);
     assert!(lookups(&s.take()).is_empty());
-    // A caller's Record-Route host name is looked up.
+    // A callee that record-routed: its target refresh moves nothing, the route stays.
     let mut s = Sim::new();
-    let inv = invite("z9hG4bKnm", "cid-a", OFFER).replace(
-        "Contact: <sip:caller@127.0.0.1:5061>",
-        "Record-Route: <sip:proxy.corp.test;lr>\r\nContact: <sip:caller@127.0.0.1:5061>",
+    let route = "<sip:edge.provider.test;lr>";
+    let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(inv, &format!("<sip:callee@{TRUNK}>"), Some(route))
+    });
+    assert_eq!(lookups(&out).len(), 1);
+    let ack = request_to(&out, "ACK").1;
+    let reinvite = format!(
+        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre2\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@moved.provider.test>\r\nContent-Length: 0\r\n\r\n",
+        header(&ack, "To"),
+        header(&ack, "From"),
+        header(&ack, "Call-ID"),
     );
-    s.sip(&inv, CALLER);
-    let found = lookups(&s.take());
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].1, "sip:proxy.corp.test;lr");
+    s.sip(&reinvite, TRUNK);
+    assert!(lookups(&s.take()).is_empty());
+    found(
+        &mut s,
+        key,
+        "sip:edge.provider.test;lr",
+        &["192.0.2.50:5060"],
+    );
+    let (to, bye) = b_hangs_up(&mut s, key);
+    assert_eq!(to, "192.0.2.50:5060".parse::<SocketAddr>().unwrap());
+    assert!(
+        bye.starts_with("BYE sip:callee@moved.provider.test SIP/2.0"),
+        "{bye}"
+    );
 }

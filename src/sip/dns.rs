@@ -110,8 +110,30 @@ impl SipResolver {
         if let Some((addr, transport)) = msg::uri_socket(uri) {
             return Ok((HopAddrs::plain(vec![addr]), transport));
         }
-        let (host, port, transport) =
+        let (_, _, transport) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
+        self.resolve_over(uri, transport, on_failure).await
+    }
+
+    /// As [`SipResolver::resolve`], over `transport` whatever the URI says (the SRV name asked
+    /// and the default port follow it): a dialog's next hop keeps the dialog's transport when
+    /// its URI names none.
+    pub async fn resolve_over(
+        &self,
+        uri: &str,
+        transport: Transport,
+        on_failure: OnSrvFailure,
+    ) -> anyhow::Result<(HopAddrs, Transport)> {
+        let (host, port, _) =
+            msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            let port = port.unwrap_or(if transport == Transport::Tls {
+                5061
+            } else {
+                5060
+            });
+            return Ok((HopAddrs::plain(vec![SocketAddr::new(ip, port)]), transport));
+        }
         if port.is_none() {
             match &self.dns {
                 Ok(dns) => {

@@ -349,6 +349,22 @@ pub fn uri_user(uri: &str) -> Option<&str> {
     Some(tel.split(';').next().unwrap_or(tel))
 }
 
+/// Whether a SIP URI names its transport: `sips:`, or a `transport=` parameter.
+pub fn uri_names_transport(uri: &str) -> bool {
+    let uri = uri.trim();
+    if uri
+        .get(..5)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
+    {
+        return true;
+    }
+    let params = uri.split('?').next().unwrap_or("");
+    params.split(';').skip(1).any(|p| {
+        p.get(..10)
+            .is_some_and(|k| k.eq_ignore_ascii_case("transport="))
+    })
+}
+
 /// Host and port of a SIP URI, and its transport parameter (`udp` when absent).
 pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
     let uri = uri.trim();
@@ -737,6 +753,26 @@ pub fn method_of(msg: &SipMessage) -> Option<&Method> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_names_its_transport_by_scheme_or_parameter_only() {
+        for named in [
+            "sips:pbx.example",
+            "SIPS:pbx.example",
+            "sip:pbx.example;transport=tcp",
+            "sip:u@pbx.example:5070;lr;Transport=UDP",
+        ] {
+            assert!(uri_names_transport(named), "{named}");
+        }
+        for not in [
+            "sip:pbx.example",
+            "sip:transport=tcp@pbx.example",
+            "sip:pbx.example;lr",
+            "sip:pbx.example?transport=tcp",
+        ] {
+            assert!(!uri_names_transport(not), "{not}");
+        }
+    }
 
     const INVITE: &str = "INVITE sip:answer@127.0.0.1:5070 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1;rport\r\n\

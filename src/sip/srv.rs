@@ -42,13 +42,16 @@ impl HopAddrs {
         }
     }
 
-    /// The address a lone request goes to: the first of an SRV order drawn with `pick` (see
-    /// [`srv_order`]), else the first found.
-    pub fn first_choice(&self, pick: impl FnMut(u32) -> u32) -> Option<SocketAddr> {
+    /// The addresses in the order to prefer them: an SRV order drawn with `pick` (see
+    /// [`srv_order`]), else as found.
+    pub fn ordered(&self, pick: impl FnMut(u32) -> u32) -> Vec<SocketAddr> {
         if !self.ranks.is_empty() && self.ranks.len() == self.addrs.len() {
-            srv_order(&self.ranks, pick).first().map(|&i| self.addrs[i])
+            srv_order(&self.ranks, pick)
+                .into_iter()
+                .map(|i| self.addrs[i])
+                .collect()
         } else {
-            self.addrs.first().copied()
+            self.addrs.clone()
         }
     }
 
