@@ -3426,6 +3426,27 @@ fn ok_naming(inv: &str, contact: &str, record_route: Option<&str>) -> String {
     )
 }
 
+/// The callee's offerless re-INVITE in the dialog its 200 made (read from our `ack`), naming
+/// `contact`.
+fn callee_reinvite(ack: &str, branch: &str, contact: &str) -> String {
+    format!(
+        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n",
+        header(ack, "To"),
+        header(ack, "From"),
+        header(ack, "Call-ID"),
+    )
+}
+
+/// Where our BYE among `out` went.
+fn bye_dest(out: &[Output]) -> Dest {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Sip(m) if m.bytes.starts_with(b"BYE ") => Some(m.dest),
+            _ => None,
+        })
+        .expect("a BYE")
+}
+
 fn b_hangs_up(s: &mut Sim, key: CallKey) -> (SocketAddr, String) {
     s.ript(RiptEvent::ServerEvent {
         call: key,
@@ -3539,12 +3560,7 @@ fn an_answer_for_a_target_the_dialog_has_left_is_ignored() {
     assert_eq!(lookups(&out).len(), 1);
     let ack = request_to(&out, "ACK").1;
     // The callee refreshes its target to an IP literal before the lookup of the old one ends.
-    let reinvite = format!(
-        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre1\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@192.0.2.70:5062>\r\nContent-Length: 0\r\n\r\n",
-        header(&ack, "To"),
-        header(&ack, "From"),
-        header(&ack, "Call-ID"),
-    );
+    let reinvite = callee_reinvite(&ack, "z9hG4bKre1", "<sip:callee@192.0.2.70:5062>");
     s.sip(&reinvite, TRUNK);
     assert!(
         lookups(&s.take()).is_empty(),
@@ -3591,13 +3607,7 @@ fn a_dialog_keeps_its_transport_and_a_tls_dialog_stays_on_its_connection() {
         });
         s.take()
     };
-    let bye = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Sip(m) if m.bytes.starts_with(b"BYE ") => Some(m.dest),
-            _ => None,
-        })
-        .unwrap();
+    let bye = bye_dest(&out);
     assert_eq!(
         (bye.addr, bye.transport),
         ("192.0.2.61:5070".parse().unwrap(), Transport::Tcp)
@@ -3616,14 +3626,7 @@ fn a_dialog_keeps_its_transport_and_a_tls_dialog_stays_on_its_connection() {
             call: key,
             event: ev(EventName::End, 1),
         });
-        let bye = s
-            .take()
-            .iter()
-            .find_map(|o| match o {
-                Output::Sip(m) if m.bytes.starts_with(b"BYE ") => Some(m.dest),
-                _ => None,
-            })
-            .unwrap();
+        let bye = bye_dest(&s.take());
         assert_eq!(
             (bye.addr, bye.transport),
             (first_addr(), Transport::Tls),
@@ -3734,12 +3737,7 @@ fn a_callers_contact_is_not_looked_up_and_a_refresh_does_not_ask_again_for_the_r
     });
     assert_eq!(lookups(&out).len(), 1);
     let ack = request_to(&out, "ACK").1;
-    let reinvite = format!(
-        "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKre2\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: <sip:callee@moved.provider.test>\r\nContent-Length: 0\r\n\r\n",
-        header(&ack, "To"),
-        header(&ack, "From"),
-        header(&ack, "Call-ID"),
-    );
+    let reinvite = callee_reinvite(&ack, "z9hG4bKre2", "<sip:callee@moved.provider.test>");
     s.sip(&reinvite, TRUNK);
     assert!(lookups(&s.take()).is_empty());
     found(
