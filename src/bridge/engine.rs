@@ -3781,16 +3781,10 @@ impl Engine {
         let Some(transport) = sip.hop_transport(uri) else {
             return;
         };
-        let found = addrs.and_then(|a| {
-            if a.is_empty() {
-                Err("no address".to_string())
-            } else {
-                Ok(a)
-            }
-        });
-        let addrs = match found {
-            Ok(a) => a,
-            Err(e) => {
+        let addrs = match addrs {
+            Ok(a) if !a.is_empty() => a,
+            other => {
+                let e = other.err().unwrap_or_else(|| "no address".into());
                 warn!(call = %key, %uri, error = %e, dest = %sip.dest.addr, "in-dialog next hop not found in DNS; requests keep going where they went");
                 return;
             }
