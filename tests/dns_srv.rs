@@ -19,6 +19,12 @@ fn a(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The lookup of `uri` must fail with an error whose text contains `why`.
+async fn fails_with(r: &SipResolver, uri: &str, on_failure: OnSrvFailure, why: &str) {
+    let e = r.resolve(uri, on_failure).await.unwrap_err();
+    assert!(format!("{e:#}").contains(why), "{uri}: {e:#}");
+}
+
 const fn rank(priority: u16, weight: u16, target: u16) -> SrvRank {
     SrvRank::new(priority, weight, target)
 }
@@ -155,25 +161,26 @@ async fn a_port_or_no_srv_records_means_the_names_address_records() {
         .await
         .unwrap();
     assert_eq!(hop, HopAddrs::plain(vec![a("127.0.0.9:5061")]));
-    let e = r
-        .resolve("sip:nothing.srv.test", OnSrvFailure::Fail)
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{e:#}").contains("cannot resolve nothing.srv.test"),
-        "{e:#}"
-    );
+    fails_with(
+        &r,
+        "sip:nothing.srv.test",
+        OnSrvFailure::Fail,
+        "cannot resolve nothing.srv.test",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn srv_targets_that_say_no_service_or_have_no_address() {
     let dns = zone();
     let r = SipResolver::new(&[dns.addr]).unwrap();
-    let e = r
-        .resolve("sip:nosip.srv.test", OnSrvFailure::UseAddressRecords)
-        .await
-        .unwrap_err();
-    assert!(format!("{e:#}").contains("no SIP service"), "{e:#}");
+    fails_with(
+        &r,
+        "sip:nosip.srv.test",
+        OnSrvFailure::UseAddressRecords,
+        "no SIP service",
+    )
+    .await;
     // One target without an address, one with port 0: the other is used.
     let (hop, _) = r
         .resolve("sip:partly.srv.test", OnSrvFailure::Fail)
@@ -182,14 +189,13 @@ async fn srv_targets_that_say_no_service_or_have_no_address() {
     assert_eq!(hop.addrs, vec![a("127.0.0.2:5091")]);
     assert_eq!(hop.ranks.len(), 1);
     assert_eq!((hop.ranks[0].priority, hop.ranks[0].weight), (20, 0));
-    let e = r
-        .resolve("sip:gone.srv.test", OnSrvFailure::Fail)
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{e:#}").contains("no SRV target has an address"),
-        "{e:#}"
-    );
+    fails_with(
+        &r,
+        "sip:gone.srv.test",
+        OnSrvFailure::Fail,
+        "no SRV target has an address",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -201,14 +207,13 @@ async fn a_dns_server_that_does_not_answer_fails_the_lookup() {
         .unwrap()
         .port();
     let r = SipResolver::new(&[([127, 0, 0, 1], port).into()]).unwrap();
-    let e = r
-        .resolve("sip:pbx.srv.test", OnSrvFailure::Fail)
-        .await
-        .unwrap_err();
-    assert!(
-        format!("{e:#}").contains("SRV lookup of _sip._udp.pbx.srv.test."),
-        "{e:#}"
-    );
+    fails_with(
+        &r,
+        "sip:pbx.srv.test",
+        OnSrvFailure::Fail,
+        "SRV lookup of _sip._udp.pbx.srv.test.",
+    )
+    .await;
     // IP literals need no DNS.
     let (hop, _) = r
         .resolve("sip:127.0.0.1:5080", OnSrvFailure::Fail)

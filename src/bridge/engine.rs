@@ -21,7 +21,7 @@ use crate::ript::model::{
 use crate::ript::{CallAccepted, Problem, ReqId, RiptCmd, RiptEvent};
 use crate::sdp::{self, LocalSdp, SdpDirection};
 use crate::sip::msg::{self, Extra, RequestSpec, Transport};
-use crate::sip::srv::{srv_order, HopAddrs, SrvRank};
+use crate::sip::srv::{order_addrs, HopAddrs, SrvRank};
 use crate::sip::txn::{
     ConnId, Dest, RequestDisposition, ResponseDisposition, ServerKey, SipOut, TxnLayer, TxnOutput,
 };
@@ -537,22 +537,22 @@ impl SipLeg {
         }
     }
 
-    /// The transport toward `uri` as the dialog's next hop: the one it names (`sips:` or
-    /// `transport=`), else the dialog's own, so that a Contact or route without a transport
-    /// parameter does not move a TCP dialog to UDP. `None`: keep the dialog where it is, as a
-    /// dialog over TLS always is (it never moves to a weaker transport, or to a name its
-    /// connection's certificate was not checked for).
-    fn hop_transport(&self, uri: &str) -> Option<Transport> {
+    /// `uri`'s host and port as the dialog's next hop, and the transport toward it: the one
+    /// the URI names (`sips:` or `transport=`), else the dialog's own, so that a Contact or
+    /// route without a transport parameter does not move a TCP dialog to UDP. `None`: keep the
+    /// dialog where it is, as a dialog over TLS always is (it never moves to a weaker transport,
+    /// or to a name its connection's certificate was not checked for).
+    fn hop_target(&self, uri: &str) -> Option<(String, Option<u16>, Transport)> {
         if self.dest.transport == Transport::Tls {
             return None;
         }
-        let (_, _, named) = msg::uri_target(uri)?;
+        let (host, port, named) = msg::uri_target(uri)?;
         let t = if msg::uri_names_transport(uri) {
             named
         } else {
             self.dest.transport
         };
-        (t != Transport::Tls).then_some(t)
+        (t != Transport::Tls).then_some((host, port, t))
     }
 
     /// The destination for `addr` over `transport`: the current one (and its connection) when
@@ -577,15 +577,13 @@ impl SipLeg {
         let Some(uri) = self.hop_uri() else {
             return NextHop::Keep;
         };
-        let Some(transport) = self.hop_transport(uri) else {
-            return NextHop::Keep;
-        };
-        let Some((host, port, _)) = msg::uri_target(uri) else {
+        let Some((host, port, transport)) = self.hop_target(uri) else {
             return NextHop::Keep;
         };
         match host.parse::<IpAddr>() {
             Ok(ip) => {
-                NextHop::Addr(self.hop_dest(SocketAddr::new(ip, port.unwrap_or(5060)), transport))
+                let addr = SocketAddr::new(ip, port.unwrap_or(transport.default_port()));
+                NextHop::Addr(self.hop_dest(addr, transport))
             }
             Err(_) => NextHop::Lookup(uri, transport),
         }
@@ -3746,18 +3744,7 @@ impl Engine {
             return (trunk.dest.addr, Vec::new());
         }
         let all: Vec<SocketAddr> = trunk.addrs().collect();
-        debug_assert!(
-            trunk.ranks.is_empty() || trunk.ranks.len() == all.len(),
-            "one SRV rank per address"
-        );
-        let ranked = if trunk.ranks.len() == all.len() {
-            srv_order(&trunk.ranks, |n| rand::rng().random_range(0..n))
-                .into_iter()
-                .map(|i| all[i])
-                .collect()
-        } else {
-            all
-        };
+        let ranked = order_addrs(&all, &trunk.ranks, |n| rand::rng().random_range(0..n));
         let (mut order, avoided): (Vec<_>, Vec<_>) = ranked
             .into_iter()
             .partition(|a| !self.avoid.contains_key(a));
@@ -3778,7 +3765,7 @@ impl Engine {
         if sip.hop_uri() != Some(uri) {
             return;
         }
-        let Some(transport) = sip.hop_transport(uri) else {
+        let Some((_, _, transport)) = sip.hop_target(uri) else {
             return;
         };
         let addrs = match addrs {

@@ -107,9 +107,6 @@ impl SipResolver {
         uri: &str,
         on_failure: OnSrvFailure,
     ) -> anyhow::Result<(HopAddrs, Transport)> {
-        if let Some((addr, transport)) = msg::uri_socket(uri) {
-            return Ok((HopAddrs::plain(vec![addr]), transport));
-        }
         let (_, _, transport) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
         self.resolve_over(uri, transport, on_failure).await
@@ -127,12 +124,8 @@ impl SipResolver {
         let (host, port, _) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
         if let Ok(ip) = host.parse::<IpAddr>() {
-            let port = port.unwrap_or(if transport == Transport::Tls {
-                5061
-            } else {
-                5060
-            });
-            return Ok((HopAddrs::plain(vec![SocketAddr::new(ip, port)]), transport));
+            let addr = SocketAddr::new(ip, port.unwrap_or(transport.default_port()));
+            return Ok((HopAddrs::plain(vec![addr]), transport));
         }
         if port.is_none() {
             match &self.dns {
@@ -156,11 +149,7 @@ impl SipResolver {
                 }
             }
         }
-        let port = port.unwrap_or(if transport == Transport::Tls {
-            5061
-        } else {
-            5060
-        });
+        let port = port.unwrap_or(transport.default_port());
         let addrs = match (&self.dns, self.own_servers) {
             (Ok(dns), true) => dns_addresses(dns, &host)
                 .await
@@ -247,22 +236,17 @@ async fn srv(
             failed.join("; ")
         )));
     }
+    let left_out = absent
+        .into_iter()
+        .chain(failed)
+        .collect::<Vec<_>>()
+        .join("; ");
     if hop.addrs.is_empty() {
-        let why = absent
-            .into_iter()
-            .chain(failed)
-            .collect::<Vec<_>>()
-            .join("; ");
         return Err(SrvError::Answer(anyhow!(
-            "{name}: no SRV target has an address ({why})"
+            "{name}: no SRV target has an address ({left_out})"
         )));
     }
-    if !absent.is_empty() || !failed.is_empty() {
-        let left_out = absent
-            .into_iter()
-            .chain(failed)
-            .collect::<Vec<_>>()
-            .join("; ");
+    if !left_out.is_empty() {
         tracing::warn!(%name, %left_out, "some SRV targets have no address; using the others");
     }
     Ok(Some(hop))

@@ -414,12 +414,10 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
 pub fn uri_socket(uri: &str) -> Option<(SocketAddr, Transport)> {
     let (host, port, transport) = uri_target(uri)?;
     let ip: std::net::IpAddr = host.parse().ok()?;
-    let port = port.unwrap_or(if transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    });
-    Some((SocketAddr::new(ip, port), transport))
+    Some((
+        SocketAddr::new(ip, port.unwrap_or(transport.default_port())),
+        transport,
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -430,6 +428,15 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// The port a URI without one means (RFC 3261 §19.1.2): 5061 for TLS, 5060 otherwise.
+    pub fn default_port(self) -> u16 {
+        if self == Transport::Tls {
+            5061
+        } else {
+            5060
+        }
+    }
+
     pub fn via_name(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",

@@ -42,17 +42,9 @@ impl HopAddrs {
         }
     }
 
-    /// The addresses in the order to prefer them: an SRV order drawn with `pick` (see
-    /// [`srv_order`]), else as found.
+    /// The addresses in the order to prefer them (see [`order_addrs`]).
     pub fn ordered(&self, pick: impl FnMut(u32) -> u32) -> Vec<SocketAddr> {
-        if !self.ranks.is_empty() && self.ranks.len() == self.addrs.len() {
-            srv_order(&self.ranks, pick)
-                .into_iter()
-                .map(|i| self.addrs[i])
-                .collect()
-        } else {
-            self.addrs.clone()
-        }
+        order_addrs(&self.addrs, &self.ranks, pick)
     }
 
     /// Only the addresses `keep` accepts, each with its rank.
@@ -84,6 +76,27 @@ pub fn srv_name(host: &str, transport: Transport) -> String {
     };
     let host = host.trim_end_matches('.');
     format!("{service}.{host}.")
+}
+
+/// `addrs` in the order to try them: an SRV order drawn with `pick` (see [`srv_order`]) when
+/// `ranks` has one rank per address, else as given.
+pub fn order_addrs(
+    addrs: &[SocketAddr],
+    ranks: &[SrvRank],
+    pick: impl FnMut(u32) -> u32,
+) -> Vec<SocketAddr> {
+    debug_assert!(
+        ranks.is_empty() || ranks.len() == addrs.len(),
+        "one SRV rank per address"
+    );
+    if !ranks.is_empty() && ranks.len() == addrs.len() {
+        srv_order(ranks, pick)
+            .into_iter()
+            .map(|i| addrs[i])
+            .collect()
+    } else {
+        addrs.to_vec()
+    }
 }
 
 /// The order to try addresses ranked by SRV (RFC 2782): lower priority first; within a priority,
