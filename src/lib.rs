@@ -20,6 +20,7 @@ pub mod config;
 pub mod gateway;
 pub mod media;
 pub mod metrics;
+pub mod recent;
 pub mod ript;
 pub mod sdp;
 pub mod sip;

@@ -14,6 +14,7 @@ use super::negotiate;
 use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Failover, Metrics};
+use crate::recent::Recent;
 use crate::ript::model::{
     self, CallDescription, CallDirection, CallRequest, CallState, Direction, Event, EventName,
     Proposal,
@@ -537,56 +538,8 @@ impl SipLeg {
         }
     }
 
-    /// `uri`'s host and port as the dialog's next hop, and the transport toward it: the one
-    /// the URI names (`sips:` or `transport=`), else the dialog's own, so that a Contact or
-    /// route without a transport parameter does not move a TCP dialog to UDP. `None`: keep the
-    /// dialog where it is, as a dialog over TLS always is (it never moves to a weaker transport,
-    /// or to a name its connection's certificate was not checked for).
-    fn hop_target(&self, uri: &str) -> Option<(String, Option<u16>, Transport)> {
-        if self.dest.transport == Transport::Tls {
-            return None;
-        }
-        let (host, port, named) = msg::uri_target(uri)?;
-        let t = if msg::uri_names_transport(uri) {
-            named
-        } else {
-            self.dest.transport
-        };
-        (t != Transport::Tls).then_some((host, port, t))
-    }
-
-    /// The destination for `addr` over `transport`: the current one (and its connection) when
-    /// it is the same place. Over TCP the same IP is the same place: a connection the peer
-    /// opened comes from a port of its own (RFC 5923's reuse, without its alias parameter).
-    fn hop_dest(&self, addr: SocketAddr, transport: Transport) -> Dest {
-        let same = transport == self.dest.transport
-            && (addr == self.dest.addr
-                || (transport != Transport::Udp && addr.ip() == self.dest.addr.ip()));
-        if same {
-            self.dest
-        } else {
-            Dest {
-                addr,
-                transport,
-                conn: None,
-            }
-        }
-    }
-
     fn next_hop(&self) -> NextHop<'_> {
-        let Some(uri) = self.hop_uri() else {
-            return NextHop::Keep;
-        };
-        let Some((host, port, transport)) = self.hop_target(uri) else {
-            return NextHop::Keep;
-        };
-        match host.parse::<IpAddr>() {
-            Ok(ip) => {
-                let addr = SocketAddr::new(ip, port.unwrap_or(transport.default_port()));
-                NextHop::Addr(self.hop_dest(addr, transport))
-            }
-            Err(_) => NextHop::Lookup(uri, transport),
-        }
+        next_hop(&self.dest, self.hop_uri())
     }
 
     /// Points the dialog's requests at its next hop (after the route set or the remote target
@@ -626,6 +579,61 @@ impl SipLeg {
             routes: &self.invite_routes,
             max_forwards: 70,
         }
+    }
+}
+
+/// `uri`'s host and port as the next hop of a dialog now sent to `current`, and the transport
+/// toward it: the one the URI names (`sips:` or `transport=`), else the dialog's own, so that a
+/// Contact or route without a transport parameter does not move a TCP dialog to UDP. `None`:
+/// keep the dialog where it is, as a dialog over TLS always is (it never moves to a weaker
+/// transport, or to a name its connection's certificate was not checked for).
+fn hop_target(current: &Dest, uri: &str) -> Option<(String, Option<u16>, Transport)> {
+    if current.transport == Transport::Tls {
+        return None;
+    }
+    let (host, port, named) = msg::uri_target(uri)?;
+    let t = if msg::uri_names_transport(uri) {
+        named
+    } else {
+        current.transport
+    };
+    (t != Transport::Tls).then_some((host, port, t))
+}
+
+/// The destination for `addr` over `transport` from a dialog now sent to `current`: `current`
+/// itself (and its connection) when it is the same place. Over TCP the same IP is the same
+/// place: a connection the peer opened comes from a port of its own (RFC 5923's reuse, without
+/// its alias parameter).
+fn hop_dest(current: &Dest, addr: SocketAddr, transport: Transport) -> Dest {
+    let same = transport == current.transport
+        && (addr == current.addr
+            || (transport != Transport::Udp && addr.ip() == current.addr.ip()));
+    if same {
+        *current
+    } else {
+        Dest {
+            addr,
+            transport,
+            conn: None,
+        }
+    }
+}
+
+/// Where the requests of a dialog now sent to `current` go when its next hop is `uri` (its
+/// first route, else its remote target; `None` for neither).
+fn next_hop<'a>(current: &Dest, uri: Option<&'a str>) -> NextHop<'a> {
+    let Some(uri) = uri else {
+        return NextHop::Keep;
+    };
+    let Some((host, port, transport)) = hop_target(current, uri) else {
+        return NextHop::Keep;
+    };
+    match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let addr = SocketAddr::new(ip, port.unwrap_or(transport.default_port()));
+            NextHop::Addr(hop_dest(current, addr, transport))
+        }
+        Err(_) => NextHop::Lookup(uri, transport),
     }
 }
 
@@ -703,6 +711,15 @@ pub struct Engine {
     /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
     /// send once the peer answers: the far side must not keep ringing a call nobody holds.
     orphans: HashMap<CallKey, String>,
+    /// Our INVITEs whose calls have ended, by their (Call-ID, From tag) hashed, and whether
+    /// the call was answered: a 2xx that still comes for one is ACKed and its dialog ended
+    /// (RFC 3261 §13.2.2.4) for 64*T1, as long as a UAS retransmits it.
+    ended_invites: Recent<u64, bool>,
+    /// The dialogs (Call-ID, From tag, To tag, hashed) such a 2xx made and that we sent a BYE:
+    /// each retransmission of the 2xx is ACKed, and the dialog is ended once.
+    stray_byes: Recent<u64>,
+    /// Hashes the keys of the two sets above (keyed per process: a peer cannot aim collisions).
+    dialog_hasher: std::hash::RandomState,
     /// Server-role calls held per RIPT client.
     per_client: HashMap<String, usize>,
     /// SIP CORS preflights that allowed an origin at a target, until when.
@@ -754,6 +771,9 @@ const AVOID_AFTER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest Retry-After of a 503 honoured when ordering a trunk's addresses.
 const MAX_AVOID_SECS: u64 = 3600;
+
+/// Ended INVITEs remembered at most (64*T1 of them at 8000 calls/s), about 40 bytes each.
+const ENDED_INVITES_MAX: usize = 1 << 18;
 
 /// The delta-seconds of a Retry-After value (RFC 3261 §20.33: `delta-seconds [comment]
 /// *(;param)`).
@@ -820,6 +840,7 @@ impl Engine {
         // three per call: at 1000 calls/s that is ~100k live entries for 10k calls.
         let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(32).max(1024));
         let ports = PortPool::new(cfg.port_min, cfg.port_max);
+        let linger = cfg.t1 * 64;
         metrics.media_port_pairs.store(
             crate::config::port_pairs(cfg.port_min, cfg.port_max) as u64,
             Ordering::Relaxed,
@@ -834,6 +855,9 @@ impl Engine {
             branches: HashMap::new(),
             avoid: HashMap::new(),
             orphans: HashMap::new(),
+            ended_invites: Recent::new(linger, ENDED_INVITES_MAX),
+            stray_byes: Recent::new(linger, ENDED_INVITES_MAX),
+            dialog_hasher: std::hash::RandomState::new(),
             per_client: HashMap::new(),
             preflight_ok: HashMap::new(),
             preflight_bad: HashMap::new(),
@@ -1833,8 +1857,8 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
-        let reason = msg::first_header(&req.headers, "Reason")
-            .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
+        let reason =
+            msg::first_header(&req.headers, "Reason").unwrap_or_else(|| REQUEST_TERMINATED.into());
         let still_open = self.txn.server_proceeding(&invite_key);
         if !still_open {
             // CANCEL crossed our final response: it has no effect (RFC 3261 §9.2); the caller
@@ -2232,7 +2256,11 @@ impl Engine {
 
     fn reack(&mut self, now: Instant, m: &SipInbound, resp: &Response) {
         let tag = m.info.from_tag.clone().unwrap_or_default();
-        if let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) {
+        let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag.clone())) else {
+            self.after_its_call(now, m, resp, &tag);
+            return;
+        };
+        {
             // Another fork's answer, or a late answer to an attempt the call has moved on from
             // (a trunk address that had timed out, ADR 0020): acknowledged, then ended.
             let other_fork = self
@@ -2245,7 +2273,8 @@ impl Engine {
                 })
                 .unwrap_or(false);
             if other_fork {
-                self.end_other_fork(now, key, m, resp);
+                debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
+                self.end_stray_dialog(now, m, resp, COMPLETED_ELSEWHERE);
                 return;
             }
             let key = &key;
@@ -2261,63 +2290,99 @@ impl Engine {
         }
     }
 
-    /// A 2xx from a second fork of our INVITE (another To tag): RFC 3261 §13.2.2.4 — ACK it,
-    /// then BYE that dialog; the call stays with the first fork.
-    fn end_other_fork(&mut self, now: Instant, key: CallKey, m: &SipInbound, resp: &Response) {
-        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+    /// A 2xx to one of our INVITEs after its call ended (`local_tag` is its From tag): a fork
+    /// that answered late, or an answer that crossed the end of the call. RFC 3261 §13.2.2.4:
+    /// ACK it, then end its dialog.
+    fn after_its_call(&mut self, now: Instant, m: &SipInbound, resp: &Response, local_tag: &str) {
+        let h = self.dialog_hash(&m.info.call_id, local_tag, None);
+        let Some(&answered) = self.ended_invites.get(now, &h) else {
+            debug!(call_id = %m.info.call_id, "a 2xx for no INVITE of ours: dropped");
             return;
         };
-        let Some(to) = msg::first_header(&resp.headers, "To") else {
+        info!(
+            sip_call_id = %m.info.call_id,
+            tag = m.info.to_tag.as_deref().unwrap_or(""),
+            "a 2xx after its call ended: ACK and BYE"
+        );
+        let reason = if answered {
+            COMPLETED_ELSEWHERE
+        } else {
+            REQUEST_TERMINATED
+        };
+        self.end_stray_dialog(now, m, resp, reason);
+    }
+
+    /// Ends the dialog that a 2xx to our INVITE made and that no call keeps: another fork's,
+    /// or one after its call (RFC 3261 §13.2.2.4). Each copy of the 2xx is ACKed; the first one
+    /// also gets a BYE with `reason`.
+    ///
+    /// Everything comes from the 2xx: its From (our tag), To (the fork's tag), Call-ID and
+    /// CSeq, its Contact as the remote target, and its Record-Route reversed as the route set
+    /// (§12.1.2). The requests go to the first route, else the Contact, when that is an IP
+    /// literal, and otherwise back where the 2xx came from: a dialog that is being ended is
+    /// not worth a DNS lookup, and the proxy nearest us, the first route, is what sent the 2xx.
+    fn end_stray_dialog(&mut self, now: Instant, m: &SipInbound, resp: &Response, reason: &str) {
+        let (Some(from), Some(to)) = (
+            msg::first_header(&resp.headers, "From"),
+            msg::first_header(&resp.headers, "To"),
+        ) else {
             return;
         };
         let target = msg::first_header(&resp.headers, "Contact")
-            .map(|c| msg::addr_uri(&c).to_string())
-            .unwrap_or_else(|| sip.invite_uri.clone());
-        // A Contact that is not an IP literal: back where the 2xx came from (after a failover,
-        // the call's own destination is another server).
-        let dest = msg::uri_socket(&target)
-            .map(|(addr, transport)| Dest {
-                addr,
-                transport,
-                conn: None,
-            })
-            .unwrap_or(Dest {
-                addr: m.src,
-                transport: m.transport,
-                conn: m.conn,
-            });
-        let via_host = self.cfg.via_host(sip.transport);
-        let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
+            .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
+            .unwrap_or_else(|| msg::addr_uri(&to).to_string());
+        let mut routes: Vec<String> = msg::header_values(&resp.headers, "Record-Route")
+            .iter()
+            .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
+            .collect();
+        routes.reverse();
+        let came_from = Dest {
+            addr: m.src,
+            transport: m.transport,
+            conn: m.conn,
+        };
+        let hop = routes.first().map(|r| msg::addr_uri(r)).or(Some(&target));
+        let dest = match next_hop(&came_from, hop) {
+            NextHop::Addr(d) => d,
+            NextHop::Keep | NextHop::Lookup(..) => came_from,
+        };
+        let via_host = self.cfg.via_host(dest.transport);
         let send = |method: &str, cseq: u32, extra: &Extra<'_>| {
             let branch = msg::branch();
-            let bytes = {
-                let spec = RequestSpec {
-                    method,
-                    uri: &target,
-                    via_host: &via_host,
-                    transport: dest.transport,
-                    branch: &branch,
-                    from: &from,
-                    to: &to,
-                    call_id: &sip.call_id,
-                    cseq,
-                    contact: None,
-                    routes: &[],
-                    max_forwards: 70,
-                };
-                Bytes::from(msg::request(&spec, extra))
+            let spec = RequestSpec {
+                method,
+                uri: &target,
+                via_host: &via_host,
+                transport: dest.transport,
+                branch: &branch,
+                from: &from,
+                to: &to,
+                call_id: &m.info.call_id,
+                cseq,
+                contact: None,
+                routes: &routes,
+                max_forwards: 70,
             };
+            let bytes = Bytes::from(msg::request(&spec, extra));
             (branch, bytes)
         };
         let (_, ack) = send("ACK", m.info.cseq, &Extra::none());
-        let (bye_branch, bye) = send(
-            "BYE",
-            m.info.cseq + 1,
-            &Extra::none().header("Reason", "SIP;cause=200;text=\"Call completed elsewhere\""),
-        );
-        debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
         self.out.push_back(Output::Sip(SipOut { dest, bytes: ack }));
-        self.txn.send_request(now, &bye_branch, false, bye, dest);
+        let local_tag = m.info.from_tag.as_deref().unwrap_or("");
+        let h = self.dialog_hash(&m.info.call_id, local_tag, m.info.to_tag.as_deref());
+        if self.stray_byes.insert(now, h, ()) {
+            let extra = Extra::none().header("Reason", reason);
+            let (branch, bye) = send("BYE", m.info.cseq + 1, &extra);
+            self.txn.send_request(now, &branch, false, bye, dest);
+        }
+    }
+
+    /// The key of a dialog (or, without `remote_tag`, of an INVITE) in `ended_invites` and
+    /// `stray_byes`.
+    fn dialog_hash(&self, call_id: &str, local_tag: &str, remote_tag: Option<&str>) -> u64 {
+        use std::hash::BuildHasher;
+        self.dialog_hasher
+            .hash_one((call_id, local_tag, remote_tag))
     }
 
     fn on_invite_response(
@@ -2510,7 +2575,7 @@ impl Engine {
                 .sip
                 .as_mut()
                 .and_then(|s| s.cancel_wanted.take())
-                .unwrap_or_else(|| "SIP;cause=487;text=\"Request Terminated\"".into());
+                .unwrap_or_else(|| REQUEST_TERMINATED.into());
             self.send_bye(now, key, &reason);
             self.finish(now, key, CallOutcome::Cancelled);
             return;
@@ -3765,7 +3830,7 @@ impl Engine {
         if sip.hop_uri() != Some(uri) {
             return;
         }
-        let Some((_, _, transport)) = sip.hop_target(uri) else {
+        let Some((_, _, transport)) = hop_target(&sip.dest, uri) else {
             return;
         };
         let addrs = match addrs {
@@ -3776,7 +3841,10 @@ impl Engine {
                 return;
             }
         };
-        let dests: Vec<Dest> = addrs.iter().map(|&a| sip.hop_dest(a, transport)).collect();
+        let dests: Vec<Dest> = addrs
+            .iter()
+            .map(|&a| hop_dest(&sip.dest, a, transport))
+            .collect();
         if dests.contains(&sip.dest) {
             return;
         }
@@ -4331,6 +4399,11 @@ impl Engine {
             }
             self.dialogs
                 .remove(&(sip.call_id.clone(), sip.local_tag.clone()));
+            if sip.role == SipRole::Uac {
+                let h = self.dialog_hash(&sip.call_id, &sip.local_tag, None);
+                self.ended_invites
+                    .insert(now, h, call.answered_at.is_some());
+            }
             if let Some(k) = &sip.invite_key {
                 self.invites.remove(k);
             }
@@ -4618,6 +4691,13 @@ fn end_event(reason: &str) -> Event {
 }
 
 /// RFC 3326 reason for an ordinary hang-up.
+/// The Reason of a BYE to a fork whose answer came after another fork's.
+const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+
+/// The Reason for ending a call that was never answered: a CANCEL without one of its own, or
+/// a BYE to an answer that crossed the CANCEL.
+const REQUEST_TERMINATED: &str = "SIP;cause=487;text=\"Request Terminated\"";
+
 pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\"";
 
 #[path = "digest_auth.rs"]

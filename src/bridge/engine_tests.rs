@@ -1370,6 +1370,152 @@ fn a_second_fork_answering_gets_ack_and_bye_and_the_call_stays_with_the_first() 
     );
 }
 
+/// The INVITE's CSeq number among its headers.
+fn cseq_of(req: &str) -> u32 {
+    header(req, "CSeq")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a CSeq number")
+}
+
+#[test]
+fn a_second_fork_behind_proxies_is_acked_and_ended_along_its_record_route_once() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "fork1", Some(ANSWER)), TRUNK);
+    s.take();
+    // Proxy P1 (nearest us, 127.0.0.3) record-routed first, P2 (127.0.0.2) on top of it: our
+    // route set is the list reversed (RFC 3261 §12.1.2), P1 first.
+    let second = ok_from(
+        &inv,
+        "fork2",
+        "<sip:fork2@127.0.0.1:5081>",
+        Some("<sip:127.0.0.2:5090;lr>, <sip:127.0.0.3:5091;lr>"),
+    );
+    s.sip(&second, TRUNK);
+    let out = s.take();
+    let p1: SocketAddr = "127.0.0.3:5091".parse().unwrap();
+    let routes = "Route: <sip:127.0.0.3:5091;lr>\r\nRoute: <sip:127.0.0.2:5090;lr>\r\n";
+    for method in ["ACK", "BYE"] {
+        let (to, req) = request_to(&out, method);
+        assert_eq!(to, p1, "{method} goes to the first route: {req}");
+        assert!(
+            req.starts_with(&format!("{method} sip:fork2@127.0.0.1:5081 SIP/2.0")),
+            "{req}"
+        );
+        assert!(req.contains(routes), "{req}");
+        assert!(req.contains(";tag=fork2"), "{req}");
+    }
+    // The fork retransmits its 200 until our ACK gets there: each copy is ACKed again, and its
+    // dialog is ended once.
+    s.sip(&second, TRUNK);
+    let again = s.take();
+    assert_eq!(request_to(&again, "ACK").0, p1);
+    assert!(
+        sent_to(&again, "BYE ").is_empty(),
+        "{:?}",
+        sip_texts(&again)
+    );
+    assert_eq!(s.e.active_calls(), 1, "the first fork's call goes on");
+}
+
+#[test]
+fn a_2xx_after_its_call_ended_is_acked_and_its_dialog_ended_for_64_t1() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    let n = cseq_of(&inv);
+    s.sip(&reply(&inv, 200, "OK", "fork1", Some(ANSWER)), TRUNK);
+    s.take();
+    let (_, bye) = b_hangs_up(&mut s, key);
+    s.sip(&reply(&bye, 200, "OK", "fork1", None), TRUNK);
+    s.take();
+    assert_eq!(s.e.active_calls(), 0);
+    // A second fork answers after the call is over (RFC 3261 §13.2.2.4: ACK it, then BYE).
+    let late = ok_from(&inv, "fork2", "<sip:fork2@127.0.0.1:5081>", None);
+    s.sip(&late, TRUNK);
+    let out = s.take();
+    let fork2: SocketAddr = "127.0.0.1:5081".parse().unwrap();
+    let (ack_to, ack) = request_to(&out, "ACK");
+    let (bye_to, late_bye) = request_to(&out, "BYE");
+    assert_eq!((ack_to, bye_to), (fork2, fork2));
+    assert!(
+        ack.starts_with("ACK sip:fork2@127.0.0.1:5081 SIP/2.0"),
+        "{ack}"
+    );
+    assert!(ack.contains(&format!("CSeq: {n} ACK")), "{ack}");
+    assert!(
+        late_bye.contains(&format!("CSeq: {} BYE", n + 1)),
+        "{late_bye}"
+    );
+    for req in [&ack, &late_bye] {
+        assert_eq!(header(req, "From"), header(&inv, "From"), "{req}");
+        assert_eq!(header(req, "Call-ID"), header(&inv, "Call-ID"), "{req}");
+        assert!(header(req, "To").ends_with(";tag=fork2"), "{req}");
+    }
+    assert!(
+        late_bye.contains("Reason: SIP;cause=200;text=\"Call completed elsewhere\""),
+        "{late_bye}"
+    );
+    // Its retransmission is ACKed again, without a second BYE.
+    s.sip(&late, TRUNK);
+    let again = s.take();
+    assert_eq!(request_to(&again, "ACK").0, fork2);
+    assert!(
+        sent_to(&again, "BYE ").is_empty(),
+        "{:?}",
+        sip_texts(&again)
+    );
+    // The BYE is a transaction: retransmitted until its answer, then quiet.
+    s.advance(Duration::from_millis(600));
+    assert!(!sent_to(&s.take(), "BYE ").is_empty(), "BYE retransmitted");
+    s.sip(&reply(&late_bye, 200, "OK", "fork2", None), TRUNK);
+    s.advance(Duration::from_secs(6));
+    assert!(s.sip_out().is_empty(), "nothing after the BYE's 200");
+    // A 2xx for a dialog of ours that no call of ours made gets nothing.
+    let stranger = late.replace(header(&inv, "Call-ID"), "not-ours@elsewhere");
+    s.sip(&stranger, TRUNK);
+    assert!(s.sip_out().is_empty(), "a Call-ID we never used");
+    // 64*T1 after the call ended (as long as a UAS retransmits its 2xx), it is forgotten.
+    s.advance(Duration::from_secs(33));
+    s.take();
+    s.sip(
+        &ok_from(&inv, "fork3", "<sip:fork3@127.0.0.1:5082>", None),
+        TRUNK,
+    );
+    assert!(s.sip_out().is_empty(), "remembered for 64*T1 only");
+    assert_eq!(s.e.pending_transactions(), (0, 0));
+}
+
+#[test]
+fn a_2xx_after_the_invite_timed_out_is_acked_and_ended_as_never_answered() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    // Timer B: no answer in 64*T1, the call fails with 408 and is gone.
+    s.advance(Duration::from_millis(32_100));
+    s.take();
+    assert_eq!(s.e.active_calls(), 0);
+    // A slow callee answers after all.
+    s.sip(
+        &ok_from(&inv, "slow", "<sip:slow@127.0.0.1:5081>", None),
+        TRUNK,
+    );
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec![
+            "ACK sip:slow@127.0.0.1:5081 SIP/2.0",
+            "BYE sip:slow@127.0.0.1:5081 SIP/2.0"
+        ],
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].contains("Reason: SIP;cause=487;text=\"Request Terminated\""),
+        "never answered, so not 'completed elsewhere': {}",
+        msgs[1]
+    );
+}
+
 // ------------------------------------------------------------------ media security policy
 
 /// The RIPT side accepts the call whose `CreateCall` is among `out` (PCMU); returns its key.
@@ -3419,8 +3565,14 @@ fn b_call_answered_with(
 
 /// The trunk's 200 with `contact` and, if given, a Record-Route.
 fn ok_naming(inv: &str, contact: &str, record_route: Option<&str>) -> String {
+    ok_from(inv, "uas1", contact, record_route)
+}
+
+/// A 200 to `inv` from the fork with To tag `tag`, naming `contact` and, if given, a
+/// Record-Route.
+fn ok_from(inv: &str, tag: &str, contact: &str, record_route: Option<&str>) -> String {
     let rr = record_route.map_or(String::new(), |r| format!("Record-Route: {r}\r\n"));
-    reply(inv, 200, "OK", "uas1", Some(ANSWER)).replace(
+    reply(inv, 200, "OK", tag, Some(ANSWER)).replace(
         &format!("Contact: <sip:callee@{TRUNK}>"),
         &format!("{rr}Contact: {contact}"),
     )

@@ -23,6 +23,7 @@ use super::stale::{StaleGate, QUINN_PER_DATAGRAM};
 use super::{MediaCmd, MediaEvent, Negotiated};
 use crate::config::MediaConfig;
 use crate::metrics::{DropReason, Metrics};
+use crate::recent::Recent;
 use crate::CallKey;
 use std::collections::HashMap;
 use std::io;
@@ -54,44 +55,6 @@ type RouteKey = (usize, u64);
 const CLOSED_MEMORY: std::time::Duration = std::time::Duration::from_secs(10);
 const CLOSED_MAX: usize = 65_536;
 
-/// Routes closed in the last [`CLOSED_MEMORY`] (a route is never reused: its QUIC stream is
-/// not).
-#[derive(Default)]
-struct ClosedRoutes {
-    keys: std::collections::HashSet<RouteKey>,
-    /// When each was closed, oldest first.
-    order: std::collections::VecDeque<(Instant, RouteKey)>,
-}
-
-impl ClosedRoutes {
-    fn insert(&mut self, now: Instant, key: RouteKey) {
-        self.expire(now);
-        if self.order.len() >= CLOSED_MAX {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.keys.remove(&old);
-            }
-        }
-        if self.keys.insert(key) {
-            self.order.push_back((now, key));
-        }
-    }
-
-    fn contains(&mut self, now: Instant, key: &RouteKey) -> bool {
-        self.expire(now);
-        self.keys.contains(key)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.order.front() {
-            if now.saturating_duration_since(at) < CLOSED_MEMORY {
-                break;
-            }
-            self.order.pop_front();
-            self.keys.remove(&key);
-        }
-    }
-}
-
 /// The route of the datagrams of request stream `stream_id` on `conn`: its Quarter Stream ID is
 /// `stream_id / 4` (RFC 9297).
 fn route_key(conn: &quinn::Connection, stream_id: u64) -> RouteKey {
@@ -113,9 +76,10 @@ struct Inner {
     dtls: Option<Arc<DtlsIdentity>>,
     calls: Mutex<HashMap<CallKey, Arc<CallMedia>>>,
     routes: RwLock<HashMap<RouteKey, Arc<CallMedia>>>,
-    /// Routes closed a short while ago (see [`ClosedRoutes`]). Taken only when a route closes
+    /// Routes closed in the last [`CLOSED_MEMORY`] (a route is never reused: its QUIC stream is
+    /// not). Taken only when a route closes
     /// and when a datagram finds no route.
-    closed: Mutex<ClosedRoutes>,
+    closed: Mutex<Recent<RouteKey>>,
     /// The batching sender of each QUIC connection that carries media, by `stable_id`.
     senders: Mutex<HashMap<usize, Weak<QuicSender>>>,
     /// Reads the legacy sockets; made with the first one (it needs the runtime).
@@ -398,7 +362,7 @@ impl MediaHub {
                 dtls: None,
                 calls: Mutex::new(HashMap::new()),
                 routes: RwLock::new(HashMap::new()),
-                closed: Mutex::new(ClosedRoutes::default()),
+                closed: Mutex::new(Recent::new(CLOSED_MEMORY, CLOSED_MAX)),
                 senders: Mutex::new(HashMap::new()),
                 poller: Mutex::new(None),
             }),
@@ -650,7 +614,7 @@ impl MediaHub {
         if let Some(old) = old {
             if old.route != route {
                 routes.remove(&old.route);
-                lock(&self.inner.closed).insert(now, old.route);
+                lock(&self.inner.closed).insert(now, old.route, ());
             }
         }
         routes.insert(route, m.clone());
@@ -720,7 +684,7 @@ impl MediaHub {
             if routes.get(&b.route).is_some_and(|c| Arc::ptr_eq(c, m)) {
                 routes.remove(&b.route);
                 drop(routes);
-                lock(&self.inner.closed).insert(Instant::now(), b.route);
+                lock(&self.inner.closed).insert(Instant::now(), b.route, ());
             }
         }
     }
@@ -1538,23 +1502,6 @@ mod tests {
             1,
             "QSID 3, never a call"
         );
-    }
-
-    /// Closed routes are remembered for 10 s, and at most 65 536 of them.
-    #[test]
-    fn closed_routes_are_forgotten_after_a_while_or_when_too_many() {
-        let t0 = Instant::now();
-        let mut c = ClosedRoutes::default();
-        c.insert(t0, (1, 2));
-        assert!(c.contains(t0 + CLOSED_MEMORY / 2, &(1, 2)));
-        assert!(!c.contains(t0 + CLOSED_MEMORY / 2, &(1, 3)));
-        assert!(!c.contains(t0 + CLOSED_MEMORY, &(1, 2)));
-        for q in 0..=CLOSED_MAX as u64 {
-            c.insert(t0 + CLOSED_MEMORY, (7, q));
-        }
-        assert_eq!(c.order.len(), CLOSED_MAX);
-        assert!(!c.contains(t0 + CLOSED_MEMORY, &(7, 0)), "the oldest went");
-        assert!(c.contains(t0 + CLOSED_MEMORY, &(7, CLOSED_MAX as u64)));
     }
 
     /// A congestion controller whose window the test sets.
