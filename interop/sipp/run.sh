@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -159,6 +159,8 @@ scn_b() { sipp_pair b-busy-486 busy_uac.xml busy_uas.xml; }
 scn_c() { sipp_pair c-no-answer noanswer_uac.xml noanswer_uas.xml; }
 scn_d() { sipp_pair d-cancel cancel_uac.xml cancel_uas.xml; }
 scn_e() { sipp_pair e-callee-bye calleebye_uac.xml calleebye_uas.xml; }
+# A second fork's 200 after the call ended: gateway B must ACK it and BYE that dialog.
+scn_o() { sipp_pair o-late-fork call_uac.xml latefork_uas.xml -d 500; }
 
 scn_f() { # 183 early media: RTP must reach the UAC before the 200 OK
     local dir="$1" counts early found src
@@ -407,6 +409,11 @@ for s in "${SELECTED[@]}"; do
     rm -rf "$dir"; mkdir -p "$dir"
     if [ "$MODE" = direct ] && { [ "$s" = k-stir ] || [ "$s" = l-verify ]; }; then
         echo "SKIP $s (direct mode: the gateway is the signer)"
+        SKIPPED=$((SKIPPED + 1))
+        continue
+    fi
+    if [ "$MODE" = direct ] && [ "$s" = o-late-fork ]; then
+        echo "SKIP $s (direct mode: the caller, not a gateway, would get the late 200)"
         SKIPPED=$((SKIPPED + 1))
         continue
     fi
