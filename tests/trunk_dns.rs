@@ -5,8 +5,9 @@
 //! `/etc/hosts` is this test's file, bind-mounted, so that the test decides what `pbx.test`
 //! resolves to and can change it while the gateway runs. In the second, a name without a port is
 //! looked up for SRV records (RFC 3263) at a dnsmasq of the test's own (`[sip] dns_servers`). The
-//! third has peers that name another host in their Contact, where the call's BYE must go. The
-//! SIP peers are plain sockets on 127.0.0.2–6 answering as a trunk would.
+//! third has peers that name another host in their Contact, where the call's BYE must go; the
+//! fourth, a trunk that redirects to a host name. The SIP peers are plain sockets on
+//! 127.0.0.2–8 answering as a trunk would.
 
 mod cli_support;
 
@@ -22,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A trunk address: answers each INVITE with `code` (200 with an SDP answer, or 503 with
-/// Retry-After), takes ACKs, answers BYE with 200, and keeps the CSeq of every INVITE it got.
+/// A trunk address: answers each INVITE with `code` (200 with an SDP answer, 302 to its
+/// Contact, or 503 with Retry-After), takes ACKs, answers BYE with 200, and keeps the CSeq of every INVITE it got.
 /// Over UDP, or over TCP (one thread per connection).
 struct Peer {
     invites: Arc<Mutex<Vec<String>>>,
@@ -54,6 +55,15 @@ impl Answers {
         }
         if req.starts_with("INVITE ") {
             self.invites.lock().unwrap().push(header(req, "CSeq"));
+            if self.code == 302 {
+                return Some(response(
+                    req,
+                    "302 Moved Temporarily",
+                    &self.contact,
+                    "",
+                    "",
+                ));
+            }
             if self.code == 200 {
                 let sdp = format!(
                     "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
@@ -569,5 +579,77 @@ ice = "off"
         log()
     );
     assert!(by_srv.got("BYE").is_empty(), "{}", log());
+    drop(gw);
+}
+
+#[test]
+fn a_redirect_to_a_host_name_is_looked_up_and_its_servers_tried_in_turn() {
+    let dir = temp_dir("redirect-dns");
+    let (sip_port, moved_port, dns_port) = (free_port(), free_port(), free_port());
+    // moved.redirect.test has no port in the 302's Contact: its SRV records name two servers,
+    // the first (priority 10) unavailable, the second (priority 20) answering.
+    let _dns = Dnsmasq::start_on(
+        dns_port,
+        &[
+            format!(
+                "--srv-host=_sip._udp.moved.redirect.test,busy.redirect.test,{moved_port},10,0"
+            ),
+            format!("--srv-host=_sip._udp.moved.redirect.test,pbx.redirect.test,{moved_port},20,0"),
+            "--host-record=busy.redirect.test,127.0.0.7".into(),
+            "--host-record=pbx.redirect.test,127.0.0.8".into(),
+        ],
+    );
+    let redirecting = Peer::start_with_contact(
+        "127.0.0.6",
+        sip_port,
+        302,
+        Some("<sip:ported@moved.redirect.test>"),
+    );
+    let busy = Peer::start("127.0.0.7", moved_port, 503);
+    let answering = Peer::start("127.0.0.8", moved_port, 200);
+    let gw = start_server_with(
+        &dir,
+        &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
+        &format!(
+            r#"[[tg]]
+name = "local"
+
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "lnp"
+
+[[sip_trunk]]
+name = "lnp"
+target = "sip:127.0.0.6:{sip_port}"
+security = "rtp"
+ice = "off"
+"#
+        ),
+        Command::new(BIN),
+    );
+    let cfg = client_config(&dir, &gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+
+    answered_call(&cfg, &tone, "sip:answer@127.0.0.6", &log);
+    assert_eq!(redirecting.invites(), vec!["1 INVITE"], "{}", log());
+    assert_eq!(
+        busy.got("INVITE"),
+        vec!["INVITE sip:ported@moved.redirect.test SIP/2.0".to_string()],
+        "{}",
+        log()
+    );
+    assert_eq!(
+        answering.got("INVITE"),
+        vec!["INVITE sip:ported@moved.redirect.test SIP/2.0".to_string()],
+        "{}",
+        log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answering.got("BYE").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(answering.got("BYE").len(), 1, "{}", log());
     drop(gw);
 }

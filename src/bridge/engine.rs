@@ -97,9 +97,10 @@ pub enum Output {
         call: CallKey,
         urls: Vec<String>,
     },
-    /// Look up the host name of `call`'s in-dialog next hop (RFC 3263: SRV without a port,
-    /// then A/AAAA); the answer is [`Input::HopAddr`]. Until it comes, the dialog's requests
-    /// go where its INVITE went.
+    /// Look up the host name in `uri` for `call` (RFC 3263: SRV without a port, then
+    /// A/AAAA); the answer is [`Input::HopAddr`]. The URI is the call's in-dialog next hop
+    /// (until the answer comes, the dialog's requests go where its INVITE went), or the target
+    /// of a redirect it follows (its INVITE waits for the answer).
     ResolveHop {
         call: CallKey,
         uri: String,
@@ -500,6 +501,10 @@ struct SipLeg {
     browser_origin: Option<String>,
     /// UAC: our preflight OPTIONS is in flight; the INVITE waits for its answer.
     preflight_pending: bool,
+    /// UAC: the host name of a redirect's target (`invite_uri`) is being looked up; the
+    /// INVITE waits for the answer. The 3xx's code and reason, to fail the call with if the
+    /// name is not found.
+    redirect_lookup: Option<(u16, String)>,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -540,6 +545,12 @@ impl SipLeg {
 
     fn next_hop(&self) -> NextHop<'_> {
         next_hop(&self.dest, self.hop_uri())
+    }
+
+    /// UAC: no INVITE is out yet; it waits for a preflight or a redirect target's lookup.
+    /// Ending the call now needs no CANCEL.
+    fn invite_waits(&self) -> bool {
+        self.preflight_pending || self.redirect_lookup.is_some()
     }
 
     /// Points the dialog's requests at its next hop (after the route set or the remote target
@@ -992,7 +1003,7 @@ impl Engine {
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
             Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
-            Input::HopAddr { call, uri, addrs } => self.on_hop_addr(call, &uri, addrs),
+            Input::HopAddr { call, uri, addrs } => self.on_hop_addr(now, call, &uri, addrs),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
@@ -1623,6 +1634,7 @@ impl Engine {
             sec: Some(sec),
             browser_origin: None,
             preflight_pending: false,
+            redirect_lookup: None,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -2466,42 +2478,14 @@ impl Engine {
                 return;
             }
         }
-        // 3xx: follow the first Contact when allowed.
-        if (300..400).contains(&code) {
-            let contact = msg::first_header(&resp.headers, "Contact")
-                .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string());
-            if let (Some(target), Some(sip)) = (
-                contact,
-                self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()),
-            ) {
-                let trunk_max = sip
-                    .trunk
-                    .and_then(|t| self.cfg.trunks.get(t))
-                    .map(|t| t.max_redirects)
-                    .unwrap_or(0);
-                // A browser's call never goes to an address the trunk names (destination policy).
-                if sip.redirects < trunk_max
-                    && sip.cancel_wanted.is_none()
-                    && sip.browser_origin.is_none()
-                {
-                    if let Some((addr, transport)) = msg::uri_socket(&target) {
-                        sip.redirects += 1;
-                        sip.failover.clear();
-                        sip.invite_uri = target.clone();
-                        sip.dest = Dest {
-                            addr,
-                            transport,
-                            conn: None,
-                        };
-                        sip.transport = transport;
-                        sip.invite_routes.clear();
-                        info!(call = %key, %target, "following redirect");
-                        self.send_invite(now, key);
-                        return;
-                    }
-                }
-            }
+        if (300..400).contains(&code) && self.follow_redirect(now, key, resp, code, reason) {
+            return;
         }
+        self.invite_failed(now, key, code, reason);
+    }
+
+    /// Our INVITE's final failure `code` ends the call.
+    fn invite_failed(&mut self, now: Instant, key: CallKey, code: u16, reason: &str) {
         let name = match code {
             486 | 600 | 603 => EventName::Declined,
             408 | 480 => EventName::Noanswer,
@@ -2532,6 +2516,106 @@ impl Engine {
                 outcome
             },
         );
+    }
+
+    /// A 3xx: the call follows its first Contact when the trunk allows one more redirect, the
+    /// caller has not given up and the call is not a browser's (destination policy). An IP
+    /// literal gets the INVITE at once. A host name is looked up first (RFC 3263, as a trunk's),
+    /// and its addresses are tried in turn; not over TLS, where there would be no name to check
+    /// the server's certificate against. False: not followed.
+    fn follow_redirect(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        resp: &Response,
+        code: u16,
+        reason: &str,
+    ) -> bool {
+        let Some(target) = msg::first_header(&resp.headers, "Contact")
+            .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
+        else {
+            return false;
+        };
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return false;
+        };
+        let trunk_max = sip
+            .trunk
+            .and_then(|t| self.cfg.trunks.get(t))
+            .map(|t| t.max_redirects)
+            .unwrap_or(0);
+        if sip.redirects >= trunk_max
+            || sip.cancel_wanted.is_some()
+            || sip.cancel_sent
+            || sip.browser_origin.is_some()
+        {
+            return false;
+        }
+        let Some((_, _, transport)) = msg::uri_target(&target) else {
+            return false;
+        };
+        let literal = msg::uri_socket(&target).map(|(addr, _)| addr);
+        if literal.is_none() && transport == Transport::Tls {
+            return false;
+        }
+        sip.redirects += 1;
+        sip.failover.clear();
+        sip.invite_uri = target.clone();
+        sip.transport = transport;
+        sip.invite_routes.clear();
+        match literal {
+            Some(addr) => {
+                sip.dest = Dest {
+                    addr,
+                    transport,
+                    conn: None,
+                };
+                info!(call = %key, %target, "following redirect");
+                self.send_invite(now, key);
+            }
+            None => {
+                sip.redirect_lookup = Some((code, reason.to_string()));
+                info!(call = %key, %target, "following redirect: looking up its host");
+                self.out.push_back(Output::ResolveHop {
+                    call: key,
+                    uri: target,
+                    transport,
+                });
+            }
+        }
+        true
+    }
+
+    /// The addresses of a redirect target's host name (see `follow_redirect`): the INVITE goes
+    /// to the first, and on to the others as it would to a trunk's (timeout, 503).
+    fn on_redirect_addr(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        addrs: Result<Vec<SocketAddr>, String>,
+    ) {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        let Some((code, reason)) = sip.redirect_lookup.take() else {
+            return;
+        };
+        match addrs {
+            Ok(a) if !a.is_empty() => {
+                sip.dest = Dest {
+                    addr: a[0],
+                    transport: sip.transport,
+                    conn: None,
+                };
+                sip.failover = a[1..].to_vec();
+                self.send_invite(now, key);
+            }
+            other => {
+                let e = other.err().unwrap_or_else(|| "no address".into());
+                warn!(call = %key, target = %sip.invite_uri, error = %e, "redirect target not found in DNS");
+                self.invite_failed(now, key, code, &reason);
+            }
+        }
     }
 
     fn on_invite_2xx(&mut self, now: Instant, key: CallKey, m: &SipInbound, resp: &Response) {
@@ -3145,6 +3229,7 @@ impl Engine {
                     sec: Some(sec),
                     browser_origin: origin.clone(),
                     preflight_pending: false,
+                    redirect_lookup: None,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
@@ -3520,8 +3605,8 @@ impl Engine {
                 }
             }
             SipRole::Uac => {
-                if sip.preflight_pending {
-                    // No INVITE went out: nothing to cancel.
+                if sip.invite_waits() {
+                    // No INVITE is out: nothing to cancel.
                     self.end_server_call(key);
                     self.finish(now, key, CallOutcome::Cancelled);
                 } else if answered {
@@ -3671,6 +3756,11 @@ impl Engine {
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
+        if sip.invite_waits() {
+            self.end_server_call(key);
+            self.finish(now, key, CallOutcome::NoAnswer);
+            return;
+        }
         if sip.got_provisional {
             self.send_cancel(now, key, reason);
         } else {
@@ -3823,10 +3913,22 @@ impl Engine {
     /// name leads there too (the same node of a cluster, the connection in use); otherwise the
     /// first address. The ACK of the 2xx, which left before the answer, is sent there again,
     /// and is what a retransmitted 2xx gets from now on.
-    fn on_hop_addr(&mut self, key: CallKey, uri: &str, addrs: Result<Vec<SocketAddr>, String>) {
+    fn on_hop_addr(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        uri: &str,
+        addrs: Result<Vec<SocketAddr>, String>,
+    ) {
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
+        if sip.redirect_lookup.is_some() {
+            if sip.invite_uri == uri {
+                self.on_redirect_addr(now, key, addrs);
+            }
+            return;
+        }
         if sip.hop_uri() != Some(uri) {
             return;
         }
@@ -4306,7 +4408,7 @@ impl Engine {
             Some(_) if answered => {
                 self.send_bye(now, key, "Q.850;cause=41;text=\"Temporary failure\"")
             }
-            Some(SipRole::Uac) if call.sip.as_ref().is_some_and(|s| s.preflight_pending) => {}
+            Some(SipRole::Uac) if call.sip.as_ref().is_some_and(|s| s.invite_waits()) => {}
             Some(SipRole::Uac) => {
                 // Unanswered toward a trunk: CANCEL once a provisional allows it, and keep the
                 // call until the INVITE's final (a crossing 200 gets ACK + BYE).

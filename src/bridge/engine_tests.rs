@@ -846,6 +846,132 @@ fn redirect_from_the_trunk_is_followed_to_its_contact() {
     );
 }
 
+/// The two addresses of a redirect's host name in the tests.
+const REDIRECT_A: &str = "127.0.0.1:5090";
+const REDIRECT_B: &str = "127.0.0.3:5090";
+
+/// The trunk's 302 to `inv`, naming `contact`.
+fn moved(inv: &str, contact: &str) -> String {
+    reply(inv, 302, "Moved Temporarily", "callee1", None).replace(
+        "Contact: <sip:callee@127.0.0.1:5080>",
+        &format!("Contact: {contact}"),
+    )
+}
+
+#[test]
+fn a_redirect_to_a_host_name_is_looked_up_and_its_addresses_tried_in_turn() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&moved(&inv, "<sip:other@lnp.example.net>"), TRUNK);
+    let out = s.take();
+    assert_eq!(
+        start_lines(&sip_texts(&out)),
+        vec!["ACK sip:answer@127.0.0.1:5080 SIP/2.0"],
+        "the 302 is ACKed; the INVITE waits for the name"
+    );
+    assert_eq!(
+        lookups(&out),
+        vec![(key, "sip:other@lnp.example.net".to_string(), Transport::Udp)]
+    );
+    assert!(server_events(&out).is_empty(), "nothing failed");
+    let out = found(
+        &mut s,
+        key,
+        "sip:other@lnp.example.net",
+        &[REDIRECT_A, REDIRECT_B],
+    );
+    let (to, again) = request_to(&out, "INVITE");
+    assert_eq!(to, REDIRECT_A.parse::<SocketAddr>().unwrap());
+    assert!(
+        again.starts_with("INVITE sip:other@lnp.example.net SIP/2.0"),
+        "{again}"
+    );
+    // The first address is unavailable: the name's next one gets the INVITE (RFC 3263 §4.3).
+    s.sip(&unavailable(&again, "busy1"), REDIRECT_A);
+    let (to, _) = request_to(&s.take(), "INVITE");
+    assert_eq!(to, REDIRECT_B.parse::<SocketAddr>().unwrap());
+}
+
+#[test]
+fn a_redirect_whose_name_is_not_found_fails_the_call_with_the_redirect() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&moved(&inv, "<sip:other@nowhere.example.net>"), TRUNK);
+    s.take();
+    s.input(Input::HopAddr {
+        call: key,
+        uri: "sip:other@nowhere.example.net".into(),
+        addrs: Err("NXDOMAIN".into()),
+    });
+    let out = s.take();
+    assert!(sent_to(&out, "INVITE ").is_empty());
+    let evs = server_events(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(302))
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn a_caller_who_hangs_up_during_a_redirect_lookup_ends_the_call_at_once() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&moved(&inv, "<sip:other@lnp.example.net>"), TRUNK);
+    s.take();
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    let out = s.take();
+    assert!(
+        sip_texts(&out).is_empty(),
+        "no INVITE is out: nothing to cancel"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    let late = found(&mut s, key, "sip:other@lnp.example.net", &[REDIRECT_A]);
+    assert!(sip_texts(&late).is_empty(), "the answer comes too late");
+}
+
+#[test]
+fn a_redirect_to_a_tls_host_name_is_not_followed() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&moved(&inv, "<sips:other@lnp.example.net>"), TRUNK);
+    let out = s.take();
+    assert!(lookups(&out).is_empty());
+    let evs = server_events(&out);
+    assert_eq!(
+        (evs[0].name.clone(), evs[0].code),
+        (EventName::Failed, Some(302)),
+        "no certificate name to check a TLS connection to a redirect's host against"
+    );
+}
+
+#[test]
+fn a_redirect_crossing_our_cancel_is_not_followed() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    s.sip(&moved(&inv, "<sip:other@127.0.0.1:5090>"), TRUNK);
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["ACK sip:answer@127.0.0.1:5080 SIP/2.0"],
+        "the caller has hung up: the 302 ends the call"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+}
+
 #[test]
 fn max_forwards_zero_is_refused_with_483() {
     let mut s = Sim::new();

@@ -409,8 +409,8 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
 }
 
 /// Resolves a SIP URI to a socket address. Only IP literals are resolved here: trunk host names
-/// (ADR 0020, 0021) and the names of a dialog's next hop (ADR 0023) are looked up by the
-/// gateway; names in redirect targets are not.
+/// (ADR 0020, 0021), the names of a dialog's next hop and those of redirect targets (ADR 0023)
+/// are looked up by the gateway.
 pub fn uri_socket(uri: &str) -> Option<(SocketAddr, Transport)> {
     let (host, port, transport) = uri_target(uri)?;
     let ip: std::net::IpAddr = host.parse().ok()?;
