@@ -215,7 +215,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     // One resolver (and cache) for the lookups at start and the refreshes.
-    let dns = SipResolver::new(&cfg.sip.dns_servers)?;
+    let dns = SipResolver::new(&cfg.sip.dns_servers)?.with_transports(&listened(&cfg));
     let ecfg = engine_config(&cfg, &dns, &peer_cfgs, &authority, &dtls_fingerprint).await?;
     let reloader = Arc::new(Reloader {
         certs,
@@ -267,10 +267,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Duration::from_secs(cfg.sip.dns_refresh_secs),
         {
             let cfg = cfg.clone();
-            move |uri: String| {
+            move |uri: String, transport: Transport| {
                 let (cfg, dns) = (cfg.clone(), dns.clone());
                 async move {
-                    dns.resolve(&uri, OnSrvFailure::Fail)
+                    dns.resolve_over(&uri, transport, OnSrvFailure::Fail)
                         .await
                         .map(|(hop, transport)| sendable(hop, transport, &cfg))
                 }
@@ -900,12 +900,29 @@ fn sendable(hop: HopAddrs, transport: Transport, cfg: &Config) -> HopAddrs {
     }
 }
 
+/// The transports this gateway listens on, and so can put in a Contact: those a trunk's NAPTR
+/// and SRV records may choose.
+fn listened(cfg: &Config) -> Vec<Transport> {
+    [
+        (Transport::Udp, &cfg.sip.udp),
+        (Transport::Tcp, &cfg.sip.tcp),
+        (Transport::Tls, &cfg.sip.tls),
+    ]
+    .into_iter()
+    .filter(|(_, addrs)| !addrs.is_empty())
+    .map(|(t, _)| t)
+    .collect()
+}
+
 /// A `[[sip_trunk]]` whose next hop (outbound proxy, else target) is a host name.
 #[derive(Debug, Clone, PartialEq)]
 struct NamedTrunk {
     /// Its place in the engine's list.
     trunk: usize,
     uri: String,
+    /// The transport chosen at start (by the URI, or its NAPTR and SRV records): refreshes
+    /// ask for that transport's records, and calls keep it.
+    transport: Transport,
     /// What the name resolved to last.
     hop: HopAddrs,
 }
@@ -922,6 +939,7 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
             msg::uri_socket(uri).is_none().then(|| NamedTrunk {
                 trunk: i,
                 uri: uri.to_string(),
+                transport: info.dest.transport,
                 hop: info.hop(),
             })
         })
@@ -987,7 +1005,7 @@ async fn refresh_trunk_addrs<F, Fut>(
     resolve: F,
     mut changed: impl FnMut(usize, &HopAddrs) -> Taken,
 ) where
-    F: Fn(String) -> Fut,
+    F: Fn(String, Transport) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<HopAddrs>>,
 {
     if names.is_empty() || every.is_zero() {
@@ -998,7 +1016,7 @@ async fn refresh_trunk_addrs<F, Fut>(
     loop {
         tick.tick().await;
         for t in &mut names {
-            match resolve(t.uri.clone()).await {
+            match resolve(t.uri.clone(), t.transport).await {
                 Ok(hop) if !hop.addrs.is_empty() && hop != t.hop => match changed(t.trunk, &hop) {
                     Taken::Yes => t.hop = hop,
                     Taken::No => {}
@@ -1116,6 +1134,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
         // What engine_config would have found at start.
         let mut trunks = vec![EngineConfig::example().trunks[0].clone(); 4];
         trunks[1].dest.addr = addr("192.0.2.20:5060");
+        trunks[1].dest.transport = Transport::Tcp;
         trunks[1].alternates = vec![addr("192.0.2.21:5060")];
         trunks[3].dest.addr = addr("192.0.2.30:5070");
         assert_eq!(
@@ -1124,11 +1143,13 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 NamedTrunk {
                     trunk: 1,
                     uri: "sip:pbx.example.net;transport=tcp".into(),
+                    transport: Transport::Tcp,
                     hop: HopAddrs::plain(vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")]),
                 },
                 NamedTrunk {
                     trunk: 3,
                     uri: "sip:proxy.example.net:5070".into(),
+                    transport: Transport::Udp,
                     hop: HopAddrs::plain(vec![addr("192.0.2.30:5070")]),
                 },
             ]
@@ -1171,12 +1192,14 @@ outbound_proxy = "sip:proxy.example.net:5070"
             vec![NamedTrunk {
                 trunk: 2,
                 uri: "sip:pbx.example.net".into(),
+                transport: Transport::Tcp,
                 hop: plain(vec![b]),
             }],
             Duration::from_secs(60),
             {
                 let (asked, answers) = (asked.clone(), answers.clone());
-                move |uri: String| {
+                move |uri: String, transport: Transport| {
+                    assert_eq!(transport, Transport::Tcp, "the transport chosen at start");
                     asked.lock().unwrap().push(uri);
                     let answer = answers
                         .lock()

@@ -1,7 +1,8 @@
 //! `riptide::sip::dns`: SIP next hops looked up as RFC 3263 §4.2 says, against a real DNS
 //! server (dnsmasq) of the test's own: SRV records and their targets' addresses, the URI's
 //! transport choosing the SRV name, A/AAAA when there is a port or no SRV record, answers that
-//! rule a name out, and a server that does not answer.
+//! rule a name out, and a server that does not answer; and the transport chosen by NAPTR
+//! records, or by which SRV names have records, when the URI names none (§4.1).
 
 mod cli_support;
 
@@ -53,6 +54,21 @@ fn zone() -> Dnsmasq {
         "--srv-host=_sip._udp.gone.srv.test,ghost.srv.test,5090,10,0",
         // alias: the SRV name is a CNAME of pbx's.
         "--cname=_sip._udp.alias.srv.test,_sip._udp.pbx.srv.test",
+        // naptr: NAPTR prefers TCP, then UDP; over TLS for sips: URIs.
+        "--naptr-record=naptr.srv.test,10,50,s,SIP+D2T,,_sip._tcp.naptr.srv.test",
+        "--naptr-record=naptr.srv.test,20,50,s,SIP+D2U,,_sip._udp.naptr.srv.test",
+        "--naptr-record=naptr.srv.test,30,50,s,SIPS+D2T,,_sips._tcp.pbx.srv.test",
+        "--srv-host=_sip._tcp.naptr.srv.test,a.srv.test,5085,10,0",
+        "--srv-host=_sip._udp.naptr.srv.test,a.srv.test,5086,10,0",
+        // skip: the first NAPTR record's SRV name has no records, the second's has pbx's.
+        "--naptr-record=skip.srv.test,10,10,s,SIP+D2T,,_sip._tcp.none.srv.test",
+        "--naptr-record=skip.srv.test,10,20,s,SIP+D2U,,_sip._udp.pbx.srv.test",
+        // tcponly: no NAPTR records, SRV records for TCP only, and an address of its own.
+        "--srv-host=_sip._tcp.tcponly.srv.test,a.srv.test,5087,10,0",
+        "--host-record=tcponly.srv.test,127.0.0.9",
+        // udpgone: UDP is ruled out by its SRV record, TCP is offered.
+        "--srv-host=_sip._udp.udpgone.srv.test",
+        "--srv-host=_sip._tcp.udpgone.srv.test,a.srv.test,5088,10,0",
     ]))
 }
 
@@ -211,7 +227,7 @@ async fn a_dns_server_that_does_not_answer_fails_the_lookup() {
         &r,
         "sip:pbx.srv.test",
         OnSrvFailure::Fail,
-        "SRV lookup of _sip._udp.pbx.srv.test.",
+        "NAPTR lookup of pbx.srv.test",
     )
     .await;
     // IP literals need no DNS.
@@ -257,4 +273,87 @@ async fn without_dns_servers_configured_addresses_come_from_the_system_resolver(
         .await
         .is_err());
     assert!(r.resolve("http://x", OnSrvFailure::Fail).await.is_err());
+}
+
+#[tokio::test]
+async fn naptr_records_choose_the_transport_of_a_uri_that_names_none() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let hop = |uri: &'static str, r: &SipResolver| {
+        let r = r.clone();
+        async move {
+            let (hop, t) = r.resolve(uri, OnSrvFailure::Fail).await.unwrap();
+            (hop.addrs, t)
+        }
+    };
+    assert_eq!(
+        hop("sip:+15551234@naptr.srv.test", &r).await,
+        (vec![a("127.0.0.2:5085")], Transport::Tcp),
+        "NAPTR's first choice is TCP"
+    );
+    assert_eq!(
+        hop("sip:naptr.srv.test;transport=udp", &r).await,
+        (vec![a("127.0.0.2:5086")], Transport::Udp),
+        "a URI that names its transport keeps it"
+    );
+    let (tls, t) = r
+        .resolve("sips:naptr.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(t, Transport::Tls);
+    assert_eq!(tls.addrs.len(), 2, "b.srv.test's two addresses: {tls:?}");
+    let (skip, t) = r
+        .resolve("sip:skip.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(
+        t,
+        Transport::Udp,
+        "the record whose SRV name has none is passed over"
+    );
+    assert_eq!(skip.addrs.len(), 3, "pbx's UDP servers: {skip:?}");
+    // A gateway without a TCP listener cannot take TCP: NAPTR's next choice, UDP.
+    let udp_only = SipResolver::new(&[dns.addr])
+        .unwrap()
+        .with_transports(&[Transport::Udp]);
+    assert_eq!(
+        hop("sip:naptr.srv.test", &udp_only).await,
+        (vec![a("127.0.0.2:5086")], Transport::Udp)
+    );
+}
+
+#[tokio::test]
+async fn without_naptr_records_the_transport_with_srv_records_is_taken() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let (hop, t) = r
+        .resolve("sip:tcponly.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.2:5087")], Transport::Tcp));
+    let (hop, t) = r
+        .resolve("sip:udpgone.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(
+        (hop.addrs, t),
+        (vec![a("127.0.0.2:5088")], Transport::Tcp),
+        "UDP ruled out by its SRV record, TCP offered"
+    );
+    // UDP only: the name's own address, as before SRV.
+    let udp_only = SipResolver::new(&[dns.addr])
+        .unwrap()
+        .with_transports(&[Transport::Udp]);
+    let (hop, t) = udp_only
+        .resolve("sip:tcponly.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.9:5060")], Transport::Udp));
+    fails_with(
+        &udp_only,
+        "sip:udpgone.srv.test",
+        OnSrvFailure::Fail,
+        "no SIP service",
+    )
+    .await;
 }

@@ -6,8 +6,8 @@
 //! resolves to and can change it while the gateway runs. In the second, a name without a port is
 //! looked up for SRV records (RFC 3263) at a dnsmasq of the test's own (`[sip] dns_servers`). The
 //! third has peers that name another host in their Contact, where the call's BYE must go; the
-//! fourth, a trunk that redirects to a host name. The SIP peers are plain sockets on
-//! 127.0.0.2–8 answering as a trunk would.
+//! fourth, a trunk that redirects to a host name; the fifth, a trunk whose NAPTR records choose
+//! TCP. The SIP peers are plain sockets on 127.0.0.2–9 answering as a trunk would.
 
 mod cli_support;
 
@@ -651,5 +651,51 @@ ice = "off"
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(answering.got("BYE").len(), 1, "{}", log());
+    drop(gw);
+}
+
+#[test]
+fn a_trunk_whose_naptr_records_choose_tcp_is_called_over_tcp() {
+    let dir = temp_dir("naptr-dns");
+    let (sip_port, dns_port) = (free_port(), free_port());
+    // carrier.naptr.test names no transport: its NAPTR records prefer TCP, whose SRV record
+    // names the one server. Over UDP nothing answers there.
+    let _dns = Dnsmasq::start_on(
+        dns_port,
+        &[
+            "--naptr-record=carrier.naptr.test,10,10,s,SIP+D2T,,_sip._tcp.carrier.naptr.test"
+                .into(),
+            "--naptr-record=carrier.naptr.test,20,10,s,SIP+D2U,,_sip._udp.carrier.naptr.test"
+                .into(),
+            format!("--srv-host=_sip._tcp.carrier.naptr.test,edge.naptr.test,{sip_port},10,0"),
+            format!("--srv-host=_sip._udp.carrier.naptr.test,edge.naptr.test,{sip_port},10,0"),
+            "--host-record=edge.naptr.test,127.0.0.9".into(),
+        ],
+    );
+    let answering = Peer::start_tcp("127.0.0.9", sip_port, 200);
+    let gw = start_server_with(
+        &dir,
+        &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
+        r#"[[tg]]
+name = "local"
+
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "carrier"
+
+[[sip_trunk]]
+name = "carrier"
+target = "sip:carrier.naptr.test"
+security = "rtp"
+ice = "off"
+"#,
+        Command::new(BIN),
+    );
+    let cfg = client_config(&dir, &gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    answered_call(&cfg, &tone, "sip:answer@carrier.naptr.test", &log);
+    assert_eq!(answering.invites(), vec!["1 INVITE"], "{}", log());
     drop(gw);
 }

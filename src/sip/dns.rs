@@ -1,10 +1,18 @@
-//! Looking up a SIP next hop (RFC 3263 §4): a URI's host name without a port is asked for SRV
-//! records first (`_sip._udp`, `_sip._tcp` or `_sips._tcp` by the URI's transport), and the
-//! addresses of every target they name are kept with their records' priorities and weights, so
-//! that each call can order them (RFC 2782, [`super::srv::srv_order`]). A name with a port, or
-//! without SRV records, is looked up for A/AAAA records (port 5060, or 5061 for TLS). NAPTR is
-//! not asked: the transport is the URI's (`transport=` parameter, or UDP for `sip:` and TLS for
-//! `sips:`).
+//! Looking up a SIP next hop (RFC 3263 §4).
+//!
+//! - **Transport** ([`SipResolver::resolve`], §4.1): a URI that names one (`transport=`) or has
+//!   a port keeps it (UDP for `sip:`, TLS for `sips:`). Otherwise, for a host name, its NAPTR
+//!   records choose: those with flag `S` and a service this gateway can use (`SIP+D2U`,
+//!   `SIP+D2T`; `SIPS+D2T` for a `sips:` URI), by order then preference, the first whose SRV
+//!   name has records. Without such records, the SRV names of the usable transports are asked,
+//!   UDP first, then TCP. TLS is chosen only for `sips:` URIs, whose TLS settings were made for
+//!   them. A dialog's next hop keeps the dialog's transport instead
+//!   ([`SipResolver::resolve_over`]).
+//! - **Servers** (§4.2): a host name without a port is asked for SRV records first
+//!   (`_sip._udp`, `_sip._tcp` or `_sips._tcp` by the transport), and the addresses of every
+//!   target they name are kept with their records' priorities and weights, so that each call
+//!   can order them (RFC 2782, [`super::srv::srv_order`]). A name with a port, or without SRV
+//!   records, is looked up for A/AAAA records (port 5060, or 5061 for TLS).
 //!
 //! Which servers: with `[sip] dns_servers` set, those servers answer every query (SRV, the
 //! targets' addresses, and names with a port), and `/etc/hosts` is not read. Without it, SRV
@@ -47,6 +55,9 @@ enum SrvError {
     Answer(anyhow::Error),
 }
 
+/// What NAPTR and SRV records may choose from unless told otherwise.
+const ALL_TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
 /// CNAMEs followed from an SRV name before giving up.
 const MAX_CNAMES: usize = 8;
 
@@ -60,6 +71,47 @@ pub struct SipResolver {
     own_servers: bool,
     /// The missing DNS servers were reported.
     warned: Arc<AtomicBool>,
+    /// The transports NAPTR and SRV records may choose (see the module documentation).
+    usable: Vec<Transport>,
+}
+
+/// A NAPTR record (RFC 3403), as far as RFC 3263 reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NaptrRecord {
+    pub order: u16,
+    pub preference: u16,
+    pub flags: String,
+    pub services: String,
+    /// The SRV name to ask next (flag `S`), as the record has it.
+    pub replacement: String,
+}
+
+/// RFC 3263 §4.1: the transports `records` offer, with the SRV name to ask for each, in the
+/// order to try them. Only records with flag `S` and a SIP service over `usable` transports
+/// count: `SIPS+D2T` for a `sips:` URI (`secure`), `SIP+D2U` and `SIP+D2T` otherwise.
+pub fn naptr_choices(
+    records: &[NaptrRecord],
+    secure: bool,
+    usable: &[Transport],
+) -> Vec<(Transport, String)> {
+    let mut kept: Vec<(u16, u16, Transport, String)> = records
+        .iter()
+        .filter(|r| r.flags.eq_ignore_ascii_case("s"))
+        .filter_map(|r| {
+            let t = match r.services.to_ascii_uppercase().as_str() {
+                "SIP+D2U" if !secure => Transport::Udp,
+                "SIP+D2T" if !secure => Transport::Tcp,
+                "SIPS+D2T" if secure => Transport::Tls,
+                _ => return None,
+            };
+            // Fully qualified, as `srv_name`'s: no search domain is appended.
+            let name = r.replacement.trim_end_matches('.');
+            (usable.contains(&t) && !name.is_empty())
+                .then(|| (r.order, r.preference, t, format!("{name}.")))
+        })
+        .collect();
+    kept.sort_by_key(|&(order, preference, ..)| (order, preference));
+    kept.into_iter().map(|(_, _, t, n)| (t, n)).collect()
 }
 
 impl SipResolver {
@@ -76,6 +128,7 @@ impl SipResolver {
                 dns,
                 own_servers: false,
                 warned,
+                usable: ALL_TRANSPORTS.to_vec(),
             });
         }
         let mut config = ResolverConfig::from_parts(None, Vec::new(), Vec::new());
@@ -98,17 +151,78 @@ impl SipResolver {
             dns: Ok(dns),
             own_servers: true,
             warned,
+            usable: ALL_TRANSPORTS.to_vec(),
         })
     }
 
-    /// The addresses of `uri`'s next hop, and the transport to reach them over.
+    /// Lets NAPTR and SRV records choose only among `usable` transports (those this gateway
+    /// listens on: its Contact must be reachable over the transport it sends on). All three by
+    /// default.
+    pub fn with_transports(mut self, usable: &[Transport]) -> SipResolver {
+        self.usable = usable.to_vec();
+        self
+    }
+
+    /// The addresses of `uri`'s next hop, and the transport to reach them over (chosen by
+    /// NAPTR and SRV records when the URI names none; see the module documentation).
     pub async fn resolve(
         &self,
         uri: &str,
         on_failure: OnSrvFailure,
     ) -> anyhow::Result<(HopAddrs, Transport)> {
-        let (_, _, transport) =
+        let (host, port, transport) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
+        // A `sips:` URI's NAPTR records still name its SRV name (only `SIPS+D2T` counts).
+        let chosen_by_dns =
+            port.is_none() && !msg::uri_has_transport_param(uri) && host.parse::<IpAddr>().is_err();
+        if let (true, Ok(dns)) = (chosen_by_dns, &self.dns) {
+            let secure = transport == Transport::Tls;
+            let records = match naptr_records(dns, &host).await {
+                Ok(r) => r,
+                Err(e) if on_failure == OnSrvFailure::UseAddressRecords => {
+                    tracing::warn!(%host, error = %format!("{e:#}"), "NAPTR lookup failed; asking SRV records");
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
+            let choices = naptr_choices(&records, secure, &self.usable);
+            if !records.is_empty() && choices.is_empty() {
+                tracing::debug!(%host, "no NAPTR record for a usable SIP transport; asking SRV records");
+            }
+            // Without NAPTR records for a usable transport: the SRV names of the usable
+            // transports (§4.1), the URI's own first.
+            let candidates = if choices.is_empty() {
+                let others = [Transport::Udp, Transport::Tcp]
+                    .into_iter()
+                    .filter(|t| !secure && *t != transport && self.usable.contains(t));
+                std::iter::once(transport)
+                    .chain(others)
+                    .map(|t| (t, srv_name(&host, t)))
+                    .collect()
+            } else {
+                choices
+            };
+            // An answer that rules a transport out (SRV target ".") lets the next one be tried;
+            // it fails the lookup only when no other has records.
+            let mut ruled_out = None;
+            for (t, name) in &candidates {
+                match srv(dns, name, on_failure).await {
+                    Ok(Some(hop)) => return Ok((hop, *t)),
+                    Ok(None) => {}
+                    Err(SrvError::Query(e)) if on_failure == OnSrvFailure::UseAddressRecords => {
+                        tracing::warn!(%name, error = %format!("{e:#}"), "SRV lookup failed; going on without it");
+                    }
+                    Err(SrvError::Query(e)) => return Err(e),
+                    Err(SrvError::Answer(e)) => {
+                        ruled_out.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = ruled_out {
+                return Err(e);
+            }
+            return self.address_records(&host, None, transport).await;
+        }
         self.resolve_over(uri, transport, on_failure).await
     }
 
@@ -130,16 +244,10 @@ impl SipResolver {
         if port.is_none() {
             match &self.dns {
                 Ok(dns) => {
-                    let name = srv_name(&host, transport);
-                    match srv(dns, &name, on_failure).await {
-                        Ok(Some(hop)) => return Ok((hop, transport)),
-                        Ok(None) => {}
-                        Err(SrvError::Query(e))
-                            if on_failure == OnSrvFailure::UseAddressRecords =>
-                        {
-                            tracing::warn!(%name, error = %format!("{e:#}"), "SRV lookup failed; using the name's A/AAAA records");
-                        }
-                        Err(SrvError::Query(e) | SrvError::Answer(e)) => return Err(e),
+                    if let Some(hop) =
+                        srv_or_none(dns, &srv_name(&host, transport), on_failure).await?
+                    {
+                        return Ok((hop, transport));
                     }
                 }
                 Err(e) => {
@@ -149,14 +257,24 @@ impl SipResolver {
                 }
             }
         }
+        self.address_records(&host, port, transport).await
+    }
+
+    /// `host`'s A/AAAA records, at `port` (else the transport's default).
+    async fn address_records(
+        &self,
+        host: &str,
+        port: Option<u16>,
+        transport: Transport,
+    ) -> anyhow::Result<(HopAddrs, Transport)> {
         let port = port.unwrap_or(transport.default_port());
         let addrs = match (&self.dns, self.own_servers) {
-            (Ok(dns), true) => dns_addresses(dns, &host)
+            (Ok(dns), true) => dns_addresses(dns, host)
                 .await
                 .map_err(|e| anyhow!(e).context(format!("cannot resolve {host}")))?,
             _ => {
                 let mut addrs = Vec::new();
-                for a in tokio::net::lookup_host((host.as_str(), port))
+                for a in tokio::net::lookup_host((host, port))
                     .await
                     .with_context(|| format!("cannot resolve {host}"))?
                 {
@@ -176,6 +294,46 @@ impl SipResolver {
             return Err(anyhow!("{host} has no address"));
         }
         Ok((hop, transport))
+    }
+}
+
+/// [`srv`], with `on_failure`'s policy for a query that got no answer: `None` (as for no
+/// records, after a warning) or the error.
+async fn srv_or_none(
+    dns: &TokioResolver,
+    name: &str,
+    on_failure: OnSrvFailure,
+) -> anyhow::Result<Option<HopAddrs>> {
+    match srv(dns, name, on_failure).await {
+        Ok(hop) => Ok(hop),
+        Err(SrvError::Query(e)) if on_failure == OnSrvFailure::UseAddressRecords => {
+            tracing::warn!(%name, error = %format!("{e:#}"), "SRV lookup failed; going on without it");
+            Ok(None)
+        }
+        Err(SrvError::Query(e) | SrvError::Answer(e)) => Err(e),
+    }
+}
+
+/// The NAPTR records of `host` (none when it has none).
+async fn naptr_records(dns: &TokioResolver, host: &str) -> anyhow::Result<Vec<NaptrRecord>> {
+    let fq = format!("{}.", host.trim_end_matches('.'));
+    match dns.lookup(fq.as_str(), RecordType::NAPTR).await {
+        Ok(answer) => Ok(answer
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::NAPTR(n) => Some(NaptrRecord {
+                    order: n.order,
+                    preference: n.preference,
+                    flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                    services: String::from_utf8_lossy(&n.services).into_owned(),
+                    replacement: n.replacement.to_ascii(),
+                }),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(anyhow!(e).context(format!("NAPTR lookup of {host}"))),
     }
 }
 
@@ -305,4 +463,81 @@ async fn srv_records(
 async fn dns_addresses(dns: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, NetError> {
     let fq = format!("{}.", host.trim_end_matches('.'));
     Ok(dns.lookup_ip(fq.as_str()).await?.iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naptr(order: u16, preference: u16, flags: &str, services: &str, to: &str) -> NaptrRecord {
+        NaptrRecord {
+            order,
+            preference,
+            flags: flags.into(),
+            services: services.into(),
+            replacement: to.into(),
+        }
+    }
+
+    const ALL: &[Transport] = &ALL_TRANSPORTS;
+
+    #[test]
+    fn naptr_records_are_tried_by_order_then_preference() {
+        let records = [
+            naptr(20, 10, "s", "SIP+D2U", "_sip._udp.example.net."),
+            naptr(10, 50, "S", "SIP+D2T", "_sip._tcp.b.example.net."),
+            naptr(10, 20, "s", "sip+d2t", "_sip._tcp.a.example.net."),
+        ];
+        assert_eq!(
+            naptr_choices(&records, false, ALL),
+            vec![
+                (Transport::Tcp, "_sip._tcp.a.example.net.".to_string()),
+                (Transport::Tcp, "_sip._tcp.b.example.net.".to_string()),
+                (Transport::Udp, "_sip._udp.example.net.".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_sip_services_over_usable_transports_with_flag_s_count() {
+        let records = [
+            naptr(10, 10, "s", "SIP+D2S", "_sip._sctp.example.net."),
+            naptr(10, 20, "s", "SIP+D2W", "_sip._ws.example.net."),
+            naptr(10, 30, "a", "SIP+D2U", "example.net."),
+            naptr(10, 40, "", "SIP+D2U", "example.net."),
+            naptr(10, 50, "s", "E2U+sip", "_sip._udp.example.net."),
+            naptr(10, 60, "s", "SIP+D2T", "_sip._tcp.example.net."),
+            naptr(10, 70, "s", "SIP+D2U", "."),
+            naptr(10, 80, "s", "SIP+D2U", "_sip._udp.example.net."),
+        ];
+        assert_eq!(
+            naptr_choices(&records, false, ALL),
+            vec![
+                (Transport::Tcp, "_sip._tcp.example.net.".to_string()),
+                (Transport::Udp, "_sip._udp.example.net.".to_string()),
+            ]
+        );
+        assert_eq!(
+            naptr_choices(&records, false, &[Transport::Udp]),
+            vec![(Transport::Udp, "_sip._udp.example.net.".to_string())],
+            "no TCP listener: TCP is not chosen"
+        );
+    }
+
+    #[test]
+    fn a_sips_uri_takes_only_sips_over_tls_and_a_sip_uri_never_does() {
+        let records = [
+            naptr(10, 10, "s", "SIPS+D2T", "_sips._tcp.example.net."),
+            naptr(20, 10, "s", "SIP+D2U", "_sip._udp.example.net."),
+        ];
+        assert_eq!(
+            naptr_choices(&records, true, ALL),
+            vec![(Transport::Tls, "_sips._tcp.example.net.".to_string())]
+        );
+        assert_eq!(
+            naptr_choices(&records, false, ALL),
+            vec![(Transport::Udp, "_sip._udp.example.net.".to_string())]
+        );
+        assert!(naptr_choices(&records, true, &[Transport::Udp]).is_empty());
+    }
 }

@@ -352,13 +352,14 @@ pub fn uri_user(uri: &str) -> Option<&str> {
 /// Whether a SIP URI names its transport: `sips:`, or a `transport=` parameter.
 pub fn uri_names_transport(uri: &str) -> bool {
     let uri = uri.trim();
-    if uri
-        .get(..5)
+    uri.get(..5)
         .is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
-    {
-        return true;
-    }
-    let params = uri.split('?').next().unwrap_or("");
+        || uri_has_transport_param(uri)
+}
+
+/// Whether a SIP URI has a `transport=` parameter.
+pub fn uri_has_transport_param(uri: &str) -> bool {
+    let params = uri.trim().split('?').next().unwrap_or("");
     params.split(';').skip(1).any(|p| {
         p.get(..10)
             .is_some_and(|k| k.eq_ignore_ascii_case("transport="))
