@@ -118,12 +118,6 @@ fn cpu_us() -> Result<u64, String> {
 fn relay(a: &Args) -> Result<(), String> {
     let (socks, epoll) = sockets(a.base, a.calls)?;
     let peers: Vec<SocketAddr> = (0..a.calls).map(|i| addr(a.peer_base + i)).collect();
-    let connect = std::env::var_os("UDPRELAY_CONNECT").is_some();
-    if connect {
-        for (s, p) in socks.iter().zip(&peers) {
-            s.connect(p).map_err(|e| e.to_string())?;
-        }
-    }
     let mut events = vec![EpollEvent::empty(); 256];
     let mut buf = [0u8; 2048];
     let mut packets = 0u64;
@@ -142,12 +136,7 @@ fn relay(a: &Args) -> Result<(), String> {
         for ev in &events[..n] {
             let i = ev.data() as usize;
             if let Ok(len) = socks[i].recv(&mut buf) {
-                let r = if connect {
-                    socks[i].send(&buf[..len])
-                } else {
-                    socks[i].send_to(&buf[..len], peers[i])
-                };
-                if r.is_ok() {
+                if socks[i].send_to(&buf[..len], peers[i]).is_ok() {
                     packets += 1;
                 }
             }

@@ -181,7 +181,7 @@ pub struct Metrics {
     pub quic_rtt_us: AtomicU64,
     /// Answers from a peer gateway held until the call's media stream was bound, by outcome.
     pub answers_held: [AtomicU64; AnswerHold::ALL.len()],
-    /// INVITEs that went on to a trunk's next address, by why.
+    /// INVITEs that went on to a trunk's next address (or a redirect target's), by why.
     pub trunk_failovers: [AtomicU64; Failover::ALL.len()],
 }
 
@@ -587,7 +587,7 @@ impl Metrics {
         counters(
             &mut out,
             "sip_trunk_failovers_total",
-            "INVITEs sent on to a trunk's next address (ADR 0020), by why the one before failed.",
+            "INVITEs sent on to a trunk's (or a redirect target's) next address (ADR 0020), by why the one before failed.",
             "reason",
             Failover::ALL.map(|w| (w.label(), load(&self.trunk_failovers[w as usize]))),
         );

@@ -52,6 +52,12 @@ impl<K: Hash + Eq + Copy, V> Recent<K, V> {
         self.entries.get(key)
     }
 
+    /// As [`Recent::get`], to change the value.
+    pub fn get_mut(&mut self, now: Instant, key: &K) -> Option<&mut V> {
+        self.expire(now);
+        self.entries.get_mut(key)
+    }
+
     pub fn contains(&mut self, now: Instant, key: &K) -> bool {
         self.get(now, key).is_some()
     }
@@ -91,6 +97,8 @@ mod tests {
             "already held"
         );
         assert_eq!(r.get(t0 + Duration::from_secs(9), &1), Some(&"one"));
+        *r.get_mut(t0 + Duration::from_secs(9), &1).unwrap() = "uno";
+        assert_eq!(r.get(t0 + Duration::from_secs(9), &1), Some(&"uno"));
         assert!(!r.contains(t0 + Duration::from_secs(10), &1), "expired");
         assert!(r.contains(t0 + Duration::from_secs(14), &2));
         assert!(!r.contains(t0 + Duration::from_secs(15), &2));

@@ -505,6 +505,8 @@ struct SipLeg {
     /// INVITE waits for the answer. The 3xx's code and reason, to fail the call with if the
     /// name is not found.
     redirect_lookup: Option<(u16, String)>,
+    /// BYEs sent to other forks' dialogs (see `MAX_STRAY_BYES`).
+    stray_byes: u8,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -722,12 +724,12 @@ pub struct Engine {
     /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
     /// send once the peer answers: the far side must not keep ringing a call nobody holds.
     orphans: HashMap<CallKey, String>,
-    /// Our INVITEs whose calls have ended, by their (Call-ID, From tag) hashed, and whether
-    /// the call was answered: a 2xx that still comes for one is ACKed and its dialog ended
-    /// (RFC 3261 §13.2.2.4) for 64*T1, as long as a UAS retransmits it.
-    ended_invites: Recent<u64, bool>,
-    /// The dialogs (Call-ID, From tag, To tag, hashed) such a 2xx made and that we sent a BYE:
-    /// each retransmission of the 2xx is ACKed, and the dialog is ended once.
+    /// Our INVITEs whose calls have ended, by their (Call-ID, From tag) hashed: a 2xx that
+    /// still comes for one is ACKed and its dialog ended (RFC 3261 §13.2.2.4) for 64*T1, as
+    /// long as a UAS retransmits it.
+    ended_invites: Recent<u64, EndedInvite>,
+    /// Dialogs (Call-ID, From tag, To tag, hashed) that a BYE of ours ended, the calls' own
+    /// included: a retransmission of the 2xx that made one is ACKed, and gets no second BYE.
     stray_byes: Recent<u64>,
     /// Hashes the keys of the two sets above (keyed per process: a peer cannot aim collisions).
     dialog_hasher: std::hash::RandomState,
@@ -783,8 +785,29 @@ const AVOID_AFTER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest Retry-After of a 503 honoured when ordering a trunk's addresses.
 const MAX_AVOID_SECS: u64 = 3600;
 
-/// Ended INVITEs remembered at most (64*T1 of them at 8000 calls/s), about 40 bytes each.
+/// Ended INVITEs remembered at most (64*T1 of them at 8000 calls/s), about 60 bytes each.
 const ENDED_INVITES_MAX: usize = 1 << 18;
+
+/// Dialogs of one INVITE's extra forks that we end with a BYE; later forks are only ACKed.
+const MAX_STRAY_BYES: u8 = 8;
+
+/// A 2xx with more Record-Route entries than this, or a longer entry, is not acted on: its
+/// routes would be echoed in our ACK and BYE.
+const MAX_STRAY_ROUTES: usize = 16;
+const MAX_ROUTE_LEN: usize = 512;
+
+/// What is kept of a UAC call's INVITE once the call has ended (see `Engine::ended_invites`).
+#[derive(Debug, Clone, Copy)]
+struct EndedInvite {
+    /// The call was answered: a later fork's BYE says "completed elsewhere".
+    answered: bool,
+    /// The CSeq number of its last INVITE: a 2xx with a higher one is not an answer to it.
+    cseq: u32,
+    /// Where its last INVITE went: answers come back from there.
+    next_hop: IpAddr,
+    /// BYEs sent to its late forks so far.
+    byes: u8,
+}
 
 /// The delta-seconds of a Retry-After value (RFC 3261 §20.33: `delta-seconds [comment]
 /// *(;param)`).
@@ -1635,6 +1658,7 @@ impl Engine {
             browser_origin: None,
             preflight_pending: false,
             redirect_lookup: None,
+            stray_byes: 0,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -2272,33 +2296,32 @@ impl Engine {
             self.after_its_call(now, m, resp, &tag);
             return;
         };
-        {
-            // Another fork's answer, or a late answer to an attempt the call has moved on from
-            // (a trunk address that had timed out, ADR 0020): acknowledged, then ended.
-            let other_fork = self
-                .calls
-                .get(&key)
-                .and_then(|c| c.sip.as_ref())
-                .map(|s| {
-                    (s.remote_tag.is_some() && s.remote_tag != m.info.to_tag)
-                        || (!s.final_done && m.info.cseq != s.local_cseq)
-                })
-                .unwrap_or(false);
-            if other_fork {
-                debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
-                self.end_stray_dialog(now, m, resp, COMPLETED_ELSEWHERE);
-                return;
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        // Another fork's answer, a late answer to an attempt the call has moved on from (a
+        // trunk address that had timed out, ADR 0020), or an answer to the INVITE a redirect
+        // replaces: acknowledged, then ended.
+        let other_fork = (sip.remote_tag.is_some() && sip.remote_tag != m.info.to_tag)
+            || (!sip.final_done && m.info.cseq != sip.local_cseq)
+            || sip.redirect_lookup.is_some();
+        if other_fork {
+            let reason = if sip.final_done {
+                COMPLETED_ELSEWHERE
+            } else {
+                REQUEST_TERMINATED
+            };
+            let may_bye = sip.stray_byes < MAX_STRAY_BYES;
+            debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
+            if self.end_stray_dialog(now, m, resp, reason, may_bye) {
+                if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                    sip.stray_byes += 1;
+                }
             }
-            let key = &key;
-            let ack = self
-                .calls
-                .get(key)
-                .and_then(|c| c.sip.as_ref())
-                .and_then(|s| s.ack.clone())
-                .filter(|(cseq, _)| *cseq == m.info.cseq);
-            if let Some((_, ack)) = ack {
-                self.out.push_back(Output::Sip(ack));
-            }
+            return;
+        }
+        if let Some((_, ack)) = sip.ack.clone().filter(|(cseq, _)| *cseq == m.info.cseq) {
+            self.out.push_back(Output::Sip(ack));
         }
     }
 
@@ -2307,38 +2330,56 @@ impl Engine {
     /// ACK it, then end its dialog.
     fn after_its_call(&mut self, now: Instant, m: &SipInbound, resp: &Response, local_tag: &str) {
         let h = self.dialog_hash(&m.info.call_id, local_tag, None);
-        let Some(&answered) = self.ended_invites.get(now, &h) else {
+        let Some(&ended) = self.ended_invites.get(now, &h) else {
             debug!(call_id = %m.info.call_id, "a 2xx for no INVITE of ours: dropped");
             return;
         };
+        // Only where the INVITE went can answer it, and only with a CSeq it used: nobody else
+        // can have us send requests to an address of their choosing.
+        if m.src.ip() != ended.next_hop || m.info.cseq > ended.cseq {
+            warn!(sip_call_id = %m.info.call_id, src = %m.src, cseq = m.info.cseq, "a 2xx for an ended call from elsewhere, or with a CSeq it never used: dropped");
+            return;
+        }
         info!(
             sip_call_id = %m.info.call_id,
             tag = m.info.to_tag.as_deref().unwrap_or(""),
             "a 2xx after its call ended: ACK and BYE"
         );
-        let reason = if answered {
+        let reason = if ended.answered {
             COMPLETED_ELSEWHERE
         } else {
             REQUEST_TERMINATED
         };
-        self.end_stray_dialog(now, m, resp, reason);
+        if self.end_stray_dialog(now, m, resp, reason, ended.byes < MAX_STRAY_BYES) {
+            if let Some(e) = self.ended_invites.get_mut(now, &h) {
+                e.byes += 1;
+            }
+        }
     }
 
     /// Ends the dialog that a 2xx to our INVITE made and that no call keeps: another fork's,
     /// or one after its call (RFC 3261 §13.2.2.4). Each copy of the 2xx is ACKed; the first one
-    /// also gets a BYE with `reason`.
+    /// also gets a BYE with `reason` if `may_bye`. Returns whether a BYE went. A 2xx with more
+    /// routes than `MAX_STRAY_ROUTES` (or one longer than `MAX_ROUTE_LEN`) gets nothing.
     ///
     /// Everything comes from the 2xx: its From (our tag), To (the fork's tag), Call-ID and
     /// CSeq, its Contact as the remote target, and its Record-Route reversed as the route set
     /// (§12.1.2). The requests go to the first route, else the Contact, when that is an IP
     /// literal, and otherwise back where the 2xx came from: a dialog that is being ended is
     /// not worth a DNS lookup, and the proxy nearest us, the first route, is what sent the 2xx.
-    fn end_stray_dialog(&mut self, now: Instant, m: &SipInbound, resp: &Response, reason: &str) {
+    fn end_stray_dialog(
+        &mut self,
+        now: Instant,
+        m: &SipInbound,
+        resp: &Response,
+        reason: &str,
+        may_bye: bool,
+    ) -> bool {
         let (Some(from), Some(to)) = (
             msg::first_header(&resp.headers, "From"),
             msg::first_header(&resp.headers, "To"),
         ) else {
-            return;
+            return false;
         };
         let target = msg::first_header(&resp.headers, "Contact")
             .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
@@ -2347,6 +2388,10 @@ impl Engine {
             .iter()
             .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
             .collect();
+        if routes.len() > MAX_STRAY_ROUTES || routes.iter().any(|r| r.len() > MAX_ROUTE_LEN) {
+            warn!(sip_call_id = %m.info.call_id, routes = routes.len(), "a stray 2xx with too many or too long Record-Route entries: dropped");
+            return false;
+        }
         routes.reverse();
         let came_from = Dest {
             addr: m.src,
@@ -2382,11 +2427,17 @@ impl Engine {
         self.out.push_back(Output::Sip(SipOut { dest, bytes: ack }));
         let local_tag = m.info.from_tag.as_deref().unwrap_or("");
         let h = self.dialog_hash(&m.info.call_id, local_tag, m.info.to_tag.as_deref());
-        if self.stray_byes.insert(now, h, ()) {
-            let extra = Extra::none().header("Reason", reason);
-            let (branch, bye) = send("BYE", m.info.cseq + 1, &extra);
-            self.txn.send_request(now, &branch, false, bye, dest);
+        let Some(cseq) = m.info.cseq.checked_add(1) else {
+            return false;
+        };
+        if !may_bye || self.stray_byes.contains(now, &h) {
+            return false;
         }
+        self.stray_byes.insert(now, h, ());
+        let extra = Extra::none().header("Reason", reason);
+        let (branch, bye) = send("BYE", cseq, &extra);
+        self.txn.send_request(now, &branch, false, bye, dest);
+        true
     }
 
     /// The key of a dialog (or, without `remote_tag`, of an INVITE) in `ended_invites` and
@@ -2555,7 +2606,10 @@ impl Engine {
             return false;
         };
         let literal = msg::uri_socket(&target).map(|(addr, _)| addr);
-        if literal.is_none() && transport == Transport::Tls {
+        // Not from TLS to a weaker transport (RFC 3261 §26.2.2), and not to a TLS host name.
+        if (sip.transport == Transport::Tls && transport != Transport::Tls)
+            || (literal.is_none() && transport == Transport::Tls)
+        {
             return false;
         }
         sip.redirects += 1;
@@ -3230,6 +3284,7 @@ impl Engine {
                     browser_origin: origin.clone(),
                     preflight_pending: false,
                     redirect_lookup: None,
+                    stray_byes: 0,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
@@ -4002,7 +4057,12 @@ impl Engine {
         };
         // Credentials answered the failed server's challenge; the next server gets its own.
         self.digest.forget(key);
-        info!(call = %key, %failed, %next, why = why.label(), "INVITE failing over to the trunk's next address");
+        let of = if sip.redirects > 0 {
+            "the redirect target's"
+        } else {
+            "the trunk's"
+        };
+        info!(call = %key, %failed, %next, why = why.label(), "INVITE failing over to {of} next address");
         self.metrics.trunk_failover(why);
         self.send_invite(now, key);
         true
@@ -4503,8 +4563,18 @@ impl Engine {
                 .remove(&(sip.call_id.clone(), sip.local_tag.clone()));
             if sip.role == SipRole::Uac {
                 let h = self.dialog_hash(&sip.call_id, &sip.local_tag, None);
-                self.ended_invites
-                    .insert(now, h, call.answered_at.is_some());
+                let ended = EndedInvite {
+                    answered: call.answered_at.is_some(),
+                    cseq: sip.local_cseq,
+                    next_hop: sip.dest.addr.ip(),
+                    byes: sip.stray_byes,
+                };
+                self.ended_invites.insert(now, h, ended);
+                // The call's own dialog was ended with it: a copy of its 2xx is only ACKed.
+                if let Some(remote) = sip.remote_tag.as_deref() {
+                    let h = self.dialog_hash(&sip.call_id, &sip.local_tag, Some(remote));
+                    self.stray_byes.insert(now, h, ());
+                }
             }
             if let Some(k) = &sip.invite_key {
                 self.invites.remove(k);
@@ -4792,7 +4862,6 @@ fn end_event(reason: &str) -> Event {
     ev
 }
 
-/// RFC 3326 reason for an ordinary hang-up.
 /// The Reason of a BYE to a fork whose answer came after another fork's.
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 
@@ -4800,6 +4869,7 @@ const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere
 /// a BYE to an answer that crossed the CANCEL.
 const REQUEST_TERMINATED: &str = "SIP;cause=487;text=\"Request Terminated\"";
 
+/// RFC 3326 reason for an ordinary hang-up.
 pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\"";
 
 #[path = "digest_auth.rs"]

@@ -973,6 +973,25 @@ fn a_redirect_crossing_our_cancel_is_not_followed() {
 }
 
 #[test]
+fn a_call_over_tls_follows_no_redirect_to_a_weaker_transport() {
+    for contact in ["<sip:other@lnp.example.net>", "<sip:other@127.0.0.1:5090>"] {
+        let mut s = Sim::new();
+        s.e.cfg.trunks[0].dest.transport = Transport::Tls;
+        let (_, inv) = b_invite_sent(&mut s);
+        s.sip(&moved(&inv, contact), TRUNK);
+        let out = s.take();
+        assert!(lookups(&out).is_empty(), "{contact}");
+        assert!(sent_to(&out, "INVITE ").is_empty(), "{contact}");
+        let evs = server_events(&out);
+        assert_eq!(
+            (evs[0].name.clone(), evs[0].code),
+            (EventName::Failed, Some(302)),
+            "{contact}"
+        );
+    }
+}
+
+#[test]
 fn max_forwards_zero_is_refused_with_483() {
     let mut s = Sim::new();
     let inv = invite("z9hG4bKmf", "cid-mf", OFFER).replace("Max-Forwards: 70", "Max-Forwards: 0");
@@ -1611,6 +1630,117 @@ fn a_2xx_after_its_call_ended_is_acked_and_its_dialog_ended_for_64_t1() {
     );
     assert!(s.sip_out().is_empty(), "remembered for 64*T1 only");
     assert_eq!(s.e.pending_transactions(), (0, 0));
+}
+
+#[test]
+fn the_calls_own_2xx_retransmitted_after_its_end_is_only_acked() {
+    // Answered, then hung up: a copy of the same 200 (our ACK was lost) is ACKed again, and
+    // its dialog, already ended by our BYE, gets no second one.
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    let ok = reply(&inv, 200, "OK", "fork1", Some(ANSWER));
+    s.sip(&ok, TRUNK);
+    s.take();
+    b_hangs_up(&mut s, key);
+    s.sip(&ok, TRUNK);
+    let out = s.take();
+    assert_eq!(
+        request_to(&out, "ACK").0,
+        TRUNK.parse::<SocketAddr>().unwrap()
+    );
+    assert!(sent_to(&out, "BYE ").is_empty(), "{:?}", sip_texts(&out));
+    // A 200 that crossed our CANCEL got ACK and BYE; its retransmission gets the ACK only.
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 180, "Ringing", "fork1", None), TRUNK);
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    s.take();
+    let ok = reply(&inv, 200, "OK", "fork1", Some(ANSWER));
+    s.sip(&ok, TRUNK);
+    assert_eq!(sent_to(&s.take(), "BYE ").len(), 1);
+    s.sip(&ok, TRUNK);
+    let out = s.take();
+    assert_eq!(
+        start_lines(&sip_texts(&out)),
+        vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
+    );
+}
+
+#[test]
+fn stray_2xx_are_taken_only_from_where_the_invite_went_and_end_a_few_forks_at_most() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "fork1", Some(ANSWER)), TRUNK);
+    s.take();
+    b_hangs_up(&mut s, key);
+    s.take();
+    // From an address the INVITE never went to: not an answer of ours to act on.
+    s.sip(
+        &ok_from(&inv, "elsewhere", "<sip:victim@198.51.100.7>", None),
+        "198.51.100.7:5060",
+    );
+    assert!(s.sip_out().is_empty(), "no ACK or BYE to a third party");
+    // Far too many routes: dropped rather than echoed as Route headers.
+    let rr = vec!["<sip:198.51.100.7;lr>"; 40].join(", ");
+    s.sip(
+        &ok_from(&inv, "routes", "<sip:victim@198.51.100.7>", Some(&rr)),
+        TRUNK,
+    );
+    assert!(s.sip_out().is_empty(), "40 Record-Route entries");
+    // A CSeq our INVITE never used.
+    let odd = ok_from(&inv, "cseq", "<sip:x@127.0.0.1:5081>", None).replace(
+        &format!("CSeq: {} INVITE", cseq_of(&inv)),
+        "CSeq: 4294967295 INVITE",
+    );
+    s.sip(&odd, TRUNK);
+    assert!(s.sip_out().is_empty(), "CSeq 2^32-1 is not ours");
+    // Forks answering late: each ACKed, the first eight ended with a BYE.
+    let mut byes = 0;
+    for i in 0..10 {
+        s.sip(
+            &ok_from(&inv, &format!("late{i}"), "<sip:late@127.0.0.1:5081>", None),
+            TRUNK,
+        );
+        let out = s.take();
+        assert_eq!(sent_to(&out, "ACK ").len(), 1, "fork {i}");
+        byes += sent_to(&out, "BYE ").len();
+    }
+    assert_eq!(byes, 8);
+}
+
+#[test]
+fn a_2xx_while_a_redirect_is_looked_up_is_acked_and_ended() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    s.sip(&moved(&inv, "<sip:other@lnp.example.net>"), TRUNK);
+    s.take();
+    // Another fork of the first INVITE answers while the redirect's name is looked up.
+    s.sip(
+        &ok_from(&inv, "fork2", "<sip:fork2@127.0.0.1:5081>", None),
+        TRUNK,
+    );
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec![
+            "ACK sip:fork2@127.0.0.1:5081 SIP/2.0",
+            "BYE sip:fork2@127.0.0.1:5081 SIP/2.0"
+        ]
+    );
+    assert!(
+        msgs[1].contains("Reason: SIP;cause=487"),
+        "the call was not answered: {}",
+        msgs[1]
+    );
+    // The call goes on to the redirect's target.
+    let out = found(&mut s, key, "sip:other@lnp.example.net", &[REDIRECT_A]);
+    assert_eq!(
+        request_to(&out, "INVITE").0,
+        REDIRECT_A.parse::<SocketAddr>().unwrap()
+    );
 }
 
 #[test]
