@@ -632,6 +632,28 @@ fn hop_dest(current: &Dest, addr: SocketAddr, transport: Transport) -> Dest {
     }
 }
 
+/// The Request-URI and Route headers of a request in a dialog with `remote_target` and
+/// `route_set` (RFC 3261 §12.2.1.1). A first route with `lr` is a loose router: the target is
+/// the Request-URI and the route set the Route headers. Without it, it is a strict router
+/// (RFC 2543): it gets the Request-URI, and the target goes last among the Route headers.
+fn request_uri_and_routes<'a>(
+    remote_target: &'a str,
+    route_set: &'a [String],
+) -> (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, [String]>) {
+    use std::borrow::Cow;
+    match route_set.first() {
+        Some(first) if !msg::uri_is_loose_router(msg::addr_uri(first)) => {
+            let mut routes = route_set[1..].to_vec();
+            routes.push(format!("<{remote_target}>"));
+            (
+                Cow::Owned(msg::addr_uri(first).to_string()),
+                Cow::Owned(routes),
+            )
+        }
+        _ => (Cow::Borrowed(remote_target), Cow::Borrowed(route_set)),
+    }
+}
+
 /// Where the requests of a dialog now sent to `current` go when its next hop is `uri` (its
 /// first route, else its remote target; `None` for neither).
 fn next_hop<'a>(current: &Dest, uri: Option<&'a str>) -> NextHop<'a> {
@@ -2404,11 +2426,12 @@ impl Engine {
             NextHop::Keep | NextHop::Lookup(..) => came_from,
         };
         let via_host = self.cfg.via_host(dest.transport);
+        let (uri, routes) = request_uri_and_routes(&target, &routes);
         let send = |method: &str, cseq: u32, extra: &Extra<'_>| {
             let branch = msg::branch();
             let spec = RequestSpec {
                 method,
-                uri: &target,
+                uri: &uri,
                 via_host: &via_host,
                 transport: dest.transport,
                 branch: &branch,
@@ -4192,9 +4215,10 @@ impl Engine {
             Some(t) => format!("{};tag={}", sip.remote_addr, t),
             None => sip.remote_addr.clone(),
         };
+        let (uri, routes) = request_uri_and_routes(&sip.remote_target, &sip.route_set);
         let spec = RequestSpec {
             method,
-            uri: &sip.remote_target,
+            uri: &uri,
             via_host: &via_host,
             transport: sip.transport,
             branch: &branch,
@@ -4203,7 +4227,7 @@ impl Engine {
             call_id: &sip.call_id,
             cseq,
             contact: (method == "INVITE" || method == "UPDATE").then_some(contact.as_str()),
-            routes: &sip.route_set,
+            routes: &routes,
             max_forwards: 70,
         };
         Some((msg::request(&spec, extra), sip.dest, branch))

@@ -1051,6 +1051,51 @@ fn record_route_is_echoed_and_in_dialog_requests_follow_the_route_set() {
 }
 
 #[test]
+fn a_strict_router_in_the_route_set_gets_the_request_uri_and_the_target_goes_last() {
+    // RFC 3261 §12.2.1.1: a first route without `lr` is a strict router (RFC 2543). It is
+    // put in the Request-URI, and the remote target becomes the last Route.
+    let (key, _, out) = b_call_answered_with(&mut Sim::new(), |inv| {
+        ok_naming(
+            inv,
+            "<sip:callee@127.0.0.1:5080>",
+            Some("<sip:127.0.0.1:5098;lr>, <sip:127.0.0.1:5099>"),
+        )
+    });
+    let _ = key;
+    let (to, ack) = request_to(&out, "ACK");
+    assert_eq!(to, "127.0.0.1:5099".parse::<SocketAddr>().unwrap());
+    assert!(ack.starts_with("ACK sip:127.0.0.1:5099 SIP/2.0"), "{ack}");
+    assert!(
+        ack.contains("Route: <sip:127.0.0.1:5098;lr>\r\nRoute: <sip:callee@127.0.0.1:5080>\r\n"),
+        "{ack}"
+    );
+    // A loose router first: the target stays in the Request-URI.
+    let mut s = Sim::new();
+    let (key, _, out) = b_call_answered_with(&mut s, |inv| {
+        ok_naming(
+            inv,
+            "<sip:callee@127.0.0.1:5080>",
+            Some("<sip:127.0.0.1:5099>, <sip:127.0.0.1:5098;LR>"),
+        )
+    });
+    let (to, ack) = request_to(&out, "ACK");
+    assert_eq!(to, "127.0.0.1:5098".parse::<SocketAddr>().unwrap());
+    assert!(
+        ack.starts_with("ACK sip:callee@127.0.0.1:5080 SIP/2.0"),
+        "{ack}"
+    );
+    let (_, bye) = b_hangs_up(&mut s, key);
+    assert!(
+        bye.starts_with("BYE sip:callee@127.0.0.1:5080 SIP/2.0"),
+        "{bye}"
+    );
+    assert!(
+        bye.contains("Route: <sip:127.0.0.1:5098;LR>\r\nRoute: <sip:127.0.0.1:5099>\r\n"),
+        "{bye}"
+    );
+}
+
+#[test]
 fn cancelled_invite_that_never_gets_a_final_is_freed_after_64_t1() {
     let mut s = Sim::new();
     let (key, inv) = b_invite_sent(&mut s);

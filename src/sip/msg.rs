@@ -357,6 +357,15 @@ pub fn uri_names_transport(uri: &str) -> bool {
         || uri_has_transport_param(uri)
 }
 
+/// Whether a route's URI has the `lr` parameter (RFC 3261 §19.1.1): a loose router.
+pub fn uri_is_loose_router(uri: &str) -> bool {
+    let params = uri.trim().split('?').next().unwrap_or("");
+    params.split(';').skip(1).any(|p| {
+        let name = p.split('=').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("lr")
+    })
+}
+
 /// Whether a SIP URI has a `transport=` parameter.
 pub fn uri_has_transport_param(uri: &str) -> bool {
     let params = uri.trim().split('?').next().unwrap_or("");
