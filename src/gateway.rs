@@ -722,6 +722,10 @@ pub async fn engine_config(
         media_ip: cfg.media.ip,
         port_min: cfg.media.port_min,
         port_max: cfg.media.port_max,
+        media_timeout: (cfg.media.timeout_secs > 0)
+            .then(|| Duration::from_secs(cfg.media.timeout_secs)),
+        hold_media_timeout: (cfg.media.hold_timeout_secs > 0)
+            .then(|| Duration::from_secs(cfg.media.hold_timeout_secs)),
         media: MediaPolicy {
             security: cfg.media.security,
             ice: cfg.media.ice,

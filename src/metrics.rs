@@ -148,6 +148,9 @@ pub struct Metrics {
     pub rtp_sip_to_quic: AtomicU64,
     pub rtp_quic_to_sip: AtomicU64,
     pub rtcp_received: AtomicU64,
+    /// Answered calls ended because nothing came from their SIP peer for `[media]
+    /// timeout_secs` (or `hold_timeout_secs`).
+    pub media_timeouts: AtomicU64,
     pub media_dropped: [AtomicU64; DropReason::ALL.len()],
     pub calls_active: AtomicI64,
     /// Media port pairs (RTP + RTCP) of `[media]`'s range: the SIP legs it holds at once.
@@ -603,6 +606,19 @@ impl Metrics {
             "rtcp_packets_received_total",
             "",
             load(&self.rtcp_received),
+        );
+
+        header(
+            &mut out,
+            "media_timeouts_total",
+            "counter",
+            "Answered calls ended because nothing came from their SIP peer for [media] timeout_secs (hold_timeout_secs while held).",
+        );
+        line(
+            &mut out,
+            "media_timeouts_total",
+            "",
+            load(&self.media_timeouts),
         );
 
         counters(

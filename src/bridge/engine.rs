@@ -259,6 +259,10 @@ pub struct EngineConfig {
     pub port_max: u16,
     /// Media policy of legacy legs no trunk claims.
     pub media: MediaPolicy,
+    /// An answered call whose SIP peer sends nothing for this long is ended; `None`: never.
+    pub media_timeout: Option<Duration>,
+    /// The same while the peer holds the call (it sends no RTP).
+    pub hold_media_timeout: Option<Duration>,
     /// Our DTLS certificate's `a=fingerprint` value.
     pub dtls_fingerprint: String,
     /// Signs calls that leave us (Identity on SIP, `passport` on HTTP/3); none: unsigned.
@@ -310,6 +314,8 @@ impl EngineConfig {
             port_min: 20000,
             port_max: 20999,
             media,
+            media_timeout: Some(Duration::from_secs(60)),
+            hold_media_timeout: Some(Duration::from_secs(3600)),
             dtls_fingerprint: "sha-256 00:11:22:33".into(),
             stir: None,
             stir_verify: None,
@@ -507,6 +513,9 @@ struct SipLeg {
     redirect_lookup: Option<(u16, String)>,
     /// BYEs sent to other forks' dialogs (see `MAX_STRAY_BYES`).
     stray_byes: u8,
+    /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
+    /// is answered.
+    silence_watch: Option<Option<Duration>>,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -1050,6 +1059,9 @@ impl Engine {
             Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
             Input::HopAddr { call, uri, addrs } => self.on_hop_addr(now, call, &uri, addrs),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
+            Input::Media(MediaEvent::Silent { call, silent_for }) => {
+                self.on_media_silent(now, call, silent_for)
+            }
             Input::Media(MediaEvent::SecurityFailed { call, reason }) => {
                 let _g = self.span(call).entered();
                 warn!(%call, %reason, "ending the call: legacy media security failed");
@@ -1681,6 +1693,7 @@ impl Engine {
             preflight_pending: false,
             redirect_lookup: None,
             stray_byes: 0,
+            silence_watch: None,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -2266,6 +2279,7 @@ impl Engine {
             ev.media_direction = Some(dir.as_attr().to_string());
             self.send_event(key, ev);
         }
+        self.watch_media(key);
     }
 
     // ------------------------------------------------------------------ SIP responses
@@ -2794,6 +2808,7 @@ impl Engine {
         }
         self.disarm(key, CallTimer::NoAnswer);
         self.send_event(key, Event::new(EventName::Answered));
+        self.watch_media(key);
     }
 
     fn on_reinvite_response(&mut self, now: Instant, key: CallKey, resp: &Response, code: u16) {
@@ -2841,6 +2856,8 @@ impl Engine {
                     }));
                 }
             }
+            // The direction it offered now holds.
+            self.watch_media(key);
             return;
         }
         // Refused: the session stays as it was before the offer (RFC 3264 §8).
@@ -3308,6 +3325,7 @@ impl Engine {
                     preflight_pending: false,
                     redirect_lookup: None,
                     stray_byes: 0,
+                    silence_watch: None,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
@@ -4393,6 +4411,7 @@ impl Engine {
         };
         self.txn.send_response(now, &skey, 200, out);
         self.arm(now, key, CallTimer::Retransmit2xx, t1);
+        self.watch_media(key);
     }
 
     /// A final non-2xx on the caller's INVITE, if it is still open.
@@ -4469,6 +4488,57 @@ impl Engine {
                 self.orphans.insert(key, reason.to_string());
             }
         }
+    }
+
+    /// Watches an answered call's SIP peer for silence (`MediaCmd::WatchSilence`): for
+    /// `media_timeout` while it sends RTP (our SDP direction receives), for
+    /// `hold_media_timeout` while it holds the call. Sent again only when the limit changes.
+    fn watch_media(&mut self, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.phase != Phase::Answered || call.port.is_none() {
+            return;
+        }
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        let Some(local) = sip.local_sdp.as_ref() else {
+            return;
+        };
+        let receives = matches!(
+            local.direction,
+            SdpDirection::SendRecv | SdpDirection::RecvOnly
+        );
+        let limit = if receives {
+            self.cfg.media_timeout
+        } else {
+            self.cfg.hold_media_timeout
+        };
+        if sip.silence_watch == Some(limit) {
+            return;
+        }
+        sip.silence_watch = Some(limit);
+        self.out
+            .push_back(Output::Media(MediaCmd::WatchSilence { call: key, limit }));
+    }
+
+    /// Nothing came from the call's SIP peer for `silent_for`: a peer that vanished without a
+    /// BYE. The call ends on both sides with `MEDIA_TIMEOUT`.
+    fn on_media_silent(&mut self, now: Instant, key: CallKey, silent_for: Duration) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if call.phase != Phase::Answered {
+            return;
+        }
+        let _g = self.span(key).entered();
+        warn!(call = %key, ?silent_for, "ending the call: nothing heard from the SIP peer");
+        self.metrics.media_timeouts.fetch_add(1, Ordering::Relaxed);
+        // The HTTP/3 side is told why; the SIP side gets its BYE (after the caller's ACK if
+        // our 2xx still waits for it).
+        self.send_event(key, end_event(MEDIA_TIMEOUT));
+        self.on_remote_end(now, key, MEDIA_TIMEOUT);
     }
 
     fn end_server_call(&mut self, key: CallKey) {
@@ -4885,6 +4955,9 @@ fn end_event(reason: &str) -> Event {
     ev.reason = Some(reason.to_string());
     ev
 }
+
+/// The Reason of ending a call whose SIP peer went silent (`[media] timeout_secs`).
+const MEDIA_TIMEOUT: &str = "Q.850;cause=102;text=\"Media timeout\"";
 
 /// The Reason of a BYE to a fork whose answer came after another fork's.
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";

@@ -753,6 +753,111 @@ fn hold_reinvite_is_answered_and_relayed_as_hold_event_and_refresh_is_not() {
     ));
 }
 
+/// The silence limits given to the media hub among `out`.
+fn silence_watches(out: &[Output]) -> Vec<Option<Duration>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Media(MediaCmd::WatchSilence { limit, .. }) => Some(*limit),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_held_call_is_watched_for_silence_with_the_hold_limit_and_an_active_one_with_the_short() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    let out = s.take();
+    let tag = to_tag_of(&sip_texts(&out)[0]);
+    assert_eq!(
+        silence_watches(&out),
+        vec![Some(Duration::from_secs(60))],
+        "watched from the answer"
+    );
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    // The caller holds with sendonly: it still sends RTP, the limit stays.
+    let sendonly = OFFER.replace("a=sendrecv", "a=sendonly");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&sendonly)),
+        CALLER,
+    );
+    assert!(silence_watches(&s.take()).is_empty());
+    s.sip(&in_dialog("ACK", "z9hG4bKack2", 2, &tag, None), CALLER);
+    // inactive: it sends nothing now, the hold limit applies.
+    let inactive = OFFER.replace("a=sendrecv", "a=inactive");
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKre3", 3, &tag, Some(&inactive)),
+        CALLER,
+    );
+    assert_eq!(
+        silence_watches(&s.take()),
+        vec![Some(Duration::from_secs(3600))]
+    );
+    s.sip(&in_dialog("ACK", "z9hG4bKack3", 3, &tag, None), CALLER);
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup4", 4, &tag, Some(OFFER)),
+        CALLER,
+    );
+    assert_eq!(
+        silence_watches(&s.take()),
+        vec![Some(Duration::from_secs(60))],
+        "resumed"
+    );
+}
+
+#[test]
+fn a_sip_peer_gone_silent_ends_the_call_on_both_sides_with_a_media_timeout() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    // Ringing: silence does not count before the answer.
+    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
+    s.take();
+    s.input(Input::Media(MediaEvent::Silent {
+        call: key,
+        silent_for: Duration::from_secs(61),
+    }));
+    assert!(s.take().is_empty(), "not answered yet");
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    assert_eq!(
+        silence_watches(&s.take()),
+        vec![Some(Duration::from_secs(60))]
+    );
+    s.input(Input::Media(MediaEvent::Silent {
+        call: key,
+        silent_for: Duration::from_secs(60),
+    }));
+    let out = s.take();
+    let (to, bye) = request_to(&out, "BYE");
+    assert_eq!(to, TRUNK.parse::<SocketAddr>().unwrap());
+    assert!(
+        bye.contains("Reason: Q.850;cause=102;text=\"Media timeout\""),
+        "{bye}"
+    );
+    let evs = server_events(&out);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].name, EventName::End);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Ript(RiptCmd::ServerEnd { call }) if *call == key)),
+        "{out:?}"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    assert_eq!(s.e.metrics.media_timeouts.load(Ordering::Relaxed), 1);
+    // Without limits configured, nothing is watched.
+    let mut s = Sim::with(EngineConfig {
+        media_timeout: None,
+        hold_media_timeout: None,
+        ..cfg()
+    });
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(ANSWER)), TRUNK);
+    assert_eq!(silence_watches(&s.take()), vec![None]);
+}
+
 #[test]
 fn busy_maps_both_ways() {
     let mut s = Sim::new();

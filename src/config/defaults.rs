@@ -102,6 +102,8 @@ impl Default for MediaConfig {
             security: MediaSecurity::default(),
             ice: IceMode::default(),
             dtmf: DtmfMode::default(),
+            timeout_secs: 60,
+            hold_timeout_secs: 3600,
         }
     }
 }

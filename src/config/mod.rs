@@ -170,6 +170,12 @@ pub struct MediaConfig {
     pub ice: IceMode,
     /// How DTMF is carried on legacy legs that no `[[sip_trunk]]` overrides.
     pub dtmf: DtmfMode,
+    /// An answered call whose SIP peer sends nothing (no RTP, no RTCP) for this long is ended;
+    /// 0: never.
+    pub timeout_secs: u64,
+    /// The same while the peer holds the call (our SDP direction is sendonly or inactive,
+    /// so it sends no RTP); 0: never.
+    pub hold_timeout_secs: u64,
 }
 
 /// How DTMF reaches a legacy peer. Received, both are always understood.

@@ -430,6 +430,12 @@ impl MediaHub {
                 lock(&m.leg).set_codec(Instant::now(), clock_rate, dtmf_pt, dtmf_as_info);
             }
             MediaCmd::SendDtmf { call, digit } => self.send_dtmf(call, digit),
+            MediaCmd::WatchSilence { call, limit } => {
+                let m = self.call(call);
+                lock(&m.leg).watch_silence(Instant::now(), limit);
+                // The leg's timer task picks up the new deadline.
+                m.wake.notify_one();
+            }
             MediaCmd::Echo { call } => {
                 self.call(call).echo.store(true, Ordering::Relaxed);
             }
@@ -949,7 +955,7 @@ fn send_transmit(rtp: &UdpSocket, rtcp: Option<&UdpSocket>, t: &Transmit) -> boo
 }
 
 /// Sends what the leg queued (STUN answers and checks, DTLS flights, RTCP reports) and reports
-/// a failure.
+/// a failure, and the peer's silence.
 fn flush(
     sock: &UdpSocket,
     m: &CallMedia,
@@ -958,7 +964,7 @@ fn flush(
     now: Instant,
 ) {
     let rtcp = m.rtcp_socket();
-    let failure = {
+    let (failure, silence) = {
         let mut leg = lock(&m.leg);
         while let Some(t) = leg.poll_transmit(now) {
             if send_transmit(sock, rtcp.as_deref(), &t)
@@ -967,10 +973,17 @@ fn flush(
                 metrics.rtcp_sent.fetch_add(1, Ordering::Relaxed);
             }
         }
-        leg.take_failure()
+        (leg.take_failure(), leg.take_silence())
     };
     if let Some(reason) = failure {
         report_failure(events, m.key, reason);
+    }
+    if let Some(silent_for) = silence {
+        tracing::info!(call = %m.key, ?silent_for, "nothing heard from the legacy peer");
+        let _ = events.send(MediaEvent::Silent {
+            call: m.key,
+            silent_for,
+        });
     }
 }
 
@@ -1172,6 +1185,45 @@ mod tests {
                 assert_eq!(p, port);
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_is_reported_once_and_one_that_sends_is_not() {
+        let (hub, mut rx, _) = hub();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for call in [CallKey(7), CallKey(8)] {
+            hub.apply(MediaCmd::OpenLegacy { call, port: 0 });
+            hub.apply(MediaCmd::SetRemote {
+                call,
+                rtp: peer.local_addr().unwrap(),
+                rtcp: None,
+                rtcp_mux: true,
+                latching: true,
+            });
+            hub.apply(MediaCmd::WatchSilence {
+                call,
+                limit: Some(std::time::Duration::from_millis(600)),
+            });
+        }
+        // Call 8's peer sends RTP every 50 ms for 1.5 s; call 7's sends nothing.
+        let to = hub.legacy_addr(CallKey(8)).unwrap();
+        let started = Instant::now();
+        let mut silent = Vec::new();
+        for seq in 0..30u16 {
+            peer.send_to(&rtp::pcmu_packet(seq, 0x5eed), to).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            while let Ok(e) = rx.try_recv() {
+                silent.push(e);
+            }
+        }
+        assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+        match silent.as_slice() {
+            [MediaEvent::Silent { call, silent_for }] => {
+                assert_eq!(*call, CallKey(7));
+                assert!(*silent_for >= std::time::Duration::from_millis(600));
+            }
+            other => panic!("one silence, call 7's: {other:?}"),
         }
     }
 

@@ -90,6 +90,9 @@ pub struct LegacyLeg {
     failed: bool,
     /// RTCP shares the RTP port (RFC 5761).
     mux: bool,
+    /// When the peer was last heard from: an authenticated RTP or RTCP packet, or the start of
+    /// the current silence watch.
+    heard: Instant,
     /// Telephone-events toward the peer become SIP INFO (the engine sends them).
     dtmf_as_info: bool,
     /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
@@ -100,6 +103,12 @@ pub struct LegacyLeg {
     rtcp: LegRtcp,
 
     // Not touched per packet from here on.
+    /// How long the peer may stay silent before the engine is told ([`LegacyLeg::watch_silence`]).
+    silence_limit: Option<std::time::Duration>,
+    /// The silence was found and not yet taken ([`LegacyLeg::take_silence`]); `silence_told`
+    /// once it was.
+    silence: Option<std::time::Duration>,
+    silence_told: bool,
     /// The security last applied, to tell a repeated command from a change.
     applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     /// A security failure not yet reported to the engine.
@@ -162,7 +171,32 @@ impl LegacyLeg {
             failure: None,
             failed: false,
             ice_state: None,
+            heard: now,
+            silence_limit: None,
+            silence: None,
+            silence_told: false,
         }
+    }
+
+    /// Reports the peer's silence ([`LegacyLeg::take_silence`]) once nothing was heard from it
+    /// for `limit` (`None`: never). The watch starts over from `now`.
+    pub fn watch_silence(&mut self, now: Instant, limit: Option<std::time::Duration>) {
+        self.silence_limit = limit;
+        self.heard = now;
+        self.silence = None;
+        self.silence_told = false;
+    }
+
+    /// How long the peer had been silent when its silence passed the limit; once.
+    pub fn take_silence(&mut self) -> Option<std::time::Duration> {
+        self.silence.take()
+    }
+
+    /// When the peer's silence passes the limit, if it is watched.
+    fn silence_deadline(&self) -> Option<Instant> {
+        self.silence_limit
+            .filter(|_| !self.silence_told)
+            .map(|l| self.heard + l)
     }
 
     /// The remote SDP's address. A latched source survives a repeated one (re-INVITE with the
@@ -448,6 +482,8 @@ impl LegacyLeg {
                 Err(_) => return Recv::Drop(DropReason::Srtp),
             },
         };
+        // Authenticated (or plain by policy): the peer is alive.
+        self.heard = now;
         if kind == PacketKind::Rtcp {
             if let Err(e) = self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
                 tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused");
@@ -573,7 +609,10 @@ impl LegacyLeg {
         let dtls = self.dtls.as_ref().and_then(|d| d.poll_timeout());
         // Reports only once there is somewhere to send them.
         let rtcp = self.remote.sdp.map(|_| self.rtcp.poll_timeout());
-        [ice, dtls, rtcp].into_iter().flatten().min()
+        [ice, dtls, rtcp, self.silence_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -600,6 +639,10 @@ impl LegacyLeg {
             d.handle_timeout(now);
         }
         self.after_dtls();
+        if self.silence_deadline().is_some_and(|d| now >= d) {
+            self.silence = Some(now.saturating_duration_since(self.heard));
+            self.silence_told = true;
+        }
         if self.remote.sdp.is_some() && now >= self.rtcp.poll_timeout() {
             if let Some(r) = self.rtcp.poll_report(now, self.wall(now)) {
                 self.reports.push(r);
@@ -850,6 +893,74 @@ mod tests {
         assert!(leg.take_failure().is_some());
         assert!(leg.take_failure().is_none(), "reported once");
         assert!(leg.on_send(now, &rtp(1), &mut Vec::new()).is_err());
+    }
+
+    /// Runs the leg's timers for `d` (step 100 ms); the silences it reported.
+    fn run_timers(leg: &mut LegacyLeg, now: &mut Instant, d: Duration) -> Vec<Duration> {
+        let until = *now + d;
+        let mut told = Vec::new();
+        while *now < until {
+            *now += Duration::from_millis(100);
+            if leg.poll_timeout().is_some_and(|t| t <= *now) {
+                leg.handle_timeout(*now);
+            }
+            while leg.poll_transmit(*now).is_some() {}
+            told.extend(leg.take_silence());
+        }
+        told
+    }
+
+    #[test]
+    fn a_peer_silent_past_the_limit_is_reported_once_and_packets_or_a_new_watch_start_over() {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), true, true);
+        // Not watched: never reported.
+        assert!(run_timers(&mut leg, &mut now, Duration::from_secs(10)).is_empty());
+        leg.watch_silence(now, Some(Duration::from_secs(3)));
+        assert!(
+            leg.poll_timeout()
+                .is_some_and(|t| t <= now + Duration::from_secs(3)),
+            "the deadline is among the leg's timers"
+        );
+        // RTP every second for 5 s keeps it quiet; then silence.
+        for seq in 0..5u16 {
+            assert!(run_timers(&mut leg, &mut now, Duration::from_secs(1)).is_empty());
+            assert!(matches!(
+                leg.on_recv(now, addr(PEER), &mut rtp(seq)),
+                Recv::Rtp(_)
+            ));
+        }
+        let told = run_timers(&mut leg, &mut now, Duration::from_secs(10));
+        assert_eq!(told.len(), 1, "once: {told:?}");
+        assert!(
+            told[0] >= Duration::from_secs(3) && told[0] < Duration::from_millis(3200),
+            "{told:?}"
+        );
+        // RTP from elsewhere (not the latched source) is not the peer.
+        leg.watch_silence(now, Some(Duration::from_secs(3)));
+        let mut told = Vec::new();
+        for _ in 0..5 {
+            let _ = leg.on_recv(now, addr(PEER + 2), &mut rtp(9));
+            told.extend(run_timers(&mut leg, &mut now, Duration::from_secs(1)));
+        }
+        assert_eq!(told.len(), 1, "a stranger's packets keep nothing alive");
+        // RTCP counts as the peer: a held peer that only reports stays.
+        leg.watch_silence(now, Some(Duration::from_secs(3)));
+        // An empty receiver report (RFC 3550 §6.4.2): V=2, RC=0, PT=201, length 1, SSRC.
+        let mut report = vec![0x80, 201, 0, 1, 0, 0, 0x12, 0x34];
+        for _ in 0..6 {
+            run_timers(&mut leg, &mut now, Duration::from_secs(1));
+            assert!(matches!(
+                leg.on_recv(now, addr(PEER), &mut report),
+                Recv::Rtcp(_)
+            ));
+        }
+        assert!(run_timers(&mut leg, &mut now, Duration::from_secs(2)).is_empty());
+        // No watch: nothing more.
+        leg.watch_silence(now, None);
+        assert!(run_timers(&mut leg, &mut now, Duration::from_secs(10)).is_empty());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub enum MediaCmd {
     },
     /// Play one DTMF key toward the HTTP/3 side as RFC 4733 events (it arrived as SIP INFO).
     SendDtmf { call: CallKey, digit: dtmf::Digit },
+    /// Report [`MediaEvent::Silent`] once nothing (RTP, RTCP) was heard from the legacy peer for
+    /// `limit` (`None`: stop watching). Each command starts the watch over.
+    WatchSilence {
+        call: CallKey,
+        limit: Option<std::time::Duration>,
+    },
     /// Reflect every datagram received for this call back to its sender (the built-in echo service).
     Echo { call: CallKey },
     /// Tear the call's media down and release its port.
@@ -94,6 +100,12 @@ pub enum MediaEvent {
     /// The leg's media security failed (DTLS fingerprint mismatch or handshake failure,
     /// unusable keys); the engine ends the call.
     SecurityFailed { call: CallKey, reason: String },
+    /// Nothing was heard from the legacy peer for `silent_for`, at least the watched limit
+    /// ([`MediaCmd::WatchSilence`]); reported once per watch.
+    Silent {
+        call: CallKey,
+        silent_for: std::time::Duration,
+    },
     /// A DTMF key seen in a telephone-event stream: from the legacy peer, or (legs with
     /// `dtmf = "info"`) on its way to it.
     Dtmf {
