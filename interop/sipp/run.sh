@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -59,10 +59,10 @@ else
 fi
 
 UAS_PID=""
-DIGEST_GW_PID=""
+OWN_GW_PID=""
 cleanup() {
     [ -z "$UAS_PID" ] || stop_pid "$UAS_PID" 2
-    [ -z "$DIGEST_GW_PID" ] || stop_pid "$DIGEST_GW_PID" 2
+    [ -z "$OWN_GW_PID" ] || stop_pid "$OWN_GW_PID" 2
     stop_capture
     [ "$KEEP_PAIR" = 1 ] || pair_release
 }
@@ -242,14 +242,33 @@ scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched 
 # (m) runs its own gateway (either mode): SIP 127.0.0.1:5076, HTTP/3 127.0.0.1:4437, admin 9076.
 DIGEST_SIP=5076; DIGEST_ADMIN=9076
 
+# start_own_gateway DIR ADMIN_PORT: `riptide serve --config DIR/gateway.toml` (a gateway of the
+# scenario's own, not the pair), logging to DIR/gateway.log; waits until ADMIN_PORT's /healthz
+# answers. Sets OWN_GW_PID (stopped by cleanup) and DETAIL on failure.
+start_own_gateway() {
+    local dir="$1" admin="$2" bin="$REPO_ROOT/target/release/riptide" i
+    [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \
+        || { DETAIL="cargo build failed: $dir/build.log"; return 1; }
+    (cd "$dir" && exec "$bin" serve --config "$dir/gateway.toml") </dev/null >"$dir/gateway.log" 2>&1 &
+    OWN_GW_PID=$!
+    for i in $(seq 1 100); do
+        [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$admin/healthz" 2>/dev/null)" = ok ] && break
+        kill -0 "$OWN_GW_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$admin/healthz" 2>/dev/null)" != ok ]; then
+        DETAIL="gateway not healthy: $(tail -n 3 "$dir/gateway.log" | tr '\n' ' ')"
+        stop_pid "$OWN_GW_PID" 2; OWN_GW_PID=""
+        return 1
+    fi
+}
+
 scn_m() { # SIP Digest both ways through one gateway calling itself over HTTP/3
-    local dir="$1" bin="$REPO_ROOT/target/release/riptide" ha1 rc=0
+    local dir="$1" ha1 rc=0
     # The caller (SIPp UAC on 5090) is on trunk "pbx" with auth = "digest"; its user has an MD5
     # HA1 only, so the 401 offers MD5, which SIPp computes. Calls go to our own HTTP/3 server,
     # whose TG routes them to the same trunk's target, SIPp UAS on 5080, which challenges our
     # INVITE and checks the credentials (verifyauth) of riptide's login.
-    [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \
-        || { DETAIL="cargo build failed: $dir/build.log"; return 1; }
     port_bound udp "$DIGEST_SIP" && { DETAIL="127.0.0.1:$DIGEST_SIP is in use: $(port_users udp "$DIGEST_SIP")"; return 1; }
     ha1="$(printf '%s' 'sipp:riptide.interop:sipp-pw' | md5sum | cut -d' ' -f1)"
     cat >"$dir/gateway.toml" <<TOML
@@ -293,23 +312,11 @@ users = [{ name = "sipp", ha1_md5 = "$ha1" }]
 username = "riptide"
 password = "trunk-pw"
 TOML
-    (cd "$dir" && exec "$bin" serve --config "$dir/gateway.toml") </dev/null >"$dir/gateway.log" 2>&1 &
-    DIGEST_GW_PID=$!
-    local i
-    for i in $(seq 1 100); do
-        [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$DIGEST_ADMIN/healthz" 2>/dev/null)" = ok ] && break
-        kill -0 "$DIGEST_GW_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if [ "$(curl -fsS --max-time 1 "http://127.0.0.1:$DIGEST_ADMIN/healthz" 2>/dev/null)" != ok ]; then
-        DETAIL="gateway not healthy: $(tail -n 3 "$dir/gateway.log" | tr '\n' ' ')"
-        stop_pid "$DIGEST_GW_PID" 2; DIGEST_GW_PID=""
-        return 1
-    fi
+    start_own_gateway "$dir" "$DIGEST_ADMIN" || return 1
     # SIPp's credentials name remote_ip:port unless told the Request-URI; riptide checks them.
     TARGET="127.0.0.1:$DIGEST_SIP" sipp_pair m-digest digest_uac.xml digest_uas.xml -d 200 \
         -auth_uri "answer@127.0.0.1:$DIGEST_SIP" || rc=1
-    stop_pid "$DIGEST_GW_PID" 5; DIGEST_GW_PID=""
+    stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
     [ "$rc" = 0 ] || return 1
     grep -q 'digest authentication passed' "$dir/gateway.log" \
         || { DETAIL="the gateway did not log the caller's authentication; log: $dir/gateway.log"; return 1; }
@@ -319,6 +326,58 @@ TOML
 }
 
 # (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.
+TIMEOUT_SIP=5077; TIMEOUT_ADMIN=9077
+scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call on both legs
+    local dir="$1" rc=0 t0 secs
+    port_bound udp "$TIMEOUT_SIP" && { DETAIL="127.0.0.1:$TIMEOUT_SIP is in use: $(port_users udp "$TIMEOUT_SIP")"; return 1; }
+    cat >"$dir/gateway.toml" <<TOML
+[general]
+node_name = "timeout"
+data_dir = "$dir/data"
+
+[sip]
+udp = ["127.0.0.1:$TIMEOUT_SIP"]
+tcp = []
+
+[http3]
+listen = "127.0.0.1:4438"
+
+[admin]
+listen = "127.0.0.1:$TIMEOUT_ADMIN"
+
+[media]
+ip = "127.0.0.1"
+port_min = 30000
+port_max = 30999
+timeout_secs = 2
+
+[[tg]]
+name = "trunk"
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "pbx"
+
+[[sip_route]]
+prefix = ""
+ript_peer = "self"
+
+[[sip_trunk]]
+name = "pbx"
+target = "sip:127.0.0.1:$UAS_PORT;transport=udp"
+TOML
+    start_own_gateway "$dir" "$TIMEOUT_ADMIN" || return 1
+    t0=$(date +%s.%N)
+    TARGET="127.0.0.1:$TIMEOUT_SIP" sipp_pair p-media-timeout timeout_uac.xml timeout_uas.xml || rc=1
+    secs="$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+    local count
+    count="$(curl -fsS --max-time 2 "http://127.0.0.1:$TIMEOUT_ADMIN/metrics" 2>/dev/null \
+        | awk '$1 == "riptide_media_timeouts_total" { print $2 }')"
+    stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
+    [ "$rc" = 0 ] || return 1
+    [ "${count:-0}" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is ${count:-missing}; log: $dir/gateway.log"; return 1; }
+    DETAIL="no RTP either way: both SIPp peers got a BYE with Reason cause=102 after the 2 s media timeout (whole scenario ${secs}s); riptide_media_timeouts_total=$count"
+}
+
 scn_n() { # riptide call with --config config/pair-a.toml: the tone crosses both ways
     local dir="$1" bin="$REPO_ROOT/target/release/riptide" rc=0 uas_rc=0 summary uas_rx check
     [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \
