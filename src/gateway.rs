@@ -270,7 +270,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             move |uri: String, transport: Transport| {
                 let (cfg, dns) = (cfg.clone(), dns.clone());
                 async move {
-                    dns.resolve_over(&uri, transport, OnSrvFailure::Fail)
+                    dns.resolve_among(&uri, OnSrvFailure::Fail, &[transport])
                         .await
                         .map(|(hop, transport)| sendable(hop, transport, &cfg))
                 }
@@ -1067,6 +1067,24 @@ mod tests {
 
     fn system_dns() -> SipResolver {
         SipResolver::new(&[]).unwrap()
+    }
+
+    #[test]
+    fn the_transports_dns_may_choose_are_those_listened_on() {
+        let mut cfg = crate::config::load_str("", "test.toml").unwrap();
+        cfg.sip.udp = vec!["127.0.0.1:5060".parse().unwrap()];
+        cfg.sip.tcp = vec![];
+        cfg.sip.tls = vec![];
+        assert_eq!(listened(&cfg), vec![Transport::Udp]);
+        cfg.sip.tcp = vec!["127.0.0.1:5060".parse().unwrap()];
+        cfg.sip.udp = vec![];
+        assert_eq!(listened(&cfg), vec![Transport::Tcp]);
+        cfg.sip.udp = vec!["127.0.0.1:5060".parse().unwrap()];
+        cfg.sip.tls = vec!["127.0.0.1:5061".parse().unwrap()];
+        assert_eq!(
+            listened(&cfg),
+            vec![Transport::Udp, Transport::Tcp, Transport::Tls]
+        );
     }
 
     #[test]

@@ -63,6 +63,13 @@ fn zone() -> Dnsmasq {
         // skip: the first NAPTR record's SRV name has no records, the second's has pbx's.
         "--naptr-record=skip.srv.test,10,10,s,SIP+D2T,,_sip._tcp.none.srv.test",
         "--naptr-record=skip.srv.test,10,20,s,SIP+D2U,,_sip._udp.pbx.srv.test",
+        // carrier: NAPTR names another domain's SRV records; the domain has an address too.
+        "--naptr-record=carrier.srv.test,10,10,s,SIP+D2T,,_sip._tcp.edge.srv.test",
+        "--srv-host=_sip._tcp.edge.srv.test,a.srv.test,5089,10,0",
+        "--host-record=carrier.srv.test,127.0.0.10",
+        // emptytcp: NAPTR chooses TCP, whose SRV name has no records: the address, over TCP.
+        "--naptr-record=emptytcp.srv.test,10,10,s,SIP+D2T,,_sip._tcp.emptytcp.srv.test",
+        "--host-record=emptytcp.srv.test,127.0.0.11",
         // tcponly: no NAPTR records, SRV records for TCP only, and an address of its own.
         "--srv-host=_sip._tcp.tcponly.srv.test,a.srv.test,5087,10,0",
         "--host-record=tcponly.srv.test,127.0.0.9",
@@ -356,4 +363,62 @@ async fn without_naptr_records_the_transport_with_srv_records_is_taken() {
         "no SIP service",
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_refresh_limited_to_the_transport_chosen_at_start_follows_the_same_naptr_record() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr]).unwrap();
+    let uri = "sip:carrier.srv.test";
+    let at_start = r.resolve(uri, OnSrvFailure::Fail).await.unwrap();
+    assert_eq!(
+        (at_start.0.addrs.clone(), at_start.1),
+        (vec![a("127.0.0.2:5089")], Transport::Tcp),
+        "NAPTR leads to edge's SRV records"
+    );
+    // What a refresh asks: the same answer, not _sip._tcp.carrier's (none) nor the domain's
+    // own address.
+    let refreshed = r
+        .resolve_among(uri, OnSrvFailure::Fail, &[Transport::Tcp])
+        .await
+        .unwrap();
+    assert_eq!(refreshed, at_start);
+    // NAPTR chose TCP but its SRV name has none: the name's address, still over TCP (§4.2).
+    let (hop, t) = r
+        .resolve("sip:emptytcp.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.11:5060")], Transport::Tcp));
+    // A port means no NAPTR or SRV: the address, over the URI's transport.
+    let (hop, t) = r
+        .resolve("sip:carrier.srv.test:5099", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.10:5099")], Transport::Udp));
+}
+
+#[tokio::test]
+async fn a_gateway_listening_on_tcp_only_is_never_given_udp() {
+    let dns = zone();
+    let r = SipResolver::new(&[dns.addr])
+        .unwrap()
+        .with_transports(&[Transport::Tcp]);
+    // Both _sip._udp and _sip._tcp records: TCP's.
+    let (hop, t) = r
+        .resolve("sip:pbx.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.2:5080")], Transport::Tcp));
+    // No SRV records at all: the address, over TCP.
+    let (hop, t) = r
+        .resolve("sip:plain.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((hop.addrs, t), (vec![a("127.0.0.9:5060")], Transport::Tcp));
+    // A URI that names UDP keeps it: the operator said so.
+    let (_, t) = r
+        .resolve("sip:pbx.srv.test;Transport=UDP", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!(t, Transport::Udp);
 }

@@ -170,60 +170,103 @@ impl SipResolver {
         uri: &str,
         on_failure: OnSrvFailure,
     ) -> anyhow::Result<(HopAddrs, Transport)> {
+        self.resolve_among(uri, on_failure, &self.usable).await
+    }
+
+    /// As [`SipResolver::resolve`], choosing only among `usable` transports. A trunk's
+    /// refreshes pass the one chosen at start, so that they follow the same NAPTR record's SRV
+    /// name and never change the transport.
+    pub async fn resolve_among(
+        &self,
+        uri: &str,
+        on_failure: OnSrvFailure,
+        usable: &[Transport],
+    ) -> anyhow::Result<(HopAddrs, Transport)> {
         let (host, port, transport) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
         // A `sips:` URI's NAPTR records still name its SRV name (only `SIPS+D2T` counts).
         let chosen_by_dns =
             port.is_none() && !msg::uri_has_transport_param(uri) && host.parse::<IpAddr>().is_err();
-        if let (true, Ok(dns)) = (chosen_by_dns, &self.dns) {
-            let secure = transport == Transport::Tls;
-            let records = match naptr_records(dns, &host).await {
-                Ok(r) => r,
-                Err(e) if on_failure == OnSrvFailure::UseAddressRecords => {
-                    tracing::warn!(%host, error = %format!("{e:#}"), "NAPTR lookup failed; asking SRV records");
-                    Vec::new()
-                }
-                Err(e) => return Err(e),
-            };
-            let choices = naptr_choices(&records, secure, &self.usable);
-            if !records.is_empty() && choices.is_empty() {
-                tracing::debug!(%host, "no NAPTR record for a usable SIP transport; asking SRV records");
-            }
-            // Without NAPTR records for a usable transport: the SRV names of the usable
-            // transports (§4.1), the URI's own first.
-            let candidates = if choices.is_empty() {
-                let others = [Transport::Udp, Transport::Tcp]
-                    .into_iter()
-                    .filter(|t| !secure && *t != transport && self.usable.contains(t));
-                std::iter::once(transport)
-                    .chain(others)
-                    .map(|t| (t, srv_name(&host, t)))
-                    .collect()
-            } else {
-                choices
-            };
-            // An answer that rules a transport out (SRV target ".") lets the next one be tried;
-            // it fails the lookup only when no other has records.
-            let mut ruled_out = None;
-            for (t, name) in &candidates {
-                match srv(dns, name, on_failure).await {
-                    Ok(Some(hop)) => return Ok((hop, *t)),
-                    Ok(None) => {}
-                    Err(SrvError::Query(e)) if on_failure == OnSrvFailure::UseAddressRecords => {
-                        tracing::warn!(%name, error = %format!("{e:#}"), "SRV lookup failed; going on without it");
+        let (true, Ok(dns)) = (chosen_by_dns, &self.dns) else {
+            return self.resolve_over(uri, transport, on_failure).await;
+        };
+        let secure = transport == Transport::Tls;
+        // The transports to ask SRV records for without NAPTR (§4.1), most wanted first: the
+        // URI's own (TLS for `sips:`, whatever `usable` says), then the other usable ones.
+        let fallback: Vec<Transport> = if secure {
+            vec![Transport::Tls]
+        } else {
+            [transport, Transport::Udp, Transport::Tcp]
+                .into_iter()
+                .filter(|t| usable.contains(t))
+                .fold(Vec::new(), |mut v, t| {
+                    if !v.contains(&t) {
+                        v.push(t);
                     }
-                    Err(SrvError::Query(e)) => return Err(e),
-                    Err(SrvError::Answer(e)) => {
-                        ruled_out.get_or_insert(e);
+                    v
+                })
+        };
+        let (choices, naptr_failed) = match naptr_records(dns, &host).await {
+            Ok(records) => {
+                let choices = naptr_choices(&records, secure, usable);
+                if !records.is_empty() && choices.is_empty() {
+                    tracing::debug!(%host, "no NAPTR record for a usable SIP transport; asking SRV records");
+                }
+                (choices, false)
+            }
+            Err(e) if on_failure == OnSrvFailure::UseAddressRecords => {
+                tracing::warn!(%host, error = %format!("{e:#}"), "NAPTR lookup failed; asking SRV records");
+                (Vec::new(), true)
+            }
+            Err(e) => return Err(e),
+        };
+        // Without NAPTR records for a usable transport: the SRV names of the fallback
+        // transports. After a NAPTR query that got no answer, only the first: the server is
+        // likely not answering, and each query would wait as long again.
+        let candidates: Vec<(Transport, String)> = if choices.is_empty() {
+            let n = if naptr_failed { 1 } else { fallback.len() };
+            fallback
+                .iter()
+                .take(n)
+                .map(|&t| (t, srv_name(&host, t)))
+                .collect()
+        } else {
+            choices
+        };
+        // An answer that rules a transport out (SRV target ".") lets the next one be tried;
+        // it fails the lookup only when no other has records. (RFC 3403 would stop at the
+        // first ORDER that matched; trying the next records, as S-NAPTR (RFC 3958) does, only
+        // adds a way to reach the domain.)
+        let mut ruled_out = None;
+        for (t, name) in &candidates {
+            match srv(dns, name, on_failure).await {
+                Ok(Some(hop)) => {
+                    if *t != transport {
+                        tracing::info!(%uri, transport = ?t, srv = %name, "the transport comes from DNS (NAPTR/SRV)");
                     }
+                    return Ok((hop, *t));
+                }
+                Ok(None) => {}
+                Err(SrvError::Query(e)) if on_failure == OnSrvFailure::UseAddressRecords => {
+                    tracing::warn!(%name, error = %format!("{e:#}"), "SRV lookup failed; going on without it");
+                }
+                Err(SrvError::Query(e)) => return Err(e),
+                Err(SrvError::Answer(e)) => {
+                    ruled_out.get_or_insert(e);
                 }
             }
-            if let Some(e) = ruled_out {
-                return Err(e);
-            }
-            return self.address_records(&host, None, transport).await;
         }
-        self.resolve_over(uri, transport, on_failure).await
+        if let Some(e) = ruled_out {
+            return Err(e);
+        }
+        // No SRV records: the name's own addresses (§4.2), over the transport chosen so far:
+        // the first NAPTR record's, else the first fallback's.
+        let t = candidates
+            .first()
+            .map(|(t, _)| *t)
+            .or(fallback.first().copied())
+            .unwrap_or(transport);
+        self.address_records(&host, None, t).await
     }
 
     /// As [`SipResolver::resolve`], over `transport` whatever the URI says (the SRV name asked

@@ -395,7 +395,11 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
         Transport::Udp
     };
     for p in parts {
-        if let Some(t) = p.strip_prefix("transport=") {
+        let t = p
+            .get(..10)
+            .filter(|k| k.eq_ignore_ascii_case("transport="))
+            .map(|_| &p[10..]);
+        if let Some(t) = t {
             transport = match t.to_ascii_lowercase().as_str() {
                 "tcp" => Transport::Tcp,
                 "tls" => Transport::Tls,
@@ -789,6 +793,24 @@ mod tests {
         ] {
             assert!(!uri_names_transport(not), "{not}");
         }
+    }
+
+    #[test]
+    fn the_transport_parameter_and_lr_are_read_in_any_case() {
+        for (uri, t) in [
+            ("sip:pbx.example;transport=tcp", Transport::Tcp),
+            ("sip:pbx.example;Transport=TCP", Transport::Tcp),
+            ("sip:pbx.example;TRANSPORT=tls", Transport::Tls),
+            ("sip:pbx.example;transport=udp", Transport::Udp),
+            ("sip:pbx.example", Transport::Udp),
+            ("sips:pbx.example", Transport::Tls),
+        ] {
+            assert_eq!(uri_target(uri).map(|(_, _, t)| t), Some(t), "{uri}");
+        }
+        assert!(uri_is_loose_router("sip:p.example;lr"));
+        assert!(uri_is_loose_router("sip:p.example;LR=on;transport=tcp"));
+        assert!(!uri_is_loose_router("sip:p.example"));
+        assert!(!uri_is_loose_router("sip:lr@p.example;maddr=x"));
     }
 
     const INVITE: &str = "INVITE sip:answer@127.0.0.1:5070 SIP/2.0\r\n\
