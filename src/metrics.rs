@@ -151,6 +151,8 @@ pub struct Metrics {
     /// Answered calls ended because nothing came from their SIP peer for `[media]
     /// timeout_secs` (or `hold_timeout_secs`).
     pub media_timeouts: AtomicU64,
+    /// Ended INVITEs and dialogs forgotten before 64*T1 because their table was full (ADR 0024).
+    pub ended_dialogs_evicted: AtomicU64,
     pub media_dropped: [AtomicU64; DropReason::ALL.len()],
     pub calls_active: AtomicI64,
     /// Media port pairs (RTP + RTCP) of `[media]`'s range: the SIP legs it holds at once.
@@ -606,6 +608,19 @@ impl Metrics {
             "rtcp_packets_received_total",
             "",
             load(&self.rtcp_received),
+        );
+
+        header(
+            &mut out,
+            "sip_ended_dialogs_evicted_total",
+            "counter",
+            "Ended INVITEs or dialogs forgotten before 64*T1 because their table (sip.max_calls x 32) was full: a late 2xx for one gets no ACK or BYE (ADR 0024).",
+        );
+        line(
+            &mut out,
+            "sip_ended_dialogs_evicted_total",
+            "",
+            load(&self.ended_dialogs_evicted),
         );
 
         header(

@@ -9,6 +9,17 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// What [`Recent::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The key was new.
+    New,
+    /// The key was new, and the oldest was forgotten before its time to make room.
+    Evicting,
+    /// The key was already held (its time and value are kept).
+    Held,
+}
+
 /// Keys with a value each, remembered for `memory` after they were first inserted. When
 /// `max` are held, the oldest is forgotten early to make room.
 pub struct Recent<K, V = ()> {
@@ -30,20 +41,26 @@ impl<K: Hash + Eq + Copy, V> Recent<K, V> {
     }
 
     /// Remembers `key` from `now`, with `value`. A key already held keeps its first time and
-    /// value; returns whether `key` was new.
-    pub fn insert(&mut self, now: Instant, key: K, value: V) -> bool {
+    /// value.
+    pub fn insert(&mut self, now: Instant, key: K, value: V) -> Inserted {
         self.expire(now);
         if self.entries.contains_key(&key) {
-            return false;
+            return Inserted::Held;
         }
+        let mut evicted = false;
         if self.order.len() >= self.max {
             if let Some((_, old)) = self.order.pop_front() {
                 self.entries.remove(&old);
+                evicted = true;
             }
         }
         self.entries.insert(key, value);
         self.order.push_back((now, key));
-        true
+        if evicted {
+            Inserted::Evicting
+        } else {
+            Inserted::New
+        }
     }
 
     /// The value of `key` if it was inserted less than `memory` before `now`.
@@ -90,10 +107,14 @@ mod tests {
     fn keys_are_held_for_their_memory_and_no_longer() {
         let t0 = Instant::now();
         let mut r: Recent<u32, &str> = Recent::new(Duration::from_secs(10), 100);
-        assert!(r.insert(t0, 1, "one"));
-        assert!(r.insert(t0 + Duration::from_secs(5), 2, "two"));
-        assert!(
-            !r.insert(t0 + Duration::from_secs(6), 1, "again"),
+        assert_eq!(r.insert(t0, 1, "one"), Inserted::New);
+        assert_eq!(
+            r.insert(t0 + Duration::from_secs(5), 2, "two"),
+            Inserted::New
+        );
+        assert_eq!(
+            r.insert(t0 + Duration::from_secs(6), 1, "again"),
+            Inserted::Held,
             "already held"
         );
         assert_eq!(r.get(t0 + Duration::from_secs(9), &1), Some(&"one"));
@@ -103,8 +124,9 @@ mod tests {
         assert!(r.contains(t0 + Duration::from_secs(14), &2));
         assert!(!r.contains(t0 + Duration::from_secs(15), &2));
         assert!(r.is_empty());
-        assert!(
+        assert_eq!(
             r.insert(t0 + Duration::from_secs(15), 1, "back"),
+            Inserted::New,
             "new again"
         );
     }
@@ -113,9 +135,11 @@ mod tests {
     fn at_its_limit_the_oldest_key_makes_room() {
         let t0 = Instant::now();
         let mut r: Recent<u32> = Recent::new(Duration::from_secs(60), 3);
-        for k in 0..5 {
-            r.insert(t0 + Duration::from_secs(k.into()), k, ());
-        }
+        let made_room: Vec<Inserted> = (0..5)
+            .map(|k| r.insert(t0 + Duration::from_secs(k.into()), k, ()))
+            .collect();
+        use Inserted::{Evicting, New};
+        assert_eq!(made_room, [New, New, New, Evicting, Evicting]);
         assert_eq!(r.len(), 3);
         let now = t0 + Duration::from_secs(5);
         assert!(!r.contains(now, &0) && !r.contains(now, &1));

@@ -14,7 +14,7 @@ use super::negotiate;
 use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Failover, Metrics};
-use crate::recent::Recent;
+use crate::recent::{Inserted, Recent};
 use crate::ript::model::{
     self, CallDescription, CallDirection, CallRequest, CallState, Direction, Event, EventName,
     Proposal,
@@ -816,9 +816,6 @@ const AVOID_AFTER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest Retry-After of a 503 honoured when ordering a trunk's addresses.
 const MAX_AVOID_SECS: u64 = 3600;
 
-/// Ended INVITEs remembered at most (64*T1 of them at 8000 calls/s), about 60 bytes each.
-const ENDED_INVITES_MAX: usize = 1 << 18;
-
 /// Dialogs of one INVITE's extra forks that we end with a BYE; later forks are only ACKed.
 const MAX_STRAY_BYES: u8 = 8;
 
@@ -906,6 +903,8 @@ impl Engine {
         let txn = TxnLayer::new(cfg.t1, cfg.max_calls.saturating_mul(32).max(1024));
         let ports = PortPool::new(cfg.port_min, cfg.port_max);
         let linger = cfg.t1 * 64;
+        // As many as the transactions (see above): 64*T1 of calls at a high call rate.
+        let ended_max = cfg.max_calls.saturating_mul(32).max(1024);
         metrics.media_port_pairs.store(
             crate::config::port_pairs(cfg.port_min, cfg.port_max) as u64,
             Ordering::Relaxed,
@@ -920,8 +919,8 @@ impl Engine {
             branches: HashMap::new(),
             avoid: HashMap::new(),
             orphans: HashMap::new(),
-            ended_invites: Recent::new(linger, ENDED_INVITES_MAX),
-            stray_byes: Recent::new(linger, ENDED_INVITES_MAX),
+            ended_invites: Recent::new(linger, ended_max),
+            stray_byes: Recent::new(linger, ended_max),
             dialog_hasher: std::hash::RandomState::new(),
             per_client: HashMap::new(),
             preflight_ok: HashMap::new(),
@@ -2470,7 +2469,11 @@ impl Engine {
         if !may_bye || self.stray_byes.contains(now, &h) {
             return false;
         }
-        self.stray_byes.insert(now, h, ());
+        if self.stray_byes.insert(now, h, ()) == Inserted::Evicting {
+            self.metrics
+                .ended_dialogs_evicted
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let extra = Extra::none().header("Reason", reason);
         let (branch, bye) = send("BYE", cseq, &extra);
         self.txn.send_request(now, &branch, false, bye, dest);
@@ -4663,11 +4666,16 @@ impl Engine {
                     next_hop: sip.dest.addr.ip(),
                     byes: sip.stray_byes,
                 };
-                self.ended_invites.insert(now, h, ended);
+                let mut evicted = self.ended_invites.insert(now, h, ended) == Inserted::Evicting;
                 // The call's own dialog was ended with it: a copy of its 2xx is only ACKed.
                 if let Some(remote) = sip.remote_tag.as_deref() {
                     let h = self.dialog_hash(&sip.call_id, &sip.local_tag, Some(remote));
-                    self.stray_byes.insert(now, h, ());
+                    evicted |= self.stray_byes.insert(now, h, ()) == Inserted::Evicting;
+                }
+                if evicted {
+                    self.metrics
+                        .ended_dialogs_evicted
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
             if let Some(k) = &sip.invite_key {

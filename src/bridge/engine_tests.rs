@@ -1894,6 +1894,37 @@ fn a_2xx_while_a_redirect_is_looked_up_is_acked_and_ended() {
 }
 
 #[test]
+fn ended_invites_past_the_table_size_are_forgotten_and_counted() {
+    // max_calls 1: the table holds 1024 ended INVITEs (its floor).
+    let mut s = Sim::with(EngineConfig {
+        max_calls: 1,
+        max_calls_per_client: 1,
+        ..cfg()
+    });
+    let mut first = None;
+    for i in 0..1025u64 {
+        let (_, inv) = b_invite_sent(&mut s);
+        s.sip(&reply(&inv, 486, "Busy Here", "busy", None), TRUNK);
+        s.take();
+        first.get_or_insert(inv);
+        s.now += Duration::from_millis(1);
+        assert_eq!(s.e.active_calls(), 0, "call {i}");
+    }
+    assert_eq!(
+        s.e.metrics.ended_dialogs_evicted.load(Ordering::Relaxed),
+        1,
+        "the 1025th pushed the first out"
+    );
+    // The first call's INVITE is no longer known: a late 2xx for it gets nothing.
+    let inv = first.unwrap();
+    s.sip(
+        &ok_from(&inv, "late", "<sip:late@127.0.0.1:5081>", None),
+        TRUNK,
+    );
+    assert!(s.sip_out().is_empty());
+}
+
+#[test]
 fn a_2xx_after_the_invite_timed_out_is_acked_and_ended_as_never_answered() {
     let mut s = Sim::new();
     let (_, inv) = b_invite_sent(&mut s);
