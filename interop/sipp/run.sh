@@ -325,7 +325,6 @@ TOML
     DETAIL="SIPp's MD5 credentials accepted after riptide's 401; riptide's answer to SIPp's 401 verified by SIPp (verifyauth), ACK of the 200 with credentials; call set up and ended"
 }
 
-# (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.
 TIMEOUT_SIP=5077; TIMEOUT_ADMIN=9077
 scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call on both legs
     local dir="$1" rc=0 t0 secs
@@ -375,9 +374,11 @@ TOML
     stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
     [ "$rc" = 0 ] || return 1
     [ "${count:-0}" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is ${count:-missing}; log: $dir/gateway.log"; return 1; }
+    awk -v s="$secs" 'BEGIN { exit !(s >= 2) }' || { DETAIL="the call ended after ${secs}s, before the 2 s media timeout"; return 1; }
     DETAIL="no RTP either way: both SIPp peers got a BYE with Reason cause=102 after the 2 s media timeout (whole scenario ${secs}s); riptide_media_timeouts_total=$count"
 }
 
+# (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.
 scn_n() { # riptide call with --config config/pair-a.toml: the tone crosses both ways
     local dir="$1" bin="$REPO_ROOT/target/release/riptide" rc=0 uas_rc=0 summary uas_rx check
     [ -x "$bin" ] || (cd "$REPO_ROOT" && cargo build --release --locked) >"$dir/build.log" 2>&1 \

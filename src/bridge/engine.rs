@@ -516,6 +516,10 @@ struct SipLeg {
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
+    /// The direction of the peer's last SDP, offer or answer: whether it said it would send.
+    remote_direction: SdpDirection,
+    /// Our 2xx to an offerless re-INVITE carries an offer: the caller's ACK has the answer.
+    answer_in_ack: bool,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
     reinvite_in_unacked: bool,
@@ -1693,6 +1697,8 @@ impl Engine {
             redirect_lookup: None,
             stray_byes: 0,
             silence_watch: None,
+            remote_direction: audio.direction,
+            answer_in_ack: false,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -1975,14 +1981,61 @@ impl Engine {
                 if std::mem::take(&mut sip.route_pending) {
                     sip.retarget(key, &mut self.out);
                 }
+                let answer_in_ack = std::mem::take(&mut sip.answer_in_ack);
                 let bye = sip.bye_after_ack.take();
                 self.disarm(key, CallTimer::Retransmit2xx);
                 if let Some(reason) = bye {
                     self.send_bye(now, key, &reason);
                     self.finish(now, key, CallOutcome::Answered);
+                    return;
+                }
+                if answer_in_ack {
+                    self.on_answer_in_ack(now, key, m);
                 }
             }
         }
+    }
+
+    /// The caller's answer, in its ACK, to the offer our 2xx made to its offerless re-INVITE
+    /// (RFC 3261 §14.2, RFC 3264 §8): the media goes where it says, and a hold it declares is
+    /// watched as one. An ACK without SDP leaves the session as it was; an answer whose security
+    /// we cannot take ends the call (an ACK cannot be refused).
+    fn on_answer_in_ack(&mut self, now: Instant, key: CallKey, m: &SipInbound) {
+        let SipMessage::Request(req) = &m.msg else {
+            return;
+        };
+        if req.body.is_empty() {
+            return;
+        }
+        let latching = self.leg_latching(key);
+        let ans = match sdp::parse(&req.body) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(call = %key, error = %e, "the ACK's SDP answer cannot be read; the session stays as it was");
+                return;
+            }
+        };
+        let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) else {
+            return;
+        };
+        if let Err(why) = self.secure_answer(key, &ans, a) {
+            warn!(call = %key, %why, "the ACK's SDP answer refused");
+            self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+            self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+            self.finish(now, key, CallOutcome::Answered);
+            return;
+        }
+        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+            sip.remote_direction = a.direction;
+        }
+        self.out.push_back(Output::Media(MediaCmd::SetRemote {
+            call: key,
+            rtp: addr,
+            rtcp: rtcp_of(addr, a.rtcp_mux),
+            rtcp_mux: a.rtcp_mux,
+            latching,
+        }));
+        self.watch_media(key);
     }
 
     fn on_in_dialog(&mut self, now: Instant, m: SipInbound) {
@@ -2151,6 +2204,8 @@ impl Engine {
             }
         }
         let mut changed = None;
+        // An offerless re-INVITE: our 2xx offers, and its ACK answers (RFC 3261 §14.2).
+        sip.answer_in_ack = is_invite && req.body.is_empty();
         if !req.body.is_empty() {
             let offer = match sdp::parse(&req.body) {
                 Ok(o) => o,
@@ -2219,6 +2274,7 @@ impl Engine {
                     local.direction = ours;
                 }
                 local.session_version += 1;
+                sip.remote_direction = audio.direction;
                 if let Some(addr) = offer.audio_addr() {
                     let rtcp_mux = audio.rtcp_mux;
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
@@ -2519,6 +2575,7 @@ impl Engine {
                 sip.early_answer = true;
                 if let Ok(ans) = sdp::parse(&resp.body) {
                     if let (Some(addr), Some((_, audio))) = (ans.audio_addr(), ans.audio()) {
+                        sip.remote_direction = audio.direction;
                         match self.secure_answer(key, &ans, audio) {
                             Ok(()) => {
                                 media = true;
@@ -2776,6 +2833,9 @@ impl Engine {
                 });
                 match checked {
                     Some(Ok(a)) => {
+                        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                            sip.remote_direction = a.direction;
+                        }
                         if let Some(addr) = ans.audio_addr() {
                             self.out.push_back(Output::Media(MediaCmd::SetRemote {
                                 call: key,
@@ -2843,6 +2903,9 @@ impl Engine {
             self.send_2xx_ack(key);
             if let Ok(ans) = sdp::parse(&resp.body) {
                 if let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) {
+                    if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                        sip.remote_direction = a.direction;
+                    }
                     if let Err(why) = self.secure_answer(key, &ans, a) {
                         warn!(call = %key, %why, "re-INVITE answer refused");
                         self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
@@ -2885,6 +2948,7 @@ impl Engine {
             };
             self.arm(now, key, CallTimer::GlareRetry, Duration::from_millis(ms));
         }
+        self.watch_media(key);
     }
 
     /// A transport error toward `addr` (RFC 3263 §4.3, RFC 3261 §8.1.3.1): each INVITE of ours
@@ -3329,6 +3393,8 @@ impl Engine {
                     redirect_lookup: None,
                     stray_byes: 0,
                     silence_watch: None,
+                    remote_direction: SdpDirection::SendRecv,
+                    answer_in_ack: false,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
                     glare_retry: None,
@@ -3744,6 +3810,13 @@ impl Engine {
                     // RFC 3261 §13.3.1.4: no ACK; end the dialog.
                     sip.pending_2xx = None;
                     warn!(call = %key, "no ACK for our 2xx; ending the call");
+                    if let Some(reason) = sip.bye_after_ack.take() {
+                        // The call was already ending (its HTTP/3 side is closed): the BYE
+                        // that waited for the ACK goes now, with its own reason.
+                        self.send_bye(now, key, &reason);
+                        self.finish(now, key, CallOutcome::Answered);
+                        return;
+                    }
                     self.send_bye(now, key, "SIP;cause=408;text=\"ACK Timeout\"");
                     self.end_ript(
                         now,
@@ -4494,8 +4567,8 @@ impl Engine {
     }
 
     /// Watches an answered call's SIP peer for silence (`MediaCmd::WatchSilence`): for
-    /// `media_timeout` while it sends RTP (our SDP direction receives), for
-    /// `hold_media_timeout` while it holds the call. Sent again only when the limit changes.
+    /// `media_timeout` while both sides' SDP say `sendrecv`, for `hold_media_timeout` while
+    /// either side holds the call. Sent again only when the limit changes.
     fn watch_media(&mut self, key: CallKey) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -4509,11 +4582,11 @@ impl Engine {
         let Some(local) = sip.local_sdp.as_ref() else {
             return;
         };
-        let receives = matches!(
-            local.direction,
-            SdpDirection::SendRecv | SdpDirection::RecvOnly
-        );
-        let limit = if receives {
+        // Held by either side (RFC 3264 §8.4: sendonly, recvonly or inactive on either offer
+        // or answer): a holding peer may send nothing at all, so the hold limit applies.
+        let active = local.direction == SdpDirection::SendRecv
+            && sip.remote_direction == SdpDirection::SendRecv;
+        let limit = if active {
             self.cfg.media_timeout
         } else {
             self.cfg.hold_media_timeout
@@ -4532,7 +4605,9 @@ impl Engine {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
-        if call.phase != Phase::Answered {
+        // A report under an earlier limit (the call was put on hold since) is stale.
+        let watched = call.sip.as_ref().and_then(|s| s.silence_watch).flatten();
+        if call.phase != Phase::Answered || watched.is_none_or(|l| silent_for < l) {
             return;
         }
         let _g = self.span(key).entered();

@@ -765,6 +765,8 @@ fn silence_watches(out: &[Output]) -> Vec<Option<Duration>> {
 
 #[test]
 fn a_held_call_is_watched_for_silence_with_the_hold_limit_and_an_active_one_with_the_short() {
+    const ACTIVE: Option<Duration> = Some(Duration::from_secs(60));
+    const HELD: Option<Duration> = Some(Duration::from_secs(3600));
     let mut s = Sim::new();
     let key = a_call_created(&mut s);
     s.ript(RiptEvent::ClientEvent {
@@ -775,38 +777,102 @@ fn a_held_call_is_watched_for_silence_with_the_hold_limit_and_an_active_one_with
     let tag = to_tag_of(&sip_texts(&out)[0]);
     assert_eq!(
         silence_watches(&out),
-        vec![Some(Duration::from_secs(60))],
+        vec![ACTIVE],
         "watched from the answer"
     );
     s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
-    // The caller holds with sendonly: it still sends RTP, the limit stays.
+    // The caller holds (RFC 3264 §8.4, sendonly): a holder may send nothing at all.
     let sendonly = OFFER.replace("a=sendrecv", "a=sendonly");
     s.sip(
         &in_dialog("INVITE", "z9hG4bKre2", 2, &tag, Some(&sendonly)),
         CALLER,
     );
-    assert!(silence_watches(&s.take()).is_empty());
+    assert_eq!(silence_watches(&s.take()), vec![HELD]);
+    // A report under the 60 s limit that was under way is stale now.
+    s.input(Input::Media(MediaEvent::Silent {
+        call: key,
+        silent_for: Duration::from_secs(60),
+    }));
+    assert!(s.take().is_empty(), "stale silence");
+    assert_eq!(s.e.active_calls(), 1);
     s.sip(&in_dialog("ACK", "z9hG4bKack2", 2, &tag, None), CALLER);
-    // inactive: it sends nothing now, the hold limit applies.
+    // inactive: still held, nothing new to say.
     let inactive = OFFER.replace("a=sendrecv", "a=inactive");
     s.sip(
         &in_dialog("INVITE", "z9hG4bKre3", 3, &tag, Some(&inactive)),
         CALLER,
     );
-    assert_eq!(
-        silence_watches(&s.take()),
-        vec![Some(Duration::from_secs(3600))]
-    );
+    assert!(silence_watches(&s.take()).is_empty());
     s.sip(&in_dialog("ACK", "z9hG4bKack3", 3, &tag, None), CALLER);
     s.sip(
         &in_dialog("UPDATE", "z9hG4bKup4", 4, &tag, Some(OFFER)),
         CALLER,
     );
-    assert_eq!(
-        silence_watches(&s.take()),
-        vec![Some(Duration::from_secs(60))],
-        "resumed"
+    assert_eq!(silence_watches(&s.take()), vec![ACTIVE], "resumed");
+    // An offerless re-INVITE: our 200 offers, the ACK answers with a hold.
+    s.sip(&in_dialog("INVITE", "z9hG4bKre5", 5, &tag, None), CALLER);
+    let ok = s.sip_out().remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200") && ok.contains("m=audio"),
+        "{ok}"
     );
+    let answer = ANSWER.replace("a=sendrecv", "a=recvonly");
+    s.sip(
+        &in_dialog("ACK", "z9hG4bKack5", 5, &tag, Some(&answer)),
+        CALLER,
+    );
+    let out = s.take();
+    assert_eq!(silence_watches(&out), vec![HELD], "the ACK's answer holds");
+    assert!(
+        out.iter().any(|o| matches!(o,
+            Output::Media(MediaCmd::SetRemote { rtp, .. }) if rtp.port() == 7000)),
+        "the ACK's answer says where media goes: {out:?}"
+    );
+    // A callee that answers our INVITE recvonly holds from the start.
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    let held = ANSWER.replace("a=sendrecv", "a=recvonly");
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(&held)), TRUNK);
+    assert_eq!(silence_watches(&s.take()), vec![HELD]);
+}
+
+#[test]
+fn a_media_timeout_before_the_callers_ack_ends_the_http3_side_once() {
+    let mut s = Sim::new();
+    let key = a_call_created(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 0),
+    });
+    s.take();
+    // No ACK yet, and the caller sends nothing.
+    s.input(Input::Media(MediaEvent::Silent {
+        call: key,
+        silent_for: Duration::from_secs(60),
+    }));
+    let out = s.take();
+    assert!(sent_to(&out, "BYE ").is_empty(), "no BYE before the ACK");
+    let ends = |out: &[Output]| {
+        out.iter()
+            .filter(|o| {
+                matches!(o, Output::Ript(RiptCmd::ClientClose { .. }))
+                    || matches!(o, Output::Ript(RiptCmd::ClientSend { event, .. }) if event.name == EventName::End)
+            })
+            .count()
+    };
+    assert_eq!(ends(&out), 2, "one end event, one close: {out:?}");
+    // The ACK never comes: the BYE goes with the media timeout's reason, and the HTTP/3 side,
+    // already closed, hears nothing more.
+    s.advance(Duration::from_secs(40));
+    let out = s.take();
+    let byes = sent_to(&out, "BYE ");
+    assert!(!byes.is_empty(), "{:?}", sip_texts(&out));
+    assert!(
+        byes.iter().all(|(_, b)| b.contains("cause=102")),
+        "{byes:?}"
+    );
+    assert_eq!(ends(&out), 0, "{out:?}");
+    assert_eq!(s.e.active_calls(), 0);
 }
 
 #[test]

@@ -368,6 +368,17 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
 
     // media
     let m = &cfg.media;
+    for (name, secs) in [
+        ("timeout_secs", m.timeout_secs),
+        ("hold_timeout_secs", m.hold_timeout_secs),
+    ] {
+        if secs > MAX_MEDIA_TIMEOUT {
+            return Err(err(
+                vec![key("media"), key(name)],
+                format!("at most {MAX_MEDIA_TIMEOUT} (a day; 0 turns the timeout off)"),
+            ));
+        }
+    }
     if m.port_min == 0 {
         return Err(err(
             vec![key("media"), key("port_min")],
@@ -656,6 +667,9 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Largest `media.timeout_secs` and `media.hold_timeout_secs`: a day (0 is "never").
+const MAX_MEDIA_TIMEOUT: u64 = 86_400;
 
 /// Largest `http3.cors_max_age_secs` (Firefox's cap; Chromium caps at 7200).
 const MAX_CORS_MAX_AGE: u64 = 86_400;
@@ -1622,6 +1636,10 @@ mod tests {
         assert!(msg.contains("twice"), "{msg}");
         let (key, line, _, _) = invalid("[http3]\ncors_max_age_secs = 86401\n");
         assert_eq!((key.as_str(), line), ("http3.cors_max_age_secs", 2));
+        let (key, line, _, msg) =
+            invalid("[media]\ntimeout_secs = 60\nhold_timeout_secs = 9223372036854775807\n");
+        assert_eq!((key.as_str(), line), ("media.hold_timeout_secs", 3));
+        assert!(msg.contains("at most 86400"), "{msg}");
         let cfg = load_str(
             "[http3]\ncors_origins = [\"https://a.example\"]\ncors_max_age_secs = 60\n[sip]\ncors_origins = [\"http://localhost:3000\"]\n[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\npreflight = true\n",
             "t",

@@ -173,8 +173,8 @@ pub struct MediaConfig {
     /// An answered call whose SIP peer sends nothing (no RTP, no RTCP) for this long is ended;
     /// 0: never.
     pub timeout_secs: u64,
-    /// The same while the peer holds the call (our SDP direction is sendonly or inactive,
-    /// so it sends no RTP); 0: never.
+    /// The same while either side holds the call (either SDP says sendonly, recvonly or
+    /// inactive); 0: never.
     pub hold_timeout_secs: u64,
 }
 

@@ -90,9 +90,6 @@ pub struct LegacyLeg {
     failed: bool,
     /// RTCP shares the RTP port (RFC 5761).
     mux: bool,
-    /// When the peer was last heard from: an authenticated RTP or RTCP packet, or the start of
-    /// the current silence watch.
-    heard: Instant,
     /// Telephone-events toward the peer become SIP INFO (the engine sends them).
     dtmf_as_info: bool,
     /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
@@ -105,6 +102,15 @@ pub struct LegacyLeg {
     // Not touched per packet from here on.
     /// How long the peer may stay silent before the engine is told ([`LegacyLeg::watch_silence`]).
     silence_limit: Option<std::time::Duration>,
+    /// When the peer was last seen alive: the timer pass that found its counts moved (RTP it
+    /// sent, see `LegRtcp`, and `signs`), or the start of the watch. Sampled by the timers
+    /// rather than written per packet, so the per-packet part of the leg stays as it was.
+    heard: Instant,
+    /// The counts at that pass.
+    heard_counts: (u64, u64),
+    /// Signs of life other than its RTP: RTCP that came from the peer and made sense, and STUN
+    /// the ICE agent accepted.
+    signs: u64,
     /// The silence was found and not yet taken ([`LegacyLeg::take_silence`]); `silence_told`
     /// once it was.
     silence: Option<std::time::Duration>,
@@ -172,6 +178,8 @@ impl LegacyLeg {
             failed: false,
             ice_state: None,
             heard: now,
+            heard_counts: (0, 0),
+            signs: 0,
             silence_limit: None,
             silence: None,
             silence_told: false,
@@ -183,8 +191,14 @@ impl LegacyLeg {
     pub fn watch_silence(&mut self, now: Instant, limit: Option<std::time::Duration>) {
         self.silence_limit = limit;
         self.heard = now;
+        self.heard_counts = self.life_counts();
         self.silence = None;
         self.silence_told = false;
+    }
+
+    /// What the peer has sent that shows it is there: RTP received, other signs.
+    fn life_counts(&self) -> (u64, u64) {
+        (self.rtcp.stats().packets_received, self.signs)
     }
 
     /// How long the peer had been silent when its silence passed the limit; once.
@@ -192,11 +206,12 @@ impl LegacyLeg {
         self.silence.take()
     }
 
-    /// When the peer's silence passes the limit, if it is watched.
+    /// When the peer's silence passes the limit, if it is watched (a limit beyond what an
+    /// `Instant` can hold is never).
     fn silence_deadline(&self) -> Option<Instant> {
         self.silence_limit
             .filter(|_| !self.silence_told)
-            .map(|l| self.heard + l)
+            .and_then(|l| self.heard.checked_add(l))
     }
 
     /// The remote SDP's address. A latched source survives a repeated one (re-INVITE with the
@@ -406,6 +421,19 @@ impl LegacyLeg {
         }
     }
 
+    /// RTCP is a sign of the peer's life when SRTCP authenticated it, or when it comes from
+    /// the peer's address (any port: RTCP may come from the one after RTP's).
+    fn rtcp_from_peer(&self, src: SocketAddr) -> bool {
+        match (&self.keys, &self.ice) {
+            (Keys::Srtp(_), _) => true,
+            (_, Some(agent)) => agent.accepts_from(src),
+            _ => [self.remote.rtp, self.remote.sdp]
+                .into_iter()
+                .flatten()
+                .any(|a| a.ip() == src.ip()),
+        }
+    }
+
     fn latch(&mut self, src: SocketAddr) {
         let r = &mut self.remote;
         if self.ice.is_none() && r.latching && !r.latched {
@@ -436,7 +464,11 @@ impl LegacyLeg {
         if super::ice::is_stun(pkt) {
             return match self.ice.as_mut() {
                 Some(agent) => match agent.handle_stun(now, src, pkt) {
-                    Ok(()) => Recv::Consumed,
+                    Ok(()) => {
+                        // Consent checks are what a holding ICE peer sends.
+                        self.signs += 1;
+                        Recv::Consumed
+                    }
                     Err(e) => {
                         tracing::debug!(%src, error = %e, "STUN refused");
                         Recv::Drop(DropReason::Stun)
@@ -482,11 +514,11 @@ impl LegacyLeg {
                 Err(_) => return Recv::Drop(DropReason::Srtp),
             },
         };
-        // Authenticated (or plain by policy): the peer is alive.
-        self.heard = now;
         if kind == PacketKind::Rtcp {
-            if let Err(e) = self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
-                tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused");
+            match self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
+                Ok(()) if self.rtcp_from_peer(src) => self.signs += 1,
+                Ok(()) => {}
+                Err(e) => tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused"),
             }
             return Recv::Rtcp(plain);
         }
@@ -639,9 +671,15 @@ impl LegacyLeg {
             d.handle_timeout(now);
         }
         self.after_dtls();
-        if self.silence_deadline().is_some_and(|d| now >= d) {
-            self.silence = Some(now.saturating_duration_since(self.heard));
-            self.silence_told = true;
+        if self.silence_limit.is_some() && !self.silence_told {
+            let counts = self.life_counts();
+            if counts != self.heard_counts {
+                self.heard = now;
+                self.heard_counts = counts;
+            } else if self.silence_deadline().is_some_and(|d| now >= d) {
+                self.silence = Some(now.saturating_duration_since(self.heard));
+                self.silence_told = true;
+            }
         }
         if self.remote.sdp.is_some() && now >= self.rtcp.poll_timeout() {
             if let Some(r) = self.rtcp.poll_report(now, self.wall(now)) {
@@ -946,6 +984,16 @@ mod tests {
             told.extend(run_timers(&mut leg, &mut now, Duration::from_secs(1)));
         }
         assert_eq!(told.len(), 1, "a stranger's packets keep nothing alive");
+        // Nor does RTCP from another address: a plain leg cannot tell it from the peer's.
+        leg.watch_silence(now, Some(Duration::from_secs(3)));
+        let stranger = SocketAddr::from(([127, 0, 0, 3], PEER));
+        let mut told = Vec::new();
+        for _ in 0..5 {
+            let mut rr = vec![0x80, 201, 0, 1, 0, 0, 0x12, 0x34];
+            assert!(matches!(leg.on_recv(now, stranger, &mut rr), Recv::Rtcp(_)));
+            told.extend(run_timers(&mut leg, &mut now, Duration::from_secs(1)));
+        }
+        assert_eq!(told.len(), 1, "RTCP from another host is not the peer");
         // RTCP counts as the peer: a held peer that only reports stays.
         leg.watch_silence(now, Some(Duration::from_secs(3)));
         // An empty receiver report (RFC 3550 §6.4.2): V=2, RC=0, PT=201, length 1, SSRC.
