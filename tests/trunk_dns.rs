@@ -275,6 +275,36 @@ fn in_own_hosts(hosts: &Path) -> Command {
     c
 }
 
+/// The routes and trunks of a gateway's configuration: TG `local` sends calls whose destination
+/// starts with each prefix to its trunk (plain RTP, no ICE). `trunks`: (prefix, name, target),
+/// in route order.
+fn trunk_config(trunks: &[(&str, &str, &str)]) -> String {
+    let mut c = String::from("[[tg]]\nname = \"local\"\n");
+    for (prefix, name, _) in trunks {
+        c += &format!("\n  [[tg.route]]\n  prefix = \"{prefix}\"\n  sip_trunk = \"{name}\"\n");
+    }
+    for (_, name, target) in trunks {
+        c += &format!(
+            "\n[[sip_trunk]]\nname = \"{name}\"\ntarget = \"{target}\"\nsecurity = \"rtp\"\nice = \"off\"\n"
+        );
+    }
+    c
+}
+
+/// What `riptide call` needs to call through `gw`: its client configuration, and a one-second
+/// tone to play.
+fn caller(dir: &Path, gw: &cli_support::Gateway) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cfg = client_config(dir, gw, "local", &[]);
+    let tone = dir.join("tone.wav");
+    tone_wav(&tone, 440.0, 1.0);
+    (cfg, tone)
+}
+
+/// The gateway's log so far, for assertion messages.
+fn server_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+}
+
 /// `riptide call` to `target`, which must answer (`log` tells the gateway's side if not).
 fn answered_call(cfg: &Path, tone: &Path, target: &str, log: &dyn Fn() -> String) {
     let out: Output = Command::new(BIN)
@@ -322,37 +352,18 @@ fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
     let gw = start_server_with(
         &dir,
         "dns_refresh_secs = 1",
-        &format!(
-            r#"[[tg]]
-name = "local"
-
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "pbx"
-
-  [[tg.route]]
-  prefix = "tcp"
-  sip_trunk = "pbx-tcp"
-
-[[sip_trunk]]
-name = "pbx"
-target = "sip:pbx.test:{port}"
-security = "rtp"
-ice = "off"
-
-[[sip_trunk]]
-name = "pbx-tcp"
-target = "sip:pbx-tcp.test:{port};transport=tcp"
-security = "rtp"
-ice = "off"
-"#
-        ),
+        &trunk_config(&[
+            ("", "pbx", &format!("sip:pbx.test:{port}")),
+            (
+                "tcp",
+                "pbx-tcp",
+                &format!("sip:pbx-tcp.test:{port};transport=tcp"),
+            ),
+        ]),
         in_own_hosts(&hosts),
     );
-    let cfg = client_config(&dir, &gw, "local", &[]);
-    let tone = dir.join("tone.wav");
-    tone_wav(&tone, 440.0, 1.0);
-    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
 
     // The first address refuses with 503: the INVITE goes on to the second, which answers.
     answered_call(&cfg, &tone, "sip:answer@pbx.test", &log);
@@ -426,25 +437,11 @@ fn srv_records_name_a_trunks_servers_in_priority_order_and_changes_are_followed(
     let gw = start_server_with(
         &dir,
         &format!("dns_refresh_secs = 1\ndns_servers = [\"127.0.0.1:{dns_port}\"]"),
-        r#"[[tg]]
-name = "local"
-
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "pbx"
-
-[[sip_trunk]]
-name = "pbx"
-target = "sip:pbx.srv.test"
-security = "rtp"
-ice = "off"
-"#,
+        &trunk_config(&[("", "pbx", "sip:pbx.srv.test")]),
         Command::new(BIN),
     );
-    let cfg = client_config(&dir, &gw, "local", &[]);
-    let tone = dir.join("tone.wav");
-    tone_wav(&tone, 440.0, 1.0);
-    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
 
     answered_call(&cfg, &tone, "sip:answer@pbx.srv.test", &log);
     assert_eq!(refusing.invites(), vec!["1 INVITE"], "{}", log());
@@ -517,37 +514,14 @@ fn a_bye_goes_to_the_host_name_the_answers_contact_names() {
     let gw = start_server_with(
         &dir,
         &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
-        &format!(
-            r#"[[tg]]
-name = "local"
-
-  [[tg.route]]
-  prefix = "srv"
-  sip_trunk = "by-srv"
-
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "by-a"
-
-[[sip_trunk]]
-name = "by-a"
-target = "sip:127.0.0.2:{sip_port}"
-security = "rtp"
-ice = "off"
-
-[[sip_trunk]]
-name = "by-srv"
-target = "sip:127.0.0.5:{sip_port}"
-security = "rtp"
-ice = "off"
-"#
-        ),
+        &trunk_config(&[
+            ("srv", "by-srv", &format!("sip:127.0.0.5:{sip_port}")),
+            ("", "by-a", &format!("sip:127.0.0.2:{sip_port}")),
+        ]),
         Command::new(BIN),
     );
-    let cfg = client_config(&dir, &gw, "local", &[]);
-    let tone = dir.join("tone.wav");
-    tone_wav(&tone, 440.0, 1.0);
-    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
 
     // The caller hangs up after a second: the BYE goes to the Contact's host, not the trunk.
     answered_call(&cfg, &tone, "sip:answer@127.0.0.2", &log);
@@ -610,27 +584,11 @@ fn a_redirect_to_a_host_name_is_looked_up_and_its_servers_tried_in_turn() {
     let gw = start_server_with(
         &dir,
         &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
-        &format!(
-            r#"[[tg]]
-name = "local"
-
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "lnp"
-
-[[sip_trunk]]
-name = "lnp"
-target = "sip:127.0.0.6:{sip_port}"
-security = "rtp"
-ice = "off"
-"#
-        ),
+        &trunk_config(&[("", "lnp", &format!("sip:127.0.0.6:{sip_port}"))]),
         Command::new(BIN),
     );
-    let cfg = client_config(&dir, &gw, "local", &[]);
-    let tone = dir.join("tone.wav");
-    tone_wav(&tone, 440.0, 1.0);
-    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
 
     answered_call(&cfg, &tone, "sip:answer@127.0.0.6", &log);
     assert_eq!(redirecting.invites(), vec!["1 INVITE"], "{}", log());
@@ -676,25 +634,11 @@ fn a_trunk_whose_naptr_records_choose_tcp_is_called_over_tcp() {
     let gw = start_server_with(
         &dir,
         &format!("dns_servers = [\"127.0.0.1:{dns_port}\"]"),
-        r#"[[tg]]
-name = "local"
-
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "carrier"
-
-[[sip_trunk]]
-name = "carrier"
-target = "sip:carrier.naptr.test"
-security = "rtp"
-ice = "off"
-"#,
+        &trunk_config(&[("", "carrier", "sip:carrier.naptr.test")]),
         Command::new(BIN),
     );
-    let cfg = client_config(&dir, &gw, "local", &[]);
-    let tone = dir.join("tone.wav");
-    tone_wav(&tone, 440.0, 1.0);
-    let log = || std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
     answered_call(&cfg, &tone, "sip:answer@carrier.naptr.test", &log);
     assert_eq!(answering.invites(), vec!["1 INVITE"], "{}", log());
     drop(gw);
