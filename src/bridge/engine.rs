@@ -2007,7 +2007,6 @@ impl Engine {
         if req.body.is_empty() {
             return;
         }
-        let latching = self.leg_latching(key);
         let ans = match sdp::parse(&req.body) {
             Ok(a) => a,
             Err(e) => {
@@ -2015,15 +2014,32 @@ impl Engine {
                 return;
             }
         };
+        if self.take_dialog_answer(now, key, &ans, "the ACK's SDP answer") {
+            self.watch_media(key);
+        }
+    }
+
+    /// An SDP answer within an answered dialog (to our re-INVITE, or in the ACK after an
+    /// offerless one): its security, the peer's direction, and where media goes. An answer
+    /// whose security we cannot take ends the call (neither a 2xx nor an ACK can be refused);
+    /// false then.
+    fn take_dialog_answer(
+        &mut self,
+        now: Instant,
+        key: CallKey,
+        ans: &sdp::SessionDesc,
+        what: &str,
+    ) -> bool {
         let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) else {
-            return;
+            return true;
         };
-        if let Err(why) = self.secure_answer(key, &ans, a) {
-            warn!(call = %key, %why, "the ACK's SDP answer refused");
+        let latching = self.leg_latching(key);
+        if let Err(why) = self.secure_answer(key, ans, a) {
+            warn!(call = %key, %why, "{what} refused");
             self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
             self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
             self.finish(now, key, CallOutcome::Answered);
-            return;
+            return false;
         }
         if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
             sip.remote_direction = a.direction;
@@ -2035,7 +2051,7 @@ impl Engine {
             rtcp_mux: a.rtcp_mux,
             latching,
         }));
-        self.watch_media(key);
+        true
     }
 
     fn on_in_dialog(&mut self, now: Instant, m: SipInbound) {
@@ -2878,7 +2894,6 @@ impl Engine {
         if code < 200 {
             return;
         }
-        let latching = self.leg_latching(key);
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
@@ -2902,24 +2917,8 @@ impl Engine {
             }
             self.send_2xx_ack(key);
             if let Ok(ans) = sdp::parse(&resp.body) {
-                if let (Some(addr), Some((_, a))) = (ans.audio_addr(), ans.audio()) {
-                    if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                        sip.remote_direction = a.direction;
-                    }
-                    if let Err(why) = self.secure_answer(key, &ans, a) {
-                        warn!(call = %key, %why, "re-INVITE answer refused");
-                        self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
-                        self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
-                        self.finish(now, key, CallOutcome::Answered);
-                        return;
-                    }
-                    self.out.push_back(Output::Media(MediaCmd::SetRemote {
-                        call: key,
-                        rtp: addr,
-                        rtcp: rtcp_of(addr, a.rtcp_mux),
-                        rtcp_mux: a.rtcp_mux,
-                        latching,
-                    }));
+                if !self.take_dialog_answer(now, key, &ans, "re-INVITE answer") {
+                    return;
                 }
             }
             // The direction it offered now holds.

@@ -448,6 +448,24 @@ fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
     (key, invite)
 }
 
+/// A call placed on the trunk that rang (180 with To tag `tag`) until the RIPT caller hung up:
+/// its key, the INVITE, and the CANCEL that went out.
+fn b_cancelled_while_ringing(s: &mut Sim, tag: &str) -> (CallKey, String, String) {
+    let (key, inv) = b_invite_sent(s);
+    s.sip(&reply(&inv, 180, "Ringing", tag, None), TRUNK);
+    s.take();
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: ev(EventName::End, 0),
+    });
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
+    );
+    (key, inv, msgs[0].clone())
+}
+
 fn server_events(out: &[Output]) -> Vec<Event> {
     out.iter()
         .filter_map(|o| match o {
@@ -1123,16 +1141,7 @@ fn a_redirect_to_a_tls_host_name_is_not_followed() {
 #[test]
 fn a_redirect_crossing_our_cancel_is_not_followed() {
     let mut s = Sim::new();
-    let (key, inv) = b_invite_sent(&mut s);
-    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
-    s.ript(RiptEvent::ServerEvent {
-        call: key,
-        event: ev(EventName::End, 0),
-    });
-    assert_eq!(
-        start_lines(&s.sip_out()),
-        vec!["CANCEL sip:answer@127.0.0.1:5080 SIP/2.0"]
-    );
+    let (_, inv, _) = b_cancelled_while_ringing(&mut s, "callee1");
     s.sip(&moved(&inv, "<sip:other@127.0.0.1:5090>"), TRUNK);
     let msgs = s.sip_out();
     assert_eq!(
@@ -1269,13 +1278,7 @@ fn a_strict_router_in_the_route_set_gets_the_request_uri_and_the_target_goes_las
 #[test]
 fn cancelled_invite_that_never_gets_a_final_is_freed_after_64_t1() {
     let mut s = Sim::new();
-    let (key, inv) = b_invite_sent(&mut s);
-    s.sip(&reply(&inv, 180, "Ringing", "callee1", None), TRUNK);
-    s.ript(RiptEvent::ServerEvent {
-        call: key,
-        event: ev(EventName::End, 0),
-    });
-    let cancel = s.sip_out().remove(0);
+    let (_, _, cancel) = b_cancelled_while_ringing(&mut s, "callee1");
     s.sip(&reply(&cancel, 200, "OK", "callee1", None), TRUNK);
     assert_eq!(
         s.e.active_calls(),
@@ -1867,13 +1870,7 @@ fn the_calls_own_2xx_retransmitted_after_its_end_is_only_acked() {
     assert!(sent_to(&out, "BYE ").is_empty(), "{:?}", sip_texts(&out));
     // A 200 that crossed our CANCEL got ACK and BYE; its retransmission gets the ACK only.
     let mut s = Sim::new();
-    let (key, inv) = b_invite_sent(&mut s);
-    s.sip(&reply(&inv, 180, "Ringing", "fork1", None), TRUNK);
-    s.ript(RiptEvent::ServerEvent {
-        call: key,
-        event: ev(EventName::End, 0),
-    });
-    s.take();
+    let (_, inv, _) = b_cancelled_while_ringing(&mut s, "fork1");
     let ok = reply(&inv, 200, "OK", "fork1", Some(ANSWER));
     s.sip(&ok, TRUNK);
     assert_eq!(sent_to(&s.take(), "BYE ").len(), 1);
