@@ -2041,17 +2041,31 @@ impl Engine {
             self.finish(now, key, CallOutcome::Answered);
             return false;
         }
+        self.take_remote_media(key, Some(addr), a, latching);
+        true
+    }
+
+    /// The peer's SDP answer `a` (audio at `addr`, if it gives one), once accepted: whether it
+    /// said it would send, and where our media goes.
+    fn take_remote_media(
+        &mut self,
+        key: CallKey,
+        addr: Option<SocketAddr>,
+        a: &sdp::MediaDesc,
+        latching: bool,
+    ) {
         if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
             sip.remote_direction = a.direction;
         }
-        self.out.push_back(Output::Media(MediaCmd::SetRemote {
-            call: key,
-            rtp: addr,
-            rtcp: rtcp_of(addr, a.rtcp_mux),
-            rtcp_mux: a.rtcp_mux,
-            latching,
-        }));
-        true
+        if let Some(addr) = addr {
+            self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                call: key,
+                rtp: addr,
+                rtcp: rtcp_of(addr, a.rtcp_mux),
+                rtcp_mux: a.rtcp_mux,
+                latching,
+            }));
+        }
     }
 
     fn on_in_dialog(&mut self, now: Instant, m: SipInbound) {
@@ -2848,20 +2862,7 @@ impl Engine {
                         .map(|_| a)
                 });
                 match checked {
-                    Some(Ok(a)) => {
-                        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                            sip.remote_direction = a.direction;
-                        }
-                        if let Some(addr) = ans.audio_addr() {
-                            self.out.push_back(Output::Media(MediaCmd::SetRemote {
-                                call: key,
-                                rtp: addr,
-                                rtcp: rtcp_of(addr, a.rtcp_mux),
-                                rtcp_mux: a.rtcp_mux,
-                                latching,
-                            }));
-                        }
-                    }
+                    Some(Ok(a)) => self.take_remote_media(key, ans.audio_addr(), &a, latching),
                     Some(Err(e)) => {
                         warn!(call = %key, error = %e, "answer refused");
                         self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");

@@ -1124,21 +1124,6 @@ fn a_caller_who_hangs_up_during_a_redirect_lookup_ends_the_call_at_once() {
 }
 
 #[test]
-fn a_redirect_to_a_tls_host_name_is_not_followed() {
-    let mut s = Sim::new();
-    let (_, inv) = b_invite_sent(&mut s);
-    s.sip(&moved(&inv, "<sips:other@lnp.example.net>"), TRUNK);
-    let out = s.take();
-    assert!(lookups(&out).is_empty());
-    let evs = server_events(&out);
-    assert_eq!(
-        (evs[0].name.clone(), evs[0].code),
-        (EventName::Failed, Some(302)),
-        "no certificate name to check a TLS connection to a redirect's host against"
-    );
-}
-
-#[test]
 fn a_redirect_crossing_our_cancel_is_not_followed() {
     let mut s = Sim::new();
     let (_, inv, _) = b_cancelled_while_ringing(&mut s, "callee1");
@@ -1153,10 +1138,16 @@ fn a_redirect_crossing_our_cancel_is_not_followed() {
 }
 
 #[test]
-fn a_call_over_tls_follows_no_redirect_to_a_weaker_transport() {
-    for contact in ["<sip:other@lnp.example.net>", "<sip:other@127.0.0.1:5090>"] {
+fn no_redirect_leaves_tls_for_a_weaker_transport_or_goes_to_a_tls_host_name() {
+    // From TLS to UDP (RFC 3261 §26.2.2), by name or IP literal; and to a TLS host name, where
+    // there is no certificate name to check the connection against.
+    for (trunk, contact) in [
+        (Transport::Tls, "<sip:other@lnp.example.net>"),
+        (Transport::Tls, "<sip:other@127.0.0.1:5090>"),
+        (Transport::Udp, "<sips:other@lnp.example.net>"),
+    ] {
         let mut s = Sim::new();
-        s.e.cfg.trunks[0].dest.transport = Transport::Tls;
+        s.e.cfg.trunks[0].dest.transport = trunk;
         let (_, inv) = b_invite_sent(&mut s);
         s.sip(&moved(&inv, contact), TRUNK);
         let out = s.take();
