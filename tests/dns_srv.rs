@@ -319,6 +319,15 @@ async fn naptr_records_choose_the_transport_of_a_uri_that_names_none() {
         "the record whose SRV name has none is passed over"
     );
     assert_eq!(skip.addrs.len(), 3, "pbx's UDP servers: {skip:?}");
+    // A sips: URI follows its SIPS+D2T record even where the gateway has no TLS listener,
+    // as its refreshes (limited to TLS) will.
+    let (tls, t) = SipResolver::new(&[dns.addr])
+        .unwrap()
+        .with_transports(&[Transport::Udp, Transport::Tcp])
+        .resolve("sips:naptr.srv.test", OnSrvFailure::Fail)
+        .await
+        .unwrap();
+    assert_eq!((tls.addrs.len(), t), (2, Transport::Tls), "{tls:?}");
     // A gateway without a TCP listener cannot take TCP: NAPTR's next choice, UDP.
     let udp_only = SipResolver::new(&[dns.addr])
         .unwrap()

@@ -511,8 +511,11 @@ struct SipLeg {
     /// INVITE waits for the answer. The 3xx's code and reason, to fail the call with if the
     /// name is not found.
     redirect_lookup: Option<(u16, String)>,
-    /// BYEs sent to other forks' dialogs (see `MAX_STRAY_BYES`).
-    stray_byes: u8,
+    /// Other forks' dialogs ended with a BYE (see `MAX_STRAY_BYES`).
+    forks_ended: u8,
+    /// Where our last INVITE went (its IP) and its CSeq: only from there, with at most that
+    /// CSeq, can a 2xx answer it (ADR 0024). Not moved by the dialog's own next hop.
+    invite_sent: Option<(IpAddr, u32)>,
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
@@ -1666,10 +1669,7 @@ impl Engine {
             remote_target: msg::first_header(&req.headers, "Contact")
                 .map(|c| msg::addr_uri(&c).to_string())
                 .unwrap_or_else(|| msg::addr_uri(&from_val).to_string()),
-            route_set: msg::header_values(&req.headers, "Record-Route")
-                .iter()
-                .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
-                .collect(),
+            route_set: msg::record_route(&req.headers),
             dest: Self::reply_dest(&m),
             transport: m.transport,
             local_cseq: 0,
@@ -1695,7 +1695,8 @@ impl Engine {
             browser_origin: None,
             preflight_pending: false,
             redirect_lookup: None,
-            stray_byes: 0,
+            forks_ended: 0,
+            invite_sent: None,
             silence_watch: None,
             remote_direction: audio.direction,
             answer_in_ack: false,
@@ -2432,11 +2433,11 @@ impl Engine {
             } else {
                 REQUEST_TERMINATED
             };
-            let may_bye = sip.stray_byes < MAX_STRAY_BYES;
+            let may_bye = sip.forks_ended < MAX_STRAY_BYES;
             debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
             if self.end_stray_dialog(now, m, resp, reason, may_bye) {
                 if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                    sip.stray_byes += 1;
+                    sip.forks_ended += 1;
                 }
             }
             return;
@@ -2505,10 +2506,7 @@ impl Engine {
         let target = msg::first_header(&resp.headers, "Contact")
             .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
             .unwrap_or_else(|| msg::addr_uri(&to).to_string());
-        let mut routes: Vec<String> = msg::header_values(&resp.headers, "Record-Route")
-            .iter()
-            .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
-            .collect();
+        let mut routes = msg::record_route(&resp.headers);
         if routes.len() > MAX_STRAY_ROUTES || routes.iter().any(|r| r.len() > MAX_ROUTE_LEN) {
             warn!(sip_call_id = %m.info.call_id, routes = routes.len(), "a stray 2xx with too many or too long Record-Route entries: dropped");
             return false;
@@ -2605,18 +2603,10 @@ impl Engine {
                 sip.early_answer = true;
                 if let Ok(ans) = sdp::parse(&resp.body) {
                     if let (Some(addr), Some((_, audio))) = (ans.audio_addr(), ans.audio()) {
-                        sip.remote_direction = audio.direction;
                         match self.secure_answer(key, &ans, audio) {
                             Ok(()) => {
                                 media = true;
-                                let mux = audio.rtcp_mux;
-                                self.out.push_back(Output::Media(MediaCmd::SetRemote {
-                                    call: key,
-                                    rtp: addr,
-                                    rtcp: rtcp_of(addr, mux),
-                                    rtcp_mux: mux,
-                                    latching,
-                                }));
+                                self.take_remote_media(key, Some(addr), audio, latching);
                             }
                             // No early media then; the 2xx's answer decides the call.
                             Err(why) => warn!(call = %key, %why, "early media refused"),
@@ -2813,10 +2803,7 @@ impl Engine {
             sip.remote_target = msg::addr_uri(&c).to_string();
         }
         // RFC 3261 §12.1.2: the UAC's route set is the Record-Route list reversed.
-        let mut rr: Vec<String> = msg::header_values(&resp.headers, "Record-Route")
-            .iter()
-            .flat_map(|v| msg::split_list(v).into_iter().map(str::to_string))
-            .collect();
+        let mut rr = msg::record_route(&resp.headers);
         rr.reverse();
         sip.route_set = rr;
         sip.retarget(key, &mut self.out);
@@ -3391,7 +3378,8 @@ impl Engine {
                     browser_origin: origin.clone(),
                     preflight_pending: false,
                     redirect_lookup: None,
-                    stray_byes: 0,
+                    forks_ended: 0,
+                    invite_sent: None,
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
                     answer_in_ack: false,
@@ -4224,6 +4212,7 @@ impl Engine {
         }
         let bytes = msg::request(&spec, &extra);
         sip.invite_branch = Some(branch.clone());
+        sip.invite_sent = Some((sip.dest.addr.ip(), sip.local_cseq));
         sip.got_provisional = false;
         let dest = sip.dest;
         self.branches.insert(branch.clone(), (key, Purpose::Invite));
@@ -4733,13 +4722,13 @@ impl Engine {
             }
             self.dialogs
                 .remove(&(sip.call_id.clone(), sip.local_tag.clone()));
-            if sip.role == SipRole::Uac {
+            if let (SipRole::Uac, Some((next_hop, cseq))) = (sip.role, sip.invite_sent) {
                 let h = self.dialog_hash(&sip.call_id, &sip.local_tag, None);
                 let ended = EndedInvite {
                     answered: call.answered_at.is_some(),
-                    cseq: sip.local_cseq,
-                    next_hop: sip.dest.addr.ip(),
-                    byes: sip.stray_byes,
+                    cseq,
+                    next_hop,
+                    byes: sip.forks_ended,
                 };
                 let mut evicted = self.ended_invites.insert(now, h, ended) == Inserted::Evicting;
                 // The call's own dialog was ended with it: a copy of its 2xx is only ACKed.

@@ -1979,6 +1979,36 @@ fn ended_invites_past_the_table_size_are_forgotten_and_counted() {
 }
 
 #[test]
+fn late_answers_through_a_proxy_are_taken_from_the_proxy_not_from_the_first_forks_host() {
+    // The trunk is a forking proxy that does not record-route: fork 1 answers with a Contact
+    // on another host, and the dialog's requests go there. Later answers still come through
+    // the proxy, where the INVITE went.
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    let ok1 = ok_from(&inv, "fork1", "<sip:fork1@127.0.0.9:5081>", None);
+    s.sip(&ok1, TRUNK);
+    s.take();
+    let (to, bye) = b_hangs_up(&mut s, key);
+    assert_eq!(to, "127.0.0.9:5081".parse::<SocketAddr>().unwrap());
+    s.sip(&reply(&bye, 200, "OK", "fork1", None), "127.0.0.9:5081");
+    s.take();
+    // A copy of fork 1's 200 (our ACK was lost): ACKed again, no second BYE.
+    s.sip(&ok1, TRUNK);
+    let out = s.take();
+    assert_eq!(sent_to(&out, "ACK ").len(), 1, "{:?}", sip_texts(&out));
+    assert!(sent_to(&out, "BYE ").is_empty());
+    // Fork 2 answers late, through the proxy: ACKed and ended.
+    s.sip(
+        &ok_from(&inv, "fork2", "<sip:fork2@127.0.0.10:5082>", None),
+        TRUNK,
+    );
+    let out = s.take();
+    let fork2: SocketAddr = "127.0.0.10:5082".parse().unwrap();
+    assert_eq!(request_to(&out, "ACK").0, fork2);
+    assert_eq!(request_to(&out, "BYE").0, fork2);
+}
+
+#[test]
 fn a_2xx_after_the_invite_timed_out_is_acked_and_ended_as_never_answered() {
     let mut s = Sim::new();
     let (_, inv) = b_invite_sent(&mut s);

@@ -208,6 +208,13 @@ impl SipResolver {
         };
         let (choices, naptr_failed) = match naptr_records(dns, &host).await {
             Ok(records) => {
+                // A `sips:` URI is TLS whatever `usable` says (as `fallback`): its NAPTR record
+                // names the SRV name to ask, at start as at refresh.
+                let usable = if secure {
+                    &[Transport::Tls][..]
+                } else {
+                    usable
+                };
                 let choices = naptr_choices(&records, secure, usable);
                 if !records.is_empty() && choices.is_empty() {
                     tracing::debug!(%host, "no NAPTR record for a usable SIP transport; asking SRV records");

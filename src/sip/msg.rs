@@ -357,6 +357,15 @@ pub fn uri_names_transport(uri: &str) -> bool {
         || uri_has_transport_param(uri)
 }
 
+/// The Record-Route entries of a message, in order (each header may list several): a UAS's
+/// route set as it is, a UAC's reversed (RFC 3261 §12.1).
+pub fn record_route(headers: &rsipstack::sip::Headers) -> Vec<String> {
+    header_values(headers, "Record-Route")
+        .iter()
+        .flat_map(|v| split_list(v).into_iter().map(str::to_string))
+        .collect()
+}
+
 /// Whether a route's URI has the `lr` parameter (RFC 3261 §19.1.1): a loose router.
 pub fn uri_is_loose_router(uri: &str) -> bool {
     let params = uri.trim().split('?').next().unwrap_or("");
