@@ -368,20 +368,26 @@ pub fn record_route(headers: &rsipstack::sip::Headers) -> Vec<String> {
 
 /// Whether a route's URI has the `lr` parameter (RFC 3261 §19.1.1): a loose router.
 pub fn uri_is_loose_router(uri: &str) -> bool {
-    let params = uri.trim().split('?').next().unwrap_or("");
-    params.split(';').skip(1).any(|p| {
-        let name = p.split('=').next().unwrap_or("").trim();
-        name.eq_ignore_ascii_case("lr")
+    uri_param(uri, "lr").is_some()
+}
+
+/// A SIP URI parameter's value (RFC 3261 §19.1.1; names compared in any case): `Some("")` for
+/// a flag such as `lr`, `None` when absent. The user part's own `;` parameters and the headers
+/// after `?` are not looked at.
+pub fn uri_param<'a>(uri: &'a str, name: &str) -> Option<&'a str> {
+    let uri = uri.trim();
+    let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
+    let rest = rest.find('@').map_or(rest, |i| &rest[i + 1..]);
+    let rest = rest.split('?').next().unwrap_or("");
+    rest.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 
 /// Whether a SIP URI has a `transport=` parameter.
 pub fn uri_has_transport_param(uri: &str) -> bool {
-    let params = uri.trim().split('?').next().unwrap_or("");
-    params.split(';').skip(1).any(|p| {
-        p.get(..10)
-            .is_some_and(|k| k.eq_ignore_ascii_case("transport="))
-    })
+    uri_param(uri, "transport").is_some()
 }
 
 /// Host and port of a SIP URI, and its transport parameter (`udp` when absent).
@@ -396,26 +402,14 @@ pub fn uri_target(uri: &str) -> Option<(String, Option<u16>, Transport)> {
         Some(i) => &rest[i + 1..],
         None => rest,
     };
-    let mut parts = rest.split(';');
-    let hostport = parts.next()?.split('?').next()?;
-    let mut transport = if secure {
-        Transport::Tls
-    } else {
-        Transport::Udp
+    let hostport = rest.split(';').next()?.split('?').next()?;
+    let transport = match uri_param(uri, "transport").map(str::to_ascii_lowercase) {
+        Some(t) if t == "tcp" => Transport::Tcp,
+        Some(t) if t == "tls" => Transport::Tls,
+        Some(_) => Transport::Udp,
+        None if secure => Transport::Tls,
+        None => Transport::Udp,
     };
-    for p in parts {
-        let t = p
-            .get(..10)
-            .filter(|k| k.eq_ignore_ascii_case("transport="))
-            .map(|_| &p[10..]);
-        if let Some(t) = t {
-            transport = match t.to_ascii_lowercase().as_str() {
-                "tcp" => Transport::Tcp,
-                "tls" => Transport::Tls,
-                _ => Transport::Udp,
-            };
-        }
-    }
     let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
         let (h, rest) = h.split_once(']')?;
         let port = rest.strip_prefix(':').and_then(|p| p.parse().ok());
