@@ -242,6 +242,51 @@ scn_l() { # STIR verification on A: B's Identity (from k) verifies (x5u fetched 
 # (m) runs its own gateway (either mode): SIP 127.0.0.1:5076, HTTP/3 127.0.0.1:4437, admin 9076.
 DIGEST_SIP=5076; DIGEST_ADMIN=9076
 
+# self_calling_config DIR NAME SIP HTTP3 ADMIN MEDIA_MIN SIP_EXTRA MEDIA_EXTRA TRUNK_EXTRA: writes
+# DIR/gateway.toml for a gateway of a scenario's own that sends every SIP call (UDP on SIP) to its
+# own HTTP/3 server (on HTTP3), whose TG "trunk" routes it to trunk "pbx", the SIPp UAS. Media
+# ports MEDIA_MIN and the 999 after it; the *_EXTRA lines go into [sip], [media] and the trunk.
+self_calling_config() {
+    local dir="$1" name="$2" sip="$3" h3="$4" admin="$5" media="$6"
+    cat >"$dir/gateway.toml" <<TOML
+[general]
+node_name = "$name"
+data_dir = "$dir/data"
+
+[sip]
+udp = ["127.0.0.1:$sip"]
+tcp = []
+$7
+
+[http3]
+listen = "127.0.0.1:$h3"
+
+[admin]
+listen = "127.0.0.1:$admin"
+
+[media]
+ip = "127.0.0.1"
+port_min = $media
+port_max = $((media + 999))
+$8
+
+[[tg]]
+name = "trunk"
+  [[tg.route]]
+  prefix = ""
+  sip_trunk = "pbx"
+
+[[sip_route]]
+prefix = ""
+ript_peer = "self"
+
+[[sip_trunk]]
+name = "pbx"
+target = "sip:127.0.0.1:$UAS_PORT;transport=udp"
+$9
+TOML
+}
+
 # start_own_gateway DIR ADMIN_PORT: `riptide serve --config DIR/gateway.toml` (a gateway of the
 # scenario's own, not the pair), logging to DIR/gateway.log; waits until ADMIN_PORT's /healthz
 # answers. Sets OWN_GW_PID (stopped by cleanup) and DETAIL on failure.
@@ -272,47 +317,14 @@ scn_m() { # SIP Digest both ways through one gateway calling itself over HTTP/3
     # INVITE and checks the credentials (verifyauth) of riptide's login.
     port_bound udp "$DIGEST_SIP" && { DETAIL="127.0.0.1:$DIGEST_SIP is in use: $(port_users udp "$DIGEST_SIP")"; return 1; }
     ha1="$(printf '%s' 'sipp:riptide.interop:sipp-pw' | md5sum | cut -d' ' -f1)"
-    cat >"$dir/gateway.toml" <<TOML
-[general]
-node_name = "digest"
-data_dir = "$dir/data"
-
-[sip]
-udp = ["127.0.0.1:$DIGEST_SIP"]
-tcp = []
-digest_realm = "riptide.interop"
-digest_lockout_secs = 60
-
-[http3]
-listen = "127.0.0.1:4437"
-
-[admin]
-listen = "127.0.0.1:$DIGEST_ADMIN"
-
-[media]
-ip = "127.0.0.1"
-port_min = 31000
-port_max = 31999
-
-[[tg]]
-name = "trunk"
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "pbx"
-
-[[sip_route]]
-prefix = ""
-ript_peer = "self"
-
-[[sip_trunk]]
-name = "pbx"
-target = "sip:127.0.0.1:$UAS_PORT;transport=udp"
-match_sources = ["127.0.0.1:$UAC_PORT"]
-auth = "digest"
-users = [{ name = "sipp", ha1_md5 = "$ha1" }]
-username = "riptide"
-password = "trunk-pw"
-TOML
+    self_calling_config "$dir" digest "$DIGEST_SIP" 4437 "$DIGEST_ADMIN" 31000 \
+        'digest_realm = "riptide.interop"
+digest_lockout_secs = 60' '' \
+        "match_sources = [\"127.0.0.1:$UAC_PORT\"]
+auth = \"digest\"
+users = [{ name = \"sipp\", ha1_md5 = \"$ha1\" }]
+username = \"riptide\"
+password = \"trunk-pw\""
     start_own_gateway "$dir" "$DIGEST_ADMIN" || return 1
     # SIPp's credentials name remote_ip:port unless told the Request-URI; riptide checks them.
     TARGET="127.0.0.1:$DIGEST_SIP" sipp_pair m-digest digest_uac.xml digest_uas.xml -d 200 \
@@ -330,49 +342,14 @@ TIMEOUT_SIP=5077; TIMEOUT_ADMIN=9077
 scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call on both legs
     local dir="$1" rc=0 uac_s uas_s
     port_bound udp "$TIMEOUT_SIP" && { DETAIL="127.0.0.1:$TIMEOUT_SIP is in use: $(port_users udp "$TIMEOUT_SIP")"; return 1; }
-    cat >"$dir/gateway.toml" <<TOML
-[general]
-node_name = "timeout"
-data_dir = "$dir/data"
-
-[sip]
-udp = ["127.0.0.1:$TIMEOUT_SIP"]
-tcp = []
-
-[http3]
-listen = "127.0.0.1:4438"
-
-[admin]
-listen = "127.0.0.1:$TIMEOUT_ADMIN"
-
-[media]
-ip = "127.0.0.1"
-port_min = 30000
-port_max = 30999
-timeout_secs = 2
-
-[[tg]]
-name = "trunk"
-  [[tg.route]]
-  prefix = ""
-  sip_trunk = "pbx"
-
-[[sip_route]]
-prefix = ""
-ript_peer = "self"
-
-[[sip_trunk]]
-name = "pbx"
-target = "sip:127.0.0.1:$UAS_PORT;transport=udp"
-TOML
+    self_calling_config "$dir" timeout "$TIMEOUT_SIP" 4438 "$TIMEOUT_ADMIN" 30000 '' 'timeout_secs = 2' ''
     start_own_gateway "$dir" "$TIMEOUT_ADMIN" || return 1
     TARGET="127.0.0.1:$TIMEOUT_SIP" sipp_pair p-media-timeout timeout_uac.xml timeout_uas.xml || rc=1
     local count
-    count="$(curl -fsS --max-time 2 "http://127.0.0.1:$TIMEOUT_ADMIN/metrics" 2>/dev/null \
-        | awk '$1 == "riptide_media_timeouts_total" { print $2 }')"
+    count="$(metric_sum "http://127.0.0.1:$TIMEOUT_ADMIN/metrics" riptide_media_timeouts_total)"
     stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
     [ "$rc" = 0 ] || return 1
-    [ "${count:-0}" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is ${count:-missing}; log: $dir/gateway.log"; return 1; }
+    [ "$count" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is $count; log: $dir/gateway.log"; return 1; }
     # From each side's ACK to the BYE it got, by SIPp's own message timestamps.
     uac_s="$(python3 "$INTEROP_DIR/lib/ack_to_bye.py" "$dir"/timeout_uac_*_messages.log)" || uac_s=""
     uas_s="$(python3 "$INTEROP_DIR/lib/ack_to_bye.py" "$dir"/timeout_uas_*_messages.log)" || uas_s=""
