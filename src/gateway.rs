@@ -717,6 +717,10 @@ pub async fn engine_config(
         sip_routes.push((r.prefix.clone(), target));
     }
     Ok(EngineConfig {
+        session_timer: crate::bridge::session_timer::TimerConfig {
+            expires: cfg.sip.session_expires_secs,
+            min_se: cfg.sip.min_se_secs,
+        },
         node: cfg.general.node_name.clone(),
         sip_hosts,
         media_ip: cfg.media.ip,

@@ -151,6 +151,8 @@ pub struct Metrics {
     /// Answered calls ended because nothing came from their SIP peer for `[media]
     /// timeout_secs` (or `hold_timeout_secs`).
     pub media_timeouts: AtomicU64,
+    /// Answered calls ended because their SIP session was not refreshed in time (RFC 4028).
+    pub session_expired: AtomicU64,
     /// Ended INVITEs and dialogs forgotten before 64*T1 because their table was full (ADR 0024).
     pub ended_dialogs_evicted: AtomicU64,
     pub media_dropped: [AtomicU64; DropReason::ALL.len()],
@@ -634,6 +636,19 @@ impl Metrics {
             "media_timeouts_total",
             "",
             load(&self.media_timeouts),
+        );
+
+        header(
+            &mut out,
+            "sip_session_expired_total",
+            "counter",
+            "Answered calls ended because their SIP session was not refreshed within its Session-Expires interval (RFC 4028).",
+        );
+        line(
+            &mut out,
+            "sip_session_expired_total",
+            "",
+            load(&self.session_expired),
         );
 
         counters(

@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -351,11 +351,36 @@ scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call
     [ "$rc" = 0 ] || return 1
     [ "$count" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is $count; log: $dir/gateway.log"; return 1; }
     # From each side's ACK to the BYE it got, by SIPp's own message timestamps.
-    uac_s="$(python3 "$INTEROP_DIR/lib/ack_to_bye.py" "$dir"/timeout_uac_*_messages.log)" || uac_s=""
-    uas_s="$(python3 "$INTEROP_DIR/lib/ack_to_bye.py" "$dir"/timeout_uas_*_messages.log)" || uas_s=""
+    uac_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timeout_uac_*_messages.log)" || uac_s=""
+    uas_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timeout_uas_*_messages.log)" || uas_s=""
     awk -v a="$uac_s" -v b="$uas_s" 'BEGIN { exit !(a != "" && b != "" && a >= 2 && b >= 2) }' \
         || { DETAIL="ACK to BYE: UAC ${uac_s:-?} s, UAS ${uas_s:-?} s; both must be at least the 2 s media timeout"; return 1; }
     DETAIL="no RTP either way: both SIPp peers got a BYE with Reason cause=102;text=\"Media timeout\", ${uac_s} s (UAC) and ${uas_s} s (UAS) after the ACK (limit 2 s); riptide_media_timeouts_total=$count"
+}
+
+SESSION_SIP=5078; SESSION_ADMIN=9078
+scn_q() { # session timers (RFC 4028) on both legs: the callee's refreshed by us, the caller's expired
+    local dir="$1" rc=0 refresh_s expire_s count
+    # One call of about 62 s: the refresh comes at 45 s, the expiry at 60 s after the caller's
+    # last refresh. SIPp's whole-run limit is raised for it alone.
+    local SIPP_TIMEOUT=100
+    port_bound udp "$SESSION_SIP" && { DETAIL="127.0.0.1:$SESSION_SIP is in use: $(port_users udp "$SESSION_SIP")"; return 1; }
+    # No RTP flows in this call: the media timeout is off so that only the session timer ends it.
+    self_calling_config "$dir" session "$SESSION_SIP" 4439 "$SESSION_ADMIN" 32000 \
+        'session_expires_secs = 90' 'timeout_secs = 0' ''
+    start_own_gateway "$dir" "$SESSION_ADMIN" || return 1
+    TARGET="127.0.0.1:$SESSION_SIP" sipp_pair q-session-timer timer_uac.xml timer_uas.xml || rc=1
+    count="$(metric_sum "http://127.0.0.1:$SESSION_ADMIN/metrics" riptide_sip_session_expired_total)"
+    stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
+    [ "$rc" = 0 ] || return 1
+    [ "$count" -ge 1 ] || { DETAIL="riptide_sip_session_expired_total is $count; log: $dir/gateway.log"; return 1; }
+    # By SIPp's own message timestamps: the callee's ACK to our refresh re-INVITE (45 s), the
+    # caller's refresh (UPDATE) to the BYE it got (60 s).
+    refresh_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timer_uas_*_messages.log ACK INVITE)" || refresh_s=""
+    expire_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timer_uac_*_messages.log UPDATE BYE)" || expire_s=""
+    awk -v r="$refresh_s" -v e="$expire_s" 'BEGIN { exit !(r != "" && e != "" && r >= 44 && r <= 47 && e >= 59 && e <= 63) }' \
+        || { DETAIL="refresh after ${refresh_s:-?} s (want 45), BYE ${expire_s:-?} s after the caller's refresh (want 60); logs: $dir"; return 1; }
+    DETAIL="caller: 90 s granted (refresher=uac, Require: timer), its UPDATE refresh answered without SDP, BYE (Session timer expired) ${expire_s} s after it; callee: asked for 90 s, refreshed by our re-INVITE ${refresh_s} s after its ACK; riptide_sip_session_expired_total=$count"
 }
 
 # (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.

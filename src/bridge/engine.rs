@@ -12,6 +12,7 @@
 
 use super::negotiate;
 use super::secure::{LegSecurity, MediaPolicy, Negotiated};
+use super::session_timer::{self, Asked, SessionTimer, TimerConfig, UasAnswer};
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Failover, Metrics};
 use crate::recent::{Inserted, Recent};
@@ -291,6 +292,8 @@ pub struct EngineConfig {
     pub sip_cors_origins: Vec<String>,
     /// Out-of-dialog OPTIONS per second and burst per source address; `None`: unlimited.
     pub options_limit: Option<(u32, u32)>,
+    /// Session timers (RFC 4028) on the SIP legs: `[sip] session_expires_secs`, `min_se_secs`.
+    pub session_timer: TimerConfig,
 }
 
 impl EngineConfig {
@@ -361,6 +364,7 @@ impl EngineConfig {
             max_calls_per_client: 100,
             sip_cors_origins: vec![],
             options_limit: None,
+            session_timer: TimerConfig::default(),
         }
     }
 
@@ -422,8 +426,10 @@ enum CallTimer {
     ReinviteGuard = 6,
     /// Server role: time to ping the client (see `EngineConfig::keepalive`).
     Keepalive = 7,
+    /// The SIP leg's session timer (RFC 4028): our refresh is due, or the peer's is overdue.
+    Session = 8,
 }
-const N_TIMERS: usize = 8;
+const N_TIMERS: usize = 9;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SipRole {
@@ -533,6 +539,11 @@ struct SipLeg {
     /// Until then every response to its INVITE goes back where the INVITE came from (RFC 3261
     /// §18.2.2), and nothing a caller could make up is looked up before it was answered.
     route_pending: bool,
+    /// The dialog's session timer (RFC 4028), once a 2xx set one up.
+    session: Option<SessionTimer>,
+    /// UAC: the `Session-Expires` and `Min-SE` our INVITE asks for, and how many 422s raised
+    /// them.
+    session_ask: (u32, u32, u8),
 }
 
 /// Where a dialog's requests go next, as far as the engine can tell without DNS.
@@ -1214,10 +1225,11 @@ impl Engine {
                 return;
             };
             // No extension is required of us that we implement (RFC 3261 §8.2.2.3).
+            let timers = self.cfg.session_timer.on();
             let required: Vec<String> = msg::header_values(&req.headers, "Require")
                 .iter()
                 .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
-                .filter(|t| !t.is_empty())
+                .filter(|t| !t.is_empty() && !(timers && t.eq_ignore_ascii_case("timer")))
                 .collect();
             if !required.is_empty() {
                 let unsupported = required.join(", ");
@@ -1296,8 +1308,10 @@ impl Engine {
         let tag = msg::token(10);
         let mut extra = Extra::none()
             .header("Allow", msg::ALLOW)
-            .header("Accept", msg::ACCEPT)
-            .header("Supported", msg::SUPPORTED);
+            .header("Accept", msg::ACCEPT);
+        if self.cfg.session_timer.on() {
+            extra = extra.header("Supported", "timer");
+        }
         if let Some(o) = acao {
             extra = extra.header("Access-Control-Allow-Origin", o);
         }
@@ -1553,6 +1567,9 @@ impl Engine {
             );
             return;
         }
+        if self.refuse_session_interval(now, &m, &session_timer::asked(&req.headers)) {
+            return;
+        }
         let to_tag = msg::token(12);
         self.respond(now, &m, 100, "Trying", None, &Extra::none());
         let uri = req.uri.to_string();
@@ -1705,6 +1722,8 @@ impl Engine {
             glare_retry: None,
             bye_after_ack: None,
             route_pending: false,
+            session: None,
+            session_ask: (0, 0, 0),
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
@@ -2201,6 +2220,11 @@ impl Engine {
             return;
         };
         let is_invite = req.method == Method::Invite;
+        // Every re-INVITE or UPDATE we accept is a session refresh (RFC 4028 §9).
+        let asked = session_timer::asked(&req.headers);
+        if self.refuse_session_interval(now, m, &asked) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -2331,7 +2355,17 @@ impl Engine {
             .map(|l| sdp::build(l).into_bytes())
             .unwrap_or_default();
         let contact = self.cfg.contact(sip.transport);
-        let extra = Extra::none().header("Contact", contact).sdp(&body);
+        let mut extra = Extra::none().header("Contact", contact);
+        let (session_headers, session) = session_timer::answer_2xx(&self.cfg.session_timer, &asked);
+        for (name, value) in session_headers {
+            extra = extra.header(name, value);
+        }
+        sip.session = session;
+        // An UPDATE without an offer gets no SDP back (RFC 3311 §5.2): a session refresh.
+        let answers = is_invite || !req.body.is_empty();
+        if answers {
+            extra = extra.sdp(&body);
+        }
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
@@ -2360,6 +2394,7 @@ impl Engine {
             let t1 = self.cfg.t1;
             self.arm(now, key, CallTimer::Retransmit2xx, t1);
         }
+        self.arm_session(now, key);
         if let Some(dir) = changed {
             let mut ev = Event::new(EventName::Hold);
             ev.media_direction = Some(dir.as_attr().to_string());
@@ -2638,6 +2673,9 @@ impl Engine {
         if matches!(code, 401 | 407) && self.digest_retry(now, key, resp, code) {
             return;
         }
+        if code == 422 && self.session_retry(now, key, resp) {
+            return;
+        }
         if code == 503 {
             let retry_after = msg::first_header(&resp.headers, "Retry-After")
                 .and_then(|v| retry_after_secs(&v))
@@ -2869,10 +2907,15 @@ impl Engine {
                 debug!(call = %key, error = %e, "2xx without usable SDP");
             }
         }
+        let timers = self.cfg.session_timer.on();
         if let Some(c) = self.calls.get_mut(&key) {
             c.phase = Phase::Answered;
             c.answered_at = Some(now);
+            if let Some(sip) = c.sip.as_mut().filter(|_| timers) {
+                sip.session = session_timer::as_uac(session_timer::response_se(&resp.headers));
+            }
         }
+        self.arm_session(now, key);
         self.disarm(key, CallTimer::NoAnswer);
         self.send_event(key, Event::new(EventName::Answered));
         self.watch_media(key);
@@ -2893,6 +2936,11 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
+            // A refresh (RFC 4028 §7.4): the 2xx sets the interval and refresher anew, and
+            // without Session-Expires ends the session timer.
+            if sip.session.is_some() {
+                sip.session = session_timer::as_uac(session_timer::response_se(&resp.headers));
+            }
             // Target refresh (RFC 3261 §12.2.1.2) and the answer's media address.
             if let Some(c) = msg::first_header(&resp.headers, "Contact") {
                 let target = msg::addr_uri(&c);
@@ -2904,6 +2952,7 @@ impl Engine {
                 }
             }
             self.send_2xx_ack(key);
+            self.arm_session(now, key);
             if let Ok(ans) = sdp::parse(&resp.body) {
                 if !self.take_dialog_answer(now, key, &ans, "re-INVITE answer") {
                     return;
@@ -3388,6 +3437,12 @@ impl Engine {
                     glare_retry: None,
                     bye_after_ack: None,
                     route_pending: false,
+                    session: None,
+                    session_ask: (
+                        self.cfg.session_timer.expires,
+                        self.cfg.session_timer.min_se,
+                        0,
+                    ),
                 };
                 call.span.record("sip_call_id", sip.call_id.as_str());
                 call.sip = Some(sip);
@@ -3881,6 +3936,7 @@ impl Engine {
                     self.finish(now, key, CallOutcome::Answered);
                 }
             }
+            CallTimer::Session => self.on_session_timer(now, key),
             CallTimer::Keepalive => {
                 let Some(every) = self.cfg.keepalive else {
                     return;
@@ -4201,6 +4257,14 @@ impl Engine {
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         let spec = sip.initial_request("INVITE", &via_host, &branch, &from, Some(&contact));
         let mut extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
+        if self.cfg.session_timer.on() {
+            // RFC 4028 §7.1: the interval we ask for; the callee picks the refresher.
+            let (se, min_se, _) = sip.session_ask;
+            extra = extra
+                .header("Supported", "timer")
+                .header("Session-Expires", se.to_string())
+                .header("Min-SE", min_se.to_string());
+        }
         if let Some(id) = identity {
             extra = extra.header("Identity", id);
         }
@@ -4367,10 +4431,19 @@ impl Engine {
             return;
         };
         let prev = local.direction;
-        local.direction = dir;
-        local.session_version += 1;
+        if dir != prev {
+            // RFC 3264 §8: a new version only for a changed description; a session refresh
+            // offers the same one again.
+            local.direction = dir;
+            local.session_version += 1;
+        }
         let body = sdp::build(local).into_bytes();
-        let extra = Extra::none().sdp(&body);
+        let mut extra = Extra::none().sdp(&body);
+        if let Some(t) = sip.session {
+            extra = extra
+                .header("Supported", "timer")
+                .header("Session-Expires", t.request_header());
+        }
         if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INVITE", None, &extra) {
             if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
                 sip.reinvite_out = Some((branch.clone(), dir, prev));
@@ -4456,9 +4529,15 @@ impl Engine {
         for rr in msg::header_values(&req.headers, "Record-Route") {
             extra = extra.header("Record-Route", rr);
         }
+        let (session_headers, session) =
+            session_timer::answer_2xx(&self.cfg.session_timer, &session_timer::asked(&req.headers));
+        for (name, value) in session_headers {
+            extra = extra.header(name, value);
+        }
         let extra = extra.sdp(&body);
         let bytes: Bytes = msg::response(req, src, 200, "OK", Some(&sip.local_tag), &extra).into();
         sip.final_done = true;
+        sip.session = session;
         sip.pending_2xx = Some(Pending2xx {
             bytes: bytes.clone(),
             dest: sip.dest,
@@ -4476,6 +4555,7 @@ impl Engine {
         };
         self.txn.send_response(now, &skey, 200, out);
         self.arm(now, key, CallTimer::Retransmit2xx, t1);
+        self.arm_session(now, key);
         self.watch_media(key);
     }
 
@@ -4590,6 +4670,107 @@ impl Engine {
 
     /// Nothing came from the call's SIP peer for `silent_for`: a peer that vanished without a
     /// BYE. The call ends on both sides with `MEDIA_TIMEOUT`.
+    /// RFC 4028 §9 checks on a request we would otherwise accept: an unreadable
+    /// `Session-Expires` gets 400, an interval below our `min_se_secs` 422 with our `Min-SE`.
+    /// True when the request was answered here.
+    fn refuse_session_interval(&mut self, now: Instant, m: &SipInbound, asked: &Asked) -> bool {
+        let cfg = self.cfg.session_timer;
+        if !cfg.on() {
+            return false;
+        }
+        if asked.malformed {
+            let reason =
+                "Bad Request (Session-Expires is not delta-seconds with refresher=uac or uas)";
+            self.respond(now, m, 400, reason, None, &Extra::none());
+            return true;
+        }
+        if let UasAnswer::TooSmall { min_se } = session_timer::as_uas(&cfg, asked) {
+            let extra = Extra::none().header("Min-SE", min_se.to_string());
+            self.respond(now, m, 422, "Session Interval Too Small", None, &extra);
+            return true;
+        }
+        false
+    }
+
+    /// A 422 to our INVITE (RFC 4028 §7.1): asked again with its `Min-SE` as our interval, at
+    /// most twice, and only for an interval up to a day.
+    fn session_retry(&mut self, now: Instant, key: CallKey, resp: &Response) -> bool {
+        let Some(min) = msg::first_header(&resp.headers, "Min-SE")
+            .and_then(|v| session_timer::parse_min_se(&v))
+        else {
+            return false;
+        };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        let Some(sip) = call.sip.as_mut() else {
+            return false;
+        };
+        let (se, _, tries) = sip.session_ask;
+        if call.phase == Phase::Ended
+            || sip.cancel_wanted.is_some()
+            || sip.cancel_sent
+            || !self.cfg.session_timer.on()
+            || tries >= 2
+            || min <= se
+            || min > session_timer::MAX_SE
+        {
+            return false;
+        }
+        info!(call = %key, min_se = min, "asking again with the callee's minimum session interval");
+        sip.session_ask = (min, min, tries + 1);
+        self.send_invite(now, key);
+        true
+    }
+
+    /// (Re-)arms the leg's session timer from now, the time of its last refresh, or disarms it.
+    fn arm_session(&mut self, now: Instant, key: CallKey) {
+        let next = self
+            .calls
+            .get(&key)
+            .and_then(|c| c.sip.as_ref())
+            .and_then(|s| s.session)
+            .map(|t| t.next());
+        match next {
+            Some(after) => self.arm(now, key, CallTimer::Session, after),
+            None => self.disarm(key, CallTimer::Session),
+        }
+    }
+
+    /// The session timer fired: our refresh is due (a re-INVITE offering the same SDP), or the
+    /// session expired because no refresh came, ours or the peer's (RFC 4028 §10).
+    fn on_session_timer(&mut self, now: Instant, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.phase != Phase::Answered {
+            return;
+        }
+        let Some(sip) = call.sip.as_mut() else {
+            return;
+        };
+        let Some(t) = sip.session.as_mut() else {
+            return;
+        };
+        if t.we_refresh && !t.refresh_sent {
+            let half = t.next();
+            t.refresh_sent = true;
+            let left = t.expiry().saturating_sub(half);
+            let dir = sip.local_sdp.as_ref().map(|l| l.direction);
+            self.arm(now, key, CallTimer::Session, left);
+            if let Some(dir) = dir {
+                debug!(call = %key, "refreshing the session");
+                self.send_reinvite(now, key, dir);
+            }
+            return;
+        }
+        let _g = self.span(key).entered();
+        warn!(call = %key, "ending the call: the SIP session was not refreshed in time");
+        self.metrics.session_expired.fetch_add(1, Ordering::Relaxed);
+        self.send_event(key, end_event(SESSION_EXPIRED));
+        self.on_remote_end(now, key, SESSION_EXPIRED);
+    }
+
     fn on_media_silent(&mut self, now: Instant, key: CallKey, silent_for: Duration) {
         let Some(call) = self.calls.get(&key) else {
             return;
@@ -5030,6 +5211,9 @@ fn end_event(reason: &str) -> Event {
 
 /// The Reason of ending a call whose SIP peer went silent (`[media] timeout_secs`).
 const MEDIA_TIMEOUT: &str = "Q.850;cause=102;text=\"Media timeout\"";
+/// Reason of the BYE (and of the HTTP/3 side's end) when the SIP peer's session refresh is
+/// overdue (RFC 4028 §10).
+const SESSION_EXPIRED: &str = "Q.850;cause=102;text=\"Session timer expired\"";
 
 /// The Reason of a BYE to a fork whose answer came after another fork's.
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
@@ -5051,3 +5235,7 @@ mod tests;
 #[cfg(test)]
 #[path = "handler_tests.rs"]
 mod handler_tests;
+
+#[cfg(test)]
+#[path = "session_timer_tests.rs"]
+mod session_timer_tests;

@@ -4,10 +4,10 @@ use super::*;
 use crate::media::LegCrypto;
 use crate::ript::model::{Advertisement, CodecAd};
 
-const CALLER: &str = "127.0.0.1:5061";
-const TRUNK: &str = "127.0.0.1:5080";
+pub(super) const CALLER: &str = "127.0.0.1:5061";
+pub(super) const TRUNK: &str = "127.0.0.1:5080";
 
-fn cfg() -> EngineConfig {
+pub(super) fn cfg() -> EngineConfig {
     EngineConfig {
         port_max: 20100,
         max_calls: 100,
@@ -25,7 +25,7 @@ pub(super) struct Sim {
 }
 
 impl Sim {
-    fn new() -> Sim {
+    pub(super) fn new() -> Sim {
         Sim::with(cfg())
     }
 
@@ -88,22 +88,28 @@ impl Sim {
     }
 }
 
-fn start_lines(msgs: &[String]) -> Vec<String> {
+pub(super) fn start_lines(msgs: &[String]) -> Vec<String> {
     msgs.iter()
         .map(|m| m.lines().next().unwrap_or("").to_string())
         .collect()
 }
 
-const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n";
+pub(super) const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n";
 
-fn invite(branch: &str, call_id: &str, sdp: &str) -> String {
+pub(super) fn invite(branch: &str, call_id: &str, sdp: &str) -> String {
     format!(
         "INVITE sip:answer@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch};rport\r\nMax-Forwards: 70\r\nFrom: <sip:+12155551212@127.0.0.1>;tag=caller1\r\nTo: <sip:answer@127.0.0.1:5070>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{CALLER}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     )
 }
 
-fn in_dialog(method: &str, branch: &str, cseq: u32, to_tag: &str, sdp: Option<&str>) -> String {
+pub(super) fn in_dialog(
+    method: &str,
+    branch: &str,
+    cseq: u32,
+    to_tag: &str,
+    sdp: Option<&str>,
+) -> String {
     let body = sdp.unwrap_or("");
     let ct = if sdp.is_some() {
         "Content-Type: application/sdp\r\n"
@@ -123,7 +129,7 @@ fn cancel(branch: &str) -> String {
 }
 
 /// A response to a request the engine sent (parsed from its text).
-fn reply(req: &str, code: u16, reason: &str, to_tag: &str, sdp: Option<&str>) -> String {
+pub(super) fn reply(req: &str, code: u16, reason: &str, to_tag: &str, sdp: Option<&str>) -> String {
     let hv = |name: &str| {
         req.lines()
             .find(|l| {
@@ -157,7 +163,7 @@ fn reply(req: &str, code: u16, reason: &str, to_tag: &str, sdp: Option<&str>) ->
     )
 }
 
-fn to_tag_of(resp: &str) -> String {
+pub(super) fn to_tag_of(resp: &str) -> String {
     let to = resp.lines().find(|l| l.starts_with("To:")).unwrap();
     msg::param(to.split_once(':').unwrap().1, "tag").unwrap()
 }
@@ -188,7 +194,7 @@ pub(super) fn sip_texts(out: &[Output]) -> Vec<String> {
 }
 
 /// The key of the call our server accepted (`201`) among `out`.
-fn accepted_key(out: &[Output]) -> CallKey {
+pub(super) fn accepted_key(out: &[Output]) -> CallKey {
     out.iter()
         .find_map(|o| match o {
             Output::Ript(RiptCmd::RespondCall {
@@ -200,7 +206,7 @@ fn accepted_key(out: &[Output]) -> CallKey {
 }
 
 /// `POST {TG}/calls` on TG `trunk` for `answer`, advertising PCMU and telephone-event.
-fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
+pub(super) fn incoming_call(req: ReqId, from: Option<&str>, principal: &str) -> RiptEvent {
     RiptEvent::IncomingCall {
         req,
         tg: "trunk".into(),
@@ -239,7 +245,7 @@ fn browser_call(req: ReqId, origin: &str) -> RiptEvent {
     }
 }
 
-fn description(p: Proposal) -> CallDescription {
+pub(super) fn description(p: Proposal) -> CallDescription {
     CallDescription {
         uri: "https://localhost:4434/.well-known/ript/v1/providertgs/trunk/calls/x1".into(),
         handler: None,
@@ -252,14 +258,14 @@ fn description(p: Proposal) -> CallDescription {
     }
 }
 
-fn ev(name: EventName, seq: u64) -> Event {
+pub(super) fn ev(name: EventName, seq: u64) -> Event {
     let mut e = Event::new(name);
     e.seq = Some(seq);
     e
 }
 
 /// Caller side (gateway A): INVITE in, the RIPT call created; returns the call key.
-fn a_call_created(s: &mut Sim) -> CallKey {
+pub(super) fn a_call_created(s: &mut Sim) -> CallKey {
     s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
     let out = s.take();
     let (key, adv) = out
@@ -284,7 +290,7 @@ fn a_call_created(s: &mut Sim) -> CallKey {
 }
 
 /// The RIPT side answers a caller-side call; returns the 200 sent to the caller.
-fn answer(s: &mut Sim, key: CallKey) -> String {
+pub(super) fn answer(s: &mut Sim, key: CallKey) -> String {
     s.ript(RiptEvent::ClientEvent {
         call: key,
         event: ev(EventName::Answered, 0),
@@ -421,7 +427,7 @@ fn cancel_crossing_our_200_has_no_effect_and_the_call_continues() {
 
 /// Callee side (gateway B): a RIPT call in, its client's events stream open, the INVITE sent
 /// to the trunk; returns key and INVITE.
-fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
+pub(super) fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
     let (key, invite) = b_invite_sent_no_stream(s);
     s.ript(RiptEvent::ServerEventsOpened { call: key });
     s.take();
@@ -429,7 +435,7 @@ fn b_invite_sent(s: &mut Sim) -> (CallKey, String) {
 }
 
 /// As `b_invite_sent`, but the client never opens its events stream.
-fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
+pub(super) fn b_invite_sent_no_stream(s: &mut Sim) -> (CallKey, String) {
     s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
     let out = s.take();
     let key = accepted_key(&out);
@@ -466,7 +472,7 @@ fn b_cancelled_while_ringing(s: &mut Sim, tag: &str) -> (CallKey, String, String
     (key, inv, msgs[0].clone())
 }
 
-fn server_events(out: &[Output]) -> Vec<Event> {
+pub(super) fn server_events(out: &[Output]) -> Vec<Event> {
     out.iter()
         .filter_map(|o| match o {
             Output::Ript(RiptCmd::ServerSend { event, .. }) => Some(event.clone()),
@@ -475,7 +481,7 @@ fn server_events(out: &[Output]) -> Vec<Event> {
         .collect()
 }
 
-const ANSWER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+pub(super) const ANSWER: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
 
 #[test]
 fn end_before_any_provisional_waits_then_cancels_and_a_crossing_200_gets_ack_and_bye() {
@@ -2428,7 +2434,7 @@ fn options_with(branch: &str, origin_lines: &[&str]) -> String {
 }
 
 /// The value of `name` in a SIP message, if present.
-fn header_of(m: &str, name: &str) -> Option<String> {
+pub(super) fn header_of(m: &str, name: &str) -> Option<String> {
     m.lines().find_map(|l| {
         let (n, v) = l.split_once(':')?;
         n.trim()
@@ -3517,7 +3523,7 @@ fn unavailable(req: &str, to_tag: &str) -> String {
     reply(req, 503, "Service Unavailable", to_tag, None)
 }
 
-fn header<'a>(text: &'a str, name: &str) -> &'a str {
+pub(super) fn header<'a>(text: &'a str, name: &str) -> &'a str {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
         .unwrap_or_else(|| panic!("no {name} in {text}"))
@@ -4055,7 +4061,7 @@ fn lookups(out: &[Output]) -> Vec<(CallKey, String, Transport)> {
 }
 
 /// Every SIP message among `out` that starts with `start`: where it went, and its text.
-fn sent_to(out: &[Output], start: &str) -> Vec<(SocketAddr, String)> {
+pub(super) fn sent_to(out: &[Output], start: &str) -> Vec<(SocketAddr, String)> {
     out.iter()
         .filter_map(|o| match o {
             Output::Sip(m) if m.bytes.starts_with(start.as_bytes()) => {
@@ -4067,7 +4073,7 @@ fn sent_to(out: &[Output], start: &str) -> Vec<(SocketAddr, String)> {
 }
 
 /// The one request `method` among `out`: where it went, and its text.
-fn request_to(out: &[Output], method: &str) -> (SocketAddr, String) {
+pub(super) fn request_to(out: &[Output], method: &str) -> (SocketAddr, String) {
     let mut all = sent_to(out, &format!("{method} "));
     assert_eq!(all.len(), 1, "one {method} in {:?}", sip_texts(out));
     all.remove(0)
@@ -4101,7 +4107,7 @@ fn ok_from(inv: &str, tag: &str, contact: &str, record_route: Option<&str>) -> S
 
 /// The callee's offerless re-INVITE in the dialog its 200 made (read from our `ack`), naming
 /// `contact`.
-fn callee_reinvite(ack: &str, branch: &str, contact: &str) -> String {
+pub(super) fn callee_reinvite(ack: &str, branch: &str, contact: &str) -> String {
     format!(
         "INVITE sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch={branch}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n",
         header(ack, "To"),

@@ -6,3 +6,4 @@ pub mod engine;
 pub mod negotiate;
 pub mod ratelimit;
 pub mod secure;
+pub mod session_timer;

@@ -50,6 +50,8 @@ impl Default for SipConfig {
             digest_realm: None,
             digest_lockout_secs: 300,
             digest_source_failures: crate::sip::digest::MAX_SOURCE_FAILURES,
+            session_expires_secs: 1800,
+            min_se_secs: crate::bridge::session_timer::MIN_SE_FLOOR,
         }
     }
 }

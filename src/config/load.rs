@@ -329,6 +329,25 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
             "must be at least 1".into(),
         ));
     }
+    {
+        use crate::bridge::session_timer::{MAX_SE, MIN_SE_FLOOR};
+        if !(MIN_SE_FLOOR..=MAX_SE).contains(&sip.min_se_secs) {
+            return Err(err(
+                vec![key("sip"), key("min_se_secs")],
+                format!("must be from {MIN_SE_FLOOR} (RFC 4028's floor) to {MAX_SE} (a day)"),
+            ));
+        }
+        let se = sip.session_expires_secs;
+        if se != 0 && !(sip.min_se_secs..=MAX_SE).contains(&se) {
+            return Err(err(
+                vec![key("sip"), key("session_expires_secs")],
+                format!(
+                    "must be 0 (off) or from min_se_secs ({}) to {MAX_SE} (a day)",
+                    sip.min_se_secs
+                ),
+            ));
+        }
+    }
     check_cors_list(&sip.cors_origins, "sip", &err)?;
 
     // http3
@@ -1618,6 +1637,22 @@ mod tests {
         ] {
             assert_eq!(normalize_origin(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn session_timer_keys_keep_to_rfc_4028s_floor_and_a_day() {
+        let (key, line, _, msg) = invalid("[sip]\nmin_se_secs = 30\n");
+        assert_eq!((key.as_str(), line), ("sip.min_se_secs", 2));
+        assert!(msg.contains("90"), "{msg}");
+        let (key, _, _, msg) = invalid("[sip]\nmin_se_secs = 600\nsession_expires_secs = 300\n");
+        assert_eq!(key, "sip.session_expires_secs");
+        assert!(msg.contains("min_se_secs (600)"), "{msg}");
+        let (key, _, _, _) = invalid("[sip]\nsession_expires_secs = 100000\n");
+        assert_eq!(key, "sip.session_expires_secs");
+        let (key, _, _, _) = invalid("[sip]\nsession_expires_secs = -1\n");
+        assert_eq!(key, "sip.session_expires_secs");
+        let off = load_str("[sip]\nsession_expires_secs = 0\n", "t.toml").unwrap();
+        assert_eq!(off.sip.session_expires_secs, 0);
     }
 
     #[test]

@@ -124,6 +124,13 @@ pub struct SipConfig {
     /// `digest_lockout_secs` of each other, that lock the address out (403 to every INVITE
     /// toward a Digest trunk). 0: addresses are not locked. Default: 30.
     pub digest_source_failures: u32,
+    /// Session timers (RFC 4028): the interval in seconds our INVITEs ask for and the longest
+    /// we grant; each SIP leg is refreshed (re-INVITE) or ended (BYE) by it. 0: off (no
+    /// `Supported: timer`; a `Require: timer` gets 420). Default: 1800.
+    pub session_expires_secs: u32,
+    /// The shortest session interval we accept (at least 90, RFC 4028's floor); a shorter one
+    /// gets 422 with this `Min-SE`. Default: 90.
+    pub min_se_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -12,9 +12,6 @@ use std::net::SocketAddr;
 
 /// What the gateway supports; sent in Allow on OPTIONS and 405 answers.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
-/// Option tags we implement (RFC 3261 §20.37): none yet; session timers and Replaces are not
-/// advertised until they are implemented.
-pub const SUPPORTED: &str = "";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
 pub const USER_AGENT: &str = concat!("riptide/", env!("CARGO_PKG_VERSION"));
 /// Largest SIP message accepted on any transport.

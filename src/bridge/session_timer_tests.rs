@@ -1,0 +1,341 @@
+//! Session timers (RFC 4028) on both kinds of SIP leg, with simulated time: what our INVITEs
+//! and 2xx responses carry, 422 both ways, refreshes sent and received, and the BYE when a
+//! refresh does not come.
+
+use super::tests::{
+    answer, b_invite_sent, callee_reinvite, cfg, description, header_of, in_dialog, invite, reply,
+    request_to, server_events, start_lines, to_tag_of, Sim, ANSWER, CALLER, OFFER, TRUNK,
+};
+use super::*;
+
+/// `msg` with `lines` (each ending in CRLF) added after its Max-Forwards (a request) or its
+/// Contact (a response).
+fn with(msg: &str, lines: &str) -> String {
+    let at = if msg.starts_with("SIP/2.0") {
+        "Content-Length"
+    } else {
+        "Max-Forwards: 70\r\n"
+    };
+    let i = msg.find(at).unwrap_or_else(|| panic!("no {at} in {msg}"));
+    let i = if at.starts_with("Max") {
+        i + at.len()
+    } else {
+        i
+    };
+    format!("{}{lines}{}", &msg[..i], &msg[i..])
+}
+
+/// The caller's INVITE with `lines` added went in; the HTTP/3 call was made. Returns the key,
+/// or `None` with the outputs when the INVITE was answered here.
+fn a_invite(s: &mut Sim, lines: &str) -> Result<CallKey, Vec<String>> {
+    s.sip(&with(&invite("z9hG4bKst1", "cid-a", OFFER), lines), CALLER);
+    let out = s.take();
+    let created = out.iter().find_map(|o| match o {
+        Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+            Some((*call, request.advertisement.clone().unwrap()))
+        }
+        _ => None,
+    });
+    let Some((key, adv)) = created else {
+        return Err(super::tests::sip_texts(&out));
+    };
+    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    Ok(key)
+}
+
+fn ended_with_session_expiry(s: &mut Sim, out: &[Output], to: &str) {
+    let (dest, bye) = request_to(out, "BYE");
+    assert_eq!(dest, to.parse::<SocketAddr>().unwrap());
+    assert!(
+        bye.contains("Reason: Q.850;cause=102;text=\"Session timer expired\""),
+        "{bye}"
+    );
+    let ended = out.iter().any(|o| match o {
+        Output::Ript(RiptCmd::ClientSend { event, .. })
+        | Output::Ript(RiptCmd::ServerSend { event, .. }) => {
+            event.name == EventName::End
+                && event
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("Session timer expired"))
+        }
+        _ => false,
+    });
+    assert!(ended, "the HTTP/3 side is told why: {out:?}");
+    assert_eq!(s.e.active_calls(), 0);
+    assert_eq!(s.e.metrics.session_expired.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_caller_that_refreshes_keeps_its_call_and_one_that_stops_gets_bye() {
+    let mut s = Sim::new();
+    let key = a_invite(
+        &mut s,
+        "Session-Expires: 120;refresher=uac\r\nSupported: timer\r\n",
+    )
+    .unwrap();
+    let ok = answer(&mut s, key);
+    assert_eq!(
+        header_of(&ok, "Session-Expires").as_deref(),
+        Some("120;refresher=uac")
+    );
+    assert_eq!(header_of(&ok, "Require").as_deref(), Some("timer"));
+    assert_eq!(header_of(&ok, "Supported").as_deref(), Some("timer"));
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    s.advance(Duration::from_secs(60));
+    assert!(s.sip_out().is_empty(), "the caller refreshes, not us");
+    // The caller's refresh: an UPDATE without SDP gets a 200 without SDP (RFC 3311).
+    let update = with(
+        &in_dialog("UPDATE", "z9hG4bKup2", 2, &tag, None),
+        "Session-Expires: 120;refresher=uac\r\nSupported: timer\r\n",
+    );
+    s.sip(&update, CALLER);
+    let msgs = s.sip_out();
+    assert_eq!(start_lines(&msgs), vec!["SIP/2.0 200 OK"]);
+    assert_eq!(
+        header_of(&msgs[0], "Session-Expires").as_deref(),
+        Some("120;refresher=uac")
+    );
+    assert_eq!(header_of(&msgs[0], "Content-Length").as_deref(), Some("0"));
+    // Expiry is 88 s (120 less 32) after the last refresh, not after the answer.
+    s.advance(Duration::from_secs(87));
+    assert!(s.take().is_empty());
+    s.advance(Duration::from_secs(1));
+    let out = s.take();
+    ended_with_session_expiry(&mut s, &out, CALLER);
+}
+
+#[test]
+fn an_interval_below_our_minimum_gets_422_and_an_unreadable_one_400() {
+    let mut s = Sim::with(EngineConfig {
+        session_timer: TimerConfig {
+            expires: 1800,
+            min_se: 300,
+        },
+        ..cfg()
+    });
+    let msgs = a_invite(&mut s, "Session-Expires: 120\r\nSupported: timer\r\n").unwrap_err();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["SIP/2.0 422 Session Interval Too Small"]
+    );
+    assert_eq!(header_of(&msgs[0], "Min-SE").as_deref(), Some("300"));
+    assert_eq!(s.e.active_calls(), 0);
+    let mut s = Sim::new();
+    let msgs = a_invite(&mut s, "Session-Expires: soon\r\n").unwrap_err();
+    assert!(
+        msgs[0].starts_with("SIP/2.0 400 Bad Request (Session-Expires"),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn require_timer_is_met_when_on_and_refused_with_420_when_off() {
+    let mut s = Sim::new();
+    let lines = "Session-Expires: 1800\r\nRequire: timer\r\n";
+    assert!(a_invite(&mut s, lines).is_ok());
+    let mut s = Sim::with(EngineConfig {
+        session_timer: TimerConfig {
+            expires: 0,
+            min_se: 90,
+        },
+        ..cfg()
+    });
+    let msgs = a_invite(&mut s, lines).unwrap_err();
+    assert_eq!(start_lines(&msgs), vec!["SIP/2.0 420 Bad Extension"]);
+    assert_eq!(header_of(&msgs[0], "Unsupported").as_deref(), Some("timer"));
+    // Off, nothing is offered or granted.
+    let mut s = Sim::with(EngineConfig {
+        session_timer: TimerConfig {
+            expires: 0,
+            min_se: 90,
+        },
+        ..cfg()
+    });
+    let key = a_invite(&mut s, "Session-Expires: 1800\r\nSupported: timer\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    assert_eq!(header_of(&ok, "Session-Expires"), None);
+    assert_eq!(header_of(&ok, "Supported"), None);
+}
+
+#[test]
+fn for_a_caller_without_timers_we_refresh_with_the_same_offer() {
+    let mut s = Sim::new();
+    // A proxy asked for the timer; the caller itself does not support it: we refresh.
+    let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    assert_eq!(
+        header_of(&ok, "Session-Expires").as_deref(),
+        Some("120;refresher=uas")
+    );
+    assert_eq!(header_of(&ok, "Require"), None);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let origin = |m: &str| m.lines().find(|l| l.starts_with("o=")).map(str::to_string);
+    for round in 0..2 {
+        s.advance(Duration::from_secs(59));
+        assert!(s.take().is_empty(), "round {round}");
+        s.advance(Duration::from_secs(1));
+        let out = s.take();
+        let (to, reinvite) = request_to(&out, "INVITE");
+        assert_eq!(to, CALLER.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            header_of(&reinvite, "Session-Expires").as_deref(),
+            Some("120;refresher=uac")
+        );
+        // The same session description: the same o= line, version included.
+        assert_eq!(origin(&reinvite), origin(&ok), "{reinvite}");
+        s.sip(
+            &with(
+                &reply(&reinvite, 200, "OK", "caller1", Some(OFFER)),
+                "Session-Expires: 120;refresher=uac\r\n",
+            ),
+            CALLER,
+        );
+        // Acknowledged (toward the 2xx's Contact, the dialog's new target).
+        let msgs = s.sip_out();
+        assert_eq!(
+            start_lines(&msgs),
+            vec!["ACK sip:callee@127.0.0.1:5080 SIP/2.0"]
+        );
+    }
+    // A refresh that gets no answer leaves the session to expire: the re-INVITE's own guard
+    // (64*T1) or the timer, whichever is first, ends the call.
+    s.advance(Duration::from_secs(60));
+    let _ = request_to(&s.take(), "INVITE");
+    s.advance(Duration::from_secs(60));
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn our_invite_asks_for_a_timer_and_a_422_raises_the_interval_once() {
+    let mut s = Sim::new();
+    let (key, inv) = b_invite_sent(&mut s);
+    assert_eq!(header_of(&inv, "Session-Expires").as_deref(), Some("1800"));
+    assert_eq!(header_of(&inv, "Min-SE").as_deref(), Some("90"));
+    assert_eq!(header_of(&inv, "Supported").as_deref(), Some("timer"));
+    s.sip(
+        &with(
+            &reply(&inv, 422, "Session Interval Too Small", "uas1", None),
+            "Min-SE: 3600\r\n",
+        ),
+        TRUNK,
+    );
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec![
+            "ACK sip:answer@127.0.0.1:5080 SIP/2.0",
+            "INVITE sip:answer@127.0.0.1:5080 SIP/2.0"
+        ]
+    );
+    let again = &msgs[1];
+    assert_eq!(header_of(again, "Session-Expires").as_deref(), Some("3600"));
+    assert_eq!(header_of(again, "Min-SE").as_deref(), Some("3600"));
+    assert_eq!(header_of(again, "CSeq").as_deref(), Some("2 INVITE"));
+    // The same minimum again is not a reason to ask again: the call fails.
+    s.sip(
+        &with(
+            &reply(again, 422, "Session Interval Too Small", "uas1", None),
+            "Min-SE: 3600\r\n",
+        ),
+        TRUNK,
+    );
+    let out = s.take();
+    assert!(
+        server_events(&out)
+            .iter()
+            .any(|e| e.name == EventName::Failed),
+        "{out:?}"
+    );
+    assert_eq!(s.e.active_calls(), 0, "{key}");
+}
+
+#[test]
+fn a_2xx_naming_us_gets_refreshes_and_one_naming_the_callee_expires_without_them() {
+    // We refresh: a re-INVITE at half the interval, re-armed by each 2xx.
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(
+        &with(
+            &reply(&inv, 200, "OK", "uas1", Some(ANSWER)),
+            "Session-Expires: 90;refresher=uac\r\nRequire: timer\r\n",
+        ),
+        TRUNK,
+    );
+    s.take();
+    for _ in 0..2 {
+        s.advance(Duration::from_secs(44));
+        assert!(s.take().is_empty());
+        s.advance(Duration::from_secs(1));
+        let (to, reinvite) = request_to(&s.take(), "INVITE");
+        assert_eq!(to, TRUNK.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            header_of(&reinvite, "Session-Expires").as_deref(),
+            Some("90;refresher=uac")
+        );
+        s.sip(
+            &with(
+                &reply(&reinvite, 200, "OK", "uas1", Some(ANSWER)),
+                "Session-Expires: 90;refresher=uac\r\n",
+            ),
+            TRUNK,
+        );
+        assert_eq!(start_lines(&s.sip_out()).len(), 1, "the ACK");
+    }
+
+    // The callee refreshes: its re-INVITE at 40 s moves the expiry to 100 s (90 less 30).
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(
+        &with(
+            &reply(&inv, 200, "OK", "uas1", Some(ANSWER)),
+            "Session-Expires: 90;refresher=uas\r\nRequire: timer\r\n",
+        ),
+        TRUNK,
+    );
+    let ack = request_to(&s.take(), "ACK").1;
+    s.advance(Duration::from_secs(40));
+    let refresh = with(
+        &callee_reinvite(&ack, "z9hG4bKre9", &format!("<sip:callee@{TRUNK}>")),
+        "Session-Expires: 90;refresher=uac\r\nSupported: timer\r\n",
+    );
+    s.sip(&refresh, TRUNK);
+    let msgs = s.sip_out();
+    assert!(msgs[0].starts_with("SIP/2.0 200 OK"), "{msgs:?}");
+    assert_eq!(
+        header_of(&msgs[0], "Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
+    s.sip(
+        &format!(
+            "ACK sip:riptide@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP {TRUNK};branch=z9hG4bKack9\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 ACK\r\nContent-Length: 0\r\n\r\n",
+            header_of(&refresh, "From").unwrap(),
+            header_of(&msgs[0], "To").unwrap(),
+            header_of(&refresh, "Call-ID").unwrap(),
+        ),
+        TRUNK,
+    );
+    s.advance(Duration::from_secs(59));
+    assert!(s.take().is_empty(), "not yet: 99 s");
+    s.advance(Duration::from_secs(1));
+    let out = s.take();
+    ended_with_session_expiry(&mut s, &out, TRUNK);
+}
+
+#[test]
+fn a_callee_without_session_expires_in_its_2xx_runs_no_timer() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "uas1", Some(ANSWER)), TRUNK);
+    s.take();
+    s.advance(Duration::from_secs(7200));
+    assert!(s.sip_out().is_empty());
+    assert_eq!(s.e.active_calls(), 1);
+}
