@@ -91,6 +91,18 @@ impl DigestState {
             .collect()
     }
 
+    /// Our INVITE goes again for another reason than a challenge (a 422): each answer it
+    /// carries is computed anew with the next nonce count and a new cnonce, so that a server
+    /// that refuses replayed credentials takes them.
+    pub(super) fn renew_invite_answers(&mut self, key: CallKey, login: &digest::Login) {
+        for a in self.uac.get_mut(&key).into_iter().flatten() {
+            a.nc += 1;
+            let cnonce = msg::token(16);
+            a.value = digest::answer(&a.challenge, a.alg, login, "INVITE", &a.uri, &cnonce, a.nc)
+                .render();
+        }
+    }
+
     /// The credential headers for the ACK of a 2xx to the INVITE with `cseq`.
     pub(super) fn ack_headers(&self, key: CallKey, cseq: u32) -> Vec<(&'static str, String)> {
         self.uac

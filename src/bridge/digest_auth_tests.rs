@@ -691,3 +691,41 @@ fn without_a_login_or_an_answerable_challenge_the_401_ends_the_call() {
         assert_eq!(s.e.active_calls(), 0);
     }
 }
+
+#[test]
+fn an_invite_asked_again_after_a_422_carries_fresh_credentials() {
+    let mut s = Sim::with(cfg());
+    let (_, inv) = uac_invite(&mut s);
+    let ch = ["WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", algorithm=MD5, qop=\"auth\""]
+        .map(String::from);
+    s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
+    let inv2 = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("INVITE");
+    let first = header(&inv2, "Authorization");
+    // The trunk wants a longer session interval (RFC 4028 §7.1): the INVITE goes again with
+    // it, and its credentials are not a replay of the last ones.
+    let min_se = ["Min-SE: 3600".to_string()];
+    s.sip(
+        &reply(&inv2, 422, "Session Interval Too Small", &min_se, None),
+        TRUNK,
+    );
+    let inv3 = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("INVITE after the 422");
+    assert_eq!(header(&inv3, "CSeq"), "3 INVITE");
+    assert_eq!(header(&inv3, "Session-Expires"), "3600");
+    let again = header(&inv3, "Authorization");
+    assert_valid(&again, Algorithm::Md5, "n1", true);
+    let (a, b) = (
+        digest::parse_credentials(&first).unwrap(),
+        digest::parse_credentials(&again).unwrap(),
+    );
+    assert_eq!(a.nc.as_deref(), Some("00000001"));
+    assert_eq!(b.nc.as_deref(), Some("00000002"));
+    assert_ne!(a.cnonce, b.cnonce);
+}

@@ -539,8 +539,10 @@ struct SipLeg {
     /// Until then every response to its INVITE goes back where the INVITE came from (RFC 3261
     /// §18.2.2), and nothing a caller could make up is looked up before it was answered.
     route_pending: bool,
-    /// The dialog's session timer (RFC 4028), once a 2xx set one up.
+    /// The dialog's session timer (RFC 4028), once a 2xx set one up, and when the session
+    /// expires unless refreshed.
     session: Option<SessionTimer>,
+    session_deadline: Option<Instant>,
     /// UAC: the `Session-Expires` and `Min-SE` our INVITE asks for, and how many 422s raised
     /// them.
     session_ask: (u32, u32, u8),
@@ -1229,7 +1231,7 @@ impl Engine {
             let required: Vec<String> = msg::header_values(&req.headers, "Require")
                 .iter()
                 .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
-                .filter(|t| !t.is_empty() && !(timers && t.eq_ignore_ascii_case("timer")))
+                .filter(|t| !(t.is_empty() || timers && t.eq_ignore_ascii_case("timer")))
                 .collect();
             if !required.is_empty() {
                 let unsupported = required.join(", ");
@@ -1723,6 +1725,7 @@ impl Engine {
             bye_after_ack: None,
             route_pending: false,
             session: None,
+            session_deadline: None,
             session_ask: (0, 0, 0),
         };
         let mut sip = sip;
@@ -2938,8 +2941,19 @@ impl Engine {
         if (200..300).contains(&code) {
             // A refresh (RFC 4028 §7.4): the 2xx sets the interval and refresher anew, and
             // without Session-Expires ends the session timer.
-            if sip.session.is_some() {
-                sip.session = session_timer::as_uac(session_timer::response_se(&resp.headers));
+            if let Some(t) = sip.session {
+                let se = session_timer::response_se(&resp.headers);
+                sip.session = if se.is_none() && !session_timer::asked(&resp.headers).supports {
+                    // A peer that does not know timers answers without them (§7.2): we keep
+                    // the session timer and its refreshes.
+                    Some(SessionTimer {
+                        we_refresh: true,
+                        refresh_sent: false,
+                        ..t
+                    })
+                } else {
+                    session_timer::as_uac(se)
+                };
             }
             // Target refresh (RFC 3261 §12.2.1.2) and the answer's media address.
             if let Some(c) = msg::first_header(&resp.headers, "Contact") {
@@ -3438,6 +3452,7 @@ impl Engine {
                     bye_after_ack: None,
                     route_pending: false,
                     session: None,
+                    session_deadline: None,
                     session_ask: (
                         self.cfg.session_timer.expires,
                         self.cfg.session_timer.min_se,
@@ -4421,7 +4436,9 @@ impl Engine {
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
-        if sip.reinvite_out.is_some() || sip.reinvite_in_unacked {
+        // RFC 3261 §14.1: not while an INVITE transaction of the dialog (the first one
+        // included, until its ACK) is still open either way.
+        if sip.reinvite_out.is_some() || sip.reinvite_in_unacked || sip.pending_2xx.is_some() {
             sip.glare_retry = Some(dir);
             let ms = 500 + rand_ms(500);
             self.arm(now, key, CallTimer::GlareRetry, Duration::from_millis(ms));
@@ -4431,12 +4448,11 @@ impl Engine {
             return;
         };
         let prev = local.direction;
-        if dir != prev {
-            // RFC 3264 §8: a new version only for a changed description; a session refresh
-            // offers the same one again.
-            local.direction = dir;
-            local.session_version += 1;
-        }
+        local.direction = dir;
+        // A new version for every offer, a session refresh's included: RFC 3264 §8 lets it
+        // rise without a change, and our description may have changed since we last sent it
+        // (the answer settles its crypto, setup and rtcp-mux lines).
+        local.session_version += 1;
         let body = sdp::build(local).into_bytes();
         let mut extra = Extra::none().sdp(&body);
         if let Some(t) = sip.session {
@@ -4668,8 +4684,6 @@ impl Engine {
             .push_back(Output::Media(MediaCmd::WatchSilence { call: key, limit }));
     }
 
-    /// Nothing came from the call's SIP peer for `silent_for`: a peer that vanished without a
-    /// BYE. The call ends on both sides with `MEDIA_TIMEOUT`.
     /// RFC 4028 §9 checks on a request we would otherwise accept: an unreadable
     /// `Session-Expires` gets 400, an interval below our `min_se_secs` 422 with our `Min-SE`.
     /// True when the request was answered here.
@@ -4719,19 +4733,26 @@ impl Engine {
         }
         info!(call = %key, min_se = min, "asking again with the callee's minimum session interval");
         sip.session_ask = (min, min, tries + 1);
+        // Credentials already given are computed anew (next nc, new cnonce): the same ones
+        // again would look like a replay.
+        let login = sip
+            .trunk
+            .and_then(|t| self.cfg.trunks.get(t))
+            .and_then(|t| t.digest_login.clone());
+        if let Some(login) = login {
+            self.digest.renew_invite_answers(key, &login);
+        }
         self.send_invite(now, key);
         true
     }
 
     /// (Re-)arms the leg's session timer from now, the time of its last refresh, or disarms it.
     fn arm_session(&mut self, now: Instant, key: CallKey) {
-        let next = self
-            .calls
-            .get(&key)
-            .and_then(|c| c.sip.as_ref())
-            .and_then(|s| s.session)
-            .map(|t| t.next());
-        match next {
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        sip.session_deadline = sip.session.map(|t| now + t.expiry());
+        match sip.session.map(|t| t.next()) {
             Some(after) => self.arm(now, key, CallTimer::Session, after),
             None => self.disarm(key, CallTimer::Session),
         }
@@ -4749,15 +4770,29 @@ impl Engine {
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
+        if sip.bye_after_ack.is_some() {
+            // Already ending (the BYE waits for the caller's ACK).
+            return;
+        }
         let Some(t) = sip.session.as_mut() else {
             return;
         };
-        if t.we_refresh && !t.refresh_sent {
-            let half = t.next();
+        let deadline = sip.session_deadline.unwrap_or(now);
+        if t.we_refresh && !t.refresh_sent && now < deadline {
+            if sip.reinvite_out.is_some()
+                || sip.glare_retry.is_some()
+                || sip.reinvite_in_unacked
+                || sip.pending_2xx.is_some()
+            {
+                // Another offer is under way (its 2xx refreshes too) or cannot be made yet:
+                // try again shortly, as long as the session lasts.
+                let again = REFRESH_RETRY.min(deadline - now);
+                self.arm(now, key, CallTimer::Session, again);
+                return;
+            }
             t.refresh_sent = true;
-            let left = t.expiry().saturating_sub(half);
             let dir = sip.local_sdp.as_ref().map(|l| l.direction);
-            self.arm(now, key, CallTimer::Session, left);
+            self.arm(now, key, CallTimer::Session, deadline - now);
             if let Some(dir) = dir {
                 debug!(call = %key, "refreshing the session");
                 self.send_reinvite(now, key, dir);
@@ -4771,6 +4806,8 @@ impl Engine {
         self.on_remote_end(now, key, SESSION_EXPIRED);
     }
 
+    /// Nothing came from the call's SIP peer for `silent_for`: a peer that vanished without a
+    /// BYE. The call ends on both sides with `MEDIA_TIMEOUT`.
     fn on_media_silent(&mut self, now: Instant, key: CallKey, silent_for: Duration) {
         let Some(call) = self.calls.get(&key) else {
             return;
@@ -5211,6 +5248,9 @@ fn end_event(reason: &str) -> Event {
 
 /// The Reason of ending a call whose SIP peer went silent (`[media] timeout_secs`).
 const MEDIA_TIMEOUT: &str = "Q.850;cause=102;text=\"Media timeout\"";
+/// A session refresh that cannot go out yet (another offer is under way) is tried again after
+/// this long.
+const REFRESH_RETRY: Duration = Duration::from_secs(2);
 /// Reason of the BYE (and of the HTTP/3 side's end) when the SIP peer's session refresh is
 /// overdue (RFC 4028 §10).
 const SESSION_EXPIRED: &str = "Q.850;cause=102;text=\"Session timer expired\"";

@@ -203,7 +203,13 @@ pub fn as_uas(cfg: &TimerConfig, asked: &Asked) -> UasAnswer {
     }
     let floor = asked.min_se.unwrap_or(MIN_SE_FLOOR).max(MIN_SE_FLOOR);
     let secs = match asked.session_expires {
-        Some(se) if se.secs < cfg.min_se => return UasAnswer::TooSmall { min_se: cfg.min_se },
+        // Only a requester that knows timers can ask again with our minimum (§9).
+        Some(se) if se.secs < cfg.min_se && asked.supports => {
+            return UasAnswer::TooSmall { min_se: cfg.min_se }
+        }
+        // A proxy asked for a short one on behalf of a caller that does not know timers: we
+        // refresh, so we take our minimum instead (as §8.1 lets a proxy raise it).
+        Some(se) if se.secs < cfg.min_se => cfg.min_se,
         Some(se) => se.secs.min(cfg.expires.max(floor)),
         None if asked.supports => cfg.expires.max(floor),
         None => return UasAnswer::Off,
@@ -223,11 +229,13 @@ pub fn as_uas(cfg: &TimerConfig, asked: &Asked) -> UasAnswer {
 
 /// The timer a 2xx to our request sets up (RFC 4028 §7.2): none without `Session-Expires`;
 /// otherwise its interval, and whether we (the request's UAC) refresh. A 2xx that names no
-/// refresher leaves it to us, the side that can be sure it happens.
+/// refresher leaves it to us, the side that can be sure it happens. An interval below RFC
+/// 4028's floor (which the peer must not give) is taken as the floor, so that refreshes never
+/// come back to back.
 pub fn as_uac(se: Option<SessionExpires>) -> Option<SessionTimer> {
     let se = se?;
     Some(SessionTimer {
-        secs: se.secs.min(MAX_SE),
+        secs: se.secs.clamp(MIN_SE_FLOOR, MAX_SE),
         we_refresh: se.refresher != Some(Refresher::Uas),
         refresh_sent: false,
     })
@@ -359,9 +367,24 @@ mod tests {
         // Below RFC 4028's floor, whatever our minimum.
         let asked = Asked {
             session_expires: se(30, None),
+            supports: true,
             ..Asked::default()
         };
         assert_eq!(as_uas(&CFG, &asked), UasAnswer::TooSmall { min_se: 90 });
+        // A requester that does not know timers could not ask again: we take our minimum and
+        // refresh ourselves.
+        let asked = Asked {
+            session_expires: se(120, None),
+            ..Asked::default()
+        };
+        assert_eq!(
+            as_uas(&cfg, &asked),
+            UasAnswer::On {
+                secs: 300,
+                refresher: Refresher::Uas,
+                require: false
+            }
+        );
     }
 
     #[test]
@@ -421,6 +444,7 @@ mod tests {
         assert!(as_uac(se(1800, Some(Refresher::Uac))).unwrap().we_refresh);
         assert!(as_uac(se(1800, None)).unwrap().we_refresh);
         assert_eq!(as_uac(se(u32::MAX, None)).unwrap().secs, MAX_SE);
+        assert_eq!(as_uac(se(1, None)).unwrap().secs, MIN_SE_FLOOR);
     }
 
     #[test]

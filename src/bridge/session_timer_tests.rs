@@ -165,7 +165,7 @@ fn require_timer_is_met_when_on_and_refused_with_420_when_off() {
 }
 
 #[test]
-fn for_a_caller_without_timers_we_refresh_with_the_same_offer() {
+fn for_a_caller_without_timers_we_refresh_with_the_same_media_and_keep_refreshing() {
     let mut s = Sim::new();
     // A proxy asked for the timer; the caller itself does not support it: we refresh.
     let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
@@ -177,8 +177,17 @@ fn for_a_caller_without_timers_we_refresh_with_the_same_offer() {
     assert_eq!(header_of(&ok, "Require"), None);
     let tag = to_tag_of(&ok);
     s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
-    let origin = |m: &str| m.lines().find(|l| l.starts_with("o=")).map(str::to_string);
-    for round in 0..2 {
+    let version = |m: &str| {
+        let o = m.lines().find(|l| l.starts_with("o=")).unwrap();
+        o.split(' ').nth(2).unwrap().parse::<u64>().unwrap()
+    };
+    let media = |m: &str| -> Vec<String> {
+        m.lines()
+            .filter(|l| l.starts_with("m=") || l.starts_with("a=") || l.starts_with("c="))
+            .map(str::to_string)
+            .collect()
+    };
+    for round in 0..2u64 {
         s.advance(Duration::from_secs(59));
         assert!(s.take().is_empty(), "round {round}");
         s.advance(Duration::from_secs(1));
@@ -189,15 +198,12 @@ fn for_a_caller_without_timers_we_refresh_with_the_same_offer() {
             header_of(&reinvite, "Session-Expires").as_deref(),
             Some("120;refresher=uac")
         );
-        // The same session description: the same o= line, version included.
-        assert_eq!(origin(&reinvite), origin(&ok), "{reinvite}");
-        s.sip(
-            &with(
-                &reply(&reinvite, 200, "OK", "caller1", Some(OFFER)),
-                "Session-Expires: 120;refresher=uac\r\n",
-            ),
-            CALLER,
-        );
+        // The same media, offered with the next version (RFC 3264 §8).
+        assert_eq!(media(&reinvite), media(&ok), "{reinvite}");
+        assert_eq!(version(&reinvite), version(&ok) + round + 1, "{reinvite}");
+        // The caller knows nothing of timers: its 200 has no Session-Expires, and the
+        // refreshes go on.
+        s.sip(&reply(&reinvite, 200, "OK", "caller1", Some(OFFER)), CALLER);
         // Acknowledged (toward the 2xx's Contact, the dialog's new target).
         let msgs = s.sip_out();
         assert_eq!(
@@ -338,4 +344,92 @@ fn a_callee_without_session_expires_in_its_2xx_runs_no_timer() {
     s.advance(Duration::from_secs(7200));
     assert!(s.sip_out().is_empty());
     assert_eq!(s.e.active_calls(), 1);
+}
+
+/// The first INVITE among `out` (UDP retransmissions of it may follow).
+fn first_invite(out: &[Output]) -> String {
+    super::tests::sip_texts(out)
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("an INVITE")
+}
+
+#[test]
+fn a_refresh_due_while_our_hold_is_in_flight_waits_and_offers_what_holds_after_it() {
+    let mut s = Sim::new();
+    let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    s.advance(Duration::from_secs(59));
+    // The far side holds: our re-INVITE goes out a second before the refresh is due.
+    let mut hold = super::tests::ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: hold,
+    });
+    let hold_reinvite = request_to(&s.take(), "INVITE").1;
+    assert!(hold_reinvite.contains("a=sendonly"));
+    // It carries the session timer too.
+    assert_eq!(
+        header_of(&hold_reinvite, "Session-Expires").as_deref(),
+        Some("120;refresher=uac")
+    );
+    let cseqs = |out: &[Output]| -> Vec<String> {
+        super::tests::sip_texts(out)
+            .iter()
+            .filter(|m| m.starts_with("INVITE "))
+            .filter_map(|m| header_of(m, "CSeq"))
+            .collect()
+    };
+    s.advance(Duration::from_millis(1500));
+    let hold_cseq = header_of(&hold_reinvite, "CSeq").unwrap();
+    assert!(
+        cseqs(&s.take()).iter().all(|c| *c == hold_cseq),
+        "no second offer while the hold is in flight"
+    );
+    // The hold is refused: the session stays as it was, and the refresh offers that.
+    s.sip(
+        &reply(&hold_reinvite, 488, "Not Acceptable Here", "caller1", None),
+        CALLER,
+    );
+    s.take();
+    s.advance(Duration::from_secs(2));
+    let refresh = first_invite(&s.take());
+    assert_ne!(header_of(&refresh, "CSeq").unwrap(), hold_cseq);
+    assert!(refresh.contains("a=sendrecv"), "{refresh}");
+    assert_eq!(
+        header_of(&refresh, "Session-Expires").as_deref(),
+        Some("120;refresher=uac")
+    );
+}
+
+#[test]
+fn no_refresh_goes_before_the_callers_ack_of_our_2xx() {
+    // T1 of 1 s: our 2xx is retransmitted for 64 s, past the refresh due at 45 s.
+    let mut s = Sim::with(EngineConfig {
+        t1: Duration::from_secs(1),
+        ..cfg()
+    });
+    let key = a_invite(&mut s, "Session-Expires: 90\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    s.advance(Duration::from_secs(46));
+    let out = s.take();
+    assert!(
+        !super::tests::sip_texts(&out)
+            .iter()
+            .any(|m| m.starts_with("INVITE ")),
+        "no re-INVITE before the ACK"
+    );
+    s.sip(
+        &in_dialog("ACK", "z9hG4bKack1", 1, &to_tag_of(&ok), None),
+        CALLER,
+    );
+    s.advance(Duration::from_secs(2));
+    let refresh = first_invite(&s.take());
+    assert_eq!(
+        header_of(&refresh, "Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
 }
