@@ -251,6 +251,74 @@ impl Engine {
         }
     }
 
+    /// A 401/407 to our re-INVITE toward a trunk we have a login for: its challenge (a new
+    /// nonce, most often, the last one having expired during the call) replaces the one our
+    /// in-dialog requests answer, from the first nonce count. True when the re-INVITE may go
+    /// again; the caller makes sure it goes again only once in a row.
+    pub(super) fn dialog_digest_answer(
+        &mut self,
+        key: CallKey,
+        resp: &Response,
+        code: u16,
+    ) -> bool {
+        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+            return false;
+        };
+        if self
+            .calls
+            .get(&key)
+            .is_none_or(|c| c.phase != Phase::Answered)
+        {
+            return false;
+        }
+        let uri = sip.remote_target.clone();
+        let has_login = sip
+            .trunk
+            .and_then(|t| self.cfg.trunks.get(t))
+            .is_some_and(|t| t.digest_login.is_some());
+        if !has_login {
+            return false;
+        }
+        let (asks, header) = if code == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let challenges = digest::challenges_of(&msg::header_values(&resp.headers, asks));
+        let Some((ch, alg)) = digest::pick(&challenges) else {
+            warn!(call = %key, code, "no {asks} challenge we can answer on our re-INVITE");
+            return false;
+        };
+        let answers = self.digest.uac.entry(key).or_default();
+        match answers
+            .iter_mut()
+            .find(|a| a.header == header && a.realm == ch.realm)
+        {
+            // The same nonce refused without `stale`: the credentials themselves were.
+            Some(a) if a.nonce == ch.nonce && !ch.stale => return false,
+            Some(a) => {
+                a.nonce = ch.nonce.clone();
+                a.nc = 0;
+                a.challenge = ch.clone();
+                a.alg = alg;
+            }
+            None => answers.push(Answer {
+                header,
+                realm: ch.realm.clone(),
+                value: String::new(),
+                uri,
+                nonce: ch.nonce.clone(),
+                nc: 0,
+                times: 1,
+                cseq: None,
+                challenge: ch.clone(),
+                alg,
+            }),
+        }
+        info!(call = %key, code, realm = %ch.realm, "answering the trunk's challenge to our re-INVITE");
+        true
+    }
+
     /// UAC: a 401/407 to our INVITE toward a trunk we have a login for. True when the INVITE
     /// was sent again with credentials; false leaves the response to end the call.
     pub(super) fn digest_retry(

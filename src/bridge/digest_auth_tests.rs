@@ -729,3 +729,77 @@ fn an_invite_asked_again_after_a_422_carries_fresh_credentials() {
     assert_eq!(b.nc.as_deref(), Some("00000002"));
     assert_ne!(a.cnonce, b.cnonce);
 }
+
+#[test]
+fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
+    let mut s = Sim::with(cfg());
+    let (key, inv) = uac_invite(&mut s);
+    let ch = |nonce: &str, stale: bool| {
+        let stale = if stale { ", stale=true" } else { "" };
+        [format!(
+            "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"{stale}"
+        )]
+    };
+    s.sip(
+        &reply(&inv, 401, "Unauthorized", &ch("n1", false), None),
+        TRUNK,
+    );
+    let inv2 = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("INVITE");
+    s.sip(&reply(&inv2, 200, "OK", &[], Some(ANSWER)), TRUNK);
+    s.take();
+    let hold = |s: &mut Sim, dir: &str, seq: u64| {
+        let mut e = Event::new(EventName::Hold);
+        e.seq = Some(seq);
+        e.media_direction = Some(dir.into());
+        s.ript(RiptEvent::ServerEvent {
+            call: key,
+            event: e,
+        });
+        s.sip_out()
+            .into_iter()
+            .find(|m| m.starts_with("INVITE "))
+            .expect("re-INVITE")
+    };
+    // Much later the nonce has expired: the trunk challenges our re-INVITE (stale).
+    let re1 = hold(&mut s, "sendonly", 0);
+    s.sip(
+        &reply(&re1, 401, "Unauthorized", &ch("n2", true), None),
+        TRUNK,
+    );
+    let msgs = s.sip_out();
+    let re2 = msgs
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the re-INVITE again");
+    assert!(re2.contains("a=sendonly"), "{re2}");
+    let c = digest::parse_credentials(&header(re2, "Authorization")).unwrap();
+    assert_eq!(
+        (c.nonce.as_str(), c.nc.as_deref()),
+        ("n2", Some("00000001"))
+    );
+    s.sip(&reply(re2, 200, "OK", &[], Some(ANSWER)), TRUNK);
+    s.take();
+    // A second challenge later is answered again; one right after the retry is not.
+    let re3 = hold(&mut s, "sendrecv", 1);
+    s.sip(
+        &reply(&re3, 401, "Unauthorized", &ch("n3", true), None),
+        TRUNK,
+    );
+    let re4 = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("answered again");
+    s.sip(
+        &reply(&re4, 401, "Unauthorized", &ch("n4", true), None),
+        TRUNK,
+    );
+    assert!(
+        !s.sip_out().iter().any(|m| m.starts_with("INVITE ")),
+        "no third try in a row"
+    );
+}

@@ -531,6 +531,8 @@ struct SipLeg {
     answer_in_ack: bool,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
     reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
+    /// The re-INVITE in flight is the one sent again with credentials after a challenge.
+    reinvite_auth_retry: bool,
     reinvite_in_unacked: bool,
     glare_retry: Option<SdpDirection>,
     /// The far side hung up before the caller ACKed our 2xx: the BYE waits for that ACK.
@@ -1727,6 +1729,7 @@ impl Engine {
             session: None,
             session_deadline: None,
             session_ask: (0, 0, 0),
+            reinvite_auth_retry: false,
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
@@ -2234,8 +2237,9 @@ impl Engine {
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
-        if is_invite && sip.reinvite_out.is_some() {
-            // Glare (RFC 3261 §14.2): our own re-INVITE is in flight.
+        if sip.reinvite_out.is_some() && (is_invite || !req.body.is_empty()) {
+            // Glare (RFC 3261 §14.2, and RFC 3311 §5.2 for an UPDATE with an offer): our own
+            // re-INVITE's offer is in flight. An UPDATE without one (a session refresh) is fine.
             self.respond(now, m, 491, "Request Pending", None, &Extra::none());
             return;
         }
@@ -2939,6 +2943,7 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
+            sip.reinvite_auth_retry = false;
             // A refresh (RFC 4028 §7.4): the 2xx sets the interval and refresher anew, and
             // without Session-Expires ends the session timer.
             if let Some(t) = sip.session {
@@ -2980,6 +2985,19 @@ impl Engine {
         if let Some(local) = sip.local_sdp.as_mut() {
             local.direction = prev;
         }
+        // A digest trunk's challenge (its nonce expired during the call): the same offer
+        // again with credentials for it, once in a row.
+        let retried = std::mem::take(&mut sip.reinvite_auth_retry);
+        if matches!(code, 401 | 407) && !retried && self.dialog_digest_answer(key, resp, code) {
+            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                sip.reinvite_auth_retry = true;
+            }
+            self.send_reinvite(now, key, dir);
+            return;
+        }
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
         if code == 408 || code == 481 {
             // RFC 3261 §14.1: the dialog is gone.
             self.send_bye(now, key, "SIP;cause=408;text=\"Request Timeout\"");
@@ -3453,6 +3471,7 @@ impl Engine {
                     route_pending: false,
                     session: None,
                     session_deadline: None,
+                    reinvite_auth_retry: false,
                     session_ask: (
                         self.cfg.session_timer.expires,
                         self.cfg.session_timer.min_se,

@@ -433,3 +433,39 @@ fn no_refresh_goes_before_the_callers_ack_of_our_2xx() {
         Some("90;refresher=uac")
     );
 }
+
+#[test]
+fn an_update_with_an_offer_crossing_our_reinvite_gets_491_and_a_refresh_update_does_not() {
+    let mut s = Sim::new();
+    let key = a_invite(
+        &mut s,
+        "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n",
+    )
+    .unwrap();
+    let ok = answer(&mut s, key);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let mut hold = super::tests::ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: hold,
+    });
+    let _ = first_invite(&s.take());
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup2", 2, &tag, Some(OFFER)),
+        CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 491 Request Pending"]
+    );
+    let refresh = with(
+        &in_dialog("UPDATE", "z9hG4bKup3", 3, &tag, None),
+        "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n",
+    );
+    s.sip(&refresh, CALLER);
+    let msgs = s.sip_out();
+    assert_eq!(start_lines(&msgs), vec!["SIP/2.0 200 OK"]);
+    assert_eq!(header_of(&msgs[0], "Content-Length").as_deref(), Some("0"));
+}
