@@ -4475,9 +4475,13 @@ impl Engine {
         let body = sdp::build(local).into_bytes();
         let mut extra = Extra::none().sdp(&body);
         if let Some(t) = sip.session {
+            // §7.4: the refresh keeps the Min-SE the dialog was set up with (a 422 may have
+            // raised ours), never above the interval in force.
+            let min_se = self.cfg.session_timer.min_se.max(sip.session_ask.1).min(t.secs);
             extra = extra
                 .header("Supported", "timer")
-                .header("Session-Expires", t.request_header());
+                .header("Session-Expires", t.request_header())
+                .header("Min-SE", min_se.to_string());
         }
         if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INVITE", None, &extra) {
             if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {

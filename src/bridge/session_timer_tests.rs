@@ -286,6 +286,7 @@ fn a_2xx_naming_us_gets_refreshes_and_one_naming_the_callee_expires_without_them
             header_of(&reinvite, "Session-Expires").as_deref(),
             Some("90;refresher=uac")
         );
+        assert_eq!(header_of(&reinvite, "Min-SE").as_deref(), Some("90"));
         s.sip(
             &with(
                 &reply(&reinvite, 200, "OK", "uas1", Some(ANSWER)),
