@@ -4477,7 +4477,12 @@ impl Engine {
         if let Some(t) = sip.session {
             // §7.4: the refresh keeps the Min-SE the dialog was set up with (a 422 may have
             // raised ours), never above the interval in force.
-            let min_se = self.cfg.session_timer.min_se.max(sip.session_ask.1).min(t.secs);
+            let min_se = self
+                .cfg
+                .session_timer
+                .min_se
+                .max(sip.session_ask.1)
+                .min(t.secs);
             extra = extra
                 .header("Supported", "timer")
                 .header("Session-Expires", t.request_header())

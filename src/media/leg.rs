@@ -7,7 +7,8 @@
 //!
 //! - **Destination.** With ICE, only the address the agent selected and whose consent is fresh
 //!   (RFC 8445, RFC 7675): nothing before a check passed, nothing after consent lapsed. Without
-//!   ICE, the SDP address, or with latching the source of the peer's first authenticated packet.
+//!   ICE, the SDP address, or with latching the source of the peer's first authenticated packet,
+//!   moved to a new source once the latched one went quiet (ADR 0028).
 //! - **Protection.** Plain, SDES-keyed SRTP (keys from the SDP), or DTLS-SRTP (keys exported from
 //!   the handshake, once the peer's certificate matched its `a=fingerprint`). A secured leg never
 //!   sends plain RTP: until its keys exist, media is dropped and counted.
@@ -26,6 +27,10 @@ use crate::metrics::DropReason;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
+
+/// How long a latched source must have sent nothing, while RTP came from a new source, before
+/// the latch follows the new one.
+pub const RELATCH_QUIET: Duration = Duration::from_secs(1);
 
 /// A packet on its way through the leg: the received or given bytes as they are (plain legs),
 /// or the buffer SRTP produced (secured legs), without a second copy.
@@ -119,6 +124,9 @@ pub struct LegacyLeg {
     applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     /// A security failure not yet reported to the engine.
     failure: Option<String>,
+    /// A latched leg's candidate new source: RTP from it, first seen then, when the latched
+    /// source had sent this many packets ([`LegacyLeg::may_move_to`]).
+    moving: Option<(SocketAddr, Instant, u64)>,
     /// ICE state last seen, to log transitions once.
     ice_state: Option<IceState>,
     rtcp_ssrc: u32,
@@ -171,6 +179,7 @@ impl LegacyLeg {
                 ..Remote::default()
             },
             applied: None,
+            moving: None,
             keys: Keys::Plain,
             dtls: None,
             ice: None,
@@ -442,6 +451,46 @@ impl LegacyLeg {
         }
     }
 
+    /// RTP from `src` on a latched leg, not from its latched source: whether the latch may move
+    /// there (once the packet is authenticated). A peer whose NAT binding changed, or that
+    /// moved its media, sends from a new address and never again from the old one; the latch
+    /// follows once the latched source has sent nothing for [`RELATCH_QUIET`] while `src` was
+    /// sending. On a plain leg only a new port of the same IP address (the latched one or the
+    /// SDP's) is followed: any host could send plain RTP, but not from the peer's address.
+    /// Only packets from other sources get here: the per-packet path is unchanged.
+    fn may_move_to(&mut self, now: Instant, src: SocketAddr) -> bool {
+        if self.ice.is_some() || !self.remote.latching || !self.remote.latched {
+            return false;
+        }
+        let plain = !matches!(self.keys, Keys::Srtp(_));
+        if plain
+            && ![self.remote.rtp, self.remote.sdp]
+                .into_iter()
+                .flatten()
+                .any(|a| a.ip() == src.ip())
+        {
+            return false;
+        }
+        let heard = self.rtcp.stats().packets_received;
+        match self.moving {
+            Some((from, since, count)) if from == src && count == heard => {
+                now.saturating_duration_since(since) >= RELATCH_QUIET
+            }
+            // A new candidate, or the latched source spoke again since: start over.
+            _ => {
+                self.moving = Some((src, now, heard));
+                false
+            }
+        }
+    }
+
+    /// Moves the latch to `src` (see [`LegacyLeg::may_move_to`]).
+    fn move_latch(&mut self, src: SocketAddr) {
+        tracing::info!(from = ?self.remote.rtp, to = %src, "the SIP peer's media moved: following it");
+        self.remote.rtp = Some(src);
+        self.moving = None;
+    }
+
     /// Starts loading the SRTP state [`LegacyLeg::on_recv`] reads (see
     /// [`SrtpSession::prefetch_rx`]).
     pub fn prefetch_rx(&self, deep: bool) {
@@ -499,8 +548,12 @@ impl LegacyLeg {
             return Recv::Drop(DropReason::Malformed);
         }
         // RTCP may come from the peer's RTCP port; SRTCP authenticates it where it matters.
+        let mut moves = false;
         if kind == PacketKind::Rtp && !self.source_ok(src) {
-            return Recv::Drop(DropReason::WrongSource);
+            if !self.may_move_to(now, src) {
+                return Recv::Drop(DropReason::WrongSource);
+            }
+            moves = true;
         }
         let plain: Packet<'a> = match &mut self.keys {
             Keys::Plain => Packet::Borrowed(pkt),
@@ -523,7 +576,11 @@ impl LegacyLeg {
             return Recv::Rtcp(plain);
         }
         // Only an authenticated RTP packet moves the latch.
-        self.latch(src);
+        if moves {
+            self.move_latch(src);
+        } else {
+            self.latch(src);
+        }
         if self.is_dtmf(&plain) {
             if let Some(d) = self.detect_in.on_packet(&plain) {
                 self.digits.push((d, false));
@@ -855,6 +912,123 @@ mod tests {
     }
 
     #[test]
+    fn the_latch_follows_a_peer_whose_port_changed_once_the_old_one_went_quiet() {
+        let mut now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), true, true);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        let (first, rebound) = (addr(41000), addr(42000));
+        let to = |leg: &mut LegacyLeg, now| leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0;
+        assert!(matches!(leg.on_recv(now, first, &mut rtp(1)), Recv::Rtp(_)));
+        assert_eq!(to(&mut leg, now), first, "latched");
+        // Both send for a while (a stray stream, or a copy): the latch stays.
+        for seq in 2..200u16 {
+            now += Duration::from_millis(10);
+            assert!(matches!(
+                leg.on_recv(now, first, &mut rtp(seq)),
+                Recv::Rtp(_)
+            ));
+            assert_eq!(
+                leg.on_recv(now, rebound, &mut rtp(seq)),
+                Recv::Drop(DropReason::WrongSource)
+            );
+        }
+        assert_eq!(to(&mut leg, now), first);
+        // The NAT binding changed: only the new port sends. Dropped for a second, then followed.
+        let quiet = now;
+        let mut moved = None;
+        for seq in 200..400u16 {
+            now += Duration::from_millis(20);
+            if matches!(leg.on_recv(now, rebound, &mut rtp(seq)), Recv::Rtp(_)) {
+                moved = Some(now - quiet);
+                break;
+            }
+        }
+        let moved = moved.expect("the latch moves");
+        assert!(
+            moved >= RELATCH_QUIET && moved <= RELATCH_QUIET + Duration::from_millis(40),
+            "{moved:?}"
+        );
+        assert_eq!(to(&mut leg, now), rebound);
+        // The old port is now the stranger.
+        assert_eq!(
+            leg.on_recv(now, first, &mut rtp(500)),
+            Recv::Drop(DropReason::WrongSource)
+        );
+    }
+
+    #[test]
+    fn a_plain_leg_never_follows_another_host_and_an_srtp_leg_only_authenticated_media() {
+        let mut now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), true, true);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut rtp(1)),
+            Recv::Rtp(_)
+        ));
+        for seq in 2..300u16 {
+            now += Duration::from_millis(20);
+            assert_eq!(
+                leg.on_recv(now, stranger, &mut rtp(seq)),
+                Recv::Drop(DropReason::WrongSource),
+                "plain RTP from another host"
+            );
+        }
+        // With SDES keys, a new address is followed, but only for packets that authenticate.
+        let (ours, theirs) = (key(1), key(2));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), true, true);
+        let sdes = LegCrypto::Sdes {
+            local: ours.clone(),
+            remote: theirs.clone(),
+        };
+        leg.secure(now, sdes, None, None);
+        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let mut good = |seq| peer.protect_rtp(&rtp(seq)).unwrap().to_vec();
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut good(1)),
+            Recv::Rtp(_)
+        ));
+        let forged = |seq: u16| {
+            let mut p = crate::media::rtp::pcmu_packet(seq, 0xabcd_0001);
+            p.extend_from_slice(&[0; 10]);
+            p
+        };
+        for seq in 2..100u16 {
+            now += Duration::from_millis(20);
+            assert_ne!(
+                leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0,
+                stranger
+            );
+            let mut f = forged(seq);
+            let r = leg.on_recv(now, stranger, &mut f);
+            assert!(matches!(r, Recv::Drop(_)), "{r:?}");
+        }
+        assert_eq!(
+            leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0,
+            addr(PEER)
+        );
+        let mut moved = false;
+        for seq in 100..200u16 {
+            now += Duration::from_millis(20);
+            if matches!(leg.on_recv(now, stranger, &mut good(seq)), Recv::Rtp(_)) {
+                moved = true;
+                break;
+            }
+        }
+        assert!(
+            moved,
+            "authenticated media from the new address is followed"
+        );
+        assert_eq!(
+            leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0,
+            stranger
+        );
+    }
+
+    #[test]
     fn srtp_leg_drops_tampered_replayed_and_plain_packets() {
         let now = Instant::now();
         let (ours, theirs) = (key(1), key(2));
@@ -976,11 +1150,12 @@ mod tests {
             told[0] >= Duration::from_secs(3) && told[0] < Duration::from_millis(3200),
             "{told:?}"
         );
-        // RTP from elsewhere (not the latched source) is not the peer.
+        // RTP from elsewhere (another host than the latched source) is not the peer.
         leg.watch_silence(now, Some(Duration::from_secs(3)));
         let mut told = Vec::new();
+        let elsewhere = SocketAddr::from(([127, 0, 0, 3], PEER + 2));
         for _ in 0..5 {
-            let _ = leg.on_recv(now, addr(PEER + 2), &mut rtp(9));
+            let _ = leg.on_recv(now, elsewhere, &mut rtp(9));
             told.extend(run_timers(&mut leg, &mut now, Duration::from_secs(1)));
         }
         assert_eq!(told.len(), 1, "a stranger's packets keep nothing alive");
