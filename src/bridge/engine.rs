@@ -827,10 +827,16 @@ struct PortPool {
     used: std::collections::HashSet<u16>,
     /// Released ports, still counted in `used`, oldest first.
     cooling: VecDeque<(Instant, u16)>,
+    /// Ports whose bind failed (another socket holds them), not handed out until then.
+    failed: HashMap<u16, Instant>,
 }
 
 /// How long a released media port rests before it is handed out again.
 const PORT_COOLING: Duration = Duration::from_millis(250);
+
+/// How long a media port whose bind failed is passed over: whatever holds it (another
+/// process, an outgoing socket given an ephemeral port) usually holds it for long.
+const PORT_FAILED_REST: Duration = Duration::from_secs(300);
 
 /// How long new calls try a trunk address last after an INVITE to it got no response at all.
 const AVOID_AFTER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -881,7 +887,14 @@ impl PortPool {
             next: min,
             used: Default::default(),
             cooling: VecDeque::new(),
+            failed: HashMap::new(),
         }
+    }
+
+    /// The bind of `p` failed: it is passed over for [`PORT_FAILED_REST`].
+    fn failed(&mut self, p: u16, now: Instant) {
+        self.failed.retain(|_, until| now < *until);
+        self.failed.insert(p, now + PORT_FAILED_REST);
     }
 
     fn take(&mut self, now: Instant) -> Option<u16> {
@@ -901,12 +914,18 @@ impl PortPool {
             } else {
                 p + 2
             };
-            if p < self.max && self.used.insert(p) {
+            if p < self.max
+                && self.failed.get(&p).is_none_or(|until| now >= *until)
+                && self.used.insert(p)
+            {
                 return Some(p);
             }
         }
-        // Everything is in use or cooling: a cooling port beats refusing the call.
-        self.cooling.pop_front().map(|(_, p)| p)
+        // Everything is in use or cooling: a cooling port beats refusing the call (one whose
+        // bind failed does not).
+        let usable = |p: &u16| self.failed.get(p).is_none_or(|until| now >= *until);
+        let i = self.cooling.iter().position(|(_, p)| usable(p))?;
+        self.cooling.remove(i).map(|(_, p)| p)
     }
 
     /// Releases `p`: it cools from `now` on.
@@ -1068,7 +1087,8 @@ impl Engine {
             Input::Sip(m) => self.on_sip(now, *m),
             Input::Ript(e) => self.on_ript(now, *e),
             Input::Media(MediaEvent::BindFailed { call, port, reason }) => {
-                warn!(%call, port, %reason, "media port bind failed");
+                warn!(%call, port, %reason, "media port bind failed: passed over for 5 minutes");
+                self.ports.failed(port, now);
                 self.fail_call(now, call, 503, "Service Unavailable (media port)");
             }
             Input::Media(MediaEvent::Dtmf {

@@ -3469,6 +3469,51 @@ fn a_released_port_cools_before_it_is_handed_out_again() {
 }
 
 #[test]
+fn a_port_whose_bind_failed_is_passed_over_for_a_while() {
+    let mut s = Sim::new();
+    s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
+    let out = s.take();
+    let (key, port) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Media(MediaCmd::OpenLegacy { call, port }) => Some((*call, *port)),
+            _ => None,
+        })
+        .expect("a port opened");
+    // Another socket on the host holds it.
+    s.input(Input::Media(MediaEvent::BindFailed {
+        call: key,
+        port,
+        reason: "Address in use".into(),
+    }));
+    assert!(
+        start_lines(&s.sip_out())
+            .iter()
+            .any(|l| l.starts_with("SIP/2.0 503")),
+        "the call fails"
+    );
+    // However many calls come next, that port is not drawn again until it rested.
+    let (min, max) = (s.e.cfg.port_min, s.e.cfg.port_max);
+    let pairs = crate::config::port_pairs(min, max);
+    s.advance(Duration::from_secs(1));
+    let mut pool_drawn = Vec::new();
+    while let Some(p) = s.e.ports.take(s.now) {
+        pool_drawn.push(p);
+    }
+    assert_eq!(pool_drawn.len(), pairs - 1, "every other port");
+    assert!(!pool_drawn.contains(&port));
+    for p in pool_drawn {
+        s.e.ports.put(p, s.now);
+    }
+    s.advance(PORT_FAILED_REST);
+    let mut again = Vec::new();
+    while let Some(p) = s.e.ports.take(s.now) {
+        again.push(p);
+    }
+    assert!(again.contains(&port), "rested: handed out again");
+}
+
+#[test]
 fn the_pool_hands_out_exactly_the_pairs_the_config_counts() {
     let t0 = Instant::now();
     for (min, max) in [
