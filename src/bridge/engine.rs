@@ -529,10 +529,14 @@ struct SipLeg {
     remote_direction: SdpDirection,
     /// Our 2xx to an offerless re-INVITE carries an offer: the caller's ACK has the answer.
     answer_in_ack: bool,
-    /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it.
-    reinvite_out: Option<(String, SdpDirection, SdpDirection)>,
-    /// The re-INVITE in flight is the one sent again with credentials after a challenge.
-    reinvite_auth_retry: bool,
+    /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it,
+    /// its CSeq (which its ACK carries, whatever the dialog sent since).
+    reinvite_out: Option<(String, SdpDirection, SdpDirection, u32)>,
+    /// The re-INVITE in flight is one sent again, after a challenge or a 422.
+    reinvite_retried: bool,
+    /// The largest `Min-SE` the peer's session requests (INVITE, re-INVITE, UPDATE) named:
+    /// our refreshes' `Min-SE` is at least that (RFC 4028 §7.4).
+    peer_min_se: u32,
     reinvite_in_unacked: bool,
     glare_retry: Option<SdpDirection>,
     /// The far side hung up before the caller ACKed our 2xx: the BYE waits for that ACK.
@@ -1749,7 +1753,8 @@ impl Engine {
             session: None,
             session_deadline: None,
             session_ask: (0, 0, 0),
-            reinvite_auth_retry: false,
+            reinvite_retried: false,
+            peer_min_se: session_timer::asked(&req.headers).min_se.unwrap_or(0),
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
@@ -2257,6 +2262,7 @@ impl Engine {
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
+        sip.peer_min_se = sip.peer_min_se.max(asked.min_se.unwrap_or(0));
         if sip.reinvite_out.is_some() && (is_invite || !req.body.is_empty()) {
             // Glare (RFC 3261 §14.2, and RFC 3311 §5.2 for an UPDATE with an offer): our own
             // re-INVITE's offer is in flight. An UPDATE without one (a session refresh) is fine.
@@ -2286,8 +2292,17 @@ impl Engine {
             }
         }
         let mut changed = None;
-        // An offerless re-INVITE: our 2xx offers, and its ACK answers (RFC 3261 §14.2).
-        sip.answer_in_ack = is_invite && req.body.is_empty();
+        if !is_invite && !req.body.is_empty() && sip.reinvite_in_unacked && sip.answer_in_ack {
+            // RFC 3311 §5.2: our offer (in the 2xx to an offerless re-INVITE) still waits for
+            // its answer in the ACK.
+            self.respond(now, m, 491, "Request Pending", None, &Extra::none());
+            return;
+        }
+        // An offerless re-INVITE: our 2xx offers, and its ACK answers (RFC 3261 §14.2). An
+        // UPDATE leaves that as it is.
+        if is_invite {
+            sip.answer_in_ack = req.body.is_empty();
+        }
         if !req.body.is_empty() {
             let offer = match sdp::parse(&req.body) {
                 Ok(o) => o,
@@ -2876,8 +2891,9 @@ impl Engine {
         self.dialogs
             .insert((sip.call_id.clone(), sip.local_tag.clone()), key);
         let _ = remote_tag;
-        // ACK the 2xx (a new transaction per RFC 3261 §13.2.2.4).
-        self.send_2xx_ack(key);
+        // ACK the 2xx (a new transaction per RFC 3261 §13.2.2.4) with the INVITE's CSeq.
+        let cseq = sip.invite_sent.map_or(sip.local_cseq, |(_, c)| c);
+        self.send_2xx_ack(key, cseq);
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -2955,7 +2971,7 @@ impl Engine {
         let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
-        let Some((_, dir, prev)) = sip.reinvite_out.take() else {
+        let Some((_, dir, prev, cseq)) = sip.reinvite_out.take() else {
             return;
         };
         self.disarm(key, CallTimer::ReinviteGuard);
@@ -2963,7 +2979,7 @@ impl Engine {
             return;
         };
         if (200..300).contains(&code) {
-            sip.reinvite_auth_retry = false;
+            sip.reinvite_retried = false;
             // A refresh (RFC 4028 §7.4): the 2xx sets the interval and refresher anew, and
             // without Session-Expires ends the session timer.
             if let Some(t) = sip.session {
@@ -2990,7 +3006,7 @@ impl Engine {
                     }
                 }
             }
-            self.send_2xx_ack(key);
+            self.send_2xx_ack(key, cseq);
             self.arm_session(now, key);
             if let Ok(ans) = sdp::parse(&resp.body) {
                 if !self.take_dialog_answer(now, key, &ans, "re-INVITE answer") {
@@ -3007,10 +3023,25 @@ impl Engine {
         }
         // A digest trunk's challenge (its nonce expired during the call): the same offer
         // again with credentials for it, once in a row.
-        let retried = std::mem::take(&mut sip.reinvite_auth_retry);
-        if matches!(code, 401 | 407) && !retried && self.dialog_digest_answer(key, resp, code) {
+        let retried = std::mem::take(&mut sip.reinvite_retried);
+        // A 422 to a refresh (RFC 4028 §7.4): the session interval raised to its Min-SE, and
+        // the same offer again.
+        let min_se = msg::first_header(&resp.headers, "Min-SE")
+            .and_then(|v| session_timer::parse_min_se(&v))
+            .filter(|m| code == 422 && *m <= session_timer::MAX_SE);
+        let raised = match (sip.session.as_mut(), min_se) {
+            (Some(t), Some(min)) if !retried && min > t.secs => {
+                t.secs = min;
+                sip.session_ask.1 = sip.session_ask.1.max(min);
+                true
+            }
+            _ => false,
+        };
+        if raised
+            || matches!(code, 401 | 407) && !retried && self.dialog_digest_answer(key, resp, code)
+        {
             if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                sip.reinvite_auth_retry = true;
+                sip.reinvite_retried = true;
             }
             self.send_reinvite(now, key, dir);
             return;
@@ -3491,7 +3522,8 @@ impl Engine {
                     route_pending: false,
                     session: None,
                     session_deadline: None,
-                    reinvite_auth_retry: false,
+                    reinvite_retried: false,
+                    peer_min_se: 0,
                     session_ask: (
                         self.cfg.session_timer.expires,
                         self.cfg.session_timer.min_se,
@@ -3977,7 +4009,7 @@ impl Engine {
                     .get_mut(&key)
                     .and_then(|c| c.sip.as_mut())
                     .and_then(|s| s.reinvite_out.take());
-                if let Some((branch, _, _)) = stuck {
+                if let Some((branch, ..)) = stuck {
                     warn!(call = %key, "re-INVITE got no final response; ending the call");
                     self.txn.forget_client(&branch);
                     self.branches.remove(&branch);
@@ -4434,17 +4466,9 @@ impl Engine {
         Some((msg::request(&spec, extra), sip.dest, branch))
     }
 
-    /// ACKs the 2xx to our latest (re-)INVITE: a new transaction with the INVITE's CSeq
-    /// number (RFC 3261 §13.2.2.4), kept for re-sending when the 2xx is retransmitted.
-    fn send_2xx_ack(&mut self, key: CallKey) {
-        let Some(cseq) = self
-            .calls
-            .get(&key)
-            .and_then(|c| c.sip.as_ref())
-            .map(|s| s.local_cseq)
-        else {
-            return;
-        };
+    /// ACKs the 2xx to our (re-)INVITE with CSeq `cseq`: a new transaction with the INVITE's
+    /// CSeq number (RFC 3261 §13.2.2.4), kept for re-sending when the 2xx is retransmitted.
+    fn send_2xx_ack(&mut self, key: CallKey, cseq: u32) {
         // RFC 3261 §13.2.2.4: the ACK carries the INVITE's credentials.
         let mut extra = Extra::none();
         for (name, value) in self.digest.ack_headers(key, cseq) {
@@ -4497,11 +4521,9 @@ impl Engine {
         if let Some(t) = sip.session {
             // §7.4: the refresh keeps the Min-SE the dialog was set up with (a 422 may have
             // raised ours), never above the interval in force.
-            let min_se = self
-                .cfg
-                .session_timer
-                .min_se
+            let min_se = (self.cfg.session_timer.min_se)
                 .max(sip.session_ask.1)
+                .max(sip.peer_min_se)
                 .min(t.secs);
             extra = extra
                 .header("Supported", "timer")
@@ -4510,7 +4532,7 @@ impl Engine {
         }
         if let Some((bytes, dest, branch)) = self.build_in_dialog(key, "INVITE", None, &extra) {
             if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
-                sip.reinvite_out = Some((branch.clone(), dir, prev));
+                sip.reinvite_out = Some((branch.clone(), dir, prev, sip.local_cseq));
             }
             self.branches
                 .insert(branch.clone(), (key, Purpose::ReInvite));
@@ -4979,7 +5001,7 @@ impl Engine {
             let pending = sip
                 .invite_branch
                 .iter()
-                .chain(sip.reinvite_out.as_ref().map(|(b, _, _)| b));
+                .chain(sip.reinvite_out.as_ref().map(|(b, ..)| b));
             for b in pending {
                 if self.txn.client_pending(b) {
                     self.txn.forget_client(b);

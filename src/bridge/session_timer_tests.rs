@@ -470,3 +470,117 @@ fn an_update_with_an_offer_crossing_our_reinvite_gets_491_and_a_refresh_update_d
     assert_eq!(start_lines(&msgs), vec!["SIP/2.0 200 OK"]);
     assert_eq!(header_of(&msgs[0], "Content-Length").as_deref(), Some("0"));
 }
+
+#[test]
+fn the_ack_of_our_reinvite_carries_its_cseq_after_an_info_crossed_it() {
+    let mut s = Sim::new();
+    let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    s.sip(
+        &in_dialog("ACK", "z9hG4bKack1", 1, &to_tag_of(&ok), None),
+        CALLER,
+    );
+    s.advance(Duration::from_secs(60));
+    let refresh = first_invite(&s.take());
+    assert_eq!(header_of(&refresh, "CSeq").as_deref(), Some("1 INVITE"));
+    // A key toward the caller goes as INFO while the refresh waits for its answer.
+    s.input(Input::Media(MediaEvent::Dtmf {
+        call: key,
+        digit: crate::media::dtmf::Digit::new('5', 100).unwrap(),
+        toward_legacy: true,
+    }));
+    let info = s.sip_out().remove(0);
+    assert_eq!(header_of(&info, "CSeq").as_deref(), Some("2 INFO"));
+    s.sip(&reply(&refresh, 200, "OK", "caller1", Some(OFFER)), CALLER);
+    let ack = s.sip_out().remove(0);
+    assert!(ack.starts_with("ACK "), "{ack}");
+    assert_eq!(header_of(&ack, "CSeq").as_deref(), Some("1 ACK"));
+}
+
+#[test]
+fn while_our_offer_waits_in_the_callers_ack_an_update_offer_gets_491_and_a_refresh_keeps_it() {
+    let mut s = Sim::new();
+    let key = a_invite(&mut s, "Supported: timer\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    // An offerless re-INVITE: our 200 offers.
+    s.sip(&in_dialog("INVITE", "z9hG4bKre2", 2, &tag, None), CALLER);
+    let ours = s.sip_out().remove(0);
+    assert!(
+        ours.starts_with("SIP/2.0 200") && ours.contains("m=audio"),
+        "{ours}"
+    );
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup3", 3, &tag, Some(OFFER)),
+        CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 491 Request Pending"]
+    );
+    // A session refresh without an offer is fine, and the ACK still carries the answer.
+    s.sip(
+        &with(
+            &in_dialog("UPDATE", "z9hG4bKup4", 4, &tag, None),
+            "Session-Expires: 1800\r\nSupported: timer\r\n",
+        ),
+        CALLER,
+    );
+    assert_eq!(start_lines(&s.sip_out()), vec!["SIP/2.0 200 OK"]);
+    let moved = OFFER.replace("127.0.0.1\r\nt=", "127.0.0.5\r\nt=");
+    s.sip(
+        &in_dialog("ACK", "z9hG4bKack2", 2, &tag, Some(&moved)),
+        CALLER,
+    );
+    let out = s.take();
+    assert!(
+        out.iter().any(|o| matches!(o,
+            Output::Media(crate::media::MediaCmd::SetRemote { rtp, .. })
+                if *rtp == "127.0.0.5:6000".parse::<SocketAddr>().unwrap())),
+        "the ACK's answer is taken: {out:?}"
+    );
+}
+
+#[test]
+fn our_refresh_keeps_the_callers_min_se_and_a_422_to_it_raises_the_interval() {
+    let mut s = Sim::new();
+    // We refresh (the caller does not support timers) a session whose Min-SE is 100.
+    let key = a_invite(&mut s, "Session-Expires: 120\r\nMin-SE: 100\r\n").unwrap();
+    let ok = answer(&mut s, key);
+    s.sip(
+        &in_dialog("ACK", "z9hG4bKack1", 1, &to_tag_of(&ok), None),
+        CALLER,
+    );
+    s.advance(Duration::from_secs(60));
+    let refresh = first_invite(&s.take());
+    assert_eq!(header_of(&refresh, "Min-SE").as_deref(), Some("100"));
+    // A proxy on the way wants at least 600 s now.
+    s.sip(
+        &with(
+            &reply(&refresh, 422, "Session Interval Too Small", "caller1", None),
+            "Min-SE: 600\r\n",
+        ),
+        CALLER,
+    );
+    let again = first_invite(&s.take());
+    assert_ne!(header_of(&again, "CSeq"), header_of(&refresh, "CSeq"));
+    assert_eq!(
+        header_of(&again, "Session-Expires").as_deref(),
+        Some("600;refresher=uac")
+    );
+    assert_eq!(header_of(&again, "Min-SE").as_deref(), Some("600"));
+    s.sip(&reply(&again, 200, "OK", "caller1", Some(OFFER)), CALLER);
+    s.take();
+    // The next refresh comes at half the new interval.
+    s.advance(Duration::from_secs(299));
+    assert!(!super::tests::sip_texts(&s.take())
+        .iter()
+        .any(|m| m.starts_with("INVITE ")));
+    s.advance(Duration::from_secs(1));
+    let next = first_invite(&s.take());
+    assert_eq!(
+        header_of(&next, "Session-Expires").as_deref(),
+        Some("600;refresher=uac")
+    );
+}

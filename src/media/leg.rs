@@ -31,6 +31,21 @@ use std::time::{Duration, Instant, SystemTime};
 /// How long a latched source must have sent nothing, while RTP came from a new source, before
 /// the latch follows the new one.
 pub const RELATCH_QUIET: Duration = Duration::from_secs(1);
+/// The new source must keep sending meanwhile: no gap longer than this between its packets ...
+const RELATCH_GAP: Duration = Duration::from_millis(250);
+/// ... and at least this many packets.
+const RELATCH_PACKETS: u32 = 10;
+
+/// A source that may take a latched leg over (see [`LegacyLeg::may_move_to`]).
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    src: SocketAddr,
+    since: Instant,
+    last: Instant,
+    packets: u32,
+    /// The latched source's signs of life ([`LegacyLeg::life_counts`]) when it started.
+    counts: (u64, u64),
+}
 
 /// A packet on its way through the leg: the received or given bytes as they are (plain legs),
 /// or the buffer SRTP produced (secured legs), without a second copy.
@@ -113,8 +128,8 @@ pub struct LegacyLeg {
     heard: Instant,
     /// The counts at that pass.
     heard_counts: (u64, u64),
-    /// Signs of life other than its RTP: RTCP that came from the peer and made sense, and STUN
-    /// the ICE agent accepted.
+    /// Signs of life other than its RTP: its telephone-events, RTCP that came from the peer and
+    /// made sense, and STUN the ICE agent accepted.
     signs: u64,
     /// The silence was found and not yet taken ([`LegacyLeg::take_silence`]); `silence_told`
     /// once it was.
@@ -124,9 +139,8 @@ pub struct LegacyLeg {
     applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     /// A security failure not yet reported to the engine.
     failure: Option<String>,
-    /// A latched leg's candidate new source: RTP from it, first seen then, when the latched
-    /// source had sent this many packets ([`LegacyLeg::may_move_to`]).
-    moving: Option<(SocketAddr, Instant, u64)>,
+    /// A latched leg's candidate new source ([`LegacyLeg::may_move_to`]).
+    moving: Option<Candidate>,
     /// ICE state last seen, to log transitions once.
     ice_state: Option<IceState>,
     rtcp_ssrc: u32,
@@ -454,31 +468,45 @@ impl LegacyLeg {
     /// RTP from `src` on a latched leg, not from its latched source: whether the latch may move
     /// there (once the packet is authenticated). A peer whose NAT binding changed, or that
     /// moved its media, sends from a new address and never again from the old one; the latch
-    /// follows once the latched source has sent nothing for [`RELATCH_QUIET`] while `src` was
-    /// sending. On a plain leg only a new port of the same IP address (the latched one or the
-    /// SDP's) is followed: any host could send plain RTP, but not from the peer's address.
-    /// Only packets from other sources get here: the per-packet path is unchanged.
+    /// follows once the latched source has shown no sign of life (RTP, telephone-events, RTCP)
+    /// for [`RELATCH_QUIET`] while `src` kept sending (no gap over [`RELATCH_GAP`], at least
+    /// [`RELATCH_PACKETS`]). A candidate still sending is not displaced by another source. On a
+    /// plain leg only a new port of the latched IP address is followed: any host could send
+    /// plain RTP, but not from the peer's address. Only packets from other sources get here:
+    /// the per-packet path is unchanged.
     fn may_move_to(&mut self, now: Instant, src: SocketAddr) -> bool {
         if self.ice.is_some() || !self.remote.latching || !self.remote.latched {
             return false;
         }
         let plain = !matches!(self.keys, Keys::Srtp(_));
-        if plain
-            && ![self.remote.rtp, self.remote.sdp]
-                .into_iter()
-                .flatten()
-                .any(|a| a.ip() == src.ip())
-        {
+        if plain && self.remote.rtp.is_none_or(|a| a.ip() != src.ip()) {
             return false;
         }
-        let heard = self.rtcp.stats().packets_received;
-        match self.moving {
-            Some((from, since, count)) if from == src && count == heard => {
-                now.saturating_duration_since(since) >= RELATCH_QUIET
+        let counts = self.life_counts();
+        match self.moving.as_mut() {
+            Some(c)
+                if c.src == src
+                    && c.counts == counts
+                    && now.saturating_duration_since(c.last) <= RELATCH_GAP =>
+            {
+                c.last = now;
+                c.packets = c.packets.saturating_add(1);
+                now.saturating_duration_since(c.since) >= RELATCH_QUIET
+                    && c.packets >= RELATCH_PACKETS
             }
-            // A new candidate, or the latched source spoke again since: start over.
+            // Another source that is still sending keeps its place.
+            Some(c) if c.src != src && now.saturating_duration_since(c.last) <= RELATCH_GAP => {
+                false
+            }
+            // A new candidate, or the latched source spoke, or the candidate paused: start over.
             _ => {
-                self.moving = Some((src, now, heard));
+                self.moving = Some(Candidate {
+                    src,
+                    since: now,
+                    last: now,
+                    packets: 1,
+                    counts,
+                });
                 false
             }
         }
@@ -564,7 +592,13 @@ impl LegacyLeg {
             },
             Keys::Srtp(s) => match s.unprotect_rtp_in_place(pkt) {
                 Ok(n) => Packet::Borrowed(&pkt[..n]),
-                Err(_) => return Recv::Drop(DropReason::Srtp),
+                Err(_) => {
+                    if moves {
+                        // A candidate whose packets do not authenticate is nobody's media.
+                        self.moving = None;
+                    }
+                    return Recv::Drop(DropReason::Srtp);
+                }
             },
         };
         if kind == PacketKind::Rtcp {
@@ -582,6 +616,8 @@ impl LegacyLeg {
             self.latch(src);
         }
         if self.is_dtmf(&plain) {
+            // A sign of life too (telephone-events are not counted as RTP received).
+            self.signs += 1;
             if let Some(d) = self.detect_in.on_packet(&plain) {
                 self.digits.push((d, false));
             }
@@ -958,6 +994,51 @@ mod tests {
     }
 
     #[test]
+    fn the_latch_stays_while_its_source_sends_only_events_or_rtcp_or_a_stray_pauses() {
+        let mut now = Instant::now();
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), true, true);
+        leg.set_codec(now, 8000, Some(101), false);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        let (peer, stray) = (addr(41000), addr(42000));
+        let to = |leg: &mut LegacyLeg, now| leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0;
+        assert!(matches!(leg.on_recv(now, peer, &mut rtp(1)), Recv::Rtp(_)));
+        let event = |seq: u16| {
+            let mut p = rtp(seq);
+            p[1] = 101;
+            p.truncate(12);
+            p.extend_from_slice(&[5, 0x0a, 0x01, 0x40]);
+            p
+        };
+        let rr = || vec![0x80, 201, 0, 1, 0, 0, 0x12, 0x34];
+        // A long key press (events only), then RTCP only (a peer on hold): the peer is there
+        // all along, so a stray sending from another port of its address gets nothing.
+        for seq in 2..400u16 {
+            now += Duration::from_millis(20);
+            if seq < 200 {
+                let _ = leg.on_recv(now, peer, &mut event(seq));
+            } else if seq % 25 == 0 {
+                let _ = leg.on_recv(now, peer, &mut rr());
+            }
+            assert_eq!(
+                leg.on_recv(now, stray, &mut rtp(seq)),
+                Recv::Drop(DropReason::WrongSource),
+                "packet {seq}"
+            );
+        }
+        assert_eq!(to(&mut leg, now), peer);
+        // The peer goes quiet; the stray sends a packet now and then: never a stream.
+        for seq in 400..420u16 {
+            now += Duration::from_millis(600);
+            assert_eq!(
+                leg.on_recv(now, stray, &mut rtp(seq)),
+                Recv::Drop(DropReason::WrongSource)
+            );
+        }
+        assert_eq!(to(&mut leg, now), peer);
+    }
+
+    #[test]
     fn a_plain_leg_never_follows_another_host_and_an_srtp_leg_only_authenticated_media() {
         let mut now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
@@ -1010,9 +1091,15 @@ mod tests {
             leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0,
             addr(PEER)
         );
+        // The peer really moved; junk from a third address now and then does not hold it up.
+        let junk = SocketAddr::from(([127, 0, 0, 10], 6000));
         let mut moved = false;
         for seq in 100..200u16 {
             now += Duration::from_millis(20);
+            if seq % 10 == 0 {
+                let mut f = forged(seq);
+                let _ = leg.on_recv(now, junk, &mut f);
+            }
             if matches!(leg.on_recv(now, stranger, &mut good(seq)), Recv::Rtp(_)) {
                 moved = true;
                 break;
