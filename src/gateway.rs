@@ -631,11 +631,32 @@ pub async fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
-        let (hop, transport) = dns
+        // A name that cannot be looked up now (DNS down, or not there yet) does not keep the
+        // gateway from starting: that trunk's calls get 503 until a refresh finds it.
+        let (hop, transport, unresolved) = match dns
             .resolve(via, OnSrvFailure::UseAddressRecords)
             .await
-            .with_context(|| format!("sip_trunk {}", t.name))?;
-        let hop = sendable(hop, transport, cfg);
+        {
+            Ok((hop, transport)) => (sendable(hop, transport, cfg), transport, false),
+            // Looked up at start only: a name not found now would never be.
+            Err(e) if cfg.sip.dns_refresh_secs == 0 => {
+                return Err(e.context(format!("sip_trunk {}", t.name)));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    trunk = %t.name,
+                    error = %format!("{e:#}"),
+                    every_secs = cfg.sip.dns_refresh_secs,
+                    "trunk host name not found at start: its calls get 503 until a lookup finds it"
+                );
+                let transport = msg::uri_target(via).map_or(Transport::Udp, |(_, _, t)| t);
+                let placeholder = HopAddrs {
+                    addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
+                    ranks: vec![],
+                };
+                (placeholder, transport, true)
+            }
+        };
         trunks.push(TrunkInfo {
             name: t.name.clone(),
             host,
@@ -676,6 +697,7 @@ pub async fn engine_config(
             trust_verstat: t.trust_verstat,
             digest_users: digest_users(cfg, t)?,
             digest_login: digest_login(cfg, t)?,
+            unresolved,
         });
     }
     let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);
@@ -781,6 +803,11 @@ fn sip_tls_peers(
             continue;
         };
         if info.dest.transport != Transport::Tls {
+            continue;
+        }
+        if info.unresolved {
+            // No address to reach it at yet; its settings are checked all the same.
+            tls::sip_trunk_tls(cfg, t)?;
             continue;
         }
         let settings = (

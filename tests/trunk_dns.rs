@@ -643,3 +643,59 @@ fn a_trunk_whose_naptr_records_choose_tcp_is_called_over_tcp() {
     assert_eq!(answering.invites(), vec!["1 INVITE"], "{}", log());
     drop(gw);
 }
+
+#[test]
+fn a_trunk_name_not_found_at_start_gets_503_until_a_lookup_finds_it() {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert!(
+        probe.status.success(),
+        "this test needs `unshare -m` and `mount --bind` (root): {}",
+        text(&probe.stderr)
+    );
+    let dir = temp_dir("trunk-late-dns");
+    let port = free_port();
+    let hosts = dir.join("hosts");
+    // `late.test` is nowhere yet: the gateway must start all the same.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let peer = Peer::start("127.0.0.7", port, 200);
+    let gw = start_server_with(
+        &dir,
+        "dns_refresh_secs = 1",
+        &trunk_config(&[("", "late", &format!("sip:late.test:{port}"))]),
+        in_own_hosts(&hosts),
+    );
+    let (cfg, tone) = caller(&dir, &gw);
+    let log = || server_log(&dir);
+    assert!(
+        log().contains("trunk host name not found at start"),
+        "{}",
+        log()
+    );
+    let out = Command::new(BIN)
+        .args(["call", "--config", cfg.to_str().unwrap(), "--play"])
+        .arg(&tone)
+        .args(["--duration", "1", "sip:answer@late.test"])
+        .output()
+        .expect("riptide call runs");
+    assert_ne!(out.status.code(), Some(0), "{}", log());
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("503"), "{said}\n{}", log());
+    assert!(peer.invites().is_empty());
+    // The name appears: the next lookup finds it and calls go through.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.7 late.test\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !log().contains("trunk addresses changed") {
+        assert!(
+            Instant::now() < deadline,
+            "the name was not picked up: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    answered_call(&cfg, &tone, "sip:answer@late.test", &log);
+    assert_eq!(peer.invites(), vec!["1 INVITE"], "{}", log());
+    drop(gw);
+}

@@ -173,6 +173,9 @@ pub struct TrunkInfo {
     /// Our login when this trunk challenges our INVITE (401/407); none: the challenge ends
     /// the call.
     pub digest_login: Option<Arc<crate::sip::digest::Login>>,
+    /// Its host name had no address at start (DNS down): calls to it get 503 until a lookup
+    /// finds one (`dest` is a placeholder until then).
+    pub unresolved: bool,
 }
 
 impl TrunkInfo {
@@ -200,6 +203,7 @@ impl TrunkInfo {
         self.dest.addr = first;
         self.alternates = rest.to_vec();
         self.ranks = hop.ranks.clone();
+        self.unresolved = false;
         true
     }
 }
@@ -357,6 +361,7 @@ impl EngineConfig {
                 tls_client_fingerprints: vec![],
                 digest_users: None,
                 digest_login: None,
+                unresolved: false,
             }],
             http_authority: "localhost:4434".into(),
             events_grace: Duration::from_secs(30),
@@ -3392,6 +3397,13 @@ impl Engine {
                 if let Some(k) = self.cfg.keepalive {
                     self.arm(now, key, CallTimer::Keepalive, k);
                 }
+            }
+            TgTarget::Trunk(t) if self.cfg.trunks[t].unresolved => {
+                warn!(trunk = %self.cfg.trunks[t].name, "no address for the trunk's host name yet: 503");
+                self.calls.insert(key, Box::new(call));
+                self.send_event(key, Event::failed(503, "Service Unavailable"));
+                self.end_server_call(key);
+                self.finish(now, key, CallOutcome::Failed);
             }
             TgTarget::Trunk(t) => {
                 let Some(port) = self.take_port(now) else {
