@@ -275,6 +275,20 @@ fn in_own_hosts(hosts: &Path) -> Command {
     c
 }
 
+/// A mount namespace with a bind mount ([`in_own_hosts`]) needs root, as the test machines run;
+/// says so plainly where it is missing rather than pass without testing anything.
+fn needs_unshare() {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert!(
+        probe.status.success(),
+        "this test needs `unshare -m` and `mount --bind` (root): {}",
+        text(&probe.stderr)
+    );
+}
+
 /// The routes and trunks of a gateway's configuration: TG `local` sends calls whose destination
 /// starts with each prefix to its trunk (plain RTP, no ICE). `trunks`: (prefix, name, target),
 /// in route order.
@@ -325,17 +339,7 @@ fn answered_call(cfg: &Path, tone: &Path, target: &str, log: &dyn Fn() -> String
 
 #[test]
 fn every_address_of_a_trunk_name_is_tried_and_a_changed_name_is_followed() {
-    // A mount namespace with a bind mount needs root (as the test machines run); say so plainly
-    // where it is missing rather than pass without testing anything.
-    let probe = Command::new("unshare")
-        .args(["-m", "true"])
-        .output()
-        .expect("unshare (util-linux) runs");
-    assert!(
-        probe.status.success(),
-        "this test needs `unshare -m` and `mount --bind` (root): {}",
-        text(&probe.stderr)
-    );
+    needs_unshare();
     let dir = temp_dir("trunk-dns");
     let port = free_port();
     let hosts = dir.join("hosts");
@@ -646,15 +650,7 @@ fn a_trunk_whose_naptr_records_choose_tcp_is_called_over_tcp() {
 
 #[test]
 fn a_trunk_name_not_found_at_start_gets_503_until_a_lookup_finds_it() {
-    let probe = Command::new("unshare")
-        .args(["-m", "true"])
-        .output()
-        .expect("unshare (util-linux) runs");
-    assert!(
-        probe.status.success(),
-        "this test needs `unshare -m` and `mount --bind` (root): {}",
-        text(&probe.stderr)
-    );
+    needs_unshare();
     let dir = temp_dir("trunk-late-dns");
     let port = free_port();
     let hosts = dir.join("hosts");

@@ -279,14 +279,7 @@ impl Engine {
         if !has_login {
             return false;
         }
-        let (asks, header) = if code == 407 {
-            ("Proxy-Authenticate", "Proxy-Authorization")
-        } else {
-            ("WWW-Authenticate", "Authorization")
-        };
-        let challenges = digest::challenges_of(&msg::header_values(&resp.headers, asks));
-        let Some((ch, alg)) = digest::pick(&challenges) else {
-            warn!(call = %key, code, "no {asks} challenge we can answer on our re-INVITE");
+        let Some((header, ch, alg)) = answerable_challenge(key, resp, code) else {
             return false;
         };
         let answers = self.digest.uac.entry(key).or_default();
@@ -345,14 +338,7 @@ impl Engine {
         else {
             return false;
         };
-        let (asks, header) = if code == 407 {
-            ("Proxy-Authenticate", "Proxy-Authorization")
-        } else {
-            ("WWW-Authenticate", "Authorization")
-        };
-        let challenges = digest::challenges_of(&msg::header_values(&resp.headers, asks));
-        let Some((ch, alg)) = digest::pick(&challenges) else {
-            warn!(call = %key, code, "no {asks} challenge we can answer (MD5, SHA-256 or SHA-512-256 with qop=auth or none)");
+        let Some((header, ch, alg)) = answerable_challenge(key, resp, code) else {
             return false;
         };
         let answers = self.digest.uac.entry(key).or_default();
@@ -371,7 +357,7 @@ impl Engine {
         };
         let uri = sip.invite_uri.clone();
         let cnonce = msg::token(16);
-        let value = digest::answer(ch, alg, &login, "INVITE", &uri, &cnonce, nc).render();
+        let value = digest::answer(&ch, alg, &login, "INVITE", &uri, &cnonce, nc).render();
         let answer = Answer {
             header,
             realm: ch.realm.clone(),
@@ -392,6 +378,26 @@ impl Engine {
         self.send_invite(now, key);
         true
     }
+}
+
+/// The challenge of a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`) we answer: the
+/// strongest we can, with the header our answer goes in. None (logged) when there is none.
+fn answerable_challenge(
+    key: CallKey,
+    resp: &Response,
+    code: u16,
+) -> Option<(&'static str, digest::Challenge, digest::Algorithm)> {
+    let (asks, header) = if code == 407 {
+        ("Proxy-Authenticate", "Proxy-Authorization")
+    } else {
+        ("WWW-Authenticate", "Authorization")
+    };
+    let challenges = digest::challenges_of(&msg::header_values(&resp.headers, asks));
+    let Some((ch, alg)) = digest::pick(&challenges) else {
+        warn!(call = %key, code, "no {asks} challenge we can answer (MD5, SHA-256 or SHA-512-256 with qop=auth or none)");
+        return None;
+    };
+    Some((header, ch.clone(), alg))
 }
 
 #[cfg(test)]

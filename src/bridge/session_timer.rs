@@ -294,6 +294,15 @@ mod tests {
         Some(SessionExpires { secs, refresher })
     }
 
+    /// A request from a UAC that supports timers, asking for `secs`.
+    fn supporting(secs: u32) -> Asked {
+        Asked {
+            session_expires: se(secs, None),
+            supports: true,
+            ..Asked::default()
+        }
+    }
+
     #[test]
     fn session_expires_values_parse_as_rfc_4028_writes_them() {
         assert_eq!(
@@ -358,19 +367,15 @@ mod tests {
             expires: 1800,
             min_se: 300,
         };
-        let asked = Asked {
-            session_expires: se(120, None),
-            supports: true,
-            ..Asked::default()
-        };
-        assert_eq!(as_uas(&cfg, &asked), UasAnswer::TooSmall { min_se: 300 });
+        assert_eq!(
+            as_uas(&cfg, &supporting(120)),
+            UasAnswer::TooSmall { min_se: 300 }
+        );
         // Below RFC 4028's floor, whatever our minimum.
-        let asked = Asked {
-            session_expires: se(30, None),
-            supports: true,
-            ..Asked::default()
-        };
-        assert_eq!(as_uas(&CFG, &asked), UasAnswer::TooSmall { min_se: 90 });
+        assert_eq!(
+            as_uas(&CFG, &supporting(30)),
+            UasAnswer::TooSmall { min_se: 90 }
+        );
         // A requester that does not know timers could not ask again: we take our minimum and
         // refresh ourselves.
         let asked = Asked {
@@ -428,12 +433,7 @@ mod tests {
             expires: 0,
             min_se: 90,
         };
-        let asked = Asked {
-            session_expires: se(30, None),
-            supports: true,
-            ..Asked::default()
-        };
-        assert_eq!(as_uas(&off, &asked), UasAnswer::Off);
+        assert_eq!(as_uas(&off, &supporting(30)), UasAnswer::Off);
     }
 
     #[test]

@@ -48,6 +48,16 @@ fn a_invite(s: &mut Sim, lines: &str) -> Result<CallKey, Vec<String>> {
     Ok(key)
 }
 
+/// As [`a_invite`], then answered from the HTTP/3 side and the 200 ACKed: the key, our 200
+/// and its To tag.
+fn a_answered(s: &mut Sim, lines: &str) -> (CallKey, String, String) {
+    let key = a_invite(s, lines).unwrap();
+    let ok = answer(s, key);
+    let tag = to_tag_of(&ok);
+    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    (key, ok, tag)
+}
+
 fn ended_with_session_expiry(s: &mut Sim, out: &[Output], to: &str) {
     let (dest, bye) = request_to(out, "BYE");
     assert_eq!(dest, to.parse::<SocketAddr>().unwrap());
@@ -358,10 +368,7 @@ fn first_invite(out: &[Output]) -> String {
 #[test]
 fn a_refresh_due_while_our_hold_is_in_flight_waits_and_offers_what_holds_after_it() {
     let mut s = Sim::new();
-    let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
-    let ok = answer(&mut s, key);
-    let tag = to_tag_of(&ok);
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (key, _, _) = a_answered(&mut s, "Session-Expires: 120\r\n");
     s.advance(Duration::from_secs(59));
     // The far side holds: our re-INVITE goes out a second before the refresh is due.
     let mut hold = super::tests::ev(EventName::Hold, 1);
@@ -438,14 +445,10 @@ fn no_refresh_goes_before_the_callers_ack_of_our_2xx() {
 #[test]
 fn an_update_with_an_offer_crossing_our_reinvite_gets_491_and_a_refresh_update_does_not() {
     let mut s = Sim::new();
-    let key = a_invite(
+    let (key, _, tag) = a_answered(
         &mut s,
         "Session-Expires: 1800;refresher=uac\r\nSupported: timer\r\n",
-    )
-    .unwrap();
-    let ok = answer(&mut s, key);
-    let tag = to_tag_of(&ok);
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    );
     let mut hold = super::tests::ev(EventName::Hold, 1);
     hold.media_direction = Some("sendonly".into());
     s.ript(RiptEvent::ClientEvent {
@@ -474,12 +477,7 @@ fn an_update_with_an_offer_crossing_our_reinvite_gets_491_and_a_refresh_update_d
 #[test]
 fn the_ack_of_our_reinvite_carries_its_cseq_after_an_info_crossed_it() {
     let mut s = Sim::new();
-    let key = a_invite(&mut s, "Session-Expires: 120\r\n").unwrap();
-    let ok = answer(&mut s, key);
-    s.sip(
-        &in_dialog("ACK", "z9hG4bKack1", 1, &to_tag_of(&ok), None),
-        CALLER,
-    );
+    let (key, _, _) = a_answered(&mut s, "Session-Expires: 120\r\n");
     s.advance(Duration::from_secs(60));
     let refresh = first_invite(&s.take());
     assert_eq!(header_of(&refresh, "CSeq").as_deref(), Some("1 INVITE"));
@@ -500,10 +498,7 @@ fn the_ack_of_our_reinvite_carries_its_cseq_after_an_info_crossed_it() {
 #[test]
 fn while_our_offer_waits_in_the_callers_ack_an_update_offer_gets_491_and_a_refresh_keeps_it() {
     let mut s = Sim::new();
-    let key = a_invite(&mut s, "Supported: timer\r\n").unwrap();
-    let ok = answer(&mut s, key);
-    let tag = to_tag_of(&ok);
-    s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+    let (_, _, tag) = a_answered(&mut s, "Supported: timer\r\n");
     // An offerless re-INVITE: our 200 offers.
     s.sip(&in_dialog("INVITE", "z9hG4bKre2", 2, &tag, None), CALLER);
     let ours = s.sip_out().remove(0);
@@ -546,12 +541,7 @@ fn while_our_offer_waits_in_the_callers_ack_an_update_offer_gets_491_and_a_refre
 fn our_refresh_keeps_the_callers_min_se_and_a_422_to_it_raises_the_interval() {
     let mut s = Sim::new();
     // We refresh (the caller does not support timers) a session whose Min-SE is 100.
-    let key = a_invite(&mut s, "Session-Expires: 120\r\nMin-SE: 100\r\n").unwrap();
-    let ok = answer(&mut s, key);
-    s.sip(
-        &in_dialog("ACK", "z9hG4bKack1", 1, &to_tag_of(&ok), None),
-        CALLER,
-    );
+    let (_, _, _) = a_answered(&mut s, "Session-Expires: 120\r\nMin-SE: 100\r\n");
     s.advance(Duration::from_secs(60));
     let refresh = first_invite(&s.take());
     assert_eq!(header_of(&refresh, "Min-SE").as_deref(), Some("100"));
