@@ -239,7 +239,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
 
     sip.set_tls_peers(sip_tls_peers(&cfg, &ecfg.trunks)?);
-    let named = trunk_names(&cfg, &ecfg.trunks);
+    let named = trunk_names(&cfg, &ecfg.trunks, |uri| dns.chooses_transport(uri));
     let trunks = ecfg.trunks.clone();
     let engine = Engine::new(ecfg, metrics.clone());
     let (answers, answers_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -267,16 +267,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Duration::from_secs(cfg.sip.dns_refresh_secs),
         {
             let cfg = cfg.clone();
-            move |uri: String, transport: Transport| {
+            move |uri: String, over: Option<Transport>| {
                 let (cfg, dns) = (cfg.clone(), dns.clone());
                 async move {
-                    dns.resolve_among(&uri, OnSrvFailure::Fail, &[transport])
-                        .await
-                        .map(|(hop, transport)| sendable(hop, transport, &cfg))
+                    let found = match over {
+                        Some(t) => dns.resolve_among(&uri, OnSrvFailure::Fail, &[t]).await,
+                        None => dns.resolve(&uri, OnSrvFailure::Fail).await,
+                    };
+                    found.map(|(hop, transport)| (sendable(hop, transport, &cfg), transport))
                 }
             }
         },
-        move |trunk: usize, hop: &HopAddrs| taker.take(trunk, hop),
+        move |trunk: usize, hop: &HopAddrs, transport: Transport| taker.take(trunk, hop, transport),
     ));
     tokio::spawn(driver::run(
         engine,
@@ -631,6 +633,8 @@ pub async fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
+        msg::uri_target(via)
+            .ok_or_else(|| anyhow!("sip_trunk {}: {via} is not a SIP URI", t.name))?;
         // A name that cannot be looked up now (DNS down, or not there yet) does not keep the
         // gateway from starting: that trunk's calls get 503 until a refresh finds it.
         let (hop, transport, unresolved) = match dns
@@ -649,7 +653,7 @@ pub async fn engine_config(
                     every_secs = cfg.sip.dns_refresh_secs,
                     "trunk host name not found at start: its calls get 503 until a lookup finds it"
                 );
-                let transport = msg::uri_target(via).map_or(Transport::Udp, |(_, _, t)| t);
+                let transport = dns.fallback_transport(via).unwrap_or(Transport::Udp);
                 let placeholder = HopAddrs {
                     addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0))],
                     ranks: vec![],
@@ -958,13 +962,21 @@ struct NamedTrunk {
     /// The transport chosen at start (by the URI, or its NAPTR and SRV records): refreshes
     /// ask for that transport's records, and calls keep it.
     transport: Transport,
+    /// The name was not found at start and its DNS records choose the transport: the first
+    /// lookup that finds it chooses among every listened transport, as the start would have.
+    choose: bool,
     /// What the name resolved to last.
     hop: HopAddrs,
 }
 
 /// The trunks of `cfg` named by host name, with the addresses `trunks` (the engine's list,
-/// resolved at start) has for them.
-fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
+/// resolved at start) has for them. `dns_chooses(uri)`: whether DNS records choose that URI's
+/// transport.
+fn trunk_names(
+    cfg: &Config,
+    trunks: &[TrunkInfo],
+    dns_chooses: impl Fn(&str) -> bool,
+) -> Vec<NamedTrunk> {
     cfg.sip_trunks
         .iter()
         .zip(trunks)
@@ -975,6 +987,7 @@ fn trunk_names(cfg: &Config, trunks: &[TrunkInfo]) -> Vec<NamedTrunk> {
                 trunk: i,
                 uri: uri.to_string(),
                 transport: info.dest.transport,
+                choose: info.unresolved && dns_chooses(uri),
                 hop: info.hop(),
             })
         })
@@ -993,12 +1006,13 @@ struct TrunkAddrTaker {
 }
 
 impl TrunkAddrTaker {
-    fn take(&mut self, trunk: usize, hop: &HopAddrs) -> Taken {
+    fn take(&mut self, trunk: usize, hop: &HopAddrs, transport: Transport) -> Taken {
         let Some(t) = self.trunks.get(trunk).filter(|_| !hop.addrs.is_empty()) else {
             return Taken::No;
         };
-        if t.dest.transport == Transport::Tls {
+        if transport == Transport::Tls {
             let mut next = self.trunks.clone();
+            next[trunk].dest.transport = transport;
             next[trunk].set_hop(hop);
             match sip_tls_peers(&self.cfg, &next) {
                 Ok(peers) => self.sip.add_tls_peers(peers),
@@ -1011,10 +1025,12 @@ impl TrunkAddrTaker {
         let input = Input::TrunkAddrs {
             trunk,
             hop: hop.clone(),
+            transport,
         };
         if self.engine.send(input).is_err() {
             return Taken::EngineGone;
         }
+        self.trunks[trunk].dest.transport = transport;
         self.trunks[trunk].set_hop(hop);
         Taken::Yes
     }
@@ -1031,17 +1047,19 @@ enum Taken {
 }
 
 /// Looks the trunks' host names up again every `every` (ADR 0020) and calls `changed(trunk,
-/// addresses)` when a lookup finds addresses other than the last ones taken. A lookup that
+/// addresses, transport)` when a lookup finds addresses other than the last ones taken.
+/// `resolve(uri, transport)` looks over that transport only, or with `None` lets DNS choose
+/// among all (a trunk whose name was not found at start). A lookup that
 /// fails, or finds nothing, leaves the trunk's addresses as they were. Ends when the engine is
 /// gone.
 async fn refresh_trunk_addrs<F, Fut>(
     mut names: Vec<NamedTrunk>,
     every: Duration,
     resolve: F,
-    mut changed: impl FnMut(usize, &HopAddrs) -> Taken,
+    mut changed: impl FnMut(usize, &HopAddrs, Transport) -> Taken,
 ) where
-    F: Fn(String, Transport) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<HopAddrs>>,
+    F: Fn(String, Option<Transport>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(HopAddrs, Transport)>>,
 {
     if names.is_empty() || every.is_zero() {
         return;
@@ -1051,13 +1069,22 @@ async fn refresh_trunk_addrs<F, Fut>(
     loop {
         tick.tick().await;
         for t in &mut names {
-            match resolve(t.uri.clone(), t.transport).await {
-                Ok(hop) if !hop.addrs.is_empty() && hop != t.hop => match changed(t.trunk, &hop) {
-                    Taken::Yes => t.hop = hop,
-                    Taken::No => {}
-                    Taken::EngineGone => return,
-                },
-                Ok(hop) if !hop.addrs.is_empty() => {}
+            let over = (!t.choose).then_some(t.transport);
+            match resolve(t.uri.clone(), over).await {
+                Ok((hop, transport))
+                    if !hop.addrs.is_empty() && (hop != t.hop || transport != t.transport) =>
+                {
+                    match changed(t.trunk, &hop, transport) {
+                        Taken::Yes => {
+                            t.hop = hop;
+                            t.transport = transport;
+                            t.choose = false;
+                        }
+                        Taken::No => {}
+                        Taken::EngineGone => return,
+                    }
+                }
+                Ok((hop, _)) if !hop.addrs.is_empty() => {}
                 Ok(_) => {
                     tracing::warn!(uri = %t.uri, "trunk host name has no address now; keeping the last ones")
                 }
@@ -1191,22 +1218,89 @@ outbound_proxy = "sip:proxy.example.net:5070"
         trunks[1].alternates = vec![addr("192.0.2.21:5060")];
         trunks[3].dest.addr = addr("192.0.2.30:5070");
         assert_eq!(
-            trunk_names(&cfg, &trunks),
+            trunk_names(&cfg, &trunks, |_| true),
             vec![
                 NamedTrunk {
                     trunk: 1,
                     uri: "sip:pbx.example.net;transport=tcp".into(),
                     transport: Transport::Tcp,
+                    choose: false,
                     hop: HopAddrs::plain(vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")]),
                 },
                 NamedTrunk {
                     trunk: 3,
                     uri: "sip:proxy.example.net:5070".into(),
                     transport: Transport::Udp,
+                    choose: false,
                     hop: HopAddrs::plain(vec![addr("192.0.2.30:5070")]),
                 },
             ]
         );
+        // Not found at start: DNS chooses its transport at the first lookup that finds it,
+        // where its records may.
+        trunks[1].unresolved = true;
+        trunks[3].unresolved = true;
+        let named = trunk_names(&cfg, &trunks, |uri| !uri.contains(":5070"));
+        assert_eq!(
+            named.iter().map(|n| n.choose).collect::<Vec<_>>(),
+            vec![true, false]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_not_found_at_start_gets_its_transport_from_the_first_lookup_that_finds_it() {
+        let a: SocketAddr = "192.0.2.10:5060".parse().unwrap();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn(refresh_trunk_addrs(
+            vec![NamedTrunk {
+                trunk: 0,
+                uri: "sip:pbx.example.net".into(),
+                // The fallback taken at start; DNS may choose otherwise.
+                transport: Transport::Udp,
+                choose: true,
+                hop: HopAddrs::plain(vec![SocketAddr::from(([0, 0, 0, 0], 0))]),
+            }],
+            Duration::from_secs(60),
+            {
+                let asked = asked.clone();
+                move |_uri: String, over: Option<Transport>| {
+                    let n = {
+                        let mut asked = asked.lock().unwrap();
+                        asked.push(over);
+                        asked.len()
+                    };
+                    async move {
+                        match n {
+                            1 => Err(anyhow!("SERVFAIL")),
+                            // Its NAPTR records choose TCP.
+                            _ => Ok((HopAddrs::plain(vec![a]), Transport::Tcp)),
+                        }
+                    }
+                }
+            },
+            {
+                let changes = changes.clone();
+                move |trunk: usize, hop: &HopAddrs, transport: Transport| {
+                    changes
+                        .lock()
+                        .unwrap()
+                        .push((trunk, hop.addrs.clone(), transport));
+                    Taken::Yes
+                }
+            },
+        ));
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        task.abort();
+        // Every transport until one lookup found it; that one's transport from then on.
+        assert_eq!(
+            *asked.lock().unwrap(),
+            vec![None, None, Some(Transport::Tcp), Some(Transport::Tcp)]
+        );
+        assert_eq!(*changes.lock().unwrap(), vec![(0, vec![a], Transport::Tcp)]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1246,25 +1340,27 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 trunk: 2,
                 uri: "sip:pbx.example.net".into(),
                 transport: Transport::Tcp,
+                choose: false,
                 hop: plain(vec![b]),
             }],
             Duration::from_secs(60),
             {
                 let (asked, answers) = (asked.clone(), answers.clone());
-                move |uri: String, transport: Transport| {
-                    assert_eq!(transport, Transport::Tcp, "the transport chosen at start");
+                move |uri: String, over: Option<Transport>| {
+                    assert_eq!(over, Some(Transport::Tcp), "the transport chosen at start");
                     asked.lock().unwrap().push(uri);
                     let answer = answers
                         .lock()
                         .unwrap()
                         .pop_front()
                         .expect("asked too often");
-                    async move { answer }
+                    async move { answer.map(|hop| (hop, Transport::Tcp)) }
                 }
             },
             {
                 let changes = changes.clone();
-                move |trunk: usize, hop: &HopAddrs| {
+                move |trunk: usize, hop: &HopAddrs, transport: Transport| {
+                    assert_eq!(transport, Transport::Tcp);
                     changes.lock().unwrap().push((trunk, hop.clone()));
                     takes.next().expect("called too often")
                 }
@@ -1378,19 +1474,25 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 .map(|c| c.server_name.to_str().into_owned())
         };
         let told_now = |told: &mut mpsc::UnboundedReceiver<Input>| match told.try_recv() {
-            Ok(Input::TrunkAddrs { trunk, hop }) => Some((trunk, hop.addrs)),
+            Ok(Input::TrunkAddrs { trunk, hop, .. }) => Some((trunk, hop.addrs)),
             Ok(other) => panic!("{other:?}"),
             Err(_) => None,
         };
 
         // Taken: the new address has a's settings, the old one keeps them, the engine is told.
         let new = [addr("127.0.0.3:5061"), addr("127.0.0.1:5061")];
-        assert_eq!(taker.take(0, &HopAddrs::plain(new.to_vec())), Taken::Yes);
+        assert_eq!(
+            taker.take(0, &HopAddrs::plain(new.to_vec()), Transport::Tls),
+            Taken::Yes
+        );
         assert_eq!(name_at("127.0.0.3:5061").as_deref(), Some("a.example"));
         assert_eq!(name_at("127.0.0.1:5061").as_deref(), Some("a.example"));
         assert_eq!(told_now(&mut told), Some((0, new.to_vec())));
         let moved = [addr("127.0.0.4:5061")];
-        assert_eq!(taker.take(0, &HopAddrs::plain(moved.to_vec())), Taken::Yes);
+        assert_eq!(
+            taker.take(0, &HopAddrs::plain(moved.to_vec()), Transport::Tls),
+            Taken::Yes
+        );
         assert_eq!(
             name_at("127.0.0.3:5061").as_deref(),
             Some("a.example"),
@@ -1401,7 +1503,11 @@ outbound_proxy = "sip:proxy.example.net:5070"
         // b's address with a's settings would mix them up: not taken, the engine is not told,
         // and b keeps its settings there.
         assert_eq!(
-            taker.take(0, &HopAddrs::plain(vec![addr("127.0.0.2:5061")])),
+            taker.take(
+                0,
+                &HopAddrs::plain(vec![addr("127.0.0.2:5061")]),
+                Transport::Tls
+            ),
             Taken::No
         );
         assert_eq!(told_now(&mut told), None);
@@ -1409,19 +1515,34 @@ outbound_proxy = "sip:proxy.example.net:5070"
 
         // A UDP trunk needs no TLS settings; no addresses at all are never taken.
         assert_eq!(
-            taker.take(2, &HopAddrs::plain(vec![addr("127.0.0.5:5061")])),
+            taker.take(
+                2,
+                &HopAddrs::plain(vec![addr("127.0.0.5:5061")]),
+                Transport::Udp
+            ),
             Taken::Yes
         );
         assert!(told_now(&mut told).is_some());
-        assert_eq!(taker.take(2, &HopAddrs::plain(vec![])), Taken::No);
         assert_eq!(
-            taker.take(9, &HopAddrs::plain(vec![addr("127.0.0.5:5061")])),
+            taker.take(2, &HopAddrs::plain(vec![]), Transport::Udp),
+            Taken::No
+        );
+        assert_eq!(
+            taker.take(
+                9,
+                &HopAddrs::plain(vec![addr("127.0.0.5:5061")]),
+                Transport::Tls
+            ),
             Taken::No
         );
 
         drop(told);
         assert_eq!(
-            taker.take(0, &HopAddrs::plain(vec![addr("127.0.0.6:5061")])),
+            taker.take(
+                0,
+                &HopAddrs::plain(vec![addr("127.0.0.6:5061")]),
+                Transport::Tls
+            ),
             Taken::EngineGone
         );
         std::fs::remove_dir_all(&dir).ok();

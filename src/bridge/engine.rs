@@ -74,6 +74,9 @@ pub enum Input {
     TrunkAddrs {
         trunk: usize,
         hop: HopAddrs,
+        /// The transport to reach them over: the one chosen at start, or for a trunk whose name
+        /// was not found then, the one the first lookup that found it chose.
+        transport: Transport,
     },
     /// The answer to an [`Output::ResolveHop`]: the addresses `uri` resolved to, in the order
     /// to prefer them (an SRV answer's drawn by priority and weight), or why none.
@@ -1106,7 +1109,11 @@ impl Engine {
                 toward_legacy,
             }) => self.on_media_dtmf(now, call, digit, toward_legacy),
             Input::StirChains { call, chains } => self.on_stir_chains(now, call, chains),
-            Input::TrunkAddrs { trunk, hop } => self.set_trunk_addrs(trunk, hop),
+            Input::TrunkAddrs {
+                trunk,
+                hop,
+                transport,
+            } => self.set_trunk_addrs(trunk, hop, transport),
             Input::HopAddr { call, uri, addrs } => self.on_hop_addr(now, call, &uri, addrs),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::Silent { call, silent_for }) => {
@@ -4272,12 +4279,16 @@ impl Engine {
         }
     }
 
-    fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs) {
+    fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs, transport: Transport) {
         let Some(t) = self.cfg.trunks.get_mut(trunk) else {
             return;
         };
-        if t.set_hop(&hop) {
-            info!(trunk = %t.name, addresses = ?hop.addrs, srv = !hop.ranks.is_empty(), "trunk addresses changed");
+        let moved = t.dest.transport != transport && !hop.addrs.is_empty();
+        if moved {
+            t.dest.transport = transport;
+        }
+        if t.set_hop(&hop) || moved {
+            info!(trunk = %t.name, addresses = ?hop.addrs, srv = !hop.ranks.is_empty(), ?transport, "trunk addresses changed");
         }
     }
 

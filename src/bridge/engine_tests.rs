@@ -3776,6 +3776,7 @@ fn a_call_under_way_keeps_the_addresses_it_started_with() {
     s.input(Input::TrunkAddrs {
         trunk: 0,
         hop: HopAddrs::plain(vec!["127.0.0.3:5080".parse().unwrap()]),
+        transport: Transport::Udp,
     });
     s.sip(&unavailable(&first, "t"), TRUNK);
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
@@ -3789,16 +3790,19 @@ fn addresses_from_a_new_lookup_apply_to_calls_placed_after_it() {
     s.input(Input::TrunkAddrs {
         trunk: 0,
         hop: HopAddrs::plain(vec![third, second_addr()]),
+        transport: Transport::Udp,
     });
     assert_eq!(next_call_goes_to(&mut s, 2), third);
     // An empty answer and an unknown trunk are ignored.
     s.input(Input::TrunkAddrs {
         trunk: 0,
         hop: HopAddrs::plain(vec![]),
+        transport: Transport::Udp,
     });
     s.input(Input::TrunkAddrs {
         trunk: 7,
         hop: HopAddrs::plain(vec![second_addr()]),
+        transport: Transport::Udp,
     });
     assert_eq!(next_call_goes_to(&mut s, 3), third);
 }
@@ -4078,6 +4082,7 @@ fn a_lookup_that_changes_only_the_srv_ranks_is_taken() {
             addrs: vec![first_addr(), second_addr()],
             ranks: vec![rank(20, 0, 0), rank(10, 0, 1)],
         },
+        transport: Transport::Udp,
     });
     assert_eq!(next_call_goes_to(&mut s, 1), second_addr());
     assert_eq!(s.e.cfg.trunks[0].ranks.len(), 2);
@@ -4085,6 +4090,7 @@ fn a_lookup_that_changes_only_the_srv_ranks_is_taken() {
     s.input(Input::TrunkAddrs {
         trunk: 0,
         hop: HopAddrs::plain(vec![first_addr(), second_addr()]),
+        transport: Transport::Udp,
     });
     assert_eq!(next_call_goes_to(&mut s, 2), first_addr());
 }
@@ -4476,4 +4482,40 @@ fn a_callers_contact_is_not_looked_up_and_a_refresh_does_not_ask_again_for_the_r
         bye.starts_with("BYE sip:callee@moved.provider.test SIP/2.0"),
         "{bye}"
     );
+}
+
+#[test]
+fn a_trunk_without_an_address_yet_refuses_with_503_until_a_lookup_gives_it_one() {
+    let mut c = cfg();
+    c.trunks[0].unresolved = true;
+    c.trunks[0].dest.addr = "0.0.0.0:0".parse().unwrap();
+    let mut s = Sim::with(c);
+    s.ript(incoming_call(ReqId(1), Some("+12155551212"), "gateway-a"));
+    let out = s.take();
+    assert!(sip_texts(&out).is_empty(), "nothing is sent anywhere");
+    assert!(
+        server_events(&out)
+            .iter()
+            .any(|e| e.name == EventName::Failed && e.code == Some(503)),
+        "{out:?}"
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    // Found over TCP (its NAPTR records chose it): the next call goes there, over TCP.
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        hop: HopAddrs::plain(vec![TRUNK.parse().unwrap()]),
+        transport: Transport::Tcp,
+    });
+    s.ript(incoming_call(ReqId(2), Some("+12155551212"), "gateway-a"));
+    let sent: Vec<_> = s
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Sip(m) if m.bytes.starts_with(b"INVITE ") => Some(m.dest),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].addr, TRUNK.parse::<SocketAddr>().unwrap());
+    assert_eq!(sent[0].transport, Transport::Tcp);
 }

@@ -75,6 +75,12 @@ pub struct SipResolver {
     usable: Vec<Transport>,
 }
 
+/// A host name (not an address) without a port or `transport=` in `uri`: its DNS records
+/// choose the transport (RFC 3263 §4.1).
+fn dns_names_transport(uri: &str, host: &str, port: Option<u16>) -> bool {
+    port.is_none() && !msg::uri_has_transport_param(uri) && host.parse::<IpAddr>().is_err()
+}
+
 /// A NAPTR record (RFC 3403), as far as RFC 3263 reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NaptrRecord {
@@ -173,6 +179,28 @@ impl SipResolver {
         self.resolve_among(uri, on_failure, &self.usable).await
     }
 
+    /// Whether DNS records (NAPTR, SRV) choose `uri`'s transport: a host name without a port or
+    /// `transport=` parameter, with DNS servers to ask.
+    pub fn chooses_transport(&self, uri: &str) -> bool {
+        self.dns.is_ok()
+            && msg::uri_target(uri)
+                .is_some_and(|(host, port, _)| dns_names_transport(uri, &host, port))
+    }
+
+    /// The transport [`SipResolver::resolve`] takes for `uri` when DNS does not answer: the
+    /// URI's own where DNS has no say or for `sips:`, else the first usable of the URI's, UDP
+    /// and TCP (as its SRV fallback, RFC 3263 §4.1). `None` for what is not a SIP URI.
+    pub fn fallback_transport(&self, uri: &str) -> Option<Transport> {
+        let (_, _, transport) = msg::uri_target(uri)?;
+        if !self.chooses_transport(uri) || transport == Transport::Tls {
+            return Some(transport);
+        }
+        [transport, Transport::Udp, Transport::Tcp]
+            .into_iter()
+            .find(|t| self.usable.contains(t))
+            .or(Some(transport))
+    }
+
     /// As [`SipResolver::resolve`], choosing only among `usable` transports. A trunk's
     /// refreshes pass the one chosen at start, so that they follow the same NAPTR record's SRV
     /// name and never change the transport.
@@ -185,8 +213,7 @@ impl SipResolver {
         let (host, port, transport) =
             msg::uri_target(uri).ok_or_else(|| anyhow!("{uri} is not a SIP URI"))?;
         // A `sips:` URI's NAPTR records still name its SRV name (only `SIPS+D2T` counts).
-        let chosen_by_dns =
-            port.is_none() && !msg::uri_has_transport_param(uri) && host.parse::<IpAddr>().is_err();
+        let chosen_by_dns = dns_names_transport(uri, &host, port);
         let (true, Ok(dns)) = (chosen_by_dns, &self.dns) else {
             return self.resolve_over(uri, transport, on_failure).await;
         };
@@ -530,6 +557,28 @@ mod tests {
     }
 
     const ALL: &[Transport] = &ALL_TRANSPORTS;
+
+    #[tokio::test]
+    async fn the_fallback_transport_is_the_uris_own_unless_dns_may_choose_among_usable_ones() {
+        // Its own servers (nothing is asked here): DNS may choose.
+        let tcp_only = SipResolver::new(&["127.0.0.1:53".parse().unwrap()])
+            .unwrap()
+            .with_transports(&[Transport::Tcp]);
+        let fb = |uri| tcp_only.fallback_transport(uri);
+        assert!(tcp_only.chooses_transport("sip:pbx.example.net"));
+        // A gateway listening on TCP only is never given UDP by DNS.
+        assert_eq!(fb("sip:pbx.example.net"), Some(Transport::Tcp));
+        // Where the URI says, DNS has no say.
+        assert_eq!(fb("sip:pbx.example.net:5060"), Some(Transport::Udp));
+        assert_eq!(
+            fb("sip:pbx.example.net;transport=udp"),
+            Some(Transport::Udp)
+        );
+        assert_eq!(fb("sip:192.0.2.1"), Some(Transport::Udp));
+        assert!(!tcp_only.chooses_transport("sip:192.0.2.1"));
+        assert_eq!(fb("sips:pbx.example.net"), Some(Transport::Tls));
+        assert_eq!(fb("mailto:x@example.net"), None);
+    }
 
     #[test]
     fn naptr_records_are_tried_by_order_then_preference() {
