@@ -338,49 +338,53 @@ password = \"trunk-pw\""
     DETAIL="SIPp's MD5 credentials accepted after riptide's 401; riptide's answer to SIPp's 401 verified by SIPp (verifyauth), ACK of the 200 with credentials; call set up and ended"
 }
 
-TIMEOUT_SIP=5077; TIMEOUT_ADMIN=9077
-scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call on both legs
-    local dir="$1" rc=0 uac_s uas_s
-    port_bound udp "$TIMEOUT_SIP" && { DETAIL="127.0.0.1:$TIMEOUT_SIP is in use: $(port_users udp "$TIMEOUT_SIP")"; return 1; }
-    self_calling_config "$dir" timeout "$TIMEOUT_SIP" 4438 "$TIMEOUT_ADMIN" 30000 '' 'timeout_secs = 2' ''
-    start_own_gateway "$dir" "$TIMEOUT_ADMIN" || return 1
-    TARGET="127.0.0.1:$TIMEOUT_SIP" sipp_pair p-media-timeout timeout_uac.xml timeout_uas.xml || rc=1
-    local count
-    count="$(metric_sum "http://127.0.0.1:$TIMEOUT_ADMIN/metrics" riptide_media_timeouts_total)"
+# own_gateway_pair DIR NAME SIP HTTP3 ADMIN MEDIA SIP_EXTRA MEDIA_EXTRA SCENARIO UAC UAS METRIC:
+# one SIPp pair (SCENARIO, UAC and UAS files) through a self-calling gateway of the scenario's
+# own (self_calling_config with these ports and extra lines, no trunk extras), which must have
+# counted METRIC at least once. Sets METRIC_COUNT, and DETAIL on failure.
+own_gateway_pair() {
+    local dir="$1" name="$2" sip="$3" h3="$4" admin="$5" media="$6" rc=0
+    local scn="$9" uac="${10}" uas="${11}" metric="${12}"
+    port_bound udp "$sip" && { DETAIL="127.0.0.1:$sip is in use: $(port_users udp "$sip")"; return 1; }
+    self_calling_config "$dir" "$name" "$sip" "$h3" "$admin" "$media" "$7" "$8" ''
+    start_own_gateway "$dir" "$admin" || return 1
+    TARGET="127.0.0.1:$sip" sipp_pair "$scn" "$uac" "$uas" || rc=1
+    METRIC_COUNT="$(metric_sum "http://127.0.0.1:$admin/metrics" "$metric")"
     stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
     [ "$rc" = 0 ] || return 1
-    [ "$count" -ge 1 ] || { DETAIL="riptide_media_timeouts_total is $count; log: $dir/gateway.log"; return 1; }
+    [ "$METRIC_COUNT" -ge 1 ] || { DETAIL="$metric is $METRIC_COUNT; log: $dir/gateway.log"; return 1; }
+}
+
+TIMEOUT_SIP=5077; TIMEOUT_ADMIN=9077
+scn_p() { # media timeout: neither SIP peer sends RTP; the gateway ends the call on both legs
+    local dir="$1" uac_s uas_s
+    own_gateway_pair "$dir" timeout "$TIMEOUT_SIP" 4438 "$TIMEOUT_ADMIN" 30000 '' 'timeout_secs = 2' \
+        p-media-timeout timeout_uac.xml timeout_uas.xml riptide_media_timeouts_total || return 1
     # From each side's ACK to the BYE it got, by SIPp's own message timestamps.
     uac_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timeout_uac_*_messages.log)" || uac_s=""
     uas_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timeout_uas_*_messages.log)" || uas_s=""
     awk -v a="$uac_s" -v b="$uas_s" 'BEGIN { exit !(a != "" && b != "" && a >= 2 && b >= 2) }' \
         || { DETAIL="ACK to BYE: UAC ${uac_s:-?} s, UAS ${uas_s:-?} s; both must be at least the 2 s media timeout"; return 1; }
-    DETAIL="no RTP either way: both SIPp peers got a BYE with Reason cause=102;text=\"Media timeout\", ${uac_s} s (UAC) and ${uas_s} s (UAS) after the ACK (limit 2 s); riptide_media_timeouts_total=$count"
+    DETAIL="no RTP either way: both SIPp peers got a BYE with Reason cause=102;text=\"Media timeout\", ${uac_s} s (UAC) and ${uas_s} s (UAS) after the ACK (limit 2 s); riptide_media_timeouts_total=$METRIC_COUNT"
 }
 
 SESSION_SIP=5078; SESSION_ADMIN=9078
 scn_q() { # session timers (RFC 4028) on both legs: the callee's refreshed by us, the caller's expired
-    local dir="$1" rc=0 refresh_s expire_s count
+    local dir="$1" refresh_s expire_s
     # One call of about 62 s: the refresh comes at 45 s, the expiry at 60 s after the caller's
     # last refresh. SIPp's whole-run limit is raised for it alone.
     local SIPP_TIMEOUT=100
-    port_bound udp "$SESSION_SIP" && { DETAIL="127.0.0.1:$SESSION_SIP is in use: $(port_users udp "$SESSION_SIP")"; return 1; }
     # No RTP flows in this call: the media timeout is off so that only the session timer ends it.
-    self_calling_config "$dir" session "$SESSION_SIP" 4439 "$SESSION_ADMIN" 32000 \
-        'session_expires_secs = 90' 'timeout_secs = 0' ''
-    start_own_gateway "$dir" "$SESSION_ADMIN" || return 1
-    TARGET="127.0.0.1:$SESSION_SIP" sipp_pair q-session-timer timer_uac.xml timer_uas.xml || rc=1
-    count="$(metric_sum "http://127.0.0.1:$SESSION_ADMIN/metrics" riptide_sip_session_expired_total)"
-    stop_pid "$OWN_GW_PID" 5; OWN_GW_PID=""
-    [ "$rc" = 0 ] || return 1
-    [ "$count" -ge 1 ] || { DETAIL="riptide_sip_session_expired_total is $count; log: $dir/gateway.log"; return 1; }
+    own_gateway_pair "$dir" session "$SESSION_SIP" 4439 "$SESSION_ADMIN" 32000 \
+        'session_expires_secs = 90' 'timeout_secs = 0' \
+        q-session-timer timer_uac.xml timer_uas.xml riptide_sip_session_expired_total || return 1
     # By SIPp's own message timestamps: the callee's ACK to our refresh re-INVITE (45 s), the
     # caller's refresh (UPDATE) to the BYE it got (60 s).
     refresh_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timer_uas_*_messages.log ACK INVITE)" || refresh_s=""
     expire_s="$(python3 "$INTEROP_DIR/lib/sip_gap.py" "$dir"/timer_uac_*_messages.log UPDATE BYE)" || expire_s=""
     awk -v r="$refresh_s" -v e="$expire_s" 'BEGIN { exit !(r != "" && e != "" && r >= 44 && r <= 47 && e >= 59 && e <= 63) }' \
         || { DETAIL="refresh after ${refresh_s:-?} s (want 45), BYE ${expire_s:-?} s after the caller's refresh (want 60); logs: $dir"; return 1; }
-    DETAIL="caller: 90 s granted (refresher=uac, Require: timer), its UPDATE refresh answered without SDP, BYE (Session timer expired) ${expire_s} s after it; callee: asked for 90 s, refreshed by our re-INVITE ${refresh_s} s after its ACK; riptide_sip_session_expired_total=$count"
+    DETAIL="caller: 90 s granted (refresher=uac, Require: timer), its UPDATE refresh answered without SDP, BYE (Session timer expired) ${expire_s} s after it; callee: asked for 90 s, refreshed by our re-INVITE ${refresh_s} s after its ACK; riptide_sip_session_expired_total=$METRIC_COUNT"
 }
 
 # (n) `riptide call` (the native RIPT client) -> HTTP/3 -> gateway B -> SIPp UAS on 5080.
