@@ -623,8 +623,23 @@ pub async fn engine_config(
     if let Some(a) = cfg.sip.tls.first() {
         sip_hosts.insert(Transport::Tls, host_of(a));
     }
-    let mut trunks = Vec::new();
+    // Every trunk's next hop looked up at once: with DNS down, each name waits for its
+    // resolver's timeouts, and the start should wait for that once, not once per trunk.
+    let via_of = |t: &crate::config::SipTrunkConfig| -> String {
+        t.outbound_proxy.clone().unwrap_or_else(|| t.target.clone())
+    };
     for t in &cfg.sip_trunks {
+        let via = via_of(t);
+        msg::uri_target(&via)
+            .ok_or_else(|| anyhow!("sip_trunk {}: {via} is not a SIP URI", t.name))?;
+    }
+    let lookups = futures_util::future::join_all(cfg.sip_trunks.iter().map(|t| {
+        let via = via_of(t);
+        async move { dns.resolve(&via, OnSrvFailure::UseAddressRecords).await }
+    }))
+    .await;
+    let mut trunks = Vec::new();
+    for (t, found) in cfg.sip_trunks.iter().zip(lookups) {
         let (host, port, _) = msg::uri_target(&t.target)
             .ok_or_else(|| anyhow!("sip_trunk {}: target {} is not a SIP URI", t.name, t.target))?;
         let host = match port {
@@ -633,14 +648,9 @@ pub async fn engine_config(
             None => host,
         };
         let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
-        msg::uri_target(via)
-            .ok_or_else(|| anyhow!("sip_trunk {}: {via} is not a SIP URI", t.name))?;
         // A name that cannot be looked up now (DNS down, or not there yet) does not keep the
         // gateway from starting: that trunk's calls get 503 until a refresh finds it.
-        let (hop, transport, unresolved) = match dns
-            .resolve(via, OnSrvFailure::UseAddressRecords)
-            .await
-        {
+        let (hop, transport, unresolved) = match found {
             Ok((hop, transport)) => (sendable(hop, transport, cfg), transport, false),
             // Looked up at start only: a name not found now would never be.
             Err(e) if cfg.sip.dns_refresh_secs == 0 => {
@@ -962,8 +972,10 @@ struct NamedTrunk {
     /// The transport chosen at start (by the URI, or its NAPTR and SRV records): refreshes
     /// ask for that transport's records, and calls keep it.
     transport: Transport,
-    /// The name was not found at start and its DNS records choose the transport: the first
-    /// lookup that finds it chooses among every listened transport, as the start would have.
+    /// The name was not found at start (nor since): the trunk has no address.
+    unresolved: bool,
+    /// ... and its DNS records choose the transport: the first lookup that finds it chooses
+    /// among every listened transport, as the start would have.
     choose: bool,
     /// What the name resolved to last.
     hop: HopAddrs,
@@ -987,6 +999,7 @@ fn trunk_names(
                 trunk: i,
                 uri: uri.to_string(),
                 transport: info.dest.transport,
+                unresolved: info.unresolved,
                 choose: info.unresolved && dns_chooses(uri),
                 hop: info.hop(),
             })
@@ -1078,6 +1091,7 @@ async fn refresh_trunk_addrs<F, Fut>(
                         Taken::Yes => {
                             t.hop = hop;
                             t.transport = transport;
+                            t.unresolved = false;
                             t.choose = false;
                         }
                         Taken::No => {}
@@ -1085,6 +1099,9 @@ async fn refresh_trunk_addrs<F, Fut>(
                     }
                 }
                 Ok((hop, _)) if !hop.addrs.is_empty() => {}
+                Ok(_) | Err(_) if t.unresolved => {
+                    tracing::warn!(uri = %t.uri, "trunk host name still not found; its calls get 503")
+                }
                 Ok(_) => {
                     tracing::warn!(uri = %t.uri, "trunk host name has no address now; keeping the last ones")
                 }
@@ -1224,6 +1241,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
                     trunk: 1,
                     uri: "sip:pbx.example.net;transport=tcp".into(),
                     transport: Transport::Tcp,
+                    unresolved: false,
                     choose: false,
                     hop: HopAddrs::plain(vec![addr("192.0.2.20:5060"), addr("192.0.2.21:5060")]),
                 },
@@ -1231,6 +1249,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
                     trunk: 3,
                     uri: "sip:proxy.example.net:5070".into(),
                     transport: Transport::Udp,
+                    unresolved: false,
                     choose: false,
                     hop: HopAddrs::plain(vec![addr("192.0.2.30:5070")]),
                 },
@@ -1258,6 +1277,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 uri: "sip:pbx.example.net".into(),
                 // The fallback taken at start; DNS may choose otherwise.
                 transport: Transport::Udp,
+                unresolved: true,
                 choose: true,
                 hop: HopAddrs::plain(vec![SocketAddr::from(([0, 0, 0, 0], 0))]),
             }],
@@ -1340,6 +1360,7 @@ outbound_proxy = "sip:proxy.example.net:5070"
                 trunk: 2,
                 uri: "sip:pbx.example.net".into(),
                 transport: Transport::Tcp,
+                unresolved: false,
                 choose: false,
                 hop: plain(vec![b]),
             }],
