@@ -625,21 +625,23 @@ pub async fn engine_config(
     }
     // Every trunk's next hop looked up at once: with DNS down, each name waits for its
     // resolver's timeouts, and the start should wait for that once, not once per trunk.
-    let via_of = |t: &crate::config::SipTrunkConfig| -> String {
-        t.outbound_proxy.clone().unwrap_or_else(|| t.target.clone())
-    };
-    for t in &cfg.sip_trunks {
-        let via = via_of(t);
-        msg::uri_target(&via)
+    // Each trunk's next hop: its outbound proxy, else its target.
+    let vias: Vec<&str> = cfg
+        .sip_trunks
+        .iter()
+        .map(|t| t.outbound_proxy.as_deref().unwrap_or(&t.target))
+        .collect();
+    for (t, via) in cfg.sip_trunks.iter().zip(&vias) {
+        msg::uri_target(via)
             .ok_or_else(|| anyhow!("sip_trunk {}: {via} is not a SIP URI", t.name))?;
     }
-    let lookups = futures_util::future::join_all(cfg.sip_trunks.iter().map(|t| {
-        let via = via_of(t);
-        async move { dns.resolve(&via, OnSrvFailure::UseAddressRecords).await }
-    }))
+    let lookups = futures_util::future::join_all(
+        vias.iter()
+            .map(|via| dns.resolve(via, OnSrvFailure::UseAddressRecords)),
+    )
     .await;
     let mut trunks = Vec::new();
-    for (t, found) in cfg.sip_trunks.iter().zip(lookups) {
+    for ((t, via), found) in cfg.sip_trunks.iter().zip(vias).zip(lookups) {
         let (host, port, _) = msg::uri_target(&t.target)
             .ok_or_else(|| anyhow!("sip_trunk {}: target {} is not a SIP URI", t.name, t.target))?;
         let host = match port {
@@ -647,7 +649,6 @@ pub async fn engine_config(
             Some(p) => format!("{host}:{p}"),
             None => host,
         };
-        let via = t.outbound_proxy.as_deref().unwrap_or(&t.target);
         // A name that cannot be looked up now (DNS down, or not there yet) does not keep the
         // gateway from starting: that trunk's calls get 503 until a refresh finds it.
         let (hop, transport, unresolved) = match found {

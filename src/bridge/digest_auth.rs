@@ -261,16 +261,12 @@ impl Engine {
         resp: &Response,
         code: u16,
     ) -> bool {
-        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+        let Some(call) = self.calls.get(&key).filter(|c| c.phase == Phase::Answered) else {
             return false;
         };
-        if self
-            .calls
-            .get(&key)
-            .is_none_or(|c| c.phase != Phase::Answered)
-        {
+        let Some(sip) = call.sip.as_ref() else {
             return false;
-        }
+        };
         let uri = sip.remote_target.clone();
         let has_login = sip
             .trunk

@@ -1607,7 +1607,8 @@ impl Engine {
             );
             return;
         }
-        if self.refuse_session_interval(now, &m, &session_timer::asked(&req.headers)) {
+        let asked = session_timer::asked(&req.headers);
+        if self.refuse_session_interval(now, &m, &asked) {
             return;
         }
         let to_tag = msg::token(12);
@@ -1766,7 +1767,7 @@ impl Engine {
             session_deadline: None,
             session_ask: (0, 0, 0),
             reinvite_retried: false,
-            peer_min_se: session_timer::asked(&req.headers).min_se.unwrap_or(0),
+            peer_min_se: asked.min_se.unwrap_or(0),
         };
         let mut sip = sip;
         // RFC 3261 §12.2.1.1: in-dialog requests go to the first route when there is a route
@@ -2996,7 +2997,7 @@ impl Engine {
             // without Session-Expires ends the session timer.
             if let Some(t) = sip.session {
                 let se = session_timer::response_se(&resp.headers);
-                sip.session = if se.is_none() && !session_timer::asked(&resp.headers).supports {
+                sip.session = if se.is_none() && !session_timer::supports_timer(&resp.headers) {
                     // A peer that does not know timers answers without them (§7.2): we keep
                     // the session timer and its refreshes.
                     Some(SessionTimer {

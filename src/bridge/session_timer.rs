@@ -120,12 +120,7 @@ pub struct Asked {
 pub fn asked(headers: &rsipstack::sip::Headers) -> Asked {
     let se =
         msg::first_header(headers, "Session-Expires").or_else(|| msg::first_header(headers, "x"));
-    let supports = ["Supported", "k", "Require"].iter().any(|name| {
-        msg::header_values(headers, name)
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("timer"))
-    });
+    let supports = supports_timer(headers);
     let session_expires = se.as_deref().and_then(parse_session_expires);
     Asked {
         session_expires,
@@ -133,6 +128,16 @@ pub fn asked(headers: &rsipstack::sip::Headers) -> Asked {
         supports,
         malformed: se.is_some() && session_expires.is_none(),
     }
+}
+
+/// The message lists `timer` in `Supported` (or compact `k`) or `Require`.
+pub fn supports_timer(headers: &rsipstack::sip::Headers) -> bool {
+    ["Supported", "k", "Require"].iter().any(|name| {
+        msg::header_values(headers, name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("timer"))
+    })
 }
 
 /// A response's `Session-Expires`, if it has one we can read.
@@ -341,11 +346,7 @@ mod tests {
 
     #[test]
     fn the_uas_lowers_a_long_interval_to_its_own_but_not_below_the_requests_min_se() {
-        let mut asked = Asked {
-            session_expires: se(7200, None),
-            supports: true,
-            ..Asked::default()
-        };
+        let mut asked = supporting(7200);
         assert_eq!(
             as_uas(&CFG, &asked),
             UasAnswer::On {
