@@ -48,6 +48,9 @@ struct Answer {
     /// The challenge answered and how, for the dialog's later requests.
     challenge: digest::Challenge,
     alg: digest::Algorithm,
+    /// CSeq and value of the last re-INVITE that carried an answer to it, for that
+    /// re-INVITE's ACK.
+    reinvite: Option<(u32, String)>,
 }
 
 impl DigestState {
@@ -103,25 +106,28 @@ impl DigestState {
         }
     }
 
-    /// The credential headers for the ACK of a 2xx to the INVITE with `cseq`.
+    /// The credential headers for the ACK of a 2xx to the INVITE or re-INVITE with `cseq`.
     pub(super) fn ack_headers(&self, key: CallKey, cseq: u32) -> Vec<(&'static str, String)> {
         self.uac
             .get(&key)
             .into_iter()
             .flatten()
-            .filter(|a| a.cseq == Some(cseq))
-            .map(|a| (a.header, a.value.clone()))
+            .filter_map(|a| match &a.reinvite {
+                Some((c, value)) if *c == cseq => Some((a.header, value.clone())),
+                _ => (a.cseq == Some(cseq)).then(|| (a.header, a.value.clone())),
+            })
             .collect()
     }
 
-    /// Credentials for a later request of the call's dialog (BYE, re-INVITE, INFO): the
-    /// challenges our INVITE answered, answered again for `method` and `uri` with the next
-    /// nonce count (RFC 3261 §22.3: a UAC may send credentials for a realm it knows).
+    /// Credentials for a later request of the call's dialog (BYE, re-INVITE, INFO) with
+    /// `cseq`: the challenges our INVITE answered, answered again for `method` and `uri` with
+    /// the next nonce count (RFC 3261 §22.3: a UAC may send credentials for a realm it knows).
+    /// A re-INVITE's are kept for its ACK.
     pub(super) fn in_dialog_headers(
         &mut self,
         key: CallKey,
         login: &digest::Login,
-        method: &str,
+        (method, cseq): (&str, u32),
         uri: &str,
     ) -> Vec<(&'static str, String)> {
         let Some(answers) = self.uac.get_mut(&key) else {
@@ -134,6 +140,9 @@ impl DigestState {
                 let cnonce = msg::token(16);
                 let value =
                     digest::answer(&a.challenge, a.alg, login, method, uri, &cnonce, a.nc).render();
+                if method == "INVITE" {
+                    a.reinvite = Some((cseq, value.clone()));
+                }
                 (a.header, value)
             })
             .collect()
@@ -302,6 +311,7 @@ impl Engine {
                 cseq: None,
                 challenge: ch.clone(),
                 alg,
+                reinvite: None,
             }),
         }
         info!(call = %key, code, realm = %ch.realm, "answering the trunk's challenge to our re-INVITE");
@@ -365,6 +375,7 @@ impl Engine {
             cseq: None,
             challenge: ch.clone(),
             alg,
+            reinvite: None,
         };
         info!(call = %key, code, realm = %answer.realm, algorithm = %alg, stale = ch.stale, "answering the trunk's digest challenge");
         match prev {

@@ -478,6 +478,15 @@ fn assert_valid(creds: &str, alg: Algorithm, nonce: &str, qop: bool) {
     assert_eq!(c.response, want, "{creds}");
 }
 
+fn c_seq(m: &str) -> u32 {
+    header(m, "CSeq")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn branch_of(m: &str) -> String {
     msg::param(&header(m, "Via"), "branch").unwrap()
 }
@@ -782,6 +791,11 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
         ("n2", Some("00000001"))
     );
     s.sip(&reply(re2, 200, "OK", &[], Some(ANSWER)), TRUNK);
+    // RFC 3261 §13.2.2.4: the ACK of the re-INVITE's 2xx carries the re-INVITE's credentials.
+    let msgs = s.sip_out();
+    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    assert_eq!(header(ack, "CSeq"), format!("{} ACK", c_seq(re2)));
+    assert_eq!(header(ack, "Authorization"), header(re2, "Authorization"));
     s.take();
     // A second challenge later is answered again; one right after the retry is not.
     let re3 = hold(&mut s, "sendrecv", 1);

@@ -4443,8 +4443,11 @@ impl Engine {
             .and_then(|t| t.digest_login.clone());
         let creds = match (&login, method) {
             (Some(login), m) if m != "ACK" && m != "CANCEL" => {
-                let uri = self.calls.get(&key)?.sip.as_ref()?.remote_target.clone();
-                self.digest.in_dialog_headers(key, login, method, &uri)
+                let sip = self.calls.get(&key)?.sip.as_ref()?;
+                let uri = sip.remote_target.clone();
+                let cseq = cseq.unwrap_or(sip.local_cseq + 1);
+                self.digest
+                    .in_dialog_headers(key, login, (method, cseq), &uri)
             }
             _ => Vec::new(),
         };
