@@ -530,6 +530,9 @@ struct SipLeg {
     /// Where our last INVITE went (its IP) and its CSeq: only from there, with at most that
     /// CSeq, can a 2xx answer it (ADR 0024). Not moved by the dialog's own next hop.
     invite_sent: Option<(IpAddr, u32)>,
+    /// Where the call's earlier INVITEs went (the trunk addresses it failed over from): a
+    /// slow one's 2xx may still come, and is ACKed and ended.
+    earlier_hops: Vec<IpAddr>,
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
@@ -865,14 +868,16 @@ const MAX_STRAY_ROUTES: usize = 16;
 const MAX_ROUTE_LEN: usize = 512;
 
 /// What is kept of a UAC call's INVITE once the call has ended (see `Engine::ended_invites`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct EndedInvite {
     /// The call was answered: a later fork's BYE says "completed elsewhere".
     answered: bool,
     /// The CSeq number of its last INVITE: a 2xx with a higher one is not an answer to it.
     cseq: u32,
-    /// Where its last INVITE went: answers come back from there.
+    /// Where its last INVITE went: answers come back from there ...
     next_hop: IpAddr,
+    /// ... or from where its earlier ones went (failover).
+    earlier_hops: Box<[IpAddr]>,
     /// BYEs sent to its late forks so far.
     byes: u8,
 }
@@ -1755,6 +1760,7 @@ impl Engine {
             redirect_lookup: None,
             forks_ended: 0,
             invite_sent: None,
+            earlier_hops: Vec::new(),
             silence_watch: None,
             remote_direction: audio.direction,
             answer_in_ack: false,
@@ -2542,13 +2548,16 @@ impl Engine {
     /// ACK it, then end its dialog.
     fn after_its_call(&mut self, now: Instant, m: &SipInbound, resp: &Response, local_tag: &str) {
         let h = self.dialog_hash(&m.info.call_id, local_tag, None);
-        let Some(&ended) = self.ended_invites.get(now, &h) else {
+        let Some(ended) = self.ended_invites.get(now, &h) else {
             debug!(call_id = %m.info.call_id, "a 2xx for no INVITE of ours: dropped");
             return;
         };
-        // Only where the INVITE went can answer it, and only with a CSeq it used: nobody else
-        // can have us send requests to an address of their choosing.
-        if m.src.ip() != ended.next_hop || m.info.cseq > ended.cseq {
+        // Only where an INVITE of the call went can answer it, and only with a CSeq it used:
+        // nobody else can have us send requests to an address of their choosing.
+        let src = m.src.ip();
+        let from_hop = src == ended.next_hop || ended.earlier_hops.contains(&src);
+        let (answered, byes) = (ended.answered, ended.byes);
+        if !from_hop || m.info.cseq > ended.cseq {
             warn!(sip_call_id = %m.info.call_id, src = %m.src, cseq = m.info.cseq, "a 2xx for an ended call from elsewhere, or with a CSeq it never used: dropped");
             return;
         }
@@ -2557,12 +2566,12 @@ impl Engine {
             tag = m.info.to_tag.as_deref().unwrap_or(""),
             "a 2xx after its call ended: ACK and BYE"
         );
-        let reason = if ended.answered {
+        let reason = if answered {
             COMPLETED_ELSEWHERE
         } else {
             REQUEST_TERMINATED
         };
-        if self.end_stray_dialog(now, m, resp, reason, ended.byes < MAX_STRAY_BYES) {
+        if self.end_stray_dialog(now, m, resp, reason, byes < MAX_STRAY_BYES) {
             if let Some(e) = self.ended_invites.get_mut(now, &h) {
                 e.byes += 1;
             }
@@ -3532,6 +3541,7 @@ impl Engine {
                     redirect_lookup: None,
                     forks_ended: 0,
                     invite_sent: None,
+                    earlier_hops: Vec::new(),
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
                     answer_in_ack: false,
@@ -4321,6 +4331,9 @@ impl Engine {
             return false;
         }
         let next = sip.failover.remove(0);
+        if !sip.earlier_hops.contains(&failed.ip()) {
+            sip.earlier_hops.push(failed.ip());
+        }
         sip.dest = Dest {
             addr: next,
             transport: sip.dest.transport,
@@ -5043,6 +5056,7 @@ impl Engine {
                     answered: call.answered_at.is_some(),
                     cseq,
                     next_hop,
+                    earlier_hops: sip.earlier_hops.clone().into_boxed_slice(),
                     byes: sip.forks_ended,
                 };
                 let mut evicted = self.ended_invites.insert(now, h, ended) == Inserted::Evicting;

@@ -3870,6 +3870,36 @@ fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
 }
 
 #[test]
+fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended_after_the_call_too() {
+    let mut s = two_address_sim();
+    let (_key, first) = b_invite_sent(&mut s);
+    s.advance(Duration::from_millis(32_100));
+    let second = invites_to(&s.take()).pop().unwrap().1;
+    // The second address is busy: the call ends.
+    s.sip(&reply(&second, 486, "Busy Here", "busy2", None), SECOND);
+    assert_eq!(server_events(&s.take()).last().unwrap().code, Some(486));
+    assert_eq!(s.e.active_calls(), 0);
+    // Then the first address, only slow, answers: its dialog is ACKed and ended, although the
+    // INVITE the call sent last went elsewhere.
+    s.sip(&reply(&first, 200, "OK", "slow1", Some(ANSWER)), TRUNK);
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec![
+            "ACK sip:callee@127.0.0.1:5080 SIP/2.0",
+            "BYE sip:callee@127.0.0.1:5080 SIP/2.0"
+        ],
+        "{msgs:?}"
+    );
+    // A host the call never sent to still gets nothing.
+    s.sip(
+        &reply(&first, 200, "OK", "other3", Some(ANSWER)),
+        "127.0.0.3:5080",
+    );
+    assert!(s.sip_out().is_empty());
+}
+
+#[test]
 fn an_attempt_that_brought_early_media_is_not_failed_over() {
     let mut s = two_address_sim();
     let (_key, first) = b_invite_sent(&mut s);
