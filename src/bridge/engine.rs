@@ -1841,7 +1841,7 @@ impl Engine {
         self.out.push_back(Output::Media(MediaCmd::SetRemote {
             call: key,
             rtp: remote_rtp,
-            rtcp: rtcp_of(remote_rtp, rtcp_mux),
+            rtcp: rtcp_of(remote_rtp, audio),
             rtcp_mux,
             latching: policy.latching,
         }));
@@ -2131,7 +2131,7 @@ impl Engine {
             self.out.push_back(Output::Media(MediaCmd::SetRemote {
                 call: key,
                 rtp: addr,
-                rtcp: rtcp_of(addr, a.rtcp_mux),
+                rtcp: rtcp_of(addr, a),
                 rtcp_mux: a.rtcp_mux,
                 latching,
             }));
@@ -2396,7 +2396,7 @@ impl Engine {
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
                         call: key,
                         rtp: addr,
-                        rtcp: rtcp_of(addr, rtcp_mux),
+                        rtcp: rtcp_of(addr, audio),
                         rtcp_mux,
                         latching,
                     }));
@@ -5216,13 +5216,19 @@ fn invite_cseq(req: &Request) -> u32 {
 }
 
 /// RTCP goes to the RTP port + 1 unless muxed (RFC 3550 §11); `None` at the top of the range.
-fn rtcp_of(rtp: SocketAddr, mux: bool) -> Option<SocketAddr> {
-    if mux {
+/// Where the peer takes RTCP: nowhere apart with rtcp-mux (RFC 5761), else its `a=rtcp`
+/// (RFC 3605: a port, and an address when not the media's), else the RTP port + 1.
+fn rtcp_of(rtp: SocketAddr, audio: &sdp::MediaDesc) -> Option<SocketAddr> {
+    if audio.rtcp_mux {
         return None;
     }
-    rtp.port()
-        .checked_add(1)
-        .map(|p| SocketAddr::new(rtp.ip(), p))
+    match audio.rtcp {
+        Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(rtp.ip()), port)),
+        None => rtp
+            .port()
+            .checked_add(1)
+            .map(|p| SocketAddr::new(rtp.ip(), p)),
+    }
 }
 
 /// A reason from the network, made safe to put in a SIP header: parsed and re-rendered, or

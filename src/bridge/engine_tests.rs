@@ -1396,6 +1396,32 @@ fn reasons_from_the_ript_side_cannot_inject_sip_headers() {
 }
 
 #[test]
+fn the_media_is_told_the_offer_rtcp_address() {
+    // (a=rtcp line, where RTCP goes): RFC 3605's port, with its own address when given; else
+    // the port after RTP's; nowhere apart with rtcp-mux.
+    let cases = [
+        ("", Some("127.0.0.1:6001")),
+        ("a=rtcp:6011\r\n", Some("127.0.0.1:6011")),
+        ("a=rtcp:7011 IN IP4 192.0.2.7\r\n", Some("192.0.2.7:7011")),
+        ("a=rtcp-mux\r\na=rtcp:6000\r\n", None),
+    ];
+    for (i, (line, want)) in cases.into_iter().enumerate() {
+        let mut s = Sim::new();
+        let offer = format!("{OFFER}{line}");
+        s.sip(
+            &invite(&format!("z9hG4bKrt{i}"), &format!("cid-rt{i}"), &offer),
+            CALLER,
+        );
+        let rtcp = s.take().into_iter().find_map(|o| match o {
+            Output::Media(MediaCmd::SetRemote { rtcp, .. }) => Some(rtcp),
+            _ => None,
+        });
+        let want = want.map(|a| a.parse::<SocketAddr>().unwrap());
+        assert_eq!(rtcp, Some(want), "{line:?}");
+    }
+}
+
+#[test]
 fn rtp_port_65535_does_not_overflow() {
     let mut s = Sim::new();
     s.sip(

@@ -394,13 +394,12 @@ impl MediaHub {
             MediaCmd::SetRemote {
                 call,
                 rtp,
-                rtcp: _,
+                rtcp,
                 rtcp_mux,
                 latching,
             } => {
-                // RTCP is terminated per leg, so its remote address is not needed for sending.
                 let m = self.call(call);
-                lock(&m.leg).set_remote(rtp, latching, rtcp_mux);
+                lock(&m.leg).set_remote(rtp, rtcp, latching, rtcp_mux);
                 m.wake.notify_one();
                 if rtcp_mux {
                     // RTCP now arrives on the RTP port (and is consumed there); release port+1.

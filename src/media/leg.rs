@@ -141,6 +141,12 @@ pub struct LegacyLeg {
     failure: Option<String>,
     /// A latched leg's candidate new source ([`LegacyLeg::may_move_to`]).
     moving: Option<Candidate>,
+    /// Where the remote SDP takes RTCP without rtcp-mux (`a=rtcp`, RFC 3605, or the RTP port
+    /// + 1) ...
+    rtcp_sdp: Option<SocketAddr>,
+    /// ... and, on a latching leg, where the peer's last RTCP came from: reports go back there
+    /// (symmetric RTCP, RFC 4961), which is where its NAT lets them in.
+    rtcp_heard: Option<SocketAddr>,
     /// ICE state last seen, to log transitions once.
     ice_state: Option<IceState>,
     rtcp_ssrc: u32,
@@ -194,6 +200,8 @@ impl LegacyLeg {
             },
             applied: None,
             moving: None,
+            rtcp_sdp: None,
+            rtcp_heard: None,
             keys: Keys::Plain,
             dtls: None,
             ice: None,
@@ -237,9 +245,15 @@ impl LegacyLeg {
             .and_then(|l| self.heard.checked_add(l))
     }
 
-    /// The remote SDP's address. A latched source survives a repeated one (re-INVITE with the
-    /// same SDP); a new address starts latching over.
-    pub fn set_remote(&mut self, rtp: SocketAddr, latching: bool, mux: bool) {
+    /// The remote SDP's addresses (RTP, and RTCP without rtcp-mux). A latched source survives
+    /// a repeated one (re-INVITE with the same SDP); a new address starts latching over.
+    pub fn set_remote(
+        &mut self,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+        latching: bool,
+        mux: bool,
+    ) {
         self.mux = mux;
         let r = &mut self.remote;
         let moved = r.sdp.is_some_and(|a| a != rtp);
@@ -247,8 +261,10 @@ impl LegacyLeg {
         if !(latching && r.latched && !moved) {
             r.rtp = Some(rtp);
             r.latched = false;
+            self.rtcp_heard = None;
         }
         r.latching = latching;
+        self.rtcp_sdp = rtcp;
     }
 
     /// The negotiated codec's RTP clock rate and the telephone-event payload type, for RTCP
@@ -318,16 +334,27 @@ impl LegacyLeg {
     fn report_transmit(&mut self, now: Instant, report: &[u8]) -> Option<Transmit> {
         let (to, bytes) = self.on_send_rtcp(now, report).ok()?;
         let mux = self.mux;
-        let to = if mux {
-            to
-        } else {
-            SocketAddr::new(to.ip(), to.port().wrapping_add(1))
-        };
+        let to = if mux { to } else { self.rtcp_dest(to) };
         Some(Transmit {
             to,
             bytes: bytes.to_vec(),
             from_rtcp_port: !mux,
         })
+    }
+
+    /// Where RTCP goes without rtcp-mux, media going to `rtp`: where the peer's RTCP comes
+    /// from on a latching leg; the SDP's RTCP address while media goes where the SDP said;
+    /// else (a latched NAT address, ICE) the port after media's.
+    fn rtcp_dest(&self, rtp: SocketAddr) -> SocketAddr {
+        let next = SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1));
+        if self.ice.is_some() {
+            return next;
+        }
+        match (self.rtcp_heard, self.rtcp_sdp) {
+            (Some(heard), _) => heard,
+            (None, Some(sdp)) if self.remote.sdp == Some(rtp) => sdp,
+            _ => next,
+        }
     }
 
     /// Applies an offer/answer round's security. The same values again change nothing; new SDES
@@ -603,7 +630,12 @@ impl LegacyLeg {
         };
         if kind == PacketKind::Rtcp {
             match self.rtcp.on_rtcp_received(now, self.wall(now), &plain) {
-                Ok(()) if self.rtcp_from_peer(src) => self.signs += 1,
+                Ok(()) if self.rtcp_from_peer(src) => {
+                    self.signs += 1;
+                    if self.remote.latching && !self.mux && self.ice.is_none() {
+                        self.rtcp_heard = Some(src);
+                    }
+                }
                 Ok(()) => {}
                 Err(e) => tracing::debug!(%src, error = %e, "RTCP from the legacy peer refused"),
             }
@@ -851,7 +883,7 @@ mod tests {
             let leg_creds = IceCredentials::generate();
             let peer_creds = IceCredentials::generate();
             let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-            leg.set_remote(addr(PEER), true, true);
+            leg.set_remote(addr(PEER), None, true, true);
             leg.secure(
                 now,
                 LegCrypto::Plain,
@@ -951,7 +983,7 @@ mod tests {
     fn the_latch_follows_a_peer_whose_port_changed_once_the_old_one_went_quiet() {
         let mut now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.secure(now, LegCrypto::Plain, None, None);
         let (first, rebound) = (addr(41000), addr(42000));
         let to = |leg: &mut LegacyLeg, now| leg.on_send(now, &rtp(0), &mut Vec::new()).unwrap().0;
@@ -997,7 +1029,7 @@ mod tests {
     fn the_latch_stays_while_its_source_sends_only_events_or_rtcp_or_a_stray_pauses() {
         let mut now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.set_codec(now, 8000, Some(101), false);
         leg.secure(now, LegCrypto::Plain, None, None);
         let (peer, stray) = (addr(41000), addr(42000));
@@ -1042,7 +1074,7 @@ mod tests {
     fn a_plain_leg_never_follows_another_host_and_an_srtp_leg_only_authenticated_media() {
         let mut now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.secure(now, LegCrypto::Plain, None, None);
         let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
         assert!(matches!(
@@ -1060,7 +1092,7 @@ mod tests {
         // With SDES keys, a new address is followed, but only for packets that authenticate.
         let (ours, theirs) = (key(1), key(2));
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         let sdes = LegCrypto::Sdes {
             local: ours.clone(),
             remote: theirs.clone(),
@@ -1120,7 +1152,7 @@ mod tests {
         let now = Instant::now();
         let (ours, theirs) = (key(1), key(2));
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.secure(
             now,
             LegCrypto::Sdes {
@@ -1179,7 +1211,7 @@ mod tests {
     fn a_dtls_leg_without_a_certificate_fails_once_and_sends_nothing() {
         let now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.secure(
             now,
             LegCrypto::Dtls {
@@ -1214,7 +1246,7 @@ mod tests {
         let t0 = Instant::now();
         let mut now = t0;
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         // Not watched: never reported.
         assert!(run_timers(&mut leg, &mut now, Duration::from_secs(10)).is_empty());
         leg.watch_silence(now, Some(Duration::from_secs(3)));
@@ -1273,12 +1305,73 @@ mod tests {
         assert!(run_timers(&mut leg, &mut now, Duration::from_secs(10)).is_empty());
     }
 
+    /// Where the leg's next RTCP report goes (a receiver report once RTP came in).
+    fn next_report(leg: &mut LegacyLeg, now: &mut Instant) -> Transmit {
+        for _ in 0..200 {
+            *now += Duration::from_millis(100);
+            if leg.poll_timeout().is_some_and(|t| t <= *now) {
+                leg.handle_timeout(*now);
+            }
+            if let Some(t) = leg.poll_transmit(*now) {
+                return t;
+            }
+        }
+        panic!("no RTCP report in 20 s");
+    }
+
+    #[test]
+    fn without_rtcp_mux_reports_go_to_the_sdp_rtcp_address_then_back_where_the_peer_reports_from() {
+        let mut now = Instant::now();
+        let report = || vec![0x80, 201, 0, 1, 0, 0, 0x12, 0x34];
+        for latching in [true, false] {
+            let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+            // RFC 3605: `a=rtcp:40011`, not the port after RTP's.
+            leg.set_remote(addr(PEER), Some(addr(PEER + 11)), latching, false);
+            leg.set_codec(now, 8000, None, false);
+            assert!(matches!(
+                leg.on_recv(now, addr(PEER), &mut rtp(1)),
+                Recv::Rtp(_)
+            ));
+            let t = next_report(&mut leg, &mut now);
+            assert_eq!((t.to, t.from_rtcp_port), (addr(PEER + 11), true));
+            // The peer's reports come from another port of its address (its NAT's mapping):
+            // a latching leg answers there (RFC 4961); one told not to latch keeps to the SDP.
+            assert!(matches!(
+                leg.on_recv(now, addr(PEER + 500), &mut report()),
+                Recv::Rtcp(_)
+            ));
+            let t = next_report(&mut leg, &mut now);
+            let want = if latching { PEER + 500 } else { PEER + 11 };
+            assert_eq!(t.to, addr(want), "latching: {latching}");
+            // RTCP from another host is not the peer's.
+            let stranger = SocketAddr::from(([127, 0, 0, 9], 7000));
+            assert!(matches!(
+                leg.on_recv(now, stranger, &mut report()),
+                Recv::Rtcp(_)
+            ));
+            assert_eq!(next_report(&mut leg, &mut now).to, addr(want));
+            // A new SDP address forgets what was heard from the old one.
+            leg.set_remote(addr(PEER + 100), None, latching, false);
+            assert_eq!(next_report(&mut leg, &mut now).to, addr(PEER + 101));
+        }
+        // Media latched to a NAT address the SDP did not give: its port + 1, not the SDP's
+        // RTCP address (behind the NAT), until the peer's own RTCP shows where.
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), Some(addr(PEER + 11)), true, false);
+        leg.set_codec(now, 8000, None, false);
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER + 200), &mut rtp(1)),
+            Recv::Rtp(_)
+        ));
+        assert_eq!(next_report(&mut leg, &mut now).to, addr(PEER + 201));
+    }
+
     #[test]
     fn rtcp_reports_go_to_the_peer_protected_and_count_what_was_received() {
         let mut now = Instant::now();
         let (ours, theirs) = (key(3), key(4));
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.set_codec(now, 8000, Some(101), false);
         leg.secure(
             now,
@@ -1322,7 +1415,7 @@ mod tests {
     fn telephone_events_are_detected_both_ways_and_diverted_to_info_when_asked() {
         let now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         leg.secure(now, LegCrypto::Plain, None, None);
         leg.set_codec(now, 8000, Some(101), false);
         let digit = Digit::new('9', 100).unwrap();
@@ -1365,7 +1458,7 @@ mod tests {
     fn new_sdes_keys_rekey_both_directions() {
         let now = Instant::now();
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), true, true);
+        leg.set_remote(addr(PEER), None, true, true);
         let sdes = |l: &CryptoAttr, r: &CryptoAttr| LegCrypto::Sdes {
             local: l.clone(),
             remote: r.clone(),
