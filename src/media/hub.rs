@@ -55,6 +55,12 @@ type RouteKey = (usize, u64);
 const CLOSED_MEMORY: std::time::Duration = std::time::Duration::from_secs(10);
 const CLOSED_MAX: usize = 65_536;
 
+/// Receive buffer asked for on each legacy media socket (the kernel doubles it, for its own
+/// bookkeeping): about 19 RTP packets of G.711, 380 ms at 20 ms packets. The kernel default
+/// (208 KiB, about 256 such packets) holds five seconds of one call's media: a gateway that
+/// falls behind would relay seconds-old audio rather than drop it (ADR 0019).
+const LEGACY_RCVBUF: usize = 8 << 10;
+
 /// The route of the datagrams of request stream `stream_id` on `conn`: its Quarter Stream ID is
 /// `stream_id / 4` (RFC 9297).
 fn route_key(conn: &quinn::Connection, stream_id: u64) -> RouteKey {
@@ -555,9 +561,7 @@ impl MediaHub {
     }
 
     fn bind(&self, port: u16) -> io::Result<UdpSocket> {
-        let s = UdpSocket::bind(SocketAddr::new(self.inner.ip, port))?;
-        s.set_nonblocking(true)?;
-        Ok(s)
+        bind_legacy(SocketAddr::new(self.inner.ip, port))
     }
 
     /// The legacy socket poller, made on first use: one shard per runtime worker.
@@ -993,6 +997,15 @@ enum Next {
     Flush,
 }
 
+/// A legacy media socket: non-blocking, with a receive buffer of a few hundred milliseconds of
+/// media ([`LEGACY_RCVBUF`]).
+fn bind_legacy(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let s = UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    socket2::SockRef::from(&s).set_recv_buffer_size(LEGACY_RCVBUF)?;
+    Ok(s)
+}
+
 /// One datagram from the legacy peer on the RTP port: STUN and DTLS go to the leg, RTCP is
 /// terminated, RTP is unprotected and relayed to the QUIC binding (or held until there is one).
 fn on_legacy_datagram(
@@ -1224,6 +1237,21 @@ mod tests {
             }
             other => panic!("one silence, call 7's: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_legacy_socket_holds_a_few_hundred_milliseconds_of_media_not_seconds() {
+        let sock = bind_legacy("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = sock.local_addr().unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Ten seconds of a G.711 SRTP stream arrive while nobody reads.
+        for _ in 0..500 {
+            peer.send_to(&[0x80; 182], to).unwrap();
+        }
+        let mut buf = [0u8; poller::RECV_BUF];
+        let queued = std::iter::from_fn(|| sock.recv(&mut buf).ok()).count();
+        // The kernel default would keep about 256 of them (five seconds).
+        assert!((10..=40).contains(&queued), "{queued} packets queued");
     }
 
     #[tokio::test]
