@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -161,6 +161,9 @@ scn_d() { sipp_pair d-cancel cancel_uac.xml cancel_uas.xml; }
 scn_e() { sipp_pair e-callee-bye calleebye_uac.xml calleebye_uas.xml; }
 # A second fork's 200 after the call ended: gateway B must ACK it and BYE that dialog.
 scn_o() { sipp_pair o-late-fork call_uac.xml latefork_uas.xml -d 500; }
+# Reliable provisionals (RFC 3262) both ways: the caller requires them of A, the callee sends
+# them to B; every 180/183 is PRACKed and the 200 waits for the PRACK of the answer.
+scn_r() { sipp_pair r-prack prack_uac.xml prack_uas.xml; }
 
 scn_f() { # 183 early media: RTP must reach the UAC before the 200 OK
     local dir="$1" counts early found src

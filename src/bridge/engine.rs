@@ -436,8 +436,10 @@ enum CallTimer {
     Keepalive = 7,
     /// The SIP leg's session timer (RFC 4028): our refresh is due, or the peer's is overdue.
     Session = 8,
+    /// UAS: our reliable provisional goes again, or has waited 64·T1 for its PRACK (RFC 3262).
+    Reliable = 9,
 }
-const N_TIMERS: usize = 9;
+const N_TIMERS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SipRole {
@@ -456,6 +458,8 @@ enum Purpose {
     Info,
     /// OPTIONS with `Origin` before a browser-originated INVITE (SIP CORS preflight).
     Preflight,
+    /// PRACK of a reliable provisional (RFC 3262); its answer changes nothing.
+    Prack,
 }
 
 #[derive(Debug)]
@@ -533,6 +537,8 @@ struct SipLeg {
     /// Where the call's earlier INVITEs went (the trunk addresses it failed over from): a
     /// slow one's 2xx may still come, and is ACKed and ended.
     earlier_hops: Vec<IpAddr>,
+    /// Reliable provisionals (RFC 3262), either way.
+    rel: prack::Reliable,
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
@@ -675,6 +681,53 @@ fn hop_dest(current: &Dest, addr: SocketAddr, transport: Transport) -> Dest {
             transport,
             conn: None,
         }
+    }
+}
+
+/// A dialog a response to our INVITE sets up ([`Engine::dialog_of_response`]), for requests in
+/// it that no call leg sends: a PRACK in an early dialog, the BYE that ends another fork's.
+struct ResponseDialog {
+    from: String,
+    to: String,
+    call_id: String,
+    /// The remote target (the response's Contact).
+    target: String,
+    uri: String,
+    routes: Vec<String>,
+    via_host: String,
+    dest: Dest,
+}
+
+impl ResponseDialog {
+    /// A request in the dialog: its new branch and bytes.
+    fn request(&self, method: &str, cseq: u32, extra: &Extra<'_>) -> (String, Bytes) {
+        let branch = msg::branch();
+        let spec = RequestSpec {
+            method,
+            uri: &self.uri,
+            via_host: &self.via_host,
+            transport: self.dest.transport,
+            branch: &branch,
+            from: &self.from,
+            to: &self.to,
+            call_id: &self.call_id,
+            cseq,
+            contact: None,
+            routes: &self.routes,
+            max_forwards: 70,
+        };
+        let bytes = Bytes::from(msg::request(&spec, extra));
+        (branch, bytes)
+    }
+}
+
+/// Our `Supported` option tags: reliable provisionals (RFC 3262) always, session timers
+/// (RFC 4028) when on.
+fn supported(cfg: &EngineConfig) -> &'static str {
+    if cfg.session_timer.on() {
+        "100rel, timer"
+    } else {
+        "100rel"
     }
 }
 
@@ -1274,7 +1327,11 @@ impl Engine {
             let required: Vec<String> = msg::header_values(&req.headers, "Require")
                 .iter()
                 .flat_map(|v| v.split(',').map(|t| t.trim().to_string()))
-                .filter(|t| !(t.is_empty() || timers && t.eq_ignore_ascii_case("timer")))
+                .filter(|t| {
+                    !(t.is_empty()
+                        || timers && t.eq_ignore_ascii_case("timer")
+                        || t.eq_ignore_ascii_case("100rel"))
+                })
                 .collect();
             if !required.is_empty() {
                 let unsupported = required.join(", ");
@@ -1354,9 +1411,7 @@ impl Engine {
         let mut extra = Extra::none()
             .header("Allow", msg::ALLOW)
             .header("Accept", msg::ACCEPT);
-        if self.cfg.session_timer.on() {
-            extra = extra.header("Supported", "timer");
-        }
+        extra = extra.header("Supported", supported(&self.cfg));
         if let Some(o) = acao {
             extra = extra.header("Access-Control-Allow-Origin", o);
         }
@@ -1761,6 +1816,7 @@ impl Engine {
             forks_ended: 0,
             invite_sent: None,
             earlier_hops: Vec::new(),
+            rel: prack::Reliable::for_invite(&req.headers),
             silence_watch: None,
             remote_direction: audio.direction,
             answer_in_ack: false,
@@ -2190,6 +2246,7 @@ impl Engine {
             }
             Method::Invite | Method::Update => self.on_reoffer(now, key, &m),
             Method::Info => self.on_info(now, key, &m),
+            Method::PRack => self.on_prack(now, key, &m),
             Method::Options => {
                 self.respond(now, &m, 200, "OK", None, &Extra::none());
             }
@@ -2503,7 +2560,7 @@ impl Engine {
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
             Purpose::ReInvite => self.on_reinvite_response(now, key, resp, code),
-            Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Info | Purpose::Prack => {}
             Purpose::Preflight => self.on_preflight_answer(now, key, resp, code),
         }
     }
@@ -2578,6 +2635,49 @@ impl Engine {
         }
     }
 
+    /// The dialog a response to our INVITE sets up, as the response describes it: its From
+    /// (our tag), To (the UAS's tag), Call-ID, its Contact as the remote target, and its
+    /// Record-Route reversed as the route set (RFC 3261 §12.1.2). Requests go to the first
+    /// route, else the Contact, when that is an IP literal, and otherwise back where the
+    /// response came from. None without From or To, or with more routes than
+    /// `MAX_STRAY_ROUTES` (or one longer than `MAX_ROUTE_LEN`).
+    fn dialog_of_response(&self, m: &SipInbound, resp: &Response) -> Option<ResponseDialog> {
+        let from = msg::first_header(&resp.headers, "From")?;
+        let to = msg::first_header(&resp.headers, "To")?;
+        let target = msg::first_header(&resp.headers, "Contact")
+            .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
+            .unwrap_or_else(|| msg::addr_uri(&to).to_string());
+        let mut routes = msg::record_route(&resp.headers);
+        if routes.len() > MAX_STRAY_ROUTES || routes.iter().any(|r| r.len() > MAX_ROUTE_LEN) {
+            warn!(sip_call_id = %m.info.call_id, routes = routes.len(), "a response with too many or too long Record-Route entries: no request sent in its dialog");
+            return None;
+        }
+        routes.reverse();
+        let came_from = Dest {
+            addr: m.src,
+            transport: m.transport,
+            conn: m.conn,
+        };
+        let hop = routes.first().map(|r| msg::addr_uri(r)).or(Some(&target));
+        let dest = match next_hop(&came_from, hop) {
+            NextHop::Addr(d) => d,
+            NextHop::Keep | NextHop::Lookup(..) => came_from,
+        };
+        let via_host = self.cfg.via_host(dest.transport);
+        let (uri, routes) = request_uri_and_routes(&target, &routes);
+        let (uri, routes) = (uri.into_owned(), routes.into_owned());
+        Some(ResponseDialog {
+            from,
+            to,
+            call_id: m.info.call_id.clone(),
+            uri,
+            routes,
+            target,
+            via_host,
+            dest,
+        })
+    }
+
     /// Ends the dialog that a 2xx to our INVITE made and that no call keeps: another fork's,
     /// or one after its call (RFC 3261 §13.2.2.4). Each copy of the 2xx is ACKed; the first one
     /// also gets a BYE with `reason` if `may_bye`. Returns whether a BYE went. A 2xx with more
@@ -2596,52 +2696,11 @@ impl Engine {
         reason: &str,
         may_bye: bool,
     ) -> bool {
-        let (Some(from), Some(to)) = (
-            msg::first_header(&resp.headers, "From"),
-            msg::first_header(&resp.headers, "To"),
-        ) else {
+        let Some(dialog) = self.dialog_of_response(m, resp) else {
             return false;
         };
-        let target = msg::first_header(&resp.headers, "Contact")
-            .map(|c| msg::addr_uri(msg::first_of_list(&c)).to_string())
-            .unwrap_or_else(|| msg::addr_uri(&to).to_string());
-        let mut routes = msg::record_route(&resp.headers);
-        if routes.len() > MAX_STRAY_ROUTES || routes.iter().any(|r| r.len() > MAX_ROUTE_LEN) {
-            warn!(sip_call_id = %m.info.call_id, routes = routes.len(), "a stray 2xx with too many or too long Record-Route entries: dropped");
-            return false;
-        }
-        routes.reverse();
-        let came_from = Dest {
-            addr: m.src,
-            transport: m.transport,
-            conn: m.conn,
-        };
-        let hop = routes.first().map(|r| msg::addr_uri(r)).or(Some(&target));
-        let dest = match next_hop(&came_from, hop) {
-            NextHop::Addr(d) => d,
-            NextHop::Keep | NextHop::Lookup(..) => came_from,
-        };
-        let via_host = self.cfg.via_host(dest.transport);
-        let (uri, routes) = request_uri_and_routes(&target, &routes);
-        let send = |method: &str, cseq: u32, extra: &Extra<'_>| {
-            let branch = msg::branch();
-            let spec = RequestSpec {
-                method,
-                uri: &uri,
-                via_host: &via_host,
-                transport: dest.transport,
-                branch: &branch,
-                from: &from,
-                to: &to,
-                call_id: &m.info.call_id,
-                cseq,
-                contact: None,
-                routes: &routes,
-                max_forwards: 70,
-            };
-            let bytes = Bytes::from(msg::request(&spec, extra));
-            (branch, bytes)
-        };
+        let dest = dialog.dest;
+        let send = |method: &str, cseq: u32, extra: &Extra<'_>| dialog.request(method, cseq, extra);
         let (_, ack) = send("ACK", m.info.cseq, &Extra::none());
         self.out.push_back(Output::Sip(SipOut { dest, bytes: ack }));
         let local_tag = m.info.from_tag.as_deref().unwrap_or("");
@@ -2694,9 +2753,12 @@ impl Engine {
                 self.send_cancel(now, key, &reason);
                 return;
             }
-            if code == 100 {
+            if code == 100 || !self.take_provisional(now, key, m, resp) {
                 return;
             }
+            let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+                return;
+            };
             let mut media = false;
             if !resp.body.is_empty() {
                 sip.early_answer = true;
@@ -3144,7 +3206,7 @@ impl Engine {
                 self.end_server_call(key);
                 self.finish(now, key, CallOutcome::Failed);
             }
-            Purpose::Bye | Purpose::Cancel | Purpose::Info => {}
+            Purpose::Bye | Purpose::Cancel | Purpose::Info | Purpose::Prack => {}
             Purpose::Preflight => self.preflight_failed(now, key, "no answer to the preflight"),
             Purpose::ReInvite => {
                 // RFC 3261 §14.1: a re-INVITE timeout ends the dialog.
@@ -3542,6 +3604,7 @@ impl Engine {
                     forks_ended: 0,
                     invite_sent: None,
                     earlier_hops: Vec::new(),
+                    rel: prack::Reliable::default(),
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
                     answer_in_ack: false,
@@ -4053,6 +4116,7 @@ impl Engine {
                 }
             }
             CallTimer::Session => self.on_session_timer(now, key),
+            CallTimer::Reliable => self.on_reliable_timer(now, key),
             CallTimer::Keepalive => {
                 let Some(every) = self.cfg.keepalive else {
                     return;
@@ -4370,7 +4434,9 @@ impl Engine {
         };
         let via_host = self.cfg.via_host(sip.transport);
         let contact = self.cfg.contact(sip.transport);
-        sip.local_cseq += 1;
+        // A PRACK of the attempt before may have counted on from its INVITE.
+        sip.local_cseq = sip.local_cseq.max(sip.rel.prack_cseq) + 1;
+        sip.rel.new_attempt();
         let branch = msg::branch();
         let body = sip
             .local_sdp
@@ -4379,12 +4445,14 @@ impl Engine {
             .unwrap_or_default();
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         let spec = sip.initial_request("INVITE", &via_host, &branch, &from, Some(&contact));
-        let mut extra = Extra::none().header("Allow", msg::ALLOW).sdp(&body);
+        let mut extra = Extra::none()
+            .header("Allow", msg::ALLOW)
+            .header("Supported", supported(&self.cfg))
+            .sdp(&body);
         if self.cfg.session_timer.on() {
             // RFC 4028 §7.1: the interval we ask for; the callee picks the refresher.
             let (se, min_se, _) = sip.session_ask;
             extra = extra
-                .header("Supported", "timer")
                 .header("Session-Expires", se.to_string())
                 .header("Min-SE", min_se.to_string());
         }
@@ -4478,7 +4546,8 @@ impl Engine {
         let cseq = match cseq {
             Some(c) => c,
             None => {
-                sip.local_cseq += 1;
+                // Our PRACKs counted on from the INVITE in the early dialog (RFC 3262).
+                sip.local_cseq = sip.local_cseq.max(sip.rel.prack_cseq) + 1;
                 sip.local_cseq
             }
         };
@@ -4583,7 +4652,8 @@ impl Engine {
         }
     }
 
-    /// A provisional response on the caller's INVITE (UAS leg).
+    /// A provisional response on the caller's INVITE (UAS leg): reliable when the caller
+    /// asked for that (RFC 3262), else as it is.
     fn provisional_to_caller(
         &mut self,
         now: Instant,
@@ -4592,12 +4662,31 @@ impl Engine {
         reason: &str,
         sdp: bool,
     ) {
-        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+        if self.reliable_provisional(now, key, code, reason, sdp) {
             return;
-        };
+        }
+        if let Some((out, skey)) = self.provisional_bytes(key, code, reason, sdp, Extra::none()) {
+            self.txn.send_response(now, &skey, code, out);
+        }
+    }
+
+    /// A provisional on the caller's INVITE, with `extra` headers and our SDP if `sdp`, and its
+    /// transaction; None once the INVITE has its final response.
+    fn provisional_bytes(
+        &self,
+        key: CallKey,
+        code: u16,
+        reason: &str,
+        sdp: bool,
+        extra: Extra<'_>,
+    ) -> Option<(SipOut, ServerKey)> {
+        let sip = self.calls.get(&key)?.sip.as_ref()?;
+        if sip.final_done {
+            return None;
+        }
         let (Some(req), Some(src), Some(skey)) = (&sip.invite, sip.invite_src, &sip.invite_key)
         else {
-            return;
+            return None;
         };
         let body = if sdp {
             sip.local_sdp.as_ref().map(|l| sdp::build(l).into_bytes())
@@ -4605,7 +4694,7 @@ impl Engine {
             None
         };
         let contact = self.cfg.contact(sip.transport);
-        let mut extra = Extra::none().header("Contact", contact);
+        let mut extra = extra.header("Contact", contact);
         for rr in msg::header_values(&req.headers, "Record-Route") {
             extra = extra.header("Record-Route", rr);
         }
@@ -4620,12 +4709,14 @@ impl Engine {
             dest: sip.dest,
             bytes: bytes.into(),
         };
-        let skey = skey.clone();
-        self.txn.send_response(now, &skey, code, out);
+        Some((out, skey.clone()))
     }
 
     /// 200 OK with our answer on the caller's INVITE.
     fn answer_caller(&mut self, now: Instant, key: CallKey) {
+        if self.hold_2xx_for_prack(key) {
+            return;
+        }
         let t1 = self.cfg.t1;
         let Some(call) = self.calls.get_mut(&key) else {
             return;
@@ -5385,6 +5476,9 @@ pub const NORMAL_CLEARING: &str = "Q.850;cause=16;text=\"Normal call clearing\""
 #[path = "digest_auth.rs"]
 mod digest_auth;
 
+#[path = "prack.rs"]
+mod prack;
+
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
@@ -5396,3 +5490,7 @@ mod handler_tests;
 #[cfg(test)]
 #[path = "session_timer_tests.rs"]
 mod session_timer_tests;
+
+#[cfg(test)]
+#[path = "prack_tests.rs"]
+mod prack_tests;

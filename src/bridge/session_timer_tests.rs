@@ -10,7 +10,7 @@ use super::*;
 
 /// `msg` with `lines` (each ending in CRLF) added after its Max-Forwards (a request) or its
 /// Contact (a response).
-fn with(msg: &str, lines: &str) -> String {
+pub(super) fn with(msg: &str, lines: &str) -> String {
     let at = if msg.starts_with("SIP/2.0") {
         "Content-Length"
     } else {
@@ -27,7 +27,7 @@ fn with(msg: &str, lines: &str) -> String {
 
 /// The caller's INVITE with `lines` added went in; the HTTP/3 call was made. Returns the key,
 /// or `None` with the outputs when the INVITE was answered here.
-fn a_invite(s: &mut Sim, lines: &str) -> Result<CallKey, Vec<String>> {
+pub(super) fn a_invite(s: &mut Sim, lines: &str) -> Result<CallKey, Vec<String>> {
     s.sip(&with(&invite("z9hG4bKst1", "cid-a", OFFER), lines), CALLER);
     let out = s.take();
     let created = out.iter().find_map(|o| match o {
@@ -235,7 +235,10 @@ fn our_invite_asks_for_a_timer_and_a_422_raises_the_interval_once() {
     let (key, inv) = b_invite_sent(&mut s);
     assert_eq!(header_of(&inv, "Session-Expires").as_deref(), Some("1800"));
     assert_eq!(header_of(&inv, "Min-SE").as_deref(), Some("90"));
-    assert_eq!(header_of(&inv, "Supported").as_deref(), Some("timer"));
+    assert_eq!(
+        header_of(&inv, "Supported").as_deref(),
+        Some("100rel, timer")
+    );
     s.sip(
         &with(
             &reply(&inv, 422, "Session Interval Too Small", "uas1", None),

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 /// What the gateway supports; sent in Allow on OPTIONS and 405 answers.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, PRACK";
 pub const ACCEPT: &str = "application/sdp, application/dtmf-relay, application/dtmf";
 pub const USER_AGENT: &str = concat!("riptide/", env!("CARGO_PKG_VERSION"));
 /// Largest SIP message accepted on any transport.
