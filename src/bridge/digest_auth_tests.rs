@@ -817,3 +817,52 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
         "no third try in a row"
     );
 }
+
+#[test]
+fn after_a_prack_the_reinvites_ack_still_carries_its_credentials() {
+    let mut s = Sim::with(cfg());
+    let (key, inv) = uac_invite(&mut s);
+    let ch = [
+        "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", algorithm=MD5, qop=\"auth\""
+            .to_string(),
+    ];
+    s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
+    let inv2 = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("INVITE");
+    // A reliable 180: PRACKed with CSeq 3, with credentials too.
+    let ringing = super::session_timer_tests::with(
+        &reply(&inv2, 180, "Ringing", &[], None),
+        "Require: 100rel\r\nRSeq: 1\r\n",
+    );
+    s.sip(&ringing, TRUNK);
+    let pr = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("PRACK "))
+        .expect("PRACK");
+    assert_eq!(header(&pr, "CSeq"), "3 PRACK");
+    assert!(!header(&pr, "Authorization").is_empty(), "{pr}");
+    s.sip(&reply(&inv2, 200, "OK", &[], Some(ANSWER)), TRUNK);
+    s.take();
+    let mut e = Event::new(EventName::Hold);
+    e.seq = Some(0);
+    e.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: e,
+    });
+    let re = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("re-INVITE");
+    assert_eq!(header(&re, "CSeq"), "4 INVITE");
+    s.sip(&reply(&re, 200, "OK", &[], Some(ANSWER)), TRUNK);
+    let msgs = s.sip_out();
+    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    assert_eq!(header(ack, "CSeq"), "4 ACK");
+    assert_eq!(header(ack, "Authorization"), header(&re, "Authorization"));
+}

@@ -931,6 +931,8 @@ struct EndedInvite {
     next_hop: IpAddr,
     /// ... or from where its earlier ones went (failover).
     earlier_hops: Box<[IpAddr]>,
+    /// The CSeq of its last PRACK (0: none): a late fork's BYE counts on from it.
+    prack_cseq: u32,
     /// BYEs sent to its late forks so far.
     byes: u8,
 }
@@ -1355,6 +1357,15 @@ impl Engine {
             Method::Invite if !in_dialog => self.on_initial_invite(now, m),
             Method::Cancel => self.on_cancel(now, &m),
             Method::Options if !in_dialog => self.on_options(now, &m),
+            // A PRACK belongs to an (early) dialog: without a To tag it matches nothing.
+            Method::PRack if !in_dialog => self.respond(
+                now,
+                &m,
+                481,
+                "Call/Transaction Does Not Exist",
+                None,
+                &Extra::none(),
+            ),
             _ if in_dialog => self.on_in_dialog(now, m),
             Method::Bye | Method::Update | Method::Info => {
                 self.respond(
@@ -2587,8 +2598,9 @@ impl Engine {
                 REQUEST_TERMINATED
             };
             let may_bye = sip.forks_ended < MAX_STRAY_BYES;
+            let pracked = sip.rel.prack_cseq;
             debug!(call = %key, tag = m.info.to_tag.as_deref().unwrap_or(""), "ending a second fork");
-            if self.end_stray_dialog(now, m, resp, reason, may_bye) {
+            if self.end_stray_dialog(now, m, resp, reason, (may_bye, pracked)) {
                 if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
                     sip.forks_ended += 1;
                 }
@@ -2613,7 +2625,7 @@ impl Engine {
         // nobody else can have us send requests to an address of their choosing.
         let src = m.src.ip();
         let from_hop = src == ended.next_hop || ended.earlier_hops.contains(&src);
-        let (answered, byes) = (ended.answered, ended.byes);
+        let (answered, byes, pracked) = (ended.answered, ended.byes, ended.prack_cseq);
         if !from_hop || m.info.cseq > ended.cseq {
             warn!(sip_call_id = %m.info.call_id, src = %m.src, cseq = m.info.cseq, "a 2xx for an ended call from elsewhere, or with a CSeq it never used: dropped");
             return;
@@ -2628,7 +2640,7 @@ impl Engine {
         } else {
             REQUEST_TERMINATED
         };
-        if self.end_stray_dialog(now, m, resp, reason, byes < MAX_STRAY_BYES) {
+        if self.end_stray_dialog(now, m, resp, reason, (byes < MAX_STRAY_BYES, pracked)) {
             if let Some(e) = self.ended_invites.get_mut(now, &h) {
                 e.byes += 1;
             }
@@ -2680,7 +2692,9 @@ impl Engine {
 
     /// Ends the dialog that a 2xx to our INVITE made and that no call keeps: another fork's,
     /// or one after its call (RFC 3261 §13.2.2.4). Each copy of the 2xx is ACKed; the first one
-    /// also gets a BYE with `reason` if `may_bye`. Returns whether a BYE went. A 2xx with more
+    /// also gets a BYE with `reason` if `may_bye`, with a CSeq above the 2xx's and above
+    /// `pracked` (our last PRACK's, which may have gone in that early dialog). Returns whether a
+    /// BYE went. A 2xx with more
     /// routes than `MAX_STRAY_ROUTES` (or one longer than `MAX_ROUTE_LEN`) gets nothing.
     ///
     /// Everything comes from the 2xx: its From (our tag), To (the fork's tag), Call-ID and
@@ -2694,7 +2708,7 @@ impl Engine {
         m: &SipInbound,
         resp: &Response,
         reason: &str,
-        may_bye: bool,
+        (may_bye, pracked): (bool, u32),
     ) -> bool {
         let Some(dialog) = self.dialog_of_response(m, resp) else {
             return false;
@@ -2705,7 +2719,7 @@ impl Engine {
         self.out.push_back(Output::Sip(SipOut { dest, bytes: ack }));
         let local_tag = m.info.from_tag.as_deref().unwrap_or("");
         let h = self.dialog_hash(&m.info.call_id, local_tag, m.info.to_tag.as_deref());
-        let Some(cseq) = m.info.cseq.checked_add(1) else {
+        let Some(cseq) = m.info.cseq.max(pracked).checked_add(1) else {
             return false;
         };
         if !may_bye || self.stray_byes.contains(now, &h) {
@@ -2753,26 +2767,41 @@ impl Engine {
                 self.send_cancel(now, key, &reason);
                 return;
             }
-            if code == 100 || !self.take_provisional(now, key, m, resp) {
+            if code == 100 {
                 return;
             }
+            let Some(reliable) = self.take_provisional(now, key, m, resp) else {
+                return;
+            };
             let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
                 return;
             };
             let mut media = false;
             if !resp.body.is_empty() {
                 sip.early_answer = true;
-                if let Ok(ans) = sdp::parse(&resp.body) {
-                    if let (Some(addr), Some((_, audio))) = (ans.audio_addr(), ans.audio()) {
-                        match self.secure_answer(key, &ans, audio) {
-                            Ok(()) => {
+                let offered = (sip.local_sdp.as_ref())
+                    .map(|l| l.formats.clone())
+                    .unwrap_or_default();
+                let checked = match sdp::parse(&resp.body) {
+                    Ok(ans) => match (ans.audio_addr(), ans.audio()) {
+                        (Some(addr), Some((_, audio))) => negotiate::check_answer(audio, &offered)
+                            .map_err(|e| e.to_string())
+                            .and_then(|_| self.secure_answer(key, &ans, audio))
+                            .map(|_| {
                                 media = true;
                                 self.take_remote_media(key, Some(addr), audio, latching);
-                            }
-                            // No early media then; the 2xx's answer decides the call.
-                            Err(why) => warn!(call = %key, %why, "early media refused"),
-                        }
-                    }
+                            }),
+                        _ => Err("no audio stream with an address".to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(why) = &checked {
+                    // No early media then; the 2xx's answer decides the call, or, when this
+                    // provisional was reliable and the 2xx brings none, this one refuses it.
+                    warn!(call = %key, %why, "early media refused");
+                }
+                if reliable {
+                    self.reliable_answer(key, checked);
                 }
             }
             if let Some(c) = self.calls.get_mut(&key) {
@@ -3028,11 +3057,22 @@ impl Engine {
                     None => {}
                 }
             }
-            Err(e) => {
-                // An answer without SDP in the 2xx is only valid if it came in a reliable
-                // provisional, which we do not request; keep the early media address.
-                debug!(call = %key, error = %e, "2xx without usable SDP");
-            }
+            Err(e) => match self.answer_in_provisional(key) {
+                // RFC 3262 §5: the answer came in a reliable provisional, and it is the answer.
+                Some(Err(why)) => {
+                    warn!(call = %key, error = %why, "the answer in a reliable provisional was refused");
+                    self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+                    let mut ev = Event::failed(488, "Not Acceptable Here");
+                    ev.reason = Some(format!("Not Acceptable Here: {why}"));
+                    self.send_event(key, ev);
+                    self.end_server_call(key);
+                    self.finish(now, key, CallOutcome::Failed);
+                    return;
+                }
+                Some(Ok(())) => {}
+                // Without any answer the 2xx is broken; keep the early media address if any.
+                None => debug!(call = %key, error = %e, "2xx without usable SDP"),
+            },
         }
         let timers = self.cfg.session_timer.on();
         if let Some(c) = self.calls.get_mut(&key) {
@@ -4526,7 +4566,7 @@ impl Engine {
             (Some(login), m) if m != "ACK" && m != "CANCEL" => {
                 let sip = self.calls.get(&key)?.sip.as_ref()?;
                 let uri = sip.remote_target.clone();
-                let cseq = cseq.unwrap_or(sip.local_cseq + 1);
+                let cseq = cseq.unwrap_or(sip.local_cseq.max(sip.rel.prack_cseq) + 1);
                 self.digest
                     .in_dialog_headers(key, login, (method, cseq), &uri)
             }
@@ -4715,6 +4755,8 @@ impl Engine {
     /// 200 OK with our answer on the caller's INVITE.
     fn answer_caller(&mut self, now: Instant, key: CallKey) {
         if self.hold_2xx_for_prack(key) {
+            // The callee answered: only the caller's PRACK is awaited now (at most 64·T1).
+            self.disarm(key, CallTimer::NoAnswer);
             return;
         }
         let t1 = self.cfg.t1;
@@ -5148,6 +5190,7 @@ impl Engine {
                     cseq,
                     next_hop,
                     earlier_hops: sip.earlier_hops.clone().into_boxed_slice(),
+                    prack_cseq: sip.rel.prack_cseq,
                     byes: sip.forks_ended,
                 };
                 let mut evicted = self.ended_invites.insert(now, h, ended) == Inserted::Evicting;
@@ -5313,7 +5356,11 @@ fn rtcp_of(rtp: SocketAddr, audio: &sdp::MediaDesc) -> Option<SocketAddr> {
     if audio.rtcp_mux {
         return None;
     }
-    match audio.rtcp {
+    // Port 0 names nothing, and an address of the other family is not where this media goes.
+    let given = audio
+        .rtcp
+        .filter(|(port, addr)| *port != 0 && addr.is_none_or(|a| a.is_ipv4() == rtp.is_ipv4()));
+    match given {
         Some((port, addr)) => Some(SocketAddr::new(addr.unwrap_or(rtp.ip()), port)),
         None => rtp
             .port()

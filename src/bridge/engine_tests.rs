@@ -1404,6 +1404,9 @@ fn the_media_is_told_the_offer_rtcp_address() {
         ("a=rtcp:6011\r\n", Some("127.0.0.1:6011")),
         ("a=rtcp:7011 IN IP4 192.0.2.7\r\n", Some("192.0.2.7:7011")),
         ("a=rtcp-mux\r\na=rtcp:6000\r\n", None),
+        // Port 0 names nothing; an address of the other family is not this media's.
+        ("a=rtcp:0\r\n", Some("127.0.0.1:6001")),
+        ("a=rtcp:7011 IN IP6 2001:db8::7\r\n", Some("127.0.0.1:6001")),
     ];
     for (i, (line, want)) in cases.into_iter().enumerate() {
         let mut s = Sim::new();

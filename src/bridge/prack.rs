@@ -29,6 +29,8 @@ pub(super) struct Reliable {
     /// UAC: the CSeq of our last PRACK (0: none yet). The dialog's later requests count on
     /// from it.
     pub(super) prack_cseq: u32,
+    /// UAC: the answer to our offer that came in a reliable provisional, taken or refused.
+    answer: Option<Result<(), String>>,
     /// UAS: set when the caller's INVITE named `100rel`.
     uas: Option<Box<UasReliable>>,
 }
@@ -81,6 +83,7 @@ impl Reliable {
     /// UAC: our INVITE goes again (digest, 422, failover): its early dialogs start over.
     pub(super) fn new_attempt(&mut self) {
         self.acked.clear();
+        self.answer = None;
     }
 
     /// UAS: what the caller's INVITE says of `100rel`.
@@ -104,17 +107,18 @@ impl Reliable {
 }
 
 impl Engine {
-    /// UAC: a provisional (101–199) to our INVITE. True when it is to be handled; a reliable
-    /// one is PRACKed first. False for a copy of one already acknowledged, or one out of order.
+    /// UAC: a provisional (101–199) to our INVITE. `Some(reliable)` when it is to be handled
+    /// (a reliable one is PRACKed first); None for a copy of one already acknowledged, one out
+    /// of order, or one of a fork beyond [`MAX_EARLY_DIALOGS`].
     pub(super) fn take_provisional(
         &mut self,
         now: Instant,
         key: CallKey,
         m: &SipInbound,
         resp: &Response,
-    ) -> bool {
+    ) -> Option<bool> {
         if !lists_option(&resp.headers, &["Require"], "100rel") {
-            return true;
+            return Some(false);
         }
         let Some(rseq) = msg::first_header(&resp.headers, "RSeq")
             .and_then(|v| v.trim().parse::<u32>().ok())
@@ -122,39 +126,42 @@ impl Engine {
         else {
             // §7.1 makes RSeq mandatory: without one there is nothing to acknowledge.
             debug!(call = %key, "a reliable provisional without a valid RSeq: taken as unreliable");
-            return true;
+            return Some(false);
         };
-        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
-            return false;
-        };
+        let sip = self.calls.get(&key)?.sip.as_ref()?;
+        // Our INVITE's CSeq, not the response's: a peer's number is not ours to count on from.
+        let invite_cseq = sip.invite_sent.map_or(sip.local_cseq, |(_, c)| c);
         let tag = m.info.to_tag.clone().unwrap_or_default();
-        let acked = &mut sip.rel.acked;
-        match acked.iter().position(|(t, _)| *t == tag) {
-            Some(i) => {
-                let last = acked[i].1;
-                if rseq <= last {
-                    return false;
-                }
-                if Some(rseq) != last.checked_add(1) {
-                    debug!(call = %key, rseq, last, "a reliable provisional out of order: dropped");
-                    return false;
-                }
-                acked[i].1 = rseq;
+        let acked = &sip.rel.acked;
+        let known = acked.iter().position(|(t, _)| *t == tag);
+        match known.map(|i| acked[i].1) {
+            Some(last) if rseq <= last => return None,
+            Some(last) if Some(rseq) != last.checked_add(1) => {
+                debug!(call = %key, rseq, last, "a reliable provisional out of order: dropped");
+                return None;
             }
-            None if acked.len() >= MAX_EARLY_DIALOGS => return true,
-            None => acked.push((tag, rseq)),
+            Some(_) => {}
+            None if acked.len() >= MAX_EARLY_DIALOGS => {
+                debug!(call = %key, "a reliable provisional of one fork too many: dropped");
+                return None;
+            }
+            None => {}
         }
-        let cseq = sip.rel.prack_cseq.max(m.info.cseq) + 1;
-        sip.rel.prack_cseq = cseq;
+        let cseq = sip.rel.prack_cseq.max(invite_cseq).checked_add(1)?;
         let login = sip
             .trunk
             .and_then(|t| self.cfg.trunks.get(t))
             .and_then(|t| t.digest_login.clone());
-        let Some(dialog) = self.dialog_of_response(m, resp) else {
-            return true;
-        };
-        let rack = format!("{rseq} {} INVITE", m.info.cseq);
-        let mut extra = Extra::none().header("RAck", rack);
+        // Without a dialog to send the PRACK in, the provisional is taken as unreliable, and
+        // nothing is recorded: its copies are no retransmissions of one acknowledged.
+        let dialog = self.dialog_of_response(m, resp)?;
+        let sip = self.calls.get_mut(&key)?.sip.as_mut()?;
+        match known {
+            Some(i) => sip.rel.acked[i].1 = rseq,
+            None => sip.rel.acked.push((tag, rseq)),
+        }
+        sip.rel.prack_cseq = cseq;
+        let mut extra = Extra::none().header("RAck", format!("{rseq} {invite_cseq} INVITE"));
         if let Some(login) = &login {
             let uri = dialog.target.clone();
             for (name, value) in self
@@ -168,7 +175,20 @@ impl Engine {
         self.branches.insert(branch.clone(), (key, Purpose::Prack));
         self.txn
             .send_request(now, &branch, false, bytes, dialog.dest);
-        true
+        Some(true)
+    }
+
+    /// UAC: the answer a reliable provisional brought was taken (`Ok`) or refused. The first
+    /// one is the answer to our offer (§5); a 2xx without SDP stands on it.
+    pub(super) fn reliable_answer(&mut self, key: CallKey, checked: Result<(), String>) {
+        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+            sip.rel.answer.get_or_insert(checked);
+        }
+    }
+
+    /// UAC: what became of the answer in a reliable provisional, if one came.
+    pub(super) fn answer_in_provisional(&self, key: CallKey) -> Option<Result<(), String>> {
+        self.calls.get(&key)?.sip.as_ref()?.rel.answer.clone()
     }
 
     /// UAS: sends a provisional on the caller's INVITE reliably when RFC 3262 says so; false
@@ -278,7 +298,12 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
-        let rack = msg::first_header(&req.headers, "RAck").and_then(|v| parse_rack(&v));
+        let Some(rack) = msg::first_header(&req.headers, "RAck").and_then(|v| parse_rack(&v))
+        else {
+            let reason = "Bad Request (missing or malformed RAck)";
+            self.respond(now, m, 400, reason, None, &Extra::none());
+            return;
+        };
         let invite_cseq = self
             .calls
             .get(&key)
@@ -287,7 +312,7 @@ impl Engine {
             .map(invite_cseq);
         let matched = self.uas_reliable(key).and_then(|rel| {
             let u = rel.unacked.as_ref()?;
-            let (rseq, cseq, method) = rack.as_ref()?;
+            let (rseq, cseq, method) = &rack;
             (*rseq == u.rseq && Some(*cseq) == invite_cseq && method.eq_ignore_ascii_case("INVITE"))
                 .then(|| rel.unacked.take())
         });

@@ -233,3 +233,111 @@ fn an_unreliable_or_rseq_less_provisional_gets_no_prack() {
     assert!(sip_texts(&out).is_empty(), "{:?}", sip_texts(&out));
     assert_eq!(server_events(&out).len(), 2);
 }
+
+#[test]
+fn a_late_forks_bye_counts_on_past_our_pracks_in_its_early_dialog() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    // Fork B rings reliably twice (PRACKs with CSeq 2 and 3) ...
+    s.sip(&reliable(&inv, 180, "Ringing", "forkb", 1, None), TRUNK);
+    s.sip(
+        &reliable(&inv, 183, "Session Progress", "forkb", 2, None),
+        TRUNK,
+    );
+    let pracks: Vec<String> = s
+        .sip_out()
+        .into_iter()
+        .filter(|m| m.starts_with("PRACK "))
+        .map(|m| header(&m, "CSeq"))
+        .collect();
+    assert_eq!(pracks, vec!["2 PRACK", "3 PRACK"]);
+    // ... fork A answers, then fork B: its dialog is ACKed and ended with a BYE above 3.
+    s.sip(&reply(&inv, 200, "OK", "forka", Some(ANSWER)), TRUNK);
+    s.take();
+    s.sip(&reply(&inv, 200, "OK", "forkb", Some(ANSWER)), TRUNK);
+    let msgs = s.sip_out();
+    let bye = msgs.iter().find(|m| m.starts_with("BYE ")).expect("BYE");
+    assert!(header(bye, "To").ends_with("tag=forkb"), "{bye}");
+    assert_eq!(header(bye, "CSeq"), "4 BYE");
+}
+
+#[test]
+fn an_answer_in_a_reliable_provisional_is_the_answer_when_the_2xx_has_none() {
+    // Taken: a 2xx without SDP answers the call.
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    s.sip(
+        &reliable(&inv, 183, "Session Progress", "t1", 1, Some(ANSWER)),
+        TRUNK,
+    );
+    s.take();
+    s.sip(&reply(&inv, 200, "OK", "t1", None), TRUNK);
+    let out = s.take();
+    assert!(server_events(&out)
+        .iter()
+        .any(|e| e.name == EventName::Answered));
+    assert!(!sip_texts(&out).iter().any(|m| m.starts_with("BYE ")));
+    // Refused (a codec we did not offer): the 2xx without SDP is ACKed, then the call ends
+    // with 488, as a 2xx with that answer would.
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    let g729 = ANSWER
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000");
+    s.sip(
+        &reliable(&inv, 183, "Session Progress", "t1", 1, Some(&g729)),
+        TRUNK,
+    );
+    let early = server_events(&s.take());
+    assert!(
+        early.iter().all(|e| e.media.is_none()),
+        "no early media: {early:?}"
+    );
+    s.sip(&reply(&inv, 200, "OK", "t1", None), TRUNK);
+    let out = s.take();
+    assert_eq!(
+        start_lines(&sip_texts(&out)),
+        vec![
+            format!("ACK sip:callee@{TRUNK} SIP/2.0"),
+            format!("BYE sip:callee@{TRUNK} SIP/2.0")
+        ]
+    );
+    let evs = server_events(&out);
+    assert_eq!(evs.last().map(|e| e.code), Some(Some(488)), "{evs:?}");
+    assert_eq!(s.e.active_calls(), 0);
+}
+
+#[test]
+fn a_peers_cseq_in_a_reliable_provisional_is_not_counted_on() {
+    let mut s = Sim::new();
+    let (_key, inv) = b_invite_sent(&mut s);
+    let odd = reliable(&inv, 180, "Ringing", "t1", 1, None)
+        .replace("CSeq: 1 INVITE", "CSeq: 4294967295 INVITE");
+    s.sip(&odd, TRUNK);
+    for pr in s.sip_out().iter().filter(|m| m.starts_with("PRACK ")) {
+        assert_eq!(header(pr, "RAck"), "1 1 INVITE", "our INVITE's CSeq");
+        assert_eq!(header(pr, "CSeq"), "2 PRACK");
+    }
+}
+
+#[test]
+fn a_prack_without_a_dialog_or_an_rack_is_refused() {
+    let mut s = Sim::new();
+    let key = a_invite(&mut s, "Require: 100rel\r\n").unwrap();
+    client_event(&mut s, key, EventName::Alerting, 0, false);
+    let tag = to_tag_of(&s.sip_out().remove(0));
+    s.sip(
+        &in_dialog("PRACK", "z9hG4bKpr9", 2, &tag, None),
+        super::tests::CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 400 Bad Request (missing or malformed RAck)"]
+    );
+    let no_tag = prack("z9hG4bKpr8", 3, "x", "1 1 INVITE").replace(";tag=x", "");
+    s.sip(&no_tag, super::tests::CALLER);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 481 Call/Transaction Does Not Exist"]
+    );
+}

@@ -106,6 +106,7 @@ impl Default for MediaConfig {
             dtmf: DtmfMode::default(),
             timeout_secs: 60,
             hold_timeout_secs: 3600,
+            socket_rcvbuf_kib: 32,
         }
     }
 }

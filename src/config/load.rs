@@ -387,6 +387,15 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
 
     // media
     let m = &cfg.media;
+    if !(MIN_RCVBUF_KIB..=MAX_RCVBUF_KIB).contains(&m.socket_rcvbuf_kib) {
+        return Err(err(
+            vec![key("media"), key("socket_rcvbuf_kib")],
+            format!(
+                "between {MIN_RCVBUF_KIB} and {MAX_RCVBUF_KIB} (KiB asked per legacy media socket; \
+                 the kernel doubles it)"
+            ),
+        ));
+    }
     for (name, secs) in [
         ("timeout_secs", m.timeout_secs),
         ("hold_timeout_secs", m.hold_timeout_secs),
@@ -686,6 +695,11 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Bounds of `media.socket_rcvbuf_kib`: below 4 KiB a socket holds one or two packets on a
+/// real NIC; above 4 MiB the kernel's own limit (net.core.rmem_max) decides anyway.
+const MIN_RCVBUF_KIB: u32 = 4;
+const MAX_RCVBUF_KIB: u32 = 4096;
 
 /// Largest `media.timeout_secs` and `media.hold_timeout_secs`: a day (0 is "never").
 const MAX_MEDIA_TIMEOUT: u64 = 86_400;
@@ -1675,6 +1689,18 @@ mod tests {
             invalid("[media]\ntimeout_secs = 60\nhold_timeout_secs = 9223372036854775807\n");
         assert_eq!((key.as_str(), line), ("media.hold_timeout_secs", 3));
         assert!(msg.contains("at most 86400"), "{msg}");
+        for bad in ["2", "5000"] {
+            let (key, line, _, msg) = invalid(&format!("[media]\nsocket_rcvbuf_kib = {bad}\n"));
+            assert_eq!((key.as_str(), line), ("media.socket_rcvbuf_kib", 2));
+            assert!(msg.contains("between 4 and 4096"), "{msg}");
+        }
+        assert_eq!(
+            load_str("[media]\nsocket_rcvbuf_kib = 8\n", "t")
+                .unwrap()
+                .media
+                .socket_rcvbuf_kib,
+            8
+        );
         let cfg = load_str(
             "[http3]\ncors_origins = [\"https://a.example\"]\ncors_max_age_secs = 60\n[sip]\ncors_origins = [\"http://localhost:3000\"]\n[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\npreflight = true\n",
             "t",

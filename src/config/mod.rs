@@ -183,6 +183,10 @@ pub struct MediaConfig {
     /// The same while either side holds the call (either SDP says sendonly, recvonly or
     /// inactive); 0: never.
     pub hold_timeout_secs: u64,
+    /// Receive buffer asked for on each legacy media socket, in KiB (the kernel doubles it
+    /// and caps it at net.core.rmem_max): it bounds how much of a call's media waits when
+    /// the gateway falls behind (ADR 0019).
+    pub socket_rcvbuf_kib: u32,
 }
 
 /// How DTMF reaches a legacy peer. Received, both are always understood.

@@ -55,12 +55,6 @@ type RouteKey = (usize, u64);
 const CLOSED_MEMORY: std::time::Duration = std::time::Duration::from_secs(10);
 const CLOSED_MAX: usize = 65_536;
 
-/// Receive buffer asked for on each legacy media socket (the kernel doubles it, for its own
-/// bookkeeping): about 19 RTP packets of G.711, 380 ms at 20 ms packets. The kernel default
-/// (208 KiB, about 256 such packets) holds five seconds of one call's media: a gateway that
-/// falls behind would relay seconds-old audio rather than drop it (ADR 0019).
-const LEGACY_RCVBUF: usize = 8 << 10;
-
 /// The route of the datagrams of request stream `stream_id` on `conn`: its Quarter Stream ID is
 /// `stream_id / 4` (RFC 9297).
 fn route_key(conn: &quinn::Connection, stream_id: u64) -> RouteKey {
@@ -76,6 +70,8 @@ pub struct MediaHub {
 struct Inner {
     ip: std::net::IpAddr,
     default_latching: bool,
+    /// Receive buffer asked for on each legacy socket, in bytes (`media.socket_rcvbuf_kib`).
+    rcvbuf: usize,
     metrics: Arc<Metrics>,
     events: UnboundedSender<MediaEvent>,
     /// The gateway's DTLS certificate; DTLS-SRTP legs fail without one.
@@ -363,6 +359,7 @@ impl MediaHub {
             inner: Arc::new(Inner {
                 ip: cfg.ip,
                 default_latching: cfg.latching,
+                rcvbuf: cfg.socket_rcvbuf_kib as usize * 1024,
                 metrics,
                 events,
                 dtls: None,
@@ -561,7 +558,7 @@ impl MediaHub {
     }
 
     fn bind(&self, port: u16) -> io::Result<UdpSocket> {
-        bind_legacy(SocketAddr::new(self.inner.ip, port))
+        bind_legacy(SocketAddr::new(self.inner.ip, port), self.inner.rcvbuf)
     }
 
     /// The legacy socket poller, made on first use: one shard per runtime worker.
@@ -997,12 +994,13 @@ enum Next {
     Flush,
 }
 
-/// A legacy media socket: non-blocking, with a receive buffer of a few hundred milliseconds of
-/// media ([`LEGACY_RCVBUF`]).
-fn bind_legacy(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// A legacy media socket: non-blocking, asking for a receive buffer of `rcvbuf` bytes. The
+/// kernel default (208 KiB) holds about five seconds of a G.711 call on loopback: a gateway that
+/// falls behind would relay seconds-old audio rather than drop it (ADR 0019).
+fn bind_legacy(addr: SocketAddr, rcvbuf: usize) -> io::Result<UdpSocket> {
     let s = UdpSocket::bind(addr)?;
     s.set_nonblocking(true)?;
-    socket2::SockRef::from(&s).set_recv_buffer_size(LEGACY_RCVBUF)?;
+    socket2::SockRef::from(&s).set_recv_buffer_size(rcvbuf)?;
     Ok(s)
 }
 
@@ -1240,18 +1238,34 @@ mod tests {
     }
 
     #[test]
-    fn a_legacy_socket_holds_a_few_hundred_milliseconds_of_media_not_seconds() {
-        let sock = bind_legacy("127.0.0.1:0".parse().unwrap()).unwrap();
-        let to = sock.local_addr().unwrap();
-        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Ten seconds of a G.711 SRTP stream arrive while nobody reads.
-        for _ in 0..500 {
-            peer.send_to(&[0x80; 182], to).unwrap();
-        }
-        let mut buf = [0u8; poller::RECV_BUF];
-        let queued = std::iter::from_fn(|| sock.recv(&mut buf).ok()).count();
-        // The kernel default would keep about 256 of them (five seconds).
-        assert!((10..=40).contains(&queued), "{queued} packets queued");
+    fn a_legacy_sockets_queue_is_bounded_by_the_configured_buffer_not_the_kernel_default() {
+        // Ten seconds of a G.711 SRTP stream arrive while nobody reads: how many wait?
+        let queued = |rcvbuf: Option<usize>| {
+            let sock = match rcvbuf {
+                Some(b) => bind_legacy("127.0.0.1:0".parse().unwrap(), b).unwrap(),
+                None => UdpSocket::bind("127.0.0.1:0").unwrap(),
+            };
+            sock.set_nonblocking(true).unwrap();
+            let to = sock.local_addr().unwrap();
+            let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for _ in 0..500 {
+                peer.send_to(&[0x80; 182], to).unwrap();
+            }
+            let mut buf = [0u8; poller::RECV_BUF];
+            std::iter::from_fn(|| sock.recv(&mut buf).ok()).count()
+        };
+        let default_kib = MediaConfig::default().socket_rcvbuf_kib as usize;
+        let (small, ours, kernel) = (
+            queued(Some(8 << 10)),
+            queued(Some(default_kib << 10)),
+            queued(None),
+        );
+        assert!(small >= 4, "8 KiB holds a few packets: {small}");
+        assert!(small < ours, "{small} < {ours}");
+        assert!(
+            ours * 2 < kernel,
+            "{ours} is well below the default's {kernel}"
+        );
     }
 
     #[tokio::test]
