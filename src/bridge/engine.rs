@@ -1358,24 +1358,10 @@ impl Engine {
             Method::Cancel => self.on_cancel(now, &m),
             Method::Options if !in_dialog => self.on_options(now, &m),
             // A PRACK belongs to an (early) dialog: without a To tag it matches nothing.
-            Method::PRack if !in_dialog => self.respond(
-                now,
-                &m,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                &Extra::none(),
-            ),
+            Method::PRack if !in_dialog => self.no_such_dialog(now, &m),
             _ if in_dialog => self.on_in_dialog(now, m),
             Method::Bye | Method::Update | Method::Info => {
-                self.respond(
-                    now,
-                    &m,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    None,
-                    &Extra::none(),
-                );
+                self.no_such_dialog(now, &m);
             }
             _ => {
                 self.method_not_allowed(now, &m);
@@ -2049,14 +2035,7 @@ impl Engine {
                 debug!(call_id = %inv.info.call_id, "CANCEL while verifying: 487");
                 return;
             }
-            self.respond(
-                now,
-                m,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                &Extra::none(),
-            );
+            self.no_such_dialog(now, m);
             return;
         };
         let _g = self.span(key).entered();
@@ -2211,14 +2190,7 @@ impl Engine {
         };
         let tag = m.info.to_tag.clone().unwrap_or_default();
         let Some(&key) = self.dialogs.get(&(m.info.call_id.clone(), tag)) else {
-            self.respond(
-                now,
-                &m,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                &Extra::none(),
-            );
+            self.no_such_dialog(now, &m);
             return;
         };
         let _g = self.span(key).entered();
@@ -3046,12 +3018,7 @@ impl Engine {
                     Some(Ok(a)) => self.take_remote_media(key, ans.audio_addr(), &a, latching),
                     Some(Err(e)) => {
                         warn!(call = %key, error = %e, "answer refused");
-                        self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
-                        let mut ev = Event::failed(488, "Not Acceptable Here");
-                        ev.reason = Some(format!("Not Acceptable Here: {e}"));
-                        self.send_event(key, ev);
-                        self.end_server_call(key);
-                        self.finish(now, key, CallOutcome::Failed);
+                        self.refuse_answer(now, key, &e);
                         return;
                     }
                     None => {}
@@ -3061,12 +3028,7 @@ impl Engine {
                 // RFC 3262 §5: the answer came in a reliable provisional, and it is the answer.
                 Some(Err(why)) => {
                     warn!(call = %key, error = %why, "the answer in a reliable provisional was refused");
-                    self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
-                    let mut ev = Event::failed(488, "Not Acceptable Here");
-                    ev.reason = Some(format!("Not Acceptable Here: {why}"));
-                    self.send_event(key, ev);
-                    self.end_server_call(key);
-                    self.finish(now, key, CallOutcome::Failed);
+                    self.refuse_answer(now, key, &why);
                     return;
                 }
                 Some(Ok(())) => {}
@@ -3086,6 +3048,23 @@ impl Engine {
         self.disarm(key, CallTimer::NoAnswer);
         self.send_event(key, Event::new(EventName::Answered));
         self.watch_media(key);
+    }
+
+    /// 481: the request names a dialog or transaction we do not have.
+    fn no_such_dialog(&mut self, now: Instant, m: &SipInbound) {
+        let reason = "Call/Transaction Does Not Exist";
+        self.respond(now, m, 481, reason, None, &Extra::none());
+    }
+
+    /// The answer to our INVITE was refused (`why`) after its 2xx was ACKed: BYE with 488, and
+    /// the call fails on the HTTP/3 side.
+    fn refuse_answer(&mut self, now: Instant, key: CallKey, why: &str) {
+        self.send_bye(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+        let mut ev = Event::failed(488, "Not Acceptable Here");
+        ev.reason = Some(format!("Not Acceptable Here: {why}"));
+        self.send_event(key, ev);
+        self.end_server_call(key);
+        self.finish(now, key, CallOutcome::Failed);
     }
 
     fn on_reinvite_response(&mut self, now: Instant, key: CallKey, resp: &Response, code: u16) {

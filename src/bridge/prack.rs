@@ -318,14 +318,7 @@ impl Engine {
         });
         if matched.is_none() {
             // §3: a PRACK that matches no unacknowledged reliable provisional.
-            self.respond(
-                now,
-                m,
-                481,
-                "Call/Transaction Does Not Exist",
-                None,
-                &Extra::none(),
-            );
+            self.no_such_dialog(now, m);
             return;
         }
         self.disarm(key, CallTimer::Reliable);
