@@ -12,7 +12,8 @@
 //!   lost datagram. A reliable provisional carries `Require: 100rel` and `RSeq`, and goes
 //!   again at T1, 2·T1, … until its PRACK comes; after 64·T1 without one the INVITE gets 504
 //!   (§3). Only one is outstanding at a time: later ones wait their turn, and so does a 2xx
-//!   while the outstanding one carries an answer. A PRACK that matches nothing gets 481.
+//!   while the outstanding one carries an answer. A PRACK that matches nothing gets 481; one
+//!   with an offer gets our answer in its 2xx (§5).
 
 use super::*;
 
@@ -325,9 +326,8 @@ impl Engine {
         if req.body.is_empty() {
             self.respond(now, m, 200, "OK", None, &Extra::none());
         } else {
-            // An offer in a PRACK (§5) is not taken: the provisional is acknowledged all the
-            // same, and the session stays as our answer left it.
-            self.respond(now, m, 488, "Not Acceptable Here", None, &Extra::none());
+            // An offer in the PRACK (§5): its 2xx carries our answer, as an UPDATE's would.
+            self.on_reoffer(now, key, m);
         }
         let Some(rel) = self.uas_reliable(key) else {
             return;

@@ -341,3 +341,32 @@ fn a_prack_without_a_dialog_or_an_rack_is_refused() {
         vec!["SIP/2.0 481 Call/Transaction Does Not Exist"]
     );
 }
+
+#[test]
+fn an_offer_in_a_prack_is_answered_in_its_2xx() {
+    let mut s = Sim::new();
+    let key = a_invite(&mut s, "Require: 100rel\r\n").unwrap();
+    client_event(&mut s, key, EventName::Proceeding, 0, true);
+    let progress = s.sip_out().remove(0);
+    let (tag, rseq) = (to_tag_of(&progress), header(&progress, "RSeq"));
+    // RFC 3262 §5: the caller's new offer (hold) rides on the PRACK of our answer.
+    let offer = super::tests::OFFER
+        .replace("o=- 1 1", "o=- 1 2")
+        .replace("a=sendrecv", "a=sendonly");
+    let pr = with(
+        &in_dialog("PRACK", "z9hG4bKpro", 2, &tag, Some(&offer)),
+        &format!("RAck: {rseq} 1 INVITE\r\n"),
+    );
+    s.sip(&pr, super::tests::CALLER);
+    let out = s.sip_out();
+    assert_eq!(start_lines(&out), vec!["SIP/2.0 200 OK"], "{out:?}");
+    assert_eq!(header(&out[0], "CSeq"), "2 PRACK");
+    assert!(
+        out[0].contains("a=recvonly"),
+        "our answer to the hold: {}",
+        out[0]
+    );
+    // The provisional was acknowledged: no more copies of it.
+    s.advance(Duration::from_secs(5));
+    assert!(!s.sip_out().iter().any(|m| m.starts_with("SIP/2.0 183")));
+}
