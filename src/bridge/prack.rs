@@ -60,17 +60,6 @@ struct Unacked {
     interval: Duration,
 }
 
-/// The `option-tag` lists of `names` (`Require`, `Supported` and its compact form `k`) include
-/// `tag`.
-pub(super) fn lists_option(headers: &rsipstack::sip::Headers, names: &[&str], tag: &str) -> bool {
-    names.iter().any(|name| {
-        msg::header_values(headers, name)
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(tag))
-    })
-}
-
 /// `RAck: response-num CSeq-num Method` (RFC 3262 §7.2).
 fn parse_rack(v: &str) -> Option<(u32, u32, String)> {
     let mut it = v.split_whitespace();
@@ -89,8 +78,8 @@ impl Reliable {
 
     /// UAS: what the caller's INVITE says of `100rel`.
     pub(super) fn for_invite(headers: &rsipstack::sip::Headers) -> Reliable {
-        let required = lists_option(headers, &["Require"], "100rel");
-        let supported = required || lists_option(headers, &["Supported", "k"], "100rel");
+        let required = msg::lists_option(headers, &["Require"], "100rel");
+        let supported = required || msg::lists_option(headers, &["Supported", "k"], "100rel");
         Reliable {
             uas: supported.then(|| {
                 Box::new(UasReliable {
@@ -118,7 +107,7 @@ impl Engine {
         m: &SipInbound,
         resp: &Response,
     ) -> Option<bool> {
-        if !lists_option(&resp.headers, &["Require"], "100rel") {
+        if !msg::lists_option(&resp.headers, &["Require"], "100rel") {
             return Some(false);
         }
         let Some(rseq) = msg::first_header(&resp.headers, "RSeq")

@@ -132,12 +132,7 @@ pub fn asked(headers: &rsipstack::sip::Headers) -> Asked {
 
 /// The message lists `timer` in `Supported` (or compact `k`) or `Require`.
 pub fn supports_timer(headers: &rsipstack::sip::Headers) -> bool {
-    ["Supported", "k", "Require"].iter().any(|name| {
-        msg::header_values(headers, name)
-            .iter()
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("timer"))
-    })
+    msg::lists_option(headers, &["Supported", "k", "Require"], "timer")
 }
 
 /// A response's `Session-Expires`, if it has one we can read.

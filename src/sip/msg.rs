@@ -251,6 +251,17 @@ pub fn header_values(headers: &rsipstack::sip::Headers, name: &str) -> Vec<Strin
         .collect()
 }
 
+/// The option-tag lists of the headers `names` (`Require`, `Supported` and its compact form
+/// `k`, …) include `tag` (case-insensitive).
+pub fn lists_option(headers: &rsipstack::sip::Headers, names: &[&str], tag: &str) -> bool {
+    names.iter().any(|name| {
+        header_values(headers, name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(tag))
+    })
+}
+
 pub fn first_header(headers: &rsipstack::sip::Headers, name: &str) -> Option<String> {
     header_values(headers, name).into_iter().next()
 }
