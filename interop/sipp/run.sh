@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack s-delayed-offer"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -161,6 +161,19 @@ scn_d() { sipp_pair d-cancel cancel_uac.xml cancel_uas.xml; }
 scn_e() { sipp_pair e-callee-bye calleebye_uac.xml calleebye_uas.xml; }
 # A second fork's 200 after the call ended: gateway B must ACK it and BYE that dialog.
 scn_o() { sipp_pair o-late-fork call_uac.xml latefork_uas.xml -d 500; }
+scn_s() { # delayed offer: an INVITE without SDP, our offer in the 200, the answer in the ACK; RTP both ways
+    local dir="$1" counts uac_rx uas_rx src_uac src_uas
+    ln -sf "$TONE" "$dir/tone-440hz.ulaw"
+    start_capture "$dir/rtp.pcap" "$rtp_filter"
+    sipp_pair s-delayed-offer delayed_uac.xml rtp_uas.xml -d 3000 || { stop_capture; return 1; }
+    stop_capture
+    if [ "$MODE" = pair ]; then src_uac="$A_MEDIA"; src_uas="$B_MEDIA"; else src_uac="$UAS_MEDIA"; src_uas="$UAC_MEDIA"; fi
+    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
+        "uac_rx,src=$src_uac,dst=$UAC_MEDIA" "uas_rx,src=$src_uas,dst=$UAS_MEDIA")"
+    uac_rx="$(sed -n 's/^uac_rx=//p' <<<"$counts")"; uas_rx="$(sed -n 's/^uas_rx=//p' <<<"$counts")"
+    DETAIL="offer in the 200, answer in the ACK; RTP received (pcap on lo): UAC $uac_rx pkts from $src_uac, UAS $uas_rx pkts from $src_uas (need >= $MIN_RTP each)"
+    [ "$uac_rx" -ge "$MIN_RTP" ] && [ "$uas_rx" -ge "$MIN_RTP" ]
+}
 # Reliable provisionals (RFC 3262) both ways: the caller requires them of A, the callee sends
 # them to B; every 180/183 is PRACKed and the 200 waits for the PRACK of the answer.
 scn_r() { sipp_pair r-prack prack_uac.xml prack_uas.xml; }

@@ -539,6 +539,8 @@ struct SipLeg {
     earlier_hops: Vec<IpAddr>,
     /// Reliable provisionals (RFC 3262), either way.
     rel: prack::Reliable,
+    /// UAS: the caller's INVITE had no SDP; our 2xx offers and its ACK must answer.
+    delayed_offer: bool,
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
@@ -1690,26 +1692,26 @@ impl Engine {
             reject(self, 404, "Not Found", Some("no route for destination"));
             return;
         };
-        if req.body.is_empty() {
-            reject(
-                self,
-                488,
-                "Not Acceptable Here",
-                Some("an SDP offer in the INVITE is required"),
-            );
-            return;
-        }
-        let offer = match sdp::parse(&req.body) {
-            Ok(o) => o,
-            Err(e) => {
-                let w = format!("bad SDP: {e}");
-                reject(self, 400, "Bad Request (SDP)", Some(&w));
-                return;
+        // No SDP: a delayed offer (RFC 3261 §13.2.1). Our 2xx offers, the caller's ACK answers.
+        let offer = if req.body.is_empty() {
+            None
+        } else {
+            match sdp::parse(&req.body) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    let w = format!("bad SDP: {e}");
+                    reject(self, 400, "Bad Request (SDP)", Some(&w));
+                    return;
+                }
             }
         };
-        let Some((_, audio)) = offer.audio() else {
-            reject(self, 488, "Not Acceptable Here", Some("no audio stream"));
-            return;
+        let audio = match offer.as_ref().map(|o| o.audio()) {
+            Some(Some((_, audio))) => Some(audio),
+            Some(None) => {
+                reject(self, 488, "Not Acceptable Here", Some("no audio stream"));
+                return;
+            }
+            None => None,
         };
         // A trunk that claims the source brings its media policy and codecs.
         let claimed = self.cfg.trunk_of_source(m.src);
@@ -1718,7 +1720,11 @@ impl Engine {
             (None, SipTarget::Peer(peer)) => (self.cfg.media, self.cfg.peers[*peer].codecs.clone()),
             (None, SipTarget::Handlers(_)) => (self.cfg.media, crate::config::default_codecs()),
         };
-        let adv = match negotiate::offer_to_advertisement(audio, &codecs) {
+        let adv = match audio {
+            Some(audio) => negotiate::offer_to_advertisement(audio, &codecs),
+            None => negotiate::codecs_to_advertisement(&codecs),
+        };
+        let adv = match adv {
             Ok(a) => a,
             Err(e) => {
                 let w = e.to_string();
@@ -1726,7 +1732,8 @@ impl Engine {
                 return;
             }
         };
-        let Some(remote_rtp) = offer.audio_addr() else {
+        let remote_rtp = offer.as_ref().and_then(|o| o.audio_addr());
+        if audio.is_some() && remote_rtp.is_none() {
             reject(
                 self,
                 400,
@@ -1734,14 +1741,19 @@ impl Engine {
                 Some("no connection address"),
             );
             return;
-        };
+        }
         let Some(port) = self.take_port(now) else {
             reject(self, 503, "Service Unavailable", Some("no media port free"));
             return;
         };
         let mut sec = LegSecurity::new(policy, &self.cfg.dtls_fingerprint, self.cfg.media_ip, port);
-        let negotiated = match sec.answer(&audio.proto, &offer.security(audio), offer.audio_addr())
-        {
+        let negotiated = match (&offer, audio) {
+            (Some(offer), Some(audio)) => sec
+                .answer(&audio.proto, &offer.security(audio), remote_rtp)
+                .map(Some),
+            _ => sec.offer().map(|()| None),
+        };
+        let negotiated = match negotiated {
             Ok(n) => n,
             Err(why) => {
                 self.put_port(port, now);
@@ -1750,7 +1762,8 @@ impl Engine {
             }
         };
         let key = self.new_key();
-        let rtcp_mux = audio.rtcp_mux;
+        // Our offer proposes rtcp-mux; an answer keeps what the caller's offer said.
+        let rtcp_mux = audio.is_none_or(|a| a.rtcp_mux);
         let local_sdp = LocalSdp {
             username: "riptide".into(),
             session_id: key.0 + 1000,
@@ -1759,16 +1772,20 @@ impl Engine {
             port,
             formats: vec![],
             ptime: None,
-            direction: audio.direction.reverse(),
+            direction: audio.map_or(SdpDirection::SendRecv, |a| a.direction.reverse()),
             rtcp_mux,
             rejected: offer
-                .media
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != offer.audio().map(|(ai, _)| ai))
+                .flat_map(|o| {
+                    let ai = o.audio().map(|(ai, _)| ai);
+                    o.media
+                        .iter()
+                        .enumerate()
+                        .filter(move |(i, _)| Some(*i) != ai)
+                })
                 .map(|(_, md)| (md.kind.clone(), md.proto.clone(), md.raw_formats.clone()))
                 .collect(),
-            audio_index: offer.audio().map(|(i, _)| i).unwrap_or(0),
+            audio_index: offer.as_ref().and_then(|o| o.audio()).map_or(0, |(i, _)| i),
             proto: sec.proto.clone(),
             session_attrs: sec.session_attrs.clone(),
             media_attrs: sec.media_attrs.clone(),
@@ -1815,8 +1832,9 @@ impl Engine {
             earlier_hops: Vec::new(),
             rel: prack::Reliable::for_invite(&req.headers),
             silence_watch: None,
-            remote_direction: audio.direction,
-            answer_in_ack: false,
+            remote_direction: audio.map_or(SdpDirection::SendRecv, |a| a.direction),
+            answer_in_ack: audio.is_none(),
+            delayed_offer: audio.is_none(),
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -1878,8 +1896,8 @@ impl Engine {
                 SipTarget::Handlers(tg) => format!("handlers of TG {tg}"),
             },
             trunk = claimed.map_or("-", |t| self.cfg.trunks[t].name.as_str()),
-            media = negotiated.crypto.label(),
-            ice = negotiated.ice.is_some(),
+            media = negotiated.as_ref().map_or("offered", |n| n.crypto.label()),
+            ice = negotiated.as_ref().is_some_and(|n| n.ice.is_some()),
             "SIP call in"
         );
         self.metrics.call_started();
@@ -1889,15 +1907,18 @@ impl Engine {
         self.calls.insert(key, Box::new(call));
         self.out
             .push_back(Output::Media(MediaCmd::OpenLegacy { call: key, port }));
-        // Keys before the address: nothing is sent to the peer unprotected in between.
-        self.push_secure(key, negotiated);
-        self.out.push_back(Output::Media(MediaCmd::SetRemote {
-            call: key,
-            rtp: remote_rtp,
-            rtcp: rtcp_of(remote_rtp, audio),
-            rtcp_mux,
-            latching: policy.latching,
-        }));
+        // Keys before the address: nothing is sent to the peer unprotected in between. A
+        // delayed offer has neither until the ACK answers.
+        if let (Some(negotiated), Some(remote_rtp), Some(audio)) = (negotiated, remote_rtp, audio) {
+            self.push_secure(key, negotiated);
+            self.out.push_back(Output::Media(MediaCmd::SetRemote {
+                call: key,
+                rtp: remote_rtp,
+                rtcp: rtcp_of(remote_rtp, audio),
+                rtcp_mux,
+                latching: policy.latching,
+            }));
+        }
         let na = self.cfg.no_answer_timeout;
         if let SipTarget::Handlers(tg) = target {
             // No PASSporT: the handler is our own client, and `verstat` is not carried to it.
@@ -2120,6 +2141,13 @@ impl Engine {
         let SipMessage::Request(req) = &m.msg else {
             return;
         };
+        let delayed = (self.calls.get_mut(&key))
+            .and_then(|c| c.sip.as_mut())
+            .is_some_and(|s| std::mem::take(&mut s.delayed_offer));
+        if delayed {
+            self.answer_to_delayed_offer(now, key, &req.body);
+            return;
+        }
         if req.body.is_empty() {
             return;
         }
@@ -2132,6 +2160,40 @@ impl Engine {
         };
         if self.take_dialog_answer(now, key, &ans, "the ACK's SDP answer") {
             self.watch_media(key);
+        }
+    }
+
+    /// The caller's ACK answers the offer our 2xx made to its offerless INVITE. Without an
+    /// answer we can take (none, unreadable, a codec or security we did not offer) the call has
+    /// no media: it ends with BYE and 488 on both sides, an ACK being beyond refusal.
+    fn answer_to_delayed_offer(&mut self, now: Instant, key: CallKey, body: &[u8]) {
+        let offered = (self.calls.get(&key))
+            .and_then(|c| c.sip.as_ref())
+            .and_then(|s| s.local_sdp.as_ref())
+            .map(|l| l.formats.clone())
+            .unwrap_or_default();
+        let checked = if body.is_empty() {
+            Err("no SDP answer in the ACK".to_string())
+        } else {
+            sdp::parse(body).map_err(|e| e.to_string()).and_then(|ans| {
+                let (_, audio) = ans.audio().ok_or("no audio stream")?;
+                negotiate::check_answer(audio, &offered).map_err(|e| e.to_string())?;
+                Ok(ans)
+            })
+        };
+        match checked {
+            Ok(ans) => {
+                if self.take_dialog_answer(now, key, &ans, "the ACK's SDP answer") {
+                    self.watch_media(key);
+                }
+            }
+            Err(why) => {
+                warn!(call = %key, %why, "the ACK does not answer our offer: ending the call");
+                let reason = "SIP;cause=488;text=\"Not Acceptable Here\"";
+                self.send_bye(now, key, reason);
+                self.end_ript(now, key, reason);
+                self.finish(now, key, CallOutcome::Answered);
+            }
         }
     }
 
@@ -3624,6 +3686,7 @@ impl Engine {
                     invite_sent: None,
                     earlier_hops: Vec::new(),
                     rel: prack::Reliable::default(),
+                    delayed_offer: false,
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
                     answer_in_ack: false,
@@ -4681,6 +4744,20 @@ impl Engine {
         reason: &str,
         sdp: bool,
     ) {
+        // After a delayed offer our SDP would be an offer, which an unreliable provisional
+        // cannot carry (RFC 3261 §13.2.1): the 183 goes without it, and the 2xx offers. A
+        // caller that also requires 100rel would need the offer in the first reliable
+        // provisional (RFC 3262 §5) and take the answer from its PRACK, which we do not do: it
+        // gets no provisional at all (100 aside), and the offer in the 2xx.
+        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+            return;
+        };
+        let delayed = sip.delayed_offer;
+        if delayed && sip.rel.caller_requires() {
+            debug!(call = %key, code, "delayed offer with 100rel required: provisional not sent");
+            return;
+        }
+        let sdp = sdp && !delayed;
         if self.reliable_provisional(now, key, code, reason, sdp) {
             return;
         }
@@ -5520,3 +5597,7 @@ mod session_timer_tests;
 #[cfg(test)]
 #[path = "prack_tests.rs"]
 mod prack_tests;
+
+#[cfg(test)]
+#[path = "delayed_offer_tests.rs"]
+mod delayed_offer_tests;

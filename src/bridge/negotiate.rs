@@ -98,6 +98,32 @@ pub fn offer_to_advertisement(
     Ok(Advertisement { codecs })
 }
 
+/// Our own codecs as an advertisement, for a caller whose INVITE made no offer (delayed
+/// offer): `allowed` in its order (the config's preference), with each codec's usual clock,
+/// channels and payload type, and the 20 ms packet time; unknown names are left out.
+pub fn codecs_to_advertisement(allowed: &[String]) -> Result<Advertisement, NegotiationError> {
+    let codecs: Vec<CodecAd> = allowed
+        .iter()
+        .filter_map(|name| known_codec(name))
+        .map(|k| CodecAd {
+            media_type: format!("audio/{}", k.name),
+            clock_rate: k.clock_rate,
+            channels: k.channels,
+            max_packet_time: None,
+            packet_time: Some(DEFAULT_PTIME),
+            payload_type: Some(k.payload_type),
+            parameters: (k.name == "telephone-event").then(|| "0-16".to_string()),
+        })
+        .collect();
+    if !codecs.iter().any(|c| !c.is_auxiliary()) {
+        return Err(NegotiationError::NoCommonCodec {
+            offered: Vec::new(),
+            allowed: allowed.to_vec(),
+        });
+    }
+    Ok(Advertisement { codecs })
+}
+
 fn check_transport(m: &MediaDesc) -> Result<(), NegotiationError> {
     if m.kind != "audio" {
         return Err(NegotiationError::NotAudio {

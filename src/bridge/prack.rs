@@ -70,6 +70,11 @@ fn parse_rack(v: &str) -> Option<(u32, u32, String)> {
 }
 
 impl Reliable {
+    /// UAS: the caller's INVITE listed `100rel` in `Require`.
+    pub(super) fn caller_requires(&self) -> bool {
+        self.uas.as_ref().is_some_and(|u| u.required)
+    }
+
     /// UAC: our INVITE goes again (digest, 422, failover): its early dialogs start over.
     pub(super) fn new_attempt(&mut self) {
         self.acked.clear();

@@ -1,0 +1,167 @@
+//! An INVITE without SDP (delayed offer, RFC 3261 §13.2.1 and RFC 3264): our 2xx offers, and
+//! the caller's ACK answers.
+
+use super::tests::{
+    answer, description, ev, header_of, in_dialog, invite, sip_texts, start_lines, to_tag_of, Sim,
+    CALLER,
+};
+use super::*;
+
+/// The caller's answer to our offer: PCMU and telephone-event at 127.0.0.1:6100.
+const CALLER_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+
+/// An offerless INVITE went in and the HTTP/3 call was made: the key and the advertisement.
+fn offerless_call(s: &mut Sim) -> CallKey {
+    s.sip(&invite("z9hG4bKdo1", "cid-a", ""), CALLER);
+    let out = s.take();
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::Media(MediaCmd::SetRemote { .. }))),
+        "no address to send media to yet"
+    );
+    let (key, adv) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                Some((*call, request.advertisement.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no call made: {:?}", sip_texts(&out)));
+    // Our own codecs, in the configured order, with their usual payload types.
+    let names: Vec<(String, Option<u8>)> = adv
+        .codecs
+        .iter()
+        .map(|c| (c.media_type.clone(), c.payload_type))
+        .collect();
+    assert_eq!(names[0], ("audio/PCMU".to_string(), Some(0)), "{names:?}");
+    assert!(
+        names.contains(&("audio/telephone-event".to_string(), Some(101))),
+        "{names:?}"
+    );
+    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    key
+}
+
+fn ack(tag: &str, sdp: Option<&str>) -> String {
+    in_dialog("ACK", "z9hG4bKdoack", 1, tag, sdp)
+}
+
+#[test]
+fn an_offerless_invite_gets_our_offer_in_the_2xx_and_the_acks_answer_sets_the_media() {
+    let mut s = Sim::new();
+    let key = offerless_call(&mut s);
+    // Early media cannot carry an offer in an unreliable provisional: a 183 without SDP.
+    let mut e = ev(EventName::Proceeding, 0);
+    e.media = Some(true);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: e,
+    });
+    let progress = s.sip_out().remove(0);
+    assert!(progress.starts_with("SIP/2.0 183 "), "{progress}");
+    assert!(!progress.contains("m=audio"), "{progress}");
+    // Answered: the 200 offers the codec the HTTP/3 side chose.
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 1),
+    });
+    let ok = s.sip_out().remove(0);
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    assert!(ok.contains("m=audio ") && ok.contains("RTP/AVP 0"), "{ok}");
+    assert!(ok.contains("a=sendrecv"), "{ok}");
+    let tag = to_tag_of(&ok);
+    // The ACK answers: media goes where it says.
+    s.sip(&ack(&tag, Some(CALLER_ANSWER)), CALLER);
+    let out = s.take();
+    let remote = out.iter().find_map(|o| match o {
+        Output::Media(MediaCmd::SetRemote { rtp, .. }) => Some(*rtp),
+        _ => None,
+    });
+    assert_eq!(remote, Some("127.0.0.1:6100".parse().unwrap()));
+    assert!(!sip_texts(&out).iter().any(|m| m.starts_with("BYE ")));
+    assert_eq!(s.e.active_calls(), 1);
+}
+
+#[test]
+fn an_ack_without_an_acceptable_answer_ends_the_offerless_call() {
+    let pcma = CALLER_ANSWER
+        .replace("RTP/AVP 0 101", "RTP/AVP 8")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000");
+    for answer_sdp in [None, Some(pcma.as_str()), Some("v=0\r\nnonsense")] {
+        let mut s = Sim::new();
+        let key = offerless_call(&mut s);
+        let ok = answer(&mut s, key);
+        assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+        let tag = to_tag_of(&ok);
+        s.sip(&ack(&tag, answer_sdp), CALLER);
+        let out = s.take();
+        let msgs = sip_texts(&out);
+        assert_eq!(
+            start_lines(&msgs),
+            vec![format!("BYE sip:caller@{CALLER} SIP/2.0")],
+            "{answer_sdp:?}"
+        );
+        assert!(
+            header_of(&msgs[0], "Reason").is_some_and(|r| r.contains("488")),
+            "{}",
+            msgs[0]
+        );
+        let ended = out.iter().any(|o| {
+            matches!(o, Output::Ript(RiptCmd::ClientSend { event, .. }) if event.name == EventName::End)
+        });
+        assert!(ended, "{answer_sdp:?}: {out:?}");
+        assert_eq!(s.e.active_calls(), 0);
+    }
+}
+
+#[test]
+fn an_offerless_invite_that_requires_100rel_gets_no_provisional_and_the_offer_in_the_2xx() {
+    let mut s = Sim::new();
+    s.sip(
+        &super::session_timer_tests::with(
+            &invite("z9hG4bKdo2", "cid-a", ""),
+            "Require: 100rel\r\n",
+        ),
+        CALLER,
+    );
+    let out = s.take();
+    let (key, adv) = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+                Some((*call, request.advertisement.clone().unwrap()))
+            }
+            _ => None,
+        })
+        .expect("call made");
+    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    s.ript(RiptEvent::CallCreated {
+        call: key,
+        description: description(proposal),
+    });
+    s.take();
+    // RFC 3262 §5 would put our offer in the first reliable provisional: none goes.
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    assert!(s.sip_out().is_empty());
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 1),
+    });
+    let ok = s.sip_out().remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200 OK") && ok.contains("m=audio"),
+        "{ok}"
+    );
+    s.sip(&ack(&to_tag_of(&ok), Some(CALLER_ANSWER)), CALLER);
+    assert!(s.sip_out().is_empty(), "answered, nothing refused");
+    assert_eq!(s.e.active_calls(), 1);
+}
