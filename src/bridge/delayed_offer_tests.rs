@@ -10,7 +10,7 @@ use super::*;
 /// The caller's answer to our offer: PCMU and telephone-event at 127.0.0.1:6100.
 const CALLER_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
 
-/// An offerless INVITE went in and the HTTP/3 call was made: the key and the advertisement.
+/// An offerless INVITE went in and the HTTP/3 call was made: the key.
 fn offerless_call(s: &mut Sim) -> CallKey {
     s.sip(&invite("z9hG4bKdo1", "cid-a", ""), CALLER);
     let out = s.take();
@@ -163,5 +163,88 @@ fn an_offerless_invite_that_requires_100rel_gets_no_provisional_and_the_offer_in
     );
     s.sip(&ack(&to_tag_of(&ok), Some(CALLER_ANSWER)), CALLER);
     assert!(s.sip_out().is_empty(), "answered, nothing refused");
+    assert_eq!(s.e.active_calls(), 1);
+}
+
+#[test]
+fn a_secure_leg_takes_the_acks_answer_only_with_its_keys_and_address() {
+    use crate::config::{IceMode, MediaSecurity};
+    // Our offer in the 200 carries SDES keys.
+    let mut s = super::tests::secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    let key = offerless_call(&mut s);
+    let ok = answer(&mut s, key);
+    assert!(ok.contains("RTP/SAVP") && ok.contains("a=crypto:"), "{ok}");
+    let tag = to_tag_of(&ok);
+    // An answer without c= (and without keys) is no answer to it.
+    let no_addr = CALLER_ANSWER.replace("c=IN IP4 127.0.0.1\r\n", "");
+    s.sip(&ack(&tag, Some(&no_addr)), CALLER);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec![format!("BYE sip:caller@{CALLER} SIP/2.0")]
+    );
+    assert_eq!(s.e.active_calls(), 0);
+    // One with the caller's key: the keys are applied before the address.
+    let mut s = super::tests::secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    let key = offerless_call(&mut s);
+    let ok = answer(&mut s, key);
+    let tag = to_tag_of(&ok);
+    let crypto = ok
+        .lines()
+        .find(|l| l.starts_with("a=crypto:1 "))
+        .expect("our first suite")
+        .to_string();
+    let theirs = format!(
+        "{}a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        CALLER_ANSWER.replace("RTP/AVP", "RTP/SAVP")
+    );
+    assert!(crypto.contains("AES"), "{crypto}");
+    s.sip(&ack(&tag, Some(&theirs)), CALLER);
+    let out = s.take();
+    let order: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Media(MediaCmd::Secure { .. }) => Some("secure"),
+            Output::Media(MediaCmd::SetRemote { .. }) => Some("remote"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec!["secure", "remote"], "{out:?}");
+    assert_eq!(s.e.active_calls(), 1);
+}
+
+#[test]
+fn an_update_with_an_offer_before_the_ack_gets_491() {
+    let mut s = Sim::new();
+    let key = offerless_call(&mut s);
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    let ringing = s.sip_out().remove(0);
+    let tag = to_tag_of(&ringing);
+    // Before our 2xx (which must carry our offer) and after it, until the ACK answers.
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup1", 2, &tag, Some(CALLER_ANSWER)),
+        CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 491 Request Pending"]
+    );
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Answered, 1),
+    });
+    s.take();
+    s.sip(
+        &in_dialog("UPDATE", "z9hG4bKup2", 3, &tag, Some(CALLER_ANSWER)),
+        CALLER,
+    );
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec!["SIP/2.0 491 Request Pending"]
+    );
+    s.sip(&ack(&tag, Some(CALLER_ANSWER)), CALLER);
+    s.take();
     assert_eq!(s.e.active_calls(), 1);
 }

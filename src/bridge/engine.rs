@@ -2017,10 +2017,20 @@ impl Engine {
             .and_then(|c| c.sip.as_mut())
             .and_then(|s| s.local_sdp.as_mut())
         {
+            let rtcp_mux = local.rtcp_mux && audio.rtcp_mux;
+            let changed = local.proto != proto
+                || local.session_attrs != session_attrs
+                || local.media_attrs != media_attrs
+                || local.rtcp_mux != rtcp_mux;
             local.proto = proto;
             local.session_attrs = session_attrs;
             local.media_attrs = media_attrs;
-            local.rtcp_mux &= audio.rtcp_mux;
+            local.rtcp_mux = rtcp_mux;
+            // RFC 3264 §8: a description that changed is a new version, should we send it
+            // again (a 2xx to an offerless re-INVITE).
+            if changed {
+                local.session_version += 1;
+            }
         }
         self.push_secure(key, n);
         Ok(())
@@ -2177,6 +2187,8 @@ impl Engine {
         } else {
             sdp::parse(body).map_err(|e| e.to_string()).and_then(|ans| {
                 let (_, audio) = ans.audio().ok_or("no audio stream")?;
+                // Without an address nothing would set the media's security or destination.
+                ans.audio_addr().ok_or("no connection address")?;
                 negotiate::check_answer(audio, &offered).map_err(|e| e.to_string())?;
                 Ok(ans)
             })
@@ -2413,9 +2425,10 @@ impl Engine {
             }
         }
         let mut changed = None;
-        if !is_invite && !req.body.is_empty() && sip.reinvite_in_unacked && sip.answer_in_ack {
-            // RFC 3311 §5.2: our offer (in the 2xx to an offerless re-INVITE) still waits for
-            // its answer in the ACK.
+        let our_offer_out = sip.reinvite_in_unacked && sip.answer_in_ack || sip.delayed_offer;
+        if !is_invite && !req.body.is_empty() && our_offer_out {
+            // RFC 3311 §5.2: our offer (in the 2xx to an offerless INVITE or re-INVITE) still
+            // waits for its answer in the ACK, or (delayed offer, before our 2xx) is yet to go.
             self.respond(now, m, 491, "Request Pending", None, &Extra::none());
             return;
         }

@@ -2092,7 +2092,10 @@ fn ript_call_created(s: &mut Sim, out: &[Output]) -> CallKey {
     key
 }
 
-fn secure_sim(security: crate::config::MediaSecurity, ice: crate::config::IceMode) -> Sim {
+pub(super) fn secure_sim(
+    security: crate::config::MediaSecurity,
+    ice: crate::config::IceMode,
+) -> Sim {
     let mut c = cfg();
     let policy = MediaPolicy {
         security,

@@ -100,10 +100,19 @@ pub fn offer_to_advertisement(
 
 /// Our own codecs as an advertisement, for a caller whose INVITE made no offer (delayed
 /// offer): `allowed` in its order (the config's preference), with each codec's usual clock,
-/// channels and payload type, and the 20 ms packet time; unknown names are left out.
+/// channels and payload type, and the 20 ms packet time; unknown names are left out. Whatever
+/// the far side picks is all our offer will hold, so when `allowed` has G.711 only G.711 (and
+/// telephone-event and CN) is advertised: the codec every SIP peer can answer.
 pub fn codecs_to_advertisement(allowed: &[String]) -> Result<Advertisement, NegotiationError> {
+    let g711 = |name: &str| {
+        ["PCMU", "PCMA"]
+            .iter()
+            .any(|g| g.eq_ignore_ascii_case(name))
+    };
+    let any_g711 = allowed.iter().any(|n| g711(n));
     let codecs: Vec<CodecAd> = allowed
         .iter()
+        .filter(|name| !any_g711 || g711(name) || is_auxiliary_codec(name))
         .filter_map(|name| known_codec(name))
         .map(|k| CodecAd {
             media_type: format!("audio/{}", k.name),
