@@ -141,19 +141,23 @@ sipp_pair() {
 
 rtp_filter="udp and (port $UAC_MEDIA or port $UAS_MEDIA or port $UAC_PORT)"
 
-scn_a() { # basic call with RTP both ways
-    local dir="$1" counts uac_rx uas_rx src_uac src_uas
+# rtp_both_ways DIR NAME UAC_XML WHAT: a call whose UAC and UAS (rtp_uas.xml) send PCMU for 3 s;
+# each must receive >= MIN_RTP packets from the gateways' media ranges (pcap on lo).
+rtp_both_ways() {
+    local dir="$1" name="$2" uac="$3" what="$4" counts uac_rx uas_rx src_uac src_uas
     ln -sf "$TONE" "$dir/tone-440hz.ulaw"
     start_capture "$dir/rtp.pcap" "$rtp_filter"
-    sipp_pair a-basic-rtp rtp_uac.xml rtp_uas.xml -d 3000 || { stop_capture; return 1; }
+    sipp_pair "$name" "$uac" rtp_uas.xml -d 3000 || { stop_capture; return 1; }
     stop_capture
     if [ "$MODE" = pair ]; then src_uac="$A_MEDIA"; src_uas="$B_MEDIA"; else src_uac="$UAS_MEDIA"; src_uas="$UAC_MEDIA"; fi
     counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
         "uac_rx,src=$src_uac,dst=$UAC_MEDIA" "uas_rx,src=$src_uas,dst=$UAS_MEDIA")"
     uac_rx="$(sed -n 's/^uac_rx=//p' <<<"$counts")"; uas_rx="$(sed -n 's/^uas_rx=//p' <<<"$counts")"
-    DETAIL="RTP received (pcap on lo): UAC $uac_rx pkts from $src_uac, UAS $uas_rx pkts from $src_uas (need >= $MIN_RTP each)"
+    DETAIL="${what}RTP received (pcap on lo): UAC $uac_rx pkts from $src_uac, UAS $uas_rx pkts from $src_uas (need >= $MIN_RTP each)"
     [ "$uac_rx" -ge "$MIN_RTP" ] && [ "$uas_rx" -ge "$MIN_RTP" ]
 }
+
+scn_a() { rtp_both_ways "$1" a-basic-rtp rtp_uac.xml ""; } # basic call with RTP both ways
 
 scn_b() { sipp_pair b-busy-486 busy_uac.xml busy_uas.xml; }
 scn_c() { sipp_pair c-no-answer noanswer_uac.xml noanswer_uas.xml; }
@@ -161,19 +165,8 @@ scn_d() { sipp_pair d-cancel cancel_uac.xml cancel_uas.xml; }
 scn_e() { sipp_pair e-callee-bye calleebye_uac.xml calleebye_uas.xml; }
 # A second fork's 200 after the call ended: gateway B must ACK it and BYE that dialog.
 scn_o() { sipp_pair o-late-fork call_uac.xml latefork_uas.xml -d 500; }
-scn_s() { # delayed offer: an INVITE without SDP, our offer in the 200, the answer in the ACK; RTP both ways
-    local dir="$1" counts uac_rx uas_rx src_uac src_uas
-    ln -sf "$TONE" "$dir/tone-440hz.ulaw"
-    start_capture "$dir/rtp.pcap" "$rtp_filter"
-    sipp_pair s-delayed-offer delayed_uac.xml rtp_uas.xml -d 3000 || { stop_capture; return 1; }
-    stop_capture
-    if [ "$MODE" = pair ]; then src_uac="$A_MEDIA"; src_uas="$B_MEDIA"; else src_uac="$UAS_MEDIA"; src_uas="$UAC_MEDIA"; fi
-    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
-        "uac_rx,src=$src_uac,dst=$UAC_MEDIA" "uas_rx,src=$src_uas,dst=$UAS_MEDIA")"
-    uac_rx="$(sed -n 's/^uac_rx=//p' <<<"$counts")"; uas_rx="$(sed -n 's/^uas_rx=//p' <<<"$counts")"
-    DETAIL="offer in the 200, answer in the ACK; RTP received (pcap on lo): UAC $uac_rx pkts from $src_uac, UAS $uas_rx pkts from $src_uas (need >= $MIN_RTP each)"
-    [ "$uac_rx" -ge "$MIN_RTP" ] && [ "$uas_rx" -ge "$MIN_RTP" ]
-}
+# Delayed offer: an INVITE without SDP, our offer in the 200, the answer in the ACK; RTP both ways.
+scn_s() { rtp_both_ways "$1" s-delayed-offer delayed_uac.xml "offer in the 200, answer in the ACK; "; }
 # Reliable provisionals (RFC 3262) both ways: the caller requires them of A, the callee sends
 # them to B; every 180/183 is PRACKed and the 200 waits for the PRACK of the answer.
 scn_r() { sipp_pair r-prack prack_uac.xml prack_uas.xml; }

@@ -12,7 +12,13 @@ const CALLER_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 
 
 /// An offerless INVITE went in and the HTTP/3 call was made: the key.
 fn offerless_call(s: &mut Sim) -> CallKey {
-    s.sip(&invite("z9hG4bKdo1", "cid-a", ""), CALLER);
+    offerless_call_with(s, "")
+}
+
+/// As [`offerless_call`], with `lines` added to the INVITE.
+fn offerless_call_with(s: &mut Sim, lines: &str) -> CallKey {
+    let inv = super::session_timer_tests::with(&invite("z9hG4bKdo1", "cid-a", ""), lines);
+    s.sip(&inv, CALLER);
     let out = s.take();
     assert!(
         !out.iter()
@@ -123,29 +129,7 @@ fn an_ack_without_an_acceptable_answer_ends_the_offerless_call() {
 #[test]
 fn an_offerless_invite_that_requires_100rel_gets_no_provisional_and_the_offer_in_the_2xx() {
     let mut s = Sim::new();
-    s.sip(
-        &super::session_timer_tests::with(
-            &invite("z9hG4bKdo2", "cid-a", ""),
-            "Require: 100rel\r\n",
-        ),
-        CALLER,
-    );
-    let out = s.take();
-    let (key, adv) = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-                Some((*call, request.advertisement.clone().unwrap()))
-            }
-            _ => None,
-        })
-        .expect("call made");
-    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(proposal),
-    });
-    s.take();
+    let key = offerless_call_with(&mut s, "Require: 100rel\r\n");
     // RFC 3262 §5 would put our offer in the first reliable provisional: none goes.
     s.ript(RiptEvent::ClientEvent {
         call: key,
