@@ -2,8 +2,7 @@
 //! the caller's ACK answers.
 
 use super::tests::{
-    answer, description, ev, header_of, in_dialog, invite, sip_texts, start_lines, to_tag_of, Sim,
-    CALLER,
+    answer, ev, header_of, in_dialog, invite, sip_texts, start_lines, to_tag_of, Sim, CALLER,
 };
 use super::*;
 
@@ -25,14 +24,7 @@ fn offerless_call_with(s: &mut Sim, lines: &str) -> CallKey {
             .any(|o| matches!(o, Output::Media(MediaCmd::SetRemote { .. }))),
         "no address to send media to yet"
     );
-    let (key, adv) = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-                Some((*call, request.advertisement.clone().unwrap()))
-            }
-            _ => None,
-        })
+    let (key, adv) = super::tests::created_call(&out)
         .unwrap_or_else(|| panic!("no call made: {:?}", sip_texts(&out)));
     // Our own codecs, in the configured order, with their usual payload types.
     let names: Vec<(String, Option<u8>)> = adv
@@ -45,11 +37,7 @@ fn offerless_call_with(s: &mut Sim, lines: &str) -> CallKey {
         names.contains(&("audio/telephone-event".to_string(), Some(101))),
         "{names:?}"
     );
-    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(proposal),
-    });
+    super::tests::call_made(s, key, &adv);
     s.take();
     key
 }

@@ -268,25 +268,32 @@ pub(super) fn ev(name: EventName, seq: u64) -> Event {
 pub(super) fn a_call_created(s: &mut Sim) -> CallKey {
     s.sip(&invite("z9hG4bKinv1", "cid-a", OFFER), CALLER);
     let out = s.take();
-    let (key, adv) = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-                Some((*call, request.advertisement.clone().unwrap()))
-            }
-            _ => None,
-        })
-        .expect("CreateCall");
+    let (key, adv) = created_call(&out).expect("CreateCall");
     assert!(out
         .iter()
         .any(|o| matches!(o, Output::Sip(s) if s.bytes.starts_with(b"SIP/2.0 100"))));
-    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
+    call_made(s, key, &adv);
+    s.take();
+    key
+}
+
+/// The call `out` asks the HTTP/3 side to make, with its advertisement.
+pub(super) fn created_call(out: &[Output]) -> Option<(CallKey, Advertisement)> {
+    out.iter().find_map(|o| match o {
+        Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
+            Some((*call, request.advertisement.clone().unwrap()))
+        }
+        _ => None,
+    })
+}
+
+/// The HTTP/3 side made call `key`, choosing from `adv` with the default codecs.
+pub(super) fn call_made(s: &mut Sim, key: CallKey, adv: &Advertisement) {
+    let proposal = negotiate::choose(adv, &crate::config::default_codecs()).unwrap();
     s.ript(RiptEvent::CallCreated {
         call: key,
         description: description(proposal),
     });
-    s.take();
-    key
 }
 
 /// The RIPT side answers a caller-side call; returns the 200 sent to the caller.
@@ -1186,20 +1193,8 @@ fn record_route_is_echoed_and_in_dialog_requests_follow_the_route_set() {
     );
     s.sip(&inv, CALLER);
     let out = s.take();
-    let key = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-                Some((*call, request.advertisement.clone().unwrap()))
-            }
-            _ => None,
-        })
-        .unwrap();
-    let p = negotiate::choose(&key.1, &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key.0,
-        description: description(p),
-    });
+    let key = created_call(&out).unwrap();
+    call_made(&mut s, key.0, &key.1);
     s.ript(RiptEvent::ClientEvent {
         call: key.0,
         event: ev(EventName::Answered, 0),
@@ -4443,20 +4438,8 @@ fn a_call_in_answered_with_route(
         lookups(&out).is_empty(),
         "nothing is looked up before the call is answered"
     );
-    let (key, adv) = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-                Some((*call, request.advertisement.clone().unwrap()))
-            }
-            _ => None,
-        })
-        .unwrap();
-    let p = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(p),
-    });
+    let (key, adv) = created_call(&out).unwrap();
+    call_made(s, key, &adv);
     s.ript(RiptEvent::ClientEvent {
         call: key,
         event: ev(EventName::Answered, 0),

@@ -3,8 +3,8 @@
 //! refresh does not come.
 
 use super::tests::{
-    answer, b_invite_sent, callee_reinvite, cfg, description, header_of, in_dialog, invite, reply,
-    request_to, server_events, start_lines, to_tag_of, Sim, ANSWER, CALLER, OFFER, TRUNK,
+    answer, b_invite_sent, callee_reinvite, cfg, header_of, in_dialog, invite, reply, request_to,
+    server_events, start_lines, to_tag_of, Sim, ANSWER, CALLER, OFFER, TRUNK,
 };
 use super::*;
 
@@ -30,20 +30,10 @@ pub(super) fn with(msg: &str, lines: &str) -> String {
 pub(super) fn a_invite(s: &mut Sim, lines: &str) -> Result<CallKey, Vec<String>> {
     s.sip(&with(&invite("z9hG4bKst1", "cid-a", OFFER), lines), CALLER);
     let out = s.take();
-    let created = out.iter().find_map(|o| match o {
-        Output::Ript(RiptCmd::CreateCall { call, request, .. }) => {
-            Some((*call, request.advertisement.clone().unwrap()))
-        }
-        _ => None,
-    });
-    let Some((key, adv)) = created else {
+    let Some((key, adv)) = super::tests::created_call(&out) else {
         return Err(super::tests::sip_texts(&out));
     };
-    let proposal = negotiate::choose(&adv, &crate::config::default_codecs()).unwrap();
-    s.ript(RiptEvent::CallCreated {
-        call: key,
-        description: description(proposal),
-    });
+    super::tests::call_made(s, key, &adv);
     s.take();
     Ok(key)
 }
