@@ -587,6 +587,12 @@ enum NextHop<'a> {
 }
 
 impl SipLeg {
+    /// The CSeq number of the dialog's next request of ours: past our last one, and past our
+    /// PRACKs, which count on from the INVITE in the early dialog (RFC 3262).
+    fn next_cseq(&self) -> u32 {
+        self.local_cseq.max(self.rel.prack_cseq) + 1
+    }
+
     /// The URI in-dialog requests are sent toward (RFC 3261 §12.2.1.1): the first route, else
     /// on a UAC leg the remote target.
     fn hop_uri(&self) -> Option<&str> {
@@ -4530,7 +4536,7 @@ impl Engine {
         let via_host = self.cfg.via_host(sip.transport);
         let contact = self.cfg.contact(sip.transport);
         // A PRACK of the attempt before may have counted on from its INVITE.
-        sip.local_cseq = sip.local_cseq.max(sip.rel.prack_cseq) + 1;
+        sip.local_cseq = sip.next_cseq();
         sip.rel.new_attempt();
         let branch = msg::branch();
         let body = sip
@@ -4621,7 +4627,7 @@ impl Engine {
             (Some(login), m) if m != "ACK" && m != "CANCEL" => {
                 let sip = self.calls.get(&key)?.sip.as_ref()?;
                 let uri = sip.remote_target.clone();
-                let cseq = cseq.unwrap_or(sip.local_cseq.max(sip.rel.prack_cseq) + 1);
+                let cseq = cseq.unwrap_or(sip.next_cseq());
                 self.digest
                     .in_dialog_headers(key, login, (method, cseq), &uri)
             }
@@ -4642,7 +4648,7 @@ impl Engine {
             Some(c) => c,
             None => {
                 // Our PRACKs counted on from the INVITE in the early dialog (RFC 3262).
-                sip.local_cseq = sip.local_cseq.max(sip.rel.prack_cseq) + 1;
+                sip.local_cseq = sip.next_cseq();
                 sip.local_cseq
             }
         };

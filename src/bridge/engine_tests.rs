@@ -3859,24 +3859,36 @@ fn a_browser_call_stays_at_the_address_its_preflight_allowed() {
     assert_eq!(invites_to(&s.take())[0].0, second_addr());
 }
 
-#[test]
-fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
+/// A call on a two-address trunk whose first address timed out: the sim, the first INVITE and
+/// the one sent to the second address.
+fn failed_over() -> (Sim, String, String) {
     let mut s = two_address_sim();
     let (_key, first) = b_invite_sent(&mut s);
     s.advance(Duration::from_millis(32_100));
     let second = invites_to(&s.take()).pop().unwrap().1;
-    // The first address was only slow: its 200 comes after the call moved on.
-    let late = reply(&first, 200, "OK", "slow1", Some(ANSWER));
-    s.sip(&late, TRUNK);
-    let msgs = s.sip_out();
+    (s, first, second)
+}
+
+/// `msgs` are the ACK and the BYE that end the first address's late dialog.
+fn assert_acked_and_ended(msgs: &[String]) {
     assert_eq!(
-        start_lines(&msgs),
+        start_lines(msgs),
         vec![
             "ACK sip:callee@127.0.0.1:5080 SIP/2.0",
             "BYE sip:callee@127.0.0.1:5080 SIP/2.0"
         ],
         "{msgs:?}"
     );
+}
+
+#[test]
+fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
+    let (mut s, first, second) = failed_over();
+    // The first address was only slow: its 200 comes after the call moved on.
+    let late = reply(&first, 200, "OK", "slow1", Some(ANSWER));
+    s.sip(&late, TRUNK);
+    let msgs = s.sip_out();
+    assert_acked_and_ended(&msgs);
     assert!(msgs
         .iter()
         .all(|m| m.contains("To: ") && m.contains("tag=slow1")));
@@ -3898,10 +3910,7 @@ fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended() {
 
 #[test]
 fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended_after_the_call_too() {
-    let mut s = two_address_sim();
-    let (_key, first) = b_invite_sent(&mut s);
-    s.advance(Duration::from_millis(32_100));
-    let second = invites_to(&s.take()).pop().unwrap().1;
+    let (mut s, first, second) = failed_over();
     // The second address is busy: the call ends.
     s.sip(&reply(&second, 486, "Busy Here", "busy2", None), SECOND);
     assert_eq!(server_events(&s.take()).last().unwrap().code, Some(486));
@@ -3910,14 +3919,7 @@ fn a_late_answer_from_an_address_that_had_timed_out_is_acked_and_ended_after_the
     // INVITE the call sent last went elsewhere.
     s.sip(&reply(&first, 200, "OK", "slow1", Some(ANSWER)), TRUNK);
     let msgs = s.sip_out();
-    assert_eq!(
-        start_lines(&msgs),
-        vec![
-            "ACK sip:callee@127.0.0.1:5080 SIP/2.0",
-            "BYE sip:callee@127.0.0.1:5080 SIP/2.0"
-        ],
-        "{msgs:?}"
-    );
+    assert_acked_and_ended(&msgs);
     // A host the call never sent to still gets nothing.
     s.sip(
         &reply(&first, 200, "OK", "other3", Some(ANSWER)),
