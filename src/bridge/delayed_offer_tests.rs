@@ -224,3 +224,33 @@ fn an_update_with_an_offer_before_the_ack_gets_491() {
     s.take();
     assert_eq!(s.e.active_calls(), 1);
 }
+
+#[test]
+fn a_description_the_answer_narrowed_goes_out_again_as_a_new_version() {
+    use crate::config::{IceMode, MediaSecurity};
+    let o_version = |m: &str| -> u64 {
+        let o = m.lines().find(|l| l.starts_with("o=")).expect("o= line");
+        o.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let mut s = super::tests::secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    let key = offerless_call(&mut s);
+    let ok = answer(&mut s, key);
+    assert!(ok.matches("a=crypto:").count() > 1, "{ok}");
+    let tag = to_tag_of(&ok);
+    let theirs = format!(
+        "{}a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        CALLER_ANSWER.replace("RTP/AVP", "RTP/SAVP")
+    );
+    s.sip(&ack(&tag, Some(&theirs)), CALLER);
+    s.take();
+    // An offerless re-INVITE: our 2xx offers the description the answer settled (one suite),
+    // under a higher o= version (RFC 3264 §8).
+    s.sip(&in_dialog("INVITE", "z9hG4bKre1", 2, &tag, None), CALLER);
+    let re = s
+        .sip_out()
+        .into_iter()
+        .find(|m| m.starts_with("SIP/2.0 200"))
+        .expect("200 to the re-INVITE");
+    assert_eq!(re.matches("a=crypto:").count(), 1, "{re}");
+    assert!(o_version(&re) > o_version(&ok), "{ok}\n{re}");
+}
