@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
                 || (session(&a, &z), Vec::with_capacity(1500)),
                 |(tx, out)| {
                     for p in &packets {
-                        let _ = black_box(tx.protect_rtp_into(black_box(p), out));
+                        let _ = black_box(tx.protect_rtp_into(black_box(p), None, out));
                         black_box(&out);
                     }
                 },

@@ -4,10 +4,10 @@
 Usage:
   rtpcount.py PCAP SPEC [SPEC ...] [--until REGEX [--until-dst PORT]]
 
-SPEC is  name,src=PORT|LO-HI,dst=PORT|LO-HI  (src/dst optional). For every SPEC the
-script prints `name=<count>` where count is the number of IPv4/UDP packets whose
-ports match and whose payload looks like RTP (version 2, payload type not in the
-RTCP range 72-76, at least 12 bytes).
+SPEC is  name,src=PORT|LO-HI,dst=PORT|LO-HI,pt=N  (src/dst/pt optional). For every
+SPEC the script prints `name=<count>` where count is the number of IPv4/UDP packets
+whose ports match and whose payload looks like RTP (version 2, payload type not in
+the RTCP range 72-76, at least 12 bytes), with payload type N when `pt` is given.
 
 --until REGEX stops counting at the first UDP packet whose payload matches REGEX
 (Python bytes regex, DOTALL; optionally only packets to --until-dst PORT) and prints
@@ -28,16 +28,18 @@ def parse_range(text):
 
 def parse_spec(spec):
     parts = spec.split(",")
-    name, src, dst = parts[0], None, None
+    name, src, dst, pt = parts[0], None, None, None
     for p in parts[1:]:
         key, _, val = p.partition("=")
         if key == "src":
             src = parse_range(val)
         elif key == "dst":
             dst = parse_range(val)
+        elif key == "pt":
+            pt = int(val)
         else:
             raise SystemExit(f"bad spec part {p!r} in {spec!r}")
-    return name, src, dst
+    return name, src, dst, pt
 
 
 def udp_records(path):
@@ -123,7 +125,7 @@ def main(argv):
             until_dst = int(args.pop(0))
         else:
             specs.append(parse_spec(a))
-    counts = {name: 0 for name, _, _ in specs}
+    counts = {name: 0 for name, _, _, _ in specs}
     found = 0
     for sport, dport, payload in packets(pcap):
         if until is not None and (until_dst is None or dport == until_dst) and until.search(payload):
@@ -131,13 +133,15 @@ def main(argv):
             break
         if not is_rtp(payload):
             continue
-        for name, src, dst in specs:
+        for name, src, dst, pt in specs:
             if src and not src[0] <= sport <= src[1]:
                 continue
             if dst and not dst[0] <= dport <= dst[1]:
                 continue
+            if pt is not None and payload[1] & 0x7F != pt:
+                continue
             counts[name] += 1
-    for name, _, _ in specs:
+    for name, _, _, _ in specs:
         print(f"{name}={counts[name]}")
     if until is not None:
         print(f"until_found={found}")

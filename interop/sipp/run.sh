@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack s-delayed-offer"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack s-delayed-offer t-pt-renumber"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -170,6 +170,37 @@ scn_s() { rtp_both_ways "$1" s-delayed-offer delayed_uac.xml "offer in the 200, 
 # Reliable provisionals (RFC 3262) both ways: the caller requires them of A, the callee sends
 # them to B; every 180/183 is PRACKed and the 200 waits for the PRACK of the answer.
 scn_r() { sipp_pair r-prack prack_uac.xml prack_uas.xml; }
+
+# Payload types the callee numbers its own way (RFC 3264 §5.1, §6.1): it answers telephone-event
+# 101 with 100, then re-INVITEs with 96. Gateway B must send it the callee's numbers and pass its
+# 96 on to A as 101; the caller must never see anything but its own 101.
+scn_t() {
+    local dir="$1" counts
+    python3 - /usr/share/sip-tester/dtmf_2833_1.pcap "$dir" <<'PY' || { DETAIL="could not write the DTMF pcaps"; return 1; }
+import sys
+src, out = sys.argv[1], sys.argv[2]
+data = open(src, "rb").read()  # Ethernet, 24-byte file header, 16-byte record headers
+for pt in (101, 96):
+    b, off = bytearray(data), 24
+    while off + 16 <= len(b):
+        incl = int.from_bytes(b[off + 8:off + 12], "little")
+        rtp = off + 16 + 42
+        b[rtp + 1] = (b[rtp + 1] & 0x80) | pt
+        off += 16 + incl
+    open(f"{out}/te{pt}.pcap", "wb").write(b)
+PY
+    start_capture "$dir/rtp.pcap" "$rtp_filter"
+    sipp_pair t-pt-renumber pt_uac.xml pt_uas.xml || { stop_capture; return 1; }
+    stop_capture
+    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
+        "uas100,src=$B_MEDIA,dst=$UAS_MEDIA,pt=100" "uas96,src=$B_MEDIA,dst=$UAS_MEDIA,pt=96" \
+        "uas101,src=$B_MEDIA,dst=$UAS_MEDIA,pt=101" "uac101,src=$A_MEDIA,dst=$UAC_MEDIA,pt=101" \
+        "uac96,src=$A_MEDIA,dst=$UAC_MEDIA,pt=96")"
+    cnt() { sed -n "s/^$1=//p" <<<"$counts"; }
+    DETAIL="events at the callee (pcap on lo): $(cnt uas100) as 100 after its answer, $(cnt uas96) as 96 after its re-INVITE, $(cnt uas101) as 101 (want 0); at the caller: $(cnt uac101) as 101, $(cnt uac96) as 96 (want 0)"
+    [ "$(cnt uas100)" -ge 5 ] && [ "$(cnt uas96)" -ge 5 ] && [ "$(cnt uas101)" = 0 ] \
+        && [ "$(cnt uac101)" -ge 5 ] && [ "$(cnt uac96)" = 0 ]
+}
 
 scn_f() { # 183 early media: RTP must reach the UAC before the 200 OK
     local dir="$1" counts early found src
@@ -487,6 +518,11 @@ for s in "${SELECTED[@]}"; do
     rm -rf "$dir"; mkdir -p "$dir"
     if [ "$MODE" = direct ] && { [ "$s" = k-stir ] || [ "$s" = l-verify ]; }; then
         echo "SKIP $s (direct mode: the gateway is the signer)"
+        SKIPPED=$((SKIPPED + 1))
+        continue
+    fi
+    if [ "$MODE" = direct ] && [ "$s" = t-pt-renumber ]; then
+        echo "SKIP $s (direct mode: the gateway is what renumbers)"
         SKIPPED=$((SKIPPED + 1))
         continue
     fi

@@ -7,10 +7,10 @@ use super::tests::{
 use super::*;
 
 /// The caller's answer to our offer: PCMU and telephone-event at 127.0.0.1:6100.
-const CALLER_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
+pub(super) const CALLER_ANSWER: &str = "v=0\r\no=- 5 5 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6100 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n";
 
 /// An offerless INVITE went in and the HTTP/3 call was made: the key.
-fn offerless_call(s: &mut Sim) -> CallKey {
+pub(super) fn offerless_call(s: &mut Sim) -> CallKey {
     offerless_call_with(s, "")
 }
 
@@ -46,7 +46,7 @@ fn offerless_call_with(s: &mut Sim, lines: &str) -> CallKey {
     key
 }
 
-fn ack(tag: &str, sdp: Option<&str>) -> String {
+pub(super) fn ack(tag: &str, sdp: Option<&str>) -> String {
     in_dialog("ACK", "z9hG4bKdoack", 1, tag, sdp)
 }
 

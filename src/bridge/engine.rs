@@ -13,6 +13,7 @@
 use super::negotiate;
 use super::secure::{LegSecurity, MediaPolicy, Negotiated};
 use super::session_timer::{self, Asked, SessionTimer, TimerConfig, UasAnswer};
+use crate::media::rtp::PayloadMap;
 use crate::media::{MediaCmd, MediaEvent};
 use crate::metrics::{CallOutcome, Failover, Metrics};
 use crate::recent::{Inserted, Recent};
@@ -546,6 +547,11 @@ struct SipLeg {
     silence_watch: Option<Option<Duration>>,
     /// The direction of the peer's last SDP, offer or answer: whether it said it would send.
     remote_direction: SdpDirection,
+    /// The audio formats of the peer's last SDP, offer or answer: the payload type numbers it
+    /// expects to receive (RFC 3264 §5.1).
+    remote_formats: Vec<sdp::Format>,
+    /// The payload type renumbering last given to the media hub.
+    payload_map: PayloadMap,
     /// Our 2xx to an offerless re-INVITE carries an offer: the caller's ACK has the answer.
     answer_in_ack: bool,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it,
@@ -1839,6 +1845,8 @@ impl Engine {
             rel: prack::Reliable::for_invite(&req.headers),
             silence_watch: None,
             remote_direction: audio.map_or(SdpDirection::SendRecv, |a| a.direction),
+            remote_formats: audio.map(|a| a.formats.clone()).unwrap_or_default(),
+            payload_map: PayloadMap::default(),
             answer_in_ack: audio.is_none(),
             delayed_offer: audio.is_none(),
             reinvite_out: None,
@@ -2252,7 +2260,9 @@ impl Engine {
     ) {
         if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
             sip.remote_direction = a.direction;
+            sip.remote_formats.clone_from(&a.formats);
         }
+        self.map_payload_types(key);
         if let Some(addr) = addr {
             self.out.push_back(Output::Media(MediaCmd::SetRemote {
                 call: key,
@@ -2512,6 +2522,7 @@ impl Engine {
                 }
                 local.session_version += 1;
                 sip.remote_direction = audio.direction;
+                sip.remote_formats.clone_from(&audio.formats);
                 if let Some(addr) = offer.audio_addr() {
                     let rtcp_mux = audio.rtcp_mux;
                     self.out.push_back(Output::Media(MediaCmd::SetRemote {
@@ -2582,6 +2593,7 @@ impl Engine {
             ev.media_direction = Some(dir.as_attr().to_string());
             self.send_event(key, ev);
         }
+        self.map_payload_types(key);
         self.watch_media(key);
     }
 
@@ -3708,6 +3720,8 @@ impl Engine {
                     delayed_offer: false,
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
+                    remote_formats: Vec::new(),
+                    payload_map: PayloadMap::default(),
                     answer_in_ack: false,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
@@ -3866,6 +3880,7 @@ impl Engine {
         );
         self.out
             .push_back(Output::Media(codec_cmd(key, &formats, info)));
+        self.map_payload_types(key);
         self.out.push_back(Output::Ript(RiptCmd::RespondTake {
             req,
             result: Ok(description),
@@ -3930,6 +3945,7 @@ impl Engine {
             l.ptime = Some(ptime);
         }
         self.out.push_back(Output::Media(codec));
+        self.map_payload_types(key);
         match d.state {
             CallState::Answered => self.on_event(now, key, Event::new(EventName::Answered)),
             CallState::Alerting => self.on_event(now, key, Event::new(EventName::Alerting)),
@@ -4969,6 +4985,43 @@ impl Engine {
         }
     }
 
+    /// Tells the media hub how the SIP peer's payload type numbers differ from the HTTP/3
+    /// side's (`MediaCmd::MapPayloadTypes`), once both the proposal and the peer's SDP are
+    /// known; sent again only when that changed. Called after every SDP the peer sends and
+    /// every answer of ours.
+    fn map_payload_types(&mut self, key: CallKey) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let (Some(proposal), Some(sip)) = (call.ript.proposal.as_ref(), call.sip.as_mut()) else {
+            return;
+        };
+        if call.port.is_none() || sip.remote_formats.is_empty() {
+            return;
+        }
+        // The RIPT server's media comes from its client (C2s) and goes back to it (S2c).
+        let (toward_peer, from_peer) = match call.ript.role {
+            RiptRole::Server => (Direction::C2s, Direction::S2c),
+            RiptRole::Client { .. } => (Direction::S2c, Direction::C2s),
+        };
+        let ours = sip.local_sdp.as_ref().map_or(&[][..], |l| &l.formats[..]);
+        let map = negotiate::payload_map(
+            &negotiate::proposal_to_formats(proposal, toward_peer).0,
+            &negotiate::proposal_to_formats(proposal, from_peer).0,
+            ours,
+            &sip.remote_formats,
+        );
+        if map == sip.payload_map {
+            return;
+        }
+        if !map.is_identity() {
+            info!(call = %key, to_peer = ?map.to_peer, from_peer = ?map.from_peer, "the SIP peer numbers payload types its own way: rewriting them");
+        }
+        sip.payload_map = map.clone();
+        self.out
+            .push_back(Output::Media(MediaCmd::MapPayloadTypes { call: key, map }));
+    }
+
     /// Watches an answered call's SIP peer for silence (`MediaCmd::WatchSilence`): for
     /// `media_timeout` while both sides' SDP say `sendrecv`, for `hold_media_timeout` while
     /// either side holds the call. Sent again only when the limit changes.
@@ -5400,7 +5453,6 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
     Some(Bytes::from(s))
 }
 
-/// The CSeq number of a request we hold.
 /// The hub's view of a negotiated codec list: the voice codec's clock rate, and the
 /// telephone-event payload type at that rate.
 fn codec_cmd(call: CallKey, formats: &[sdp::Format], dtmf_as_info: bool) -> MediaCmd {
@@ -5418,13 +5470,13 @@ fn codec_cmd(call: CallKey, formats: &[sdp::Format], dtmf_as_info: bool) -> Medi
     }
 }
 
+/// The CSeq number of a request we hold.
 fn invite_cseq(req: &Request) -> u32 {
     msg::first_header(&req.headers, "CSeq")
         .and_then(|c| c.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
 
-/// RTCP goes to the RTP port + 1 unless muxed (RFC 3550 §11); `None` at the top of the range.
 /// Where the peer takes RTCP: nowhere apart with rtcp-mux (RFC 5761), else its `a=rtcp`
 /// (RFC 3605: a port, and an address when not the media's), else the RTP port + 1.
 fn rtcp_of(rtp: SocketAddr, audio: &sdp::MediaDesc) -> Option<SocketAddr> {
@@ -5620,3 +5672,7 @@ mod prack_tests;
 #[cfg(test)]
 #[path = "delayed_offer_tests.rs"]
 mod delayed_offer_tests;
+
+#[cfg(test)]
+#[path = "payload_type_tests.rs"]
+mod payload_type_tests;

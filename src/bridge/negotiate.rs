@@ -6,6 +6,7 @@
 //! payload types); the RIPT server picks one voice codec from it plus `telephone-event` and `CN`
 //! when available, and the proposal uses the same codec and payload types both ways.
 
+use crate::media::rtp::PayloadMap;
 use crate::ript::model::{
     is_auxiliary_codec, known_codec, Advertisement, CodecAd, Direction, Proposal, StreamProp,
 };
@@ -246,11 +247,34 @@ fn stream_codec_name(s: &StreamProp) -> &str {
         .map_or(s.media_type.as_str(), |(_, n)| n)
 }
 
+/// How the SIP peer's payload type numbers differ from the HTTP/3 side's (RFC 3264: the numbers
+/// in an SDP are the ones its sender receives with). `toward_peer` and `from_peer` are the
+/// proposal's formats in the two directions; `ours` our last SDP's formats, with whose numbers
+/// the peer sends; `theirs` the peer's last SDP's formats, the numbers it expects.
+pub fn payload_map(
+    toward_peer: &[Format],
+    from_peer: &[Format],
+    ours: &[Format],
+    theirs: &[Format],
+) -> PayloadMap {
+    let pairs = |from: &[Format], to: &[Format]| -> Vec<(u8, u8)> {
+        from.iter()
+            .filter_map(|f| {
+                let t = to.iter().find(|t| t.same_codec(f))?;
+                (t.pt != f.pt).then_some((f.pt, t.pt))
+            })
+            .collect()
+    };
+    PayloadMap {
+        to_peer: pairs(toward_peer, theirs),
+        from_peer: pairs(ours, from_peer),
+    }
+}
+
 /// Checks the SIP callee's answer against what we offered and returns the voice codec it chose.
 ///
 /// RFC 3264 §6.1 lets the answerer use different payload type numbers for the same codec; the
-/// returned format carries the answerer's number, which the caller must use when sending toward
-/// them (compare `pt` with the offered format to detect that).
+/// returned format carries the answerer's number. The relay sends with it ([`payload_map`]).
 pub fn check_answer(answer: &MediaDesc, offered: &[Format]) -> Result<Format, NegotiationError> {
     if answer.port == 0 {
         return Err(NegotiationError::AudioRejected);

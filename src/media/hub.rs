@@ -431,6 +431,10 @@ impl MediaHub {
                 let m = self.call(call);
                 lock(&m.leg).set_codec(Instant::now(), clock_rate, dtmf_pt, dtmf_as_info);
             }
+            MediaCmd::MapPayloadTypes { call, map } => {
+                let m = self.call(call);
+                lock(&m.leg).map_payload_types(&map);
+            }
             MediaCmd::SendDtmf { call, digit } => self.send_dtmf(call, digit),
             MediaCmd::WatchSilence { call, limit } => {
                 let m = self.call(call);

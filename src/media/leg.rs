@@ -20,7 +20,7 @@ use super::dtls::{DtlsEndpoint, DtlsIdentity, DtlsRole, DtlsState, Fingerprint};
 use super::dtmf::{Digit, DigitDetector};
 use super::ice::{IceAgent, IceCredentials, IceMode, IceState};
 use super::rtcp::{LegRtcp, LegStats};
-use super::rtp::{self, PacketKind};
+use super::rtp::{self, PacketKind, PayloadMap, PayloadTables};
 use super::srtp::SrtpSession;
 use super::{LegCrypto, LegIce};
 use crate::metrics::DropReason;
@@ -107,6 +107,9 @@ pub struct LegacyLeg {
     // Boxed, like `applied` below: most legs have neither, and inline they would cost every call
     // their full size (about 1.3 KiB together).
     dtls: Option<Box<DtlsEndpoint>>,
+    /// Payload types the peer's SDP numbers differently from the HTTP/3 side (rare: boxed, and
+    /// `None` costs the packet one test).
+    payload_types: Option<Box<PayloadTables>>,
     failed: bool,
     /// RTCP shares the RTP port (RFC 5761).
     mux: bool,
@@ -204,6 +207,7 @@ impl LegacyLeg {
             rtcp_heard: None,
             keys: Keys::Plain,
             dtls: None,
+            payload_types: None,
             ice: None,
             failure: None,
             failed: false,
@@ -284,6 +288,13 @@ impl LegacyLeg {
             self.detect_in = DigitDetector::new(clock_rate);
             self.detect_out = DigitDetector::new(clock_rate);
         }
+    }
+
+    /// The payload type numbers to rewrite from now on (see [`PayloadMap`]). The rest of the leg
+    /// (telephone-event detection, statistics) sees the HTTP/3 side's numbers: packets from the
+    /// peer are rewritten first, packets toward it last.
+    pub fn map_payload_types(&mut self, map: &PayloadMap) {
+        self.payload_types = PayloadTables::new(map);
     }
 
     /// DTMF keys seen since the last call, `true` for those on their way to the peer.
@@ -611,14 +622,24 @@ impl LegacyLeg {
             moves = true;
         }
         let plain: Packet<'a> = match &mut self.keys {
-            Keys::Plain => Packet::Borrowed(pkt),
+            Keys::Plain => {
+                if let (Some(t), PacketKind::Rtp) = (&self.payload_types, kind) {
+                    t.from_peer(pkt);
+                }
+                Packet::Borrowed(pkt)
+            }
             Keys::Pending => return Recv::Drop(DropReason::NotSecured),
             Keys::Srtp(s) if kind == PacketKind::Rtcp => match s.unprotect_rtcp(pkt) {
                 Ok(b) => Packet::Owned(b),
                 Err(_) => return Recv::Drop(DropReason::Srtp),
             },
             Keys::Srtp(s) => match s.unprotect_rtp_in_place(pkt) {
-                Ok(n) => Packet::Borrowed(&pkt[..n]),
+                Ok(n) => {
+                    if let Some(t) = &self.payload_types {
+                        t.from_peer(&mut pkt[..n]);
+                    }
+                    Packet::Borrowed(&pkt[..n])
+                }
                 Err(_) => {
                     if moves {
                         // A candidate whose packets do not authenticate is nobody's media.
@@ -680,7 +701,8 @@ impl LegacyLeg {
     }
 
     /// An RTP packet (plaintext) to send toward the legacy peer: where to, and the bytes —
-    /// `pkt` itself on a plain leg, else the SRTP packet written into `out`.
+    /// `pkt` itself on a plain leg, else the SRTP packet (or the renumbered RTP packet) written
+    /// into `out`.
     pub fn on_send<'a>(
         &mut self,
         now: Instant,
@@ -695,11 +717,18 @@ impl LegacyLeg {
         }
         let to = self.send_to(now)?;
         self.rtcp.on_rtp_sent(now, pkt);
-        match &mut self.keys {
-            Keys::Plain => Ok((to, pkt)),
-            Keys::Pending => Err(DropReason::NotSecured),
-            Keys::Srtp(s) => {
-                s.protect_rtp_into(pkt, out)
+        let second = self.payload_types.as_ref().and_then(|t| t.to_peer(pkt));
+        match (&mut self.keys, second) {
+            (Keys::Plain, None) => Ok((to, pkt)),
+            (Keys::Plain, Some(b)) => {
+                out.clear();
+                out.extend_from_slice(pkt);
+                out[1] = b;
+                Ok((to, &out[..]))
+            }
+            (Keys::Pending, _) => Err(DropReason::NotSecured),
+            (Keys::Srtp(s), second) => {
+                s.protect_rtp_into(pkt, second, out)
                     .map_err(|_| DropReason::Malformed)?;
                 Ok((to, &out[..]))
             }
@@ -1452,6 +1481,76 @@ mod tests {
         // Without a negotiated telephone-event there is nothing to play.
         leg.set_codec(now, 8000, None, false);
         assert!(leg.dtmf_packets(digit).is_none());
+    }
+
+    /// The peer's SDP numbers telephone-event 100 where the HTTP/3 side uses 101, and our SDP
+    /// gave it 96 for the peer to send with (a re-offer's numbering, echoed in our answer).
+    #[test]
+    fn renumbered_payload_types_are_rewritten_both_ways_on_plain_and_srtp_legs() {
+        let now = Instant::now();
+        let map = PayloadMap {
+            to_peer: vec![(101, 100)],
+            from_peer: vec![(96, 101)],
+        };
+        let event = |pt: u8, marker: bool| {
+            let mut p = rtp(5);
+            p[1] = pt | if marker { 0x80 } else { 0 };
+            p.truncate(16);
+            p[12..16].copy_from_slice(&[1, 0x80 | 10, 0, 160]); // key 1, end, 160 samples
+            p
+        };
+        // Plain: toward the peer the number changes (marker kept) in a copy; voice goes as it is.
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), None, true, true);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        leg.set_codec(now, 8000, Some(101), false);
+        leg.map_payload_types(&map);
+        let mut buf = Vec::new();
+        let (te, te_off) = (event(101, true), event(101, false));
+        let (_, out) = leg.on_send(now, &te, &mut buf).unwrap();
+        assert_eq!(out, &event(100, true)[..]);
+        let voice = rtp(6);
+        let (_, out) = leg.on_send(now, &voice, &mut buf).unwrap();
+        assert!(
+            std::ptr::eq(out, &voice[..]),
+            "unmapped packets are not copied"
+        );
+        // From the peer: its 96 reaches the HTTP/3 side as 101, and is seen as a key.
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut event(96, false)),
+            Recv::Rtp(Packet::Borrowed(&event(101, false)[..]))
+        );
+        assert_eq!(
+            leg.take_digits().len(),
+            1,
+            "detected in the relay's numbering"
+        );
+        // An identity map stops the rewriting.
+        leg.map_payload_types(&PayloadMap::default());
+        let (_, out) = leg.on_send(now, &te_off, &mut buf).unwrap();
+        assert_eq!(out, &te_off[..]);
+
+        // SDES-SRTP: rewritten before protection and after unprotection, so it authenticates.
+        let (ours, theirs) = (key(1), key(2));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.set_remote(addr(PEER), None, true, true);
+        let sdes = LegCrypto::Sdes {
+            local: ours.clone(),
+            remote: theirs.clone(),
+        };
+        leg.secure(now, sdes, None, None);
+        leg.map_payload_types(&map);
+        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let (_, out) = leg.on_send(now, &te, &mut buf).unwrap();
+        assert_eq!(
+            peer.unprotect_rtp(out).unwrap().as_ref(),
+            &event(100, true)[..]
+        );
+        let mut from_peer = peer.protect_rtp(&event(96, true)).unwrap().to_vec();
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut from_peer),
+            Recv::Rtp(Packet::Borrowed(&event(101, true)[..]))
+        );
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub enum MediaCmd {
         /// Telephone-events from the HTTP/3 side go to the legacy peer as SIP INFO instead.
         dtmf_as_info: bool,
     },
+    /// The payload type numbers to rewrite between the HTTP/3 side and the legacy peer, after
+    /// an SDP offer/answer round (replaces the last map; an identity map rewrites nothing).
+    MapPayloadTypes { call: CallKey, map: rtp::PayloadMap },
     /// Play one DTMF key toward the HTTP/3 side as RFC 4733 events (it arrived as SIP INFO).
     SendDtmf { call: CallKey, digit: dtmf::Digit },
     /// Report [`MediaEvent::Silent`] once nothing (RTP, RTCP) was heard from the legacy peer for

@@ -108,6 +108,83 @@ pub fn pcmu_packet(seq: u16, ssrc: u32) -> Vec<u8> {
     p
 }
 
+/// How a call's RTP payload type numbers differ between the HTTP/3 side and the legacy peer.
+///
+/// RFC 3264 lets each side of an offer/answer number a codec its own way: the numbers in an SDP
+/// are the ones its sender expects to *receive* (§5.1), and an answerer SHOULD, not must, reuse
+/// the offer's (§6.1). So a trunk may answer our `101 telephone-event` with `100`, and a PBX's
+/// re-INVITE after a transfer may offer the new phone's numbering. riptide relays packets
+/// verbatim otherwise; these pairs are the one octet it rewrites. Empty both ways: nothing to
+/// rewrite (the usual case).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PayloadMap {
+    /// `(relay, peer)`: a packet from the HTTP/3 side with payload type `relay` goes to the
+    /// legacy peer as `peer`, the number its SDP gave.
+    pub to_peer: Vec<(u8, u8)>,
+    /// `(ours, relay)`: a packet from the legacy peer with payload type `ours`, the number our
+    /// SDP gave it, goes to the HTTP/3 side as `relay`.
+    pub from_peer: Vec<(u8, u8)>,
+}
+
+impl PayloadMap {
+    /// Nothing to rewrite either way.
+    pub fn is_identity(&self) -> bool {
+        self.to_peer.iter().all(|(a, b)| a == b) && self.from_peer.iter().all(|(a, b)| a == b)
+    }
+}
+
+/// A [`PayloadMap`] as two lookup tables, for the relay: one indexed load per packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadTables {
+    to_peer: [u8; 128],
+    from_peer: [u8; 128],
+}
+
+impl PayloadTables {
+    /// The tables for `map`; `None` when it rewrites nothing (the relay then skips the step).
+    pub fn new(map: &PayloadMap) -> Option<Box<PayloadTables>> {
+        if map.is_identity() {
+            return None;
+        }
+        let identity: [u8; 128] = std::array::from_fn(|i| i as u8);
+        let mut t = Box::new(PayloadTables {
+            to_peer: identity,
+            from_peer: identity,
+        });
+        for (table, pairs) in [
+            (&mut t.to_peer, &map.to_peer),
+            (&mut t.from_peer, &map.from_peer),
+        ] {
+            for &(from, to) in pairs {
+                table[usize::from(from & 0x7f)] = to & 0x7f;
+            }
+        }
+        Some(t)
+    }
+
+    /// The second octet (marker bit kept) that `pkt`, RTP on its way to the legacy peer, must
+    /// carry; `None` when it stays as it is.
+    #[inline]
+    pub fn to_peer(&self, pkt: &[u8]) -> Option<u8> {
+        rewritten(&self.to_peer, pkt)
+    }
+
+    /// Rewrites the payload type of `pkt`, RTP from the legacy peer, to the HTTP/3 side's.
+    #[inline]
+    pub fn from_peer(&self, pkt: &mut [u8]) {
+        if let Some(b) = rewritten(&self.from_peer, pkt) {
+            pkt[1] = b;
+        }
+    }
+}
+
+#[inline]
+fn rewritten(table: &[u8; 128], pkt: &[u8]) -> Option<u8> {
+    let b = *pkt.get(1)?;
+    let pt = table[usize::from(b & 0x7f)];
+    (pt != b & 0x7f).then_some((b & 0x80) | pt)
+}
+
 /// The RFC 9297 + RoQ header of a datagram: Quarter Stream ID, flow id, and where the packet starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatagramHeader {
@@ -174,6 +251,41 @@ impl DatagramArena {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_tables_rewrite_only_the_mapped_types_and_keep_the_marker() {
+        assert!(PayloadTables::new(&PayloadMap::default()).is_none());
+        let same = PayloadMap {
+            to_peer: vec![(0, 0)],
+            from_peer: vec![(101, 101)],
+        };
+        assert!(PayloadTables::new(&same).is_none());
+        let t = PayloadTables::new(&PayloadMap {
+            to_peer: vec![(101, 100)],
+            from_peer: vec![(96, 101)],
+        })
+        .unwrap();
+        let mut pkt = pcmu_packet(1, 7);
+        assert_eq!(t.to_peer(&pkt), None, "PCMU is not renumbered");
+        pkt[1] = 101;
+        assert_eq!(t.to_peer(&pkt), Some(100));
+        pkt[1] = 0x80 | 101;
+        assert_eq!(t.to_peer(&pkt), Some(0x80 | 100), "the marker bit stays");
+        assert_eq!(
+            t.to_peer(&[0x80]),
+            None,
+            "too short to carry a payload type"
+        );
+        pkt[1] = 0x80 | 96;
+        t.from_peer(&mut pkt);
+        assert_eq!(pkt[1], 0x80 | 101);
+        pkt[1] = 100;
+        t.from_peer(&mut pkt);
+        assert_eq!(
+            pkt[1], 100,
+            "only what our SDP numbered differently is rewritten"
+        );
+    }
 
     fn enc(v: u64) -> Vec<u8> {
         let mut b = Vec::new();

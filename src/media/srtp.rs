@@ -340,22 +340,40 @@ impl SrtpSession {
         Ok(out)
     }
 
-    /// Protects `rtp` and appends the SRTP packet to `out` (which is cleared first); no
-    /// allocation once `out` has capacity. On error `out` is left empty.
-    pub fn protect_rtp_into(&mut self, rtp: &[u8], out: &mut Vec<u8>) -> Result<(), SdesError> {
+    /// Protects `rtp`, its second octet (marker and payload type) replaced by `second` when
+    /// given, and appends the SRTP packet to `out` (which is cleared first); no allocation once
+    /// `out` has capacity (the AEAD suites excepted). On error `out` is left empty.
+    pub fn protect_rtp_into(
+        &mut self,
+        rtp: &[u8],
+        second: Option<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SdesError> {
         out.clear();
         let r = match &mut self.tx_cm {
             Some(cm) => {
                 out.reserve(rtp.len() + cm.tag_len);
                 out.extend_from_slice(rtp);
+                if let (Some(b), Some(o)) = (second, out.get_mut(1)) {
+                    *o = b;
+                }
                 out.resize(rtp.len() + cm.tag_len, 0);
                 cm.protect(out)
             }
-            None => self
-                .tx
-                .encrypt_rtp(rtp)
-                .map(|p| out.extend_from_slice(&p))
-                .map_err(|e| SdesError::Srtp(e.to_string())),
+            None => {
+                let renumbered;
+                let rtp = match second {
+                    Some(b) if rtp.len() > 1 => {
+                        renumbered = [&rtp[..1], &[b][..], &rtp[2..]].concat();
+                        &renumbered[..]
+                    }
+                    _ => rtp,
+                };
+                self.tx
+                    .encrypt_rtp(rtp)
+                    .map(|p| out.extend_from_slice(&p))
+                    .map_err(|e| SdesError::Srtp(e.to_string()))
+            }
         };
         if r.is_err() {
             out.clear();
@@ -1245,7 +1263,7 @@ mod tests {
                 if i % 5 == 0 {
                     out = us.protect_rtp(&plain).unwrap().to_vec();
                 } else {
-                    us.protect_rtp_into(&plain, &mut out).unwrap();
+                    us.protect_rtp_into(&plain, None, &mut out).unwrap();
                 }
                 let reference = ref_tx.encrypt_rtp(&plain).unwrap();
                 assert_eq!(out[..], reference[..], "{suite:?} seq {i}");
@@ -1427,7 +1445,7 @@ mod tests {
             let cm = suite != Suite::AeadAes128Gcm;
             let mut both = |p: &[u8], what: &str, tag_room: bool| {
                 assert!(
-                    us.protect_rtp_into(p, &mut out).is_err(),
+                    us.protect_rtp_into(p, None, &mut out).is_err(),
                     "{suite:?}: {what}"
                 );
                 assert!(out.is_empty(), "{suite:?}: {what}");
@@ -1493,7 +1511,7 @@ mod tests {
                     if i % 2 == 0 && !p.is_empty() {
                         p[0] = (p[0] & 0x3f) | 0x80;
                     }
-                    let _ = us.protect_rtp_into(&p, &mut out);
+                    let _ = us.protect_rtp_into(&p, None, &mut out);
                     let _ = us.protect_rtp(&p);
                     let _ = us.unprotect_rtp(&p);
                     let _ = us.unprotect_rtp_in_place(&mut p);
@@ -1564,12 +1582,12 @@ mod tests {
             let mut out = Vec::with_capacity(1500);
             for seq in 0..30u16 {
                 let plain = varied(seq, 0x77);
-                peer.protect_rtp_into(&plain, &mut out).unwrap();
+                peer.protect_rtp_into(&plain, None, &mut out).unwrap();
                 assert_eq!(out[..], peer_copy(&theirs, &ours, &plain)[..], "{suite:?}");
                 let mut p = with_mki(&out, &[0x0a, 0x0b], trailer);
                 let n = us.unprotect_rtp_in_place(&mut p).unwrap();
                 assert_eq!(p[..n], plain[..], "{suite:?} seq {seq}");
-                us.protect_rtp_into(&plain, &mut out).unwrap();
+                us.protect_rtp_into(&plain, None, &mut out).unwrap();
                 let mut p = out.clone();
                 let n = peer.unprotect_rtp_in_place(&mut p).unwrap();
                 assert_eq!(p[..n], plain[..], "{suite:?} seq {seq}");
