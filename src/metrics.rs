@@ -31,6 +31,9 @@ pub enum DropReason {
     Stun,
     /// A telephone-event toward a `dtmf = "info"` leg: it went as SIP INFO instead.
     DtmfAsInfo,
+    /// A payload type the legacy peer's SDP did not take (telephone-event or CN left out of its
+    /// answer): not sent to it.
+    NotNegotiated,
     /// quinn discarded a received datagram because its receive queue was full (the reader fell
     /// behind): the oldest queued datagram goes first.
     QuicRecvQueue,
@@ -55,7 +58,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -66,6 +69,7 @@ impl DropReason {
         DropReason::IceUnchecked,
         DropReason::Stun,
         DropReason::DtmfAsInfo,
+        DropReason::NotNegotiated,
         DropReason::QuicRecvQueue,
         DropReason::QuicSendQueue,
         DropReason::QuicStale,
@@ -84,6 +88,7 @@ impl DropReason {
             DropReason::IceUnchecked => "ice_unchecked",
             DropReason::Stun => "stun",
             DropReason::DtmfAsInfo => "dtmf_as_info",
+            DropReason::NotNegotiated => "not_negotiated",
             DropReason::QuicRecvQueue => "quic_recv_queue",
             DropReason::QuicSendQueue => "quic_send_queue",
             DropReason::QuicStale => "quic_stale",

@@ -250,7 +250,8 @@ fn stream_codec_name(s: &StreamProp) -> &str {
 /// How the SIP peer's payload type numbers differ from the HTTP/3 side's (RFC 3264: the numbers
 /// in an SDP are the ones its sender receives with). `toward_peer` and `from_peer` are the
 /// proposal's formats in the two directions; `ours` our last SDP's formats, with whose numbers
-/// the peer sends; `theirs` the peer's last SDP's formats, the numbers it expects.
+/// the peer sends; `theirs` the peer's last SDP's formats, the numbers it expects. Formats
+/// toward the peer that `theirs` leaves out are refused.
 pub fn payload_map(
     toward_peer: &[Format],
     from_peer: &[Format],
@@ -268,6 +269,11 @@ pub fn payload_map(
     PayloadMap {
         to_peer: pairs(toward_peer, theirs),
         from_peer: pairs(ours, from_peer),
+        refused: toward_peer
+            .iter()
+            .filter(|f| !theirs.iter().any(|t| t.same_codec(f)))
+            .map(|f| f.pt)
+            .collect(),
     }
 }
 

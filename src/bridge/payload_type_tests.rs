@@ -18,10 +18,11 @@ fn maps(out: &[Output]) -> Vec<PayloadMap> {
         .collect()
 }
 
-fn map(to_peer: &[(u8, u8)], from_peer: &[(u8, u8)]) -> PayloadMap {
+fn map(to_peer: &[(u8, u8)], from_peer: &[(u8, u8)], refused: &[u8]) -> PayloadMap {
     PayloadMap {
         to_peer: to_peer.to_vec(),
         from_peer: from_peer.to_vec(),
+        refused: refused.to_vec(),
     }
 }
 
@@ -68,7 +69,7 @@ fn a_trunk_numbering_telephone_event_its_own_way_is_sent_its_numbers_in_answers_
         TRUNK,
     );
     let out = s.take();
-    assert_eq!(maps(&out), [map(&[(101, 100)], &[])]);
+    assert_eq!(maps(&out), [map(&[(101, 100)], &[], &[])]);
     let ack = sip_texts(&out).remove(0);
     assert!(ack.starts_with("ACK "), "{ack}");
 
@@ -77,7 +78,7 @@ fn a_trunk_numbering_telephone_event_its_own_way_is_sent_its_numbers_in_answers_
     let out = trunk_reoffer(&mut s, &ack, 2, &te_as(ANSWER, 96));
     let ok = sip_texts(&out).remove(0);
     assert!(ok.contains(" RTP/AVP 0 96\r\n"), "{ok}");
-    assert_eq!(maps(&out), [map(&[(101, 96)], &[(96, 101)])]);
+    assert_eq!(maps(&out), [map(&[(101, 96)], &[(96, 101)], &[])]);
 
     // Back to the HTTP/3 side's numbers: nothing is rewritten any more; said once.
     let out = trunk_reoffer(&mut s, &ack, 3, ANSWER);
@@ -115,7 +116,7 @@ fn a_caller_is_sent_its_own_numbers_whatever_the_far_side_chose() {
         call: key,
         description: description(renumbered),
     });
-    assert_eq!(maps(&s.take()), [map(&[(96, 101)], &[])]);
+    assert_eq!(maps(&s.take()), [map(&[(96, 101)], &[], &[])]);
     let ok = answer(&mut s, key);
     assert!(ok.contains(" RTP/AVP 0 96\r\n"), "{ok}");
 }
@@ -131,5 +132,17 @@ fn the_answer_in_the_ack_to_our_delayed_offer_may_number_telephone_event_its_own
         &ack(&to_tag_of(&ok), Some(&te_as(CALLER_ANSWER, 100))),
         CALLER,
     );
-    assert_eq!(maps(&s.take()), [map(&[(101, 100)], &[])]);
+    // Our offer had CN too, and the answer left it out: not sent to the caller.
+    assert_eq!(maps(&s.take()), [map(&[(101, 100)], &[], &[13])]);
+}
+
+#[test]
+fn formats_the_trunks_answer_leaves_out_are_not_sent_to_it() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    let voice_only = ANSWER
+        .replace("RTP/AVP 0 101", "RTP/AVP 0")
+        .replace("a=rtpmap:101 telephone-event/8000\r\n", "");
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(&voice_only)), TRUNK);
+    assert_eq!(maps(&s.take()), [map(&[], &[], &[101])]);
 }

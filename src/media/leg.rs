@@ -20,7 +20,7 @@ use super::dtls::{DtlsEndpoint, DtlsIdentity, DtlsRole, DtlsState, Fingerprint};
 use super::dtmf::{Digit, DigitDetector};
 use super::ice::{IceAgent, IceCredentials, IceMode, IceState};
 use super::rtcp::{LegRtcp, LegStats};
-use super::rtp::{self, PacketKind, PayloadMap, PayloadTables};
+use super::rtp::{self, PacketKind, PayloadMap, PayloadTables, ToPeer};
 use super::srtp::SrtpSession;
 use super::{LegCrypto, LegIce};
 use crate::metrics::DropReason;
@@ -715,9 +715,13 @@ impl LegacyLeg {
             }
             return Err(DropReason::DtmfAsInfo);
         }
+        let second = match self.payload_types.as_ref().map(|t| t.to_peer(pkt)) {
+            None | Some(ToPeer::Keep) => None,
+            Some(ToPeer::Renumber(b)) => Some(b),
+            Some(ToPeer::Refused) => return Err(DropReason::NotNegotiated),
+        };
         let to = self.send_to(now)?;
         self.rtcp.on_rtp_sent(now, pkt);
-        let second = self.payload_types.as_ref().and_then(|t| t.to_peer(pkt));
         match (&mut self.keys, second) {
             (Keys::Plain, None) => Ok((to, pkt)),
             (Keys::Plain, Some(b)) => {
@@ -1491,6 +1495,7 @@ mod tests {
         let map = PayloadMap {
             to_peer: vec![(101, 100)],
             from_peer: vec![(96, 101)],
+            refused: vec![13],
         };
         let event = |pt: u8, marker: bool| {
             let mut p = rtp(5);
@@ -1514,6 +1519,13 @@ mod tests {
         assert!(
             std::ptr::eq(out, &voice[..]),
             "unmapped packets are not copied"
+        );
+        let mut cn = rtp(7);
+        cn[1] = 13;
+        assert_eq!(
+            leg.on_send(now, &cn, &mut buf).unwrap_err(),
+            DropReason::NotNegotiated,
+            "comfort noise the peer's SDP did not take"
         );
         // From the peer: its 96 reaches the HTTP/3 side as 101, and is seen as a key.
         assert_eq!(

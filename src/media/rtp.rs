@@ -124,14 +124,33 @@ pub struct PayloadMap {
     /// `(ours, relay)`: a packet from the legacy peer with payload type `ours`, the number our
     /// SDP gave it, goes to the HTTP/3 side as `relay`.
     pub from_peer: Vec<(u8, u8)>,
+    /// The HTTP/3 side's numbers for formats the peer's SDP left out (an answer without
+    /// telephone-event, say): not sent to it (RFC 3264 §6.1).
+    pub refused: Vec<u8>,
 }
 
 impl PayloadMap {
-    /// Nothing to rewrite either way.
+    /// Nothing to rewrite or hold back either way.
     pub fn is_identity(&self) -> bool {
-        self.to_peer.iter().all(|(a, b)| a == b) && self.from_peer.iter().all(|(a, b)| a == b)
+        self.to_peer.iter().all(|(a, b)| a == b)
+            && self.from_peer.iter().all(|(a, b)| a == b)
+            && self.refused.is_empty()
     }
 }
+
+/// What becomes of an RTP packet on its way to the legacy peer ([`PayloadTables::to_peer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToPeer {
+    /// Sent as it is.
+    Keep,
+    /// Sent with this second octet (marker kept, payload type renumbered).
+    Renumber(u8),
+    /// Not sent: the peer's SDP has no such format.
+    Refused,
+}
+
+/// A table entry for a payload type that is not sent (payload types are 7 bits).
+const REFUSED: u8 = 0xff;
 
 /// A [`PayloadMap`] as two lookup tables, for the relay: one indexed load per packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,30 +178,32 @@ impl PayloadTables {
                 table[usize::from(from & 0x7f)] = to & 0x7f;
             }
         }
+        for &pt in &map.refused {
+            t.to_peer[usize::from(pt & 0x7f)] = REFUSED;
+        }
         Some(t)
     }
 
-    /// The second octet (marker bit kept) that `pkt`, RTP on its way to the legacy peer, must
-    /// carry; `None` when it stays as it is.
+    /// What `pkt`, RTP on its way to the legacy peer, becomes.
     #[inline]
-    pub fn to_peer(&self, pkt: &[u8]) -> Option<u8> {
-        rewritten(&self.to_peer, pkt)
+    pub fn to_peer(&self, pkt: &[u8]) -> ToPeer {
+        let Some(&b) = pkt.get(1) else {
+            return ToPeer::Keep;
+        };
+        match self.to_peer[usize::from(b & 0x7f)] {
+            REFUSED => ToPeer::Refused,
+            pt if pt == b & 0x7f => ToPeer::Keep,
+            pt => ToPeer::Renumber((b & 0x80) | pt),
+        }
     }
 
     /// Rewrites the payload type of `pkt`, RTP from the legacy peer, to the HTTP/3 side's.
     #[inline]
     pub fn from_peer(&self, pkt: &mut [u8]) {
-        if let Some(b) = rewritten(&self.from_peer, pkt) {
-            pkt[1] = b;
+        if let Some(b) = pkt.get_mut(1) {
+            *b = (*b & 0x80) | self.from_peer[usize::from(*b & 0x7f)];
         }
     }
-}
-
-#[inline]
-fn rewritten(table: &[u8; 128], pkt: &[u8]) -> Option<u8> {
-    let b = *pkt.get(1)?;
-    let pt = table[usize::from(b & 0x7f)];
-    (pt != b & 0x7f).then_some((b & 0x80) | pt)
 }
 
 /// The RFC 9297 + RoQ header of a datagram: Quarter Stream ID, flow id, and where the packet starts.
@@ -258,22 +279,30 @@ mod tests {
         let same = PayloadMap {
             to_peer: vec![(0, 0)],
             from_peer: vec![(101, 101)],
+            refused: vec![],
         };
         assert!(PayloadTables::new(&same).is_none());
         let t = PayloadTables::new(&PayloadMap {
             to_peer: vec![(101, 100)],
             from_peer: vec![(96, 101)],
+            refused: vec![13],
         })
         .unwrap();
         let mut pkt = pcmu_packet(1, 7);
-        assert_eq!(t.to_peer(&pkt), None, "PCMU is not renumbered");
+        assert_eq!(t.to_peer(&pkt), ToPeer::Keep, "PCMU is not renumbered");
         pkt[1] = 101;
-        assert_eq!(t.to_peer(&pkt), Some(100));
+        assert_eq!(t.to_peer(&pkt), ToPeer::Renumber(100));
         pkt[1] = 0x80 | 101;
-        assert_eq!(t.to_peer(&pkt), Some(0x80 | 100), "the marker bit stays");
+        assert_eq!(
+            t.to_peer(&pkt),
+            ToPeer::Renumber(0x80 | 100),
+            "the marker bit stays"
+        );
+        pkt[1] = 13;
+        assert_eq!(t.to_peer(&pkt), ToPeer::Refused, "CN the peer did not take");
         assert_eq!(
             t.to_peer(&[0x80]),
-            None,
+            ToPeer::Keep,
             "too short to carry a payload type"
         );
         pkt[1] = 0x80 | 96;
