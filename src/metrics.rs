@@ -31,6 +31,9 @@ pub enum DropReason {
     Stun,
     /// A telephone-event toward a `dtmf = "info"` leg: it went as SIP INFO instead.
     DtmfAsInfo,
+    /// RTP or RTCP on a leg whose peer's SDP has not come yet: early media racing its 183/200,
+    /// media before the ACK of a delayed offer, or a stranger probing the port.
+    BeforeSdp,
     /// A payload type the legacy peer's SDP did not take (telephone-event or CN left out of its
     /// answer): not sent to it.
     NotNegotiated,
@@ -58,7 +61,7 @@ pub enum Dir {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::NoRoute,
         DropReason::QuicSend,
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::IceUnchecked,
         DropReason::Stun,
         DropReason::DtmfAsInfo,
+        DropReason::BeforeSdp,
         DropReason::NotNegotiated,
         DropReason::QuicRecvQueue,
         DropReason::QuicSendQueue,
@@ -88,6 +92,7 @@ impl DropReason {
             DropReason::IceUnchecked => "ice_unchecked",
             DropReason::Stun => "stun",
             DropReason::DtmfAsInfo => "dtmf_as_info",
+            DropReason::BeforeSdp => "before_sdp",
             DropReason::NotNegotiated => "not_negotiated",
             DropReason::QuicRecvQueue => "quic_recv_queue",
             DropReason::QuicSendQueue => "quic_send_queue",

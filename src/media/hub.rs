@@ -1330,10 +1330,11 @@ mod tests {
         let (a, _rx_a, metrics_a) = hub();
         let (b, _rx_b, _) = hub();
         let sink = sink(5);
+        let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut inputs = Vec::new();
         for i in 0..CALLS {
             let call = CallKey(100 + i);
-            a.apply(MediaCmd::OpenLegacy { call, port: 0 });
+            open_toward(&a, call, src.local_addr().unwrap());
             open_toward(&b, call, sink.local_addr().unwrap());
             a.bind_quic(call, pair.client_conn.clone(), 4 * i);
             b.bind_quic(call, pair.server_conn.clone(), 4 * i);
@@ -1347,7 +1348,6 @@ mod tests {
         // Sent from a task on the only worker, so the whole burst is queued before the worker
         // next polls for I/O.
         tokio::spawn(async move {
-            let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             for (i, to) in inputs.iter().enumerate() {
                 src.send_to(&rtp::pcmu_packet(i as u16, 0x5eed), to)
                     .unwrap();
@@ -1387,15 +1387,15 @@ mod tests {
         let (b, _rx_b, _) = hub();
         let sink = sink(3);
         let call = CallKey(7);
+        let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         open_toward(&a, call, sink.local_addr().unwrap());
-        b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        open_toward(&b, call, src.local_addr().unwrap());
         // A has sent its CONNECT (stream 0) and not yet read the answer; B has bound.
         a.route_quic(call, &pair.client_conn, 0);
         tokio::spawn(a.clone().run_quic_reader(pair.client_conn.clone()));
         b.bind_quic(call, pair.server_conn.clone(), 0);
         let to_b = b.legacy_addr(call).unwrap();
         tokio::task::spawn_blocking(move || {
-            let src = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             src.send_to(&rtp::pcmu_packet(1, 0x5eed), to_b).unwrap();
         })
         .await

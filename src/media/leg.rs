@@ -516,6 +516,11 @@ impl LegacyLeg {
         if self.ice.is_some() || !self.remote.latching || !self.remote.latched {
             return false;
         }
+        if self.remote.sdp == Some(src) {
+            // The address the peer's SDP gave is the peer's: it takes the latch back from
+            // whatever source got there first.
+            return true;
+        }
         let plain = !matches!(self.keys, Keys::Srtp(_));
         if plain && self.remote.rtp.is_none_or(|a| a.ip() != src.ip()) {
             return false;
@@ -612,6 +617,12 @@ impl LegacyLeg {
         let kind = rtp::classify(pkt);
         if kind == PacketKind::Invalid {
             return Recv::Drop(DropReason::Malformed);
+        }
+        if self.remote.sdp.is_none() {
+            // Before the peer's SDP nothing tells its media from a stranger's: latching the
+            // first source would hand the call to whoever probed the port first (and keep it
+            // past the SDP), and without keys SRTP would be relayed as noise.
+            return Recv::Drop(DropReason::BeforeSdp);
         }
         // RTCP may come from the peer's RTCP port; SRTCP authenticates it where it matters.
         let mut moves = false;
@@ -1101,6 +1112,95 @@ mod tests {
             );
         }
         assert_eq!(to(&mut leg, now), peer);
+    }
+
+    /// RTP bleed: a stranger spraying a port range must not get a call's media, neither by
+    /// being there before the peer's SDP nor by being faster than the peer after it.
+    #[test]
+    fn nothing_is_taken_before_the_peers_sdp_and_its_address_wins_the_latch_back() {
+        let now = Instant::now();
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.secure(now, LegCrypto::Plain, None, None);
+        assert_eq!(
+            leg.on_recv(now, stranger, &mut rtp(1)),
+            Recv::Drop(DropReason::BeforeSdp)
+        );
+        assert_eq!(
+            leg.on_send(now, &rtp(1), &mut Vec::new()).unwrap_err(),
+            DropReason::NoRoute,
+            "nothing latched, nowhere to send"
+        );
+        leg.set_remote(addr(PEER), None, true, true);
+        // A stranger faster than the peer takes the latch (it may be the peer behind a NAT) ...
+        assert!(matches!(
+            leg.on_recv(now, stranger, &mut rtp(2)),
+            Recv::Rtp(_)
+        ));
+        assert_eq!(
+            leg.on_send(now, &rtp(2), &mut Vec::new()).unwrap().0,
+            stranger
+        );
+        // ... until RTP comes from the address the SDP gave.
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut rtp(3)),
+            Recv::Rtp(_)
+        ));
+        assert_eq!(
+            leg.on_send(now, &rtp(3), &mut Vec::new()).unwrap().0,
+            addr(PEER)
+        );
+        assert_eq!(
+            leg.on_recv(now, stranger, &mut rtp(4)),
+            Recv::Drop(DropReason::WrongSource)
+        );
+
+        // With SDES, only an authenticated packet from the SDP address takes the latch back.
+        let (ours, theirs) = (key(1), key(2));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.secure(
+            now,
+            LegCrypto::Sdes {
+                local: ours.clone(),
+                remote: theirs.clone(),
+            },
+            None,
+            None,
+        );
+        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let mut early = peer.protect_rtp(&rtp(1)).unwrap().to_vec();
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut early),
+            Recv::Drop(DropReason::BeforeSdp),
+            "not even the peer's own, before its SDP"
+        );
+        leg.set_remote(addr(PEER), None, true, true);
+        let mut stranger_srtp = SrtpSession::new(&theirs, &ours).unwrap();
+        let mut first = stranger_srtp.protect_rtp(&rtp(1)).unwrap().to_vec();
+        assert!(matches!(
+            leg.on_recv(now, stranger, &mut first),
+            Recv::Rtp(_)
+        ));
+        let mut forged = rtp(2);
+        forged.extend_from_slice(&[0; 10]);
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut forged),
+            Recv::Drop(DropReason::Srtp)
+        );
+        assert_eq!(
+            leg.on_send(now, &rtp(2), &mut Vec::new()).unwrap().0,
+            stranger,
+            "a forged packet moves nothing"
+        );
+        let mut good = peer.protect_rtp(&rtp(3)).unwrap().to_vec();
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut good),
+            Recv::Rtp(_)
+        ));
+        assert_eq!(
+            leg.on_send(now, &rtp(3), &mut Vec::new()).unwrap().0,
+            addr(PEER)
+        );
     }
 
     #[test]
