@@ -713,6 +713,7 @@ pub async fn engine_config(
             digest_users: digest_users(cfg, t)?,
             digest_login: digest_login(cfg, t)?,
             unresolved,
+            ping: (t.ping_secs > 0).then(|| Duration::from_secs(u64::from(t.ping_secs))),
         });
     }
     let trunk_index = |name: &str| trunks.iter().position(|t| t.name == name);

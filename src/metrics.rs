@@ -176,6 +176,8 @@ pub struct Metrics {
     sip_messages: Mutex<BTreeMap<(&'static str, String), u64>>,
     /// Malformed SIP dropped without an answer, by transport.
     sip_malformed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Pinged trunks (`ping_secs`): their addresses, and how many of them answer.
+    trunk_addresses: Mutex<BTreeMap<String, (u64, u64)>>,
     pub sip_bad_request: AtomicU64,
     /// HTTP responses by status code.
     http_responses: Mutex<BTreeMap<u16, u64>>,
@@ -275,6 +277,11 @@ impl Metrics {
             q.rtt_ms_sum += rtt;
             q.rtt_count += 1;
         }
+    }
+
+    /// A pinged trunk has `all` addresses, `up` of them answering its pings.
+    pub fn trunk_addresses(&self, trunk: &str, all: u64, up: u64) {
+        lock(&self.trunk_addresses).insert(trunk.to_string(), (all, up));
     }
 
     pub fn trunk_failover(&self, why: Failover) {
@@ -608,6 +615,30 @@ impl Metrics {
             "reason",
             Failover::ALL.map(|w| (w.label(), load(&self.trunk_failovers[w as usize]))),
         );
+
+        let trunks = lock(&self.trunk_addresses);
+        for (name, help, up) in [
+            (
+                "sip_trunk_addresses",
+                "Addresses of each trunk with ping_secs set.",
+                false,
+            ),
+            (
+                "sip_trunk_addresses_up",
+                "Of those, the ones whose last OPTIONS ping was answered (other than 408, 503 or 504); the others are tried last.",
+                true,
+            ),
+        ] {
+            if trunks.is_empty() {
+                break;
+            }
+            header(&mut out, name, "gauge", help);
+            for (trunk, (all, n_up)) in trunks.iter() {
+                let labels = format!("trunk=\"{}\"", escape_label(trunk));
+                line(&mut out, name, &labels, if up { *n_up } else { *all });
+            }
+        }
+        drop(trunks);
 
         header(
             &mut out,

@@ -51,6 +51,7 @@ pub async fn run(
     if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         engine.set_wall_clock(Instant::now(), d.as_secs());
     }
+    engine.start_pings(Instant::now());
     loop {
         let deadline = engine.poll_timeout();
         let sleep = async {

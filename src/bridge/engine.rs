@@ -33,7 +33,7 @@ use bytes::Bytes;
 use rand::Rng;
 use rsipstack::sip::{Method, Request, Response, SipMessage};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -180,6 +180,9 @@ pub struct TrunkInfo {
     /// Its host name had no address at start (DNS down): calls to it get 503 until a lookup
     /// finds one (`dest` is a placeholder until then).
     pub unresolved: bool,
+    /// Each address gets an OPTIONS this often, and one that does not answer is tried last
+    /// (`ping_secs`); none: not pinged.
+    pub ping: Option<Duration>,
 }
 
 impl TrunkInfo {
@@ -366,6 +369,7 @@ impl EngineConfig {
                 digest_users: None,
                 digest_login: None,
                 unresolved: false,
+                ping: None,
             }],
             http_authority: "localhost:4434".into(),
             events_grace: Duration::from_secs(30),
@@ -856,6 +860,8 @@ pub struct Engine {
     /// Trunk addresses that timed out on an INVITE or answered 503 with Retry-After, until
     /// when new calls try them only after the trunk's other addresses.
     avoid: HashMap<SocketAddr, Instant>,
+    /// Trunk pings (OPTIONS) out, and the addresses they found down.
+    pings: trunk_ping::Pings,
     /// Calls that ended while our `POST {TG}/calls` was in flight, with the `end` reason to
     /// send once the peer answers: the far side must not keep ringing a call nobody holds.
     orphans: HashMap<CallKey, String>,
@@ -1045,6 +1051,7 @@ impl Engine {
             invites: HashMap::new(),
             branches: HashMap::new(),
             avoid: HashMap::new(),
+            pings: trunk_ping::Pings::default(),
             orphans: HashMap::new(),
             ended_invites: Recent::new(linger, ended_max),
             stray_byes: Recent::new(linger, ended_max),
@@ -1138,11 +1145,10 @@ impl Engine {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let a = self.timers.peek().map(|Reverse((at, ..))| *at);
-        let b = self.txn.poll_timeout();
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [a, self.txn.poll_timeout(), self.next_ping()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -1166,6 +1172,8 @@ impl Engine {
                 self.pump(now);
             }
         }
+        self.run_pings(now);
+        self.pump(now);
     }
 
     pub fn handle_input(&mut self, now: Instant, input: Input) {
@@ -2610,6 +2618,9 @@ impl Engine {
         } else {
             m.info.branch.clone()
         };
+        if m.info.cseq_method == Method::Options && self.on_ping_response(now, &branch, code) {
+            return;
+        }
         let Some(&(key, purpose)) = self.branches.get(&branch) else {
             if (200..300).contains(&code) && m.info.cseq_method == Method::Invite {
                 // A 2xx retransmission: the dialog re-sends its ACK.
@@ -3270,6 +3281,7 @@ impl Engine {
     /// that was waiting there with no response at all goes to the trunk's next address, or the
     /// call fails as with a 503, instead of waiting for Timer B.
     fn on_unreachable(&mut self, now: Instant, addr: SocketAddr, transport: Transport) {
+        self.ping_unreachable(addr, transport);
         let hit: Vec<(CallKey, String)> = self
             .calls
             .iter()
@@ -3303,6 +3315,9 @@ impl Engine {
     }
 
     fn on_client_timeout(&mut self, now: Instant, branch: &str) {
+        if self.on_ping_timeout(branch) {
+            return;
+        }
         let Some((key, purpose)) = self.branches.remove(branch) else {
             return;
         };
@@ -4415,7 +4430,7 @@ impl Engine {
         let ranked = order_addrs(&all, &trunk.ranks, |n| rand::rng().random_range(0..n));
         let (mut order, avoided): (Vec<_>, Vec<_>) = ranked
             .into_iter()
-            .partition(|a| !self.avoid.contains_key(a));
+            .partition(|a| !self.avoid.contains_key(a) && !self.pings.down.contains(a));
         order.extend(avoided);
         let first = order.remove(0);
         (first, order)
@@ -5653,6 +5668,9 @@ mod digest_auth;
 #[path = "prack.rs"]
 mod prack;
 
+#[path = "trunk_ping.rs"]
+mod trunk_ping;
+
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
@@ -5676,3 +5694,7 @@ mod delayed_offer_tests;
 #[cfg(test)]
 #[path = "payload_type_tests.rs"]
 mod payload_type_tests;
+
+#[cfg(test)]
+#[path = "trunk_ping_tests.rs"]
+mod trunk_ping_tests;

@@ -3568,13 +3568,13 @@ fn the_pool_hands_out_exactly_the_pairs_the_config_counts() {
 
 // ------------------------------------------------------------ trunk address failover (ADR 0020)
 
-const SECOND: &str = "127.0.0.2:5080";
+pub(super) const SECOND: &str = "127.0.0.2:5080";
 
 fn first_addr() -> SocketAddr {
     TRUNK.parse().unwrap()
 }
 
-fn second_addr() -> SocketAddr {
+pub(super) fn second_addr() -> SocketAddr {
     SECOND.parse().unwrap()
 }
 
@@ -3603,7 +3603,7 @@ pub(super) fn header<'a>(text: &'a str, name: &str) -> &'a str {
 }
 
 /// A trunk whose host name has two addresses: 127.0.0.1:5080, then `SECOND`.
-fn two_address_sim() -> Sim {
+pub(super) fn two_address_sim() -> Sim {
     let mut s = Sim::with(EngineConfig {
         // Longer than two Timer B's, as the default (180 s) is.
         no_answer_timeout: Duration::from_secs(180),

@@ -439,6 +439,12 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
     for (i, t) in cfg.sip_trunks.iter().enumerate() {
         let at = |k: &str| vec![key("sip_trunk"), Seg::Index(i), key(k)];
         check_sip_uri(&t.target).map_err(|m| err(at("target"), m))?;
+        if t.ping_secs != 0 && !(MIN_PING_SECS..=MAX_PING_SECS).contains(&t.ping_secs) {
+            return Err(err(
+                at("ping_secs"),
+                format!("0 (no pings) or between {MIN_PING_SECS} and {MAX_PING_SECS} seconds"),
+            ));
+        }
         if let Some(p) = &t.outbound_proxy {
             check_sip_uri(p).map_err(|m| err(at("outbound_proxy"), m))?;
         }
@@ -695,6 +701,11 @@ fn validate(cfg: &Config, loc: &Locator<'_>) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Bounds of a trunk's `ping_secs` (other than 0): more often than every 5 s is a load on the
+/// peer that tells nothing more; an hour apart tells nothing useful.
+const MIN_PING_SECS: u32 = 5;
+const MAX_PING_SECS: u32 = 3600;
 
 /// Bounds of `media.socket_rcvbuf_kib`: below 4 KiB a socket holds one or two packets on a
 /// real NIC; above 4 MiB the kernel's own limit (net.core.rmem_max) decides anyway.
@@ -1714,6 +1725,30 @@ mod tests {
             invalid("[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\npreflight = \"yes\"\n");
         assert_eq!(key, "sip_trunk[0].preflight");
         assert!(msg.contains("boolean"), "{msg}");
+    }
+
+    #[test]
+    fn trunk_ping_interval_is_off_or_5_to_3600_seconds() {
+        let trunk = |ping: &str| format!("[[sip_trunk]]\nname = \"p\"\ntarget = \"sip:h\"\n{ping}");
+        assert_eq!(
+            load_str(&trunk(""), "t").unwrap().sip_trunks[0].ping_secs,
+            0
+        );
+        assert_eq!(
+            load_str(&trunk("ping_secs = 30\n"), "t")
+                .unwrap()
+                .sip_trunks[0]
+                .ping_secs,
+            30
+        );
+        for bad in ["4", "3601", "-1", "\"30\""] {
+            let (key, line, _, msg) = invalid(&trunk(&format!("ping_secs = {bad}\n")));
+            assert_eq!(
+                (key.as_str(), line),
+                ("sip_trunk[0].ping_secs", 4),
+                "{bad}: {msg}"
+            );
+        }
     }
 
     #[test]

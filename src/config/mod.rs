@@ -397,6 +397,11 @@ pub struct SipTrunkConfig {
     /// Follow 3xx redirects from this trunk (at most this many hops; 0 disables).
     #[serde(default = "default_redirects")]
     pub max_redirects: u8,
+    /// Send each of the trunk's addresses an OPTIONS every this many seconds (5 to 3600); an
+    /// address that leaves one unanswered, or answers 408, 503 or 504, is down until it
+    /// answers again: new calls try it last. 0: not pinged. Default: 0.
+    #[serde(default)]
+    pub ping_secs: u32,
     /// Media security on this trunk's legs; `[media] security` when absent.
     pub security: Option<MediaSecurity>,
     /// ICE on this trunk's legs; `[media] ice` when absent.

@@ -91,6 +91,8 @@ pub struct Gateway {
     pub h3: SocketAddr,
     /// Its SIP address (UDP and TCP).
     pub sip: SocketAddr,
+    /// Its admin listener (`/metrics`).
+    pub admin: SocketAddr,
     pub data: PathBuf,
 }
 
@@ -163,6 +165,7 @@ port_max = {}
         _server: server,
         h3: ([127, 0, 0, 1], h3).into(),
         sip: ([127, 0, 0, 1], sip).into(),
+        admin: ([127, 0, 0, 1], admin).into(),
         data,
     }
 }
