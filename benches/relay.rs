@@ -6,14 +6,17 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use riptide::config::MediaConfig;
-use riptide::media::rtp::{classify, parse_datagram, DatagramArena, PacketKind, FLOW_RTP};
-use riptide::media::{MediaCmd, MediaHub};
+use riptide::media::leg::{LegacyLeg, Recv};
+use riptide::media::rtp::{
+    classify, parse_datagram, DatagramArena, PacketKind, PayloadMap, FLOW_RTP,
+};
+use riptide::media::{LegCrypto, MediaCmd, MediaHub};
 use riptide::metrics::Metrics;
 use riptide::CallKey;
 use std::hint::black_box;
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A 20 ms PCMU packet: 12-byte header + 160 bytes of payload.
 fn pcmu_packet() -> Vec<u8> {
@@ -84,6 +87,14 @@ fn loopback(c: &mut Criterion) {
         let (a, b) = (new_hub(), new_hub());
         a.apply(MediaCmd::OpenLegacy { call, port: 0 });
         b.apply(MediaCmd::OpenLegacy { call, port: 0 });
+        // A leg takes media only once the peer's SDP gave it an address (ADR 0032).
+        a.apply(MediaCmd::SetRemote {
+            call,
+            rtp: sip_a.local_addr().unwrap(),
+            rtcp: None,
+            rtcp_mux: true,
+            latching: false,
+        });
         b.apply(MediaCmd::SetRemote {
             call,
             rtp: sip_b.local_addr().unwrap(),
@@ -111,5 +122,44 @@ fn loopback(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, framing, loopback);
+/// One plain leg's receive and send of a PCMU packet, as the relay calls them: with the
+/// payload types as the HTTP/3 side numbers them (no table: the usual call), and with a peer
+/// that numbers telephone-event its own way (ADR 0031; PCMU itself still passes unchanged,
+/// so this is the table lookup alone).
+fn leg(c: &mut Criterion) {
+    let now = Instant::now();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let pkt = pcmu_packet();
+    let mut g = c.benchmark_group("leg");
+    g.throughput(Throughput::Elements(1));
+    for (name, map) in [
+        ("recv_send_same_numbers", PayloadMap::default()),
+        (
+            "recv_send_renumbering_peer",
+            PayloadMap {
+                to_peer: vec![(101, 100)],
+                from_peer: vec![(100, 101)],
+                refused: vec![13],
+            },
+        ),
+    ] {
+        let mut leg = LegacyLeg::new(false, now, SystemTime::now());
+        leg.set_remote(peer, None, false, true);
+        leg.secure(now, LegCrypto::Plain, None, None);
+        leg.map_payload_types(&map);
+        let mut rx = pkt.clone();
+        let mut out = Vec::with_capacity(256);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rx.copy_from_slice(&pkt);
+                let got = matches!(leg.on_recv(now, peer, black_box(&mut rx)), Recv::Rtp(_));
+                let sent = leg.on_send(now, black_box(&pkt), &mut out).is_ok();
+                black_box((got, sent))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, framing, leg, loopback);
 criterion_main!(benches);

@@ -52,6 +52,10 @@ pub async fn run(
         engine.set_wall_clock(Instant::now(), d.as_secs());
     }
     engine.start_pings(Instant::now());
+    // The first round goes now, not when something first wakes the loop.
+    while let Some(o) = engine.poll_output() {
+        dispatch(&sinks, o);
+    }
     loop {
         let deadline = engine.poll_timeout();
         let sleep = async {

@@ -2416,6 +2416,15 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        // What the peer's re-offer is answered from: the codecs of the HTTP/3 side's media
+        // toward us (so that a telephone-event one re-offer left out can come back).
+        let relay_from = call.ript.proposal.as_ref().map(|p| {
+            let dir = match call.ript.role {
+                RiptRole::Server => Direction::S2c,
+                RiptRole::Client { .. } => Direction::C2s,
+            };
+            negotiate::proposal_to_formats(p, dir).0
+        });
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
@@ -2497,7 +2506,7 @@ impl Engine {
                     return;
                 };
                 let mut formats = Vec::new();
-                for f in &local.formats {
+                for f in relay_from.as_deref().unwrap_or(&local.formats) {
                     if let Some(o) = audio.formats.iter().find(|o| o.same_codec(f)) {
                         formats.push(o.clone());
                     } else if !model::is_auxiliary_codec(&f.name) {
@@ -3115,6 +3124,13 @@ impl Engine {
                 let checked = audio.map(|a| {
                     negotiate::check_answer(&a, &offered)
                         .map_err(|e| e.to_string())
+                        // Without one nothing would tell the leg where media goes, or let it
+                        // take any (ADR 0032).
+                        .and_then(|_| {
+                            ans.audio_addr()
+                                .map(|_| ())
+                                .ok_or_else(|| "no connection address".to_string())
+                        })
                         .and_then(|_| self.secure_answer(key, &ans, &a))
                         .map(|_| a)
                 });
@@ -3621,7 +3637,7 @@ impl Engine {
                 };
                 call.port = Some(port);
                 let trunk = self.cfg.trunks[t].clone();
-                let (first, mut failover) = self.trunk_order(now, &trunk);
+                let (first, mut failover) = self.trunk_order(now, t, &trunk);
                 // A browser's call reaches a preflight trunk only at an address that allowed its
                 // origin (ADR 0009): it is not failed over to one that was not asked.
                 if origin.is_some() && trunk.preflight {
@@ -3955,9 +3971,12 @@ impl Engine {
             .and_then(|s| s.sec.as_ref())
             .is_some_and(|s| s.policy.dtmf == crate::config::DtmfMode::Info);
         let codec = codec_cmd(key, &formats, info);
-        if let Some(l) = call.sip.as_mut().and_then(|s| s.local_sdp.as_mut()) {
-            l.formats = formats;
-            l.ptime = Some(ptime);
+        if let Some(sip) = call.sip.as_mut() {
+            if let Some(l) = sip.local_sdp.as_mut() {
+                // Our answer keeps the caller's numbers; the relay rewrites (ADR 0031).
+                l.formats = negotiate::in_their_numbers(&formats, &sip.remote_formats);
+                l.ptime = Some(ptime);
+            }
         }
         self.out.push_back(Output::Media(codec));
         self.map_payload_types(key);
@@ -4420,7 +4439,12 @@ impl Engine {
     /// The trunk's addresses in the order a new call tries them: those not being avoided
     /// first, each group in the trunk's own order. An address that timed out or sent 503 with
     /// Retry-After is still tried, last, rather than the call failing without a try.
-    fn trunk_order(&mut self, now: Instant, trunk: &TrunkInfo) -> (SocketAddr, Vec<SocketAddr>) {
+    fn trunk_order(
+        &mut self,
+        now: Instant,
+        t: usize,
+        trunk: &TrunkInfo,
+    ) -> (SocketAddr, Vec<SocketAddr>) {
         self.avoid.retain(|_, until| *until > now);
         // Most trunks have one address: nothing to order, nothing to allocate per call.
         if trunk.alternates.is_empty() {
@@ -4430,7 +4454,7 @@ impl Engine {
         let ranked = order_addrs(&all, &trunk.ranks, |n| rand::rng().random_range(0..n));
         let (mut order, avoided): (Vec<_>, Vec<_>) = ranked
             .into_iter()
-            .partition(|a| !self.avoid.contains_key(a) && !self.pings.down.contains(a));
+            .partition(|a| !self.avoid.contains_key(a) && !self.pings.down.contains(&(t, *a)));
         order.extend(avoided);
         let first = order.remove(0);
         (first, order)
@@ -5030,7 +5054,13 @@ impl Engine {
             return;
         }
         if !map.is_identity() {
-            info!(call = %key, to_peer = ?map.to_peer, from_peer = ?map.from_peer, "the SIP peer numbers payload types its own way: rewriting them");
+            info!(
+                call = %key,
+                to_peer = ?map.to_peer,
+                from_peer = ?map.from_peer,
+                not_sent = ?map.refused,
+                "the SIP peer's payload types differ from the HTTP/3 side's: renumbering, and not sending it what it did not take"
+            );
         }
         sip.payload_map = map.clone();
         self.out

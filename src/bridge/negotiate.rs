@@ -250,8 +250,12 @@ fn stream_codec_name(s: &StreamProp) -> &str {
 /// How the SIP peer's payload type numbers differ from the HTTP/3 side's (RFC 3264: the numbers
 /// in an SDP are the ones its sender receives with). `toward_peer` and `from_peer` are the
 /// proposal's formats in the two directions; `ours` our last SDP's formats, with whose numbers
-/// the peer sends; `theirs` the peer's last SDP's formats, the numbers it expects. Formats
-/// toward the peer that `theirs` leaves out are refused.
+/// the peer sends; `theirs` the peer's last SDP's formats, the numbers it expects.
+///
+/// Telephone-event and CN toward the peer that the two SDPs do not both list are refused
+/// (RFC 3264 §6.1: only what the offer and the answer share may be sent). A voice codec is
+/// never refused: one missing would be a fault of the negotiation itself, and its packets go
+/// as they did before.
 pub fn payload_map(
     toward_peer: &[Format],
     from_peer: &[Format],
@@ -261,7 +265,7 @@ pub fn payload_map(
     let pairs = |from: &[Format], to: &[Format]| -> Vec<(u8, u8)> {
         from.iter()
             .filter_map(|f| {
-                let t = to.iter().find(|t| t.same_codec(f))?;
+                let t = counterpart(f, to)?;
                 (t.pt != f.pt).then_some((f.pt, t.pt))
             })
             .collect()
@@ -271,9 +275,41 @@ pub fn payload_map(
         from_peer: pairs(ours, from_peer),
         refused: toward_peer
             .iter()
-            .filter(|f| !theirs.iter().any(|t| t.same_codec(f)))
+            .filter(|f| is_auxiliary_codec(&f.name))
+            .filter(|f| counterpart(f, theirs).is_none() || counterpart(f, ours).is_none())
             .map(|f| f.pt)
             .collect(),
+    }
+}
+
+/// The format among `among` that is `f`'s codec: one with the same payload type first, then
+/// one with the same `fmtp` (two profiles of one codec, say), then any of that name and clock.
+fn counterpart<'a>(f: &Format, among: &'a [Format]) -> Option<&'a Format> {
+    let same = || among.iter().filter(|t| t.same_codec(f));
+    same()
+        .find(|t| t.pt == f.pt)
+        .or_else(|| same().find(|t| t.fmtp == f.fmtp))
+        .or_else(|| same().next())
+}
+
+/// `ours` with the payload type numbers `theirs` (the peer's offer) gave the same codecs: an
+/// answer should keep the offer's numbers (RFC 3264 §6.1), and the relay rewrites between them
+/// and the HTTP/3 side's. Unchanged when that would give two formats one number.
+pub fn in_their_numbers(ours: &[Format], theirs: &[Format]) -> Vec<Format> {
+    let renumbered: Vec<Format> = ours
+        .iter()
+        .map(|f| Format {
+            pt: counterpart(f, theirs).map_or(f.pt, |t| t.pt),
+            ..f.clone()
+        })
+        .collect();
+    let mut pts: Vec<u8> = renumbered.iter().map(|f| f.pt).collect();
+    pts.sort_unstable();
+    pts.dedup();
+    if pts.len() == renumbered.len() {
+        renumbered
+    } else {
+        ours.to_vec()
     }
 }
 
@@ -378,6 +414,49 @@ mod tests {
         assert_eq!(ptime, 30);
         assert_eq!(formats[1].fmtp.as_deref(), Some("0-16"));
         assert_eq!(formats[1].name, "telephone-event");
+    }
+
+    #[test]
+    fn payload_types_pair_by_number_then_fmtp_then_codec_and_only_aux_codecs_are_refused() {
+        let f = |pt: u8, name: &str, rate: u32, fmtp: Option<&str>| Format {
+            pt,
+            name: name.into(),
+            clock_rate: rate,
+            channels: None,
+            fmtp: fmtp.map(str::to_string),
+        };
+        let relay = [
+            f(97, "AMR-WB", 16000, Some("octet-align=0")),
+            f(111, "opus", 48000, None),
+            f(101, "telephone-event", 16000, None),
+            f(13, "CN", 16000, None),
+        ];
+        let theirs = [
+            f(96, "AMR-WB", 16000, Some("octet-align=1")),
+            f(98, "AMR-WB", 16000, Some("octet-align=0")),
+            f(110, "opus", 48000, None),
+            f(111, "opus", 48000, None),
+            f(101, "telephone-event", 8000, None),
+        ];
+        let m = payload_map(&relay, &relay, &relay, &theirs);
+        // The profile with the same fmtp, the opus with the same number.
+        assert_eq!(m.to_peer, [(97, 98)]);
+        assert_eq!(m.from_peer, []);
+        // telephone-event at another rate and CN are not the peer's; no voice codec is refused.
+        assert_eq!(m.refused, [101, 13]);
+        // Our answer in the offer's numbers, unless two formats would share one.
+        assert_eq!(
+            in_their_numbers(&relay[..2], &theirs)
+                .iter()
+                .map(|f| f.pt)
+                .collect::<Vec<_>>(),
+            [98, 111]
+        );
+        let clash = [
+            f(98, "PCMU", 8000, None),
+            f(97, "AMR-WB", 16000, Some("octet-align=0")),
+        ];
+        assert_eq!(in_their_numbers(&clash, &theirs), clash);
     }
 
     #[test]

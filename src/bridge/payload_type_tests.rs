@@ -85,6 +85,20 @@ fn a_trunk_numbering_telephone_event_its_own_way_is_sent_its_numbers_in_answers_
     assert_eq!(maps(&out), [PayloadMap::default()]);
     let out = trunk_reoffer(&mut s, &ack, 4, ANSWER);
     assert_eq!(maps(&out), []);
+
+    // A re-offer without telephone-event: our answer has none, and none is sent ...
+    let voice_only = ANSWER
+        .replace("RTP/AVP 0 101", "RTP/AVP 0")
+        .replace("a=rtpmap:101 telephone-event/8000\r\n", "");
+    let out = trunk_reoffer(&mut s, &ack, 5, &voice_only);
+    let ok = sip_texts(&out).remove(0);
+    assert!(ok.contains(" RTP/AVP 0\r\n"), "{ok}");
+    assert_eq!(maps(&out), [map(&[], &[], &[101])]);
+    // ... until one offers it again: it is answered and sent again.
+    let out = trunk_reoffer(&mut s, &ack, 6, ANSWER);
+    let ok = sip_texts(&out).remove(0);
+    assert!(ok.contains(" RTP/AVP 0 101\r\n"), "{ok}");
+    assert_eq!(maps(&out), [PayloadMap::default()]);
 }
 
 #[test]
@@ -101,8 +115,8 @@ fn a_caller_is_sent_its_own_numbers_whatever_the_far_side_chose() {
     });
     assert_eq!(maps(&s.take()), []);
 
-    // A far side that numbers telephone-event 96 both ways: our answer says 96 (what we
-    // receive with), and what we send the caller goes as its own 101.
+    // A far side that numbers telephone-event 96 both ways: our answer keeps the caller's 101
+    // (RFC 3264 §6.1), and the relay rewrites between 101 and 96 both ways.
     let mut s = Sim::new();
     s.sip(&invite("z9hG4bKpt2", "cid-pt2", OFFER), CALLER);
     let (key, _) = created_call(&s.take()).expect("CreateCall");
@@ -116,9 +130,9 @@ fn a_caller_is_sent_its_own_numbers_whatever_the_far_side_chose() {
         call: key,
         description: description(renumbered),
     });
-    assert_eq!(maps(&s.take()), [map(&[(96, 101)], &[], &[])]);
+    assert_eq!(maps(&s.take()), [map(&[(96, 101)], &[(101, 96)], &[])]);
     let ok = answer(&mut s, key);
-    assert!(ok.contains(" RTP/AVP 0 96\r\n"), "{ok}");
+    assert!(ok.contains(" RTP/AVP 0 101\r\n"), "{ok}");
 }
 
 #[test]

@@ -6,21 +6,23 @@
 //! server); any other answer, 404 or 405 included, shows a server that is there, and the
 //! address is **up**. A transport error (a refused TCP/TLS connect) takes it down at once.
 //!
-//! Down addresses are tried last by new calls, like addresses that just timed out (ADR 0020),
-//! and still tried: a trunk whose every address is down is not refused without an attempt.
+//! Down addresses are tried last by the trunk's new calls, like addresses that just timed out
+//! (ADR 0020), and still tried: a trunk whose every address is down is not refused without an
+//! attempt. The state is the trunk's own: two trunks behind one outbound proxy ping the same
+//! address for different targets, and may well get different answers.
 //! `riptide_sip_trunk_addresses{trunk}` and `riptide_sip_trunk_addresses_up{trunk}` show each
 //! pinged trunk's state; every change is logged.
 
 use super::*;
 
-/// OPTIONS this engine has out: by branch, the trunk and address pinged.
+/// OPTIONS this engine has out: by branch, the trunk, address and transport pinged.
 #[derive(Debug, Default)]
 pub(super) struct Pings {
-    inflight: HashMap<String, (usize, SocketAddr)>,
+    inflight: HashMap<String, (usize, SocketAddr, Transport)>,
     /// When each trunk's next round is due (`None`: not pinged, or not started).
     next: Vec<Option<Instant>>,
-    /// Addresses whose last ping failed.
-    pub(super) down: HashSet<SocketAddr>,
+    /// Trunks' addresses whose last ping failed.
+    pub(super) down: HashSet<(usize, SocketAddr)>,
 }
 
 /// Answers that say the address cannot take calls now.
@@ -58,20 +60,28 @@ impl Engine {
 
     fn ping_round(&mut self, now: Instant, t: usize) {
         let trunk = &self.cfg.trunks[t];
-        if trunk.unresolved {
-            return;
-        }
-        let addrs: Vec<SocketAddr> = trunk.addrs().collect();
-        for addr in addrs {
-            let unanswered: Vec<String> = (self.pings.inflight.iter())
-                .filter(|(_, &(tt, a))| tt == t && a == addr)
-                .map(|(b, _)| b.clone())
-                .collect();
-            for branch in unanswered {
-                self.pings.inflight.remove(&branch);
-                self.txn.forget_client(&branch);
+        let addrs: Vec<SocketAddr> = if trunk.unresolved {
+            Vec::new()
+        } else {
+            trunk.addrs().collect()
+        };
+        // Last round's pings still unanswered: those addresses are down (those the trunk no
+        // longer has, after a DNS change, are just forgotten).
+        let unanswered: Vec<(String, SocketAddr)> = (self.pings.inflight.iter())
+            .filter(|(_, &(tt, ..))| tt == t)
+            .map(|(b, &(_, a, _))| (b.clone(), a))
+            .collect();
+        for (branch, addr) in unanswered {
+            self.pings.inflight.remove(&branch);
+            self.txn.forget_client(&branch);
+            if addrs.contains(&addr) {
                 self.ping_result(t, addr, false, "no answer to OPTIONS");
             }
+        }
+        self.pings
+            .down
+            .retain(|(tt, a)| *tt != t || addrs.contains(a));
+        for addr in addrs {
             self.send_ping(now, t, addr);
         }
         self.count_trunk(t);
@@ -107,14 +117,16 @@ impl Engine {
             transport,
             conn: None,
         };
-        self.pings.inflight.insert(branch.clone(), (t, addr));
+        self.pings
+            .inflight
+            .insert(branch.clone(), (t, addr, transport));
         self.txn
             .send_request(now, &branch, false, bytes.into(), dest);
     }
 
     /// A response to one of our pings, if `branch` is one: true when it was.
     pub(super) fn on_ping_response(&mut self, now: Instant, branch: &str, code: u16) -> bool {
-        let Some(&(t, addr)) = self.pings.inflight.get(branch) else {
+        let Some(&(t, addr, _)) = self.pings.inflight.get(branch) else {
             return false;
         };
         self.txn.on_response(now, branch, code, |_| None);
@@ -131,7 +143,7 @@ impl Engine {
     /// Our ping to `branch` timed out (Timer F, when the interval is longer): true when it was
     /// a ping.
     pub(super) fn on_ping_timeout(&mut self, branch: &str) -> bool {
-        let Some((t, addr)) = self.pings.inflight.remove(branch) else {
+        let Some((t, addr, _)) = self.pings.inflight.remove(branch) else {
             return false;
         };
         self.ping_result(t, addr, false, "no answer to OPTIONS");
@@ -142,8 +154,8 @@ impl Engine {
     /// A connection to `addr` failed: pings waiting there have their answer.
     pub(super) fn ping_unreachable(&mut self, addr: SocketAddr, transport: Transport) {
         let failed: Vec<(String, usize)> = (self.pings.inflight.iter())
-            .filter(|(_, &(t, a))| a == addr && self.cfg.trunks[t].dest.transport == transport)
-            .map(|(b, &(t, _))| (b.clone(), t))
+            .filter(|(_, &(_, a, tr))| a == addr && tr == transport)
+            .map(|(b, &(t, ..))| (b.clone(), t))
             .collect();
         for (branch, t) in failed {
             self.pings.inflight.remove(&branch);
@@ -156,21 +168,23 @@ impl Engine {
     fn ping_result(&mut self, t: usize, addr: SocketAddr, up: bool, why: &str) {
         let trunk = &self.cfg.trunks[t].name;
         if up {
-            if self.pings.down.remove(&addr) {
+            if self.pings.down.remove(&(t, addr)) {
                 info!(%trunk, %addr, %why, "trunk address up again");
             }
-        } else if self.pings.down.insert(addr) {
+        } else if self.pings.down.insert((t, addr)) {
             warn!(%trunk, %addr, %why, "trunk address down: new calls try it last");
         }
     }
 
-    /// Publishes how many of trunk `t`'s addresses are up.
+    /// Publishes how many of trunk `t`'s addresses are up (none while its name has none).
     fn count_trunk(&self, t: usize) {
         let trunk = &self.cfg.trunks[t];
         let (mut all, mut up) = (0, 0);
-        for a in trunk.addrs() {
-            all += 1;
-            up += u64::from(!self.pings.down.contains(&a));
+        if !trunk.unresolved {
+            for a in trunk.addrs() {
+                all += 1;
+                up += u64::from(!self.pings.down.contains(&(t, a)));
+            }
         }
         self.metrics.trunk_addresses(&trunk.name, all, up);
     }

@@ -153,3 +153,77 @@ fn trunks_without_ping_secs_get_no_options() {
     assert!(pings(&s.take()).is_empty());
     assert!(gauges(&s).is_empty());
 }
+
+/// Two trunks behind one proxy ping the same addresses for different targets: one's dead
+/// target (503 from the proxy) does not reorder the other's calls.
+#[test]
+fn each_trunk_keeps_its_own_view_of_a_shared_address() {
+    let mut s = two_address_sim();
+    let mut other = s.e.cfg.trunks[0].clone();
+    other.name = "dead".into();
+    s.e.cfg.trunks.push(other);
+    for t in &mut s.e.cfg.trunks {
+        t.ping = Some(Duration::from_secs(30));
+    }
+    s.e.start_pings(s.now);
+    s.collect();
+    let round = pings(&s.take());
+    assert_eq!(round.len(), 4, "each trunk pings each address");
+    // Pings to the first address, in trunk order (pbx's first).
+    let first: Vec<&String> = (round.iter())
+        .filter(|(a, _)| *a == first_addr())
+        .map(|(_, m)| m)
+        .collect();
+    s.sip(&reply(first[0], 200, "OK", "p", None), TRUNK);
+    s.sip(
+        &reply(first[1], 503, "Service Unavailable", "p", None),
+        TRUNK,
+    );
+    assert_eq!(
+        first_try(&mut s, 1),
+        first_addr(),
+        "pbx's own ping was answered"
+    );
+    let g = gauges(&s);
+    assert!(
+        g.contains(&"riptide_sip_trunk_addresses_up{trunk=\"dead\"} 1".to_string()),
+        "{g:?}"
+    );
+    assert!(
+        g.contains(&"riptide_sip_trunk_addresses_up{trunk=\"pbx\"} 2".to_string()),
+        "{g:?}"
+    );
+}
+
+/// A DNS change drops an address: its unanswered ping is forgotten rather than counted down,
+/// and the new address is pinged.
+#[test]
+fn addresses_a_lookup_dropped_are_forgotten() {
+    let mut s = pinged();
+    s.take();
+    let third: SocketAddr = "127.0.0.3:5080".parse().unwrap();
+    s.input(Input::TrunkAddrs {
+        trunk: 0,
+        hop: crate::sip::srv::HopAddrs {
+            addrs: vec![first_addr(), third],
+            ranks: vec![],
+        },
+        transport: Transport::Udp,
+    });
+    s.advance(Duration::from_secs(30));
+    let round = pings(&s.take());
+    let last_round: Vec<SocketAddr> = round.iter().rev().take(2).map(|(a, _)| *a).collect();
+    assert!(
+        last_round.contains(&third) && last_round.contains(&first_addr()),
+        "{last_round:?}"
+    );
+    // The first address never answered and is down; the second is gone, not down.
+    assert_eq!(
+        gauges(&s),
+        [
+            "riptide_sip_trunk_addresses{trunk=\"pbx\"} 2",
+            "riptide_sip_trunk_addresses_up{trunk=\"pbx\"} 1"
+        ]
+    );
+    assert!(!s.e.pings.down.contains(&(0, second_addr())));
+}

@@ -580,6 +580,11 @@ impl DtlsEndpoint {
         }
     }
 
+    /// Datagrams queued for the peer ([`poll_transmit`](DtlsEndpoint::poll_transmit)).
+    pub fn queued(&self) -> usize {
+        self.transmits.len()
+    }
+
     /// The next datagram to send to the peer.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmits.pop_front()

@@ -35,6 +35,10 @@ pub const RELATCH_QUIET: Duration = Duration::from_secs(1);
 const RELATCH_GAP: Duration = Duration::from_millis(250);
 /// ... and at least this many packets.
 const RELATCH_PACKETS: u32 = 10;
+/// For this long after the first latch, media from the exact address the peer's SDP gave
+/// takes the latch from whatever source got there first (ADR 0032); later, only the usual
+/// following of a moved peer applies.
+pub const SDP_WINS_FOR: Duration = Duration::from_secs(2);
 
 /// A source that may take a latched leg over (see [`LegacyLeg::may_move_to`]).
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,8 @@ struct Remote {
     sdp: Option<SocketAddr>,
     latching: bool,
     latched: bool,
+    /// When the first latch after the SDP was taken.
+    latched_at: Option<Instant>,
 }
 
 enum Keys {
@@ -260,11 +266,13 @@ impl LegacyLeg {
     ) {
         self.mux = mux;
         let r = &mut self.remote;
-        let moved = r.sdp.is_some_and(|a| a != rtp);
+        // The first SDP is a move too: nothing latched before it counts.
+        let moved = r.sdp.is_none_or(|a| a != rtp);
         r.sdp = Some(rtp);
         if !(latching && r.latched && !moved) {
             r.rtp = Some(rtp);
             r.latched = false;
+            r.latched_at = None;
             self.rtcp_heard = None;
         }
         r.latching = latching;
@@ -495,12 +503,28 @@ impl LegacyLeg {
         }
     }
 
-    fn latch(&mut self, src: SocketAddr) {
+    fn latch_at(&mut self, now: Instant, src: SocketAddr) {
         let r = &mut self.remote;
         if self.ice.is_none() && r.latching && !r.latched {
             r.rtp = Some(src);
             r.latched = true;
+            r.latched_at = Some(now);
         }
+    }
+
+    /// Whether media from `src` takes the latch because it comes from the address the peer's
+    /// SDP gave, shortly after the first latch (see [`SDP_WINS_FOR`]). A peer that is not
+    /// behind a NAT sends from there, so a stranger who got there first cannot keep its media;
+    /// a peer behind a NAT never does, and its SDP address (a private one) cannot take it over
+    /// for good.
+    fn sdp_wins(&self, now: Instant, src: SocketAddr) -> bool {
+        let r = &self.remote;
+        self.ice.is_none()
+            && r.latching
+            && r.latched
+            && r.sdp == Some(src)
+            && r.latched_at
+                .is_some_and(|at| now.saturating_duration_since(at) < SDP_WINS_FOR)
     }
 
     /// RTP from `src` on a latched leg, not from its latched source: whether the latch may move
@@ -516,9 +540,7 @@ impl LegacyLeg {
         if self.ice.is_some() || !self.remote.latching || !self.remote.latched {
             return false;
         }
-        if self.remote.sdp == Some(src) {
-            // The address the peer's SDP gave is the peer's: it takes the latch back from
-            // whatever source got there first.
+        if self.sdp_wins(now, src) {
             return true;
         }
         let plain = !matches!(self.keys, Keys::Srtp(_));
@@ -601,16 +623,23 @@ impl LegacyLeg {
             return Recv::Drop(DropReason::Srtp);
         }
         if super::dtls::is_dtls(pkt) {
+            if self.remote.sdp.is_none() {
+                return Recv::Drop(DropReason::BeforeSdp);
+            }
             if !self.source_ok(src) {
                 return Recv::Drop(DropReason::WrongSource);
             }
             let Some(d) = self.dtls.as_mut() else {
                 return Recv::Drop(DropReason::Malformed);
             };
-            if let Err(e) = d.handle_packet(now, pkt) {
-                tracing::debug!(%src, error = %e, "DTLS record refused");
+            let before = (d.queued(), d.state().clone());
+            match d.handle_packet(now, pkt) {
+                // Only a record that moved the handshake on (an answer queued, a new state)
+                // latches: junk from a stranger must not.
+                Ok(()) if d.queued() == before.0 && *d.state() == before.1 => {}
+                Ok(()) => self.latch_at(now, src),
+                Err(e) => tracing::debug!(%src, error = %e, "DTLS record refused"),
             }
-            self.latch(src);
             self.after_dtls();
             return Recv::Consumed;
         }
@@ -652,7 +681,7 @@ impl LegacyLeg {
                     Packet::Borrowed(&pkt[..n])
                 }
                 Err(_) => {
-                    if moves {
+                    if moves && self.moving.is_some_and(|c| c.src == src) {
                         // A candidate whose packets do not authenticate is nobody's media.
                         self.moving = None;
                     }
@@ -677,7 +706,7 @@ impl LegacyLeg {
         if moves {
             self.move_latch(src);
         } else {
-            self.latch(src);
+            self.latch_at(now, src);
         }
         if self.is_dtmf(&plain) {
             // A sign of life too (telephone-events are not counted as RTP received).
@@ -1200,6 +1229,74 @@ mod tests {
         assert_eq!(
             leg.on_send(now, &rtp(3), &mut Vec::new()).unwrap().0,
             addr(PEER)
+        );
+    }
+
+    /// The SDP address's claim is for the start of the call only: later, a packet from it
+    /// (a host on our own network with a NATed peer's private address, say) moves nothing.
+    #[test]
+    fn the_sdp_address_wins_the_latch_only_shortly_after_the_first_one() {
+        let mut now = Instant::now();
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        leg.secure(now, LegCrypto::Plain, None, None);
+        leg.set_remote(addr(PEER), None, true, true);
+        assert!(matches!(
+            leg.on_recv(now, stranger, &mut rtp(1)),
+            Recv::Rtp(_)
+        ));
+        now += SDP_WINS_FOR;
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut rtp(2)),
+            Recv::Drop(DropReason::WrongSource)
+        );
+        assert_eq!(leg.remote.rtp, Some(stranger));
+    }
+
+    /// DTLS: nothing before the SDP, and junk latches nothing. A stranger's well-formed
+    /// ClientHello does (the handshake is under way with it, and fails on the fingerprint).
+    #[test]
+    fn dtls_records_latch_only_once_taken_and_after_the_sdp() {
+        let now = Instant::now();
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
+        let ours = DtlsIdentity::generate().unwrap();
+        let theirs = DtlsIdentity::generate().unwrap();
+        let mut peer = DtlsEndpoint::new(
+            &theirs,
+            DtlsRole::Client,
+            Fingerprint::parse(&ours.fingerprint()).unwrap(),
+            now,
+        )
+        .unwrap();
+        let hello = peer.poll_transmit().expect("the ClientHello");
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        let dtls = LegCrypto::Dtls {
+            client: false,
+            fingerprints: vec![theirs.fingerprint()],
+        };
+        leg.secure(now, dtls, None, Some(&ours));
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut hello.clone()),
+            Recv::Drop(DropReason::BeforeSdp)
+        );
+        leg.set_remote(addr(PEER), None, true, true);
+        let mut junk = vec![22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+        assert_eq!(leg.on_recv(now, stranger, &mut junk), Recv::Consumed);
+        assert!(!leg.remote.latched, "a refused record latches nothing");
+        // A stranger's well-formed ClientHello latches (it may be the peer behind a NAT).
+        let mut other = DtlsEndpoint::new(
+            &DtlsIdentity::generate().unwrap(),
+            DtlsRole::Client,
+            Fingerprint::parse(&ours.fingerprint()).unwrap(),
+            now,
+        )
+        .unwrap();
+        let mut other_hello = other.poll_transmit().unwrap();
+        assert_eq!(leg.on_recv(now, stranger, &mut other_hello), Recv::Consumed);
+        assert_eq!(leg.remote.rtp, Some(stranger));
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut hello.clone()),
+            Recv::Drop(DropReason::WrongSource)
         );
     }
 

@@ -1245,6 +1245,25 @@ mod tests {
         );
     }
 
+    /// A renumbered payload type (ADR 0031) is written before protection, on our own CM path
+    /// and on rtc-srtp's AEAD one: the peer authenticates and reads the new octet.
+    #[test]
+    fn a_replaced_second_octet_is_protected_with_the_packet() {
+        for suite in [Suite::AesCm128HmacSha1_80, Suite::AeadAes128Gcm] {
+            let (ours, theirs) = (fixed(1, suite, 0x51), fixed(1, suite, 0x52));
+            let mut us = SrtpSession::new(&ours, &theirs).unwrap();
+            let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+            let mut plain = varied(7, 0x5eed_0001);
+            plain[1] = 0x80 | 101;
+            let mut out = Vec::new();
+            us.protect_rtp_into(&plain, Some(0x80 | 100), &mut out)
+                .unwrap();
+            let got = peer.unprotect_rtp(&out).unwrap();
+            plain[1] = 0x80 | 100;
+            assert_eq!(got[..], plain[..], "{suite:?}");
+        }
+    }
+
     #[test]
     fn cm_suites_match_rtc_srtp_byte_for_byte_across_the_rollover() {
         let ssrc = 0x5eed_0001;
