@@ -118,28 +118,85 @@ fn an_ack_without_an_acceptable_answer_ends_the_offerless_call() {
     }
 }
 
+/// The PRACK of our first reliable provisional on an offerless INVITE, with `sdp`.
+fn prack(tag: &str, rseq: &str, sdp: Option<&str>) -> String {
+    super::session_timer_tests::with(
+        &in_dialog("PRACK", "z9hG4bKdopr", 2, tag, sdp),
+        &format!("RAck: {rseq} 1 INVITE\r\n"),
+    )
+}
+
+/// RFC 3262 §5: a caller that sends no offer and requires 100rel gets our offer in the first
+/// reliable provisional and answers in its PRACK; the 2xx then carries no SDP.
 #[test]
-fn an_offerless_invite_that_requires_100rel_gets_no_provisional_and_the_offer_in_the_2xx() {
+fn an_offerless_invite_that_requires_100rel_gets_our_offer_in_the_first_reliable_provisional() {
     let mut s = Sim::new();
     let key = offerless_call_with(&mut s, "Require: 100rel\r\n");
-    // RFC 3262 §5 would put our offer in the first reliable provisional: none goes.
     s.ript(RiptEvent::ClientEvent {
         call: key,
         event: ev(EventName::Alerting, 0),
     });
-    assert!(s.sip_out().is_empty());
+    let ringing = s.sip_out().remove(0);
+    assert!(
+        ringing.starts_with("SIP/2.0 180 ")
+            && ringing.contains("m=audio ")
+            && ringing.contains("RTP/AVP 0"),
+        "{ringing}"
+    );
+    let rseq = header_of(&ringing, "RSeq").expect("reliable");
+    let tag = to_tag_of(&ringing);
+    // The callee answers before the PRACK: the 2xx waits for it.
     s.ript(RiptEvent::ClientEvent {
         call: key,
         event: ev(EventName::Answered, 1),
     });
-    let ok = s.sip_out().remove(0);
-    assert!(
-        ok.starts_with("SIP/2.0 200 OK") && ok.contains("m=audio"),
-        "{ok}"
+    assert!(s.sip_out().is_empty(), "the 2xx waits for the PRACK");
+    s.sip(&prack(&tag, &rseq, Some(CALLER_ANSWER)), CALLER);
+    let out = s.take();
+    let remote = out.iter().find_map(|o| match o {
+        Output::Media(MediaCmd::SetRemote { rtp, .. }) => Some(*rtp),
+        _ => None,
+    });
+    assert_eq!(
+        remote,
+        Some("127.0.0.1:6100".parse().unwrap()),
+        "the PRACK's answer is taken"
     );
-    s.sip(&ack(&to_tag_of(&ok), Some(CALLER_ANSWER)), CALLER);
-    assert!(s.sip_out().is_empty(), "answered, nothing refused");
+    let msgs = sip_texts(&out);
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["SIP/2.0 200 OK".to_string(), "SIP/2.0 200 OK".to_string()],
+        "the PRACK's, then the INVITE's"
+    );
+    let ok = &msgs[1];
+    assert!(
+        ok.contains("CSeq: 1 INVITE") && !ok.contains("m=audio"),
+        "no SDP again: {ok}"
+    );
+    s.sip(&ack(&tag, None), CALLER);
+    assert!(s.sip_out().is_empty(), "an ACK without SDP is right now");
     assert_eq!(s.e.active_calls(), 1);
+}
+
+#[test]
+fn a_prack_without_an_answer_to_our_early_offer_gets_the_invite_refused() {
+    let mut s = Sim::new();
+    let key = offerless_call_with(&mut s, "Require: 100rel\r\n");
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    let ringing = s.sip_out().remove(0);
+    let rseq = header_of(&ringing, "RSeq").expect("reliable");
+    s.sip(&prack(&to_tag_of(&ringing), &rseq, None), CALLER);
+    assert_eq!(
+        start_lines(&s.sip_out()),
+        vec![
+            "SIP/2.0 200 OK".to_string(),
+            "SIP/2.0 488 Not Acceptable Here".to_string()
+        ]
+    );
+    assert_eq!(s.e.active_calls(), 0);
 }
 
 #[test]

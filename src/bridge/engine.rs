@@ -546,6 +546,9 @@ struct SipLeg {
     rel: prack::Reliable,
     /// UAS: the caller's INVITE had no SDP; our 2xx offers and its ACK must answer.
     delayed_offer: bool,
+    /// UAS: ... or, the caller requiring 100rel, our first reliable provisional offered and its
+    /// PRACK answers (RFC 3262 §5); the 2xx then carries no SDP.
+    early_offer: bool,
     /// The silence limit last given to the media hub (`MediaCmd::WatchSilence`), once the call
     /// is answered.
     silence_watch: Option<Option<Duration>>,
@@ -1857,6 +1860,7 @@ impl Engine {
             payload_map: PayloadMap::default(),
             answer_in_ack: audio.is_none(),
             delayed_offer: audio.is_none(),
+            early_offer: false,
             reinvite_out: None,
             reinvite_in_unacked: false,
             glare_retry: None,
@@ -2195,27 +2199,56 @@ impl Engine {
         }
     }
 
-    /// The caller's ACK answers the offer our 2xx made to its offerless INVITE. Without an
-    /// answer we can take (none, unreadable, a codec or security we did not offer) the call has
-    /// no media: it ends with BYE and 488 on both sides, an ACK being beyond refusal.
-    fn answer_to_delayed_offer(&mut self, now: Instant, key: CallKey, body: &[u8]) {
+    /// The caller's answer (in `what`, its ACK or PRACK) to the offer we made to its offerless
+    /// INVITE, read and checked against it.
+    fn delayed_answer(
+        &self,
+        key: CallKey,
+        body: &[u8],
+        what: &str,
+    ) -> Result<sdp::SessionDesc, String> {
         let offered = (self.calls.get(&key))
             .and_then(|c| c.sip.as_ref())
             .and_then(|s| s.local_sdp.as_ref())
             .map(|l| l.formats.clone())
             .unwrap_or_default();
-        let checked = if body.is_empty() {
-            Err("no SDP answer in the ACK".to_string())
-        } else {
-            sdp::parse(body).map_err(|e| e.to_string()).and_then(|ans| {
-                let (_, audio) = ans.audio().ok_or("no audio stream")?;
-                // Without an address nothing would set the media's security or destination.
-                ans.audio_addr().ok_or("no connection address")?;
-                negotiate::check_answer(audio, &offered).map_err(|e| e.to_string())?;
-                Ok(ans)
-            })
-        };
-        match checked {
+        if body.is_empty() {
+            return Err(format!("no SDP answer in the {what}"));
+        }
+        let ans = sdp::parse(body).map_err(|e| e.to_string())?;
+        let (_, audio) = ans.audio().ok_or("no audio stream")?;
+        // Without an address nothing would set the media's security or destination.
+        ans.audio_addr().ok_or("no connection address")?;
+        negotiate::check_answer(audio, &offered).map_err(|e| e.to_string())?;
+        Ok(ans)
+    }
+
+    /// The caller's PRACK answers the offer in our first reliable provisional (RFC 3262 §5).
+    /// Without an answer we can take, the INVITE gets 488: nothing is confirmed yet.
+    pub(super) fn answer_in_prack(&mut self, now: Instant, key: CallKey, body: &[u8]) {
+        if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+            sip.delayed_offer = false;
+        }
+        let latching = self.leg_latching(key);
+        let taken = self.delayed_answer(key, body, "PRACK").and_then(|ans| {
+            let (_, audio) = ans.audio().ok_or("no audio stream")?;
+            self.secure_answer(key, &ans, audio)?;
+            self.take_remote_media(key, ans.audio_addr(), audio, latching);
+            Ok(())
+        });
+        if let Err(why) = taken {
+            warn!(call = %key, %why, "the PRACK does not answer our offer: 488");
+            self.final_to_caller(now, key, 488, "Not Acceptable Here");
+            self.end_ript(now, key, "SIP;cause=488;text=\"Not Acceptable Here\"");
+            self.finish(now, key, CallOutcome::Failed);
+        }
+    }
+
+    /// The caller's ACK answers the offer our 2xx made to its offerless INVITE. Without an
+    /// answer we can take (none, unreadable, a codec or security we did not offer) the call has
+    /// no media: it ends with BYE and 488 on both sides, an ACK being beyond refusal.
+    fn answer_to_delayed_offer(&mut self, now: Instant, key: CallKey, body: &[u8]) {
+        match self.delayed_answer(key, body, "ACK") {
             Ok(ans) => {
                 if self.take_dialog_answer(now, key, &ans, "the ACK's SDP answer") {
                     self.watch_media(key);
@@ -3749,6 +3782,7 @@ impl Engine {
                     earlier_hops: Vec::new(),
                     rel: prack::Reliable::default(),
                     delayed_offer: false,
+                    early_offer: false,
                     silence_watch: None,
                     remote_direction: SdpDirection::SendRecv,
                     remote_formats: Vec::new(),
@@ -4820,18 +4854,16 @@ impl Engine {
     ) {
         // After a delayed offer our SDP would be an offer, which an unreliable provisional
         // cannot carry (RFC 3261 §13.2.1): the 183 goes without it, and the 2xx offers. A
-        // caller that also requires 100rel would need the offer in the first reliable
-        // provisional (RFC 3262 §5) and take the answer from its PRACK, which we do not do: it
-        // gets no provisional at all (100 aside), and the offer in the 2xx.
-        let Some(sip) = self.calls.get(&key).and_then(|c| c.sip.as_ref()) else {
+        // caller that requires 100rel gets the offer in the first reliable provisional instead,
+        // and answers in its PRACK (RFC 3262 §5); later provisionals carry no SDP.
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
             return;
         };
-        let delayed = sip.delayed_offer;
-        if delayed && sip.rel.caller_requires() {
-            debug!(call = %key, code, "delayed offer with 100rel required: provisional not sent");
-            return;
-        }
-        let sdp = sdp && !delayed;
+        let sdp = match (sip.delayed_offer, sip.rel.caller_requires()) {
+            (true, true) => !std::mem::replace(&mut sip.early_offer, true),
+            (true, false) => false,
+            (false, _) => sdp && !sip.early_offer,
+        };
         if self.reliable_provisional(now, key, code, reason, sdp) {
             return;
         }
@@ -4906,9 +4938,9 @@ impl Engine {
         if !self.txn.server_proceeding(&skey) {
             return;
         }
-        let body = sip
-            .local_sdp
-            .as_ref()
+        // After an offer in a reliable provisional the exchange is done: no SDP (RFC 6337 §3.1).
+        let body = (sip.local_sdp.as_ref())
+            .filter(|_| !sip.early_offer)
             .map(|l| sdp::build(l).into_bytes())
             .unwrap_or_default();
         let contact = self.cfg.contact(sip.transport);

@@ -317,7 +317,14 @@ impl Engine {
             return;
         }
         self.disarm(key, CallTimer::Reliable);
-        if req.body.is_empty() {
+        let answers_our_offer = (self.calls.get(&key))
+            .and_then(|c| c.sip.as_ref())
+            .is_some_and(|s| s.delayed_offer && s.early_offer);
+        if answers_our_offer {
+            // The provisional carried our offer to an offerless INVITE: this is its answer (§5).
+            self.respond(now, m, 200, "OK", None, &Extra::none());
+            self.answer_in_prack(now, key, &req.body);
+        } else if req.body.is_empty() {
             self.respond(now, m, 200, "OK", None, &Extra::none());
         } else {
             // An offer in the PRACK (§5): its 2xx carries our answer, as an UPDATE's would.
