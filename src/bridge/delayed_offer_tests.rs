@@ -126,17 +126,22 @@ fn prack(tag: &str, rseq: &str, sdp: Option<&str>) -> String {
     )
 }
 
+/// An offerless INVITE requiring 100rel, and the far side ringing: the key and our 180.
+fn ringing_with_100rel(s: &mut Sim) -> (CallKey, String) {
+    let key = offerless_call_with(s, "Require: 100rel\r\n");
+    s.ript(RiptEvent::ClientEvent {
+        call: key,
+        event: ev(EventName::Alerting, 0),
+    });
+    (key, s.sip_out().remove(0))
+}
+
 /// RFC 3262 §5: a caller that sends no offer and requires 100rel gets our offer in the first
 /// reliable provisional and answers in its PRACK; the 2xx then carries no SDP.
 #[test]
 fn an_offerless_invite_that_requires_100rel_gets_our_offer_in_the_first_reliable_provisional() {
     let mut s = Sim::new();
-    let key = offerless_call_with(&mut s, "Require: 100rel\r\n");
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Alerting, 0),
-    });
-    let ringing = s.sip_out().remove(0);
+    let (key, ringing) = ringing_with_100rel(&mut s);
     assert!(
         ringing.starts_with("SIP/2.0 180 ")
             && ringing.contains("m=audio ")
@@ -181,12 +186,7 @@ fn an_offerless_invite_that_requires_100rel_gets_our_offer_in_the_first_reliable
 #[test]
 fn a_prack_without_an_answer_to_our_early_offer_gets_the_invite_refused() {
     let mut s = Sim::new();
-    let key = offerless_call_with(&mut s, "Require: 100rel\r\n");
-    s.ript(RiptEvent::ClientEvent {
-        call: key,
-        event: ev(EventName::Alerting, 0),
-    });
-    let ringing = s.sip_out().remove(0);
+    let (_, ringing) = ringing_with_100rel(&mut s);
     let rseq = header_of(&ringing, "RSeq").expect("reliable");
     s.sip(&prack(&to_tag_of(&ringing), &rseq, None), CALLER);
     assert_eq!(

@@ -931,6 +931,22 @@ mod tests {
         crate::media::rtp::pcmu_packet(seq, 0xabcd_0001)
     }
 
+    /// A latching leg keyed with SDES (our key `key(ours)`, the peer's `key(theirs)`), told the
+    /// peer's SDP address `PEER` when `remote`; and the peer's own SRTP session.
+    fn sdes_leg(now: Instant, ours: u8, theirs: u8, remote: bool) -> (LegacyLeg, SrtpSession) {
+        let (ours, theirs) = (key(ours), key(theirs));
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        if remote {
+            leg.set_remote(addr(PEER), None, true, true);
+        }
+        let sdes = LegCrypto::Sdes {
+            local: ours.clone(),
+            remote: theirs.clone(),
+        };
+        leg.secure(now, sdes, None, None);
+        (leg, SrtpSession::new(&theirs, &ours).unwrap())
+    }
+
     fn key(byte: u8) -> CryptoAttr {
         CryptoAttr::generate(1, Suite::AesCm128HmacSha1_80, |b| {
             b.fill(byte);
@@ -1185,18 +1201,7 @@ mod tests {
         );
 
         // With SDES, only an authenticated packet from the SDP address takes the latch back.
-        let (ours, theirs) = (key(1), key(2));
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.secure(
-            now,
-            LegCrypto::Sdes {
-                local: ours.clone(),
-                remote: theirs.clone(),
-            },
-            None,
-            None,
-        );
-        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let (mut leg, mut peer) = sdes_leg(now, 1, 2, false);
         let mut early = peer.protect_rtp(&rtp(1)).unwrap().to_vec();
         assert_eq!(
             leg.on_recv(now, addr(PEER), &mut early),
@@ -1204,7 +1209,7 @@ mod tests {
             "not even the peer's own, before its SDP"
         );
         leg.set_remote(addr(PEER), None, true, true);
-        let mut stranger_srtp = SrtpSession::new(&theirs, &ours).unwrap();
+        let mut stranger_srtp = SrtpSession::new(&key(2), &key(1)).unwrap();
         let mut first = stranger_srtp.protect_rtp(&rtp(1)).unwrap().to_vec();
         assert!(matches!(
             leg.on_recv(now, stranger, &mut first),
@@ -1320,15 +1325,7 @@ mod tests {
             );
         }
         // With SDES keys, a new address is followed, but only for packets that authenticate.
-        let (ours, theirs) = (key(1), key(2));
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), None, true, true);
-        let sdes = LegCrypto::Sdes {
-            local: ours.clone(),
-            remote: theirs.clone(),
-        };
-        leg.secure(now, sdes, None, None);
-        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
+        let (mut leg, mut peer) = sdes_leg(now, 1, 2, true);
         let mut good = |seq| peer.protect_rtp(&rtp(seq)).unwrap().to_vec();
         assert!(matches!(
             leg.on_recv(now, addr(PEER), &mut good(1)),
@@ -1599,20 +1596,8 @@ mod tests {
     #[test]
     fn rtcp_reports_go_to_the_peer_protected_and_count_what_was_received() {
         let mut now = Instant::now();
-        let (ours, theirs) = (key(3), key(4));
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), None, true, true);
+        let (mut leg, mut peer) = sdes_leg(now, 3, 4, true);
         leg.set_codec(now, 8000, Some(101), false);
-        leg.secure(
-            now,
-            LegCrypto::Sdes {
-                local: ours.clone(),
-                remote: theirs.clone(),
-            },
-            None,
-            None,
-        );
-        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
         let mut reports = 0;
         for seq in 0..500u16 {
             now += Duration::from_millis(20);
@@ -1740,16 +1725,8 @@ mod tests {
         assert_eq!(out, &te_off[..]);
 
         // SDES-SRTP: rewritten before protection and after unprotection, so it authenticates.
-        let (ours, theirs) = (key(1), key(2));
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.set_remote(addr(PEER), None, true, true);
-        let sdes = LegCrypto::Sdes {
-            local: ours.clone(),
-            remote: theirs.clone(),
-        };
-        leg.secure(now, sdes, None, None);
+        let (mut leg, mut peer) = sdes_leg(now, 1, 2, true);
         leg.map_payload_types(&map);
-        let mut peer = SrtpSession::new(&theirs, &ours).unwrap();
         let (_, out) = leg.on_send(now, &te, &mut buf).unwrap();
         assert_eq!(
             peer.unprotect_rtp(out).unwrap().as_ref(),
