@@ -175,11 +175,14 @@ fn an_offerless_invite_that_requires_100rel_gets_our_offer_in_the_first_reliable
     );
     let ok = &msgs[1];
     assert!(
-        ok.contains("CSeq: 1 INVITE") && !ok.contains("m=audio"),
+        ok.contains("CSeq: 1 INVITE") && !ok.contains("m=audio") && !ok.contains("Content-Type"),
         "no SDP again: {ok}"
     );
-    s.sip(&ack(&tag, None), CALLER);
-    assert!(s.sip_out().is_empty(), "an ACK without SDP is right now");
+    // SDP in the ACK now is no answer (RFC 6337 §3.1): nothing changes.
+    let elsewhere = CALLER_ANSWER.replace("6100", "6200");
+    s.sip(&ack(&tag, Some(&elsewhere)), CALLER);
+    let out = s.take();
+    assert!(out.is_empty(), "{out:?}");
     assert_eq!(s.e.active_calls(), 1);
 }
 
@@ -310,4 +313,23 @@ fn a_description_the_answer_narrowed_goes_out_again_as_a_new_version() {
         .expect("200 to the re-INVITE");
     assert_eq!(re.matches("a=crypto:").count(), 1, "{re}");
     assert!(o_version(&re) > o_version(&ok), "{ok}\n{re}");
+}
+
+/// RFC 3261 §14.2: a re-INVITE in the early dialog, before our 2xx, gets 500 with Retry-After
+/// (and does not touch our outstanding offer).
+#[test]
+fn a_reinvite_before_our_2xx_gets_500() {
+    let mut s = Sim::new();
+    let (_, ringing) = ringing_with_100rel(&mut s);
+    let tag = to_tag_of(&ringing);
+    s.sip(
+        &in_dialog("INVITE", "z9hG4bKdore", 2, &tag, Some(CALLER_ANSWER)),
+        CALLER,
+    );
+    let msgs = s.sip_out();
+    assert_eq!(
+        start_lines(&msgs),
+        vec!["SIP/2.0 500 Server Internal Error".to_string()]
+    );
+    assert!(header_of(&msgs[0], "Retry-After").is_some());
 }

@@ -1198,7 +1198,7 @@ impl Engine {
                 trunk,
                 hop,
                 transport,
-            } => self.set_trunk_addrs(trunk, hop, transport),
+            } => self.set_trunk_addrs(now, trunk, hop, transport),
             Input::HopAddr { call, uri, addrs } => self.on_hop_addr(now, call, &uri, addrs),
             Input::Unreachable { addr, transport } => self.on_unreachable(now, addr, transport),
             Input::Media(MediaEvent::Silent { call, silent_for }) => {
@@ -2228,6 +2228,8 @@ impl Engine {
     pub(super) fn answer_in_prack(&mut self, now: Instant, key: CallKey, body: &[u8]) {
         if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
             sip.delayed_offer = false;
+            // The exchange is complete: SDP in the ACK is no answer (RFC 6337 §3.1).
+            sip.answer_in_ack = false;
         }
         let latching = self.leg_latching(key);
         let taken = self.delayed_answer(key, body, "PRACK").and_then(|ans| {
@@ -2449,8 +2451,9 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        // What the peer's re-offer is answered from: the codecs of the HTTP/3 side's media
-        // toward us (so that a telephone-event one re-offer left out can come back).
+        // What the peer's re-offer is answered from: the codecs of the media the HTTP/3 side
+        // takes from this peer (our SDP's), so that a telephone-event one re-offer left out
+        // can come back.
         let relay_from = call.ript.proposal.as_ref().map(|p| {
             let dir = match call.ript.role {
                 RiptRole::Server => Direction::S2c,
@@ -2468,7 +2471,9 @@ impl Engine {
             self.respond(now, m, 491, "Request Pending", None, &Extra::none());
             return;
         }
-        if is_invite && (sip.reinvite_in_unacked || sip.pending_2xx.is_some()) {
+        // RFC 3261 §14.2: also a re-INVITE in the early dialog, before our 2xx.
+        let early = sip.role == SipRole::Uas && !sip.final_done;
+        if is_invite && (sip.reinvite_in_unacked || sip.pending_2xx.is_some() || early) {
             self.respond(
                 now,
                 m,
@@ -2540,7 +2545,7 @@ impl Engine {
                 };
                 let mut formats = Vec::new();
                 for f in relay_from.as_deref().unwrap_or(&local.formats) {
-                    if let Some(o) = audio.formats.iter().find(|o| o.same_codec(f)) {
+                    if let Some(o) = negotiate::counterpart(f, &audio.formats) {
                         formats.push(o.clone());
                     } else if !model::is_auxiliary_codec(&f.name) {
                         let why = format!("{} is no longer offered", f.name);
@@ -3185,8 +3190,22 @@ impl Engine {
                     return;
                 }
                 Some(Ok(())) => {}
-                // Without any answer the 2xx is broken; keep the early media address if any.
-                None => debug!(call = %key, error = %e, "2xx without usable SDP"),
+                // Without any answer the 2xx is broken: keep the early answer's media if one
+                // was taken, else the call would have none (ADR 0032).
+                None if self
+                    .calls
+                    .get(&key)
+                    .and_then(|c| c.sip.as_ref())
+                    .is_some_and(|s| !s.remote_formats.is_empty()) =>
+                {
+                    debug!(call = %key, error = %e, "2xx without usable SDP: the early answer stands")
+                }
+                None => {
+                    let why = format!("no usable SDP answer: {e}");
+                    warn!(call = %key, %why, "answer refused");
+                    self.refuse_answer(now, key, &why);
+                    return;
+                }
             },
         }
         let timers = self.cfg.session_timer.on();
@@ -4544,7 +4563,7 @@ impl Engine {
         }
     }
 
-    fn set_trunk_addrs(&mut self, trunk: usize, hop: HopAddrs, transport: Transport) {
+    fn set_trunk_addrs(&mut self, now: Instant, trunk: usize, hop: HopAddrs, transport: Transport) {
         let Some(t) = self.cfg.trunks.get_mut(trunk) else {
             return;
         };
@@ -4554,6 +4573,7 @@ impl Engine {
         }
         if t.set_hop(&hop) || moved {
             info!(trunk = %t.name, addresses = ?hop.addrs, srv = !hop.ranks.is_empty(), ?transport, "trunk addresses changed");
+            self.ping_new_addresses(now, trunk);
         }
     }
 
@@ -4860,6 +4880,15 @@ impl Engine {
             return;
         };
         let sdp = match (sip.delayed_offer, sip.rel.caller_requires()) {
+            // Nothing to offer yet (a handler is still to take the call and choose): no
+            // provisional, and the 2xx offers.
+            (true, true)
+                if !sip.early_offer
+                    && sip.local_sdp.as_ref().is_none_or(|l| l.formats.is_empty()) =>
+            {
+                debug!(call = %key, code, "offerless INVITE requiring 100rel, no codecs yet: provisional not sent");
+                return;
+            }
             (true, true) => !std::mem::replace(&mut sip.early_offer, true),
             (true, false) => false,
             (false, _) => sdp && !sip.early_offer,
@@ -4955,7 +4984,9 @@ impl Engine {
         for (name, value) in session_headers {
             extra = extra.header(name, value);
         }
-        let extra = extra.sdp(&body);
+        if !body.is_empty() {
+            extra = extra.sdp(&body);
+        }
         let bytes: Bytes = msg::response(req, src, 200, "OK", Some(&sip.local_tag), &extra).into();
         sip.final_done = true;
         sip.session = session;

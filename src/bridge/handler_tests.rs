@@ -343,3 +343,44 @@ fn a_handler_without_a_common_codec_cannot_take_the_call() {
     // Another handler still can.
     take(&mut sim, 8, key).expect("a handler with PCMU takes it");
 }
+
+/// An offerless INVITE requiring 100rel toward handlers: nothing to offer while no handler has
+/// chosen, so no provisional (it would have to carry an offer, RFC 3262 §5); the 2xx offers
+/// the codec the handler took.
+#[test]
+fn an_offerless_caller_requiring_100rel_gets_the_offer_of_the_handlers_codec_in_the_2xx() {
+    let mut sim = Sim::with(cfg());
+    let inv = invite("page")
+        .replace("Content-Type: application/sdp\r\n", "Require: 100rel\r\n")
+        .replace(
+            &format!("Content-Length: {}\r\n\r\n{OFFER}", OFFER.len()),
+            "Content-Length: 0\r\n\r\n",
+        );
+    sim.sip(&inv, CALLER);
+    let key = sim
+        .take()
+        .iter()
+        .find_map(|o| match o {
+            Output::Ript(RiptCmd::Offer { call, .. }) => Some(*call),
+            _ => None,
+        })
+        .expect("offered to the handlers");
+    sim.ript(RiptEvent::Offered {
+        call: key,
+        handlers: 1,
+    });
+    assert!(
+        sim.sip_out().is_empty(),
+        "no 180 without an offer to put in it"
+    );
+    take(&mut sim, 1, key).expect("taken");
+    sim.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: Event::new(EventName::Answered),
+    });
+    let ok = sim.sip_out().remove(0);
+    assert!(
+        ok.starts_with("SIP/2.0 200 OK") && ok.contains(" RTP/AVP 0 "),
+        "{ok}"
+    );
+}

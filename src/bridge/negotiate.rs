@@ -284,7 +284,7 @@ pub fn payload_map(
 
 /// The format among `among` that is `f`'s codec: one with the same payload type first, then
 /// one with the same `fmtp` (two profiles of one codec, say), then any of that name and clock.
-fn counterpart<'a>(f: &Format, among: &'a [Format]) -> Option<&'a Format> {
+pub(crate) fn counterpart<'a>(f: &Format, among: &'a [Format]) -> Option<&'a Format> {
     let same = || among.iter().filter(|t| t.same_codec(f));
     same()
         .find(|t| t.pt == f.pt)

@@ -160,3 +160,18 @@ fn formats_the_trunks_answer_leaves_out_are_not_sent_to_it() {
     s.sip(&reply(&inv, 200, "OK", "callee1", Some(&voice_only)), TRUNK);
     assert_eq!(maps(&s.take()), [map(&[], &[], &[101])]);
 }
+
+/// A 2xx without a usable SDP answer, and no early answer to stand on: the leg would take no
+/// media, so the answer is refused (ACK, then BYE with 488).
+#[test]
+fn a_2xx_without_an_answer_is_refused() {
+    let mut s = Sim::new();
+    let (_, inv) = b_invite_sent(&mut s);
+    s.sip(&reply(&inv, 200, "OK", "callee1", None), TRUNK);
+    let msgs = sip_texts(&s.take());
+    assert!(
+        msgs[0].starts_with("ACK ") && msgs[1].starts_with("BYE "),
+        "{msgs:?}"
+    );
+    assert!(msgs[1].contains("cause=488"), "{}", msgs[1]);
+}

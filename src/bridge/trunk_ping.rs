@@ -18,7 +18,7 @@ use super::*;
 /// OPTIONS this engine has out: by branch, the trunk, address and transport pinged.
 #[derive(Debug, Default)]
 pub(super) struct Pings {
-    inflight: HashMap<String, (usize, SocketAddr, Transport)>,
+    pub(super) inflight: HashMap<String, (usize, SocketAddr, Transport)>,
     /// When each trunk's next round is due (`None`: not pinged, or not started).
     next: Vec<Option<Instant>>,
     /// Trunks' addresses whose last ping failed.
@@ -38,6 +38,13 @@ impl Engine {
             .collect();
         self.run_pings(now);
         self.pump(now);
+    }
+
+    /// A pinged trunk's addresses changed (DNS): its next round goes now.
+    pub(super) fn ping_new_addresses(&mut self, now: Instant, t: usize) {
+        if let Some(next) = self.pings.next.get_mut(t).filter(|n| n.is_some()) {
+            *next = Some(now);
+        }
     }
 
     /// When the next round of pings is due.

@@ -35,9 +35,9 @@ pub const RELATCH_QUIET: Duration = Duration::from_secs(1);
 const RELATCH_GAP: Duration = Duration::from_millis(250);
 /// ... and at least this many packets.
 const RELATCH_PACKETS: u32 = 10;
-/// For this long after the first latch, media from the exact address the peer's SDP gave
-/// takes the latch from whatever source got there first (ADR 0032); later, only the usual
-/// following of a moved peer applies.
+/// Until the call is answered and for this long after, media from the exact address the
+/// peer's SDP gave takes the latch from whatever source got there first (ADR 0032); later,
+/// only the usual following of a moved peer applies.
 pub const SDP_WINS_FOR: Duration = Duration::from_secs(2);
 
 /// A source that may take a latched leg over (see [`LegacyLeg::may_move_to`]).
@@ -89,8 +89,6 @@ struct Remote {
     sdp: Option<SocketAddr>,
     latching: bool,
     latched: bool,
-    /// When the first latch after the SDP was taken.
-    latched_at: Option<Instant>,
 }
 
 enum Keys {
@@ -144,6 +142,9 @@ pub struct LegacyLeg {
     /// once it was.
     silence: Option<std::time::Duration>,
     silence_told: bool,
+    /// When the call was answered (the first [`LegacyLeg::watch_silence`]): the SDP address's
+    /// claim on the latch ends [`SDP_WINS_FOR`] later.
+    answered: Option<Instant>,
     /// The security last applied, to tell a repeated command from a change.
     applied: Option<Box<(LegCrypto, Option<LegIce>)>>,
     /// A security failure not yet reported to the engine.
@@ -224,12 +225,14 @@ impl LegacyLeg {
             silence_limit: None,
             silence: None,
             silence_told: false,
+            answered: None,
         }
     }
 
     /// Reports the peer's silence ([`LegacyLeg::take_silence`]) once nothing was heard from it
     /// for `limit` (`None`: never). The watch starts over from `now`.
     pub fn watch_silence(&mut self, now: Instant, limit: Option<std::time::Duration>) {
+        self.answered.get_or_insert(now);
         self.silence_limit = limit;
         self.heard = now;
         self.heard_counts = self.life_counts();
@@ -272,7 +275,6 @@ impl LegacyLeg {
         if !(latching && r.latched && !moved) {
             r.rtp = Some(rtp);
             r.latched = false;
-            r.latched_at = None;
             self.rtcp_heard = None;
         }
         r.latching = latching;
@@ -503,28 +505,28 @@ impl LegacyLeg {
         }
     }
 
-    fn latch_at(&mut self, now: Instant, src: SocketAddr) {
+    fn latch(&mut self, src: SocketAddr) {
         let r = &mut self.remote;
         if self.ice.is_none() && r.latching && !r.latched {
             r.rtp = Some(src);
             r.latched = true;
-            r.latched_at = Some(now);
         }
     }
 
     /// Whether media from `src` takes the latch because it comes from the address the peer's
-    /// SDP gave, shortly after the first latch (see [`SDP_WINS_FOR`]). A peer that is not
-    /// behind a NAT sends from there, so a stranger who got there first cannot keep its media;
-    /// a peer behind a NAT never does, and its SDP address (a private one) cannot take it over
-    /// for good.
+    /// SDP gave, while the call rings or shortly after its answer (see [`SDP_WINS_FOR`]). A
+    /// peer that is not behind a NAT sends from there, so a stranger who got there first cannot
+    /// keep its media; a peer behind a NAT never does, and its SDP address (a private one)
+    /// cannot take the call over once it is under way.
     fn sdp_wins(&self, now: Instant, src: SocketAddr) -> bool {
         let r = &self.remote;
         self.ice.is_none()
             && r.latching
             && r.latched
             && r.sdp == Some(src)
-            && r.latched_at
-                .is_some_and(|at| now.saturating_duration_since(at) < SDP_WINS_FOR)
+            && self
+                .answered
+                .is_none_or(|at| now.saturating_duration_since(at) < SDP_WINS_FOR)
     }
 
     /// RTP from `src` on a latched leg, not from its latched source: whether the latch may move
@@ -637,7 +639,7 @@ impl LegacyLeg {
                 // Only a record that moved the handshake on (an answer queued, a new state)
                 // latches: junk from a stranger must not.
                 Ok(()) if d.queued() == before.0 && *d.state() == before.1 => {}
-                Ok(()) => self.latch_at(now, src),
+                Ok(()) => self.latch(src),
                 Err(e) => tracing::debug!(%src, error = %e, "DTLS record refused"),
             }
             self.after_dtls();
@@ -706,7 +708,7 @@ impl LegacyLeg {
         if moves {
             self.move_latch(src);
         } else {
-            self.latch_at(now, src);
+            self.latch(src);
         }
         if self.is_dtmf(&plain) {
             // A sign of life too (telephone-events are not counted as RTP received).
@@ -1237,19 +1239,40 @@ mod tests {
         );
     }
 
-    /// The SDP address's claim is for the start of the call only: later, a packet from it
-    /// (a host on our own network with a NATed peer's private address, say) moves nothing.
+    /// The SDP address's claim lasts while the call rings and shortly after its answer: a
+    /// stranger that latched at the start of a long ringing loses the call to the peer's first
+    /// packet, but later a packet from that address (a host on our own network with a NATed
+    /// peer's private address, say) moves nothing.
     #[test]
-    fn the_sdp_address_wins_the_latch_only_shortly_after_the_first_one() {
+    fn the_sdp_address_wins_the_latch_until_shortly_after_the_answer() {
         let mut now = Instant::now();
         let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        leg.secure(now, LegCrypto::Plain, None, None);
-        leg.set_remote(addr(PEER), None, true, true);
+        let fresh = |now| {
+            let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+            leg.secure(now, LegCrypto::Plain, None, None);
+            leg.set_remote(addr(PEER), None, true, true);
+            leg
+        };
+        let mut leg = fresh(now);
         assert!(matches!(
             leg.on_recv(now, stranger, &mut rtp(1)),
             Recv::Rtp(_)
         ));
+        now += Duration::from_secs(20); // ringing
+        leg.watch_silence(now, None); // answered
+        now += SDP_WINS_FOR / 2;
+        assert!(matches!(
+            leg.on_recv(now, addr(PEER), &mut rtp(2)),
+            Recv::Rtp(_)
+        ));
+        assert_eq!(leg.remote.rtp, Some(addr(PEER)));
+
+        let mut leg = fresh(now);
+        assert!(matches!(
+            leg.on_recv(now, stranger, &mut rtp(1)),
+            Recv::Rtp(_)
+        ));
+        leg.watch_silence(now, None);
         now += SDP_WINS_FOR;
         assert_eq!(
             leg.on_recv(now, addr(PEER), &mut rtp(2)),
