@@ -2,7 +2,7 @@
 # riptide's whole test suite: what CI runs (.ci/run calls exactly this).
 #   1. formatting and lints (cargo fmt --check, clippy -D warnings)
 #   2. unit and integration tests (cargo test --release: one build serves the tests and the
-#      gateway pair)
+#      gateway pair), then each Criterion bench once
 #   3. the SIPp suite against the gateway pair (interop/sipp/run.sh)
 #   4. the browser checks: CORS, WebTransport origins and media tickets, and the SIP preflight
 #      toward SIPp trunks, from headless Chromium against a gateway of their own
@@ -40,6 +40,10 @@ cargo clippy --release --locked --all-targets -- -D warnings
 # tree a second time, because dev-dependencies change feature unification.
 log "cargo test --release (also builds the release binary)"
 cargo test --release --locked
+# Each Criterion bench once (its test mode): a bench that panics or no longer runs shows here,
+# not the next time someone measures.
+log "benches, each once"
+cargo test --release --locked --bench '*'
 log "SIPp suite against the gateway pair"
 "$INTEROP_DIR/sipp/run.sh"
 log "browser checks: CORS, WebTransport and the SIP preflight from headless Chromium"
