@@ -798,6 +798,17 @@ enum RiptRole {
     Server,
 }
 
+impl RiptRole {
+    /// The proposal's directions of the media toward the SIP peer and from it: the RIPT
+    /// server's media comes from its client (C2s) and goes back to it (S2c).
+    fn peer_directions(&self) -> (Direction, Direction) {
+        match self {
+            RiptRole::Server => (Direction::C2s, Direction::S2c),
+            RiptRole::Client { .. } => (Direction::S2c, Direction::C2s),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct RiptLeg {
     role: RiptRole,
@@ -2454,13 +2465,8 @@ impl Engine {
         // What the peer's re-offer is answered from: the codecs of the media the HTTP/3 side
         // takes from this peer (our SDP's), so that a telephone-event one re-offer left out
         // can come back.
-        let relay_from = call.ript.proposal.as_ref().map(|p| {
-            let dir = match call.ript.role {
-                RiptRole::Server => Direction::S2c,
-                RiptRole::Client { .. } => Direction::C2s,
-            };
-            negotiate::proposal_to_formats(p, dir).0
-        });
+        let relay_from = (call.ript.proposal.as_ref())
+            .map(|p| negotiate::proposal_to_formats(p, call.ript.role.peer_directions().1).0);
         let Some(sip) = call.sip.as_mut() else {
             return;
         };
@@ -5101,11 +5107,7 @@ impl Engine {
         if call.port.is_none() || sip.remote_formats.is_empty() {
             return;
         }
-        // The RIPT server's media comes from its client (C2s) and goes back to it (S2c).
-        let (toward_peer, from_peer) = match call.ript.role {
-            RiptRole::Server => (Direction::C2s, Direction::S2c),
-            RiptRole::Client { .. } => (Direction::S2c, Direction::C2s),
-        };
+        let (toward_peer, from_peer) = call.ript.role.peer_directions();
         let ours = sip.local_sdp.as_ref().map_or(&[][..], |l| &l.formats[..]);
         let map = negotiate::payload_map(
             &negotiate::proposal_to_formats(proposal, toward_peer).0,
