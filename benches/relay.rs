@@ -110,16 +110,25 @@ fn loopback(c: &mut Criterion) {
     });
     let pkt = pcmu_packet();
     let mut buf = [0u8; 2048];
+    let (mut sent, mut lost) = (0u64, 0u64);
     let mut g = c.benchmark_group("relay");
     g.throughput(Throughput::Elements(1));
     g.bench_function("udp_quic_udp_one_way", |b| {
         b.iter(|| {
             sip_a.send_to(&pkt, a_side).unwrap();
-            // A lost datagram shows up as a 500 ms outlier rather than a hang.
-            black_box(sip_b.recv_from(&mut buf).ok())
+            sent += 1;
+            // A lost datagram shows up as a 500 ms outlier rather than a hang ...
+            let got = sip_b.recv_from(&mut buf).ok();
+            lost += u64::from(got.is_none());
+            black_box(got)
         })
     });
     g.finish();
+    // ... and a relay that lost more than the odd one (or, run once as CI does, any) fails.
+    assert!(
+        lost * 100 <= sent,
+        "{lost} of {sent} packets were not relayed"
+    );
 }
 
 /// One plain leg's receive and send of a PCMU packet, as the relay calls them: with the
