@@ -1,7 +1,7 @@
 //! SIP Digest in the engine, with simulated time: challenging calls from a digest trunk (UAS)
 //! and answering a trunk's challenges to our INVITEs (UAC).
 
-use super::super::tests::{pcmu_adv, sip_texts, Sim};
+use super::super::tests::{first, pcmu_adv, sip_texts, Sim};
 use super::super::*;
 use crate::sip::digest::{self, Algorithm, Login, UserDb, UserSecret};
 
@@ -185,11 +185,7 @@ fn calls_from_other_sources_and_requests_in_a_dialog_are_not_challenged() {
         call: key,
         event: answered,
     });
-    let ok = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("SIP/2.0 200"))
-        .expect("200 to the caller");
+    let ok = first(&s.sip_out(), "SIP/2.0 200").to_string();
     let to = header(&ok, "To");
     let in_dialog = |method: &str, branch: &str, cseq: u32| {
         format!(
@@ -515,14 +511,11 @@ fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_
     let msgs = s.sip_out();
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     // The 401 is ACKed (by the transaction: the INVITE's branch and CSeq number).
-    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    let ack = first(&msgs, "ACK ");
     assert_eq!(header(ack, "CSeq"), "1 ACK");
     assert_eq!(branch_of(ack), branch_of(&inv));
     // The INVITE again: same Call-ID and From tag, next CSeq, new branch, credentials.
-    let inv2 = msgs
-        .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv2 = first(&msgs, "INVITE ");
     assert_eq!(header(inv2, "Call-ID"), header(&inv, "Call-ID"));
     assert_eq!(header(inv2, "From"), header(&inv, "From"));
     assert_eq!(header(inv2, "CSeq"), "2 INVITE");
@@ -533,7 +526,7 @@ fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_
     // Answered: the ACK of the 2xx has CSeq 2 and the INVITE's credentials.
     s.sip(&reply(inv2, 200, "OK", &[], Some(ANSWER)), TRUNK);
     let msgs = s.sip_out();
-    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    let ack = first(&msgs, "ACK ");
     assert_eq!(header(ack, "CSeq"), "2 ACK");
     assert_eq!(header(ack, "Authorization"), creds);
     // The caller hangs up: the BYE comes next in the dialog's CSeq space.
@@ -544,7 +537,7 @@ fn a_401_is_answered_with_the_strongest_offered_algorithm_and_the_dialog_counts_
         event: end,
     });
     let msgs = s.sip_out();
-    let bye = msgs.iter().find(|m| m.starts_with("BYE ")).expect("BYE");
+    let bye = first(&msgs, "BYE ");
     assert_eq!(header(bye, "CSeq"), "3 BYE");
     // It carries credentials for the same challenge, computed for BYE and its Request-URI,
     // with the next nonce count.
@@ -571,10 +564,7 @@ fn a_407_is_answered_with_md5_proxy_credentials_and_a_cancel_follows_the_new_inv
         TRUNK,
     );
     let msgs = s.sip_out();
-    let inv2 = msgs
-        .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv2 = first(&msgs, "INVITE ");
     assert!(headers(inv2, "Authorization").is_empty());
     assert_valid(
         &header(inv2, "Proxy-Authorization"),
@@ -593,10 +583,7 @@ fn a_407_is_answered_with_md5_proxy_credentials_and_a_cancel_follows_the_new_inv
         event: end,
     });
     let msgs = s.sip_out();
-    let cancel = msgs
-        .iter()
-        .find(|m| m.starts_with("CANCEL "))
-        .expect("CANCEL");
+    let cancel = first(&msgs, "CANCEL ");
     assert_eq!(header(cancel, "CSeq"), "2 CANCEL");
     assert_eq!(branch_of(cancel), branch_of(inv2));
 }
@@ -608,10 +595,7 @@ fn legacy_md5_without_qop_is_answered_in_rfc2069_form() {
     let ch = ["WWW-Authenticate: Digest realm=\"old\", nonce=\"legacy1\"".to_string()];
     s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
     let msgs = s.sip_out();
-    let inv2 = msgs
-        .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv2 = first(&msgs, "INVITE ");
     let creds = header(inv2, "Authorization");
     let c = digest::parse_credentials(&creds).unwrap();
     assert_eq!((c.cnonce, c.nc, c.algorithm), (None, None, None));
@@ -635,20 +619,13 @@ fn a_second_401_ends_the_call_with_that_status_and_a_stale_one_is_answered_again
         &reply(&inv, 401, "Unauthorized", &challenge("n1", false), None),
         TRUNK,
     );
-    let inv2 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .unwrap();
+    let inv2 = first(&s.sip_out(), "INVITE ").to_string();
     s.sip(
         &reply(&inv2, 401, "Unauthorized", &challenge("n2", true), None),
         TRUNK,
     );
     let msgs = s.sip_out();
-    let inv3 = msgs
-        .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv3 = first(&msgs, "INVITE ");
     assert_eq!(header(inv3, "CSeq"), "3 INVITE");
     assert_valid(
         &header(inv3, "Authorization"),
@@ -708,12 +685,8 @@ fn an_invite_asked_again_after_a_422_carries_fresh_credentials() {
     let ch = ["WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", algorithm=MD5, qop=\"auth\""]
         .map(String::from);
     s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
-    let inv2 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
-    let first = header(&inv2, "Authorization");
+    let inv2 = first(&s.sip_out(), "INVITE ").to_string();
+    let first_creds = header(&inv2, "Authorization");
     // The trunk wants a longer session interval (RFC 4028 §7.1): the INVITE goes again with
     // it, and its credentials are not a replay of the last ones.
     let min_se = ["Min-SE: 3600".to_string()];
@@ -721,17 +694,13 @@ fn an_invite_asked_again_after_a_422_carries_fresh_credentials() {
         &reply(&inv2, 422, "Session Interval Too Small", &min_se, None),
         TRUNK,
     );
-    let inv3 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE after the 422");
+    let inv3 = first(&s.sip_out(), "INVITE ").to_string();
     assert_eq!(header(&inv3, "CSeq"), "3 INVITE");
     assert_eq!(header(&inv3, "Session-Expires"), "3600");
     let again = header(&inv3, "Authorization");
     assert_valid(&again, Algorithm::Md5, "n1", true);
     let (a, b) = (
-        digest::parse_credentials(&first).unwrap(),
+        digest::parse_credentials(&first_creds).unwrap(),
         digest::parse_credentials(&again).unwrap(),
     );
     assert_eq!(a.nc.as_deref(), Some("00000001"));
@@ -753,11 +722,7 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
         &reply(&inv, 401, "Unauthorized", &ch("n1", false), None),
         TRUNK,
     );
-    let inv2 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv2 = first(&s.sip_out(), "INVITE ").to_string();
     s.sip(&reply(&inv2, 200, "OK", &[], Some(ANSWER)), TRUNK);
     s.take();
     let hold = |s: &mut Sim, dir: &str, seq: u64| {
@@ -768,10 +733,7 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
             call: key,
             event: e,
         });
-        s.sip_out()
-            .into_iter()
-            .find(|m| m.starts_with("INVITE "))
-            .expect("re-INVITE")
+        first(&s.sip_out(), "INVITE ").to_string()
     };
     // Much later the nonce has expired: the trunk challenges our re-INVITE (stale).
     let re1 = hold(&mut s, "sendonly", 0);
@@ -780,10 +742,7 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
         TRUNK,
     );
     let msgs = s.sip_out();
-    let re2 = msgs
-        .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("the re-INVITE again");
+    let re2 = first(&msgs, "INVITE ");
     assert!(re2.contains("a=sendonly"), "{re2}");
     let c = digest::parse_credentials(&header(re2, "Authorization")).unwrap();
     assert_eq!(
@@ -793,7 +752,7 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
     s.sip(&reply(re2, 200, "OK", &[], Some(ANSWER)), TRUNK);
     // RFC 3261 §13.2.2.4: the ACK of the re-INVITE's 2xx carries the re-INVITE's credentials.
     let msgs = s.sip_out();
-    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    let ack = first(&msgs, "ACK ");
     assert_eq!(header(ack, "CSeq"), format!("{} ACK", c_seq(re2)));
     assert_eq!(header(ack, "Authorization"), header(re2, "Authorization"));
     s.take();
@@ -803,11 +762,7 @@ fn a_challenge_to_our_reinvite_is_answered_once_in_a_row() {
         &reply(&re3, 401, "Unauthorized", &ch("n3", true), None),
         TRUNK,
     );
-    let re4 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("answered again");
+    let re4 = first(&s.sip_out(), "INVITE ").to_string();
     s.sip(
         &reply(&re4, 401, "Unauthorized", &ch("n4", true), None),
         TRUNK,
@@ -827,22 +782,14 @@ fn after_a_prack_the_reinvites_ack_still_carries_its_credentials() {
             .to_string(),
     ];
     s.sip(&reply(&inv, 401, "Unauthorized", &ch, None), TRUNK);
-    let inv2 = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("INVITE");
+    let inv2 = first(&s.sip_out(), "INVITE ").to_string();
     // A reliable 180: PRACKed with CSeq 3, with credentials too.
     let ringing = super::session_timer_tests::with(
         &reply(&inv2, 180, "Ringing", &[], None),
         "Require: 100rel\r\nRSeq: 1\r\n",
     );
     s.sip(&ringing, TRUNK);
-    let pr = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("PRACK "))
-        .expect("PRACK");
+    let pr = first(&s.sip_out(), "PRACK ").to_string();
     assert_eq!(header(&pr, "CSeq"), "3 PRACK");
     assert!(!header(&pr, "Authorization").is_empty(), "{pr}");
     s.sip(&reply(&inv2, 200, "OK", &[], Some(ANSWER)), TRUNK);
@@ -854,15 +801,11 @@ fn after_a_prack_the_reinvites_ack_still_carries_its_credentials() {
         call: key,
         event: e,
     });
-    let re = s
-        .sip_out()
-        .into_iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("re-INVITE");
+    let re = first(&s.sip_out(), "INVITE ").to_string();
     assert_eq!(header(&re, "CSeq"), "4 INVITE");
     s.sip(&reply(&re, 200, "OK", &[], Some(ANSWER)), TRUNK);
     let msgs = s.sip_out();
-    let ack = msgs.iter().find(|m| m.starts_with("ACK ")).expect("ACK");
+    let ack = first(&msgs, "ACK ");
     assert_eq!(header(ack, "CSeq"), "4 ACK");
     assert_eq!(header(ack, "Authorization"), header(&re, "Authorization"));
 }

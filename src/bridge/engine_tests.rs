@@ -4170,6 +4170,14 @@ fn lookups(out: &[Output]) -> Vec<(CallKey, String, Transport)> {
         .collect()
 }
 
+/// The first of `msgs` that starts with `start` (a request's method and a space, or a status
+/// line's beginning); the test fails without one.
+pub(super) fn first<'a>(msgs: &'a [String], start: &str) -> &'a String {
+    msgs.iter()
+        .find(|m| m.starts_with(start))
+        .unwrap_or_else(|| panic!("no message starting with {start:?} among {msgs:?}"))
+}
+
 /// Every SIP message among `out` that starts with `start`: where it went, and its text.
 pub(super) fn sent_to(out: &[Output], start: &str) -> Vec<(SocketAddr, String)> {
     out.iter()
