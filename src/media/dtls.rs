@@ -29,7 +29,8 @@
 
 use crate::media::srtp::{SrtpSession, Suite};
 use rtc_dtls::config::{
-    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, VerifyPeerCertificateFn,
+    ClientAuthType, ConfigBuilder, ExtendedMasterSecretType, HandshakeConfig,
+    VerifyPeerCertificateFn,
 };
 use rtc_dtls::crypto::{Certificate, CryptoPrivateKey};
 use rtc_dtls::crypto_provider::providers::RingProvider;
@@ -40,7 +41,7 @@ use rustls::pki_types::CertificateDer;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// RFC 5764 §4.2: the exporter label for SRTP keying material.
@@ -405,7 +406,10 @@ pub struct DtlsEndpoint {
     remote: Vec<Fingerprint>,
     /// Set by the certificate callback when the peer's certificate does not match, so that the
     /// failure reads the same whichever way rtc-dtls reports it.
-    rejected: Arc<OnceLock<String>>,
+    rejected: Arc<Mutex<Option<String>>>,
+    /// The handshake's configuration (the callback above included), kept for
+    /// [`restarted`](DtlsEndpoint::restarted).
+    config: Arc<HandshakeConfig>,
     state: DtlsState,
     transmits: VecDeque<Vec<u8>>,
     suite: Option<Suite>,
@@ -460,13 +464,15 @@ impl DtlsEndpoint {
                 "no fingerprint to verify the peer with".into(),
             ));
         }
-        let rejected = Arc::new(OnceLock::new());
+        let rejected = Arc::new(Mutex::new(None));
         let verify: VerifyPeerCertificateFn = certificate_callback({
             let remote = remote.clone();
             let rejected = Arc::clone(&rejected);
             move |certs: &[Vec<u8>], _chains: &[CertificateDer<'static>]| {
                 check_peer_certificate(&remote, certs).map_err(|reason| {
-                    let _ = rejected.set(reason.clone());
+                    if let Ok(mut r) = rejected.lock() {
+                        r.get_or_insert_with(|| reason.clone());
+                    }
                     std::io::Error::other(reason).into()
                 })
             }
@@ -487,16 +493,25 @@ impl DtlsEndpoint {
             .with_server_name(SERVER_NAME.into())
             .build(is_client, None)
             .map_err(|e| DtlsError::Config(e.to_string()))?;
-        let config = Arc::new(config);
+        DtlsEndpoint::begin(role, remote, rejected, Arc::new(config), now)
+    }
+
+    fn begin(
+        role: DtlsRole,
+        remote: Vec<Fingerprint>,
+        rejected: Arc<Mutex<Option<String>>>,
+        config: Arc<HandshakeConfig>,
+        now: Instant,
+    ) -> Result<DtlsEndpoint, DtlsError> {
         let mut endpoint = match role {
             DtlsRole::Client => Endpoint::new(PLACEHOLDER, Default::default(), None),
             DtlsRole::Server => {
                 Endpoint::new(PLACEHOLDER, Default::default(), Some(Arc::clone(&config)))
             }
         };
-        if is_client {
+        if role == DtlsRole::Client {
             endpoint
-                .connect(now, PLACEHOLDER, config, None)
+                .connect(now, PLACEHOLDER, Arc::clone(&config), None)
                 .map_err(|e| DtlsError::Config(format!("starting the handshake: {e}")))?;
         }
         let mut this = DtlsEndpoint {
@@ -504,6 +519,7 @@ impl DtlsEndpoint {
             role,
             remote,
             rejected,
+            config,
             state: DtlsState::Handshaking,
             transmits: VecDeque::new(),
             suite: None,
@@ -511,6 +527,23 @@ impl DtlsEndpoint {
         };
         this.drain();
         Ok(this)
+    }
+
+    /// A new association with the same role, certificate and peer fingerprints, from its
+    /// first flight: for a leg whose handshake went to a source that turned out not to be the
+    /// peer. This endpoint's rejection note is cleared (the two share it), so this one should be
+    /// dropped once the new one is kept.
+    pub fn restarted(&self, now: Instant) -> Result<DtlsEndpoint, DtlsError> {
+        if let Ok(mut r) = self.rejected.lock() {
+            *r = None;
+        }
+        DtlsEndpoint::begin(
+            self.role,
+            self.remote.clone(),
+            Arc::clone(&self.rejected),
+            Arc::clone(&self.config),
+            now,
+        )
     }
 
     /// One received DTLS record datagram.
@@ -566,8 +599,9 @@ impl DtlsEndpoint {
                     tracing::debug!(alert = %text, "DTLS warning alert ignored");
                     return Ok(());
                 }
-                let reason = match (self.rejected.get(), &self.state) {
-                    (Some(mismatch), _) => mismatch.clone(),
+                let mismatch = self.rejected.lock().ok().and_then(|r| r.clone());
+                let reason = match (mismatch, &self.state) {
+                    (Some(mismatch), _) => mismatch,
                     (None, DtlsState::Handshaking) => match plaintext_fatal_alert(pkt) {
                         Some(alert) => format!("handshake failed: {alert}"),
                         None => format!("handshake failed: {text}"),

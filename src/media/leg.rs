@@ -40,6 +40,12 @@ const RELATCH_PACKETS: u32 = 10;
 /// only the usual following of a moved peer applies.
 pub const SDP_WINS_FOR: Duration = Duration::from_secs(2);
 
+/// How many times a leg without ICE starts its DTLS association again after a handshake with
+/// a source other than the peer's SDP address failed (a stranger's certificate, its silence):
+/// enough to outlast a few strangers, few enough that a NATed peer whose certificate really
+/// does not match still fails the leg soon.
+pub const DTLS_RESTARTS: u8 = 3;
+
 /// A source that may take a latched leg over (see [`LegacyLeg::may_move_to`]).
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -142,6 +148,9 @@ pub struct LegacyLeg {
     /// once it was.
     silence: Option<std::time::Duration>,
     silence_told: bool,
+    /// DTLS associations started again after a handshake with a source other than the peer's
+    /// SDP address failed ([`DTLS_RESTARTS`]).
+    dtls_restarts: u8,
     /// When the call was answered (the first [`LegacyLeg::watch_silence`]): the SDP address's
     /// claim on the latch ends [`SDP_WINS_FOR`] later.
     answered: Option<Instant>,
@@ -225,6 +234,7 @@ impl LegacyLeg {
             silence_limit: None,
             silence: None,
             silence_told: false,
+            dtls_restarts: 0,
             answered: None,
         }
     }
@@ -629,20 +639,33 @@ impl LegacyLeg {
                 return Recv::Drop(DropReason::BeforeSdp);
             }
             if !self.source_ok(src) {
-                return Recv::Drop(DropReason::WrongSource);
+                if !self.dtls_restarts_for(now, src, pkt) {
+                    return Recv::Drop(DropReason::WrongSource);
+                }
+                self.after_dtls(now);
+                return Recv::Consumed;
             }
             let Some(d) = self.dtls.as_mut() else {
                 return Recv::Drop(DropReason::Malformed);
             };
+            // A DTLS client sent its ClientHello to the peer's address: answers come from there
+            // (the peer's NAT binding, if any, is the one that packet opened), and anything from
+            // elsewhere is a stranger's, however well formed (a HelloVerifyRequest needs no
+            // knowledge of the ClientHello). Only a server learns its peer's address.
+            let server = d.role() == DtlsRole::Server;
+            if !server && self.ice.is_none() && self.remote.rtp != Some(src) {
+                return Recv::Drop(DropReason::WrongSource);
+            }
             let before = (d.queued(), d.state().clone());
             match d.handle_packet(now, pkt) {
                 // Only a record that moved the handshake on (an answer queued, a new state)
                 // latches: junk from a stranger must not.
                 Ok(()) if d.queued() == before.0 && *d.state() == before.1 => {}
-                Ok(()) => self.latch(src),
+                Ok(()) if server => self.latch(src),
+                Ok(()) => {}
                 Err(e) => tracing::debug!(%src, error = %e, "DTLS record refused"),
             }
-            self.after_dtls();
+            self.after_dtls(now);
             return Recv::Consumed;
         }
         let kind = rtp::classify(pkt);
@@ -722,7 +745,38 @@ impl LegacyLeg {
         Recv::Rtp(plain)
     }
 
-    fn after_dtls(&mut self) {
+    /// A DTLS record from the peer's SDP address while a leg without ICE is latched to another
+    /// source and its handshake has not finished: whoever got there first (a stranger, even a
+    /// spoofed one: the DTLS server answers a ClientHello from anywhere) must not keep the
+    /// peer's own handshake out, as the SDP address takes the latch back for RTP
+    /// ([`LegacyLeg::sdp_wins`]). A fresh association takes the record; when that moved it on
+    /// (a well-formed first flight, not junk), it replaces the old one and the latch moves to
+    /// `src`. Once a handshake finished nothing restarts it: the peer's fingerprint already
+    /// proved who is there.
+    fn dtls_restarts_for(&mut self, now: Instant, src: SocketAddr, pkt: &[u8]) -> bool {
+        let r = &self.remote;
+        if self.ice.is_some() || !r.latching || !r.latched || r.sdp != Some(src) {
+            return false;
+        }
+        let Some(d) = self.dtls.as_ref() else {
+            return false;
+        };
+        if *d.state() != DtlsState::Handshaking || d.role() != DtlsRole::Server {
+            return false;
+        }
+        let Ok(mut fresh) = d.restarted(now) else {
+            return false;
+        };
+        if fresh.handle_packet(now, pkt).is_err() || fresh.queued() == 0 {
+            return false;
+        }
+        tracing::info!(from = ?r.rtp, to = %src, "DTLS from the SIP peer's SDP address: handshake started again with it");
+        self.dtls = Some(Box::new(fresh));
+        self.remote.rtp = Some(src);
+        true
+    }
+
+    fn after_dtls(&mut self, now: Instant) {
         let Some(d) = self.dtls.as_mut() else {
             return;
         };
@@ -734,6 +788,25 @@ impl LegacyLeg {
                 }
             }
             DtlsState::Failed(why) => {
+                let r = &self.remote;
+                // A handshake that never finished with a source other than the SDP address
+                // (see `dtls_restarts_for`): a stranger that latched first and then sent a
+                // certificate that does not match, or nothing more, must not end the call.
+                let stranger = self.ice.is_none()
+                    && matches!(self.keys, Keys::Pending)
+                    && r.latching
+                    && r.latched
+                    && r.rtp != r.sdp;
+                if stranger && self.dtls_restarts < DTLS_RESTARTS {
+                    if let Ok(fresh) = d.restarted(now) {
+                        tracing::warn!(source = ?r.rtp, reason = %why, "DTLS handshake with a source other than the SIP peer's SDP address failed: starting again");
+                        self.dtls_restarts += 1;
+                        self.dtls = Some(Box::new(fresh));
+                        self.remote.latched = false;
+                        self.remote.rtp = self.remote.sdp;
+                        return;
+                    }
+                }
                 self.keys = Keys::Pending;
                 self.dtls = None;
                 self.fail(format!("DTLS-SRTP failed: {why}"));
@@ -870,7 +943,7 @@ impl LegacyLeg {
         if let Some(d) = self.dtls.as_mut() {
             d.handle_timeout(now);
         }
-        self.after_dtls();
+        self.after_dtls(now);
         if self.silence_limit.is_some() && !self.silence_told {
             let counts = self.life_counts();
             if counts != self.heard_counts {
@@ -1322,10 +1395,156 @@ mod tests {
         let mut other_hello = other.poll_transmit().unwrap();
         assert_eq!(leg.on_recv(now, stranger, &mut other_hello), Recv::Consumed);
         assert_eq!(leg.remote.rtp, Some(stranger));
+        // Junk from the SDP address does not take the handshake from it ...
         assert_eq!(
-            leg.on_recv(now, addr(PEER), &mut hello.clone()),
+            leg.on_recv(now, addr(PEER), &mut junk),
             Recv::Drop(DropReason::WrongSource)
         );
+        assert_eq!(leg.remote.rtp, Some(stranger));
+        // ... the peer's own ClientHello from there does, and its handshake completes.
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut hello.clone()),
+            Recv::Consumed
+        );
+        assert_eq!(leg.remote.rtp, Some(addr(PEER)));
+        handshake(now, &mut leg, &mut peer, addr(PEER));
+        assert!(
+            matches!(leg.keys, Keys::Srtp(_)),
+            "keys from the peer's handshake"
+        );
+        assert_eq!(*peer.state(), DtlsState::Connected);
+        // Once it finished, nothing starts it again: not the stranger, not a new ClientHello
+        // from the SDP address toward a peer that sends from elsewhere.
+        assert_eq!(
+            leg.on_recv(now, stranger, &mut other_hello),
+            Recv::Drop(DropReason::WrongSource)
+        );
+        assert!(leg.take_failure().is_none());
+    }
+
+    /// Passes DTLS datagrams between `leg` and `peer` (at `from`) until neither sends more.
+    fn handshake(now: Instant, leg: &mut LegacyLeg, peer: &mut DtlsEndpoint, from: SocketAddr) {
+        for _ in 0..20 {
+            let mut moved = false;
+            while let Some(t) = leg.poll_transmit(now) {
+                if t.to == from {
+                    let _ = peer.handle_packet(now, &t.bytes);
+                }
+                moved = true;
+            }
+            while let Some(mut p) = peer.poll_transmit() {
+                leg.on_recv(now, from, &mut p);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the handshake did not settle");
+    }
+
+    /// A DTLS client with its own certificate, expecting `ours`.
+    fn dtls_client(now: Instant, own: &DtlsIdentity, ours: &DtlsIdentity) -> DtlsEndpoint {
+        let fp = Fingerprint::parse(&ours.fingerprint()).unwrap();
+        DtlsEndpoint::new(own, DtlsRole::Client, fp, now).unwrap()
+    }
+
+    #[test]
+    fn a_dtls_client_takes_answers_only_from_where_its_client_hello_went() {
+        let now = Instant::now();
+        let stranger = SocketAddr::from(([127, 0, 0, 9], 5000));
+        let ours = DtlsIdentity::generate().unwrap();
+        let theirs = DtlsIdentity::generate().unwrap();
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        let dtls = LegCrypto::Dtls {
+            client: true,
+            fingerprints: vec![theirs.fingerprint()],
+        };
+        leg.secure(now, dtls, None, Some(&ours));
+        leg.set_remote(addr(PEER), None, true, true);
+        let hello = leg.poll_transmit(now).expect("our ClientHello");
+        assert_eq!(hello.to, addr(PEER));
+        let server = |own: &DtlsIdentity| {
+            let fp = Fingerprint::parse(&ours.fingerprint()).unwrap();
+            DtlsEndpoint::new(own, DtlsRole::Server, fp, now).unwrap()
+        };
+        // A stranger's answer (one that saw our ClientHello, or a blind HelloVerifyRequest) is
+        // not taken ...
+        let mut other = server(&DtlsIdentity::generate().unwrap());
+        other.handle_packet(now, &hello.bytes).unwrap();
+        let mut answer = other.poll_transmit().expect("the stranger's answer");
+        assert_eq!(
+            leg.on_recv(now, stranger, &mut answer),
+            Recv::Drop(DropReason::WrongSource)
+        );
+        assert!(leg.poll_transmit(now).is_none(), "nothing answers it");
+        // ... the peer's, from where the ClientHello went, is.
+        let mut peer = server(&theirs);
+        peer.handle_packet(now, &hello.bytes).unwrap();
+        let mut answer = peer.poll_transmit().expect("the peer's answer");
+        assert_eq!(leg.on_recv(now, addr(PEER), &mut answer), Recv::Consumed);
+        assert_eq!(leg.remote.rtp, Some(addr(PEER)));
+        handshake(now, &mut leg, &mut peer, addr(PEER));
+        assert_eq!(*peer.state(), DtlsState::Connected);
+        assert!(matches!(leg.keys, Keys::Srtp(_)));
+        assert!(leg.take_failure().is_none());
+    }
+
+    #[test]
+    fn a_strangers_failed_dtls_handshake_starts_it_again_for_a_peer_behind_a_nat() {
+        let now = Instant::now();
+        let nat = SocketAddr::from(([192, 0, 2, 7], 40000));
+        let ours = DtlsIdentity::generate().unwrap();
+        let theirs = DtlsIdentity::generate().unwrap();
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        let dtls = LegCrypto::Dtls {
+            client: false,
+            fingerprints: vec![theirs.fingerprint()],
+        };
+        leg.secure(now, dtls, None, Some(&ours));
+        leg.set_remote(addr(PEER), None, true, true);
+        // A stranger gets there first and completes a handshake with a certificate that is not
+        // the peer's: the leg starts over instead of failing the call ...
+        for n in 1..=DTLS_RESTARTS {
+            let stranger = SocketAddr::from(([127, 0, 0, 9], 5000 + u16::from(n)));
+            let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
+            handshake(now, &mut leg, &mut other, stranger);
+            assert!(leg.take_failure().is_none(), "stranger {n}");
+            assert!(!leg.remote.latched, "stranger {n}");
+            assert_eq!(leg.remote.rtp, Some(addr(PEER)), "stranger {n}");
+        }
+        // ... and the peer, behind a NAT (never from its SDP address), then gets through.
+        let mut peer = dtls_client(now, &theirs, &ours);
+        handshake(now, &mut leg, &mut peer, nat);
+        assert_eq!(*peer.state(), DtlsState::Connected);
+        assert!(matches!(leg.keys, Keys::Srtp(_)));
+        assert_eq!(leg.remote.rtp, Some(nat));
+
+        // A leg that started over DTLS_RESTARTS times fails at the next such handshake.
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        let dtls = LegCrypto::Dtls {
+            client: false,
+            fingerprints: vec![theirs.fingerprint()],
+        };
+        leg.secure(now, dtls, None, Some(&ours));
+        leg.set_remote(addr(PEER), None, true, true);
+        for _ in 0..=DTLS_RESTARTS {
+            let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
+            handshake(now, &mut leg, &mut other, nat);
+        }
+        let failure = leg.take_failure().expect("the leg failed");
+        assert!(failure.contains("fingerprint"), "{failure}");
+        // The same handshake from the SDP address itself is not a stranger's: it fails at once.
+        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
+        let dtls = LegCrypto::Dtls {
+            client: false,
+            fingerprints: vec![theirs.fingerprint()],
+        };
+        leg.secure(now, dtls, None, Some(&ours));
+        leg.set_remote(addr(PEER), None, true, true);
+        let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
+        handshake(now, &mut leg, &mut other, addr(PEER));
+        assert!(leg.take_failure().is_some());
     }
 
     #[test]
