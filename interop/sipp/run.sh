@@ -20,7 +20,7 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 
 SCN_DIR="$INTEROP_DIR/sipp/scenarios"
 LOG_ROOT="$OUT_DIR/sipp"
-ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack s-delayed-offer t-pt-renumber u-delayed-prack"
+ALL_SCENARIOS="a-basic-rtp b-busy-486 c-no-answer d-cancel e-callee-bye f-early-media g-hold-resume h-options i-malformed j-origin k-stir l-verify m-digest n-call o-late-fork p-media-timeout q-session-timer r-prack s-delayed-offer t-pt-renumber u-delayed-prack v-dtmf-info"
 
 UAC_PORT=5090; UAC_MEDIA=16000; UAC_CP=8891
 UAS_PORT=5080; UAS_MEDIA=17000; UAS_CP=8890
@@ -177,13 +177,14 @@ scn_r() { sipp_pair r-prack prack_uac.xml prack_uas.xml; }
 # Payload types the callee numbers its own way (RFC 3264 §5.1, §6.1): it answers telephone-event
 # 101 with 100, then re-INVITEs with 96. Gateway B must send it the callee's numbers and pass its
 # 96 on to A as 101; the caller must never see anything but its own 101.
-scn_t() {
-    local dir="$1" counts
-    python3 - /usr/share/sip-tester/dtmf_2833_1.pcap "$dir" <<'PY' || { DETAIL="could not write the DTMF pcaps"; return 1; }
+# te_pcaps DIR PT...: SIPp's RFC 4733 capture of key 1 as te<PT>.pcap in DIR, one per payload type.
+te_pcaps() {
+    local dir="$1"; shift
+    python3 - /usr/share/sip-tester/dtmf_2833_1.pcap "$dir" "$@" <<'PY' || { DETAIL="could not write the DTMF pcaps"; return 1; }
 import sys
-src, out = sys.argv[1], sys.argv[2]
+src, out, pts = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
 data = open(src, "rb").read()  # Ethernet, 24-byte file header, 16-byte record headers
-for pt in (101, 96):
+for pt in pts:
     b, off = bytearray(data), 24
     while off + 16 <= len(b):
         incl = int.from_bytes(b[off + 8:off + 12], "little")
@@ -192,6 +193,11 @@ for pt in (101, 96):
         off += 16 + incl
     open(f"{out}/te{pt}.pcap", "wb").write(b)
 PY
+}
+
+scn_t() {
+    local dir="$1" counts
+    te_pcaps "$dir" 101 96 || return 1
     start_capture "$dir/rtp.pcap" "$rtp_filter"
     sipp_pair t-pt-renumber pt_uac.xml pt_uas.xml || { stop_capture; return 1; }
     stop_capture
@@ -203,6 +209,21 @@ PY
     DETAIL="events at the callee (pcap on lo): $(cnt uas100) as 100 after its answer, $(cnt uas96) as 96 after its re-INVITE, $(cnt uas101) as 101 (want 0); at the caller: $(cnt uac101) as 101, $(cnt uac96) as 96 (want 0)"
     [ "$(cnt uas100)" -ge 5 ] && [ "$(cnt uas96)" -ge 5 ] && [ "$(cnt uas101)" = 0 ] \
         && [ "$(cnt uac101)" -ge 5 ] && [ "$(cnt uac96)" = 0 ]
+}
+
+# A callee whose answer takes no telephone-event (RFC 3264 §6.1: none may be sent to it): the
+# caller's key reaches it as SIP INFO (its scenario checks Signal=1), and no event packet does.
+scn_v() {
+    local dir="$1" counts
+    te_pcaps "$dir" 101 || return 1
+    start_capture "$dir/rtp.pcap" "$rtp_filter"
+    sipp_pair v-dtmf-info dtmf_info_uac.xml dtmf_info_uas.xml || { stop_capture; return 1; }
+    stop_capture
+    counts="$(python3 "$INTEROP_DIR/lib/rtpcount.py" "$dir/rtp.pcap" \
+        "uac,src=$UAC_MEDIA,dst=$A_MEDIA,pt=101" "uas,dst=$UAS_MEDIA,pt=101")"
+    cnt() { sed -n "s/^$1=//p" <<<"$counts"; }
+    DETAIL="INFO with Signal=1 at the callee (SIPp checked it); events (pcap on lo): $(cnt uac) from the caller, $(cnt uas) at the callee (want 0)"
+    [ "$(cnt uac)" -ge 5 ] && [ "$(cnt uas)" = 0 ]
 }
 
 scn_f() { # 183 early media: RTP must reach the UAC before the 200 OK
@@ -529,8 +550,8 @@ for s in "${SELECTED[@]}"; do
         SKIPPED=$((SKIPPED + 1))
         continue
     fi
-    if [ "$MODE" = direct ] && [ "$s" = t-pt-renumber ]; then
-        echo "SKIP $s (direct mode: the gateway is what renumbers)"
+    if [ "$MODE" = direct ] && { [ "$s" = t-pt-renumber ] || [ "$s" = v-dtmf-info ]; }; then
+        echo "SKIP $s (direct mode: the gateway is what renumbers and interworks)"
         SKIPPED=$((SKIPPED + 1))
         continue
     fi

@@ -559,6 +559,9 @@ struct SipLeg {
     remote_formats: Vec<sdp::Format>,
     /// The payload type renumbering last given to the media hub.
     payload_map: PayloadMap,
+    /// The peer answered an INFO with 405, 415 or 501: it takes no keys that way, and no
+    /// more are sent to it.
+    info_refused: bool,
     /// Our 2xx to an offerless re-INVITE carries an offer: the caller's ACK has the answer.
     answer_in_ack: bool,
     /// Our re-INVITE in flight: its branch, the direction it offers, the direction before it,
@@ -1869,6 +1872,7 @@ impl Engine {
             remote_direction: audio.map_or(SdpDirection::SendRecv, |a| a.direction),
             remote_formats: audio.map(|a| a.formats.clone()).unwrap_or_default(),
             payload_map: PayloadMap::default(),
+            info_refused: false,
             answer_in_ack: audio.is_none(),
             delayed_offer: audio.is_none(),
             early_offer: false,
@@ -2438,6 +2442,13 @@ impl Engine {
             self.send_event(key, Event::dtmf(digit.digit, digit.duration_ms));
             return;
         }
+        let refused = (self.calls.get(&key))
+            .and_then(|c| c.sip.as_ref())
+            .is_some_and(|s| s.info_refused);
+        if refused {
+            debug!(digit = %digit.digit, "not sent: the SIP peer refused INFO");
+            return;
+        }
         let (ct, body) = crate::media::dtmf::info_body(digit);
         let mut extra = Extra::none();
         extra.body = Some((ct, body.as_bytes()));
@@ -2700,8 +2711,32 @@ impl Engine {
         match purpose {
             Purpose::Invite => self.on_invite_response(now, key, &m, resp, code, &reason),
             Purpose::ReInvite => self.on_reinvite_response(now, key, resp, code),
-            Purpose::Bye | Purpose::Cancel | Purpose::Info | Purpose::Prack => {}
+            Purpose::Info => self.on_info_response(key, code, &reason),
+            Purpose::Bye | Purpose::Cancel | Purpose::Prack => {}
             Purpose::Preflight => self.on_preflight_answer(now, key, resp, code),
+        }
+    }
+
+    /// A key we sent as INFO was refused. 405, 501 (no INFO here) and 415 (not this body)
+    /// will not change within the call (RFC 5057 §5.3: they end the transaction, not the
+    /// dialog), so the keys after it are not sent; others are only logged.
+    fn on_info_response(&mut self, key: CallKey, code: u16, reason: &str) {
+        if code < 300 {
+            return;
+        }
+        let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) else {
+            return;
+        };
+        if matches!(code, 405 | 415 | 501) {
+            if !sip.info_refused {
+                warn!(
+                    code,
+                    reason, "the SIP peer refused DTMF as INFO: its keys are not sent any more"
+                );
+            }
+            sip.info_refused = true;
+        } else {
+            warn!(code, reason, "the SIP peer refused a DTMF INFO");
         }
     }
 
@@ -3812,6 +3847,7 @@ impl Engine {
                     remote_direction: SdpDirection::SendRecv,
                     remote_formats: Vec::new(),
                     payload_map: PayloadMap::default(),
+                    info_refused: false,
                     answer_in_ack: false,
                     reinvite_out: None,
                     reinvite_in_unacked: false,
@@ -5109,14 +5145,24 @@ impl Engine {
         }
         let (toward_peer, from_peer) = call.ript.role.peer_directions();
         let ours = sip.local_sdp.as_ref().map_or(&[][..], |l| &l.formats[..]);
+        let toward = negotiate::proposal_to_formats(proposal, toward_peer).0;
         let map = negotiate::payload_map(
-            &negotiate::proposal_to_formats(proposal, toward_peer).0,
+            &toward,
             &negotiate::proposal_to_formats(proposal, from_peer).0,
             ours,
             &sip.remote_formats,
         );
         if map == sip.payload_map {
             return;
+        }
+        let no_events = |m: &PayloadMap| {
+            toward.iter().any(|f| {
+                f.name.eq_ignore_ascii_case("telephone-event") && m.refused.contains(&f.pt)
+            })
+        };
+        if no_events(&map) && !no_events(&sip.payload_map) {
+            // The leg turns them into keys for `on_media_dtmf` (ADR 0031).
+            info!(call = %key, "the SIP peer's SDP took no telephone-event: DTMF toward it goes as SIP INFO");
         }
         if !map.is_identity() {
             info!(

@@ -2437,6 +2437,46 @@ fn keys_from_rtp_are_announced_and_go_as_info_toward_an_info_peer() {
     assert!(s.sip_out().is_empty());
 }
 
+#[test]
+fn a_peer_that_refuses_info_gets_no_more_keys_that_way() {
+    for (code, stops) in [
+        (405, true),
+        (501, true),
+        (415, true),
+        (500, false),
+        (200, false),
+    ] {
+        let mut s = Sim::new();
+        let (key, _tag) = a_call_answered(&mut s);
+        s.take();
+        let press = |s: &mut Sim, c| {
+            s.input(Input::Media(MediaEvent::Dtmf {
+                call: key,
+                digit: crate::media::dtmf::Digit::new(c, 100).unwrap(),
+                toward_legacy: true,
+            }));
+            s.sip_out()
+        };
+        let first = press(&mut s, '1');
+        assert_eq!(first.len(), 1, "{code}");
+        s.sip(&reply(&first[0], code, "Whatever", "x", None), CALLER);
+        assert!(
+            s.sip_out().is_empty(),
+            "{code}: nothing answers the response"
+        );
+        let second = press(&mut s, '2');
+        assert_eq!(second.len(), usize::from(!stops), "{code}: {second:?}");
+        // Keys from the peer still reach the HTTP/3 side.
+        s.take();
+        s.input(Input::Media(MediaEvent::Dtmf {
+            call: key,
+            digit: crate::media::dtmf::Digit::new('3', 100).unwrap(),
+            toward_legacy: false,
+        }));
+        assert_eq!(client_events(&s.take()).len(), 1, "{code}");
+    }
+}
+
 /// A gateway whose SIP listener allows the browser origin `https://allowed.example`.
 fn cors_sim() -> Sim {
     Sim {

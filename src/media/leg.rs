@@ -123,7 +123,8 @@ pub struct LegacyLeg {
     failed: bool,
     /// RTCP shares the RTP port (RFC 5761).
     mux: bool,
-    /// Telephone-events toward the peer become SIP INFO (the engine sends them).
+    /// Telephone-events toward the peer become SIP INFO (the engine sends them): asked for
+    /// (`info_asked`), or the peer's SDP did not take telephone-event.
     dtmf_as_info: bool,
     /// RFC 4733 payload type: its packets repeat timestamps and would inflate jitter.
     dtmf_pt: Option<u8>,
@@ -151,6 +152,8 @@ pub struct LegacyLeg {
     /// DTLS associations started again after a handshake with a source other than the peer's
     /// SDP address failed ([`DTLS_RESTARTS`]).
     dtls_restarts: u8,
+    /// The trunk's `dtmf = "info"`.
+    info_asked: bool,
     /// When the call was answered (the first [`LegacyLeg::watch_silence`]): the SDP address's
     /// claim on the latch ends [`SDP_WINS_FOR`] later.
     answered: Option<Instant>,
@@ -235,6 +238,7 @@ impl LegacyLeg {
             silence: None,
             silence_told: false,
             dtls_restarts: 0,
+            info_asked: false,
             answered: None,
         }
     }
@@ -292,7 +296,9 @@ impl LegacyLeg {
     }
 
     /// The negotiated codec's RTP clock rate and the telephone-event payload type, for RTCP
-    /// statistics. A new clock rate restarts them.
+    /// statistics (a new clock rate restarts them) and DTMF; whether keys toward the peer go as
+    /// SIP INFO (they also do when its SDP did not take telephone-event, see
+    /// [`LegacyLeg::map_payload_types`]).
     pub fn set_codec(
         &mut self,
         now: Instant,
@@ -301,7 +307,8 @@ impl LegacyLeg {
         dtmf_as_info: bool,
     ) {
         self.dtmf_pt = dtmf_pt;
-        self.dtmf_as_info = dtmf_as_info;
+        self.info_asked = dtmf_as_info;
+        self.choose_dtmf_path();
         if clock_rate != self.clock_rate && clock_rate != 0 {
             self.clock_rate = clock_rate;
             self.rtcp = LegRtcp::new(self.rtcp_ssrc, cname(self.rtcp_ssrc), clock_rate, now);
@@ -315,6 +322,17 @@ impl LegacyLeg {
     /// peer are rewritten first, packets toward it last.
     pub fn map_payload_types(&mut self, map: &PayloadMap) {
         self.payload_types = PayloadTables::new(map);
+        self.choose_dtmf_path();
+    }
+
+    /// Keys toward a peer whose SDP did not take telephone-event would be held back (RFC 3264
+    /// §6.1) and lost: they go as SIP INFO instead, as a trunk with `dtmf = "info"` has them.
+    fn choose_dtmf_path(&mut self) {
+        let refused = match (self.dtmf_pt, &self.payload_types) {
+            (Some(pt), Some(t)) => t.refuses(pt),
+            _ => false,
+        };
+        self.dtmf_as_info = self.info_asked || refused;
     }
 
     /// DTMF keys seen since the last call, `true` for those on their way to the peer.
@@ -1906,6 +1924,34 @@ mod tests {
         );
         // Voice is untouched.
         assert!(leg.on_send(now, &rtp(9), &mut Vec::new()).is_ok());
+        // Toward a peer whose SDP did not take telephone-event: INFO too, whichever of the
+        // codec and the map came first, and back in-band once a later SDP takes it.
+        leg.set_codec(now, 8000, Some(101), false);
+        let refused = PayloadMap {
+            refused: vec![101],
+            ..PayloadMap::default()
+        };
+        leg.map_payload_types(&refused);
+        let key = |leg: &mut LegacyLeg, c| {
+            let packets = leg.dtmf_packets(Digit::new(c, 100).unwrap()).unwrap();
+            let sent = packets
+                .iter()
+                .map(|(_, p)| leg.on_send(now, p, &mut Vec::new()).map(|_| ()))
+                .collect::<Vec<_>>();
+            (sent, leg.take_digits())
+        };
+        let (sent, digits) = key(&mut leg, '5');
+        assert!(sent.iter().all(|r| r == &Err(DropReason::DtmfAsInfo)));
+        assert_eq!(digits, vec![(Digit::new('5', 100).unwrap(), true)]);
+        leg.set_codec(now, 8000, Some(101), false);
+        assert!(key(&mut leg, '6')
+            .0
+            .iter()
+            .all(|r| r == &Err(DropReason::DtmfAsInfo)));
+        leg.map_payload_types(&PayloadMap::default());
+        let (sent, digits) = key(&mut leg, '7');
+        assert!(sent.iter().all(|r| r.is_ok()));
+        assert!(digits.is_empty());
         // Without a negotiated telephone-event there is nothing to play.
         leg.set_codec(now, 8000, None, false);
         assert!(leg.dtmf_packets(digit).is_none());

@@ -184,6 +184,11 @@ impl PayloadTables {
         Some(t)
     }
 
+    /// Whether RTP with the HTTP/3 side's payload type `pt` is held back from the peer.
+    pub fn refuses(&self, pt: u8) -> bool {
+        self.to_peer[usize::from(pt & 0x7f)] == REFUSED
+    }
+
     /// What `pkt`, RTP on its way to the legacy peer, becomes.
     #[inline]
     pub fn to_peer(&self, pkt: &[u8]) -> ToPeer {
