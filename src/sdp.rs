@@ -511,7 +511,8 @@ pub struct LocalSdp {
     /// `o=` username; `riptide`.
     pub username: String,
     pub session_id: u64,
-    /// Incremented on every change within a dialog (RFC 3264 §8).
+    /// The `o=` version: [`build_to_send`] moves it on by one when the description changed
+    /// since it was last sent (RFC 3264 §8).
     pub session_version: u64,
     pub ip: IpAddr,
     /// RTP port; 0 rejects the audio stream.
@@ -532,6 +533,8 @@ pub struct LocalSdp {
     /// Audio-level security and ICE attributes, as `name[:value]` (crypto, fingerprint, setup,
     /// ice-ufrag, ice-pwd, candidate).
     pub media_attrs: Vec<String>,
+    /// The version and a digest (version aside) of the description last sent.
+    pub sent: Option<(u64, u64)>,
 }
 
 impl LocalSdp {
@@ -552,8 +555,29 @@ impl LocalSdp {
             proto: "RTP/AVP".into(),
             session_attrs: Vec::new(),
             media_attrs: Vec::new(),
+            sent: None,
         }
     }
+}
+
+/// Serialises `l` to send it, with the `o=` version RFC 3264 §8 asks for: one more than the
+/// description last sent when anything else in it changed, and the same when nothing did (a
+/// session refresh, a repeated 2xx), so that a peer that reads a new version as a change has
+/// nothing to renegotiate. The first one keeps the version it has.
+pub fn build_to_send(l: &mut LocalSdp) -> String {
+    use std::hash::{Hash, Hasher};
+    let version = l.session_version;
+    l.session_version = 0;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    build(l).hash(&mut h);
+    let digest = h.finish();
+    l.session_version = match l.sent {
+        Some((v, d)) if d == digest => v,
+        Some((v, _)) => v + 1,
+        None => version,
+    };
+    l.sent = Some((l.session_version, digest));
+    build(l)
 }
 
 /// Serialises a [`LocalSdp`] (CRLF line endings, RFC 4566 line order).
@@ -796,6 +820,32 @@ mod tests {
         let s = with("m=image 4000 udptl t38\r\n").unwrap();
         assert_eq!(s.media[0].raw_formats, ["t38"]);
         assert!(s.media[0].formats.is_empty());
+    }
+
+    #[test]
+    fn a_sent_description_moves_on_one_version_per_change_sent() {
+        let version = |b: &str| -> u64 {
+            let o = b.lines().find(|l| l.starts_with("o=")).unwrap();
+            o.split(' ').nth(2).unwrap().parse().unwrap()
+        };
+        let mut l = sample_local();
+        assert_eq!(
+            version(&build_to_send(&mut l)),
+            7,
+            "the first keeps its version"
+        );
+        assert_eq!(version(&build_to_send(&mut l)), 7, "unchanged: the same");
+        // Two changes between sends, or a change undone before it was sent: one step, or none.
+        l.direction = SdpDirection::SendOnly;
+        l.media_attrs
+            .push("crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x".into());
+        let sent = build_to_send(&mut l);
+        assert_eq!(version(&sent), 8, "{sent}");
+        l.direction = SdpDirection::Inactive;
+        l.direction = SdpDirection::SendOnly;
+        assert_eq!(build_to_send(&mut l), sent, "identical, version included");
+        l.direction = SdpDirection::SendRecv;
+        assert_eq!(version(&build_to_send(&mut l)), 9);
     }
 
     fn sample_local() -> LocalSdp {

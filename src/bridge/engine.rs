@@ -1826,6 +1826,7 @@ impl Engine {
             proto: sec.proto.clone(),
             session_attrs: sec.session_attrs.clone(),
             media_attrs: sec.media_attrs.clone(),
+            sent: None,
         };
         let sip = SipLeg {
             role: SipRole::Uas,
@@ -2058,20 +2059,13 @@ impl Engine {
             .and_then(|c| c.sip.as_mut())
             .and_then(|s| s.local_sdp.as_mut())
         {
+            // RFC 3264 §8: sent again (a 2xx to an offerless re-INVITE), a description that
+            // changed here is a new version; `sdp::build_to_send` sees to it.
             let rtcp_mux = local.rtcp_mux && audio.rtcp_mux;
-            let changed = local.proto != proto
-                || local.session_attrs != session_attrs
-                || local.media_attrs != media_attrs
-                || local.rtcp_mux != rtcp_mux;
             local.proto = proto;
             local.session_attrs = session_attrs;
             local.media_attrs = media_attrs;
             local.rtcp_mux = rtcp_mux;
-            // RFC 3264 §8: a description that changed is a new version, should we send it
-            // again (a 2xx to an offerless re-INVITE).
-            if changed {
-                local.session_version += 1;
-            }
         }
         self.push_secure(key, n);
         Ok(())
@@ -2592,7 +2586,6 @@ impl Engine {
                     changed = Some(audio.direction);
                     local.direction = ours;
                 }
-                local.session_version += 1;
                 sip.remote_direction = audio.direction;
                 sip.remote_formats.clone_from(&audio.formats);
                 if let Some(addr) = offer.audio_addr() {
@@ -2616,8 +2609,8 @@ impl Engine {
         }
         let body = sip
             .local_sdp
-            .as_ref()
-            .map(|l| sdp::build(l).into_bytes())
+            .as_mut()
+            .map(|l| sdp::build_to_send(l).into_bytes())
             .unwrap_or_default();
         let contact = self.cfg.contact(sip.transport);
         let mut extra = Extra::none().header("Contact", contact);
@@ -3768,6 +3761,7 @@ impl Engine {
                     proto: sec.proto.clone(),
                     session_attrs: sec.session_attrs.clone(),
                     media_attrs: sec.media_attrs.clone(),
+                    sent: None,
                 };
                 self.out.push_back(Output::Media(codec_cmd(
                     key,
@@ -4692,8 +4686,8 @@ impl Engine {
         let branch = msg::branch();
         let body = sip
             .local_sdp
-            .as_ref()
-            .map(|l| sdp::build(l).into_bytes())
+            .as_mut()
+            .map(|l| sdp::build_to_send(l).into_bytes())
             .unwrap_or_default();
         let from = format!("{};tag={}", sip.local_addr, sip.local_tag);
         let spec = sip.initial_request("INVITE", &via_host, &branch, &from, Some(&contact));
@@ -4873,11 +4867,10 @@ impl Engine {
         };
         let prev = local.direction;
         local.direction = dir;
-        // A new version for every offer, a session refresh's included: RFC 3264 §8 lets it
-        // rise without a change, and our description may have changed since we last sent it
-        // (the answer settles its crypto, setup and rtcp-mux lines).
-        local.session_version += 1;
-        let body = sdp::build(local).into_bytes();
+        // `build_to_send` gives it a new version only when it changed since it was last sent
+        // (the answer settles its crypto, setup and rtcp-mux lines): a session refresh repeats
+        // it unchanged (RFC 3264 §8).
+        let body = sdp::build_to_send(local).into_bytes();
         let mut extra = Extra::none().sdp(&body);
         if let Some(t) = sip.session {
             // §7.4: the refresh keeps the Min-SE the dialog was set up with (a 422 may have
@@ -4946,25 +4939,24 @@ impl Engine {
     /// A provisional on the caller's INVITE, with `extra` headers and our SDP if `sdp`, and its
     /// transaction; None once the INVITE has its final response.
     fn provisional_bytes(
-        &self,
+        &mut self,
         key: CallKey,
         code: u16,
         reason: &str,
         sdp: bool,
         extra: Extra<'_>,
     ) -> Option<(SipOut, ServerKey)> {
-        let sip = self.calls.get(&key)?.sip.as_ref()?;
+        let sip = self.calls.get_mut(&key)?.sip.as_mut()?;
         if sip.final_done {
             return None;
         }
+        let body = match sip.local_sdp.as_mut() {
+            Some(l) if sdp => Some(sdp::build_to_send(l).into_bytes()),
+            _ => None,
+        };
         let (Some(req), Some(src), Some(skey)) = (&sip.invite, sip.invite_src, &sip.invite_key)
         else {
             return None;
-        };
-        let body = if sdp {
-            sip.local_sdp.as_ref().map(|l| sdp::build(l).into_bytes())
-        } else {
-            None
         };
         let contact = self.cfg.contact(sip.transport);
         let mut extra = extra.header("Contact", contact);
@@ -5010,10 +5002,10 @@ impl Engine {
             return;
         }
         // After an offer in a reliable provisional the exchange is done: no SDP (RFC 6337 §3.1).
-        let body = (sip.local_sdp.as_ref())
-            .filter(|_| !sip.early_offer)
-            .map(|l| sdp::build(l).into_bytes())
-            .unwrap_or_default();
+        let body = match sip.local_sdp.as_mut() {
+            Some(l) if !sip.early_offer => sdp::build_to_send(l).into_bytes(),
+            _ => Vec::new(),
+        };
         let contact = self.cfg.contact(sip.transport);
         let mut extra = Extra::none()
             .header("Contact", contact)
