@@ -112,7 +112,13 @@ pub fn start_server_with(
 ) -> Gateway {
     let data = dir.join("server");
     let (sip, h3, admin) = (free_port(), free_port(), free_port());
-    let media = 30000 + (rand::random::<u16>() % 2000) * 10;
+    // Ten media ports that are free now: a port another process holds fails its call with 503.
+    let media = loop {
+        let base = 30000 + (rand::random::<u16>() % 2000) * 10;
+        if (base..base + 10).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            break base;
+        }
+    };
     let cfg = dir.join("server.toml");
     std::fs::write(
         &cfg,
