@@ -2607,11 +2607,13 @@ impl Engine {
                 }
             }
         }
-        let body = sip
-            .local_sdp
-            .as_mut()
-            .map(|l| sdp::build_to_send(l).into_bytes())
-            .unwrap_or_default();
+        // An UPDATE without an offer gets no SDP back (RFC 3311 §5.2): a session refresh. Only
+        // a body that goes out is built to send (it takes the next `o=` version).
+        let answers = is_invite || !req.body.is_empty();
+        let body = match sip.local_sdp.as_mut() {
+            Some(l) if answers => sdp::build_to_send(l).into_bytes(),
+            _ => Vec::new(),
+        };
         let contact = self.cfg.contact(sip.transport);
         let mut extra = Extra::none().header("Contact", contact);
         let (session_headers, session) = session_timer::answer_2xx(&self.cfg.session_timer, &asked);
@@ -2619,8 +2621,6 @@ impl Engine {
             extra = extra.header(name, value);
         }
         sip.session = session;
-        // An UPDATE without an offer gets no SDP back (RFC 3311 §5.2): a session refresh.
-        let answers = is_invite || !req.body.is_empty();
         if answers {
             extra = extra.sdp(&body);
         }
@@ -4950,6 +4950,9 @@ impl Engine {
         if sip.final_done {
             return None;
         }
+        if sip.invite.is_none() || sip.invite_src.is_none() || sip.invite_key.is_none() {
+            return None;
+        }
         let body = match sip.local_sdp.as_mut() {
             Some(l) if sdp => Some(sdp::build_to_send(l).into_bytes()),
             _ => None,
@@ -5147,11 +5150,9 @@ impl Engine {
         if map == sip.payload_map {
             return;
         }
-        let no_events = |m: &PayloadMap| {
-            toward.iter().any(|f| {
-                f.name.eq_ignore_ascii_case("telephone-event") && m.refused.contains(&f.pt)
-            })
-        };
+        // As the leg sees it: the telephone-event it detects keys with (`codec_cmd`).
+        let events = voice_and_events(&toward).1;
+        let no_events = |m: &PayloadMap| events.is_some_and(|pt| m.refused.contains(&pt));
         if no_events(&map) && !no_events(&sip.payload_map) {
             // The leg turns them into keys for `on_media_dtmf` (ADR 0031).
             info!(call = %key, "the SIP peer's SDP took no telephone-event: DTMF toward it goes as SIP INFO");
@@ -5604,18 +5605,25 @@ fn build_ack_for(invite: &[u8], resp: &Response) -> Option<Bytes> {
 /// The hub's view of a negotiated codec list: the voice codec's clock rate, and the
 /// telephone-event payload type at that rate.
 fn codec_cmd(call: CallKey, formats: &[sdp::Format], dtmf_as_info: bool) -> MediaCmd {
-    let voice = formats.iter().find(|f| !model::is_auxiliary_codec(&f.name));
-    let clock_rate = voice.map_or(8000, |f| f.clock_rate);
-    let dtmf_pt = formats
-        .iter()
-        .find(|f| f.name.eq_ignore_ascii_case("telephone-event") && f.clock_rate == clock_rate)
-        .map(|f| f.pt);
+    let (clock_rate, dtmf_pt) = voice_and_events(formats);
     MediaCmd::SetCodec {
         call,
         clock_rate,
         dtmf_pt,
         dtmf_as_info,
     }
+}
+
+/// The voice codec's clock rate (8000 without one) and the telephone-event payload type at
+/// that rate: what the leg detects keys with.
+fn voice_and_events(formats: &[sdp::Format]) -> (u32, Option<u8>) {
+    let voice = formats.iter().find(|f| !model::is_auxiliary_codec(&f.name));
+    let clock_rate = voice.map_or(8000, |f| f.clock_rate);
+    let dtmf_pt = formats
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("telephone-event") && f.clock_rate == clock_rate)
+        .map(|f| f.pt);
+    (clock_rate, dtmf_pt)
 }
 
 /// The CSeq number of a request we hold.

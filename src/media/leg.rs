@@ -40,11 +40,16 @@ const RELATCH_PACKETS: u32 = 10;
 /// only the usual following of a moved peer applies.
 pub const SDP_WINS_FOR: Duration = Duration::from_secs(2);
 
-/// How many times a leg without ICE starts its DTLS association again after a handshake with
-/// a source other than the peer's SDP address failed (a stranger's certificate, its silence):
-/// enough to outlast a few strangers, few enough that a NATed peer whose certificate really
-/// does not match still fails the leg soon.
-pub const DTLS_RESTARTS: u8 = 3;
+/// On a DTLS server leg without ICE, how long an unfinished handshake keeps the source it
+/// latched against a ClientHello from another source (ADR 0032). A real peer's handshake
+/// finishes within a few round trips; one that latched a stranger's single ClientHello (whose
+/// HelloVerifyRequest rtc-dtls never retransmits, so it neither fails nor times out) gives way
+/// to the peer's next retransmission.
+pub const DTLS_HOLD: Duration = Duration::from_secs(2);
+
+/// A DTLS leg whose handshake has not finished this long after the peer's SDP fails, with the
+/// last failure of an association with another source as its reason when there was one.
+pub const DTLS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A source that may take a latched leg over (see [`LegacyLeg::may_move_to`]).
 #[derive(Debug, Clone, Copy)]
@@ -149,9 +154,12 @@ pub struct LegacyLeg {
     /// once it was.
     silence: Option<std::time::Duration>,
     silence_told: bool,
-    /// DTLS associations started again after a handshake with a source other than the peer's
-    /// SDP address failed ([`DTLS_RESTARTS`]).
-    dtls_restarts: u8,
+    /// When the unfinished DTLS association latched its source ([`DTLS_HOLD`]).
+    dtls_latched: Option<Instant>,
+    /// When the handshake must have finished ([`DTLS_DEADLINE`]), once the SDP is known ...
+    dtls_deadline: Option<Instant>,
+    /// ... and why an association with another source failed meanwhile.
+    dtls_failure: Option<String>,
     /// The trunk's `dtmf = "info"`.
     info_asked: bool,
     /// When the call was answered (the first [`LegacyLeg::watch_silence`]): the SDP address's
@@ -237,7 +245,9 @@ impl LegacyLeg {
             silence_limit: None,
             silence: None,
             silence_told: false,
-            dtls_restarts: 0,
+            dtls_latched: None,
+            dtls_deadline: None,
+            dtls_failure: None,
             info_asked: false,
             answered: None,
         }
@@ -429,6 +439,7 @@ impl LegacyLeg {
         };
         if old_crypto.as_ref() != Some(&crypto) {
             self.dtls = None;
+            (self.dtls_latched, self.dtls_deadline, self.dtls_failure) = (None, None, None);
             match &crypto {
                 LegCrypto::Plain => self.keys = Keys::Plain,
                 LegCrypto::Sdes { local, remote } => match SrtpSession::new(local, remote) {
@@ -656,8 +667,9 @@ impl LegacyLeg {
             if self.remote.sdp.is_none() {
                 return Recv::Drop(DropReason::BeforeSdp);
             }
+            self.arm_dtls_deadline(now);
             if !self.source_ok(src) {
-                if !self.dtls_restarts_for(now, src, pkt) {
+                if !self.dtls_takes_over(now, src, pkt) {
                     return Recv::Drop(DropReason::WrongSource);
                 }
                 self.after_dtls(now);
@@ -679,7 +691,10 @@ impl LegacyLeg {
                 // Only a record that moved the handshake on (an answer queued, a new state)
                 // latches: junk from a stranger must not.
                 Ok(()) if d.queued() == before.0 && *d.state() == before.1 => {}
-                Ok(()) if server => self.latch(src),
+                Ok(()) if server && !self.remote.latched => {
+                    self.latch(src);
+                    self.dtls_latched = self.remote.latched.then_some(now);
+                }
                 Ok(()) => {}
                 Err(e) => tracing::debug!(%src, error = %e, "DTLS record refused"),
             }
@@ -763,17 +778,17 @@ impl LegacyLeg {
         Recv::Rtp(plain)
     }
 
-    /// A DTLS record from the peer's SDP address while a leg without ICE is latched to another
-    /// source and its handshake has not finished: whoever got there first (a stranger, even a
-    /// spoofed one: the DTLS server answers a ClientHello from anywhere) must not keep the
-    /// peer's own handshake out, as the SDP address takes the latch back for RTP
-    /// ([`LegacyLeg::sdp_wins`]). A fresh association takes the record; when that moved it on
-    /// (a well-formed first flight, not junk), it replaces the old one and the latch moves to
-    /// `src`. Once a handshake finished nothing restarts it: the peer's fingerprint already
-    /// proved who is there.
-    fn dtls_restarts_for(&mut self, now: Instant, src: SocketAddr, pkt: &[u8]) -> bool {
+    /// A DTLS record from another source than the one a server leg without ICE latched, while
+    /// that association has been unfinished for [`DTLS_HOLD`]: whoever got there first (a
+    /// stranger, even a spoofed one: the server answers a ClientHello from anywhere) must not
+    /// keep the peer's own handshake out for good. A fresh association takes the record; when
+    /// that moved it on (a well-formed ClientHello, not junk), it replaces the old one and the
+    /// latch moves to `src`. A handshake that is progressing finishes well within the hold, so
+    /// a ClientHello from elsewhere (a stranger, a spoofed SDP address) cannot break it; once
+    /// one finished nothing restarts it: the peer's fingerprint proved who is there.
+    fn dtls_takes_over(&mut self, now: Instant, src: SocketAddr, pkt: &[u8]) -> bool {
         let r = &self.remote;
-        if self.ice.is_some() || !r.latching || !r.latched || r.sdp != Some(src) {
+        if self.ice.is_some() || !r.latching || !r.latched {
             return false;
         }
         let Some(d) = self.dtls.as_ref() else {
@@ -782,16 +797,35 @@ impl LegacyLeg {
         if *d.state() != DtlsState::Handshaking || d.role() != DtlsRole::Server {
             return false;
         }
+        if self
+            .dtls_latched
+            .is_none_or(|at| now.saturating_duration_since(at) < DTLS_HOLD)
+        {
+            return false;
+        }
         let Ok(mut fresh) = d.restarted(now) else {
             return false;
         };
         if fresh.handle_packet(now, pkt).is_err() || fresh.queued() == 0 {
             return false;
         }
-        tracing::info!(from = ?r.rtp, to = %src, "DTLS from the SIP peer's SDP address: handshake started again with it");
+        tracing::info!(from = ?r.rtp, to = %src, "DTLS handshake unfinished after the hold: started again with a new source");
         self.dtls = Some(Box::new(fresh));
         self.remote.rtp = Some(src);
+        self.dtls_latched = Some(now);
         true
+    }
+
+    /// Arms [`DTLS_DEADLINE`] once the peer's SDP is known on a leg still waiting for its
+    /// handshake (from a record, or from the timer pass: RTCP's timer runs from the SDP on).
+    fn arm_dtls_deadline(&mut self, now: Instant) {
+        if self.dtls_deadline.is_none()
+            && self.remote.sdp.is_some()
+            && self.dtls.is_some()
+            && matches!(self.keys, Keys::Pending)
+        {
+            self.dtls_deadline = Some(now + DTLS_DEADLINE);
+        }
     }
 
     fn after_dtls(&mut self, now: Instant) {
@@ -800,6 +834,7 @@ impl LegacyLeg {
         };
         match d.state().clone() {
             DtlsState::Connected => {
+                (self.dtls_latched, self.dtls_deadline) = (None, None);
                 if let Some(s) = d.take_srtp() {
                     tracing::info!(suite = ?d.srtp_suite(), role = ?d.role(), "DTLS-SRTP keys ready");
                     self.keys = Keys::Srtp(Box::new(s));
@@ -808,20 +843,23 @@ impl LegacyLeg {
             DtlsState::Failed(why) => {
                 let r = &self.remote;
                 // A handshake that never finished with a source other than the SDP address
-                // (see `dtls_restarts_for`): a stranger that latched first and then sent a
-                // certificate that does not match, or nothing more, must not end the call.
+                // (see `dtls_takes_over`): a stranger that latched first and then sent a
+                // certificate that does not match must not end the call. The association
+                // starts again for whoever comes next; `DTLS_DEADLINE` reports a peer that
+                // never gets through (a NATed peer whose certificate really does not match).
                 let stranger = self.ice.is_none()
                     && matches!(self.keys, Keys::Pending)
                     && r.latching
                     && r.latched
                     && r.rtp != r.sdp;
-                if stranger && self.dtls_restarts < DTLS_RESTARTS {
+                if stranger {
                     if let Ok(fresh) = d.restarted(now) {
                         tracing::warn!(source = ?r.rtp, reason = %why, "DTLS handshake with a source other than the SIP peer's SDP address failed: starting again");
-                        self.dtls_restarts += 1;
                         self.dtls = Some(Box::new(fresh));
                         self.remote.latched = false;
                         self.remote.rtp = self.remote.sdp;
+                        self.dtls_latched = None;
+                        self.dtls_failure = Some(why);
                         return;
                     }
                 }
@@ -932,7 +970,7 @@ impl LegacyLeg {
         let dtls = self.dtls.as_ref().and_then(|d| d.poll_timeout());
         // Reports only once there is somewhere to send them.
         let rtcp = self.remote.sdp.map(|_| self.rtcp.poll_timeout());
-        [ice, dtls, rtcp, self.silence_deadline()]
+        [ice, dtls, rtcp, self.silence_deadline(), self.dtls_deadline]
             .into_iter()
             .flatten()
             .min()
@@ -962,6 +1000,20 @@ impl LegacyLeg {
             d.handle_timeout(now);
         }
         self.after_dtls(now);
+        self.arm_dtls_deadline(now);
+        if self.dtls_deadline.is_some_and(|at| now >= at) && matches!(self.keys, Keys::Pending) {
+            self.dtls_deadline = None;
+            let why = match self.dtls_failure.take() {
+                Some(f) => format!(", the last with another source: {f}"),
+                None => String::new(),
+            };
+            self.keys = Keys::Pending;
+            self.dtls = None;
+            self.fail(format!(
+                "DTLS-SRTP handshake not finished {} s after the peer's SDP{why}",
+                DTLS_DEADLINE.as_secs()
+            ));
+        }
         if self.silence_limit.is_some() && !self.silence_told {
             let counts = self.life_counts();
             if counts != self.heard_counts {
@@ -1413,13 +1465,22 @@ mod tests {
         let mut other_hello = other.poll_transmit().unwrap();
         assert_eq!(leg.on_recv(now, stranger, &mut other_hello), Recv::Consumed);
         assert_eq!(leg.remote.rtp, Some(stranger));
-        // Junk from the SDP address does not take the handshake from it ...
+        // Within the hold, the peer's ClientHello does not take the handshake from it; nor,
+        // after the hold, does junk.
+        let mut now = now;
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut hello.clone()),
+            Recv::Drop(DropReason::WrongSource)
+        );
+        now += DTLS_HOLD;
         assert_eq!(
             leg.on_recv(now, addr(PEER), &mut junk),
             Recv::Drop(DropReason::WrongSource)
         );
         assert_eq!(leg.remote.rtp, Some(stranger));
-        // ... the peer's own ClientHello from there does, and its handshake completes.
+        // The stranger sent nothing more (its HelloVerifyRequest is never retransmitted, so its
+        // association neither fails nor times out): the peer's next ClientHello takes over,
+        // and its handshake completes.
         assert_eq!(
             leg.on_recv(now, addr(PEER), &mut hello.clone()),
             Recv::Consumed
@@ -1431,12 +1492,16 @@ mod tests {
             "keys from the peer's handshake"
         );
         assert_eq!(*peer.state(), DtlsState::Connected);
-        // Once it finished, nothing starts it again: not the stranger, not a new ClientHello
-        // from the SDP address toward a peer that sends from elsewhere.
+        // Once it finished, nothing starts it again, however long after.
+        now += DTLS_HOLD * 10;
+        let mut again = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
+        let mut again_hello = again.poll_transmit().unwrap();
         assert_eq!(
-            leg.on_recv(now, stranger, &mut other_hello),
+            leg.on_recv(now, stranger, &mut again_hello),
             Recv::Drop(DropReason::WrongSource)
         );
+        assert_eq!(leg.remote.rtp, Some(addr(PEER)));
+        leg.handle_timeout(now + DTLS_DEADLINE);
         assert!(leg.take_failure().is_none());
     }
 
@@ -1508,58 +1573,79 @@ mod tests {
         assert!(leg.take_failure().is_none());
     }
 
-    #[test]
-    fn a_strangers_failed_dtls_handshake_starts_it_again_for_a_peer_behind_a_nat() {
-        let now = Instant::now();
-        let nat = SocketAddr::from(([192, 0, 2, 7], 40000));
-        let ours = DtlsIdentity::generate().unwrap();
-        let theirs = DtlsIdentity::generate().unwrap();
+    /// A DTLS server leg toward `PEER`'s SDP address, expecting `theirs`.
+    fn dtls_server_leg(now: Instant, ours: &DtlsIdentity, theirs: &DtlsIdentity) -> LegacyLeg {
         let mut leg = LegacyLeg::new(true, now, SystemTime::now());
         let dtls = LegCrypto::Dtls {
             client: false,
             fingerprints: vec![theirs.fingerprint()],
         };
-        leg.secure(now, dtls, None, Some(&ours));
+        leg.secure(now, dtls, None, Some(ours));
         leg.set_remote(addr(PEER), None, true, true);
-        // A stranger gets there first and completes a handshake with a certificate that is not
-        // the peer's: the leg starts over instead of failing the call ...
-        for n in 1..=DTLS_RESTARTS {
-            let stranger = SocketAddr::from(([127, 0, 0, 9], 5000 + u16::from(n)));
+        leg
+    }
+
+    #[test]
+    fn a_strangers_failed_dtls_handshake_starts_it_again_for_a_peer_behind_a_nat() {
+        let mut now = Instant::now();
+        let nat = SocketAddr::from(([192, 0, 2, 7], 40000));
+        let ours = DtlsIdentity::generate().unwrap();
+        let theirs = DtlsIdentity::generate().unwrap();
+        let mut leg = dtls_server_leg(now, &ours, &theirs);
+        // Strangers get there first and complete handshakes with certificates that are not the
+        // peer's: each time the leg starts over instead of failing the call ...
+        for n in 1..=5u16 {
+            let stranger = SocketAddr::from(([127, 0, 0, 9], 5000 + n));
             let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
             handshake(now, &mut leg, &mut other, stranger);
             assert!(leg.take_failure().is_none(), "stranger {n}");
             assert!(!leg.remote.latched, "stranger {n}");
             assert_eq!(leg.remote.rtp, Some(addr(PEER)), "stranger {n}");
+            now += Duration::from_secs(1);
+            leg.handle_timeout(now);
         }
-        // ... and the peer, behind a NAT (never from its SDP address), then gets through.
+        // ... and the peer, behind a NAT (never from its SDP address), then gets through; a
+        // spoofed ClientHello from the SDP address changes nothing afterwards.
         let mut peer = dtls_client(now, &theirs, &ours);
         handshake(now, &mut leg, &mut peer, nat);
         assert_eq!(*peer.state(), DtlsState::Connected);
         assert!(matches!(leg.keys, Keys::Srtp(_)));
         assert_eq!(leg.remote.rtp, Some(nat));
+        let mut spoof = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
+        let mut spoof_hello = spoof.poll_transmit().unwrap();
+        now += DTLS_HOLD;
+        assert_eq!(
+            leg.on_recv(now, addr(PEER), &mut spoof_hello),
+            Recv::Drop(DropReason::WrongSource)
+        );
+        leg.handle_timeout(now + DTLS_DEADLINE);
+        assert!(leg.take_failure().is_none());
 
-        // A leg that started over DTLS_RESTARTS times fails at the next such handshake.
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        let dtls = LegCrypto::Dtls {
-            client: false,
-            fingerprints: vec![theirs.fingerprint()],
-        };
-        leg.secure(now, dtls, None, Some(&ours));
-        leg.set_remote(addr(PEER), None, true, true);
-        for _ in 0..=DTLS_RESTARTS {
+        // A peer that never gets through (here: a NATed one whose certificate does not match)
+        // fails the leg DTLS_DEADLINE after its SDP, with the reason.
+        let mut now = Instant::now();
+        let mut leg = dtls_server_leg(now, &ours, &theirs);
+        leg.handle_timeout(now);
+        let armed = now;
+        for _ in 0..3 {
             let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
             handshake(now, &mut leg, &mut other, nat);
+            now += Duration::from_secs(5);
+            leg.handle_timeout(now);
         }
+        leg.handle_timeout(armed + DTLS_DEADLINE - Duration::from_millis(1));
+        assert!(leg.take_failure().is_none(), "not before the deadline");
+        assert!(leg
+            .poll_timeout()
+            .is_some_and(|t| t <= armed + DTLS_DEADLINE));
+        leg.handle_timeout(armed + DTLS_DEADLINE);
         let failure = leg.take_failure().expect("the leg failed");
-        assert!(failure.contains("fingerprint"), "{failure}");
+        assert!(
+            failure.contains("not finished") && failure.contains("fingerprint"),
+            "{failure}"
+        );
         // The same handshake from the SDP address itself is not a stranger's: it fails at once.
-        let mut leg = LegacyLeg::new(true, now, SystemTime::now());
-        let dtls = LegCrypto::Dtls {
-            client: false,
-            fingerprints: vec![theirs.fingerprint()],
-        };
-        leg.secure(now, dtls, None, Some(&ours));
-        leg.set_remote(addr(PEER), None, true, true);
+        let mut leg = dtls_server_leg(now, &ours, &theirs);
         let mut other = dtls_client(now, &DtlsIdentity::generate().unwrap(), &ours);
         handshake(now, &mut leg, &mut other, addr(PEER));
         assert!(leg.take_failure().is_some());
