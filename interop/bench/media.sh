@@ -23,6 +23,8 @@
 #   rtpload also: the generators' own counts and one-way latency p50/p99, SRTP auth failures, and
 #   each gateway's riptide_media_packets_dropped_total delta by reason.
 # --direct: UAC straight to UAS with no gateway (checks the measuring itself; cpu figures are n/a).
+# MEDIA_RIPTIDE=PATH runs the gateways through a wrapper instead of target/release/riptide (a
+#   script that execs heaptrack or perf on `riptide serve`); its CPU figures are then the wrapper's.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR/..
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
@@ -30,7 +32,8 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/common.sh"
 usage() { sed -n '2,25p' "$0" >&2; exit 2; }
 SELF="$INTEROP_DIR/bench/media.sh"
 RTPLOAD="$REPO_ROOT/target/release/examples/rtpload"
-RIPTIDE="$REPO_ROOT/target/release/riptide"
+# MEDIA_RIPTIDE runs the gateways through a wrapper (heaptrack, perf) instead of the binary.
+RIPTIDE="${MEDIA_RIPTIDE:-$REPO_ROOT/target/release/riptide}"
 
 # cpu_us PID: utime+stime of PID in microseconds (fields 14 and 15 of /proc/PID/stat, after the comm).
 cpu_us() {
