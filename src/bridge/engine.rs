@@ -1828,6 +1828,7 @@ impl Engine {
             media_attrs: sec.media_attrs.clone(),
             sent: None,
         };
+        let info_refused = no_info_unasked(&req.headers, &sec);
         let sip = SipLeg {
             role: SipRole::Uas,
             stir_reasons,
@@ -1873,7 +1874,7 @@ impl Engine {
             remote_direction: audio.map_or(SdpDirection::SendRecv, |a| a.direction),
             remote_formats: audio.map(|a| a.formats.clone()).unwrap_or_default(),
             payload_map: PayloadMap::default(),
-            info_refused: false,
+            info_refused,
             answer_in_ack: audio.is_none(),
             delayed_offer: audio.is_none(),
             early_offer: false,
@@ -2979,6 +2980,11 @@ impl Engine {
             return;
         }
         if (200..300).contains(&code) {
+            if let Some(sip) = self.calls.get_mut(&key).and_then(|c| c.sip.as_mut()) {
+                if let Some(sec) = &sip.sec {
+                    sip.info_refused |= no_info_unasked(&resp.headers, sec);
+                }
+            }
             self.on_invite_2xx(now, key, m, resp);
             return;
         }
@@ -5155,7 +5161,11 @@ impl Engine {
         let no_events = |m: &PayloadMap| events.is_some_and(|pt| m.refused.contains(&pt));
         if no_events(&map) && !no_events(&sip.payload_map) {
             // The leg turns them into keys for `on_media_dtmf` (ADR 0031).
-            info!(call = %key, "the SIP peer's SDP took no telephone-event: DTMF toward it goes as SIP INFO");
+            if sip.info_refused {
+                warn!(call = %key, "the SIP peer's SDP took no telephone-event and it takes no INFO: DTMF toward it is not sent");
+            } else {
+                info!(call = %key, "the SIP peer's SDP took no telephone-event: DTMF toward it goes as SIP INFO");
+            }
         }
         if !map.is_identity() {
             info!(
@@ -5612,6 +5622,20 @@ fn codec_cmd(call: CallKey, formats: &[sdp::Format], dtmf_as_info: bool) -> Medi
         dtmf_pt,
         dtmf_as_info,
     }
+}
+
+/// Whether the peer's `Allow` (in its INVITE or 2xx) lists methods and not INFO, on a leg whose
+/// trunk did not ask for keys as INFO: the keys that go as INFO only because its SDP took no
+/// telephone-event (ADR 0031) are then not sent at all, rather than one INFO per key that it
+/// would refuse. A trunk with `dtmf = "info"` gets them whatever its `Allow` says.
+fn no_info_unasked(headers: &rsipstack::sip::Headers, sec: &LegSecurity) -> bool {
+    let allow = msg::header_values(headers, "Allow");
+    sec.policy.dtmf != crate::config::DtmfMode::Info
+        && !allow.is_empty()
+        && !allow
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|m| m.trim().eq_ignore_ascii_case("INFO"))
 }
 
 /// The voice codec's clock rate (8000 without one) and the telephone-event payload type at

@@ -2438,6 +2438,37 @@ fn keys_from_rtp_are_announced_and_go_as_info_toward_an_info_peer() {
 }
 
 #[test]
+fn a_caller_whose_allow_lists_no_info_gets_no_info_unless_its_trunk_asks_for_it() {
+    let no_info = "Allow: INVITE, ACK, BYE, CANCEL\r\n";
+    for (allow, asked, sent) in [
+        (no_info, false, 0),
+        (no_info, true, 1),
+        ("Allow: INVITE, ACK, BYE, CANCEL, INFO\r\n", false, 1),
+        ("", false, 1),
+    ] {
+        let mut cfg = EngineConfig::example();
+        if asked {
+            cfg.media.dtmf = crate::config::DtmfMode::Info;
+        }
+        let mut s = Sim::with(cfg);
+        let inv = super::session_timer_tests::with(&invite("z9hG4bKinv1", "cid-a", OFFER), allow);
+        s.sip(&inv, CALLER);
+        let out = s.take();
+        let (key, adv) = created_call(&out).expect("CreateCall");
+        call_made(&mut s, key, &adv);
+        let tag = to_tag_of(&answer(&mut s, key));
+        s.sip(&in_dialog("ACK", "z9hG4bKack1", 1, &tag, None), CALLER);
+        s.take();
+        s.input(Input::Media(MediaEvent::Dtmf {
+            call: key,
+            digit: crate::media::dtmf::Digit::new('4', 100).unwrap(),
+            toward_legacy: true,
+        }));
+        assert_eq!(s.sip_out().len(), sent, "{allow:?} asked={asked}");
+    }
+}
+
+#[test]
 fn a_peer_that_refuses_info_gets_no_more_keys_that_way() {
     for (code, stops) in [
         (405, true),
