@@ -2246,6 +2246,54 @@ fn offer_toward_an_sdes_trunk_lists_every_suite_and_settles_on_the_answered_one(
         .any(|e| e.name == EventName::Answered));
 }
 
+/// RFC 3264 §8: our next offer's `o=` version is one more than the last one sent, however
+/// often our description changed unsent in between (here the answer settled its crypto, and
+/// the trunk's refresh UPDATE was answered without SDP).
+#[test]
+fn the_next_offer_after_an_unsent_change_and_a_bodyless_update_is_one_version_on() {
+    use crate::config::{IceMode, MediaSecurity};
+    let version = |m: &str| -> u64 {
+        let o = m.lines().find(|l| l.starts_with("o=")).unwrap();
+        o.split(' ').nth(2).unwrap().parse().unwrap()
+    };
+    let mut s = secure_sim(MediaSecurity::Sdes, IceMode::Off);
+    s.ript(incoming_call(ReqId(1), None, "gateway-a"));
+    let out = s.take();
+    let key = accepted_key(&out);
+    s.ript(RiptEvent::ServerEventsOpened { call: key });
+    let inv = sip_texts(&out).remove(0);
+    let first = inv
+        .lines()
+        .find_map(|l| l.strip_prefix("a=crypto:"))
+        .unwrap();
+    let ours = crate::media::srtp::CryptoAttr::parse(first).unwrap();
+    let answer_sdp = format!(
+        "{}a=crypto:{}\r\n",
+        ANSWER.replace("RTP/AVP", "RTP/SAVP"),
+        sdes_line(ours.tag, ours.suite, 5)
+    );
+    s.take();
+    s.sip(&reply(&inv, 200, "OK", "callee1", Some(&answer_sdp)), TRUNK);
+    let ack = sip_texts(&s.take()).remove(0);
+    assert!(ack.starts_with("ACK "), "{ack}");
+    let update = super::payload_type_tests::from_trunk(&ack, "UPDATE", 2, "");
+    s.sip(&update, TRUNK);
+    let ok = sip_texts(&s.take()).remove(0);
+    assert!(ok.starts_with("SIP/2.0 200") && !ok.contains("o="), "{ok}");
+    let mut hold = ev(EventName::Hold, 1);
+    hold.media_direction = Some("sendonly".into());
+    s.ript(RiptEvent::ServerEvent {
+        call: key,
+        event: hold,
+    });
+    let reinvite = sip_texts(&s.take())
+        .into_iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("the hold re-INVITE");
+    assert!(reinvite.contains("a=sendonly"), "{reinvite}");
+    assert_eq!(version(&reinvite), version(&inv) + 1, "{reinvite}");
+}
+
 #[test]
 fn an_sdes_trunk_answering_without_keys_fails_the_call_with_bye() {
     use crate::config::{IceMode, MediaSecurity};

@@ -33,7 +33,7 @@ fn te_as(sdp: &str, pt: u8) -> String {
 }
 
 /// The trunk's `method` (a re-INVITE with `sdp`, or its ACK) in the dialog our `ack` is in.
-fn from_trunk(ack: &str, method: &str, cseq: u32, sdp: &str) -> String {
+pub(super) fn from_trunk(ack: &str, method: &str, cseq: u32, sdp: &str) -> String {
     let ct = if sdp.is_empty() {
         ""
     } else {
