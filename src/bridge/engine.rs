@@ -559,8 +559,9 @@ struct SipLeg {
     remote_formats: Vec<sdp::Format>,
     /// The payload type renumbering last given to the media hub.
     payload_map: PayloadMap,
-    /// The peer answered an INFO with 405, 415 or 501: it takes no keys that way, and no
-    /// more are sent to it.
+    /// The peer takes no keys as INFO, and none are sent to it: it answered one with 405, 415
+    /// or 501, or its `Allow` lists no INFO and its trunk did not ask for INFO
+    /// ([`no_info_unasked`]).
     info_refused: bool,
     /// Our 2xx to an offerless re-INVITE carries an offer: the caller's ACK has the answer.
     answer_in_ack: bool,

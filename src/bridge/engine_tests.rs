@@ -2214,6 +2214,15 @@ fn offers_the_policy_refuses_get_488_with_a_warning_that_says_why() {
     }
 }
 
+/// The trunk's SDES answer taking our crypto line `ours` (its own key, of the same suite).
+fn sdes_answer(ours: &crate::media::srtp::CryptoAttr) -> String {
+    format!(
+        "{}a=crypto:{}\r\n",
+        ANSWER.replace("RTP/AVP", "RTP/SAVP"),
+        sdes_line(ours.tag, ours.suite, 5)
+    )
+}
+
 #[test]
 fn offer_toward_an_sdes_trunk_lists_every_suite_and_settles_on_the_answered_one() {
     use crate::config::{IceMode, MediaSecurity};
@@ -2230,11 +2239,7 @@ fn offer_toward_an_sdes_trunk_lists_every_suite_and_settles_on_the_answered_one(
         .collect();
     assert_eq!(offered.len(), 4, "{inv}");
     let ours = crate::media::srtp::CryptoAttr::parse(offered[2]).unwrap();
-    let answer_sdp = format!(
-        "{}a=crypto:{}\r\n",
-        ANSWER.replace("RTP/AVP", "RTP/SAVP"),
-        sdes_line(ours.tag, ours.suite, 5)
-    );
+    let answer_sdp = sdes_answer(&ours);
     s.take();
     s.sip(&reply(&inv, 200, "OK", "callee1", Some(&answer_sdp)), TRUNK);
     let out = s.take();
@@ -2267,11 +2272,7 @@ fn the_next_offer_after_an_unsent_change_and_a_bodyless_update_is_one_version_on
         .find_map(|l| l.strip_prefix("a=crypto:"))
         .unwrap();
     let ours = crate::media::srtp::CryptoAttr::parse(first).unwrap();
-    let answer_sdp = format!(
-        "{}a=crypto:{}\r\n",
-        ANSWER.replace("RTP/AVP", "RTP/SAVP"),
-        sdes_line(ours.tag, ours.suite, 5)
-    );
+    let answer_sdp = sdes_answer(&ours);
     s.take();
     s.sip(&reply(&inv, 200, "OK", "callee1", Some(&answer_sdp)), TRUNK);
     let ack = sip_texts(&s.take()).remove(0);
